@@ -99,9 +99,9 @@ type Stack struct {
 	APIToken  string
 	AppToken  string // APP_API_TOKEN when Secure
 
-	Redis     *proc.Process // nil with an existing Redis
-	Placement *proc.Process
-	Scheduler *proc.Process
+	Redis                          *proc.Process // nil with an existing Redis
+	Placement                      *proc.Process
+	Scheduler                      *proc.Process
 	placementPorts, schedulerPorts [2]int // grpc, healthz
 
 	mu    sync.Mutex

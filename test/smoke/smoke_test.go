@@ -17,8 +17,8 @@ import (
 	"testing"
 	"time"
 
-	dapr "github.com/dapr/go-sdk/client"
 	"github.com/dapr/durabletask-go/workflow"
+	dapr "github.com/dapr/go-sdk/client"
 
 	"github.com/daca-go/daca/internal/stack"
 	"github.com/daca-go/daca/internal/stack/stacktest"
@@ -255,4 +255,3 @@ func TestWorkflowRuns(t *testing.T) {
 		t.Fatalf("workflow output = %s; want \"hello dapr\"", got)
 	}
 }
-

@@ -239,4 +239,3 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() error
 		time.Sleep(100 * time.Millisecond)
 	}
 }
-
