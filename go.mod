@@ -5,6 +5,8 @@ go 1.26
 require (
 	github.com/dapr/durabletask-go v0.10.2
 	github.com/dapr/go-sdk v1.13.0
+	github.com/google/uuid v1.6.0
+	github.com/sashabaranov/go-openai v1.43.0
 )
 
 require (
@@ -13,7 +15,6 @@ require (
 	github.com/dapr/kit v0.16.1 // indirect
 	github.com/go-logr/logr v1.4.2 // indirect
 	github.com/go-logr/stdr v1.2.2 // indirect
-	github.com/google/uuid v1.6.0 // indirect
 	go.opentelemetry.io/auto/sdk v1.1.0 // indirect
 	go.opentelemetry.io/otel v1.36.0 // indirect
 	go.opentelemetry.io/otel/metric v1.36.0 // indirect

@@ -1,0 +1,187 @@
+// Package httpx holds the HTTP plumbing shared by the services: JSON bodies
+// with size limits, errors answered as {"detail": ...} with the status of
+// their code, id validation, and middleware (request id, logging, recovery,
+// APP_API_TOKEN).
+package httpx
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/daca-go/daca/internal/apperr"
+	"github.com/daca-go/daca/internal/logging"
+)
+
+// MaxBody is the largest request body a service reads.
+const MaxBody = 1 << 20
+
+var idRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$`)
+
+// ValidID reports whether s is a valid user or session id: letters, digits
+// and _.@:- , starting with a letter or digit, at most 128 characters. State
+// keys are built from ids, so nothing else (such as "a||b") is accepted.
+func ValidID(s string) bool { return idRE.MatchString(s) }
+
+// CheckID returns an Invalid error naming the field when id is not valid.
+func CheckID(field, id string) error {
+	if !ValidID(id) {
+		return apperr.New(apperr.Invalid, "%s must match ^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$", field)
+	}
+	return nil
+}
+
+// Decode reads a JSON body of at most MaxBody bytes into v.
+func Decode(w http.ResponseWriter, r *http.Request, v any) error {
+	body := http.MaxBytesReader(w, r.Body, MaxBody)
+	dec := json.NewDecoder(body)
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return apperr.New(apperr.TooLarge, "request body is larger than %d bytes", MaxBody)
+		}
+		if errors.Is(err, io.EOF) {
+			return apperr.New(apperr.Invalid, "request body is empty; want a JSON object")
+		}
+		return apperr.Wrap(apperr.Invalid, err, "malformed JSON: %s", jsonProblem(err))
+	}
+	return nil
+}
+
+func jsonProblem(err error) string {
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		return "syntax error at byte " + strconv.FormatInt(se.Offset, 10)
+	case errors.As(err, &te):
+		return "field " + strconv.Quote(te.Field) + " must be " + te.Type.String()
+	default:
+		return "cannot be parsed"
+	}
+}
+
+// JSON writes v with the status.
+func JSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// Error answers err as {"detail": message} with the status of its code and
+// logs the internal cause with the request's logger.
+func Error(w http.ResponseWriter, r *http.Request, base *slog.Logger, err error) {
+	code := apperr.CodeOf(err)
+	status := apperr.HTTPStatus(code)
+	log := logging.From(r.Context(), base)
+	if status >= 500 {
+		log.Error("request failed", "status", status, "code", code, "err", err)
+	} else {
+		log.Info("request refused", "status", status, "code", code, "err", err)
+	}
+	if ra := apperr.RetryAfterOf(err); ra > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int((ra+time.Second-1)/time.Second)))
+	}
+	JSON(w, status, map[string]any{"detail": apperr.MessageOf(err), "code": string(code)})
+}
+
+// RequestID takes X-Request-Id (or the trace id of traceparent) or makes one,
+// echoes it, and puts a logger carrying it (and the trace id) in the context.
+func RequestID(base *slog.Logger) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			id := r.Header.Get("X-Request-Id")
+			if id == "" || len(id) > 128 {
+				id = uuid.NewString()
+			}
+			w.Header().Set("X-Request-Id", id)
+			args := []any{"request_id", id}
+			if tid := TraceID(r.Header.Get("traceparent")); tid != "" {
+				args = append(args, "trace_id", tid)
+			}
+			ctx := logging.With(r.Context(), base, args...)
+			next.ServeHTTP(w, r.WithContext(ctx))
+		})
+	}
+}
+
+// TraceID returns the trace id of a W3C traceparent header, or "".
+func TraceID(traceparent string) string {
+	parts := strings.Split(traceparent, "-")
+	if len(parts) != 4 || len(parts[1]) != 32 {
+		return ""
+	}
+	return parts[1]
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+// Log logs each request (not health probes) and recovers from panics.
+func Log(base *slog.Logger) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			start := time.Now()
+			sw := &statusWriter{ResponseWriter: w}
+			log := logging.From(r.Context(), base)
+			defer func() {
+				if p := recover(); p != nil {
+					log.Error("panic", "panic", p, "method", r.Method, "path", r.URL.Path)
+					if sw.status == 0 {
+						JSON(sw, http.StatusInternalServerError, map[string]any{"detail": "internal error", "code": "internal"})
+					}
+				}
+				if r.URL.Path == "/health" || r.URL.Path == "/healthz" {
+					return
+				}
+				log.Info("http", "method", r.Method, "path", r.URL.Path, "status", sw.status,
+					"duration_ms", time.Since(start).Milliseconds())
+			}()
+			next.ServeHTTP(sw, r)
+		})
+	}
+}
+
+// AppToken requires the dapr-api-token header to equal token (Dapr's
+// APP_API_TOKEN), so only the app's own sidecar may call it. An empty token
+// switches the check off. Health probes stay open.
+func AppToken(token string) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		if token == "" {
+			return next
+		}
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/health" && r.URL.Path != "/healthz" &&
+				subtle.ConstantTimeCompare([]byte(r.Header.Get("dapr-api-token")), []byte(token)) != 1 {
+				JSON(w, http.StatusUnauthorized, map[string]any{"detail": "this app only accepts calls from its Dapr sidecar", "code": "unauthenticated"})
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}

@@ -1,0 +1,320 @@
+// Package llm talks to any OpenAI-compatible Chat Completions endpoint
+// (Gemini by default) with go-openai: a tool-calling loop with the
+// get_current_time tool, a per-call timeout, retries on 429 and 5xx that
+// honour Retry-After, and streaming.
+//
+// The API key comes only from the Dapr secret store (see SecretKey). When
+// the stored key is empty the client runs a built-in deterministic model
+// (Offline) behind the same go-openai code path.
+package llm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	openai "github.com/sashabaranov/go-openai"
+
+	"github.com/daca-go/daca/internal/apperr"
+	"github.com/daca-go/daca/internal/env"
+)
+
+// Defaults: Gemini through its OpenAI-compatible API.
+const (
+	DefaultBaseURL = "https://generativelanguage.googleapis.com/v1beta/openai/"
+	DefaultModel   = "gemini-2.5-flash"
+)
+
+// Config configures the client.
+type Config struct {
+	BaseURL       string        // LLM_BASE_URL
+	Model         string        // LLM_MODEL
+	Timeout       time.Duration // per call (LLM_TIMEOUT, default 30s)
+	MaxToolRounds int           // LLM_MAX_TOOL_ROUNDS, default 4
+	MaxRetries    int           // on 429/5xx, LLM_MAX_RETRIES, default 3
+	OfflineDelay  time.Duration // offline model answers after this long (LLM_OFFLINE_DELAY)
+}
+
+// ConfigFromEnv reads the LLM_* variables.
+func ConfigFromEnv(r *env.Reader) Config {
+	return Config{
+		BaseURL:       r.String("LLM_BASE_URL", DefaultBaseURL),
+		Model:         r.String("LLM_MODEL", DefaultModel),
+		Timeout:       r.Duration("LLM_TIMEOUT", 30*time.Second),
+		MaxToolRounds: r.Int("LLM_MAX_TOOL_ROUNDS", 4, 1, 16),
+		MaxRetries:    r.Int("LLM_MAX_RETRIES", 3, 0, 10),
+		OfflineDelay:  r.Duration("LLM_OFFLINE_DELAY", 0),
+	}
+}
+
+// Message is a turn of the conversation given as context.
+type Message struct {
+	Role    string // "user" or "assistant"
+	Content string
+}
+
+// Client generates replies.
+type Client struct {
+	cfg     Config
+	oa      *openai.Client
+	mode    string
+	log     *slog.Logger
+	now     func() time.Time
+	keys    KeySource
+}
+
+// Mode reports "offline" (built-in model), "gemini" (the default endpoint)
+// or "openai-compatible" (another LLM_BASE_URL). Never the key.
+func (c *Client) Mode() string { return c.mode }
+
+// New returns a client. keys supplies the API key; an empty key selects the
+// offline model.
+func New(ctx context.Context, cfg Config, keys KeySource, log *slog.Logger) (*Client, error) {
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 30 * time.Second
+	}
+	if cfg.MaxToolRounds == 0 {
+		cfg.MaxToolRounds = 4
+	}
+	key, err := keys.Key(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{cfg: cfg, log: log, now: time.Now, keys: keys}
+	oc := openai.DefaultConfig("")
+	if key == "" {
+		log.Warn("LLM: the secret gemini-api-key is empty; using the built-in offline model " +
+			"(deterministic replies, no network). Put a real key in the secret store to use Gemini.")
+		c.mode = "offline"
+		oc.BaseURL = "http://offline.invalid/v1"
+		oc.HTTPClient = &http.Client{Transport: &Offline{Delay: cfg.OfflineDelay}}
+	} else {
+		c.mode = "openai-compatible"
+		if strings.TrimRight(cfg.BaseURL, "/") == strings.TrimRight(DefaultBaseURL, "/") {
+			c.mode = "gemini"
+		}
+		oc.BaseURL = strings.TrimRight(cfg.BaseURL, "/")
+		oc.HTTPClient = &http.Client{Transport: &authRetry{
+			base: http.DefaultTransport, keys: keys, maxRetries: cfg.MaxRetries, log: log,
+		}}
+		log.Info("LLM: using the OpenAI-compatible endpoint", "mode", c.mode, "base_url", oc.BaseURL, "model", cfg.Model)
+	}
+	c.oa = openai.NewClientWithConfig(oc)
+	return c, nil
+}
+
+// SetClock replaces the clock of the get_current_time tool (tests).
+func (c *Client) SetClock(now func() time.Time) { c.now = now }
+
+// TimeFormat is the format of get_current_time.
+const TimeFormat = "2006-01-02 15:04:05 UTC"
+
+var tools = []openai.Tool{{
+	Type: openai.ToolTypeFunction,
+	Function: &openai.FunctionDefinition{
+		Name:        "get_current_time",
+		Description: "Returns the current date and time in UTC.",
+		Parameters:  json.RawMessage(`{"type":"object","properties":{}}`),
+	},
+}}
+
+func (c *Client) runTool(name string) string {
+	switch name {
+	case "get_current_time":
+		return c.now().UTC().Format(TimeFormat)
+	default:
+		return fmt.Sprintf("error: unknown tool %q", name)
+	}
+}
+
+func messages(system string, history []Message, user string) []openai.ChatCompletionMessage {
+	msgs := []openai.ChatCompletionMessage{{Role: openai.ChatMessageRoleSystem, Content: system}}
+	for _, m := range history {
+		role := openai.ChatMessageRoleUser
+		if m.Role == "assistant" {
+			role = openai.ChatMessageRoleAssistant
+		}
+		msgs = append(msgs, openai.ChatCompletionMessage{Role: role, Content: m.Content})
+	}
+	if user != "" {
+		msgs = append(msgs, openai.ChatCompletionMessage{Role: openai.ChatMessageRoleUser, Content: user})
+	}
+	return msgs
+}
+
+// Chat answers user given the instructions and the recent history, running
+// the get_current_time tool when the model asks for it.
+func (c *Client) Chat(ctx context.Context, system string, history []Message, user string) (string, error) {
+	return c.loop(ctx, messages(system, history, user), true, nil)
+}
+
+// Complete answers without tools (used for summaries).
+func (c *Client) Complete(ctx context.Context, system string, history []Message, user string) (string, error) {
+	return c.loop(ctx, messages(system, history, user), false, nil)
+}
+
+// Stream is Chat with the reply delivered in pieces to onDelta as the model
+// produces it. It returns the whole reply.
+func (c *Client) Stream(ctx context.Context, system string, history []Message, user string, onDelta func(string)) (string, error) {
+	if onDelta == nil {
+		onDelta = func(string) {}
+	}
+	return c.loop(ctx, messages(system, history, user), true, onDelta)
+}
+
+func (c *Client) loop(ctx context.Context, msgs []openai.ChatCompletionMessage, withTools bool, onDelta func(string)) (string, error) {
+	for round := 0; round <= c.cfg.MaxToolRounds; round++ {
+		req := openai.ChatCompletionRequest{Model: c.cfg.Model, Messages: msgs}
+		if withTools && round < c.cfg.MaxToolRounds {
+			req.Tools = tools
+		}
+		var msg openai.ChatCompletionMessage
+		var err error
+		if onDelta != nil {
+			msg, err = c.streamOnce(ctx, req, onDelta)
+		} else {
+			msg, err = c.once(ctx, req)
+		}
+		if err != nil {
+			return "", err
+		}
+		if len(msg.ToolCalls) == 0 {
+			if strings.TrimSpace(msg.Content) == "" {
+				return "", apperr.New(apperr.Unavailable, "the language model returned an empty reply")
+			}
+			return msg.Content, nil
+		}
+		msgs = append(msgs, msg)
+		for _, tc := range msg.ToolCalls {
+			out := c.runTool(tc.Function.Name)
+			c.log.Debug("LLM tool call", "tool", tc.Function.Name)
+			msgs = append(msgs, openai.ChatCompletionMessage{
+				Role: openai.ChatMessageRoleTool, Content: out, ToolCallID: tc.ID, Name: tc.Function.Name,
+			})
+		}
+	}
+	return "", apperr.New(apperr.Unavailable, "the language model kept calling tools (more than %d rounds)", c.cfg.MaxToolRounds)
+}
+
+func (c *Client) once(ctx context.Context, req openai.ChatCompletionRequest) (openai.ChatCompletionMessage, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	start := time.Now()
+	resp, err := c.oa.CreateChatCompletion(ctx, req)
+	if err != nil {
+		return openai.ChatCompletionMessage{}, c.classify(ctx, err)
+	}
+	c.log.Debug("LLM call", "duration_ms", time.Since(start).Milliseconds(), "tokens", resp.Usage.TotalTokens)
+	if len(resp.Choices) == 0 {
+		return openai.ChatCompletionMessage{}, apperr.New(apperr.Unavailable, "the language model returned no choices")
+	}
+	return resp.Choices[0].Message, nil
+}
+
+func (c *Client) streamOnce(ctx context.Context, req openai.ChatCompletionRequest, onDelta func(string)) (openai.ChatCompletionMessage, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	req.Stream = true
+	st, err := c.oa.CreateChatCompletionStream(ctx, req)
+	if err != nil {
+		return openai.ChatCompletionMessage{}, c.classify(ctx, err)
+	}
+	defer st.Close()
+	msg := openai.ChatCompletionMessage{Role: openai.ChatMessageRoleAssistant}
+	var content strings.Builder
+	calls := map[int]*openai.ToolCall{}
+	var order []int
+	for {
+		chunk, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return msg, c.classify(ctx, err)
+		}
+		if len(chunk.Choices) == 0 {
+			continue
+		}
+		d := chunk.Choices[0].Delta
+		if d.Content != "" {
+			content.WriteString(d.Content)
+			onDelta(d.Content)
+		}
+		for _, tc := range d.ToolCalls {
+			i := 0
+			if tc.Index != nil {
+				i = *tc.Index
+			}
+			cur, ok := calls[i]
+			if !ok {
+				cur = &openai.ToolCall{Type: openai.ToolTypeFunction}
+				calls[i] = cur
+				order = append(order, i)
+			}
+			if tc.ID != "" {
+				cur.ID = tc.ID
+			}
+			cur.Function.Name += tc.Function.Name
+			cur.Function.Arguments += tc.Function.Arguments
+		}
+	}
+	msg.Content = content.String()
+	for _, i := range order {
+		msg.ToolCalls = append(msg.ToolCalls, *calls[i])
+	}
+	return msg, nil
+}
+
+// classify turns a go-openai error into an apperr without provider details
+// (which may echo parts of the key) in the client-facing message.
+func (c *Client) classify(ctx context.Context, err error) error {
+	var apiErr *openai.APIError
+	var reqErr *openai.RequestError
+	status := 0
+	switch {
+	case errors.As(err, &apiErr):
+		status = apiErr.HTTPStatusCode
+	case errors.As(err, &reqErr):
+		status = reqErr.HTTPStatusCode
+	}
+	safe := redacted{err: err}
+	if k, kerr := c.keys.Key(context.WithoutCancel(ctx)); kerr == nil {
+		safe.key = k
+	}
+	switch {
+	case status == http.StatusTooManyRequests:
+		return &apperr.Error{Code: apperr.RateLimited, Message: "the language model is rate limited; try again later", Err: safe, RetryAfter: 10 * time.Second}
+	case status == http.StatusUnauthorized || status == http.StatusForbidden:
+		return apperr.Wrap(apperr.Unavailable, safe, "the language model refused the configured API key")
+	case status >= 500:
+		return apperr.Wrap(apperr.Unavailable, safe, "the language model is unavailable")
+	case status >= 400:
+		return apperr.Wrap(apperr.Internal, safe, "the language model rejected the request")
+	case errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil:
+		return apperr.Wrap(apperr.Timeout, safe, "the language model did not answer in time")
+	default:
+		return apperr.Wrap(apperr.Unavailable, safe, "the language model could not be reached")
+	}
+}
+
+// redacted hides the key, and anything that looks like a key or a bearer
+// token, in an error text.
+type redacted struct {
+	err error
+	key string
+}
+
+func (r redacted) Error() string {
+	s := r.err.Error()
+	if r.key != "" {
+		s = strings.ReplaceAll(s, r.key, "[REDACTED]")
+	}
+	return Redact(s)
+}
+func (r redacted) Unwrap() error { return r.err }

@@ -1,0 +1,212 @@
+package llm
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"regexp"
+	"strings"
+	"time"
+
+	openai "github.com/sashabaranov/go-openai"
+)
+
+// ChatInstructions are the instructions of a chat turn (the tutorial's text).
+func ChatInstructions(name, style, summary string) string {
+	return fmt.Sprintf("You are a helpful chatbot. Respond in a %s way. "+
+		"If the user asks for the time, use the get_current_time tool. "+
+		"The user's name is %s. User summary: %s", style, name, summary)
+}
+
+// SummaryInstructions ask for an updated user summary.
+func SummaryInstructions(name, summary string) string {
+	return fmt.Sprintf("You maintain a short summary of what an assistant knows about a user. "+
+		"The user's name is %s. Current summary: %s "+
+		"Using the conversation above, write an updated summary of the user in at most three sentences. "+
+		"Reply with the summary only.", name, summary)
+}
+
+var (
+	styleRE   = regexp.MustCompile(`Respond in an? (.+?) way\.`)
+	nameRE    = regexp.MustCompile(`The user's name is (.+?)\.( |$)`)
+	summaryRE = regexp.MustCompile(`(?s)(?:User summary|Current summary): (.*?)(?: Using the conversation above|$)`)
+	timeRE    = regexp.MustCompile(`(?i)\b(time|clock|what day|date)\b`)
+)
+
+// Offline is the built-in deterministic model. It speaks the Chat
+// Completions wire format as an http.RoundTripper, so go-openai and the whole
+// client run unchanged. It calls get_current_time when asked for the time and
+// otherwise answers from its instructions, so tests can see that the name,
+// style, summary and recent history reached the prompt.
+type Offline struct {
+	Delay time.Duration // answer after this long (crash tests)
+}
+
+func (o *Offline) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Body != nil {
+		defer req.Body.Close()
+	}
+	if req.Method != http.MethodPost || !strings.HasSuffix(req.URL.Path, "/chat/completions") {
+		return jsonResponse(req, http.StatusNotFound, map[string]any{"error": map[string]any{"message": "offline model: only POST /chat/completions", "type": "invalid_request_error"}}), nil
+	}
+	var cr openai.ChatCompletionRequest
+	if err := json.NewDecoder(req.Body).Decode(&cr); err != nil {
+		return jsonResponse(req, http.StatusBadRequest, map[string]any{"error": map[string]any{"message": "offline model: bad JSON", "type": "invalid_request_error"}}), nil
+	}
+	if o.Delay > 0 {
+		if err := sleep(req.Context(), o.Delay); err != nil {
+			return nil, err
+		}
+	}
+	msg, finish := o.answer(cr)
+	if cr.Stream {
+		return o.stream(req, cr, msg, finish), nil
+	}
+	resp := openai.ChatCompletionResponse{
+		ID: "offline-" + fmt.Sprint(time.Now().UnixNano()), Object: "chat.completion", Created: time.Now().Unix(), Model: cr.Model,
+		Choices: []openai.ChatCompletionChoice{{Index: 0, Message: msg, FinishReason: finish}},
+		Usage:   openai.Usage{PromptTokens: words(cr.Messages), CompletionTokens: len(strings.Fields(msg.Content)), TotalTokens: words(cr.Messages) + len(strings.Fields(msg.Content))},
+	}
+	return jsonResponse(req, http.StatusOK, resp), nil
+}
+
+func words(msgs []openai.ChatCompletionMessage) int {
+	n := 0
+	for _, m := range msgs {
+		n += len(strings.Fields(m.Content))
+	}
+	return n
+}
+
+func (o *Offline) answer(cr openai.ChatCompletionRequest) (openai.ChatCompletionMessage, openai.FinishReason) {
+	var system string
+	var convo []openai.ChatCompletionMessage
+	for _, m := range cr.Messages {
+		if m.Role == openai.ChatMessageRoleSystem {
+			system = m.Content
+		} else {
+			convo = append(convo, m)
+		}
+	}
+	reply := func(s string) (openai.ChatCompletionMessage, openai.FinishReason) {
+		return openai.ChatCompletionMessage{Role: openai.ChatMessageRoleAssistant, Content: s}, openai.FinishReasonStop
+	}
+	if len(convo) == 0 {
+		return reply("[offline model] Nothing to answer.")
+	}
+	last := convo[len(convo)-1]
+	name := find(nameRE, system, "there")
+	style := find(styleRE, system, "casual")
+	summary := strings.TrimSpace(find(summaryRE, system, ""))
+
+	// A tool result: answer with it.
+	if last.Role == openai.ChatMessageRoleTool {
+		return reply(fmt.Sprintf("[offline model] %s, the current time is %s.", name, last.Content))
+	}
+	// Summary request.
+	if strings.Contains(system, "maintain a short summary") {
+		var lastUser string
+		n := 0
+		for _, m := range convo {
+			if m.Role == openai.ChatMessageRoleUser {
+				lastUser = m.Content
+				n++
+			}
+		}
+		return reply(fmt.Sprintf("%s has sent %d message(s) in this conversation; most recently: %q.", name, n, clip(lastUser, 120)))
+	}
+	// Asked for the time and the tool is offered: call it.
+	hasTool := false
+	for _, t := range cr.Tools {
+		if t.Function != nil && t.Function.Name == "get_current_time" {
+			hasTool = true
+		}
+	}
+	if last.Role == openai.ChatMessageRoleUser && hasTool && timeRE.MatchString(last.Content) {
+		idx := 0
+		return openai.ChatCompletionMessage{
+			Role: openai.ChatMessageRoleAssistant,
+			ToolCalls: []openai.ToolCall{{
+				Index: &idx, ID: "call_offline_time", Type: openai.ToolTypeFunction,
+				Function: openai.FunctionCall{Name: "get_current_time", Arguments: "{}"},
+			}},
+		}, openai.FinishReasonToolCalls
+	}
+	// Otherwise: answer from the instructions and the history.
+	earlier := len(convo) - 1
+	var b strings.Builder
+	fmt.Fprintf(&b, "[offline model] Hello %s! You said: %q. I answer in a %s way.", name, clip(last.Content, 200), style)
+	if summary != "" {
+		fmt.Fprintf(&b, " What I know about you: %s", summary)
+		if !strings.HasSuffix(summary, ".") {
+			b.WriteString(".")
+		}
+	}
+	if earlier > 0 {
+		fmt.Fprintf(&b, " We have exchanged %d earlier message(s); the last one was: %q.", earlier, clip(convo[earlier-1].Content, 120))
+	}
+	return reply(b.String())
+}
+
+func (o *Offline) stream(req *http.Request, cr openai.ChatCompletionRequest, msg openai.ChatCompletionMessage, finish openai.FinishReason) *http.Response {
+	var buf bytes.Buffer
+	id := "offline-" + fmt.Sprint(time.Now().UnixNano())
+	chunk := func(d openai.ChatCompletionStreamChoiceDelta, fr openai.FinishReason) {
+		b, _ := json.Marshal(openai.ChatCompletionStreamResponse{
+			ID: id, Object: "chat.completion.chunk", Created: time.Now().Unix(), Model: cr.Model,
+			Choices: []openai.ChatCompletionStreamChoice{{Index: 0, Delta: d, FinishReason: fr}},
+		})
+		buf.WriteString("data: ")
+		buf.Write(b)
+		buf.WriteString("\n\n")
+	}
+	if len(msg.ToolCalls) > 0 {
+		chunk(openai.ChatCompletionStreamChoiceDelta{Role: "assistant", ToolCalls: msg.ToolCalls}, "")
+	} else {
+		fields := strings.SplitAfter(msg.Content, " ")
+		for i, f := range fields {
+			d := openai.ChatCompletionStreamChoiceDelta{Content: f}
+			if i == 0 {
+				d.Role = "assistant"
+			}
+			chunk(d, "")
+		}
+	}
+	chunk(openai.ChatCompletionStreamChoiceDelta{}, finish)
+	buf.WriteString("data: [DONE]\n\n")
+	return &http.Response{
+		StatusCode: http.StatusOK, Status: "200 OK", Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header:  http.Header{"Content-Type": []string{"text/event-stream"}},
+		Body:    io.NopCloser(&buf),
+		Request: req,
+	}
+}
+
+func find(re *regexp.Regexp, s, def string) string {
+	if m := re.FindStringSubmatch(s); m != nil && strings.TrimSpace(m[1]) != "" {
+		return strings.TrimSpace(m[1])
+	}
+	return def
+}
+
+func clip(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	return string(r[:n]) + "…"
+}
+
+func jsonResponse(req *http.Request, status int, v any) *http.Response {
+	b, _ := json.Marshal(v)
+	return &http.Response{
+		StatusCode: status, Status: fmt.Sprintf("%d %s", status, http.StatusText(status)),
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header:        http.Header{"Content-Type": []string{"application/json"}},
+		Body:          io.NopCloser(bytes.NewReader(b)),
+		ContentLength: int64(len(b)),
+		Request:       req,
+	}
+}
