@@ -5,6 +5,7 @@ go 1.26
 require (
 	github.com/dapr/durabletask-go v0.10.2
 	github.com/dapr/go-sdk v1.13.0
+	github.com/go-chi/chi/v5 v5.2.2
 	github.com/google/uuid v1.6.0
 	github.com/sashabaranov/go-openai v1.43.0
 )

@@ -16,16 +16,16 @@ import (
 type Code string
 
 const (
-	Invalid         Code = "invalid"          // bad input: 400
-	TooLarge        Code = "too_large"        // body or field too large: 413
-	NotFound        Code = "not_found"        // 404
-	Conflict        Code = "conflict"         // 409
-	Unauthenticated Code = "unauthenticated"  // 401
-	Forbidden       Code = "forbidden"        // 403
-	RateLimited     Code = "rate_limited"     // 429
-	Unavailable     Code = "unavailable"      // a dependency is down: 503
-	Timeout         Code = "timeout"          // took too long: 504
-	Internal        Code = "internal"         // a bug: 500
+	Invalid         Code = "invalid"         // bad input: 400
+	TooLarge        Code = "too_large"       // body or field too large: 413
+	NotFound        Code = "not_found"       // 404
+	Conflict        Code = "conflict"        // 409
+	Unauthenticated Code = "unauthenticated" // 401
+	Forbidden       Code = "forbidden"       // 403
+	RateLimited     Code = "rate_limited"    // 429
+	Unavailable     Code = "unavailable"     // a dependency is down: 503
+	Timeout         Code = "timeout"         // took too long: 504
+	Internal        Code = "internal"        // a bug: 500
 )
 
 // Error is an error with a code and a client-safe message.

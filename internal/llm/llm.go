@@ -61,12 +61,12 @@ type Message struct {
 
 // Client generates replies.
 type Client struct {
-	cfg     Config
-	oa      *openai.Client
-	mode    string
-	log     *slog.Logger
-	now     func() time.Time
-	keys    KeySource
+	cfg  Config
+	oa   *openai.Client
+	mode string
+	log  *slog.Logger
+	now  func() time.Time
+	keys KeySource
 }
 
 // Mode reports "offline" (built-in model), "gemini" (the default endpoint)

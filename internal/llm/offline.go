@@ -20,6 +20,9 @@ func ChatInstructions(name, style, summary string) string {
 		"The user's name is %s. User summary: %s", style, name, summary)
 }
 
+// SummaryRequest is the last user message of a summary request.
+const SummaryRequest = "Write the updated summary now."
+
 // SummaryInstructions ask for an updated user summary.
 func SummaryInstructions(name, summary string) string {
 	return fmt.Sprintf("You maintain a short summary of what an assistant knows about a user. "+
@@ -110,7 +113,7 @@ func (o *Offline) answer(cr openai.ChatCompletionRequest) (openai.ChatCompletion
 		var lastUser string
 		n := 0
 		for _, m := range convo {
-			if m.Role == openai.ChatMessageRoleUser {
+			if m.Role == openai.ChatMessageRoleUser && m.Content != SummaryRequest {
 				lastUser = m.Content
 				n++
 			}

@@ -1,0 +1,272 @@
+// Package chat runs a chat turn as the Dapr Workflow chat_workflow:
+// fetch_context (profile and recent history from agent-memory-service by
+// service invocation) → generate_response (the LLM with its tool loop) →
+// save_conversation (publish ConversationUpdated, CloudEvent id = workflow
+// instance id). On failure handle_error records it and the workflow ends
+// failed with a clear, client-safe error.
+//
+// The workflow function is deterministic: no I/O, no clock but the
+// workflow's own, no randomness. All I/O lives in activities, each with an
+// explicit retry policy.
+package chat
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/dapr/durabletask-go/workflow"
+	dapr "github.com/dapr/go-sdk/client"
+
+	"github.com/daca-go/daca/internal/apperr"
+	"github.com/daca-go/daca/internal/llm"
+	"github.com/daca-go/daca/internal/memory"
+)
+
+// Names of the workflow and its activities.
+const (
+	WorkflowName     = "chat_workflow"
+	ActFetchContext  = "fetch_context"
+	ActGenerate      = "generate_response"
+	ActSave          = "save_conversation"
+	ActHandleError   = "handle_error"
+	MemoryAppID      = "agent-memory-service"
+	PubSub           = "pubsub"
+	TopicConversions = "conversations"
+	// ContextEntries is how many recent history entries reach the prompt.
+	ContextEntries = 10
+)
+
+// Input of chat_workflow.
+type Input struct {
+	UserID    string   `json:"user_id"`
+	SessionID string   `json:"session_id"`
+	Text      string   `json:"text"`
+	Tags      []string `json:"tags,omitempty"`
+}
+
+// Output of chat_workflow.
+type Output struct {
+	UserID    string    `json:"user_id"`
+	SessionID string    `json:"session_id"`
+	Reply     string    `json:"reply"`
+	Timestamp time.Time `json:"timestamp"`
+}
+
+// Context is what fetch_context returns.
+type Context struct {
+	Profile  memory.Profile `json:"profile"`
+	History  []memory.Entry `json:"history"`
+	Degraded bool           `json:"degraded,omitempty"` // memory unreachable: defaults used
+}
+
+type fetchInput struct {
+	InstanceID string `json:"instance_id"`
+	UserID     string `json:"user_id"`
+	SessionID  string `json:"session_id"`
+}
+
+type generateInput struct {
+	InstanceID string  `json:"instance_id"`
+	Context    Context `json:"context"`
+	Text       string  `json:"text"`
+}
+
+// ConversationUpdated is the event published on topic conversations.
+type ConversationUpdated struct {
+	UserID         string `json:"user_id"`
+	SessionID      string `json:"session_id"`
+	EventType      string `json:"event_type"`
+	UserMessage    string `json:"user_message"`
+	AssistantReply string `json:"assistant_reply"`
+}
+
+type saveInput struct {
+	Event   ConversationUpdated `json:"event"`
+	EventID string              `json:"event_id"`
+}
+
+type errorInput struct {
+	InstanceID string `json:"instance_id"`
+	Stage      string `json:"stage"`
+	Error      string `json:"error"`
+}
+
+// Stage names are the workflow's custom status while it runs.
+const (
+	StageContext  = "fetching_context"
+	StageGenerate = "generating_response"
+	StageSave     = "saving_conversation"
+)
+
+var (
+	contextRetry  = &workflow.RetryPolicy{MaxAttempts: 3, InitialRetryInterval: 200 * time.Millisecond, BackoffCoefficient: 2, MaxRetryInterval: 2 * time.Second}
+	generateRetry = &workflow.RetryPolicy{MaxAttempts: 3, InitialRetryInterval: time.Second, BackoffCoefficient: 2, MaxRetryInterval: 10 * time.Second}
+	saveRetry     = &workflow.RetryPolicy{MaxAttempts: 5, InitialRetryInterval: 500 * time.Millisecond, BackoffCoefficient: 2, MaxRetryInterval: 5 * time.Second}
+	errorRetry    = &workflow.RetryPolicy{MaxAttempts: 2, InitialRetryInterval: 200 * time.Millisecond, BackoffCoefficient: 2}
+)
+
+// Workflow is chat_workflow.
+func Workflow(ctx *workflow.WorkflowContext) (any, error) {
+	var in Input
+	if err := ctx.GetInput(&in); err != nil {
+		return nil, fmt.Errorf("chat turn failed: bad input")
+	}
+	fail := func(stage string, err error) (any, error) {
+		_ = ctx.CallActivity(ActHandleError, workflow.WithActivityInput(errorInput{InstanceID: ctx.ID(), Stage: stage, Error: err.Error()}),
+			workflow.WithActivityRetryPolicy(errorRetry)).Await(nil)
+		return nil, fmt.Errorf("chat turn failed while %s", strings.ReplaceAll(stage, "_", " "))
+	}
+
+	ctx.SetCustomStatus(StageContext)
+	var c Context
+	if err := ctx.CallActivity(ActFetchContext, workflow.WithActivityInput(fetchInput{InstanceID: ctx.ID(), UserID: in.UserID, SessionID: in.SessionID}),
+		workflow.WithActivityRetryPolicy(contextRetry)).Await(&c); err != nil {
+		return fail(StageContext, err)
+	}
+
+	ctx.SetCustomStatus(StageGenerate)
+	var reply string
+	if err := ctx.CallActivity(ActGenerate, workflow.WithActivityInput(generateInput{InstanceID: ctx.ID(), Context: c, Text: in.Text}),
+		workflow.WithActivityRetryPolicy(generateRetry)).Await(&reply); err != nil {
+		return fail(StageGenerate, err)
+	}
+
+	ctx.SetCustomStatus(StageSave)
+	ev := ConversationUpdated{UserID: in.UserID, SessionID: in.SessionID, EventType: "ConversationUpdated",
+		UserMessage: in.Text, AssistantReply: reply}
+	if err := ctx.CallActivity(ActSave, workflow.WithActivityInput(saveInput{Event: ev, EventID: ctx.ID()}),
+		workflow.WithActivityRetryPolicy(saveRetry)).Await(nil); err != nil {
+		return fail(StageSave, err)
+	}
+	return Output{UserID: in.UserID, SessionID: in.SessionID, Reply: reply, Timestamp: ctx.CurrentTimeUTC()}, nil
+}
+
+// Invoker calls other apps through the sidecar.
+type Invoker interface {
+	InvokeMethod(ctx context.Context, appID, methodName, verb string) (out []byte, err error)
+}
+
+// Publisher publishes through the sidecar.
+type Publisher interface {
+	PublishEvent(ctx context.Context, pubsubName, topicName string, data interface{}, opts ...dapr.PublishEventOption) error
+}
+
+// Model generates replies.
+type Model interface {
+	Chat(ctx context.Context, system string, history []llm.Message, user string) (string, error)
+}
+
+// Activities holds what the activities need.
+type Activities struct {
+	Invoker   Invoker
+	Publisher Publisher
+	Model     Model
+	Log       *slog.Logger
+}
+
+// Register adds the workflow and its activities to r.
+func (a *Activities) Register(r *workflow.Registry) error {
+	return errors.Join(
+		r.AddWorkflowN(WorkflowName, Workflow),
+		r.AddActivityN(ActFetchContext, a.FetchContext),
+		r.AddActivityN(ActGenerate, a.GenerateResponse),
+		r.AddActivityN(ActSave, a.SaveConversation),
+		r.AddActivityN(ActHandleError, a.HandleError),
+	)
+}
+
+func (a *Activities) logger(ctx workflow.ActivityContext, activity, instanceID string) *slog.Logger {
+	return a.Log.With("workflow_instance_id", instanceID, "activity", activity, "task_execution_id", ctx.GetTaskExecutionID())
+}
+
+// FetchContext reads the user's profile and the session's recent history
+// from agent-memory-service. When memory cannot be reached it answers with
+// the defaults (the turn goes on) and says so in the log.
+func (a *Activities) FetchContext(ctx workflow.ActivityContext) (any, error) {
+	var in fetchInput
+	if err := ctx.GetInput(&in); err != nil {
+		return nil, err
+	}
+	log := a.logger(ctx, ActFetchContext, in.InstanceID).With("user_id", in.UserID, "session_id", in.SessionID)
+	c := Context{Profile: memory.DefaultProfile(in.UserID), History: []memory.Entry{}}
+	cctx, cancel := context.WithTimeout(ctx.Context(), 10*time.Second)
+	defer cancel()
+	if b, err := a.Invoker.InvokeMethod(cctx, MemoryAppID, "memories/"+in.UserID, http.MethodGet); err != nil {
+		log.Warn("memory unreachable; using the default profile", "err", err)
+		c.Degraded = true
+	} else if err := json.Unmarshal(b, &c.Profile); err != nil {
+		log.Warn("memory answered an unreadable profile; using the default", "err", err)
+		c.Profile, c.Degraded = memory.DefaultProfile(in.UserID), true
+	}
+	if b, err := a.Invoker.InvokeMethod(cctx, MemoryAppID, "conversations/"+in.SessionID, http.MethodGet); err != nil {
+		log.Warn("memory unreachable; continuing without history", "err", err)
+		c.Degraded = true
+	} else {
+		var h struct {
+			History []memory.Entry `json:"history"`
+		}
+		if err := json.Unmarshal(b, &h); err == nil && h.History != nil {
+			c.History = h.History
+		}
+	}
+	if len(c.History) > ContextEntries {
+		c.History = c.History[len(c.History)-ContextEntries:]
+	}
+	return c, nil
+}
+
+// GenerateResponse asks the LLM for the reply.
+func (a *Activities) GenerateResponse(ctx workflow.ActivityContext) (any, error) {
+	var in generateInput
+	if err := ctx.GetInput(&in); err != nil {
+		return nil, err
+	}
+	p := in.Context.Profile
+	hist := make([]llm.Message, 0, len(in.Context.History))
+	for _, e := range in.Context.History {
+		hist = append(hist, llm.Message{Role: e.Role, Content: e.Content})
+	}
+	start := time.Now()
+	reply, err := a.Model.Chat(ctx.Context(), llm.ChatInstructions(p.Name, p.PreferredStyle, p.UserSummary), hist, in.Text)
+	log := a.logger(ctx, ActGenerate, in.InstanceID)
+	if err != nil {
+		log.Error("LLM failed", "code", apperr.CodeOf(err), "err", err)
+		return nil, err
+	}
+	log.Info("reply generated", "duration_ms", time.Since(start).Milliseconds(), "history_entries", len(hist))
+	return reply, nil
+}
+
+// SaveConversation publishes ConversationUpdated with the workflow instance
+// id as CloudEvent id, so a retried publish is applied once by the memory.
+func (a *Activities) SaveConversation(ctx workflow.ActivityContext) (any, error) {
+	var in saveInput
+	if err := ctx.GetInput(&in); err != nil {
+		return nil, err
+	}
+	pctx, cancel := context.WithTimeout(ctx.Context(), 10*time.Second)
+	defer cancel()
+	if err := a.Publisher.PublishEvent(pctx, PubSub, TopicConversions, in.Event,
+		dapr.PublishEventWithMetadata(map[string]string{"cloudevent.id": in.EventID})); err != nil {
+		a.logger(ctx, ActSave, in.EventID).Error("publish ConversationUpdated failed", "err", err)
+		return nil, err
+	}
+	a.logger(ctx, ActSave, in.EventID).Info("ConversationUpdated published", "cloudevent_id", in.EventID, "session_id", in.Event.SessionID)
+	return nil, nil
+}
+
+// HandleError records a failed turn.
+func (a *Activities) HandleError(ctx workflow.ActivityContext) (any, error) {
+	var in errorInput
+	if err := ctx.GetInput(&in); err != nil {
+		return nil, err
+	}
+	a.logger(ctx, ActHandleError, in.InstanceID).Error("chat turn failed", "stage", in.Stage, "err", llm.Redact(in.Error))
+	return nil, nil
+}

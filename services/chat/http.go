@@ -1,0 +1,305 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+	"unicode"
+
+	"github.com/dapr/durabletask-go/api"
+	"github.com/dapr/durabletask-go/workflow"
+	dapr "github.com/dapr/go-sdk/client"
+	"github.com/go-chi/chi/v5"
+	"github.com/google/uuid"
+
+	"github.com/daca-go/daca/internal/apperr"
+	"github.com/daca-go/daca/internal/chat"
+	"github.com/daca-go/daca/internal/httpx"
+	"github.com/daca-go/daca/internal/logging"
+)
+
+// Workflows is the part of the workflow client the service uses.
+type Workflows interface {
+	ScheduleWorkflow(ctx context.Context, orchestrator string, opts ...workflow.NewWorkflowOptions) (string, error)
+	FetchWorkflowMetadata(ctx context.Context, id string, opts ...workflow.FetchWorkflowMetadataOptions) (*workflow.WorkflowMetadata, error)
+	WaitForWorkflowCompletion(ctx context.Context, id string, opts ...workflow.FetchWorkflowMetadataOptions) (*workflow.WorkflowMetadata, error)
+}
+
+// Sidecar answers whether the Dapr sidecar is reachable.
+type Sidecar interface {
+	GetMetadata(ctx context.Context) (*dapr.GetMetadataResponse, error)
+}
+
+type deps struct {
+	wf      Workflows
+	sidecar Sidecar
+	llmMode string
+}
+
+type srv struct {
+	log         *slog.Logger
+	appToken    string
+	chatTimeout time.Duration
+	d           atomic.Pointer[deps]
+}
+
+// Limits of a chat request.
+const (
+	maxText  = 16 << 10
+	maxTags  = 32
+	maxTag   = 64
+	maxIdemp = 255
+)
+
+func (s *srv) routes() http.Handler {
+	r := chi.NewRouter()
+	r.Use(httpx.RequestID(s.log), httpx.Log(s.log), httpx.AppToken(s.appToken))
+	r.Get("/", func(w http.ResponseWriter, r *http.Request) {
+		httpx.JSON(w, http.StatusOK, map[string]string{"message": "Welcome to the DACA Chat Service! See README.md for the API."})
+	})
+	r.Get("/health", s.health)
+	r.Group(func(r chi.Router) {
+		r.Use(s.requireReady)
+		r.Post("/chat", s.chat)
+		r.Post("/chat/", s.chat)
+		r.Post("/chat/async", s.chatAsync)
+		r.Get("/chat/{instance_id}", s.chatStatus)
+	})
+	return r
+}
+
+func (s *srv) requireReady(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.d.Load() == nil {
+			w.Header().Set("Retry-After", "1")
+			httpx.Error(w, r, s.log, apperr.New(apperr.Unavailable, "the service is starting"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *srv) health(w http.ResponseWriter, r *http.Request) {
+	d := s.d.Load()
+	if d == nil {
+		httpx.JSON(w, http.StatusServiceUnavailable, map[string]string{"status": "starting", "dapr": "connecting", "llm": "unknown"})
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	daprState, status, code := "ok", "ok", http.StatusOK
+	if _, err := d.sidecar.GetMetadata(ctx); err != nil {
+		daprState, status, code = "unavailable", "degraded", http.StatusServiceUnavailable
+	}
+	httpx.JSON(w, code, map[string]string{"status": status, "dapr": daprState, "llm": d.llmMode})
+}
+
+type chatRequest struct {
+	UserID   string `json:"user_id"`
+	Text     string `json:"text"`
+	Metadata *struct {
+		SessionID string `json:"session_id"`
+	} `json:"metadata"`
+	Tags []string `json:"tags"`
+}
+
+// parse validates a chat request and works out its workflow instance id.
+func (s *srv) parse(w http.ResponseWriter, r *http.Request) (chat.Input, string, bool, error) {
+	var req chatRequest
+	if err := httpx.Decode(w, r, &req); err != nil {
+		return chat.Input{}, "", false, err
+	}
+	if err := httpx.CheckID("user_id", req.UserID); err != nil {
+		return chat.Input{}, "", false, err
+	}
+	if strings.TrimSpace(req.Text) == "" {
+		return chat.Input{}, "", false, apperr.New(apperr.Invalid, "Message text cannot be empty")
+	}
+	if len(req.Text) > maxText {
+		return chat.Input{}, "", false, apperr.New(apperr.TooLarge, "Message text is longer than %d bytes", maxText)
+	}
+	if len(req.Tags) > maxTags {
+		return chat.Input{}, "", false, apperr.New(apperr.Invalid, "at most %d tags", maxTags)
+	}
+	for _, t := range req.Tags {
+		if len(t) > maxTag {
+			return chat.Input{}, "", false, apperr.New(apperr.Invalid, "a tag is longer than %d bytes", maxTag)
+		}
+	}
+	in := chat.Input{UserID: req.UserID, Text: req.Text, Tags: req.Tags}
+	if req.Metadata != nil && req.Metadata.SessionID != "" {
+		if err := httpx.CheckID("session_id", req.Metadata.SessionID); err != nil {
+			return chat.Input{}, "", false, err
+		}
+		in.SessionID = req.Metadata.SessionID
+	}
+	key := r.Header.Get("Idempotency-Key")
+	if key == "" {
+		if in.SessionID == "" {
+			in.SessionID = uuid.NewString()
+		}
+		return in, "chat-" + uuid.NewString(), false, nil
+	}
+	if len(key) > maxIdemp || strings.IndexFunc(key, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
+		return chat.Input{}, "", false, apperr.New(apperr.Invalid, "Idempotency-Key must be at most %d printable characters", maxIdemp)
+	}
+	sum := sha256.Sum256([]byte(req.UserID + "\x00" + key))
+	h := hex.EncodeToString(sum[:])
+	if in.SessionID == "" {
+		in.SessionID = "s-" + h[32:56]
+	}
+	return in, "chat-" + h[:32], true, nil
+}
+
+// start schedules the turn, or finds the one an earlier request with the same
+// idempotency key started.
+func (s *srv) start(ctx context.Context, d *deps, id string, in chat.Input, idempotent bool) error {
+	if idempotent {
+		if _, err := d.wf.FetchWorkflowMetadata(ctx, id); err == nil {
+			logging.From(ctx, s.log).Info("idempotent retry: returning the existing chat turn", "workflow_instance_id", id)
+			return nil
+		} else if !notFound(err) {
+			return apperr.Wrap(apperr.Unavailable, err, "the workflow engine is unavailable")
+		}
+	}
+	if _, err := d.wf.ScheduleWorkflow(ctx, chat.WorkflowName, workflow.WithInstanceID(id), workflow.WithInput(in)); err != nil {
+		if idempotent && strings.Contains(strings.ToLower(err.Error()), "already exists") {
+			return nil // a concurrent request with the same key won the race
+		}
+		return apperr.Wrap(apperr.Unavailable, err, "the workflow engine is unavailable")
+	}
+	logging.From(ctx, s.log).Info("chat turn started", "workflow_instance_id", id, "user_id", in.UserID, "session_id", in.SessionID)
+	return nil
+}
+
+func notFound(err error) bool {
+	if errors.Is(err, api.ErrInstanceNotFound) {
+		return true
+	}
+	m := strings.ToLower(err.Error())
+	return strings.Contains(m, "not found") || strings.Contains(m, "no such instance")
+}
+
+func (s *srv) chat(w http.ResponseWriter, r *http.Request) {
+	d := s.d.Load()
+	in, id, idem, err := s.parse(w, r)
+	if err != nil {
+		httpx.Error(w, r, s.log, err)
+		return
+	}
+	ctx := logging.With(r.Context(), s.log, "workflow_instance_id", id)
+	if err := s.start(ctx, d, id, in, idem); err != nil {
+		httpx.Error(w, r, s.log, err)
+		return
+	}
+	wctx, cancel := context.WithTimeout(ctx, s.chatTimeout)
+	defer cancel()
+	meta, err := d.wf.WaitForWorkflowCompletion(wctx, id, workflow.WithFetchPayloads(true))
+	if err != nil {
+		if wctx.Err() != nil && r.Context().Err() == nil {
+			logging.From(ctx, s.log).Warn("chat turn still running at CHAT_TIMEOUT", "timeout", s.chatTimeout.String())
+			httpx.JSON(w, http.StatusGatewayTimeout, map[string]any{
+				"detail": "the chat turn is still running; poll GET /chat/" + id, "code": string(apperr.Timeout), "instance_id": id,
+			})
+			return
+		}
+		httpx.Error(w, r, s.log, apperr.Wrap(apperr.Unavailable, err, "the workflow engine is unavailable"))
+		return
+	}
+	run := describe(id, meta)
+	if run.Status != "COMPLETED" {
+		logging.From(ctx, s.log).Warn("chat turn did not complete", "status", run.Status, "error", run.Error)
+		httpx.JSON(w, http.StatusServiceUnavailable, map[string]any{
+			"detail": run.Error, "code": string(apperr.Unavailable), "instance_id": id, "status": run.Status,
+		})
+		return
+	}
+	httpx.JSON(w, http.StatusOK, map[string]any{
+		"user_id":     run.out.UserID,
+		"reply":       run.out.Reply,
+		"status":      run.Status,
+		"instance_id": id,
+		"metadata":    map[string]any{"session_id": run.out.SessionID, "timestamp": run.out.Timestamp},
+	})
+}
+
+func (s *srv) chatAsync(w http.ResponseWriter, r *http.Request) {
+	d := s.d.Load()
+	in, id, idem, err := s.parse(w, r)
+	if err != nil {
+		httpx.Error(w, r, s.log, err)
+		return
+	}
+	ctx := logging.With(r.Context(), s.log, "workflow_instance_id", id)
+	if err := s.start(ctx, d, id, in, idem); err != nil {
+		httpx.Error(w, r, s.log, err)
+		return
+	}
+	w.Header().Set("Location", "/chat/"+id)
+	httpx.JSON(w, http.StatusAccepted, map[string]any{"instance_id": id, "session_id": in.SessionID})
+}
+
+// Run is the state of a chat turn as GET /chat/{id} shows it.
+type Run struct {
+	InstanceID string     `json:"instance_id"`
+	Status     string     `json:"status"`
+	Stage      string     `json:"stage,omitempty"`
+	UserID     string     `json:"user_id,omitempty"`
+	SessionID  string     `json:"session_id,omitempty"`
+	Reply      *string    `json:"reply,omitempty"`
+	Error      string     `json:"error,omitempty"`
+	Timestamp  *time.Time `json:"timestamp,omitempty"`
+	out        chat.Output
+}
+
+func describe(id string, meta *workflow.WorkflowMetadata) Run {
+	run := Run{InstanceID: id, Status: meta.String()}
+	if meta.CustomStatus != nil && run.Status == "RUNNING" {
+		run.Stage = meta.CustomStatus.GetValue()
+	}
+	var in chat.Input
+	if meta.Input != nil && json.Unmarshal([]byte(meta.Input.GetValue()), &in) == nil {
+		run.UserID, run.SessionID = in.UserID, in.SessionID
+	}
+	switch run.Status {
+	case "COMPLETED":
+		if meta.Output != nil && json.Unmarshal([]byte(meta.Output.GetValue()), &run.out) == nil {
+			run.Reply = &run.out.Reply
+			ts := run.out.Timestamp
+			run.Timestamp = &ts
+		}
+	case "FAILED":
+		run.Error = "the chat turn failed"
+		if fd := meta.FailureDetails; fd != nil && strings.HasPrefix(fd.ErrorMessage, "chat turn failed") {
+			run.Error = fd.ErrorMessage // our own, client-safe message
+		}
+	case "TERMINATED", "CANCELED":
+		run.Error = "the chat turn was stopped"
+	}
+	return run
+}
+
+func (s *srv) chatStatus(w http.ResponseWriter, r *http.Request) {
+	id := chi.URLParam(r, "instance_id")
+	if err := httpx.CheckID("instance_id", id); err != nil {
+		httpx.Error(w, r, s.log, err)
+		return
+	}
+	meta, err := s.d.Load().wf.FetchWorkflowMetadata(r.Context(), id, workflow.WithFetchPayloads(true))
+	if err != nil {
+		if notFound(err) {
+			httpx.Error(w, r, s.log, apperr.New(apperr.NotFound, "chat turn %s not found", id))
+			return
+		}
+		httpx.Error(w, r, s.log, apperr.Wrap(apperr.Unavailable, err, "the workflow engine is unavailable"))
+		return
+	}
+	httpx.JSON(w, http.StatusOK, describe(id, meta))
+}

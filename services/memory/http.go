@@ -1,0 +1,344 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	dapr "github.com/dapr/go-sdk/client"
+	"github.com/go-chi/chi/v5"
+
+	"github.com/daca-go/daca/internal/apperr"
+	"github.com/daca-go/daca/internal/httpx"
+	"github.com/daca-go/daca/internal/llm"
+	"github.com/daca-go/daca/internal/logging"
+	"github.com/daca-go/daca/internal/memory"
+)
+
+// Publisher publishes pub/sub events through the sidecar.
+type Publisher interface {
+	PublishEvent(ctx context.Context, pubsubName, topicName string, data interface{}, opts ...dapr.PublishEventOption) error
+}
+
+// Sidecar answers whether the Dapr sidecar is reachable.
+type Sidecar interface {
+	GetMetadata(ctx context.Context) (*dapr.GetMetadataResponse, error)
+}
+
+// Model writes summaries.
+type Model interface {
+	Complete(ctx context.Context, system string, history []llm.Message, user string) (string, error)
+	Mode() string
+}
+
+type deps struct {
+	mem *memory.Memory
+	pub interface {
+		Publisher
+		Sidecar
+	}
+	model Model
+}
+
+type srv struct {
+	log      *slog.Logger
+	appToken string
+	d        atomic.Pointer[deps]
+}
+
+func newServer(log *slog.Logger, appToken string) *srv { return &srv{log: log, appToken: appToken} }
+
+func (s *srv) ready(mem *memory.Memory, pub interface {
+	Publisher
+	Sidecar
+}, model Model) {
+	s.d.Store(&deps{mem: mem, pub: pub, model: model})
+}
+
+// Topics and limits.
+const (
+	PubSub             = "pubsub"
+	TopicMemoryUpdates = "memory-updates"
+	maxName            = 200
+	maxStyle           = 64
+	maxSummary         = 4096
+)
+
+func (s *srv) routes() http.Handler {
+	r := chi.NewRouter()
+	r.Use(httpx.RequestID(s.log), httpx.Log(s.log), httpx.AppToken(s.appToken))
+	r.Get("/", func(w http.ResponseWriter, r *http.Request) {
+		httpx.JSON(w, http.StatusOK, map[string]string{"message": "Welcome to the DACA Agent Memory Service! See README.md for the API."})
+	})
+	r.Get("/health", s.health)
+	r.Group(func(r chi.Router) {
+		r.Use(s.requireReady)
+		r.Get("/memories/{user_id}", s.getMemory)
+		r.Post("/memories/{user_id}/initialize", s.initialize)
+		r.Delete("/memories/{user_id}", s.forgetUser)
+		r.Get("/conversations/{session_id}", s.getConversation)
+		r.Delete("/conversations/{session_id}", s.deleteConversation)
+		r.Get("/users/{user_id}/sessions", s.sessions)
+	})
+	r.Post("/conversations", s.onConversation)
+	return r
+}
+
+func (s *srv) requireReady(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.d.Load() == nil {
+			w.Header().Set("Retry-After", "1")
+			httpx.Error(w, r, s.log, apperr.New(apperr.Unavailable, "the service is starting"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *srv) health(w http.ResponseWriter, r *http.Request) {
+	d := s.d.Load()
+	if d == nil {
+		httpx.JSON(w, http.StatusServiceUnavailable, map[string]string{"status": "starting", "dapr": "connecting", "llm": "unknown"})
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	daprState, status, code := "ok", "ok", http.StatusOK
+	if _, err := d.pub.GetMetadata(ctx); err != nil {
+		daprState, status, code = "unavailable", "degraded", http.StatusServiceUnavailable
+	}
+	httpx.JSON(w, code, map[string]string{"status": status, "dapr": daprState, "llm": d.model.Mode()})
+}
+
+func (s *srv) getMemory(w http.ResponseWriter, r *http.Request) {
+	uid := chi.URLParam(r, "user_id")
+	if err := httpx.CheckID("user_id", uid); err != nil {
+		httpx.Error(w, r, s.log, err)
+		return
+	}
+	p, err := s.d.Load().mem.Profile(r.Context(), uid)
+	if err != nil {
+		httpx.Error(w, r, s.log, err)
+		return
+	}
+	httpx.JSON(w, http.StatusOK, p)
+}
+
+func (s *srv) initialize(w http.ResponseWriter, r *http.Request) {
+	uid := chi.URLParam(r, "user_id")
+	if err := httpx.CheckID("user_id", uid); err != nil {
+		httpx.Error(w, r, s.log, err)
+		return
+	}
+	var p memory.Profile
+	if err := httpx.Decode(w, r, &p); err != nil {
+		httpx.Error(w, r, s.log, err)
+		return
+	}
+	for _, f := range []struct {
+		name, v string
+		max     int
+	}{{"name", p.Name, maxName}, {"preferred_style", p.PreferredStyle, maxStyle}, {"user_summary", p.UserSummary, maxSummary}} {
+		if len(f.v) > f.max {
+			httpx.Error(w, r, s.log, apperr.New(apperr.Invalid, "%s is longer than %d bytes", f.name, f.max))
+			return
+		}
+	}
+	p, err := s.d.Load().mem.Initialize(r.Context(), uid, p)
+	if err != nil {
+		httpx.Error(w, r, s.log, err)
+		return
+	}
+	httpx.JSON(w, http.StatusOK, map[string]any{"status": "success", "user_id": uid, "metadata": p})
+}
+
+func (s *srv) forgetUser(w http.ResponseWriter, r *http.Request) {
+	uid := chi.URLParam(r, "user_id")
+	if err := httpx.CheckID("user_id", uid); err != nil {
+		httpx.Error(w, r, s.log, err)
+		return
+	}
+	n, err := s.d.Load().mem.ForgetUser(r.Context(), uid)
+	if err != nil {
+		httpx.Error(w, r, s.log, err)
+		return
+	}
+	httpx.JSON(w, http.StatusOK, map[string]any{"status": "success", "user_id": uid, "sessions_deleted": n})
+}
+
+func (s *srv) getConversation(w http.ResponseWriter, r *http.Request) {
+	sid := chi.URLParam(r, "session_id")
+	if err := httpx.CheckID("session_id", sid); err != nil {
+		httpx.Error(w, r, s.log, err)
+		return
+	}
+	last := 0
+	if v := r.URL.Query().Get("last"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			httpx.Error(w, r, s.log, apperr.New(apperr.Invalid, "last must be a non-negative integer"))
+			return
+		}
+		last = n
+	}
+	h, err := s.d.Load().mem.History(r.Context(), sid, last)
+	if err != nil {
+		httpx.Error(w, r, s.log, err)
+		return
+	}
+	httpx.JSON(w, http.StatusOK, map[string]any{"history": h})
+}
+
+func (s *srv) deleteConversation(w http.ResponseWriter, r *http.Request) {
+	sid := chi.URLParam(r, "session_id")
+	if err := httpx.CheckID("session_id", sid); err != nil {
+		httpx.Error(w, r, s.log, err)
+		return
+	}
+	found, err := s.d.Load().mem.DeleteConversation(r.Context(), sid)
+	if err != nil {
+		httpx.Error(w, r, s.log, err)
+		return
+	}
+	if !found {
+		httpx.Error(w, r, s.log, apperr.New(apperr.NotFound, "session %s not found", sid))
+		return
+	}
+	httpx.JSON(w, http.StatusOK, map[string]any{"status": "success", "session_id": sid})
+}
+
+func (s *srv) sessions(w http.ResponseWriter, r *http.Request) {
+	uid := chi.URLParam(r, "user_id")
+	if err := httpx.CheckID("user_id", uid); err != nil {
+		httpx.Error(w, r, s.log, err)
+		return
+	}
+	list, err := s.d.Load().mem.Sessions(r.Context(), uid)
+	if err != nil {
+		httpx.Error(w, r, s.log, err)
+		return
+	}
+	httpx.JSON(w, http.StatusOK, map[string]any{"user_id": uid, "sessions": list})
+}
+
+// Dapr's answers to a delivery.
+const (
+	statusSuccess = "SUCCESS"
+	statusRetry   = "RETRY"
+	statusDrop    = "DROP"
+)
+
+type cloudEvent struct {
+	ID          string          `json:"id"`
+	Type        string          `json:"type"`
+	Source      string          `json:"source"`
+	Topic       string          `json:"topic"`
+	Data        json.RawMessage `json:"data"`
+	Traceparent string          `json:"traceparent"`
+}
+
+// MemoryUpdated is published on memory-updates after an event is applied.
+type MemoryUpdated struct {
+	UserID      string `json:"user_id"`
+	SessionID   string `json:"session_id"`
+	UserSummary string `json:"user_summary"`
+}
+
+// onConversation is the route of the declarative subscription to topic
+// conversations. It answers SUCCESS when the event is applied (or was
+// already), DROP for an event it can never apply, and RETRY when the state
+// store or the LLM is unavailable.
+func (s *srv) onConversation(w http.ResponseWriter, r *http.Request) {
+	log := logging.From(r.Context(), s.log)
+	answer := func(status, why string, err error) {
+		switch status {
+		case statusDrop:
+			log.Warn("conversation event dropped", "reason", why, "err", err)
+		case statusRetry:
+			log.Warn("conversation event will be retried", "reason", why, "err", err)
+		}
+		httpx.JSON(w, http.StatusOK, map[string]string{"status": status})
+	}
+	d := s.d.Load()
+	if d == nil {
+		answer(statusRetry, "service starting", nil)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, httpx.MaxBody))
+	if err != nil {
+		answer(statusDrop, "body unreadable or larger than 1 MiB", err)
+		return
+	}
+	var ce cloudEvent
+	if err := json.Unmarshal(body, &ce); err != nil {
+		answer(statusDrop, "malformed JSON", err)
+		return
+	}
+	if ce.ID == "" || len(ce.Data) == 0 {
+		answer(statusDrop, "not a CloudEvent (no id or data)", nil)
+		return
+	}
+	log = log.With("cloudevent_id", ce.ID)
+	if tid := httpx.TraceID(ce.Traceparent); tid != "" {
+		log = log.With("trace_id", tid)
+	}
+	ctx := logging.With(r.Context(), log)
+	data := []byte(ce.Data)
+	var str string
+	if json.Unmarshal(data, &str) == nil { // data published as a JSON string
+		data = []byte(str)
+	}
+	var ev memory.Event
+	if err := json.Unmarshal(data, &ev); err != nil {
+		answer(statusDrop, "event data is not a ConversationUpdated object", err)
+		return
+	}
+	if ev.EventType != "ConversationUpdated" {
+		answer(statusDrop, "foreign event type "+strconv.Quote(ev.EventType), nil)
+		return
+	}
+	if !httpx.ValidID(ev.UserID) || !httpx.ValidID(ev.SessionID) {
+		answer(statusDrop, "invalid user_id or session_id", nil)
+		return
+	}
+	if strings.TrimSpace(ev.UserMessage) == "" || strings.TrimSpace(ev.AssistantReply) == "" {
+		answer(statusDrop, "user_message or assistant_reply is empty", nil)
+		return
+	}
+	summarize := func(ctx context.Context, p memory.Profile, recent []memory.Entry) (string, error) {
+		hist := make([]llm.Message, len(recent))
+		for i, e := range recent {
+			hist[i] = llm.Message{Role: e.Role, Content: e.Content}
+		}
+		return d.model.Complete(ctx, llm.SummaryInstructions(p.Name, p.UserSummary), hist, llm.SummaryRequest)
+	}
+	res, err := d.mem.Apply(ctx, ce.ID, ev, summarize)
+	if err != nil {
+		switch apperr.CodeOf(err) {
+		case apperr.Unavailable, apperr.Timeout, apperr.RateLimited:
+			answer(statusRetry, "a dependency is unavailable", err)
+		default:
+			answer(statusDrop, "cannot be applied", err)
+		}
+		return
+	}
+	if res.Duplicate {
+		log.Info("duplicate conversation event ignored (already applied)", "session_id", ev.SessionID)
+		answer(statusSuccess, "", nil)
+		return
+	}
+	log.Info("conversation event applied", "user_id", ev.UserID, "session_id", ev.SessionID, "entries", res.Entries)
+	up := MemoryUpdated{UserID: ev.UserID, SessionID: ev.SessionID, UserSummary: res.UserSummary}
+	if err := d.pub.PublishEvent(ctx, PubSub, TopicMemoryUpdates, up,
+		dapr.PublishEventWithMetadata(map[string]string{"cloudevent.id": "memory-" + ce.ID})); err != nil {
+		// The memory itself is updated; only the live notification is lost.
+		log.Error("publishing MemoryUpdated failed", "err", err)
+	}
+	answer(statusSuccess, "", nil)
+}
