@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -39,6 +40,9 @@ type App struct {
 
 	// Command starts the app; nil when the app runs elsewhere.
 	Command []string
+	// Build, when set and Command is nil, is a Go package (such as
+	// ./services/chat) that Start builds and runs as the app.
+	Build string
 	Dir     string   // working directory of the app; default the repository root
 	Env     []string // extra environment of the app
 
@@ -176,6 +180,9 @@ func (s *Stack) start(ctx context.Context) error {
 	if _, err := os.Stat(c.SecretsFile); err != nil {
 		return fmt.Errorf("secret store file %s: %w", c.SecretsFile, err)
 	}
+	if err := s.buildApps(ctx); err != nil {
+		return err
+	}
 	if err := s.assignPorts(); err != nil {
 		return err
 	}
@@ -229,6 +236,25 @@ func (s *Stack) start(ctx context.Context) error {
 		if err := s.waitApp(ctx, a); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+func (s *Stack) buildApps(ctx context.Context) error {
+	c := &s.cfg
+	for i := range c.Apps {
+		a := &c.Apps[i]
+		if a.Build == "" || a.Command != nil {
+			continue
+		}
+		bin := filepath.Join(c.RunDir, "bin", a.ID)
+		fmt.Fprintf(c.Progress, "stack: building %s (%s)\n", a.ID, a.Build)
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, a.Build)
+		cmd.Dir = c.Root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("building %s: %w\n%s", a.Build, err, out)
+		}
+		a.Command = []string{bin}
 	}
 	return nil
 }
