@@ -108,6 +108,8 @@ type Stack struct {
 	Scheduler                      *proc.Process
 	placementPorts, schedulerPorts [2]int // grpc, healthz
 
+	ports *portPicker
+
 	mu    sync.Mutex
 	apps  []*RunningApp
 	procs []*proc.Process // in start order
@@ -285,12 +287,12 @@ func (s *Stack) assignPorts() error {
 	if err := checkFree(fixed); err != nil {
 		return err
 	}
-	ports := newPortPicker(fixed)
+	s.ports = newPortPicker(fixed)
 	pick := func(p *int) error {
 		if *p != 0 {
 			return nil
 		}
-		v, err := ports.pick()
+		v, err := s.ports.pick()
 		*p = v
 		return err
 	}
@@ -347,12 +349,12 @@ func (s *Stack) spawn(name, path string, args, env []string, dir string) (*proc.
 
 func (s *Stack) startPlacement() error {
 	c := &s.cfg
-	raft, err := freePort()
+	raft, err := s.ports.pick()
 	if err != nil {
 		return err
 	}
 	s.placementPorts[0] = c.PlacementPort
-	metrics, err := freePort()
+	metrics, err := s.ports.pick()
 	if err != nil {
 		return err
 	}
@@ -375,7 +377,7 @@ func (s *Stack) startScheduler() error {
 	s.schedulerPorts[0] = c.SchedulerPort
 	var extra [3]int
 	for i := range extra {
-		p, err := freePort()
+		p, err := s.ports.pick()
 		if err != nil {
 			return err
 		}
@@ -710,8 +712,11 @@ type portPicker struct{ used map[int]bool }
 
 func newPortPicker(reserved []namedPort) *portPicker {
 	pp := &portPicker{used: map[int]bool{}}
+	portMu.Lock()
+	defer portMu.Unlock()
 	for _, r := range reserved {
 		pp.used[r.port] = true
+		portsUsed[r.port] = true // never handed out by FreePort in this process either
 	}
 	return pp
 }

@@ -1,0 +1,95 @@
+package httpx
+
+import (
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/daca-go/daca/internal/apperr"
+)
+
+func TestValidID(t *testing.T) {
+	tests := []struct {
+		id   string
+		want bool
+	}{
+		{"junaid", true},
+		{"user@example.com", true},
+		{"a:b-c_d.e", true},
+		{"9", true},
+		{strings.Repeat("a", 128), true},
+		{strings.Repeat("a", 129), false},
+		{"", false},
+		{"a||b", false},
+		{"-leading", false},
+		{"../etc", false},
+		{"a b", false},
+		{"ünï", false},
+	}
+	for _, tt := range tests {
+		if got := ValidID(tt.id); got != tt.want {
+			t.Errorf("ValidID(%q) = %v; want %v", tt.id, got, tt.want)
+		}
+	}
+}
+
+func TestDecode(t *testing.T) {
+	tests := []struct {
+		name, body string
+		code       apperr.Code
+	}{
+		{"ok", `{"a":"x"}`, ""},
+		{"empty", ``, apperr.Invalid},
+		{"syntax", `{"a":`, apperr.Invalid},
+		{"type", `{"a":5}`, apperr.Invalid},
+		{"too large", `{"a":"` + strings.Repeat("x", MaxBody) + `"}`, apperr.TooLarge},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var v struct{ A string }
+			r := httptest.NewRequest(http.MethodPost, "/", strings.NewReader(tt.body))
+			err := Decode(httptest.NewRecorder(), r, &v)
+			if apperr.CodeOf(err) != tt.code {
+				t.Fatalf("err = %v; want %q", err, tt.code)
+			}
+		})
+	}
+}
+
+func TestErrorHidesInternals(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	w := httptest.NewRecorder()
+	err := apperr.Wrap(apperr.Unavailable, io.ErrUnexpectedEOF, "the state store is unavailable")
+	Error(w, httptest.NewRequest(http.MethodGet, "/", nil), log, err)
+	if w.Code != http.StatusServiceUnavailable || strings.Contains(w.Body.String(), "unexpected EOF") ||
+		!strings.Contains(w.Body.String(), `"detail":"the state store is unavailable"`) {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+}
+
+func TestAppToken(t *testing.T) {
+	h := AppToken("secret")(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	tests := []struct {
+		path, token string
+		want        int
+	}{
+		{"/chat", "", 401},
+		{"/chat", "wrong", 401},
+		{"/chat", "secret", 200},
+		{"/health", "", 200},
+	}
+	for _, tt := range tests {
+		r := httptest.NewRequest(http.MethodGet, tt.path, nil)
+		if tt.token != "" {
+			r.Header.Set("dapr-api-token", tt.token)
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != tt.want {
+			t.Errorf("%s with %q: %d; want %d", tt.path, tt.token, w.Code, tt.want)
+		}
+	}
+}

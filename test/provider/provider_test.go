@@ -1,0 +1,255 @@
+// Package provider tests the services against an OpenAI-compatible provider
+// (a local server in this test binary speaking the Chat Completions wire
+// format, tool calls included) with a real API key in the Dapr secret store:
+// the key reaches the provider and nothing else, and a chat turn survives a
+// crash of the chat service in the middle of generate_response.
+package provider
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/daca-go/daca/internal/stack"
+	"github.com/daca-go/daca/internal/stack/stacktest"
+)
+
+// The key exists only in this test's secret store file.
+const apiKey = "sk-daca-e2e-3f9c2a7b1d4e8f60a5c7"
+
+var (
+	listener *stacktest.Listener
+	prov     = &provider{arrived: make(chan string, 4)}
+
+	respMu    sync.Mutex
+	responses []string // every response body the tests saw, for the leak check
+)
+
+func TestMain(m *testing.M) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	srv := &http.Server{Handler: prov, ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	listener, err = stacktest.NewListener("provider-listener", "conversations", "memory-updates")
+	if err != nil {
+		panic(err)
+	}
+	llmEnv := []string{"LLM_BASE_URL=http://" + ln.Addr().String() + "/v1", "LLM_MODEL=fake-model", "LLM_TIMEOUT=60s"}
+	code := stacktest.Run(m, stacktest.Options{
+		Apps: []stack.App{
+			{ID: "agent-memory-service", Build: "./services/memory", HealthPath: "/health", Secrets: []string{"gemini-api-key"}, Env: llmEnv},
+			{ID: "chat-service", Build: "./services/chat", HealthPath: "/health", Secrets: []string{"gemini-api-key"}, Env: llmEnv},
+			listener.App(),
+		},
+		Secrets: map[string]string{"gemini-api-key": apiKey},
+	})
+	listener.Close()
+	srv.Close()
+	os.Exit(code)
+}
+
+// provider speaks the Chat Completions wire format. It refuses any other key,
+// asks for get_current_time when asked for the time, and holds the first
+// request that mentions "crash-test" until its caller goes away.
+type provider struct {
+	mu      sync.Mutex
+	held    map[string]bool
+	calls   int
+	arrived chan string
+}
+
+func (p *provider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != "/v1/chat/completions" || r.Method != http.MethodPost {
+		http.NotFound(w, r)
+		return
+	}
+	if r.Header.Get("Authorization") != "Bearer "+apiKey {
+		w.WriteHeader(http.StatusUnauthorized)
+		io.WriteString(w, `{"error":{"message":"invalid key","type":"invalid_request_error"}}`)
+		return
+	}
+	var req struct {
+		Messages []struct {
+			Role    string `json:"role"`
+			Content string `json:"content"`
+		} `json:"messages"`
+		Tools []any `json:"tools"`
+	}
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil || len(req.Messages) == 0 {
+		w.WriteHeader(http.StatusBadRequest)
+		return
+	}
+	p.mu.Lock()
+	p.calls++
+	p.mu.Unlock()
+	system, last := req.Messages[0].Content, req.Messages[len(req.Messages)-1]
+	answer := func(content string) {
+		w.Header().Set("Content-Type", "application/json")
+		b, _ := json.Marshal(content)
+		fmt.Fprintf(w, `{"id":"p","object":"chat.completion","model":"fake-model","choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":%s}}],"usage":{"prompt_tokens":3,"completion_tokens":3,"total_tokens":6}}`, b)
+	}
+	switch {
+	case strings.Contains(system, "maintain a short summary"):
+		answer("The user talks to the provider-backed agent.")
+	case last.Role == "tool":
+		answer("It is " + last.Content + ".")
+	case strings.Contains(last.Content, "crash-test"):
+		p.mu.Lock()
+		if p.held == nil {
+			p.held = map[string]bool{}
+		}
+		first := !p.held[last.Content]
+		p.held[last.Content] = true
+		p.mu.Unlock()
+		if first {
+			p.arrived <- last.Content
+			<-r.Context().Done() // held until the chat service dies
+			return
+		}
+		answer("survived: " + last.Content)
+	case strings.Contains(strings.ToLower(last.Content), "time") && len(req.Tools) > 0:
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"id":"p","object":"chat.completion","model":"fake-model","choices":[{"index":0,"finish_reason":"tool_calls","message":{"role":"assistant","content":"","tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_current_time","arguments":"{}"}}]}}]}`)
+	default:
+		answer("provider says hello")
+	}
+}
+
+func do(t *testing.T, method, url string, body any, headers ...string) stacktest.Response {
+	t.Helper()
+	r := stacktest.Do(t, method, url, body, headers...)
+	respMu.Lock()
+	responses = append(responses, string(r.Body)+fmt.Sprint(r.Header))
+	respMu.Unlock()
+	return r
+}
+
+func chatURL(st *stack.Stack, path string) string {
+	return st.App("chat-service").SidecarURL() + "/v1.0/invoke/chat-service/method/" + path
+}
+
+func memoryURL(st *stack.Stack, path string) string {
+	return st.App("agent-memory-service").SidecarURL() + "/v1.0/invoke/agent-memory-service/method/" + path
+}
+
+func tok(st *stack.Stack) []string { return []string{"dapr-api-token", st.APIToken} }
+
+func TestTurnThroughProvider(t *testing.T) {
+	st := stacktest.Stack(t)
+	session := fmt.Sprintf("prov-%d", time.Now().UnixNano())
+	r := do(t, http.MethodPost, chatURL(st, "chat"), map[string]any{"user_id": "pat", "text": "What time is it?", "metadata": map[string]string{"session_id": session}}, tok(st)...)
+	if r.Status != http.StatusOK {
+		t.Fatalf("chat: %d %s", r.Status, r.Body)
+	}
+	if !regexp.MustCompile(`^It is \d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC\.$`).MatchString(fmt.Sprint(r.JSON["reply"])) {
+		t.Fatalf("reply %q: the tool call did not go round the provider", r.JSON["reply"])
+	}
+	if _, err := listener.Await(30*time.Second, 1, "memory-updates", session, "provider-backed agent"); err != nil {
+		t.Fatal(err)
+	}
+	for _, app := range []string{"chat-service", "agent-memory-service"} {
+		h := do(t, http.MethodGet, st.App(app).AppURL()+"/health", nil)
+		if h.JSON["llm"] != "openai-compatible" {
+			t.Fatalf("%s health = %s", app, h.Body)
+		}
+	}
+}
+
+func TestCrashDuringGenerateResponse(t *testing.T) {
+	st := stacktest.Stack(t)
+	session := fmt.Sprintf("crash-%d", time.Now().UnixNano())
+	text := "crash-test " + session
+	r := do(t, http.MethodPost, chatURL(st, "chat/async"), map[string]any{"user_id": "pat", "text": text, "metadata": map[string]string{"session_id": session}}, tok(st)...)
+	if r.Status != http.StatusAccepted {
+		t.Fatalf("async chat: %d %s", r.Status, r.Body)
+	}
+	id := r.JSON["instance_id"].(string)
+	select {
+	case <-prov.arrived:
+	case <-time.After(60 * time.Second):
+		t.Fatal("generate_response never reached the provider")
+	}
+	// Kill the chat service while the workflow waits in generate_response.
+	if err := st.KillApp("chat-service"); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.StartApp(t.Context(), "chat-service"); err != nil {
+		t.Fatal(err)
+	}
+	stacktest.WaitFor(t, 3*time.Minute, "the interrupted turn to complete", func() error {
+		r = do(t, http.MethodGet, chatURL(st, "chat/"+id), nil, tok(st)...)
+		if r.JSON["status"] != "COMPLETED" {
+			return fmt.Errorf("status %v", r.JSON["status"])
+		}
+		return nil
+	})
+	if r.JSON["reply"] != "survived: "+text {
+		t.Fatalf("reply = %s", r.Body)
+	}
+	stacktest.WaitFor(t, 60*time.Second, "history", func() error {
+		h := do(t, http.MethodGet, memoryURL(st, "conversations/"+session), nil, tok(st)...)
+		if n := len(h.JSON["history"].([]any)); n != 2 {
+			return fmt.Errorf("%d entries", n)
+		}
+		return nil
+	})
+	if n := len(listener.Matching("conversations", session)); n != 1 {
+		t.Fatalf("ConversationUpdated published %d times; want exactly once", n)
+	}
+}
+
+// Runs last: the key must appear in no log line, response or process
+// environment of the run.
+func TestZKeyNeverLeaks(t *testing.T) {
+	st := stacktest.Stack(t)
+	// A few more responses, errors included.
+	do(t, http.MethodPost, chatURL(st, "chat"), map[string]any{"user_id": "pat", "text": ""}, tok(st)...)
+	do(t, http.MethodGet, st.App("chat-service").SidecarURL()+"/v1.0/metadata", nil, tok(st)...)
+	do(t, http.MethodGet, st.App("chat-service").SidecarURL()+"/v1.0/secrets/secretstore/gemini-api-key", nil) // no token: refused
+	respMu.Lock()
+	defer respMu.Unlock()
+	for _, body := range responses {
+		if strings.Contains(body, apiKey) {
+			t.Fatalf("a response leaks the API key: %.200s", body)
+		}
+	}
+	logs, _ := filepath.Glob(filepath.Join(filepath.Dir(st.App("chat-service").Daprd.Spec.LogFile), "*.log"))
+	if len(logs) < 5 {
+		t.Fatalf("only %d log files found", len(logs))
+	}
+	for _, f := range logs {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(b), apiKey) {
+			t.Fatalf("%s leaks the API key", f)
+		}
+	}
+	for _, p := range st.Processes() {
+		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", p.Pid()))
+		if err != nil {
+			continue // exited (the killed chat service)
+		}
+		if strings.Contains(string(env), apiKey) {
+			t.Fatalf("the environment of %s holds the API key", p.Spec.Name)
+		}
+	}
+	prov.mu.Lock()
+	calls := prov.calls
+	prov.mu.Unlock()
+	if calls == 0 {
+		t.Fatal("the provider was never called: the key check proves nothing")
+	}
+}
