@@ -7,7 +7,7 @@ DAPR_DIR  := .bin/dapr-$(DAPR_VER)
 DACA      := .bin/daca
 TEST_TIMEOUT ?= 20m
 
-.PHONY: run test unit e2e vet dapr daca generate check-generate bench clean help
+.PHONY: run test unit vet dapr daca bench clean help
 
 help:
 	@echo "make run    run the whole system (Redis, Dapr, apps with sidecars)"
@@ -37,6 +37,10 @@ $(DAPR_DIR)/.stamp: tools/dapr/go.mod tools/dapr/go.sum tools/dapr/cmd/daprd/mai
 
 daca: dapr
 	@$(GO) build -o $(DACA) ./cmd/daca
+
+## bench: chat turns and memory reads end to end on a private stack; prints a table.
+bench: daca
+	@$(DACA) bench
 
 clean:
 	rm -rf .bin/apps $(DACA)

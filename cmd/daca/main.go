@@ -42,6 +42,7 @@ const usage = `usage: daca <command> [flags]
 commands:
   up     run the whole system (Redis, Dapr placement and scheduler, apps with sidecars)
   dapr   build the Dapr ` + "1.16.5" + ` binaries into .bin/ (first time only, about 5 minutes)
+  bench  measure chat turns and memory reads end to end on a private stack
 
 Run 'daca up -h' for the flags of up.`
 
@@ -54,6 +55,8 @@ func run(ctx context.Context, args []string) error {
 		return up(ctx, args[1:])
 	case "dapr":
 		return dapr(ctx, args[1:])
+	case "bench":
+		return bench(ctx, args[1:])
 	case "-h", "--help", "help":
 		fmt.Println(usage)
 		return nil

@@ -1,0 +1,171 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/daca-go/daca/internal/stack"
+)
+
+// bench starts a private stack (own Redis, random ports, offline model) and
+// measures chat turns end to end and a bare memory read through the sidecar.
+func bench(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("daca bench", flag.ContinueOnError)
+	root := fs.String("root", ".", "repository root")
+	turns := fs.Int("turns", 200, "chat turns per concurrency level")
+	reads := fs.Int("reads", 2000, "memory reads per concurrency level")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return usageError(err.Error())
+	}
+	rootDir, err := filepath.Abs(*root)
+	if err != nil {
+		return err
+	}
+	runDir, err := os.MkdirTemp("", "daca-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(runDir)
+	secrets := filepath.Join(runDir, "secrets.json")
+	if err := os.WriteFile(secrets, []byte(`{"gemini-api-key": ""}`), 0o600); err != nil {
+		return err
+	}
+	fmt.Println("bench: starting a private stack (offline model, own Redis, random ports)")
+	st, err := stack.Start(ctx, stack.Config{
+		Root: rootDir, RunDir: runDir, SecretsFile: secrets, Progress: os.Stdout, LogLevel: "warn",
+		Apps: []stack.App{
+			{ID: "agent-memory-service", Build: "./services/memory", HealthPath: "/health", Secrets: []string{"gemini-api-key"}, Env: []string{"LOG_LEVEL=warn"}},
+			{ID: "chat-service", Build: "./services/chat", HealthPath: "/health", Secrets: []string{"gemini-api-key"}, Env: []string{"LOG_LEVEL=warn"}},
+		},
+	})
+	if err != nil {
+		return err
+	}
+	defer st.Stop()
+
+	client := &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{MaxIdleConnsPerHost: 128}}
+	chatURL := st.App("chat-service").SidecarURL() + "/v1.0/invoke/chat-service/method/chat"
+	memURL := st.App("agent-memory-service").SidecarURL() + "/v1.0/invoke/agent-memory-service/method/memories/bench-user"
+	call := func(method, url string, body []byte) error {
+		req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("dapr-api-token", st.APIToken)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s %s: %s", method, url, resp.Status)
+		}
+		return nil
+	}
+	var seq atomic.Int64
+	chatOnce := func() error {
+		n := seq.Add(1)
+		b, _ := json.Marshal(map[string]any{"user_id": "bench-user", "text": fmt.Sprintf("hello %d", n),
+			"metadata": map[string]string{"session_id": fmt.Sprintf("bench-%d", n%64)}})
+		return call(http.MethodPost, chatURL, b)
+	}
+	readOnce := func() error { return call(http.MethodGet, memURL, nil) }
+
+	// Warm up.
+	for range 5 {
+		if err := chatOnce(); err != nil {
+			return err
+		}
+	}
+	type result struct {
+		name     string
+		conc, n  int
+		rate     float64
+		p50, p99 time.Duration
+		errs     int
+	}
+	var results []result
+	for _, c := range []struct {
+		name string
+		op   func() error
+		n    int
+	}{{"chat turn (POST /chat via sidecar)", chatOnce, *turns}, {"GET /memories/{id} via sidecar (floor)", readOnce, *reads}} {
+		for _, conc := range []int{1, 16} {
+			n := c.n
+			if conc == 1 {
+				n = max(c.n/4, 20)
+			}
+			lat, errs, elapsed := load(c.op, n, conc)
+			slices.Sort(lat)
+			results = append(results, result{c.name, conc, n, float64(len(lat)) / elapsed.Seconds(), pct(lat, 50), pct(lat, 99), errs})
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+		}
+	}
+	fmt.Println()
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "operation\tclients\trequests\tper second\tp50\tp99\terrors\t")
+	for _, r := range results {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%s\t%s\t%d\t\n", r.name, r.conc, r.n, r.rate, ms(r.p50), ms(r.p99), r.errs)
+	}
+	tw.Flush()
+	return nil
+}
+
+func load(op func() error, n, conc int) ([]time.Duration, int, time.Duration) {
+	var mu sync.Mutex
+	var lat []time.Duration
+	errs := 0
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) {
+				t := time.Now()
+				err := op()
+				d := time.Since(t)
+				mu.Lock()
+				if err != nil {
+					errs++
+				} else {
+					lat = append(lat, d)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return lat, errs, time.Since(start)
+}
+
+func pct(sorted []time.Duration, p int) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := (len(sorted)*p + 99) / 100
+	return sorted[min(max(i-1, 0), len(sorted)-1)]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
