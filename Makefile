@@ -17,7 +17,7 @@ help:
 
 ## run: the whole system on this machine; Ctrl-C stops everything.
 run: daca
-	@exec $(DACA) up
+	@exec $(DACA) up $(ARGS)
 
 ## test: vet, unit tests and the end-to-end tests on the real stack.
 test: dapr vet
