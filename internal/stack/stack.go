@@ -32,7 +32,10 @@ import (
 // App is one Dapr application: a sidecar, and the app process unless the app
 // runs elsewhere (for example inside a test binary).
 type App struct {
-	ID      string
+	ID string
+	// Name is the app's unique name in the stack (process and log names,
+	// Stack.App); default ID. Two replicas of one app id need two names.
+	Name    string
 	AppPort int // port the app listens on; 0 with no Command means no app channel
 
 	// Sidecar ports; 0 picks a free port.
@@ -158,11 +161,15 @@ func (c *Config) defaults() error {
 	}
 	c.Out = &syncWriter{w: c.Out}
 	seen := map[string]bool{}
-	for _, a := range c.Apps {
-		if a.ID == "" || seen[a.ID] {
-			return fmt.Errorf("stack: app id %q is empty or used twice", a.ID)
+	for i := range c.Apps {
+		a := &c.Apps[i]
+		if a.Name == "" {
+			a.Name = a.ID
 		}
-		seen[a.ID] = true
+		if a.ID == "" || seen[a.Name] {
+			return fmt.Errorf("stack: app %q has no id or its name is used twice", a.Name)
+		}
+		seen[a.Name] = true
 	}
 	return nil
 }
@@ -249,8 +256,8 @@ func (s *Stack) buildApps(ctx context.Context) error {
 		if a.Build == "" || a.Command != nil {
 			continue
 		}
-		bin := filepath.Join(c.RunDir, "bin", a.ID)
-		fmt.Fprintf(c.Progress, "stack: building %s (%s)\n", a.ID, a.Build)
+		bin := filepath.Join(c.RunDir, "bin", a.Name)
+		fmt.Fprintf(c.Progress, "stack: building %s (%s)\n", a.Name, a.Build)
 		cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, a.Build)
 		cmd.Dir = c.Root
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -277,12 +284,12 @@ func (s *Stack) assignPorts() error {
 	for i := range c.Apps {
 		a := &c.Apps[i]
 		if a.Command != nil {
-			add(a.ID+" app", &a.AppPort)
+			add(a.Name+" app", &a.AppPort)
 		}
-		add(a.ID+" sidecar HTTP", &a.HTTPPort)
-		add(a.ID+" sidecar gRPC", &a.GRPCPort)
-		add(a.ID+" sidecar internal gRPC", &a.InternalGRPCPort)
-		add(a.ID+" sidecar metrics", &a.MetricsPort)
+		add(a.Name+" sidecar HTTP", &a.HTTPPort)
+		add(a.Name+" sidecar gRPC", &a.GRPCPort)
+		add(a.Name+" sidecar internal gRPC", &a.InternalGRPCPort)
+		add(a.Name+" sidecar metrics", &a.MetricsPort)
 	}
 	if err := checkFree(fixed); err != nil {
 		return err
@@ -449,7 +456,7 @@ func (s *Stack) startApp(a *RunningApp, nrDB string) error {
 	if v := os.Getenv("REDIS_PASSWORD"); v != "" {
 		env = append(env, "REDIS_PASSWORD="+v)
 	}
-	d, err := s.spawn(a.ID+"-dapr", s.Bins.Daprd, args, env, c.RunDir)
+	d, err := s.spawn(a.Name+"-dapr", s.Bins.Daprd, args, env, c.RunDir)
 	if err != nil {
 		return err
 	}
@@ -481,7 +488,7 @@ func (s *Stack) AppEnv(a *RunningApp) []string {
 }
 
 func (s *Stack) startAppProcess(a *RunningApp) error {
-	p, err := s.spawn(a.ID, a.Command[0], a.Command[1:], s.AppEnv(a), a.Dir)
+	p, err := s.spawn(a.Name, a.Command[0], a.Command[1:], s.AppEnv(a), a.Dir)
 	if err != nil {
 		return err
 	}
@@ -496,12 +503,12 @@ func (s *Stack) waitApp(ctx context.Context, a *RunningApp) error {
 	if a.AppCmd != nil && a.HealthPath != "" {
 		url := a.AppURL() + a.HealthPath
 		if err := waitFor(ctx, t, a.AppCmd, func() error { return httpOK(url) }); err != nil {
-			return fmt.Errorf("%s not ready: %w", a.ID, err)
+			return fmt.Errorf("%s not ready: %w", a.Name, err)
 		}
 	}
 	url := a.SidecarURL() + "/v1.0/healthz"
 	if err := waitFor(ctx, t, a.Daprd, func() error { return httpOK(url) }); err != nil {
-		return fmt.Errorf("%s sidecar not ready: %w", a.ID, err)
+		return fmt.Errorf("%s sidecar not ready: %w", a.Name, err)
 	}
 	return nil
 }
@@ -542,12 +549,12 @@ func (s *Stack) StartApp(ctx context.Context, id string) error {
 	return s.waitApp(ctx, a)
 }
 
-// App returns the running app with the id, or nil.
-func (s *Stack) App(id string) *RunningApp {
+// App returns the running app with the name (by default its id), or nil.
+func (s *Stack) App(name string) *RunningApp {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, a := range s.apps {
-		if a.ID == id {
+		if a.Name == name {
 			return a
 		}
 	}

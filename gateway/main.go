@@ -1,0 +1,117 @@
+// Command gateway is the DACA GraphQL gateway (Dapr app id gateway, port
+// 8080): chat mutations, memory queries and live subscriptions, reaching the
+// backends only through its own Dapr sidecar.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/daca-go/daca/gateway/backend"
+	"github.com/daca-go/daca/gateway/server"
+	"github.com/daca-go/daca/internal/daprc"
+	"github.com/daca-go/daca/internal/env"
+	"github.com/daca-go/daca/internal/logging"
+	internalserver "github.com/daca-go/daca/internal/server"
+)
+
+type config struct {
+	port                int
+	host                string
+	logFormat, logLevel string
+	authMode            string
+	callTimeout         time.Duration
+	chatTimeout         time.Duration
+	http                server.Config
+}
+
+func loadConfig() (config, error) {
+	r := env.New()
+	c := config{
+		port:        r.Int("APP_PORT", 8080, 1, 65535),
+		host:        r.String("APP_HOST", "127.0.0.1"),
+		logFormat:   r.String("LOG_FORMAT", "json"),
+		logLevel:    r.String("LOG_LEVEL", "info"),
+		authMode:    r.String("AUTH_MODE", "none"),
+		callTimeout: r.Duration("BACKEND_TIMEOUT", 10*time.Second),
+		chatTimeout: r.Duration("CHAT_TIMEOUT", 75*time.Second),
+		http: server.Config{
+			MaxDepth:        r.Int("GRAPHQL_MAX_DEPTH", 12, 2, 100),
+			MaxComplexity:   r.Int("GRAPHQL_MAX_COMPLEXITY", 500, 10, 100000),
+			Introspection:   r.Bool("GRAPHQL_INTROSPECTION", true),
+			KeepAlive:       r.Duration("WS_KEEPALIVE", 10*time.Second),
+			InitTimeout:     r.Duration("WS_INIT_TIMEOUT", 10*time.Second),
+			SubscriberQueue: r.Int("SUBSCRIBER_QUEUE", 64, 1, 100000),
+			AppToken:        r.String("APP_API_TOKEN", ""),
+			PubSub:          r.String("GATEWAY_PUBSUB", "gateway-pubsub"),
+		},
+	}
+	for _, o := range strings.Split(r.String("CORS_ORIGINS", ""), ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			c.http.AllowedOrigins = append(c.http.AllowedOrigins, o)
+		}
+	}
+	err := r.Err()
+	if c.authMode != "none" {
+		err = errors.Join(err, fmt.Errorf("AUTH_MODE=%q: only none is available in this version (jwt is planned)", c.authMode))
+	}
+	c.http.AuthMode = c.authMode
+	return c, err
+}
+
+func main() {
+	cfg, err := loadConfig()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "gateway: invalid configuration:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "gateway:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, cfg config) error {
+	log := logging.New(os.Stdout, cfg.logFormat, cfg.logLevel).With("app_id", "gateway")
+	ln, err := internalserver.Listen(net.JoinHostPort(cfg.host, strconv.Itoa(cfg.port)))
+	if err != nil {
+		return err
+	}
+	initCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	dc, err := daprc.Connect(initCtx, log)
+	if err != nil {
+		return err
+	}
+	defer dc.Close()
+	dc.WithAuthToken("") // the backend sends the token itself (see backend.Dapr)
+	b := &backend.Dapr{C: dc, Token: os.Getenv("DAPR_API_TOKEN"), Timeout: cfg.callTimeout, ChatTimeout: cfg.chatTimeout}
+	srv := server.New(cfg.http, b, log)
+	if cfg.authMode == "none" {
+		log.Warn("AUTH_MODE=none: clients are not authenticated; userId is taken from the arguments")
+	}
+	ready := func(ctx context.Context) error {
+		h := b.Health(ctx)
+		if h.Sidecar != "ok" {
+			return fmt.Errorf("sidecar unavailable")
+		}
+		for app, st := range h.Apps {
+			if st == "unavailable" {
+				return fmt.Errorf("%s unavailable", app)
+			}
+		}
+		return nil
+	}
+	log.Info("ready", "auth_mode", cfg.authMode, "graphql", fmt.Sprintf("http://%s/graphql", ln.Addr()))
+	return internalserver.Serve(ctx, ln, srv.Routes(ready), 10*time.Second, log)
+}

@@ -1,0 +1,366 @@
+// Package server is the gateway's HTTP surface: GraphQL over HTTP (POST,
+// GET for queries) and websocket (graphql-transport-ws and legacy
+// graphql-ws) on /graphql, the GraphiQL playground on /, health on /healthz
+// and /readyz, and the pub/sub routes its Dapr sidecar delivers events to.
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/99designs/gqlgen/graphql"
+	"github.com/99designs/gqlgen/graphql/handler"
+	"github.com/99designs/gqlgen/graphql/handler/extension"
+	"github.com/99designs/gqlgen/graphql/handler/lru"
+	"github.com/99designs/gqlgen/graphql/handler/transport"
+	"github.com/99designs/gqlgen/graphql/playground"
+	"github.com/coder/websocket"
+	"github.com/go-chi/chi/v5"
+	"github.com/vektah/gqlparser/v2/ast"
+	"github.com/vektah/gqlparser/v2/gqlerror"
+
+	"github.com/daca-go/daca/gateway/backend"
+	"github.com/daca-go/daca/graph"
+	"github.com/daca-go/daca/graph/model"
+	"github.com/daca-go/daca/internal/apperr"
+	"github.com/daca-go/daca/internal/fanout"
+	"github.com/daca-go/daca/internal/httpx"
+	"github.com/daca-go/daca/internal/logging"
+)
+
+// Config of the HTTP surface.
+type Config struct {
+	MaxDepth        int           // GRAPHQL_MAX_DEPTH, default 12
+	MaxComplexity   int           // GRAPHQL_MAX_COMPLEXITY, default 500
+	MaxBody         int64         // bytes, default 1 MiB
+	Introspection   bool          // GRAPHQL_INTROSPECTION, default true
+	AllowedOrigins  []string      // CORS and websocket origins besides the gateway's own host
+	KeepAlive       time.Duration // websocket keepalive, default 10s
+	InitTimeout     time.Duration // websocket connection_init timeout, default 10s
+	SubscriberQueue int           // events buffered per subscriber before it is dropped, default 64
+	AppToken        string        // APP_API_TOKEN: required on the pub/sub routes
+	PubSub          string        // pub/sub component the gateway subscribes with, default gateway-pubsub
+	AuthMode        string
+}
+
+func (c *Config) defaults() {
+	if c.MaxDepth == 0 {
+		c.MaxDepth = 12
+	}
+	if c.MaxComplexity == 0 {
+		c.MaxComplexity = 500
+	}
+	if c.MaxBody == 0 {
+		c.MaxBody = 1 << 20
+	}
+	if c.KeepAlive == 0 {
+		c.KeepAlive = 10 * time.Second
+	}
+	if c.InitTimeout == 0 {
+		c.InitTimeout = 10 * time.Second
+	}
+	if c.SubscriberQueue == 0 {
+		c.SubscriberQueue = 64
+	}
+	if c.PubSub == "" {
+		c.PubSub = "gateway-pubsub"
+	}
+	if c.AuthMode == "" {
+		c.AuthMode = "none"
+	}
+}
+
+// Server holds the gateway's handlers and event brokers.
+type Server struct {
+	cfg           Config
+	log           *slog.Logger
+	backend       backend.Backend
+	started       time.Time
+	Conversations *fanout.Broker[*model.ConversationEvent]
+	Memories      *fanout.Broker[*model.MemoryEvent]
+	ready         func(context.Context) error
+}
+
+// New returns the server. ready reports whether the sidecar and the
+// backends answer (for /readyz).
+func New(cfg Config, b backend.Backend, log *slog.Logger) *Server {
+	cfg.defaults()
+	s := &Server{cfg: cfg, log: log, backend: b, started: time.Now()}
+	drop := func() { log.Warn("subscriber dropped: its buffer was full (a slow or stuck client)") }
+	s.Conversations = fanout.New[*model.ConversationEvent](cfg.SubscriberQueue, drop)
+	s.Memories = fanout.New[*model.MemoryEvent](cfg.SubscriberQueue, drop)
+	return s
+}
+
+// GraphQL returns the GraphQL handler (all transports).
+func (s *Server) GraphQL() http.Handler {
+	res := &graph.Resolver{Backend: s.backend, Conversations: s.Conversations, Memories: s.Memories, Log: s.log, AuthMode: s.cfg.AuthMode}
+	srv := handler.New(graph.NewExecutableSchema(graph.Config{Resolvers: res}))
+	origins := s.cfg.AllowedOrigins
+	srv.AddTransport(transport.Websocket{
+		Implementation: protocolGuard{initTimeout: s.cfg.InitTimeout, inner: transport.CoderWebsocketImplementation{AcceptOptions: websocket.AcceptOptions{
+			Subprotocols:   []string{"graphql-transport-ws", "graphql-ws"},
+			OriginPatterns: originPatterns(origins),
+		}}},
+		KeepAlivePingInterval: s.cfg.KeepAlive,                   // legacy graphql-ws "ka"
+		PingPongInterval:      s.cfg.KeepAlive,                   // graphql-transport-ws ping/pong; a dead peer is closed
+		InitTimeout:           s.cfg.InitTimeout + 2*time.Second, // protocolGuard answers first, with 4408
+		InitFunc: func(ctx context.Context, p transport.InitPayload) (context.Context, *transport.InitPayload, error) {
+			return ctx, nil, nil
+		},
+	})
+	srv.AddTransport(transport.Options{})
+	srv.AddTransport(transport.GET{})
+	srv.AddTransport(transport.POST{})
+	srv.SetQueryCache(lru.New[*ast.QueryDocument](1000))
+	if s.cfg.Introspection {
+		srv.Use(extension.Introspection{})
+	}
+	srv.Use(extension.AutomaticPersistedQuery{Cache: lru.New[string](256)})
+	srv.Use(extension.FixedComplexityLimit(s.cfg.MaxComplexity))
+	srv.Use(depthLimit{max: s.cfg.MaxDepth})
+	srv.SetErrorPresenter(s.presentError)
+	srv.SetRecoverFunc(func(ctx context.Context, p any) error {
+		logging.From(ctx, s.log).Error("panic in a resolver", "panic", fmt.Sprint(p))
+		return apperr.New(apperr.Internal, "internal error")
+	})
+	return srv
+}
+
+// presentError maps an error to a GraphQL error with extensions.code, once.
+// Client-safe messages only; internal details go to the log.
+func (s *Server) presentError(ctx context.Context, e error) *gqlerror.Error {
+	gerr := graphql.DefaultErrorPresenter(ctx, e)
+	var ae *apperr.Error
+	if !errors.As(e, &ae) {
+		var ge *gqlerror.Error
+		if errors.As(e, &ge) && ge.Err == nil {
+			return gerr // parse and validation errors: already client-safe
+		}
+		logging.From(ctx, s.log).Error("graphql: unexpected error", "err", e)
+		gerr.Message = "internal error"
+		gerr.Extensions = map[string]any{"code": "INTERNAL"}
+		return gerr
+	}
+	code := GraphQLCode(ae.Code)
+	gerr.Message = ae.Message
+	gerr.Extensions = map[string]any{"code": code}
+	if ae.RetryAfter > 0 {
+		gerr.Extensions["retryAfter"] = int((ae.RetryAfter + time.Second - 1) / time.Second)
+	}
+	log := logging.From(ctx, s.log)
+	switch code {
+	case "INTERNAL", "UNAVAILABLE":
+		log.Error("graphql: request failed", "code", code, "err", e)
+	default:
+		log.Info("graphql: request refused", "code", code, "err", e)
+	}
+	return gerr
+}
+
+// GraphQLCode maps an apperr code to extensions.code.
+func GraphQLCode(c apperr.Code) string {
+	switch c {
+	case apperr.Invalid, apperr.TooLarge:
+		return "BAD_USER_INPUT"
+	case apperr.NotFound:
+		return "NOT_FOUND"
+	case apperr.Unauthenticated:
+		return "UNAUTHENTICATED"
+	case apperr.Forbidden:
+		return "FORBIDDEN"
+	case apperr.RateLimited:
+		return "RATE_LIMITED"
+	case apperr.Unavailable, apperr.Timeout, apperr.Conflict:
+		return "UNAVAILABLE"
+	default:
+		return "INTERNAL"
+	}
+}
+
+func originPatterns(origins []string) []string {
+	var out []string
+	for _, o := range origins {
+		o = strings.TrimPrefix(strings.TrimPrefix(o, "https://"), "http://")
+		if o != "" {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// Routes returns the whole HTTP surface.
+func (s *Server) Routes(ready func(context.Context) error) http.Handler {
+	s.ready = ready
+	r := chi.NewRouter()
+	r.Use(httpx.RequestID(s.log), httpx.Log(s.log))
+	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		httpx.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	r.Get("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		if err := s.ready(ctx); err != nil {
+			logging.From(r.Context(), s.log).Warn("not ready", "err", err)
+			httpx.JSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "detail": apperr.MessageOf(err)})
+			return
+		}
+		httpx.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	r.Get("/metrics", s.metrics)
+	r.Get("/", playground.Handler("DACA Gateway", "/graphql"))
+	gql := s.GraphQL()
+	r.Handle("/graphql", s.limits(gql))
+	r.Group(func(r chi.Router) {
+		r.Use(httpx.AppToken(s.cfg.AppToken))
+		r.Get("/dapr/subscribe", s.subscriptions)
+		r.Post("/events/conversations", s.onConversation)
+		r.Post("/events/memory-updates", s.onMemoryUpdate)
+	})
+	return r
+}
+
+// limits applies the body limit, CORS, and the CSRF rule: a request a
+// browser may send cross-site without a preflight (form or text/plain
+// content) is refused unless it carries a header that forces a preflight.
+func (s *Server) limits(next http.Handler) http.Handler {
+	allowed := map[string]bool{}
+	for _, o := range s.cfg.AllowedOrigins {
+		allowed[strings.TrimRight(o, "/")] = true
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if o := r.Header.Get("Origin"); o != "" && allowed[o] {
+			w.Header().Set("Access-Control-Allow-Origin", o)
+			w.Header().Set("Vary", "Origin")
+			w.Header().Set("Access-Control-Allow-Headers", "Content-Type, Authorization, X-Request-Id, Apollo-Require-Preflight")
+			w.Header().Set("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+			w.Header().Set("Access-Control-Max-Age", "600")
+		}
+		if r.Method == http.MethodPost {
+			ct := strings.ToLower(strings.TrimSpace(strings.Split(r.Header.Get("Content-Type"), ";")[0]))
+			switch ct {
+			case "application/x-www-form-urlencoded", "multipart/form-data", "text/plain":
+				if r.Header.Get("Apollo-Require-Preflight") == "" && r.Header.Get("X-Apollo-Operation-Name") == "" {
+					writeGraphQLError(w, http.StatusBadRequest, "BAD_REQUEST",
+						"this content type needs a header that forces a CORS preflight (Apollo-Require-Preflight); send application/json")
+					return
+				}
+			}
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBody)
+		next.ServeHTTP(w, r)
+	})
+}
+
+func writeGraphQLError(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]any{"errors": []map[string]any{{"message": msg, "extensions": map[string]any{"code": code}}}})
+}
+
+// subscriptions tells the sidecar which topics to deliver. The component
+// gateway-pubsub gives every gateway replica its own consumer group, so each
+// replica receives every event.
+func (s *Server) subscriptions(w http.ResponseWriter, r *http.Request) {
+	subs := []map[string]any{}
+	for _, t := range []string{"conversations", "memory-updates"} {
+		subs = append(subs, map[string]any{"pubsubname": s.cfg.PubSub, "topic": t, "routes": map[string]string{"default": "/events/" + t}})
+	}
+	httpx.JSON(w, http.StatusOK, subs)
+}
+
+type cloudEvent struct {
+	ID   string          `json:"id"`
+	Time time.Time       `json:"time"`
+	Data json.RawMessage `json:"data"`
+}
+
+// decode reads a CloudEvent; stale is true for events from before this
+// gateway started (a new consumer group reads the stream from its start).
+func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) (ce cloudEvent, stale bool, ok bool) {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
+	if err == nil {
+		err = json.Unmarshal(b, &ce)
+	}
+	if err == nil {
+		data := []byte(ce.Data)
+		var str string
+		if json.Unmarshal(data, &str) == nil {
+			data = []byte(str)
+		}
+		err = json.Unmarshal(data, v)
+	}
+	if err != nil {
+		logging.From(r.Context(), s.log).Warn("event dropped: malformed", "err", err)
+		httpx.JSON(w, http.StatusOK, map[string]string{"status": "DROP"})
+		return ce, false, false
+	}
+	if !ce.Time.IsZero() && ce.Time.Before(s.started.Add(-5*time.Second)) {
+		httpx.JSON(w, http.StatusOK, map[string]string{"status": "SUCCESS"})
+		return ce, true, true
+	}
+	return ce, false, true
+}
+
+func (s *Server) onConversation(w http.ResponseWriter, r *http.Request) {
+	var ev struct {
+		UserID         string `json:"user_id"`
+		SessionID      string `json:"session_id"`
+		EventType      string `json:"event_type"`
+		UserMessage    string `json:"user_message"`
+		AssistantReply string `json:"assistant_reply"`
+	}
+	ce, stale, ok := s.decode(w, r, &ev)
+	if !ok || stale {
+		return
+	}
+	if ev.EventType == "ConversationUpdated" && ev.UserID != "" && ev.SessionID != "" {
+		n := s.Conversations.Publish(&model.ConversationEvent{EventID: ce.ID, UserID: ev.UserID, SessionID: ev.SessionID,
+			UserMessage: ev.UserMessage, AssistantReply: ev.AssistantReply})
+		logging.From(r.Context(), s.log).Debug("conversation event fanned out", "cloudevent_id", ce.ID, "subscribers", n)
+	}
+	httpx.JSON(w, http.StatusOK, map[string]string{"status": "SUCCESS"})
+}
+
+func (s *Server) onMemoryUpdate(w http.ResponseWriter, r *http.Request) {
+	var ev struct {
+		UserID      string `json:"user_id"`
+		SessionID   string `json:"session_id"`
+		UserSummary string `json:"user_summary"`
+	}
+	ce, stale, ok := s.decode(w, r, &ev)
+	if !ok || stale {
+		return
+	}
+	if ev.UserID != "" {
+		n := s.Memories.Publish(&model.MemoryEvent{UserID: ev.UserID, SessionID: ev.SessionID, UserSummary: ev.UserSummary})
+		logging.From(r.Context(), s.log).Debug("memory event fanned out", "cloudevent_id", ce.ID, "subscribers", n)
+	}
+	httpx.JSON(w, http.StatusOK, map[string]string{"status": "SUCCESS"})
+}
+
+// metrics serves the gateway's fan-out metrics in the Prometheus text format.
+func (s *Server) metrics(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+	cd, cx := s.Conversations.Stats()
+	md, mx := s.Memories.Stats()
+	fmt.Fprintln(w, "# HELP daca_gateway_open_subscriptions Open GraphQL subscriptions fed by pub/sub, by topic.")
+	fmt.Fprintln(w, "# TYPE daca_gateway_open_subscriptions gauge")
+	fmt.Fprintf(w, "daca_gateway_open_subscriptions{topic=\"conversations\"} %d\n", s.Conversations.Len())
+	fmt.Fprintf(w, "daca_gateway_open_subscriptions{topic=\"memory-updates\"} %d\n", s.Memories.Len())
+	fmt.Fprintln(w, "# HELP daca_gateway_events_fanned_out_total Events delivered to subscribers, by topic.")
+	fmt.Fprintln(w, "# TYPE daca_gateway_events_fanned_out_total counter")
+	fmt.Fprintf(w, "daca_gateway_events_fanned_out_total{topic=\"conversations\"} %d\n", cd)
+	fmt.Fprintf(w, "daca_gateway_events_fanned_out_total{topic=\"memory-updates\"} %d\n", md)
+	fmt.Fprintln(w, "# HELP daca_gateway_subscribers_dropped_total Subscribers dropped for being too slow, by topic.")
+	fmt.Fprintln(w, "# TYPE daca_gateway_subscribers_dropped_total counter")
+	fmt.Fprintf(w, "daca_gateway_subscribers_dropped_total{topic=\"conversations\"} %d\n", cx)
+	fmt.Fprintf(w, "daca_gateway_subscribers_dropped_total{topic=\"memory-updates\"} %d\n", mx)
+}

@@ -1,0 +1,154 @@
+package server
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/99designs/gqlgen/graphql/handler/transport"
+)
+
+// Close codes of the graphql-transport-ws protocol
+// (github.com/enisdenjo/graphql-ws, PROTOCOL.md).
+const (
+	closeBadMessage      = 4400
+	closeUnauthorized    = 4401
+	closeForbidden       = 4403
+	closeInitTimeout     = 4408
+	closeDuplicateID     = 4409
+	closeTooManyInitReqs = 4429
+)
+
+// protocolGuard enforces the graphql-transport-ws rules that gqlgen answers
+// with a generic 1002: it closes the socket with the protocol's own codes for
+// a bad message, a subscribe before connection_init, a duplicate
+// subscription id, a second connection_init, and a missing
+// connection_init.
+type protocolGuard struct {
+	inner       transport.WebsocketImplementation
+	initTimeout time.Duration
+}
+
+func (g protocolGuard) Accept(w http.ResponseWriter, r *http.Request, o transport.WebsocketAcceptOptions) (transport.WebsocketConn, error) {
+	c, err := g.inner.Accept(w, r, o)
+	if err != nil || c.Subprotocol() != "graphql-transport-ws" {
+		return c, err
+	}
+	gc := &guardConn{WebsocketConn: c, active: map[string]bool{}}
+	gc.timer = time.AfterFunc(g.initTimeout, func() {
+		gc.mu.Lock()
+		inited := gc.inited
+		gc.mu.Unlock()
+		if !inited {
+			gc.fail(closeInitTimeout, "Connection initialisation timeout")
+		}
+	})
+	return gc, nil
+}
+
+type guardConn struct {
+	transport.WebsocketConn
+	mu     sync.Mutex
+	inited bool
+	failed bool
+	active map[string]bool
+	timer  *time.Timer
+}
+
+func (c *guardConn) fail(code int, msg string) {
+	c.mu.Lock()
+	if c.failed {
+		c.mu.Unlock()
+		return
+	}
+	c.failed = true
+	c.mu.Unlock()
+	_ = c.WebsocketConn.WriteClose(code, msg)
+	_ = c.WebsocketConn.Close()
+}
+
+func (c *guardConn) NextReader() (int, io.Reader, error) {
+	mt, r, err := c.WebsocketConn.NextReader()
+	if err != nil {
+		return mt, r, err
+	}
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return mt, nil, err
+	}
+	var m struct {
+		Type string `json:"type"`
+		ID   string `json:"id"`
+	}
+	if json.Unmarshal(b, &m) != nil || m.Type == "" {
+		c.fail(closeBadMessage, "Invalid message received")
+		return mt, nil, transport.ErrWebsocketClosed
+	}
+	c.mu.Lock()
+	code, msg := 0, ""
+	switch m.Type {
+	case "connection_init":
+		if c.inited {
+			code, msg = closeTooManyInitReqs, "Too many initialisation requests"
+		}
+		c.inited = true
+	case "subscribe":
+		switch {
+		case !c.inited:
+			code, msg = closeUnauthorized, "Unauthorized"
+		case m.ID == "":
+			code, msg = closeBadMessage, "Invalid message received"
+		case c.active[m.ID]:
+			code, msg = closeDuplicateID, "Subscriber for "+m.ID+" already exists"
+		default:
+			c.active[m.ID] = true
+		}
+	case "complete":
+		delete(c.active, m.ID)
+	case "ping", "pong":
+	default:
+		code, msg = closeBadMessage, "Invalid message received"
+	}
+	c.mu.Unlock()
+	if code != 0 {
+		c.fail(code, msg)
+		return mt, nil, transport.ErrWebsocketClosed
+	}
+	return mt, bytes.NewReader(b), nil
+}
+
+func (c *guardConn) WriteJSON(v any) error {
+	if b, err := json.Marshal(v); err == nil {
+		var m struct {
+			Type string `json:"type"`
+			ID   string `json:"id"`
+		}
+		if json.Unmarshal(b, &m) == nil && (m.Type == "complete" || m.Type == "error") && m.ID != "" {
+			c.mu.Lock()
+			delete(c.active, m.ID)
+			c.mu.Unlock()
+		}
+	}
+	return c.WebsocketConn.WriteJSON(v)
+}
+
+func (c *guardConn) Close() error {
+	c.timer.Stop()
+	return c.WebsocketConn.Close()
+}
+
+func (c *guardConn) SetReadLimit(limit int64) {
+	if l, ok := c.WebsocketConn.(transport.WebsocketReadLimiter); ok {
+		l.SetReadLimit(limit)
+	}
+}
+
+func (c *guardConn) SetReadDeadline(t time.Time) error {
+	if d, ok := c.WebsocketConn.(transport.WebsocketReadDeadliner); ok {
+		return d.SetReadDeadline(t)
+	}
+	return nil
+}

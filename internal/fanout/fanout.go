@@ -1,0 +1,117 @@
+// Package fanout delivers events to in-process subscribers: one buffered
+// channel per subscriber, a filter per subscriber, and a publisher that never
+// waits. A subscriber whose buffer is full is dropped (its channel closed and
+// its drop reported), so one slow or stuck client never delays the others.
+// Everything a subscription holds is freed when its context ends.
+package fanout
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+)
+
+// Broker fans events of type T out to subscribers.
+type Broker[T any] struct {
+	buf    int
+	onDrop func()
+
+	mu   sync.RWMutex
+	subs map[*sub[T]]struct{}
+
+	delivered atomic.Uint64
+	dropped   atomic.Uint64
+}
+
+type sub[T any] struct {
+	ch    chan T
+	match func(T) bool
+	once  sync.Once
+	drop  chan struct{} // closed when dropped for being slow
+}
+
+// New returns a broker whose subscribers each buffer up to buf events.
+// onDrop (optional) is called when a slow subscriber is dropped.
+func New[T any](buf int, onDrop func()) *Broker[T] {
+	if buf < 1 {
+		buf = 1
+	}
+	return &Broker[T]{buf: buf, onDrop: onDrop, subs: map[*sub[T]]struct{}{}}
+}
+
+// Subscription is a subscriber's view.
+type Subscription[T any] struct {
+	// C delivers the matching events; it is closed when ctx ends or the
+	// subscriber is dropped.
+	C <-chan T
+	// Dropped is closed when the subscriber was dropped for being too slow.
+	Dropped <-chan struct{}
+}
+
+// Subscribe registers a subscriber for events that match (nil: all) until
+// ctx ends.
+func (b *Broker[T]) Subscribe(ctx context.Context, match func(T) bool) Subscription[T] {
+	s := &sub[T]{ch: make(chan T, b.buf), match: match, drop: make(chan struct{})}
+	b.mu.Lock()
+	b.subs[s] = struct{}{}
+	b.mu.Unlock()
+	context.AfterFunc(ctx, func() { b.remove(s, false) })
+	return Subscription[T]{C: s.ch, Dropped: s.drop}
+}
+
+func (b *Broker[T]) remove(s *sub[T], slow bool) bool {
+	removed := false
+	s.once.Do(func() {
+		b.mu.Lock()
+		delete(b.subs, s)
+		b.mu.Unlock()
+		if slow {
+			close(s.drop)
+		}
+		close(s.ch)
+		removed = true
+	})
+	return removed
+}
+
+// Publish delivers ev to every matching subscriber without waiting. It
+// returns how many subscribers got it.
+func (b *Broker[T]) Publish(ev T) int {
+	var slow []*sub[T]
+	n := 0
+	b.mu.RLock()
+	for s := range b.subs {
+		if s.match != nil && !s.match(ev) {
+			continue
+		}
+		select {
+		case s.ch <- ev:
+			n++
+		default:
+			slow = append(slow, s)
+		}
+	}
+	b.mu.RUnlock()
+	for _, s := range slow {
+		if b.remove(s, true) {
+			b.dropped.Add(1)
+			if b.onDrop != nil {
+				b.onDrop()
+			}
+		}
+	}
+	b.delivered.Add(uint64(n))
+	return n
+}
+
+// Len returns the number of subscribers.
+func (b *Broker[T]) Len() int {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return len(b.subs)
+}
+
+// Stats returns how many deliveries and drops happened so far.
+func (b *Broker[T]) Stats() (delivered, dropped uint64) {
+	return b.delivered.Load(), b.dropped.Load()
+}

@@ -1,0 +1,127 @@
+package fanout
+
+import (
+	"context"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestFiltersAndDelivery(t *testing.T) {
+	b := New[int](8, nil)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	even := b.Subscribe(ctx, func(v int) bool { return v%2 == 0 })
+	all := b.Subscribe(ctx, nil)
+	for i := range 4 {
+		b.Publish(i)
+	}
+	tests := []struct {
+		name string
+		sub  Subscription[int]
+		want []int
+	}{{"even", even, []int{0, 2}}, {"all", all, []int{0, 1, 2, 3}}}
+	for _, tt := range tests {
+		for _, w := range tt.want {
+			if got := <-tt.sub.C; got != w {
+				t.Fatalf("%s: got %d; want %d", tt.name, got, w)
+			}
+		}
+		select {
+		case v := <-tt.sub.C:
+			t.Fatalf("%s: unexpected %d", tt.name, v)
+		default:
+		}
+	}
+}
+
+func TestSlowSubscriberDroppedOthersServed(t *testing.T) {
+	drops := 0
+	b := New[int](2, func() { drops++ })
+	slow := b.Subscribe(t.Context(), nil) // never reads
+	fast := b.Subscribe(t.Context(), nil)
+	got := make(chan int)
+	go func() {
+		for v := range fast.C {
+			got <- v
+		}
+		close(got)
+	}()
+	for i := range 100 {
+		b.Publish(i) // never blocks, whatever the slow subscriber does
+		select {
+		case v := <-got:
+			if v != i {
+				t.Fatalf("fast subscriber got %d; want %d", v, i)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("fast subscriber starved at %d", i)
+		}
+	}
+	select {
+	case <-slow.Dropped:
+	default:
+		t.Fatal("slow subscriber not dropped")
+	}
+	n := 0
+	for range slow.C { // its buffered events, then closed
+		n++
+	}
+	if n != 2 || drops != 1 || b.Len() != 1 {
+		t.Fatalf("slow subscriber kept %d events, drops %d, subscribers %d", n, drops, b.Len())
+	}
+}
+
+func TestThousandCyclesFreeEverything(t *testing.T) {
+	b := New[int](4, nil)
+	before := runtime.NumGoroutine()
+	var wg sync.WaitGroup
+	for range 1000 {
+		ctx, cancel := context.WithCancel(context.Background())
+		s := b.Subscribe(ctx, nil)
+		b.Publish(1)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range s.C {
+			}
+		}()
+		cancel()
+	}
+	wg.Wait()
+	if b.Len() != 0 {
+		t.Fatalf("%d subscribers left", b.Len())
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		runtime.Gosched()
+	}
+	if g := runtime.NumGoroutine(); g > before {
+		t.Fatalf("goroutines %d > baseline %d", g, before)
+	}
+}
+
+func TestConcurrentPublishAndCancel(t *testing.T) {
+	b := New[int](1, nil)
+	var wg sync.WaitGroup
+	for range 50 {
+		ctx, cancel := context.WithCancel(context.Background())
+		s := b.Subscribe(ctx, nil)
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			for range s.C {
+			}
+		}()
+		go func() { defer wg.Done(); cancel() }()
+	}
+	for i := range 200 {
+		b.Publish(i)
+	}
+	wg.Wait()
+}

@@ -1,0 +1,300 @@
+// Package gateway tests the GraphQL gateway end to end: two gateway replicas
+// with their own sidecars, chat-service and agent-memory-service on a real
+// stack; queries and mutations over HTTP, subscriptions over both websocket
+// protocols, and bad input of every kind.
+package gateway
+
+import (
+	"bufio"
+	"fmt"
+	"net/http"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/daca-go/daca/internal/stack"
+	"github.com/daca-go/daca/internal/stack/stacktest"
+)
+
+func TestMain(m *testing.M) {
+	gw := func(name string) stack.App {
+		return stack.App{ID: "gateway", Name: name, Build: "./gateway", HealthPath: "/healthz", Secrets: []string{"gateway-jwt-secret"},
+			Env: []string{"WS_INIT_TIMEOUT=2s", "WS_KEEPALIVE=1s"}}
+	}
+	os.Exit(stacktest.Run(m, stacktest.Options{Apps: []stack.App{
+		{ID: "agent-memory-service", Build: "./services/memory", HealthPath: "/health", Secrets: []string{"gemini-api-key"}},
+		// A slow model, so a turn is seen RUNNING.
+		{ID: "chat-service", Build: "./services/chat", HealthPath: "/health", Secrets: []string{"gemini-api-key"}, Env: []string{"LLM_OFFLINE_DELAY=700ms"}},
+		gw("gateway"),
+		gw("gateway-2"),
+	}}))
+}
+
+func gqlURL(st *stack.Stack, name string) string { return st.App(name).AppURL() + "/graphql" }
+
+func unique(p string) string { return fmt.Sprintf("%s-%d", p, time.Now().UnixNano()) }
+
+// waitSubscribers waits until a gateway has n open subscriptions on topic.
+func waitSubscribers(t *testing.T, st *stack.Stack, name, topic string, n int) {
+	t.Helper()
+	re := regexp.MustCompile(`daca_gateway_open_subscriptions\{topic="` + topic + `"\} (\d+)`)
+	stacktest.WaitFor(t, 10*time.Second, fmt.Sprintf("%d %s subscribers on %s", n, topic, name), func() error {
+		r := stacktest.Do(t, http.MethodGet, st.App(name).AppURL()+"/metrics", nil)
+		m := re.FindSubmatch(r.Body)
+		if m == nil {
+			return fmt.Errorf("no metric")
+		}
+		if got, _ := strconv.Atoi(string(m[1])); got < n {
+			return fmt.Errorf("%d", got)
+		}
+		return nil
+	})
+}
+
+var utcTime = regexp.MustCompile(`\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC`)
+
+const sendMessage = `mutation($in: SendMessageInput!) { sendMessage(input: $in) { userId sessionId reply instanceId status timestamp } }`
+
+func TestQueriesAndMutations(t *testing.T) {
+	st := stacktest.Stack(t)
+	url := gqlURL(st, "gateway")
+	user, session := unique("ana"), unique("gs")
+	d, errs, _ := gql(t, url, `mutation($u: ID!) { initializeMemory(userId: $u, input: {name: "Ana", preferredStyle: "formal"}) { userId name preferredStyle userSummary } }`, map[string]any{"u": user})
+	if errs != nil || d["initializeMemory"].(map[string]any)["preferredStyle"] != "formal" {
+		t.Fatalf("initializeMemory: %v %v", d, errs)
+	}
+	d, errs, _ = gql(t, url, sendMessage, map[string]any{"in": map[string]any{"userId": user, "text": "What time is it?", "sessionId": session}})
+	if errs != nil {
+		t.Fatalf("sendMessage: %v", errs)
+	}
+	rep := d["sendMessage"].(map[string]any)
+	if !utcTime.MatchString(rep["reply"].(string)) || rep["status"] != "COMPLETED" || rep["sessionId"] != session {
+		t.Fatalf("sendMessage = %v", rep)
+	}
+	if _, err := time.Parse(time.RFC3339, rep["timestamp"].(string)); err != nil {
+		t.Fatalf("timestamp %v", rep["timestamp"])
+	}
+	stacktest.WaitFor(t, 30*time.Second, "conversation of 2 messages", func() error {
+		d, errs, _ = gql(t, url, `query($s: ID!, $u: ID!) { conversation(sessionId: $s, last: 10) { messages { role content timestamp } } sessions(userId: $u) { sessionId messageCount lastMessage { role } } memory(userId: $u) { name userSummary } }`,
+			map[string]any{"s": session, "u": user})
+		if errs != nil {
+			return fmt.Errorf("%v", errs)
+		}
+		if n := len(d["conversation"].(map[string]any)["messages"].([]any)); n != 2 {
+			return fmt.Errorf("%d messages", n)
+		}
+		return nil
+	})
+	msgs := d["conversation"].(map[string]any)["messages"].([]any)
+	if msgs[0].(map[string]any)["role"] != "USER" || msgs[1].(map[string]any)["role"] != "ASSISTANT" {
+		t.Fatalf("messages = %v", msgs)
+	}
+	if s := d["sessions"].([]any); len(s) != 1 || s[0].(map[string]any)["messageCount"] != float64(2) {
+		t.Fatalf("sessions = %v", s)
+	}
+	// Idempotency through the gateway.
+	in := map[string]any{"userId": user, "text": "once", "sessionId": session, "idempotencyKey": unique("k")}
+	d1, _, _ := gql(t, url, sendMessage, map[string]any{"in": in})
+	d2, _, _ := gql(t, url, sendMessage, map[string]any{"in": in})
+	if d1["sendMessage"].(map[string]any)["instanceId"] != d2["sendMessage"].(map[string]any)["instanceId"] {
+		t.Fatalf("idempotency key not honoured: %v vs %v", d1, d2)
+	}
+	// Health and delete.
+	d, _, _ = gql(t, url, `{ health { status sidecar llm authMode backends { appId status } } }`, nil)
+	h := d["health"].(map[string]any)
+	if h["status"] != "ok" || h["llm"] != "offline" || h["authMode"] != "none" {
+		t.Fatalf("health = %v", h)
+	}
+	d, _, _ = gql(t, url, `mutation($s: ID!) { deleteConversation(sessionId: $s) }`, map[string]any{"s": session})
+	if d["deleteConversation"] != true {
+		t.Fatalf("deleteConversation = %v", d)
+	}
+	d, _, _ = gql(t, url, `mutation($u: ID!) { forgetUser(userId: $u) { userId sessionsDeleted } }`, map[string]any{"u": user})
+	if d["forgetUser"] == nil {
+		t.Fatalf("forgetUser = %v", d)
+	}
+	if d, _, _ = gql(t, url, `{ chatRun(instanceId: "chat-unknown") { status } }`, nil); d["chatRun"] != nil {
+		t.Fatalf("unknown chatRun = %v", d)
+	}
+}
+
+func TestSubscriptionsBothProtocolsAndReplicas(t *testing.T) {
+	st := stacktest.Stack(t)
+	user, session := unique("sub"), unique("live")
+	q := `subscription($s: ID) { conversationUpdated(sessionId: $s) { eventId userId sessionId userMessage assistantReply } }`
+	modern := dial(t, gqlURL(st, "gateway"), "graphql-transport-ws")
+	modern.init(nil)
+	modern.subscribe("1", q, map[string]any{"s": session})
+	modern.subscribe("2", `subscription($u: ID!) { memoryUpdated(userId: $u) { userId sessionId userSummary } }`, map[string]any{"u": user})
+	legacy := dial(t, gqlURL(st, "gateway"), "graphql-ws")
+	legacy.init(nil)
+	legacy.subscribe("a", q, map[string]any{"s": session})
+	replica := dial(t, gqlURL(st, "gateway-2"), "graphql-transport-ws")
+	replica.init(nil)
+	replica.subscribe("r", q, map[string]any{"s": session})
+	waitSubscribers(t, st, "gateway", "conversations", 2)
+	waitSubscribers(t, st, "gateway", "memory-updates", 1)
+	waitSubscribers(t, st, "gateway-2", "conversations", 1)
+
+	_, errs, _ := gql(t, gqlURL(st, "gateway-2"), sendMessage, map[string]any{"in": map[string]any{"userId": user, "text": "live hello", "sessionId": session}})
+	if errs != nil {
+		t.Fatal(errs)
+	}
+	for _, c := range []struct {
+		name string
+		ws   *wsClient
+		id   string
+	}{{"graphql-transport-ws", modern, "1"}, {"legacy graphql-ws", legacy, "a"}, {"second replica", replica, "r"}} {
+		d := c.ws.data(c.id, 30*time.Second)
+		ev := d["conversationUpdated"].(map[string]any)
+		if ev["sessionId"] != session || ev["userMessage"] != "live hello" || !strings.Contains(ev["assistantReply"].(string), "live hello") {
+			t.Fatalf("%s got %v", c.name, ev)
+		}
+	}
+	d := modern.data("2", 30*time.Second)
+	if ev := d["memoryUpdated"].(map[string]any); ev["userId"] != user || !strings.Contains(ev["userSummary"].(string), "live hello") {
+		t.Fatalf("memoryUpdated = %v", ev)
+	}
+	// Complete frees the subscription.
+	modern.send(map[string]any{"id": "1", "type": "complete"})
+	legacy.send(map[string]any{"id": "a", "type": "stop"})
+	stacktest.WaitFor(t, 10*time.Second, "subscriptions freed", func() error {
+		r := stacktest.Do(t, http.MethodGet, st.App("gateway").AppURL()+"/metrics", nil)
+		if !strings.Contains(string(r.Body), `daca_gateway_open_subscriptions{topic="conversations"} 0`) {
+			return fmt.Errorf("still open")
+		}
+		return nil
+	})
+}
+
+func TestStartChatAndFollowIt(t *testing.T) {
+	st := stacktest.Stack(t)
+	d, errs, _ := gql(t, gqlURL(st, "gateway"), `mutation { startChat(input: {userId: "runner", text: "follow me"}) { instanceId status sessionId } }`, nil)
+	if errs != nil {
+		t.Fatal(errs)
+	}
+	id := d["startChat"].(map[string]any)["instanceId"].(string)
+	ws := dial(t, gqlURL(st, "gateway"), "graphql-transport-ws")
+	ws.init(nil)
+	ws.subscribe("run", `subscription($id: ID!) { chatRun(instanceId: $id) { instanceId status stage reply } }`, map[string]any{"id": id})
+	var statuses []string
+	for {
+		m := ws.next(60*time.Second, "next", "complete", "error")
+		if m["type"] == "complete" {
+			break
+		}
+		if m["type"] == "error" {
+			t.Fatalf("error: %v", m)
+		}
+		run := m["payload"].(map[string]any)["data"].(map[string]any)["chatRun"].(map[string]any)
+		statuses = append(statuses, run["status"].(string))
+		if run["status"] == "COMPLETED" && !strings.Contains(fmt.Sprint(run["reply"]), "follow me") {
+			t.Fatalf("reply = %v", run["reply"])
+		}
+	}
+	joined := strings.Join(statuses, ",")
+	if !strings.Contains(joined, "RUNNING") || !strings.HasSuffix(joined, "COMPLETED") {
+		t.Fatalf("statuses %s; want RUNNING then COMPLETED", joined)
+	}
+}
+
+func TestBadInputKeepsServing(t *testing.T) {
+	st := stacktest.Stack(t)
+	url := gqlURL(st, "gateway")
+	deep := strings.Repeat("{ a ", 10000) + strings.Repeat("}", 10000)
+	var aliases strings.Builder
+	aliases.WriteString("{")
+	for i := range 1000 {
+		fmt.Fprintf(&aliases, " a%d: health { status }", i)
+	}
+	aliases.WriteString(" }")
+	post := func(ct, body string, headers ...string) (int, string) {
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, url, strings.NewReader(body))
+		req.Header.Set("Content-Type", ct)
+		for i := 0; i+1 < len(headers); i += 2 {
+			req.Header.Set(headers[i], headers[i+1])
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := bufio.NewReader(resp.Body).Peek(2000)
+		return resp.StatusCode, string(b)
+	}
+	js := "application/json"
+	tests := []struct {
+		name, ct, body string
+		wantStatus     int
+		wantText       string
+	}{
+		{"malformed JSON", js, `{"query": `, 400, "json"},
+		{"unknown field", js, `{"query": "{ nope }"}`, 422, "GRAPHQL_VALIDATION_FAILED"},
+		{"wrong variable type", js, `{"query": "query($n: Int) { conversation(sessionId: \"s\", last: $n) { sessionId } }", "variables": {"n": "x"}}`, 422, "GRAPHQL_VALIDATION_FAILED"},
+		{"10,000-deep query", js, mustJSON(deep), 0, "errors"},
+		{"1,000 aliases", js, mustJSON(aliases.String()), 0, "COMPLEXITY_LIMIT_EXCEEDED"},
+		{"bad id", js, `{"query": "{ memory(userId: \"a||b\") { name } }"}`, 200, "BAD_USER_INPUT"},
+		{"10 MiB body", js, `{"query": "` + strings.Repeat("x", 10<<20) + `"}`, 0, ""},
+		{"CSRF: text/plain", "text/plain", `{"query": "mutation { forgetUser(userId: \"x\") { userId } }"}`, 400, "preflight"},
+		{"CSRF: form", "application/x-www-form-urlencoded", `query=mutation{forgetUser(userId:"x"){userId}}`, 400, "preflight"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			status, body := post(tt.ct, tt.body)
+			if status == 200 && tt.wantStatus != 200 && tt.wantStatus != 0 {
+				t.Fatalf("status 200 %s", body)
+			}
+			if tt.wantStatus != 0 && status != tt.wantStatus {
+				t.Fatalf("status %d %s; want %d", status, body, tt.wantStatus)
+			}
+			if status == 200 && !strings.Contains(body, `"errors"`) {
+				t.Fatalf("no error for bad input: %s", body)
+			}
+			if !strings.Contains(strings.ToLower(body), strings.ToLower(tt.wantText)) {
+				t.Fatalf("body %.300s; want %q", body, tt.wantText)
+			}
+		})
+	}
+	// Mutations never run over GET.
+	r := stacktest.Do(t, http.MethodGet, url+`?query=mutation%7BforgetUser(userId:%22x%22)%7BuserId%7D%7D`, nil)
+	if r.Status == http.StatusOK && !strings.Contains(string(r.Body), "only allow query") {
+		t.Fatalf("mutation over GET: %d %s", r.Status, r.Body)
+	}
+	// Websocket protocol errors close with the protocol's codes.
+	ws := dial(t, url, "graphql-transport-ws")
+	ws.subscribe("x", `subscription { memoryUpdated(userId: "u") { userId } }`, nil)
+	if c := ws.closed(10 * time.Second); c != 4401 {
+		t.Fatalf("subscribe before connection_init: close %d; want 4401", c)
+	}
+	ws = dial(t, url, "graphql-transport-ws")
+	ws.init(nil)
+	ws.subscribe("dup", `subscription { memoryUpdated(userId: "u") { userId } }`, nil)
+	ws.subscribe("dup", `subscription { memoryUpdated(userId: "u") { userId } }`, nil)
+	if c := ws.closed(10 * time.Second); c != 4409 {
+		t.Fatalf("duplicate id: close %d; want 4409", c)
+	}
+	ws = dial(t, url, "graphql-transport-ws")
+	ws.sendRaw("garbage{{{")
+	if c := ws.closed(10 * time.Second); c != 4400 {
+		t.Fatalf("garbage frame: close %d; want 4400", c)
+	}
+	ws = dial(t, url, "graphql-transport-ws")
+	if c := ws.closed(10 * time.Second); c != 4408 {
+		t.Fatalf("no connection_init: close %d; want 4408", c)
+	}
+	// Still serving.
+	if d, errs, _ := gql(t, url, `{ health { gateway } }`, nil); errs != nil || d["health"] == nil {
+		t.Fatalf("gateway stopped serving: %v %v", d, errs)
+	}
+	_ = websocket.StatusNormalClosure
+}
+
+func mustJSON(q string) string {
+	b := strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(q)
+	return `{"query": "` + b + `"}`
+}
