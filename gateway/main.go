@@ -15,11 +15,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/daca-go/daca/gateway/auth"
 	"github.com/daca-go/daca/gateway/backend"
 	"github.com/daca-go/daca/gateway/server"
 	"github.com/daca-go/daca/internal/daprc"
 	"github.com/daca-go/daca/internal/env"
 	"github.com/daca-go/daca/internal/logging"
+	"github.com/daca-go/daca/internal/ratelimit"
 	internalserver "github.com/daca-go/daca/internal/server"
 )
 
@@ -28,6 +30,10 @@ type config struct {
 	host                string
 	logFormat, logLevel string
 	authMode            string
+	jwksURL             string
+	jwtOpts             auth.Options
+	ratePerMinute       int
+	rateBurst           int
 	callTimeout         time.Duration
 	chatTimeout         time.Duration
 	http                server.Config
@@ -36,13 +42,18 @@ type config struct {
 func loadConfig() (config, error) {
 	r := env.New()
 	c := config{
-		port:        r.Int("APP_PORT", 8080, 1, 65535),
-		host:        r.String("APP_HOST", "127.0.0.1"),
-		logFormat:   r.String("LOG_FORMAT", "json"),
-		logLevel:    r.String("LOG_LEVEL", "info"),
-		authMode:    r.String("AUTH_MODE", "none"),
-		callTimeout: r.Duration("BACKEND_TIMEOUT", 10*time.Second),
-		chatTimeout: r.Duration("CHAT_TIMEOUT", 75*time.Second),
+		port:      r.Int("APP_PORT", 8080, 1, 65535),
+		host:      r.String("APP_HOST", "127.0.0.1"),
+		logFormat: r.String("LOG_FORMAT", "json"),
+		logLevel:  r.String("LOG_LEVEL", "info"),
+		authMode:  r.String("AUTH_MODE", "none"),
+		jwksURL:   r.String("JWT_JWKS_URL", ""),
+		jwtOpts: auth.Options{Issuer: r.String("JWT_ISSUER", ""), Audience: r.String("JWT_AUDIENCE", ""),
+			Leeway: r.Duration("JWT_LEEWAY", 30*time.Second)},
+		ratePerMinute: r.Int("RATE_LIMIT_PER_MINUTE", 30, 0, 100000),
+		rateBurst:     r.Int("RATE_LIMIT_BURST", 10, 1, 100000),
+		callTimeout:   r.Duration("BACKEND_TIMEOUT", 10*time.Second),
+		chatTimeout:   r.Duration("CHAT_TIMEOUT", 75*time.Second),
 		http: server.Config{
 			MaxDepth:        r.Int("GRAPHQL_MAX_DEPTH", 12, 2, 100),
 			MaxComplexity:   r.Int("GRAPHQL_MAX_COMPLEXITY", 500, 10, 100000),
@@ -52,6 +63,7 @@ func loadConfig() (config, error) {
 			SubscriberQueue: r.Int("SUBSCRIBER_QUEUE", 64, 1, 100000),
 			AppToken:        r.String("APP_API_TOKEN", ""),
 			PubSub:          r.String("GATEWAY_PUBSUB", "gateway-pubsub"),
+			Suggestions:     r.Bool("GRAPHQL_SUGGESTIONS", true),
 		},
 	}
 	for _, o := range strings.Split(r.String("CORS_ORIGINS", ""), ",") {
@@ -60,8 +72,8 @@ func loadConfig() (config, error) {
 		}
 	}
 	err := r.Err()
-	if c.authMode != "none" {
-		err = errors.Join(err, fmt.Errorf("AUTH_MODE=%q: only none is available in this version (jwt is planned)", c.authMode))
+	if c.authMode != "none" && c.authMode != "jwt" {
+		err = errors.Join(err, fmt.Errorf("AUTH_MODE=%q: want none or jwt", c.authMode))
 	}
 	c.http.AuthMode = c.authMode
 	return c, err
@@ -94,12 +106,30 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	defer dc.Close()
-	dc.WithAuthToken("") // the backend sends the token itself (see backend.Dapr)
 	b := &backend.Dapr{C: dc, Token: os.Getenv("DAPR_API_TOKEN"), Timeout: cfg.callTimeout, ChatTimeout: cfg.chatTimeout}
-	srv := server.New(cfg.http, b, log)
-	if cfg.authMode == "none" {
+	guard := &auth.Guard{Mode: cfg.authMode}
+	switch {
+	case cfg.authMode == "none":
 		log.Warn("AUTH_MODE=none: clients are not authenticated; userId is taken from the arguments")
+	case cfg.jwksURL != "":
+		guard.Verifier = &auth.JWKS{URL: cfg.jwksURL, Opts: cfg.jwtOpts}
+		log.Info("AUTH_MODE=jwt: RS256 tokens, keys from the JWKS URL", "jwks_url", cfg.jwksURL)
+	default:
+		m, err := dc.GetSecret(initCtx, "secretstore", "gateway-jwt-secret", nil)
+		if err != nil {
+			return fmt.Errorf("AUTH_MODE=jwt: reading gateway-jwt-secret from the secret store: %w", err)
+		}
+		secret := m["gateway-jwt-secret"]
+		if len(secret) < 32 {
+			return errors.New("AUTH_MODE=jwt: the secret gateway-jwt-secret must hold at least 32 bytes (or set JWT_JWKS_URL for RS256)")
+		}
+		guard.Verifier = auth.HS256{Secret: []byte(secret), Opts: cfg.jwtOpts}
+		log.Info("AUTH_MODE=jwt: HS256 tokens, signing secret from the Dapr secret store")
 	}
+	dc.WithAuthToken("") // from here on the backend sends the token itself (see backend.Dapr)
+	cfg.http.Guard = guard
+	cfg.http.Turns = ratelimit.New(cfg.ratePerMinute, cfg.rateBurst)
+	srv := server.New(cfg.http, b, log)
 	ready := func(ctx context.Context) error {
 		h := b.Health(ctx)
 		if h.Sidecar != "ok" {

@@ -1,6 +1,7 @@
 package graph
 
 import (
+	"context"
 	"strings"
 	"unicode/utf8"
 
@@ -96,4 +97,42 @@ func toRun(r backend.Run) *model.ChatRun {
 		InstanceID: r.InstanceID, Status: toStatus(r.Status), Stage: opt(r.Stage),
 		UserID: opt(r.UserID), SessionID: opt(r.SessionID), Reply: r.Reply, Error: opt(r.Error), Timestamp: r.Timestamp,
 	}
+}
+
+// limitTurns applies the per-user limit of chat turns.
+func (r *Resolver) limitTurns(userID string) error {
+	if ok, wait := r.Turns.Allow(userID); !ok {
+		return &apperr.Error{Code: apperr.RateLimited, Message: "too many messages; slow down", RetryAfter: wait}
+	}
+	return nil
+}
+
+// ownSession checks that the caller may read or change a session: an admin,
+// or the user the session belongs to.
+func (r *Resolver) ownSession(ctx context.Context, sessionID string) error {
+	if !r.Guard.Enabled() {
+		return nil
+	}
+	id, err := r.Guard.Require(ctx)
+	if err != nil || id.Admin {
+		return err
+	}
+	list, err := r.Backend.Sessions(ctx, id.Subject)
+	if err != nil {
+		return err
+	}
+	for _, s := range list {
+		if s.SessionID == sessionID {
+			return nil
+		}
+	}
+	return apperr.New(apperr.Forbidden, "you may only access your own memory and sessions")
+}
+
+// ownRun checks that the caller may see a chat turn.
+func (r *Resolver) ownRun(ctx context.Context, run *backend.Run) error {
+	if !r.Guard.Enabled() || run == nil {
+		return nil
+	}
+	return r.Guard.User(ctx, run.UserID)
 }

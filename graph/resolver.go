@@ -4,9 +4,11 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/daca-go/daca/gateway/auth"
 	"github.com/daca-go/daca/gateway/backend"
 	"github.com/daca-go/daca/graph/model"
 	"github.com/daca-go/daca/internal/fanout"
+	"github.com/daca-go/daca/internal/ratelimit"
 )
 
 // Resolver is the root resolver. Resolvers validate their arguments and call
@@ -17,6 +19,10 @@ type Resolver struct {
 	Memories      *fanout.Broker[*model.MemoryEvent]
 	Log           *slog.Logger
 	AuthMode      string
+	// Guard authorises callers (AUTH_MODE); nil or mode none trusts the arguments.
+	Guard *auth.Guard
+	// Turns limits sendMessage and startChat per user; nil: no limit.
+	Turns *ratelimit.Limiter
 	// RunPoll is how often the chatRun subscription asks for the turn's state.
 	RunPoll time.Duration
 }

@@ -20,6 +20,12 @@ func (r *mutationResolver) SendMessage(ctx context.Context, input model.SendMess
 	if err != nil {
 		return nil, err
 	}
+	if err := r.Guard.User(ctx, in.UserID); err != nil {
+		return nil, err
+	}
+	if err := r.limitTurns(in.UserID); err != nil {
+		return nil, err
+	}
 	rep, err := r.Backend.SendMessage(ctx, in)
 	if err != nil {
 		return nil, err
@@ -34,6 +40,12 @@ func (r *mutationResolver) StartChat(ctx context.Context, input model.SendMessag
 	if err != nil {
 		return nil, err
 	}
+	if err := r.Guard.User(ctx, in.UserID); err != nil {
+		return nil, err
+	}
+	if err := r.limitTurns(in.UserID); err != nil {
+		return nil, err
+	}
 	run, err := r.Backend.StartChat(ctx, in)
 	if err != nil {
 		return nil, err
@@ -44,6 +56,9 @@ func (r *mutationResolver) StartChat(ctx context.Context, input model.SendMessag
 // InitializeMemory is the resolver for the initializeMemory field.
 func (r *mutationResolver) InitializeMemory(ctx context.Context, userID string, input model.MemoryInput) (*model.Memory, error) {
 	if err := checkID("userId", userID); err != nil {
+		return nil, err
+	}
+	if err := r.Guard.User(ctx, userID); err != nil {
 		return nil, err
 	}
 	p := memory.Profile{}
@@ -68,6 +83,9 @@ func (r *mutationResolver) ForgetUser(ctx context.Context, userID string) (*mode
 	if err := checkID("userId", userID); err != nil {
 		return nil, err
 	}
+	if err := r.Guard.User(ctx, userID); err != nil {
+		return nil, err
+	}
 	n, err := r.Backend.ForgetUser(ctx, userID)
 	if err != nil {
 		return nil, err
@@ -80,12 +98,18 @@ func (r *mutationResolver) DeleteConversation(ctx context.Context, sessionID str
 	if err := checkID("sessionId", sessionID); err != nil {
 		return false, err
 	}
+	if err := r.ownSession(ctx, sessionID); err != nil {
+		return false, err
+	}
 	return r.Backend.DeleteConversation(ctx, sessionID)
 }
 
 // Memory is the resolver for the memory field.
 func (r *queryResolver) Memory(ctx context.Context, userID string) (*model.Memory, error) {
 	if err := checkID("userId", userID); err != nil {
+		return nil, err
+	}
+	if err := r.Guard.User(ctx, userID); err != nil {
 		return nil, err
 	}
 	p, err := r.Backend.Memory(ctx, userID)
@@ -98,6 +122,9 @@ func (r *queryResolver) Memory(ctx context.Context, userID string) (*model.Memor
 // Conversation is the resolver for the conversation field.
 func (r *queryResolver) Conversation(ctx context.Context, sessionID string, last *int) (*model.Conversation, error) {
 	if err := checkID("sessionId", sessionID); err != nil {
+		return nil, err
+	}
+	if err := r.ownSession(ctx, sessionID); err != nil {
 		return nil, err
 	}
 	if last != nil && *last < 0 {
@@ -122,6 +149,9 @@ func (r *queryResolver) Sessions(ctx context.Context, userID string) ([]*model.S
 	if err := checkID("userId", userID); err != nil {
 		return nil, err
 	}
+	if err := r.Guard.User(ctx, userID); err != nil {
+		return nil, err
+	}
 	list, err := r.Backend.Sessions(ctx, userID)
 	if err != nil {
 		return nil, err
@@ -143,6 +173,9 @@ func (r *queryResolver) ChatRun(ctx context.Context, instanceID string) (*model.
 	}
 	run, err := r.Backend.ChatRun(ctx, instanceID)
 	if err != nil || run == nil {
+		return nil, err
+	}
+	if err := r.ownRun(ctx, run); err != nil {
 		return nil, err
 	}
 	return toRun(*run), nil
@@ -183,6 +216,19 @@ func (r *subscriptionResolver) ConversationUpdated(ctx context.Context, sessionI
 			return nil, err
 		}
 	}
+	if r.Guard.Enabled() {
+		id, err := r.Guard.Require(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if !id.Admin {
+			if userID != nil && *userID != id.Subject {
+				return nil, apperr.New(apperr.Forbidden, "you may only access your own memory and sessions")
+			}
+			own := id.Subject
+			userID = &own // a user only ever sees their own conversations
+		}
+	}
 	sub := r.Conversations.Subscribe(ctx, func(ev *model.ConversationEvent) bool {
 		return (sessionID == nil || ev.SessionID == *sessionID) && (userID == nil || ev.UserID == *userID)
 	})
@@ -192,6 +238,9 @@ func (r *subscriptionResolver) ConversationUpdated(ctx context.Context, sessionI
 // MemoryUpdated is the resolver for the memoryUpdated field.
 func (r *subscriptionResolver) MemoryUpdated(ctx context.Context, userID string) (<-chan *model.MemoryEvent, error) {
 	if err := checkID("userId", userID); err != nil {
+		return nil, err
+	}
+	if err := r.Guard.User(ctx, userID); err != nil {
 		return nil, err
 	}
 	sub := r.Memories.Subscribe(ctx, func(ev *model.MemoryEvent) bool { return ev.UserID == userID })
@@ -209,6 +258,9 @@ func (r *subscriptionResolver) ChatRun(ctx context.Context, instanceID string) (
 	}
 	if first == nil {
 		return nil, apperr.New(apperr.NotFound, "chat turn %s not found", instanceID)
+	}
+	if err := r.ownRun(ctx, first); err != nil {
+		return nil, err
 	}
 	ch := make(chan *model.ChatRun, 1)
 	go r.followRun(ctx, *first, ch)

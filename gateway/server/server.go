@@ -26,6 +26,7 @@ import (
 	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
+	"github.com/daca-go/daca/gateway/auth"
 	"github.com/daca-go/daca/gateway/backend"
 	"github.com/daca-go/daca/graph"
 	"github.com/daca-go/daca/graph/model"
@@ -33,6 +34,7 @@ import (
 	"github.com/daca-go/daca/internal/fanout"
 	"github.com/daca-go/daca/internal/httpx"
 	"github.com/daca-go/daca/internal/logging"
+	"github.com/daca-go/daca/internal/ratelimit"
 )
 
 // Config of the HTTP surface.
@@ -48,6 +50,9 @@ type Config struct {
 	AppToken        string        // APP_API_TOKEN: required on the pub/sub routes
 	PubSub          string        // pub/sub component the gateway subscribes with, default gateway-pubsub
 	AuthMode        string
+	Suggestions     bool               // "did you mean" in validation errors (GRAPHQL_SUGGESTIONS)
+	Guard           *auth.Guard        // authentication and authorisation
+	Turns           *ratelimit.Limiter // chat turns per user
 }
 
 func (c *Config) defaults() {
@@ -101,7 +106,8 @@ func New(cfg Config, b backend.Backend, log *slog.Logger) *Server {
 
 // GraphQL returns the GraphQL handler (all transports).
 func (s *Server) GraphQL() http.Handler {
-	res := &graph.Resolver{Backend: s.backend, Conversations: s.Conversations, Memories: s.Memories, Log: s.log, AuthMode: s.cfg.AuthMode}
+	res := &graph.Resolver{Backend: s.backend, Conversations: s.Conversations, Memories: s.Memories, Log: s.log,
+		AuthMode: s.cfg.AuthMode, Guard: s.cfg.Guard, Turns: s.cfg.Turns}
 	srv := handler.New(graph.NewExecutableSchema(graph.Config{Resolvers: res}))
 	origins := s.cfg.AllowedOrigins
 	srv.AddTransport(transport.Websocket{
@@ -112,14 +118,13 @@ func (s *Server) GraphQL() http.Handler {
 		KeepAlivePingInterval: s.cfg.KeepAlive,                   // legacy graphql-ws "ka"
 		PingPongInterval:      s.cfg.KeepAlive,                   // graphql-transport-ws ping/pong; a dead peer is closed
 		InitTimeout:           s.cfg.InitTimeout + 2*time.Second, // protocolGuard answers first, with 4408
-		InitFunc: func(ctx context.Context, p transport.InitPayload) (context.Context, *transport.InitPayload, error) {
-			return ctx, nil, nil
-		},
+		InitFunc:              s.wsInit,
 	})
 	srv.AddTransport(transport.Options{})
 	srv.AddTransport(transport.GET{})
 	srv.AddTransport(transport.POST{})
 	srv.SetQueryCache(lru.New[*ast.QueryDocument](1000))
+	srv.SetDisableSuggestion(!s.cfg.Suggestions)
 	if s.cfg.Introspection {
 		srv.Use(extension.Introspection{})
 	}
@@ -132,6 +137,37 @@ func (s *Server) GraphQL() http.Handler {
 		return apperr.New(apperr.Internal, "internal error")
 	})
 	return srv
+}
+
+// wsInit authenticates a websocket from its connection_init payload
+// (Authorization, authorization or token) unless the upgrade request already
+// carried a valid bearer token. A bad or missing token closes the socket with
+// 4403 Forbidden.
+func (s *Server) wsInit(ctx context.Context, p transport.InitPayload) (context.Context, *transport.InitPayload, error) {
+	if !s.cfg.Guard.Enabled() {
+		return ctx, nil, nil
+	}
+	if _, ok := auth.From(ctx); ok {
+		return ctx, nil, nil
+	}
+	raw := auth.BearerToken(p.Authorization())
+	if raw == "" {
+		raw = p.GetString("token")
+	}
+	forbidden := func(err error) (context.Context, *transport.InitPayload, error) {
+		logging.From(ctx, s.log).Info("websocket refused", "err", err)
+		ctx = transport.WithWebsocketCloseCode(ctx, closeForbidden)
+		ctx = transport.AppendCloseReason(ctx, "Forbidden")
+		return ctx, nil, errors.New("Forbidden")
+	}
+	if raw == "" {
+		return forbidden(errors.New("no token in connection_init"))
+	}
+	actx, err := s.cfg.Guard.Authenticate(ctx, raw)
+	if err != nil {
+		return forbidden(err)
+	}
+	return actx, nil, nil
 }
 
 // presentError maps an error to a GraphQL error with extensions.code, once.
@@ -255,6 +291,16 @@ func (s *Server) limits(next http.Handler) http.Handler {
 			}
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBody)
+		if raw := auth.BearerToken(r.Header.Get("Authorization")); raw != "" && s.cfg.Guard.Enabled() {
+			ctx, err := s.cfg.Guard.Authenticate(r.Context(), raw)
+			if err != nil {
+				logging.From(r.Context(), s.log).Info("bearer token refused", "err", err)
+				w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+				writeGraphQLError(w, http.StatusUnauthorized, "UNAUTHENTICATED", apperr.MessageOf(err))
+				return
+			}
+			r = r.WithContext(ctx)
+		}
 		next.ServeHTTP(w, r)
 	})
 }

@@ -15,7 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"encoding/json"
+
 	"github.com/coder/websocket"
+	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/daca-go/daca/internal/stack"
 	"github.com/daca-go/daca/internal/stack/stacktest"
@@ -32,7 +35,15 @@ func TestMain(m *testing.M) {
 		{ID: "chat-service", Build: "./services/chat", HealthPath: "/health", Secrets: []string{"gemini-api-key"}, Env: []string{"LLM_OFFLINE_DELAY=700ms"}},
 		gw("gateway"),
 		gw("gateway-2"),
-	}}))
+		jwtGateway(),
+	}, Secrets: map[string]string{"gemini-api-key": "", "gateway-jwt-secret": jwtSecret}}))
+}
+
+const jwtSecret = "e2e-signing-secret-0123456789abcdef"
+
+func jwtGateway() stack.App {
+	return stack.App{ID: "gateway", Name: "gateway-jwt", Build: "./gateway", HealthPath: "/healthz", Secrets: []string{"gateway-jwt-secret"},
+		Env: []string{"AUTH_MODE=jwt", "WS_INIT_TIMEOUT=2s"}}
 }
 
 func gqlURL(st *stack.Stack, name string) string { return st.App(name).AppURL() + "/graphql" }
@@ -297,4 +308,108 @@ func TestBadInputKeepsServing(t *testing.T) {
 func mustJSON(q string) string {
 	b := strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(q)
 	return `{"query": "` + b + `"}`
+}
+
+func token(t *testing.T, sub, role string) string {
+	t.Helper()
+	c := jwt.MapClaims{"sub": sub, "exp": time.Now().Add(time.Hour).Unix()}
+	if role != "" {
+		c["role"] = role
+	}
+	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString([]byte(jwtSecret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func gqlAs(t *testing.T, url, tok, query string) ([]any, int) {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, url, strings.NewReader(mustJSON(query)))
+	req.Header.Set("Content-Type", "application/json")
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Errors []any `json:"errors"`
+	}
+	json.NewDecoder(resp.Body).Decode(&out)
+	return out.Errors, resp.StatusCode
+}
+
+func TestJWTMode(t *testing.T) {
+	st := stacktest.Stack(t)
+	url := gqlURL(st, "gateway-jwt")
+	ana, admin := token(t, "ana", ""), token(t, "root", "admin")
+	tests := []struct {
+		name, tok, query string
+		code             string
+		status           int
+	}{
+		{"anonymous", "", `{ memory(userId: "ana") { name } }`, "UNAUTHENTICATED", 200},
+		{"own memory", ana, `{ memory(userId: "ana") { name } }`, "", 200},
+		{"another user's memory", ana, `{ memory(userId: "bo") { name } }`, "FORBIDDEN", 200},
+		{"another user's sessions", ana, `{ sessions(userId: "bo") { sessionId } }`, "FORBIDDEN", 200},
+		{"chat as another user", ana, `mutation { sendMessage(input: {userId: "bo", text: "hi"}) { reply } }`, "FORBIDDEN", 200},
+		{"admin", admin, `{ memory(userId: "bo") { name } }`, "", 200},
+		{"forged token", "forged.token.value", `{ health { status } }`, "UNAUTHENTICATED", 401},
+		{"health says jwt", "", `{ health { authMode } }`, "", 200},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			errs, status := gqlAs(t, url, tt.tok, tt.query)
+			if code(errs) != tt.code || status != tt.status {
+				t.Fatalf("code %q status %d (%v); want %q %d", code(errs), status, errs, tt.code, tt.status)
+			}
+		})
+	}
+	ws := dial(t, url, "graphql-transport-ws")
+	ws.send(map[string]any{"type": "connection_init", "payload": map[string]any{"Authorization": "Bearer forged"}})
+	if c := ws.closed(10 * time.Second); c != 4403 {
+		t.Fatalf("bad token on connection_init: close %d; want 4403", c)
+	}
+	ws = dial(t, url, "graphql-transport-ws")
+	ws.init(map[string]any{"Authorization": "Bearer " + ana})
+	ws.subscribe("m", `subscription { memoryUpdated(userId: "ana") { userId } }`, nil)
+	waitSubscribers(t, st, "gateway-jwt", "memory-updates", 1)
+}
+
+func TestThousandSubscribersGetOneEvent(t *testing.T) {
+	st := stacktest.Stack(t)
+	session := unique("crowd")
+	const conns, perConn = 50, 20
+	var clients []*wsClient
+	for range conns {
+		c := dial(t, gqlURL(st, "gateway"), "graphql-transport-ws")
+		c.init(nil)
+		for j := range perConn {
+			c.subscribe(strconv.Itoa(j), `subscription($s: ID) { conversationUpdated(sessionId: $s) { eventId userMessage } }`, map[string]any{"s": session})
+		}
+		clients = append(clients, c)
+	}
+	waitSubscribers(t, st, "gateway", "conversations", conns*perConn)
+	if _, errs, _ := gql(t, gqlURL(st, "gateway"), sendMessage, map[string]any{"in": map[string]any{"userId": "crowd", "text": "to all", "sessionId": session}}); errs != nil {
+		t.Fatal(errs)
+	}
+	got := 0
+	for _, c := range clients {
+		seen := map[string]bool{}
+		for range perConn {
+			m := c.next(30*time.Second, "next")
+			id := fmt.Sprint(m["id"])
+			if seen[id] || !strings.Contains(fmt.Sprint(m["payload"]), "to all") {
+				t.Fatalf("bad delivery %v", m)
+			}
+			seen[id] = true
+			got++
+		}
+	}
+	if got != conns*perConn {
+		t.Fatalf("%d of %d subscribers got the event", got, conns*perConn)
+	}
 }

@@ -1,0 +1,454 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/99designs/gqlgen/client"
+	"github.com/coder/websocket"
+	"go.uber.org/goleak"
+
+	"github.com/daca-go/daca/gateway/auth"
+	"github.com/daca-go/daca/gateway/backend"
+	"github.com/daca-go/daca/internal/apperr"
+	"github.com/daca-go/daca/internal/memory"
+	"github.com/daca-go/daca/internal/ratelimit"
+)
+
+// Everything a subscription holds must be gone at the end; the HTTP
+// client's idle keep-alive connections are not the server's.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
+		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"))
+}
+
+// fake is a Backend in memory; err, when set, is returned by every call.
+type fake struct {
+	mu       sync.Mutex
+	profiles map[string]memory.Profile
+	history  map[string][]memory.Entry
+	sessions map[string][]memory.SessionInfo
+	runs     map[string]*backend.Run
+	err      error
+	lastIn   backend.ChatInput
+}
+
+func newFake() *fake {
+	ts := time.Date(2026, 11, 29, 3, 0, 0, 0, time.UTC)
+	reply := "hi ana"
+	return &fake{
+		profiles: map[string]memory.Profile{"ana": {Name: "Ana", PreferredStyle: "formal", UserSummary: "likes Go"}},
+		history:  map[string][]memory.Entry{"s1": {{Role: "user", Content: "q", Timestamp: ts}, {Role: "assistant", Content: "a", Timestamp: ts}}},
+		sessions: map[string][]memory.SessionInfo{"ana": {{SessionID: "s1", UpdatedAt: ts, MessageCount: 2, LastMessage: &memory.Entry{Role: "assistant", Content: "a", Timestamp: ts}}}},
+		runs:     map[string]*backend.Run{"chat-1": {InstanceID: "chat-1", Status: "COMPLETED", UserID: "ana", SessionID: "s1", Reply: &reply, Timestamp: &ts}},
+	}
+}
+
+func (f *fake) e() error { f.mu.Lock(); defer f.mu.Unlock(); return f.err }
+
+func (f *fake) Memory(_ context.Context, u string) (memory.Profile, error) {
+	if p, ok := f.profiles[u]; ok {
+		return p, f.e()
+	}
+	return memory.DefaultProfile(u), f.e()
+}
+func (f *fake) InitializeMemory(_ context.Context, u string, p memory.Profile) (memory.Profile, error) {
+	return p, f.e()
+}
+func (f *fake) Conversation(_ context.Context, s string) ([]memory.Entry, error) { return f.history[s], f.e() }
+func (f *fake) Sessions(_ context.Context, u string) ([]memory.SessionInfo, error) {
+	return f.sessions[u], f.e()
+}
+func (f *fake) ForgetUser(context.Context, string) (int, error)          { return 1, f.e() }
+func (f *fake) DeleteConversation(context.Context, string) (bool, error) { return true, f.e() }
+func (f *fake) SendMessage(_ context.Context, in backend.ChatInput) (backend.Reply, error) {
+	f.mu.Lock()
+	f.lastIn = in
+	f.mu.Unlock()
+	return backend.Reply{UserID: in.UserID, SessionID: "s9", Reply: "re: " + in.Text, InstanceID: "chat-9", Status: "COMPLETED",
+		Timestamp: time.Date(2026, 11, 29, 3, 0, 0, 0, time.UTC)}, f.e()
+}
+func (f *fake) StartChat(_ context.Context, in backend.ChatInput) (backend.Run, error) {
+	return backend.Run{InstanceID: "chat-2", Status: "PENDING", UserID: in.UserID, SessionID: "s2"}, f.e()
+}
+func (f *fake) ChatRun(_ context.Context, id string) (*backend.Run, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.runs[id], f.err
+}
+func (f *fake) Health(context.Context) backend.Health {
+	return backend.Health{Sidecar: "ok", Apps: map[string]string{"chat-service": "ok", "agent-memory-service": "ok"}, LLM: "offline"}
+}
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func newServer(f *fake, cfg Config) (*Server, http.Handler) {
+	s := New(cfg, f, quiet())
+	return s, s.Routes(func(context.Context) error { return nil })
+}
+
+func TestResolvers(t *testing.T) {
+	f := newFake()
+	_, h := newServer(f, Config{})
+	c := client.New(h, client.Path("/graphql"))
+	tests := []struct {
+		name, query string
+		want        string
+	}{
+		{"memory", `{ memory(userId: "ana") { userId name preferredStyle userSummary } }`,
+			`{"memory":{"userId":"ana","name":"Ana","preferredStyle":"formal","userSummary":"likes Go"}}`},
+		{"memory of a stranger", `{ memory(userId: "zed") { userSummary } }`, `{"memory":{"userSummary":"zed is a new user."}}`},
+		{"conversation last 1", `{ conversation(sessionId: "s1", last: 1) { sessionId messages { role content timestamp } } }`,
+			`{"conversation":{"sessionId":"s1","messages":[{"role":"ASSISTANT","content":"a","timestamp":"2026-11-29T03:00:00Z"}]}}`},
+		{"sessions", `{ sessions(userId: "ana") { sessionId messageCount lastMessage { role } } }`,
+			`{"sessions":[{"sessionId":"s1","messageCount":2,"lastMessage":{"role":"ASSISTANT"}}]}`},
+		{"chatRun", `{ chatRun(instanceId: "chat-1") { instanceId status reply sessionId } }`,
+			`{"chatRun":{"instanceId":"chat-1","status":"COMPLETED","reply":"hi ana","sessionId":"s1"}}`},
+		{"unknown chatRun", `{ chatRun(instanceId: "chat-x") { status } }`, `{"chatRun":null}`},
+		{"health", `{ health { status gateway sidecar llm authMode backends { appId status } } }`,
+			`{"health":{"status":"ok","gateway":"ok","sidecar":"ok","llm":"offline","authMode":"none","backends":[{"appId":"chat-service","status":"ok"},{"appId":"agent-memory-service","status":"ok"}]}}`},
+		{"sendMessage", `mutation { sendMessage(input: {userId: "ana", text: "hello", idempotencyKey: "k"}) { reply instanceId sessionId status timestamp } }`,
+			`{"sendMessage":{"reply":"re: hello","instanceId":"chat-9","sessionId":"s9","status":"COMPLETED","timestamp":"2026-11-29T03:00:00Z"}}`},
+		{"startChat", `mutation { startChat(input: {userId: "ana", text: "hello"}) { instanceId status } }`,
+			`{"startChat":{"instanceId":"chat-2","status":"PENDING"}}`},
+		{"initializeMemory", `mutation { initializeMemory(userId: "ana", input: {name: "A"}) { name } }`, `{"initializeMemory":{"name":"A"}}`},
+		{"forgetUser", `mutation { forgetUser(userId: "ana") { userId sessionsDeleted } }`, `{"forgetUser":{"userId":"ana","sessionsDeleted":1}}`},
+		{"deleteConversation", `mutation { deleteConversation(sessionId: "s1") }`, `{"deleteConversation":true}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, err := c.RawPost(tt.query)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.Errors != nil {
+				t.Fatalf("errors: %s", resp.Errors)
+			}
+			got, _ := json.Marshal(resp.Data)
+			var w any
+			json.Unmarshal([]byte(tt.want), &w)
+			want, _ := json.Marshal(w)
+			if string(got) != string(want) {
+				t.Fatalf("got  %s\nwant %s", got, tt.want)
+			}
+		})
+	}
+	if f.lastIn.IdempotencyKey != "k" {
+		t.Fatalf("idempotency key not passed: %+v", f.lastIn)
+	}
+}
+
+func errCode(t *testing.T, h http.Handler, query string, opts ...client.Option) (string, map[string]any, string) {
+	t.Helper()
+	resp, err := client.New(h, client.Path("/graphql")).RawPost(query, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var errs []struct {
+		Message    string         `json:"message"`
+		Extensions map[string]any `json:"extensions"`
+	}
+	json.Unmarshal(resp.Errors, &errs)
+	if len(errs) == 0 {
+		return "", nil, ""
+	}
+	return fmt.Sprint(errs[0].Extensions["code"]), errs[0].Extensions, errs[0].Message
+}
+
+func TestErrorMapping(t *testing.T) {
+	tests := []struct {
+		name    string
+		err     error
+		code    string
+		message string
+	}{
+		{"bad input with the backend's detail", apperr.New(apperr.Invalid, "Message text cannot be empty"), "BAD_USER_INPUT", "Message text cannot be empty"},
+		{"not found", apperr.New(apperr.NotFound, "not found"), "NOT_FOUND", "not found"},
+		{"unauthenticated", apperr.New(apperr.Unauthenticated, "who are you"), "UNAUTHENTICATED", "who are you"},
+		{"forbidden", apperr.New(apperr.Forbidden, "no"), "FORBIDDEN", "no"},
+		{"rate limited", &apperr.Error{Code: apperr.RateLimited, Message: "slow down", RetryAfter: 1500 * time.Millisecond}, "RATE_LIMITED", "slow down"},
+		{"unavailable hides the cause", apperr.Wrap(apperr.Unavailable, fmt.Errorf("dial tcp 127.0.0.1:3502: token abc"), "chat-service is unavailable"), "UNAVAILABLE", "chat-service is unavailable"},
+		{"a bug hides everything", fmt.Errorf("nil pointer at /src/x.go:12 with sk-secret"), "INTERNAL", "internal error"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFake()
+			f.err = tt.err
+			_, h := newServer(f, Config{})
+			code, ext, msg := errCode(t, h, `{ memory(userId: "ana") { name } }`)
+			if code != tt.code || msg != tt.message {
+				t.Fatalf("code %s message %q; want %s %q", code, msg, tt.code, tt.message)
+			}
+			if tt.code == "RATE_LIMITED" && ext["retryAfter"] != float64(2) {
+				t.Fatalf("retryAfter = %v", ext["retryAfter"])
+			}
+		})
+	}
+}
+
+func TestInputValidation(t *testing.T) {
+	_, h := newServer(newFake(), Config{})
+	tests := []struct{ name, query, msg string }{
+		{"blank text", `mutation { sendMessage(input: {userId: "ana", text: "  "}) { reply } }`, "Message text cannot be empty"},
+		{"key injection", `mutation { sendMessage(input: {userId: "a||b", text: "x"}) { reply } }`, "userId must match"},
+		{"bad session", `{ conversation(sessionId: "../x") { sessionId } }`, "sessionId must match"},
+		{"negative last", `{ conversation(sessionId: "s1", last: -1) { sessionId } }`, "last must not be negative"},
+		{"too long", `mutation { sendMessage(input: {userId: "ana", text: "` + strings.Repeat("x", 17<<10) + `"}) { reply } }`, "longer than"},
+		{"subscription without filter", `subscription { conversationUpdated { eventId } }`, "give sessionId"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if strings.HasPrefix(tt.query, "subscription") {
+				return // covered over websocket below
+			}
+			code, _, msg := errCode(t, h, tt.query)
+			if code != "BAD_USER_INPUT" || !strings.Contains(msg, tt.msg) {
+				t.Fatalf("%s %q", code, msg)
+			}
+		})
+	}
+}
+
+func TestRateLimit(t *testing.T) {
+	_, h := newServer(newFake(), Config{Turns: ratelimit.New(1, 2)})
+	q := `mutation { sendMessage(input: {userId: "ana", text: "x"}) { reply } }`
+	for i := range 2 {
+		if code, _, _ := errCode(t, h, q); code != "" {
+			t.Fatalf("message %d refused: %s", i, code)
+		}
+	}
+	code, ext, _ := errCode(t, h, q)
+	if code != "RATE_LIMITED" || ext["retryAfter"] == nil {
+		t.Fatalf("third message: %s %v", code, ext)
+	}
+	if code, _, _ := errCode(t, h, strings.Replace(q, "ana", "bo", 1)); code != "" {
+		t.Fatalf("another user limited: %s", code)
+	}
+}
+
+func TestJWTAuthorisation(t *testing.T) {
+	f := newFake()
+	g := &auth.Guard{Mode: "jwt", Verifier: staticVerifier{"tok-ana": {Subject: "ana"}, "tok-admin": {Subject: "root", Admin: true}}}
+	_, h := newServer(f, Config{Guard: g, AuthMode: "jwt"})
+	bearer := func(tok string) client.Option { return client.AddHeader("Authorization", "Bearer "+tok) }
+	tests := []struct {
+		name, query string
+		opts        []client.Option
+		code        string
+	}{
+		{"anonymous", `{ memory(userId: "ana") { name } }`, nil, "UNAUTHENTICATED"},
+		{"own memory", `{ memory(userId: "ana") { name } }`, []client.Option{bearer("tok-ana")}, ""},
+		{"someone else's memory", `{ memory(userId: "bo") { name } }`, []client.Option{bearer("tok-ana")}, "FORBIDDEN"},
+		{"admin reads anyone", `{ memory(userId: "bo") { name } }`, []client.Option{bearer("tok-admin")}, ""},
+		{"send as someone else", `mutation { sendMessage(input: {userId: "bo", text: "x"}) { reply } }`, []client.Option{bearer("tok-ana")}, "FORBIDDEN"},
+		{"own session", `{ conversation(sessionId: "s1") { sessionId } }`, []client.Option{bearer("tok-ana")}, ""},
+		{"foreign session", `{ conversation(sessionId: "s-of-bo") { sessionId } }`, []client.Option{bearer("tok-ana")}, "FORBIDDEN"},
+		{"own run", `{ chatRun(instanceId: "chat-1") { status } }`, []client.Option{bearer("tok-ana")}, ""},
+		{"health is open", `{ health { authMode } }`, nil, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, msg := errCode(t, h, tt.query, tt.opts...)
+			if code != tt.code {
+				t.Fatalf("code %q (%s); want %q", code, msg, tt.code)
+			}
+		})
+	}
+	// An invalid token is refused with 401 before any resolver runs.
+	req := httptest.NewRequest(http.MethodPost, "/graphql", strings.NewReader(`{"query":"{ health { status } }"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer forged")
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, req)
+	if w.Code != http.StatusUnauthorized || !strings.Contains(w.Body.String(), "UNAUTHENTICATED") {
+		t.Fatalf("forged token: %d %s", w.Code, w.Body)
+	}
+}
+
+type staticVerifier map[string]auth.Identity
+
+func (v staticVerifier) Verify(_ context.Context, raw string) (auth.Identity, error) {
+	if id, ok := v[raw]; ok {
+		return id, nil
+	}
+	return auth.Identity{}, apperr.New(apperr.Unauthenticated, "bad token")
+}
+
+// publishEvent posts an event to the gateway as its sidecar would.
+func publishEvent(t *testing.T, url, topic, id string, data any) {
+	t.Helper()
+	b, _ := json.Marshal(map[string]any{"id": id, "time": time.Now().UTC(), "topic": topic, "data": data})
+	resp, err := http.Post(url+"/events/"+topic, "application/cloudevents+json", strings.NewReader(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "SUCCESS") {
+		t.Fatalf("event answer %s", body)
+	}
+}
+
+type wsConn struct {
+	t *testing.T
+	c *websocket.Conn
+}
+
+func wsDial(t *testing.T, url, proto string, init map[string]any) *wsConn {
+	t.Helper()
+	c, _, err := websocket.Dial(t.Context(), strings.Replace(url, "http", "ws", 1)+"/graphql", &websocket.DialOptions{Subprotocols: []string{proto}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &wsConn{t, c}
+	w.send(map[string]any{"type": "connection_init", "payload": init})
+	return w
+}
+
+func (w *wsConn) send(v any) {
+	b, _ := json.Marshal(v)
+	if err := w.c.Write(context.Background(), websocket.MessageText, b); err != nil {
+		w.t.Fatal(err)
+	}
+}
+
+func (w *wsConn) read(types ...string) map[string]any {
+	w.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for {
+		_, b, err := w.c.Read(ctx)
+		if err != nil {
+			w.t.Fatalf("read: %v", err)
+		}
+		var m map[string]any
+		json.Unmarshal(b, &m)
+		for _, t := range types {
+			if m["type"] == t {
+				return m
+			}
+		}
+	}
+}
+
+func TestSubscriptionFanOutAndCleanup(t *testing.T) {
+	f := newFake()
+	s, h := newServer(f, Config{SubscriberQueue: 4})
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+
+	ws := wsDial(t, srv.URL, "graphql-transport-ws", nil)
+	ws.read("connection_ack")
+	ws.send(map[string]any{"id": "1", "type": "subscribe", "payload": map[string]any{"query": `subscription { conversationUpdated(userId: "ana") { eventId sessionId userMessage } }`}})
+	ws.send(map[string]any{"id": "2", "type": "subscribe", "payload": map[string]any{"query": `subscription { memoryUpdated(userId: "ana") { userSummary } }`}})
+	ws.send(map[string]any{"id": "3", "type": "subscribe", "payload": map[string]any{"query": `subscription { conversationUpdated { eventId } }`}})
+	if m := ws.read("error", "next"); m["id"] != "3" || !strings.Contains(fmt.Sprint(m), "give sessionId") {
+		t.Fatalf("unfiltered subscription: %v", m)
+	}
+	waitFor(t, func() bool { return s.Conversations.Len() == 1 && s.Memories.Len() == 1 })
+	publishEvent(t, srv.URL, "conversations", "e0", map[string]string{"user_id": "bo", "session_id": "x", "event_type": "ConversationUpdated", "user_message": "not for ana", "assistant_reply": "r"})
+	publishEvent(t, srv.URL, "conversations", "e1", map[string]string{"user_id": "ana", "session_id": "s1", "event_type": "ConversationUpdated", "user_message": "for ana", "assistant_reply": "r"})
+	publishEvent(t, srv.URL, "memory-updates", "m1", map[string]string{"user_id": "ana", "session_id": "s1", "user_summary": "new summary"})
+	m := ws.read("next")
+	if !strings.Contains(fmt.Sprint(m), "for ana") || strings.Contains(fmt.Sprint(m), "not for ana") || m["id"] != "1" {
+		t.Fatalf("conversation event = %v", m)
+	}
+	if m := ws.read("next"); m["id"] != "2" || !strings.Contains(fmt.Sprint(m), "new summary") {
+		t.Fatalf("memory event = %v", m)
+	}
+	// A stale event (from before the gateway started) is not pushed.
+	b, _ := json.Marshal(map[string]any{"id": "old", "time": time.Now().Add(-time.Hour), "data": map[string]string{"user_id": "ana", "session_id": "s1", "event_type": "ConversationUpdated", "user_message": "old", "assistant_reply": "r"}})
+	http.Post(srv.URL+"/events/conversations", "application/json", strings.NewReader(string(b)))
+	publishEvent(t, srv.URL, "conversations", "e2", map[string]string{"user_id": "ana", "session_id": "s1", "event_type": "ConversationUpdated", "user_message": "fresh", "assistant_reply": "r"})
+	if m := ws.read("next"); !strings.Contains(fmt.Sprint(m), "fresh") {
+		t.Fatalf("after a stale event got %v", m)
+	}
+	ws.c.Close(websocket.StatusNormalClosure, "")
+	waitFor(t, func() bool { return s.Conversations.Len() == 0 && s.Memories.Len() == 0 })
+}
+
+func TestThousandSubscribeCyclesBackToBaseline(t *testing.T) {
+	s, h := newServer(newFake(), Config{})
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	ws := wsDial(t, srv.URL, "graphql-transport-ws", nil)
+	ws.read("connection_ack")
+	// Warm up one cycle, then measure.
+	cycle := func(i int) {
+		id := fmt.Sprint(i)
+		ws.send(map[string]any{"id": id, "type": "subscribe", "payload": map[string]any{"query": `subscription { memoryUpdated(userId: "ana") { userSummary } }`}})
+		ws.send(map[string]any{"id": id, "type": "complete"})
+	}
+	cycle(0)
+	waitFor(t, func() bool { return s.Memories.Len() == 0 })
+	before := runtime.NumGoroutine()
+	for i := 1; i <= 1000; i++ {
+		cycle(i)
+	}
+	waitFor(t, func() bool { return s.Memories.Len() == 0 && runtime.NumGoroutine() <= before })
+	ws.c.Close(websocket.StatusNormalClosure, "")
+}
+
+func TestWebsocketAuth(t *testing.T) {
+	g := &auth.Guard{Mode: "jwt", Verifier: staticVerifier{"tok-ana": {Subject: "ana"}}}
+	_, h := newServer(newFake(), Config{Guard: g, AuthMode: "jwt"})
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	tests := []struct {
+		name string
+		init map[string]any
+		ok   bool
+	}{
+		{"no token", nil, false},
+		{"bad token", map[string]any{"Authorization": "Bearer forged"}, false},
+		{"good token", map[string]any{"Authorization": "Bearer tok-ana"}, true},
+		{"token field", map[string]any{"token": "tok-ana"}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ws := wsDial(t, srv.URL, "graphql-transport-ws", tt.init)
+			defer ws.c.CloseNow()
+			if tt.ok {
+				ws.read("connection_ack")
+				ws.send(map[string]any{"id": "x", "type": "subscribe", "payload": map[string]any{"query": `subscription { memoryUpdated(userId: "bo") { userSummary } }`}})
+				m := ws.read("error", "next")
+				if !strings.Contains(fmt.Sprint(m), "FORBIDDEN") {
+					t.Fatalf("subscribing to another user: %v", m)
+				}
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			for {
+				if _, _, err := ws.c.Read(ctx); err != nil {
+					if websocket.CloseStatus(err) != 4403 {
+						t.Fatalf("closed with %v; want 4403", err)
+					}
+					return
+				}
+			}
+		})
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
