@@ -91,6 +91,7 @@ type Server struct {
 	Conversations *fanout.Broker[*model.ConversationEvent]
 	Memories      *fanout.Broker[*model.MemoryEvent]
 	ready         func(context.Context) error
+	metrics       *metrics
 }
 
 // New returns the server. ready reports whether the sidecar and the
@@ -101,6 +102,7 @@ func New(cfg Config, b backend.Backend, log *slog.Logger) *Server {
 	drop := func() { log.Warn("subscriber dropped: its buffer was full (a slow or stuck client)") }
 	s.Conversations = fanout.New[*model.ConversationEvent](cfg.SubscriberQueue, drop)
 	s.Memories = fanout.New[*model.MemoryEvent](cfg.SubscriberQueue, drop)
+	s.metrics = newMetrics(s)
 	return s
 }
 
@@ -131,6 +133,7 @@ func (s *Server) GraphQL() http.Handler {
 	srv.Use(extension.AutomaticPersistedQuery{Cache: lru.New[string](256)})
 	srv.Use(extension.FixedComplexityLimit(s.cfg.MaxComplexity))
 	srv.Use(depthLimit{max: s.cfg.MaxDepth})
+	srv.Use(s.metrics)
 	srv.SetErrorPresenter(s.presentError)
 	srv.SetRecoverFunc(func(ctx context.Context, p any) error {
 		logging.From(ctx, s.log).Error("panic in a resolver", "panic", fmt.Sprint(p))
@@ -250,7 +253,7 @@ func (s *Server) Routes(ready func(context.Context) error) http.Handler {
 		}
 		httpx.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
-	r.Get("/metrics", s.metrics)
+	r.Handle("/metrics", s.metrics.handler())
 	r.Get("/", playground.Handler("DACA Gateway", "/graphql"))
 	gql := s.GraphQL()
 	r.Handle("/graphql", s.limits(gql))
@@ -390,23 +393,4 @@ func (s *Server) onMemoryUpdate(w http.ResponseWriter, r *http.Request) {
 		logging.From(r.Context(), s.log).Debug("memory event fanned out", "cloudevent_id", ce.ID, "subscribers", n)
 	}
 	httpx.JSON(w, http.StatusOK, map[string]string{"status": "SUCCESS"})
-}
-
-// metrics serves the gateway's fan-out metrics in the Prometheus text format.
-func (s *Server) metrics(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-	cd, cx := s.Conversations.Stats()
-	md, mx := s.Memories.Stats()
-	fmt.Fprintln(w, "# HELP daca_gateway_open_subscriptions Open GraphQL subscriptions fed by pub/sub, by topic.")
-	fmt.Fprintln(w, "# TYPE daca_gateway_open_subscriptions gauge")
-	fmt.Fprintf(w, "daca_gateway_open_subscriptions{topic=\"conversations\"} %d\n", s.Conversations.Len())
-	fmt.Fprintf(w, "daca_gateway_open_subscriptions{topic=\"memory-updates\"} %d\n", s.Memories.Len())
-	fmt.Fprintln(w, "# HELP daca_gateway_events_fanned_out_total Events delivered to subscribers, by topic.")
-	fmt.Fprintln(w, "# TYPE daca_gateway_events_fanned_out_total counter")
-	fmt.Fprintf(w, "daca_gateway_events_fanned_out_total{topic=\"conversations\"} %d\n", cd)
-	fmt.Fprintf(w, "daca_gateway_events_fanned_out_total{topic=\"memory-updates\"} %d\n", md)
-	fmt.Fprintln(w, "# HELP daca_gateway_subscribers_dropped_total Subscribers dropped for being too slow, by topic.")
-	fmt.Fprintln(w, "# TYPE daca_gateway_subscribers_dropped_total counter")
-	fmt.Fprintf(w, "daca_gateway_subscribers_dropped_total{topic=\"conversations\"} %d\n", cx)
-	fmt.Fprintf(w, "daca_gateway_subscribers_dropped_total{topic=\"memory-updates\"} %d\n", mx)
 }

@@ -66,7 +66,9 @@ func (f *fake) Memory(_ context.Context, u string) (memory.Profile, error) {
 func (f *fake) InitializeMemory(_ context.Context, u string, p memory.Profile) (memory.Profile, error) {
 	return p, f.e()
 }
-func (f *fake) Conversation(_ context.Context, s string) ([]memory.Entry, error) { return f.history[s], f.e() }
+func (f *fake) Conversation(_ context.Context, s string) ([]memory.Entry, error) {
+	return f.history[s], f.e()
+}
 func (f *fake) Sessions(_ context.Context, u string) ([]memory.SessionInfo, error) {
 	return f.sessions[u], f.e()
 }
@@ -450,5 +452,28 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 10s")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	f := newFake()
+	_, h := newServer(f, Config{})
+	c := client.New(h, client.Path("/graphql"))
+	c.RawPost(`{ memory(userId: "ana") { name } }`)
+	c.RawPost(`{ memory(userId: "a||b") { name } }`)
+	c.RawPost(`mutation { sendMessage(input: {userId: "ana", text: "x"}) { reply } }`)
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	body := w.Body.String()
+	for _, want := range []string{
+		`daca_gateway_graphql_requests_total{operation="memory",type="query"} 2`,
+		`daca_gateway_graphql_requests_total{operation="sendMessage",type="mutation"} 1`,
+		`daca_gateway_graphql_errors_total{code="BAD_USER_INPUT",operation="memory"} 1`,
+		`daca_gateway_graphql_duration_seconds_count{operation="sendMessage",type="mutation"} 1`,
+		`daca_gateway_open_subscriptions{topic="conversations"} 0`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 }

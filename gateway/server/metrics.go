@@ -1,0 +1,117 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/99designs/gqlgen/graphql"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/vektah/gqlparser/v2/ast"
+)
+
+// metrics is the gateway's Prometheus registry and the gqlgen extension that
+// feeds it: requests, errors (by extensions.code) and latency per operation
+// (labelled by the operation's first root field, which the schema bounds),
+// open subscriptions, events fanned out and slow subscribers dropped.
+type metrics struct {
+	reg      *prometheus.Registry
+	requests *prometheus.CounterVec
+	errors   *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+}
+
+var (
+	_ graphql.HandlerExtension     = (*metrics)(nil)
+	_ graphql.OperationInterceptor = (*metrics)(nil)
+	_ graphql.ResponseInterceptor  = (*metrics)(nil)
+)
+
+func newMetrics(s *Server) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "daca_gateway_graphql_requests_total", Help: "GraphQL operations, by root field and type.",
+		}, []string{"operation", "type"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "daca_gateway_graphql_errors_total", Help: "GraphQL errors, by root field and extensions.code.",
+		}, []string{"operation", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "daca_gateway_graphql_duration_seconds", Help: "Latency of queries and mutations, by root field.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}, []string{"operation", "type"}),
+	}
+	gauge := func(name, help, topic string, f func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help, ConstLabels: prometheus.Labels{"topic": topic}}, f)
+	}
+	counter := func(name, help, topic string, f func() float64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: prometheus.Labels{"topic": topic}}, f)
+	}
+	cd := func() float64 { d, _ := s.Conversations.Stats(); return float64(d) }
+	cx := func() float64 { _, x := s.Conversations.Stats(); return float64(x) }
+	md := func() float64 { d, _ := s.Memories.Stats(); return float64(d) }
+	mx := func() float64 { _, x := s.Memories.Stats(); return float64(x) }
+	m.reg.MustRegister(m.requests, m.errors, m.duration,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		gauge("daca_gateway_open_subscriptions", "Open GraphQL subscriptions fed by pub/sub.", "conversations", func() float64 { return float64(s.Conversations.Len()) }),
+		gauge("daca_gateway_open_subscriptions", "Open GraphQL subscriptions fed by pub/sub.", "memory-updates", func() float64 { return float64(s.Memories.Len()) }),
+		counter("daca_gateway_events_fanned_out_total", "Events delivered to subscribers.", "conversations", cd),
+		counter("daca_gateway_events_fanned_out_total", "Events delivered to subscribers.", "memory-updates", md),
+		counter("daca_gateway_subscribers_dropped_total", "Subscribers dropped for being too slow.", "conversations", cx),
+		counter("daca_gateway_subscribers_dropped_total", "Subscribers dropped for being too slow.", "memory-updates", mx),
+	)
+	return m
+}
+
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+func (m *metrics) ExtensionName() string                   { return "Metrics" }
+func (m *metrics) Validate(graphql.ExecutableSchema) error { return nil }
+
+func operation(ctx context.Context) (name, typ string) {
+	if !graphql.HasOperationContext(ctx) {
+		return "invalid", "unknown"
+	}
+	oc := graphql.GetOperationContext(ctx)
+	if oc.Operation == nil {
+		return "invalid", "unknown"
+	}
+	name = "unknown"
+	for _, sel := range oc.Operation.SelectionSet {
+		if f, ok := sel.(*ast.Field); ok {
+			name = f.Name
+			break
+		}
+	}
+	return name, string(oc.Operation.Operation)
+}
+
+func (m *metrics) InterceptOperation(ctx context.Context, next graphql.OperationHandler) graphql.ResponseHandler {
+	name, typ := operation(ctx)
+	m.requests.WithLabelValues(name, typ).Inc()
+	return next(ctx)
+}
+
+func (m *metrics) InterceptResponse(ctx context.Context, next graphql.ResponseHandler) *graphql.Response {
+	start := time.Now()
+	resp := next(ctx)
+	name, typ := operation(ctx)
+	if typ != string(ast.Subscription) {
+		m.duration.WithLabelValues(name, typ).Observe(time.Since(start).Seconds())
+	}
+	if resp != nil {
+		for _, e := range resp.Errors {
+			code := "INTERNAL"
+			if c, ok := e.Extensions["code"]; ok {
+				code = fmt.Sprint(c)
+			}
+			m.errors.WithLabelValues(name, code).Inc()
+		}
+	}
+	return resp
+}
