@@ -27,6 +27,7 @@ func bench(ctx context.Context, args []string) error {
 	root := fs.String("root", ".", "repository root")
 	turns := fs.Int("turns", 200, "chat turns per concurrency level")
 	reads := fs.Int("reads", 2000, "memory reads per concurrency level")
+	subs := fs.Int("subscriptions", 10000, "open subscriptions for the fan-out measurement")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -52,6 +53,7 @@ func bench(ctx context.Context, args []string) error {
 		Apps: []stack.App{
 			{ID: "agent-memory-service", Build: "./services/memory", HealthPath: "/health", Secrets: []string{"gemini-api-key"}, Env: []string{"LOG_LEVEL=warn"}},
 			{ID: "chat-service", Build: "./services/chat", HealthPath: "/health", Secrets: []string{"gemini-api-key"}, Env: []string{"LOG_LEVEL=warn"}},
+			{ID: "gateway", Build: "./gateway", HealthPath: "/healthz", Env: []string{"LOG_LEVEL=warn", "RATE_LIMIT_PER_MINUTE=0", "SUBSCRIBER_QUEUE=16"}},
 		},
 	})
 	if err != nil {
@@ -75,7 +77,7 @@ func bench(ctx context.Context, args []string) error {
 		}
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
+		if resp.StatusCode/100 != 2 {
 			return fmt.Errorf("%s %s: %s", method, url, resp.Status)
 		}
 		return nil
@@ -128,7 +130,7 @@ func bench(ctx context.Context, args []string) error {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%s\t%s\t%d\t\n", r.name, r.conc, r.n, r.rate, ms(r.p50), ms(r.p99), r.errs)
 	}
 	tw.Flush()
-	return nil
+	return benchGateway(ctx, st, client, call, *reads, *subs)
 }
 
 func load(op func() error, n, conc int) ([]time.Duration, int, time.Duration) {

@@ -1,0 +1,175 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/daca-go/daca/internal/stack"
+)
+
+// benchGateway compares memory(userId) through the gateway with the same
+// read straight through the gateway's sidecar, and measures the fan-out of
+// one event to many open subscriptions.
+func benchGateway(ctx context.Context, st *stack.Stack, client *http.Client, call func(method, url string, body []byte) error, reads, subs int) error {
+	gw := st.App("gateway")
+	gql := gw.AppURL() + "/graphql"
+	direct := gw.SidecarURL() + "/v1.0/invoke/agent-memory-service/method/memories/bench-user"
+	query, _ := json.Marshal(map[string]string{"query": `{ memory(userId: "bench-user") { name preferredStyle userSummary } }`})
+	viaGateway := func() error { return call(http.MethodPost, gql, query) }
+	viaSidecar := func() error { return call(http.MethodGet, direct, nil) }
+
+	fmt.Println()
+	fmt.Println("bench: memory(userId) through the gateway vs the same read through the gateway's sidecar")
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "clients\tgateway req/s\tsidecar req/s\tthroughput kept\tgateway p50\tsidecar p50\tp50 added\tgateway p99\tsidecar p99\t")
+	for _, conc := range []int{1, 16, 64} {
+		n := reads
+		if conc == 1 {
+			n = max(reads/4, 50)
+		}
+		gl, gerr, gel := load(viaGateway, n, conc)
+		dl, derr, del := load(viaSidecar, n, conc)
+		if gerr+derr > 0 {
+			return fmt.Errorf("bench: %d gateway and %d sidecar errors", gerr, derr)
+		}
+		slices.Sort(gl)
+		slices.Sort(dl)
+		grate, drate := float64(len(gl))/gel.Seconds(), float64(len(dl))/del.Seconds()
+		fmt.Fprintf(tw, "%d\t%.0f\t%.0f\t%.0f%%\t%s\t%s\t%+.0f%%\t%s\t%s\t\n", conc, grate, drate, 100*grate/drate,
+			ms(pct(gl, 50)), ms(pct(dl, 50)), 100*(float64(pct(gl, 50))/float64(pct(dl, 50))-1), ms(pct(gl, 99)), ms(pct(dl, 99)))
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	tw.Flush()
+	fmt.Println("targets: the gateway keeps at least 75% of the direct throughput and adds at most 30% to p50")
+	return benchFanOut(ctx, st, call, subs)
+}
+
+func rss(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			f := strings.Fields(l)
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}
+
+func benchFanOut(ctx context.Context, st *stack.Stack, call func(method, url string, body []byte) error, subs int) error {
+	gw := st.App("gateway")
+	perConn := 100
+	conns := (subs + perConn - 1) / perConn
+	session := fmt.Sprintf("fanout-%d", time.Now().UnixNano())
+	fmt.Printf("\nbench: fan-out of one event to %d subscriptions (%d websockets x %d)\n", conns*perConn, conns, perConn)
+	before := rss(gw.AppCmd.Pid())
+
+	var mu sync.Mutex
+	var got []time.Time
+	var wg sync.WaitGroup
+	var sockets []*websocket.Conn
+	wsURL := strings.Replace(gw.AppURL(), "http://", "ws://", 1) + "/graphql"
+	for range conns {
+		c, _, err := websocket.Dial(ctx, wsURL, &websocket.DialOptions{Subprotocols: []string{"graphql-transport-ws"}})
+		if err != nil {
+			return err
+		}
+		c.SetReadLimit(1 << 20)
+		sockets = append(sockets, c)
+		write := func(v any) error { b, _ := json.Marshal(v); return c.Write(ctx, websocket.MessageText, b) }
+		if err := write(map[string]any{"type": "connection_init"}); err != nil {
+			return err
+		}
+		for j := range perConn {
+			write(map[string]any{"id": strconv.Itoa(j), "type": "subscribe", "payload": map[string]any{
+				"query": `subscription($s: ID) { conversationUpdated(sessionId: $s) { eventId } }`, "variables": map[string]string{"s": session}}})
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n := 0
+			for n < perConn {
+				_, b, err := c.Read(ctx)
+				if err != nil {
+					return
+				}
+				if strings.Contains(string(b), `"type":"next"`) {
+					mu.Lock()
+					got = append(got, time.Now())
+					mu.Unlock()
+					n++
+				}
+			}
+		}()
+	}
+	// Wait until every subscription is open.
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		resp, err := http.Get(gw.AppURL() + "/metrics")
+		if err == nil {
+			var b strings.Builder
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := resp.Body.Read(buf)
+				b.Write(buf[:n])
+				if err != nil {
+					break
+				}
+			}
+			resp.Body.Close()
+			if strings.Contains(b.String(), fmt.Sprintf(`daca_gateway_open_subscriptions{topic="conversations"} %d`, conns*perConn)) {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("bench: subscriptions did not all open")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	after := rss(gw.AppCmd.Pid())
+	ev, _ := json.Marshal(map[string]string{"user_id": "bench-user", "session_id": session, "event_type": "ConversationUpdated",
+		"user_message": "fan-out", "assistant_reply": "fan-out reply"})
+	start := time.Now()
+	if err := call(http.MethodPost, gw.SidecarURL()+"/v1.0/publish/gateway-pubsub/conversations", ev); err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+	}
+	for _, c := range sockets {
+		c.CloseNow()
+	}
+	mu.Lock()
+	lat := make([]time.Duration, len(got))
+	for i, t := range got {
+		lat[i] = t.Sub(start)
+	}
+	mu.Unlock()
+	slices.Sort(lat)
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "subscriptions\tdelivered\tp50\tp99\tmax\tgateway memory per idle subscription\t")
+	perSub := float64(after-before) / float64(conns*perConn)
+	fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%.1f KiB\t\n", conns*perConn, len(lat), ms(pct(lat, 50)), ms(pct(lat, 99)), ms(pct(lat, 100)), perSub/1024)
+	tw.Flush()
+	fmt.Println("targets: all delivered within 250 ms at p99; at most 32 KiB of gateway memory per idle subscription")
+	return nil
+}
