@@ -7,7 +7,7 @@ DAPR_DIR  := .bin/dapr-$(DAPR_VER)
 DACA      := .bin/daca
 TEST_TIMEOUT ?= 20m
 
-.PHONY: run test unit vet dapr daca bench clean help
+.PHONY: run test unit vet check-generate dapr daca bench clean help
 
 help:
 	@echo "make run    run the whole system (Redis, Dapr, apps with sidecars)"
@@ -19,9 +19,17 @@ help:
 run: daca
 	@exec $(DACA) up $(ARGS)
 
-## test: vet, unit tests and the end-to-end tests on the real stack.
-test: dapr vet
+## test: vet, generated code up to date, unit tests and the end-to-end tests on the real stack.
+test: dapr vet check-generate
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+## check-generate: go generate ./... must leave the tree unchanged.
+check-generate:
+	$(GO) generate ./...
+	@if command -v git >/dev/null 2>&1 && git rev-parse --git-dir >/dev/null 2>&1; then \
+	  git diff --exit-code --stat -- graph gqlgen.yml go.mod go.sum || \
+	  { echo "go generate changed the files above: run it and commit the result"; exit 1; }; \
+	fi
 
 unit:
 	$(GO) test -short -count=1 ./...
