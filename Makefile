@@ -20,8 +20,10 @@ run: daca
 	@exec $(DACA) up $(ARGS)
 
 ## test: vet, generated code up to date, unit tests and the end-to-end tests on the real stack.
+# Packages run one at a time (-p 1): each end-to-end package starts a whole
+# stack, and two cores are shared by all of its processes.
 test: dapr vet check-generate
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(GO) test -p 1 -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 ## check-generate: go generate ./... must leave the tree unchanged.
 check-generate:

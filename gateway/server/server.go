@@ -20,7 +20,6 @@ import (
 	"github.com/99designs/gqlgen/graphql/handler/extension"
 	"github.com/99designs/gqlgen/graphql/handler/lru"
 	"github.com/99designs/gqlgen/graphql/handler/transport"
-	"github.com/99designs/gqlgen/graphql/playground"
 	"github.com/coder/websocket"
 	"github.com/go-chi/chi/v5"
 	"github.com/vektah/gqlparser/v2/ast"
@@ -28,6 +27,7 @@ import (
 
 	"github.com/daca-go/daca/gateway/auth"
 	"github.com/daca-go/daca/gateway/backend"
+	"github.com/daca-go/daca/gateway/playground"
 	"github.com/daca-go/daca/graph"
 	"github.com/daca-go/daca/graph/model"
 	"github.com/daca-go/daca/internal/apperr"
@@ -254,7 +254,8 @@ func (s *Server) Routes(ready func(context.Context) error) http.Handler {
 		httpx.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	r.Handle("/metrics", s.metrics.handler())
-	r.Get("/", playground.Handler("DACA Gateway", "/graphql"))
+	r.Handle("/", playground.Page("DACA Gateway", "/graphql"))
+	r.Handle(playground.AssetsPath+"*", playground.Assets())
 	gql := s.GraphQL()
 	r.Handle("/graphql", s.limits(gql))
 	r.Group(func(r chi.Router) {

@@ -21,25 +21,39 @@ var ErrNoRedis = errors.New("redis-server is not installed. Install it with `sud
 // EnsureRedisServer returns the path of redis-server, installing the Debian
 // package with apt-get when it is missing and we run as root on Debian.
 func EnsureRedisServer(ctx context.Context, progress func(string)) (string, error) {
-	if p, err := exec.LookPath("redis-server"); err == nil {
+	p, err := EnsureDebianPackage(ctx, "redis-server", "redis-server", progress)
+	if errors.Is(err, errCannotInstall) {
+		return "", ErrNoRedis
+	}
+	return p, err
+}
+
+var errCannotInstall = errors.New("cannot install")
+
+// EnsureDebianPackage returns the path of the command bin, installing the
+// Debian package pkg with apt-get when it is missing and we run as root on
+// Debian (errCannotInstall otherwise).
+func EnsureDebianPackage(ctx context.Context, pkg, bin string, progress func(string)) (string, error) {
+	if p, err := exec.LookPath(bin); err == nil {
 		return p, nil
 	}
+	cannot := fmt.Errorf("%w: %s is not installed; install it with `sudo apt-get install -y %s`", errCannotInstall, bin, pkg)
 	if os.Geteuid() != 0 {
-		return "", ErrNoRedis
+		return "", cannot
 	}
 	if _, err := os.Stat("/etc/debian_version"); err != nil {
-		return "", ErrNoRedis
+		return "", cannot
 	}
 	if _, err := exec.LookPath("apt-get"); err != nil {
-		return "", ErrNoRedis
+		return "", cannot
 	}
-	progress("redis-server is missing: installing the Debian package redis-server with apt-get")
+	progress(bin + " is missing: installing the Debian package " + pkg + " with apt-get")
 	install := func() error {
-		cmd := exec.CommandContext(ctx, "apt-get", "install", "-y", "--no-install-recommends", "redis-server")
+		cmd := exec.CommandContext(ctx, "apt-get", "install", "-y", "--no-install-recommends", pkg)
 		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 		out, err := cmd.CombinedOutput()
 		if err != nil {
-			return fmt.Errorf("apt-get install redis-server: %w\n%s", err, tailOf(string(out), 10))
+			return fmt.Errorf("apt-get install %s: %w\n%s", pkg, err, tailOf(string(out), 10))
 		}
 		return nil
 	}
@@ -54,7 +68,7 @@ func EnsureRedisServer(ctx context.Context, progress func(string)) (string, erro
 			return "", err
 		}
 	}
-	return exec.LookPath("redis-server")
+	return exec.LookPath(bin)
 }
 
 func tailOf(s string, n int) string {
