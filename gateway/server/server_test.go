@@ -477,3 +477,55 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 }
+
+// GraphQL over HTTP: the media type the client asks for, and the spec's
+// status codes for it.
+func TestGraphQLOverHTTP(t *testing.T) {
+	_, h := newServer(newFake(), Config{})
+	tests := []struct {
+		name, method, body, accept, ctype string
+		status                            int
+		wantType                          string
+	}{
+		{"json ok", "POST", `{"query":"{ health { gateway } }"}`, "application/json", "application/json", 200, "application/json"},
+		{"graphql-response+json ok", "POST", `{"query":"{ health { gateway } }"}`, "application/graphql-response+json", "application/json", 200, "application/graphql-response+json"},
+		{"graphql-response+json invalid", "POST", `{"query":"{ nope }"}`, "application/graphql-response+json", "application/json", 400, "application/graphql-response+json"},
+		{"graphql-response+json unparsable", "POST", `{"query":"{"}`, "application/graphql-response+json", "application/json", 400, "application/graphql-response+json"},
+		{"GET query", "GET", "", "application/json", "", 200, "application/json"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			target := "/graphql"
+			if tt.method == "GET" {
+				target += "?query=" + "%7B%20health%20%7B%20gateway%20%7D%20%7D"
+			}
+			req := httptest.NewRequest(tt.method, target, strings.NewReader(tt.body))
+			req.Header.Set("Accept", tt.accept)
+			if tt.ctype != "" {
+				req.Header.Set("Content-Type", tt.ctype)
+			}
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, req)
+			if w.Code != tt.status || !strings.HasPrefix(w.Header().Get("Content-Type"), tt.wantType) {
+				t.Fatalf("%d %s %s; want %d %s", w.Code, w.Header().Get("Content-Type"), w.Body, tt.status, tt.wantType)
+			}
+		})
+	}
+}
+
+// BenchmarkMemoryQuery measures the gateway's own cost of a query (HTTP,
+// parsing, validation, limits, metrics, resolver) with the backend faked.
+func BenchmarkMemoryQuery(b *testing.B) {
+	_, h := newServer(newFake(), Config{})
+	body := `{"query":"{ memory(userId: \"ana\") { name preferredStyle userSummary } }"}`
+	b.ReportAllocs()
+	for b.Loop() {
+		req := httptest.NewRequest(http.MethodPost, "/graphql", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		if w.Code != 200 {
+			b.Fatal(w.Code)
+		}
+	}
+}

@@ -86,6 +86,9 @@ func run(ctx context.Context, cfg config) error {
 	if err := acts.Register(reg); err != nil {
 		return err
 	}
+	if err := chat.RegisterWarmup(reg); err != nil {
+		return err
+	}
 	// The worker starts once, here, and runs until shutdown. On shutdown the
 	// HTTP server drains first; activities still running when the worker
 	// stops are handed back to Dapr, which runs them again on restart.
@@ -93,6 +96,9 @@ func run(ctx context.Context, cfg config) error {
 	defer stopWorker()
 	if err := wf.StartWorker(workerCtx, reg); err != nil {
 		return fmt.Errorf("starting the workflow worker: %w", err)
+	}
+	if err := chat.Warmup(initCtx, wf, 10*time.Second, log); err != nil {
+		return err
 	}
 	s.d.Store(&deps{wf: wf, sidecar: dc, llmMode: model.Mode()})
 	log.Info("ready", "llm", model.Mode(), "chat_timeout", cfg.chatTimeout.String())
