@@ -81,6 +81,9 @@ func loadConfig() (config, error) {
 
 func main() {
 	cfg, err := loadConfig()
+	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
+		os.Exit(internalserver.Healthcheck(cfg.port, "/healthz"))
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "gateway: invalid configuration:", err)
 		os.Exit(2)

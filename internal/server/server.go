@@ -5,9 +5,11 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"time"
 )
 
@@ -39,4 +41,22 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler, grace time.Dura
 		return srv.Close()
 	}
 	return err
+}
+
+// Healthcheck asks the app's own health endpoint on loopback and returns the
+// process exit code (0 healthy). Containers without a shell run
+// `<app> healthcheck` as their health check.
+func Healthcheck(port int, path string) int {
+	c := &http.Client{Timeout: 3 * time.Second}
+	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "unhealthy:", err)
+		return 1
+	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		fmt.Fprintln(os.Stderr, "unhealthy:", resp.Status)
+		return 1
+	}
+	return 0
 }

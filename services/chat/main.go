@@ -47,6 +47,9 @@ func loadConfig() (config, error) {
 
 func main() {
 	cfg, err := loadConfig()
+	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
+		os.Exit(server.Healthcheck(cfg.port, "/health"))
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "chat-service: invalid configuration:", err)
 		os.Exit(2)
