@@ -7,7 +7,7 @@ DAPR_DIR  := .bin/dapr-$(DAPR_VER)
 DACA      := .bin/daca
 TEST_TIMEOUT ?= 20m
 
-.PHONY: run test unit vet check-generate dapr daca bench clean help
+.PHONY: run test unit vet check-generate dapr daca bench k8s-secrets clean help
 
 help:
 	@echo "make run    run the whole system (Redis, Dapr, apps with sidecars)"
@@ -24,6 +24,7 @@ run: daca
 # stack, and two cores are shared by all of its processes.
 test: dapr vet check-generate
 	$(GO) test -p 1 -count=1 -timeout $(TEST_TIMEOUT) ./...
+	cd deploy && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 ## check-generate: go generate ./... must leave the tree unchanged.
 check-generate:
@@ -51,6 +52,18 @@ daca: dapr
 ## bench: chat turns and memory reads end to end on a private stack; prints a table.
 bench: daca
 	@$(DACA) bench
+
+## k8s-secrets: the secret files of the local Kubernetes overlay (random tokens,
+## empty Gemini key = offline model). Never committed.
+K8S_SECRETS := deploy/k8s/overlays/local/secrets
+k8s-secrets:
+	@mkdir -p $(K8S_SECRETS)
+	@[ -f $(K8S_SECRETS)/dapr-api-token.env ] || echo "token=$$(openssl rand -hex 24)" > $(K8S_SECRETS)/dapr-api-token.env
+	@[ -f $(K8S_SECRETS)/app-api-token.env ] || echo "token=$$(openssl rand -hex 24)" > $(K8S_SECRETS)/app-api-token.env
+	@[ -f $(K8S_SECRETS)/gemini-api-key.env ] || echo "gemini-api-key=" > $(K8S_SECRETS)/gemini-api-key.env
+	@[ -f $(K8S_SECRETS)/gateway-jwt-secret.env ] || echo "gateway-jwt-secret=$$(openssl rand -hex 32)" > $(K8S_SECRETS)/gateway-jwt-secret.env
+	@chmod 600 $(K8S_SECRETS)/*.env
+	@echo "wrote $(K8S_SECRETS)/*.env (put a real key in gemini-api-key.env to use Gemini)"
 
 clean:
 	rm -rf .bin/apps $(DACA)

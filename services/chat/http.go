@@ -65,6 +65,9 @@ func (s *srv) routes() http.Handler {
 		httpx.JSON(w, http.StatusOK, map[string]string{"message": "Welcome to the DACA Chat Service! See README.md for the API."})
 	})
 	r.Get("/health", s.health)
+	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) { // live: the process answers
+		httpx.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
 	r.Group(func(r chi.Router) {
 		r.Use(s.requireReady)
 		r.Post("/chat", s.chat)

@@ -77,6 +77,9 @@ func (s *srv) routes() http.Handler {
 		httpx.JSON(w, http.StatusOK, map[string]string{"message": "Welcome to the DACA Agent Memory Service! See README.md for the API."})
 	})
 	r.Get("/health", s.health)
+	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) { // live: the process answers
+		httpx.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
 	r.Group(func(r chi.Router) {
 		r.Use(s.requireReady)
 		r.Get("/memories/{user_id}", s.getMemory)

@@ -1,0 +1,357 @@
+package deploy
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
+	"sigs.k8s.io/yaml"
+)
+
+// Dapr resources, decoded strictly: an unknown or misspelt field fails.
+type daprMetadata struct {
+	Name         string `json:"name"`
+	Value        any    `json:"value,omitempty"`
+	EnvRef       string `json:"envRef,omitempty"`
+	SecretKeyRef *struct {
+		Name string `json:"name"`
+		Key  string `json:"key"`
+	} `json:"secretKeyRef,omitempty"`
+}
+
+type component struct {
+	APIVersion string            `json:"apiVersion"`
+	Kind       string            `json:"kind"`
+	Metadata   metav1.ObjectMeta `json:"metadata"`
+	Spec       struct {
+		Type     string         `json:"type"`
+		Version  string         `json:"version"`
+		Metadata []daprMetadata `json:"metadata"`
+	} `json:"spec"`
+	Scopes []string `json:"scopes,omitempty"`
+}
+
+type configuration struct {
+	APIVersion string            `json:"apiVersion"`
+	Kind       string            `json:"kind"`
+	Metadata   metav1.ObjectMeta `json:"metadata"`
+	Spec       struct {
+		Tracing struct {
+			SamplingRate string `json:"samplingRate"`
+		} `json:"tracing"`
+		Secrets struct {
+			Scopes []struct {
+				StoreName      string   `json:"storeName"`
+				DefaultAccess  string   `json:"defaultAccess"`
+				AllowedSecrets []string `json:"allowedSecrets,omitempty"`
+			} `json:"scopes"`
+		} `json:"secrets"`
+	} `json:"spec"`
+}
+
+type subscription struct {
+	APIVersion string            `json:"apiVersion"`
+	Kind       string            `json:"kind"`
+	Metadata   metav1.ObjectMeta `json:"metadata"`
+	Spec       struct {
+		PubsubName string `json:"pubsubname"`
+		Topic      string `json:"topic"`
+		Routes     struct {
+			Default string `json:"default"`
+		} `json:"routes"`
+	} `json:"spec"`
+	Scopes []string `json:"scopes"`
+}
+
+type resiliency struct {
+	APIVersion string            `json:"apiVersion"`
+	Kind       string            `json:"kind"`
+	Metadata   metav1.ObjectMeta `json:"metadata"`
+	Spec       map[string]any    `json:"spec"`
+}
+
+type rendered struct {
+	deployments   map[string]appsv1.Deployment
+	services      map[string]corev1.Service
+	secrets       map[string]corev1.Secret
+	hpas          []autoscalingv2.HorizontalPodAutoscaler
+	pdbs          []policyv1.PodDisruptionBudget
+	policies      []networkingv1.NetworkPolicy
+	components    map[string]component
+	configs       map[string]configuration
+	subscriptions []subscription
+	resiliency    []resiliency
+	namespaces    []string
+}
+
+// render builds an overlay (from a copy of deploy/k8s, with the local
+// overlay's secret files made up) and decodes every object strictly.
+func render(t *testing.T, overlay string) rendered {
+	t.Helper()
+	tmp := t.TempDir()
+	if err := os.CopyFS(tmp, os.DirFS(filepath.Join(root(t), "deploy", "k8s"))); err != nil {
+		t.Fatal(err)
+	}
+	secrets := filepath.Join(tmp, "overlays", "local", "secrets")
+	os.MkdirAll(secrets, 0o700)
+	for f, kv := range map[string]string{"dapr-api-token.env": "token=t1", "app-api-token.env": "token=t2",
+		"gemini-api-key.env": "gemini-api-key=", "gateway-jwt-secret.env": "gateway-jwt-secret=s"} {
+		if err := os.WriteFile(filepath.Join(secrets, f), []byte(kv+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), filepath.Join(tmp, "overlays", overlay))
+	if err != nil {
+		t.Fatalf("kustomize build overlays/%s: %v", overlay, err)
+	}
+	r := rendered{deployments: map[string]appsv1.Deployment{}, services: map[string]corev1.Service{}, secrets: map[string]corev1.Secret{},
+		components: map[string]component{}, configs: map[string]configuration{}}
+	for _, res := range m.Resources() {
+		b, err := res.AsYAML()
+		if err != nil {
+			t.Fatal(err)
+		}
+		decode := func(v any) {
+			if err := yaml.UnmarshalStrict(b, v); err != nil {
+				t.Fatalf("%s %s does not decode strictly: %v", res.GetKind(), res.GetName(), err)
+			}
+		}
+		if res.GetKind() != "Namespace" && res.GetNamespace() != "daca" {
+			t.Errorf("%s %s is not in namespace daca", res.GetKind(), res.GetName())
+		}
+		switch res.GetKind() {
+		case "Deployment":
+			var d appsv1.Deployment
+			decode(&d)
+			r.deployments[d.Name] = d
+		case "Service":
+			var s corev1.Service
+			decode(&s)
+			r.services[s.Name] = s
+		case "Secret":
+			var s corev1.Secret
+			decode(&s)
+			r.secrets[s.Name] = s
+		case "Namespace":
+			var n corev1.Namespace
+			decode(&n)
+			r.namespaces = append(r.namespaces, n.Name)
+		case "HorizontalPodAutoscaler":
+			var h autoscalingv2.HorizontalPodAutoscaler
+			decode(&h)
+			r.hpas = append(r.hpas, h)
+		case "PodDisruptionBudget":
+			var p policyv1.PodDisruptionBudget
+			decode(&p)
+			r.pdbs = append(r.pdbs, p)
+		case "NetworkPolicy":
+			var p networkingv1.NetworkPolicy
+			decode(&p)
+			r.policies = append(r.policies, p)
+		case "Component":
+			var c component
+			decode(&c)
+			r.components[c.Metadata.Name] = c
+		case "Configuration":
+			var c configuration
+			decode(&c)
+			r.configs[c.Metadata.Name] = c
+		case "Subscription":
+			var s subscription
+			decode(&s)
+			r.subscriptions = append(r.subscriptions, s)
+		case "Resiliency":
+			var x resiliency
+			decode(&x)
+			r.resiliency = append(r.resiliency, x)
+		default:
+			t.Errorf("unexpected kind %s (%s)", res.GetKind(), res.GetName())
+		}
+	}
+	return r
+}
+
+func env(c corev1.Container, name string) *corev1.EnvVar {
+	for i := range c.Env {
+		if c.Env[i].Name == name {
+			return &c.Env[i]
+		}
+	}
+	return nil
+}
+
+func TestKustomizeOverlays(t *testing.T) {
+	for _, overlay := range []string{"local", "production"} {
+		t.Run(overlay, func(t *testing.T) {
+			r := render(t, overlay)
+			// The apps, as `make run` runs them.
+			for id, want := range apps {
+				d, ok := r.deployments[id]
+				if !ok {
+					t.Fatalf("no Deployment %s", id)
+				}
+				a := d.Spec.Template.Annotations
+				if a["dapr.io/enabled"] != "true" || a["dapr.io/app-id"] != id || a["dapr.io/app-port"] != want.port {
+					t.Fatalf("%s: Dapr annotations %v", id, a)
+				}
+				if _, ok := r.configs[a["dapr.io/config"]]; !ok {
+					t.Fatalf("%s: dapr.io/config %q is not rendered", id, a["dapr.io/config"])
+				}
+				cfg := r.configs[a["dapr.io/config"]]
+				scope := cfg.Spec.Secrets.Scopes[0]
+				got, _ := json.Marshal(scope.AllowedSecrets)
+				if scope.StoreName != "secretstore" || scope.DefaultAccess != "deny" || strings.ReplaceAll(string(got), ",", ", ") != want.secrets {
+					t.Fatalf("%s: secret scope %+v; want %s", id, scope, want.secrets)
+				}
+				c := d.Spec.Template.Spec.Containers[0]
+				if c.Ports[0].ContainerPort != int32(atoi(want.port)) || env(c, "APP_PORT").Value != want.port || env(c, "APP_HOST").Value != "0.0.0.0" {
+					t.Fatalf("%s: ports %v / APP_PORT", id, c.Ports)
+				}
+				if c.ReadinessProbe == nil || c.LivenessProbe == nil || c.ReadinessProbe.HTTPGet == nil {
+					t.Fatalf("%s: probes missing", id)
+				}
+				if c.Resources.Requests.Cpu().IsZero() || c.Resources.Limits.Memory().IsZero() {
+					t.Fatalf("%s: resource requests/limits missing", id)
+				}
+				if sc := d.Spec.Template.Spec.SecurityContext; sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot {
+					t.Fatalf("%s: not run as non-root", id)
+				}
+				// Every Secret it references exists (local) or is documented (production).
+				refs := []string{a["dapr.io/api-token-secret"], a["dapr.io/app-token-secret"]}
+				for _, e := range c.Env {
+					if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+						refs = append(refs, e.ValueFrom.SecretKeyRef.Name)
+					}
+				}
+				for _, s := range refs {
+					checkSecret(t, r, overlay, s)
+				}
+				svc, ok := r.services[id]
+				if !ok || svc.Spec.Ports[0].Port != int32(atoi(want.port)) || svc.Spec.Selector["app.kubernetes.io/name"] != id {
+					t.Fatalf("%s: Service %+v", id, svc.Spec)
+				}
+			}
+			// Components, their scopes, the per-replica consumer group.
+			wantScopes := map[string][]string{
+				"statestore": {"chat-service", "agent-memory-service"}, "pubsub": {"chat-service", "agent-memory-service"},
+				"gateway-pubsub": {"gateway"}, "secretstore": {"chat-service", "agent-memory-service", "gateway"},
+			}
+			for name, scopes := range wantScopes {
+				c, ok := r.components[name]
+				if !ok || !slices.Equal(c.Scopes, scopes) {
+					t.Fatalf("component %s scopes %v; want %v", name, c.Scopes, scopes)
+				}
+				for _, m := range c.Spec.Metadata {
+					if m.SecretKeyRef != nil {
+						checkSecret(t, r, overlay, m.SecretKeyRef.Name)
+					}
+				}
+			}
+			if r.components["secretstore"].Spec.Type != "secretstores.kubernetes" || r.components["statestore"].Spec.Type != "state.redis" {
+				t.Fatal("component types")
+			}
+			if !hasMeta(r.components["statestore"], "actorStateStore", "true") || !hasMeta(r.components["gateway-pubsub"], "consumerID", "gateway-{podName}") {
+				t.Fatal("statestore must be the actor store; gateway-pubsub needs a consumer group per pod")
+			}
+			if len(r.subscriptions) != 1 || !slices.Equal(r.subscriptions[0].Scopes, []string{"agent-memory-service"}) ||
+				r.subscriptions[0].Spec.Topic != "conversations" || r.subscriptions[0].Spec.Routes.Default != "/conversations" {
+				t.Fatalf("subscription %+v", r.subscriptions)
+			}
+			// Gateway scaling.
+			if len(r.hpas) != 1 || r.hpas[0].Spec.ScaleTargetRef.Name != "gateway" || len(r.pdbs) != 1 ||
+				r.pdbs[0].Spec.Selector.MatchLabels["app.kubernetes.io/name"] != "gateway" {
+				t.Fatal("HPA/PDB must target the gateway")
+			}
+			// Only the gateway is reachable from outside the namespace.
+			deny := false
+			for _, p := range r.policies {
+				if len(p.Spec.PodSelector.MatchLabels) == 0 && len(p.Spec.Ingress) == 0 {
+					deny = true
+				}
+				for _, in := range p.Spec.Ingress {
+					if len(in.From) == 0 && p.Spec.PodSelector.MatchLabels["app.kubernetes.io/name"] != "gateway" {
+						t.Fatalf("NetworkPolicy %s opens %v to everyone", p.Name, p.Spec.PodSelector)
+					}
+				}
+			}
+			if !deny {
+				t.Fatal("no default-deny NetworkPolicy")
+			}
+			if overlay == "production" {
+				if *r.hpas[0].Spec.MinReplicas != 3 || r.hpas[0].Spec.MaxReplicas != 20 {
+					t.Fatalf("production HPA bounds %d..%d", *r.hpas[0].Spec.MinReplicas, r.hpas[0].Spec.MaxReplicas)
+				}
+				if env(r.deployments["gateway"].Spec.Template.Spec.Containers[0], "AUTH_MODE").Value != "jwt" {
+					t.Fatal("production gateway must use AUTH_MODE=jwt")
+				}
+				if !strings.Contains(metaValue(r.components["statestore"], "redisHost"), "svc.cluster.local") {
+					t.Fatal("production Redis host not set")
+				}
+			}
+		})
+	}
+}
+
+func checkSecret(t *testing.T, r rendered, overlay, name string) {
+	t.Helper()
+	documented := []string{"daca-dapr-api-token", "daca-app-api-token", "gemini-api-key", "gateway-jwt-secret", "redis"}
+	if overlay == "local" {
+		if _, ok := r.secrets[name]; !ok {
+			t.Fatalf("Secret %s is referenced but not rendered", name)
+		}
+		return
+	}
+	if !slices.Contains(documented, name) {
+		t.Fatalf("Secret %s is referenced but not documented for production", name)
+	}
+}
+
+func hasMeta(c component, name, value string) bool { return metaValue(c, name) == value }
+
+func metaValue(c component, name string) string {
+	for _, m := range c.Spec.Metadata {
+		if m.Name == name {
+			s, _ := m.Value.(string)
+			return s
+		}
+	}
+	return ""
+}
+
+func atoi(s string) int {
+	n := 0
+	for _, c := range s {
+		n = n*10 + int(c-'0')
+	}
+	return n
+}
+
+// The Kubernetes Resiliency is the one `make run` uses: one source of truth.
+func TestResiliencyMatchesComponents(t *testing.T) {
+	read := func(p string) map[string]any {
+		b, err := os.ReadFile(filepath.Join(root(t), p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r resiliency
+		if err := yaml.UnmarshalStrict(b, &r); err != nil {
+			t.Fatal(err)
+		}
+		return r.Spec
+	}
+	if a, b := read("components/resiliency.yaml"), read("deploy/k8s/base/dapr/resiliency.yaml"); !reflect.DeepEqual(a, b) {
+		t.Fatal("deploy/k8s/base/dapr/resiliency.yaml differs from components/resiliency.yaml; copy it over")
+	}
+}
