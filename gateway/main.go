@@ -23,6 +23,7 @@ import (
 	"github.com/daca-go/daca/internal/logging"
 	"github.com/daca-go/daca/internal/ratelimit"
 	internalserver "github.com/daca-go/daca/internal/server"
+	"github.com/daca-go/daca/internal/telemetry"
 )
 
 type config struct {
@@ -98,6 +99,15 @@ func main() {
 
 func run(ctx context.Context, cfg config) error {
 	log := logging.New(os.Stdout, cfg.logFormat, cfg.logLevel).With("app_id", "gateway")
+	shutdownTracing, err := telemetry.Setup(ctx, "gateway", log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = shutdownTracing(sctx)
+	}()
 	ln, err := internalserver.Listen(net.JoinHostPort(cfg.host, strconv.Itoa(cfg.port)))
 	if err != nil {
 		return err
@@ -109,7 +119,7 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	defer dc.Close()
-	b := &backend.Dapr{C: dc, Token: os.Getenv("DAPR_API_TOKEN"), Timeout: cfg.callTimeout, ChatTimeout: cfg.chatTimeout}
+	b := &backend.Dapr{C: dc, Timeout: cfg.callTimeout, ChatTimeout: cfg.chatTimeout}
 	guard := &auth.Guard{Mode: cfg.authMode}
 	switch {
 	case cfg.authMode == "none":
@@ -129,7 +139,6 @@ func run(ctx context.Context, cfg config) error {
 		guard.Verifier = auth.HS256{Secret: []byte(secret), Opts: cfg.jwtOpts}
 		log.Info("AUTH_MODE=jwt: HS256 tokens, signing secret from the Dapr secret store")
 	}
-	dc.WithAuthToken("") // from here on the backend sends the token itself (see backend.Dapr)
 	cfg.http.Guard = guard
 	cfg.http.Turns = ratelimit.New(cfg.ratePerMinute, cfg.rateBurst)
 	srv := server.New(cfg.http, b, log)

@@ -98,31 +98,20 @@ type Invoker interface {
 	GetMetadata(ctx context.Context) (*dapr.GetMetadataResponse, error)
 }
 
-// Dapr is the Backend over Dapr service invocation.
-//
-// Token is the Dapr API token, sent as gRPC metadata by the backend itself:
-// the go-sdk's own token interceptor (v1.13) replaces all outgoing metadata,
-// which would drop the Idempotency-Key, so the client must be made with an
-// empty token (WithAuthToken("")).
+// Dapr is the Backend over Dapr service invocation. The client must come
+// from daprc.Connect, whose interceptors add the API token and the trace
+// context without dropping other metadata (such as Idempotency-Key).
 type Dapr struct {
 	C           Invoker
-	Token       string
 	Timeout     time.Duration // per call (default 10s)
 	ChatTimeout time.Duration // sendMessage (default 75s)
-}
-
-func (d *Dapr) auth(ctx context.Context) context.Context {
-	if d.Token == "" {
-		return ctx
-	}
-	return metadata.AppendToOutgoingContext(ctx, "dapr-api-token", d.Token)
 }
 
 func (d *Dapr) call(ctx context.Context, timeout time.Duration, app, method, verb string, in, out any) error {
 	if timeout == 0 {
 		timeout = 10 * time.Second
 	}
-	ctx, cancel := context.WithTimeout(d.auth(ctx), timeout)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var body []byte
 	var err error
@@ -326,7 +315,7 @@ func (d *Dapr) Health(ctx context.Context) Health {
 	h := Health{Sidecar: "ok", Apps: map[string]string{}, LLM: "unknown"}
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	if _, err := d.C.GetMetadata(d.auth(cctx)); err != nil {
+	if _, err := d.C.GetMetadata(cctx); err != nil {
 		h.Sidecar = "unavailable"
 	}
 	for _, app := range []string{ChatApp, MemoryApp} {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/99designs/gqlgen/graphql"
@@ -11,6 +12,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/vektah/gqlparser/v2/ast"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+
+	"github.com/daca-go/daca/internal/telemetry"
 )
 
 // metrics is the gateway's Prometheus registry and the gqlgen extension that
@@ -91,10 +96,26 @@ func operation(ctx context.Context) (name, typ string) {
 	return name, string(oc.Operation.Operation)
 }
 
+// InterceptOperation counts the operation and traces it: one span per
+// operation, ended with its (first) response; a subscription's span covers
+// its start.
 func (m *metrics) InterceptOperation(ctx context.Context, next graphql.OperationHandler) graphql.ResponseHandler {
 	name, typ := operation(ctx)
 	m.requests.WithLabelValues(name, typ).Inc()
-	return next(ctx)
+	ctx, span := telemetry.Start(ctx, "graphql "+typ+" "+name,
+		attribute.String("graphql.operation.type", typ), attribute.String("graphql.operation.name", name))
+	rh := next(ctx)
+	var once sync.Once
+	return func(ctx context.Context) *graphql.Response {
+		resp := rh(ctx)
+		once.Do(func() {
+			if resp != nil && len(resp.Errors) > 0 {
+				span.SetStatus(codes.Error, resp.Errors[0].Message)
+			}
+			span.End()
+		})
+		return resp
+	}
 }
 
 func (m *metrics) InterceptResponse(ctx context.Context, next graphql.ResponseHandler) *graphql.Response {

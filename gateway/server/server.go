@@ -35,6 +35,7 @@ import (
 	"github.com/daca-go/daca/internal/httpx"
 	"github.com/daca-go/daca/internal/logging"
 	"github.com/daca-go/daca/internal/ratelimit"
+	"github.com/daca-go/daca/internal/telemetry"
 )
 
 // Config of the HTTP surface.
@@ -239,7 +240,7 @@ func originPatterns(origins []string) []string {
 func (s *Server) Routes(ready func(context.Context) error) http.Handler {
 	s.ready = ready
 	r := chi.NewRouter()
-	r.Use(httpx.RequestID(s.log), httpx.Log(s.log))
+	r.Use(telemetry.Middleware, httpx.RequestID(s.log), httpx.Log(s.log))
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		httpx.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

@@ -26,6 +26,10 @@ import (
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/llm"
 	"github.com/daca-go/daca/internal/memory"
+	"github.com/daca-go/daca/internal/telemetry"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Names of the workflow and its activities.
@@ -48,6 +52,9 @@ type Input struct {
 	SessionID string   `json:"session_id"`
 	Text      string   `json:"text"`
 	Tags      []string `json:"tags,omitempty"`
+	// Trace is the W3C trace context of the request that started the turn;
+	// the activities continue that trace.
+	Trace map[string]string `json:"trace,omitempty"`
 }
 
 // Output of chat_workflow.
@@ -66,15 +73,17 @@ type Context struct {
 }
 
 type fetchInput struct {
-	InstanceID string `json:"instance_id"`
-	UserID     string `json:"user_id"`
-	SessionID  string `json:"session_id"`
+	InstanceID string            `json:"instance_id"`
+	Trace      map[string]string `json:"trace,omitempty"`
+	UserID     string            `json:"user_id"`
+	SessionID  string            `json:"session_id"`
 }
 
 type generateInput struct {
-	InstanceID string  `json:"instance_id"`
-	Context    Context `json:"context"`
-	Text       string  `json:"text"`
+	InstanceID string            `json:"instance_id"`
+	Trace      map[string]string `json:"trace,omitempty"`
+	Context    Context           `json:"context"`
+	Text       string            `json:"text"`
 }
 
 // ConversationUpdated is the event published on topic conversations.
@@ -89,12 +98,14 @@ type ConversationUpdated struct {
 type saveInput struct {
 	Event   ConversationUpdated `json:"event"`
 	EventID string              `json:"event_id"`
+	Trace   map[string]string   `json:"trace,omitempty"`
 }
 
 type errorInput struct {
-	InstanceID string `json:"instance_id"`
-	Stage      string `json:"stage"`
-	Error      string `json:"error"`
+	InstanceID string            `json:"instance_id"`
+	Trace      map[string]string `json:"trace,omitempty"`
+	Stage      string            `json:"stage"`
+	Error      string            `json:"error"`
 }
 
 // Stage names are the workflow's custom status while it runs.
@@ -118,21 +129,21 @@ func Workflow(ctx *workflow.WorkflowContext) (any, error) {
 		return nil, fmt.Errorf("chat turn failed: bad input")
 	}
 	fail := func(stage string, err error) (any, error) {
-		_ = ctx.CallActivity(ActHandleError, workflow.WithActivityInput(errorInput{InstanceID: ctx.ID(), Stage: stage, Error: err.Error()}),
+		_ = ctx.CallActivity(ActHandleError, workflow.WithActivityInput(errorInput{InstanceID: ctx.ID(), Trace: in.Trace, Stage: stage, Error: err.Error()}),
 			workflow.WithActivityRetryPolicy(errorRetry)).Await(nil)
 		return nil, fmt.Errorf("chat turn failed while %s", strings.ReplaceAll(stage, "_", " "))
 	}
 
 	ctx.SetCustomStatus(StageContext)
 	var c Context
-	if err := ctx.CallActivity(ActFetchContext, workflow.WithActivityInput(fetchInput{InstanceID: ctx.ID(), UserID: in.UserID, SessionID: in.SessionID}),
+	if err := ctx.CallActivity(ActFetchContext, workflow.WithActivityInput(fetchInput{InstanceID: ctx.ID(), Trace: in.Trace, UserID: in.UserID, SessionID: in.SessionID}),
 		workflow.WithActivityRetryPolicy(contextRetry)).Await(&c); err != nil {
 		return fail(StageContext, err)
 	}
 
 	ctx.SetCustomStatus(StageGenerate)
 	var reply string
-	if err := ctx.CallActivity(ActGenerate, workflow.WithActivityInput(generateInput{InstanceID: ctx.ID(), Context: c, Text: in.Text}),
+	if err := ctx.CallActivity(ActGenerate, workflow.WithActivityInput(generateInput{InstanceID: ctx.ID(), Trace: in.Trace, Context: c, Text: in.Text}),
 		workflow.WithActivityRetryPolicy(generateRetry)).Await(&reply); err != nil {
 		return fail(StageGenerate, err)
 	}
@@ -140,7 +151,7 @@ func Workflow(ctx *workflow.WorkflowContext) (any, error) {
 	ctx.SetCustomStatus(StageSave)
 	ev := ConversationUpdated{UserID: in.UserID, SessionID: in.SessionID, EventType: "ConversationUpdated",
 		UserMessage: in.Text, AssistantReply: reply}
-	if err := ctx.CallActivity(ActSave, workflow.WithActivityInput(saveInput{Event: ev, EventID: ctx.ID()}),
+	if err := ctx.CallActivity(ActSave, workflow.WithActivityInput(saveInput{Event: ev, EventID: ctx.ID(), Trace: in.Trace}),
 		workflow.WithActivityRetryPolicy(saveRetry)).Await(nil); err != nil {
 		return fail(StageSave, err)
 	}
@@ -185,6 +196,13 @@ func (a *Activities) logger(ctx workflow.ActivityContext, activity, instanceID s
 	return a.Log.With("workflow_instance_id", instanceID, "activity", activity, "task_execution_id", ctx.GetTaskExecutionID())
 }
 
+// span continues the turn's trace in an activity.
+func span(actx workflow.ActivityContext, activity, instanceID string, carrier map[string]string) (context.Context, trace.Span) {
+	ctx := telemetry.FromCarrier(actx.Context(), carrier)
+	return telemetry.Start(ctx, "activity "+activity,
+		attribute.String("workflow.instance_id", instanceID), attribute.String("workflow.activity", activity))
+}
+
 // FetchContext reads the user's profile and the session's recent history
 // from agent-memory-service. When memory cannot be reached it answers with
 // the defaults (the turn goes on) and says so in the log.
@@ -193,9 +211,11 @@ func (a *Activities) FetchContext(ctx workflow.ActivityContext) (any, error) {
 	if err := ctx.GetInput(&in); err != nil {
 		return nil, err
 	}
-	log := a.logger(ctx, ActFetchContext, in.InstanceID).With("user_id", in.UserID, "session_id", in.SessionID)
+	sctx, sp := span(ctx, ActFetchContext, in.InstanceID, in.Trace)
+	defer sp.End()
+	log := a.logger(ctx, ActFetchContext, in.InstanceID).With("user_id", in.UserID, "session_id", in.SessionID, "trace_id", telemetry.TraceID(sctx))
 	c := Context{Profile: memory.DefaultProfile(in.UserID), History: []memory.Entry{}}
-	cctx, cancel := context.WithTimeout(ctx.Context(), 10*time.Second)
+	cctx, cancel := context.WithTimeout(sctx, 10*time.Second)
 	defer cancel()
 	if b, err := a.Invoker.InvokeMethod(cctx, MemoryAppID, "memories/"+in.UserID, http.MethodGet); err != nil {
 		log.Warn("memory unreachable; using the default profile", "err", err)
@@ -232,10 +252,13 @@ func (a *Activities) GenerateResponse(ctx workflow.ActivityContext) (any, error)
 	for _, e := range in.Context.History {
 		hist = append(hist, llm.Message{Role: e.Role, Content: e.Content})
 	}
+	sctx, sp := span(ctx, ActGenerate, in.InstanceID, in.Trace)
+	defer sp.End()
 	start := time.Now()
-	reply, err := a.Model.Chat(ctx.Context(), llm.ChatInstructions(p.Name, p.PreferredStyle, p.UserSummary), hist, in.Text)
-	log := a.logger(ctx, ActGenerate, in.InstanceID)
+	reply, err := a.Model.Chat(sctx, llm.ChatInstructions(p.Name, p.PreferredStyle, p.UserSummary), hist, in.Text)
+	log := a.logger(ctx, ActGenerate, in.InstanceID).With("trace_id", telemetry.TraceID(sctx))
 	if err != nil {
+		sp.SetStatus(codes.Error, "LLM failed")
 		log.Error("LLM failed", "code", apperr.CodeOf(err), "err", err)
 		return nil, err
 	}
@@ -250,14 +273,16 @@ func (a *Activities) SaveConversation(ctx workflow.ActivityContext) (any, error)
 	if err := ctx.GetInput(&in); err != nil {
 		return nil, err
 	}
-	pctx, cancel := context.WithTimeout(ctx.Context(), 10*time.Second)
+	sctx, sp := span(ctx, ActSave, in.EventID, in.Trace)
+	defer sp.End()
+	pctx, cancel := context.WithTimeout(sctx, 10*time.Second)
 	defer cancel()
 	if err := a.Publisher.PublishEvent(pctx, PubSub, TopicConversions, in.Event,
 		dapr.PublishEventWithMetadata(map[string]string{"cloudevent.id": in.EventID})); err != nil {
 		a.logger(ctx, ActSave, in.EventID).Error("publish ConversationUpdated failed", "err", err)
 		return nil, err
 	}
-	a.logger(ctx, ActSave, in.EventID).Info("ConversationUpdated published", "cloudevent_id", in.EventID, "session_id", in.Event.SessionID)
+	a.logger(ctx, ActSave, in.EventID).Info("ConversationUpdated published", "cloudevent_id", in.EventID, "session_id", in.Event.SessionID, "trace_id", telemetry.TraceID(sctx))
 	return nil, nil
 }
 
@@ -267,6 +292,9 @@ func (a *Activities) HandleError(ctx workflow.ActivityContext) (any, error) {
 	if err := ctx.GetInput(&in); err != nil {
 		return nil, err
 	}
-	a.logger(ctx, ActHandleError, in.InstanceID).Error("chat turn failed", "stage", in.Stage, "err", llm.Redact(in.Error))
+	sctx, sp := span(ctx, ActHandleError, in.InstanceID, in.Trace)
+	defer sp.End()
+	sp.SetStatus(codes.Error, "chat turn failed while "+in.Stage)
+	a.logger(ctx, ActHandleError, in.InstanceID).Error("chat turn failed", "stage", in.Stage, "err", llm.Redact(in.Error), "trace_id", telemetry.TraceID(sctx))
 	return nil, nil
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/logging"
+	"github.com/daca-go/daca/internal/telemetry"
 )
 
 // MaxBody is the largest request body a service reads.
@@ -107,7 +108,11 @@ func RequestID(base *slog.Logger) func(http.Handler) http.Handler {
 			}
 			w.Header().Set("X-Request-Id", id)
 			args := []any{"request_id", id}
-			if tid := TraceID(r.Header.Get("traceparent")); tid != "" {
+			tid := telemetry.TraceID(r.Context())
+			if tid == "" {
+				tid = TraceID(r.Header.Get("traceparent"))
+			}
+			if tid != "" {
 				args = append(args, "trace_id", tid)
 			}
 			ctx := logging.With(r.Context(), base, args...)

@@ -46,8 +46,8 @@ type App struct {
 	// Build, when set and Command is nil, is a Go package (such as
 	// ./services/chat) that Start builds and runs as the app.
 	Build string
-	Dir     string   // working directory of the app; default the repository root
-	Env     []string // extra environment of the app
+	Dir   string   // working directory of the app; default the repository root
+	Env   []string // extra environment of the app
 
 	// HealthPath is polled on the app port until it answers 2xx; "" skips it.
 	HealthPath string

@@ -23,6 +23,7 @@ import (
 	"github.com/daca-go/daca/internal/chat"
 	"github.com/daca-go/daca/internal/httpx"
 	"github.com/daca-go/daca/internal/logging"
+	"github.com/daca-go/daca/internal/telemetry"
 )
 
 // Workflows is the part of the workflow client the service uses.
@@ -60,7 +61,7 @@ const (
 
 func (s *srv) routes() http.Handler {
 	r := chi.NewRouter()
-	r.Use(httpx.RequestID(s.log), httpx.Log(s.log), httpx.AppToken(s.appToken))
+	r.Use(telemetry.Middleware, httpx.RequestID(s.log), httpx.Log(s.log), httpx.AppToken(s.appToken))
 	r.Get("/", func(w http.ResponseWriter, r *http.Request) {
 		httpx.JSON(w, http.StatusOK, map[string]string{"message": "Welcome to the DACA Chat Service! See README.md for the API."})
 	})
@@ -172,6 +173,7 @@ func (s *srv) start(ctx context.Context, d *deps, id string, in chat.Input, idem
 			return apperr.Wrap(apperr.Unavailable, err, "the workflow engine is unavailable")
 		}
 	}
+	in.Trace = telemetry.Carrier(ctx)
 	if _, err := d.wf.ScheduleWorkflow(ctx, chat.WorkflowName, workflow.WithInstanceID(id), workflow.WithInput(in)); err != nil {
 		if idempotent && strings.Contains(strings.ToLower(err.Error()), "already exists") {
 			return nil // a concurrent request with the same key won the race

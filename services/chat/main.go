@@ -20,6 +20,7 @@ import (
 	"github.com/daca-go/daca/internal/llm"
 	"github.com/daca-go/daca/internal/logging"
 	"github.com/daca-go/daca/internal/server"
+	"github.com/daca-go/daca/internal/telemetry"
 )
 
 type config struct {
@@ -64,6 +65,15 @@ func main() {
 
 func run(ctx context.Context, cfg config) error {
 	log := logging.New(os.Stdout, cfg.logFormat, cfg.logLevel).With("app_id", "chat-service")
+	shutdownTracing, err := telemetry.Setup(ctx, "chat-service", log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = shutdownTracing(sctx)
+	}()
 	ln, err := server.Listen(net.JoinHostPort(cfg.host, strconv.Itoa(cfg.port)))
 	if err != nil {
 		return err

@@ -19,6 +19,7 @@ import (
 	"github.com/daca-go/daca/internal/llm"
 	"github.com/daca-go/daca/internal/logging"
 	"github.com/daca-go/daca/internal/memory"
+	"github.com/daca-go/daca/internal/telemetry"
 )
 
 // Publisher publishes pub/sub events through the sidecar.
@@ -72,7 +73,7 @@ const (
 
 func (s *srv) routes() http.Handler {
 	r := chi.NewRouter()
-	r.Use(httpx.RequestID(s.log), httpx.Log(s.log), httpx.AppToken(s.appToken))
+	r.Use(telemetry.Middleware, httpx.RequestID(s.log), httpx.Log(s.log), httpx.AppToken(s.appToken))
 	r.Get("/", func(w http.ResponseWriter, r *http.Request) {
 		httpx.JSON(w, http.StatusOK, map[string]string{"message": "Welcome to the DACA Agent Memory Service! See README.md for the API."})
 	})

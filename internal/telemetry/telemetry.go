@@ -1,0 +1,98 @@
+// Package telemetry sets up OpenTelemetry tracing for a service and carries
+// W3C trace context across every hop: incoming HTTP (from the Dapr sidecar or
+// a client), outgoing gRPC to the sidecar (service invocation, publish),
+// and into workflow activities (a carrier in the workflow's input, which is
+// data and so keeps the workflow deterministic).
+//
+// Spans are exported with OTLP over HTTP when OTEL_EXPORTER_OTLP_ENDPOINT (or
+// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set; otherwise nothing is exported
+// but trace ids are still made and propagated, so logs and Dapr's own spans
+// line up.
+package telemetry
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"os"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	semconv "go.opentelemetry.io/otel/semconv/v1.26.0"
+	"go.opentelemetry.io/otel/trace"
+)
+
+const instrumentation = "github.com/daca-go/daca"
+
+// Setup installs the tracer provider and the W3C propagator for service.
+// The returned function flushes and stops the exporter.
+func Setup(ctx context.Context, service string, log *slog.Logger) (func(context.Context) error, error) {
+	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
+	res := resource.NewSchemaless(semconv.ServiceName(service))
+	opts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res), sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.AlwaysSample()))}
+	if os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != "" {
+		exp, err := otlptracehttp.New(ctx)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, sdktrace.WithBatcher(exp))
+		log.Info("tracing: exporting spans with OTLP/HTTP")
+	}
+	tp := sdktrace.NewTracerProvider(opts...)
+	otel.SetTracerProvider(tp)
+	return tp.Shutdown, nil
+}
+
+// Tracer returns the project's tracer.
+func Tracer() trace.Tracer { return otel.Tracer(instrumentation) }
+
+// Start starts a span.
+func Start(ctx context.Context, name string, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
+	return Tracer().Start(ctx, name, trace.WithAttributes(attrs...))
+}
+
+// TraceID returns the trace id of ctx, or "".
+func TraceID(ctx context.Context) string {
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		return sc.TraceID().String()
+	}
+	return ""
+}
+
+// Carrier returns the trace context of ctx as a map (for workflow inputs).
+func Carrier(ctx context.Context) map[string]string {
+	c := propagation.MapCarrier{}
+	otel.GetTextMapPropagator().Inject(ctx, c)
+	if len(c) == 0 {
+		return nil
+	}
+	return c
+}
+
+// FromCarrier returns ctx continuing the trace context in c.
+func FromCarrier(ctx context.Context, c map[string]string) context.Context {
+	if len(c) == 0 {
+		return ctx
+	}
+	return otel.GetTextMapPropagator().Extract(ctx, propagation.MapCarrier(c))
+}
+
+// Middleware starts a server span per request, continuing the caller's
+// trace (traceparent header). Health probes are not traced.
+func Middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/health" || r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || r.URL.Path == "/metrics" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		ctx := otel.GetTextMapPropagator().Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+		ctx, span := Tracer().Start(ctx, r.Method+" "+r.URL.Path, trace.WithSpanKind(trace.SpanKindServer),
+			trace.WithAttributes(semconv.HTTPRequestMethodKey.String(r.Method), semconv.URLPath(r.URL.Path)))
+		defer span.End()
+		next.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
