@@ -205,7 +205,7 @@ func AppToken(token string) func(http.Handler) http.Handler {
 			return next
 		}
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.URL.Path != "/health" && r.URL.Path != "/healthz" &&
+			if r.URL.Path != "/health" && r.URL.Path != "/healthz" && r.URL.Path != "/metrics" &&
 				subtle.ConstantTimeCompare([]byte(r.Header.Get("dapr-api-token")), []byte(token)) != 1 {
 				JSON(w, http.StatusUnauthorized, map[string]any{"detail": "this app only accepts calls from its Dapr sidecar", "code": "unauthenticated"})
 				return

@@ -19,6 +19,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	openai "github.com/sashabaranov/go-openai"
 
 	"github.com/daca-go/daca/internal/apperr"
@@ -207,9 +209,12 @@ func (c *Client) once(ctx context.Context, req openai.ChatCompletionRequest) (op
 	defer cancel()
 	start := time.Now()
 	resp, err := c.oa.CreateChatCompletion(ctx, req)
+	callDuration.WithLabelValues(c.mode, outcome(err)).Observe(time.Since(start).Seconds())
 	if err != nil {
 		return openai.ChatCompletionMessage{}, c.classify(ctx, err)
 	}
+	tokens.WithLabelValues(c.mode, "prompt").Add(float64(resp.Usage.PromptTokens))
+	tokens.WithLabelValues(c.mode, "completion").Add(float64(resp.Usage.CompletionTokens))
 	c.log.Debug("LLM call", "duration_ms", time.Since(start).Milliseconds(), "tokens", resp.Usage.TotalTokens)
 	if len(resp.Choices) == 0 {
 		return openai.ChatCompletionMessage{}, apperr.New(apperr.Unavailable, "the language model returned no choices")
@@ -221,6 +226,8 @@ func (c *Client) streamOnce(ctx context.Context, req openai.ChatCompletionReques
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
 	req.Stream = true
+	start := time.Now()
+	defer func() { callDuration.WithLabelValues(c.mode, "stream").Observe(time.Since(start).Seconds()) }()
 	st, err := c.oa.CreateChatCompletionStream(ctx, req)
 	if err != nil {
 		return openai.ChatCompletionMessage{}, c.classify(ctx, err)
@@ -301,6 +308,23 @@ func (c *Client) classify(ctx context.Context, err error) error {
 	default:
 		return apperr.Wrap(apperr.Unavailable, safe, "the language model could not be reached")
 	}
+}
+
+var (
+	callDuration = promauto.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "daca_llm_call_duration_seconds", Help: "LLM calls (each round of the tool loop), by mode and outcome.",
+		Buckets: []float64{.01, .05, .1, .25, .5, 1, 2, 5, 10, 20, 30, 60},
+	}, []string{"mode", "outcome"})
+	tokens = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "daca_llm_tokens_total", Help: "Tokens the provider reported, by mode and kind (prompt, completion).",
+	}, []string{"mode", "kind"})
+)
+
+func outcome(err error) string {
+	if err != nil {
+		return "error"
+	}
+	return "ok"
 }
 
 // redacted hides the key, and anything that looks like a key or a bearer

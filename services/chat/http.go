@@ -18,11 +18,14 @@ import (
 	dapr "github.com/dapr/go-sdk/client"
 	"github.com/go-chi/chi/v5"
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/chat"
 	"github.com/daca-go/daca/internal/httpx"
 	"github.com/daca-go/daca/internal/logging"
+	"github.com/daca-go/daca/internal/metrics"
 	"github.com/daca-go/daca/internal/telemetry"
 )
 
@@ -31,6 +34,7 @@ type Workflows interface {
 	ScheduleWorkflow(ctx context.Context, orchestrator string, opts ...workflow.NewWorkflowOptions) (string, error)
 	FetchWorkflowMetadata(ctx context.Context, id string, opts ...workflow.FetchWorkflowMetadataOptions) (*workflow.WorkflowMetadata, error)
 	WaitForWorkflowCompletion(ctx context.Context, id string, opts ...workflow.FetchWorkflowMetadataOptions) (*workflow.WorkflowMetadata, error)
+	RaiseEvent(ctx context.Context, id, eventName string, opts ...workflow.RaiseEventOptions) error
 }
 
 // Sidecar answers whether the Dapr sidecar is reachable.
@@ -51,6 +55,10 @@ type srv struct {
 	d           atomic.Pointer[deps]
 }
 
+var turns = promauto.NewCounterVec(prometheus.CounterOpts{
+	Name: "daca_chat_turns_total", Help: "Chat turns waited for by POST /chat, by outcome (completed, failed, timeout).",
+}, []string{"outcome"})
+
 // Limits of a chat request.
 const (
 	maxText  = 16 << 10
@@ -61,11 +69,12 @@ const (
 
 func (s *srv) routes() http.Handler {
 	r := chi.NewRouter()
-	r.Use(telemetry.Middleware, httpx.RequestID(s.log), httpx.Log(s.log), httpx.AppToken(s.appToken))
+	r.Use(telemetry.Middleware, httpx.RequestID(s.log), httpx.Log(s.log), metrics.Middleware, httpx.AppToken(s.appToken))
 	r.Get("/", func(w http.ResponseWriter, r *http.Request) {
 		httpx.JSON(w, http.StatusOK, map[string]string{"message": "Welcome to the DACA Chat Service! See README.md for the API."})
 	})
 	r.Get("/health", s.health)
+	r.Handle("/metrics", metrics.Handler())
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) { // live: the process answers
 		httpx.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -206,9 +215,10 @@ func (s *srv) chat(w http.ResponseWriter, r *http.Request) {
 	}
 	wctx, cancel := context.WithTimeout(ctx, s.chatTimeout)
 	defer cancel()
-	meta, err := d.wf.WaitForWorkflowCompletion(wctx, id, workflow.WithFetchPayloads(true))
+	meta, err := s.wait(wctx, d, id)
 	if err != nil {
 		if wctx.Err() != nil && r.Context().Err() == nil {
+			turns.WithLabelValues("timeout").Inc()
 			logging.From(ctx, s.log).Warn("chat turn still running at CHAT_TIMEOUT", "timeout", s.chatTimeout.String())
 			httpx.JSON(w, http.StatusGatewayTimeout, map[string]any{
 				"detail": "the chat turn is still running; poll GET /chat/" + id, "code": string(apperr.Timeout), "instance_id": id,
@@ -220,12 +230,14 @@ func (s *srv) chat(w http.ResponseWriter, r *http.Request) {
 	}
 	run := describe(id, meta)
 	if run.Status != "COMPLETED" {
+		turns.WithLabelValues("failed").Inc()
 		logging.From(ctx, s.log).Warn("chat turn did not complete", "status", run.Status, "error", run.Error)
 		httpx.JSON(w, http.StatusServiceUnavailable, map[string]any{
 			"detail": run.Error, "code": string(apperr.Unavailable), "instance_id": id, "status": run.Status,
 		})
 		return
 	}
+	turns.WithLabelValues("completed").Inc()
 	httpx.JSON(w, http.StatusOK, map[string]any{
 		"user_id":     run.out.UserID,
 		"reply":       run.out.Reply,
@@ -250,6 +262,41 @@ func (s *srv) chatAsync(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Location", "/chat/"+id)
 	httpx.JSON(w, http.StatusAccepted, map[string]any{"instance_id": id, "session_id": in.SessionID})
 }
+
+// nudgeAfter is how long a turn may show no progress before it is nudged.
+const nudgeAfter = 5 * time.Second
+
+// wait waits for a turn to end. A turn that shows no progress for
+// nudgeAfter is nudged: Dapr 1.16 sometimes drops the result of a workflow
+// step under load and the turn then waits forever (dapr/dapr#9641, "Ignoring
+// complete task which no longer exists"); an external event makes the
+// engine run the workflow again from its history, which lets it go on. The
+// workflow ignores the event itself.
+func (s *srv) wait(ctx context.Context, d *deps, id string) (*workflow.WorkflowMetadata, error) {
+	for {
+		sctx, cancel := context.WithTimeout(ctx, nudgeAfter)
+		meta, err := d.wf.WaitForWorkflowCompletion(sctx, id, workflow.WithFetchPayloads(true))
+		cancel()
+		if err == nil || ctx.Err() != nil || sctx.Err() == nil {
+			return meta, err
+		}
+		s.nudge(ctx, d, id)
+	}
+}
+
+// nudge raises the no-op event "nudge" on a running turn.
+func (s *srv) nudge(ctx context.Context, d *deps, id string) {
+	if err := d.wf.RaiseEvent(ctx, id, chat.NudgeEvent); err != nil {
+		logging.From(ctx, s.log).Warn("nudging a stalled chat turn failed", "workflow_instance_id", id, "err", err)
+		return
+	}
+	nudges.Inc()
+	logging.From(ctx, s.log).Info("chat turn showed no progress; nudged the workflow engine", "workflow_instance_id", id)
+}
+
+var nudges = promauto.NewCounter(prometheus.CounterOpts{
+	Name: "daca_chat_nudges_total", Help: "Stalled chat turns nudged with an external event (see dapr/dapr#9641).",
+})
 
 // Run is the state of a chat turn as GET /chat/{id} shows it.
 type Run struct {
@@ -306,5 +353,9 @@ func (s *srv) chatStatus(w http.ResponseWriter, r *http.Request) {
 		httpx.Error(w, r, s.log, apperr.Wrap(apperr.Unavailable, err, "the workflow engine is unavailable"))
 		return
 	}
-	httpx.JSON(w, http.StatusOK, describe(id, meta))
+	run := describe(id, meta)
+	if (run.Status == "RUNNING" || run.Status == "PENDING") && meta.LastUpdatedAt != nil && time.Since(meta.LastUpdatedAt.AsTime()) > nudgeAfter {
+		s.nudge(r.Context(), s.d.Load(), id)
+	}
+	httpx.JSON(w, http.StatusOK, run)
 }

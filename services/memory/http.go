@@ -13,12 +13,15 @@ import (
 
 	dapr "github.com/dapr/go-sdk/client"
 	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/httpx"
 	"github.com/daca-go/daca/internal/llm"
 	"github.com/daca-go/daca/internal/logging"
 	"github.com/daca-go/daca/internal/memory"
+	"github.com/daca-go/daca/internal/metrics"
 	"github.com/daca-go/daca/internal/telemetry"
 )
 
@@ -73,11 +76,12 @@ const (
 
 func (s *srv) routes() http.Handler {
 	r := chi.NewRouter()
-	r.Use(telemetry.Middleware, httpx.RequestID(s.log), httpx.Log(s.log), httpx.AppToken(s.appToken))
+	r.Use(telemetry.Middleware, httpx.RequestID(s.log), httpx.Log(s.log), metrics.Middleware, httpx.AppToken(s.appToken))
 	r.Get("/", func(w http.ResponseWriter, r *http.Request) {
 		httpx.JSON(w, http.StatusOK, map[string]string{"message": "Welcome to the DACA Agent Memory Service! See README.md for the API."})
 	})
 	r.Get("/health", s.health)
+	r.Handle("/metrics", metrics.Handler())
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) { // live: the process answers
 		httpx.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -231,6 +235,10 @@ func (s *srv) sessions(w http.ResponseWriter, r *http.Request) {
 	httpx.JSON(w, http.StatusOK, map[string]any{"user_id": uid, "sessions": list})
 }
 
+var eventsHandled = promauto.NewCounterVec(prometheus.CounterOpts{
+	Name: "daca_pubsub_events_total", Help: "Pub/sub events handled, by topic and the status answered to Dapr.",
+}, []string{"topic", "status"})
+
 // Dapr's answers to a delivery.
 const (
 	statusSuccess = "SUCCESS"
@@ -261,6 +269,7 @@ type MemoryUpdated struct {
 func (s *srv) onConversation(w http.ResponseWriter, r *http.Request) {
 	log := logging.From(r.Context(), s.log)
 	answer := func(status, why string, err error) {
+		eventsHandled.WithLabelValues("conversations", status).Inc()
 		switch status {
 		case statusDrop:
 			log.Warn("conversation event dropped", "reason", why, "err", err)

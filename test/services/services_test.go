@@ -397,3 +397,28 @@ func TestHealthAndWelcome(t *testing.T) {
 		}
 	}
 }
+
+// Runs after the tests above have produced traffic: /metrics of both
+// services shows requests per route, chat turns, LLM calls and tokens, and
+// pub/sub events by status.
+func TestZMetrics(t *testing.T) {
+	st := stacktest.Stack(t)
+	chatM := string(stacktest.Do(t, http.MethodGet, st.App("chat-service").AppURL()+"/metrics", nil).Body)
+	memM := string(stacktest.Do(t, http.MethodGet, st.App("agent-memory-service").AppURL()+"/metrics", nil).Body)
+	for _, c := range []struct{ name, body, want string }{
+		{"chat", chatM, `daca_http_requests_total{method="POST",route="/chat",status="200"}`},
+		{"chat", chatM, `daca_http_requests_total{method="POST",route="/chat",status="400"}`},
+		{"chat", chatM, `daca_http_request_duration_seconds_count{method="POST",route="/chat/async"}`},
+		{"chat", chatM, `daca_chat_turns_total{outcome="completed"}`},
+		{"chat", chatM, `daca_llm_call_duration_seconds_count{mode="offline",outcome="ok"}`},
+		{"chat", chatM, `daca_llm_tokens_total{kind="completion",mode="offline"}`},
+		{"memory", memM, `daca_pubsub_events_total{status="SUCCESS",topic="conversations"}`},
+		{"memory", memM, `daca_pubsub_events_total{status="DROP",topic="conversations"}`},
+		{"memory", memM, `daca_http_requests_total{method="GET",route="/memories/{user_id}",status="200"}`},
+		{"memory", memM, `daca_llm_tokens_total{kind="prompt",mode="offline"}`},
+	} {
+		if !strings.Contains(c.body, c.want) {
+			t.Errorf("%s /metrics lacks %s", c.name, c.want)
+		}
+	}
+}
