@@ -529,3 +529,57 @@ func BenchmarkMemoryQuery(b *testing.B) {
 		}
 	}
 }
+
+// closeCode waits for the server to close c and returns the close code (-1
+// for a closure without a close frame). It fails the test if c stays open.
+func closeCode(t *testing.T, c *websocket.Conn) websocket.StatusCode {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for {
+		if _, _, err := c.Read(ctx); err != nil {
+			if ctx.Err() != nil {
+				t.Fatal("the server did not close the connection within 10s")
+			}
+			return websocket.CloseStatus(err)
+		}
+	}
+}
+
+func TestWebsocketProtocolClosures(t *testing.T) {
+	_, h := newServer(newFake(), Config{KeepAlive: 200 * time.Millisecond, InitTimeout: 300 * time.Millisecond})
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	t.Run("second connection_init closes with 4429", func(t *testing.T) {
+		ws := wsDial(t, srv.URL, "graphql-transport-ws", nil)
+		defer ws.c.CloseNow()
+		ws.read("connection_ack")
+		ws.send(map[string]any{"type": "connection_init"})
+		if c := closeCode(t, ws.c); c != 4429 {
+			t.Fatalf("close %d; want 4429", c)
+		}
+	})
+	t.Run("no connection_init closes with 4408", func(t *testing.T) {
+		c, _, err := websocket.Dial(t.Context(), strings.Replace(srv.URL, "http", "ws", 1)+"/graphql", &websocket.DialOptions{Subprotocols: []string{"graphql-transport-ws"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.CloseNow()
+		if code := closeCode(t, c); code != 4408 {
+			t.Fatalf("close %d; want 4408", code)
+		}
+	})
+	t.Run("a peer that never answers ping is closed", func(t *testing.T) {
+		ws := wsDial(t, srv.URL, "graphql-transport-ws", nil)
+		defer ws.c.CloseNow()
+		ws.read("connection_ack")
+		ws.read("ping") // and never pong
+		closeCode(t, ws.c)
+	})
+	t.Run("legacy graphql-ws gets ka", func(t *testing.T) {
+		ws := wsDial(t, srv.URL, "graphql-ws", nil)
+		defer ws.c.CloseNow()
+		ws.read("connection_ack")
+		ws.read("ka")
+	})
+}
