@@ -43,7 +43,7 @@ vet:
 ## dapr: daprd, placement and scheduler from the Go module proxy, built once.
 dapr: $(DAPR_DIR)/.stamp
 
-$(DAPR_DIR)/.stamp: tools/dapr/go.mod tools/dapr/go.sum tools/dapr/cmd/daprd/main.go
+$(DAPR_DIR)/.stamp: tools/dapr/go.mod tools/dapr/go.sum tools/dapr/cmd/daprd/main.go $(shell find tools/dapr/patches -type f 2>/dev/null)
 	$(GO) run ./cmd/daca dapr
 
 daca: dapr

@@ -40,11 +40,9 @@ func RegisterWarmup(r *workflow.Registry) error {
 
 // Warmup runs the warm-up workflow until one completes, so the service only
 // reports ready once the workflow engine really runs workflows and
-// activities. Right after a sidecar starts, Dapr 1.16 can lose the result of
-// the first activity while placement is still taking in the app's actor
-// types (dapr/dapr#9641: "Ignoring complete task which no longer exists");
-// a warm-up that is lost that way is terminated and tried again, and no
-// user's turn is the victim.
+// activities (the sidecar connects to placement and takes in the app's
+// actor types after the worker connects). A warm-up that does not complete
+// in perTry is terminated and tried again.
 func Warmup(ctx context.Context, c WarmupClient, perTry time.Duration, log *slog.Logger) error {
 	for attempt := 1; ; attempt++ {
 		id := "warmup-" + uuid.NewString()

@@ -42,9 +42,6 @@ const (
 	MemoryAppID      = "agent-memory-service"
 	PubSub           = "pubsub"
 	TopicConversions = "conversations"
-	// NudgeEvent is an external event the chat service raises on a turn that
-	// shows no progress; the workflow never waits for it.
-	NudgeEvent = "nudge"
 	// ContextEntries is how many recent history entries reach the prompt.
 	ContextEntries = 10
 )

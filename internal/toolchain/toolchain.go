@@ -12,6 +12,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -51,6 +52,15 @@ func BinsIn(root string) Bins {
 // inputs are the files whose content decides what is built.
 var inputs = []string{"go.mod", "go.sum", "cmd/daprd/main.go"}
 
+// patches replace single files of dependencies in the build, each fixing an
+// upstream bug: module path → file in the module → the replacement under
+// tools/dapr/patches/. The build uses a copy of the module (checked against
+// go.sum when downloaded) with the file swapped in.
+var patches = []struct{ module, file, replacement string }{
+	// The race that loses workflow steps (dapr/dapr#9641); see the file's comment.
+	{"github.com/dapr/durabletask-go", "backend/local/task.go", "patches/durabletask-go/backend/local/task.go"},
+}
+
 // EnsureDapr makes sure the Dapr binaries exist for the module files as they
 // are now, building them when needed. Progress goes to out.
 func EnsureDapr(ctx context.Context, root string, out io.Writer) (Bins, error) {
@@ -86,6 +96,59 @@ func EnsureDapr(ctx context.Context, root string, out io.Writer) (Bins, error) {
 	return bins, nil
 }
 
+// prepareModfile copies each patched module (as downloaded and checked
+// against go.sum) to binDir/src, swaps in the patched file, and writes a
+// go.mod (with its go.sum) that replaces the module with that copy. It
+// returns the go.mod path for go build -modfile.
+func prepareModfile(ctx context.Context, modDir, binDir string) (string, error) {
+	src := filepath.Join(binDir, "src")
+	if err := os.RemoveAll(src); err != nil {
+		return "", err
+	}
+	gomod, err := os.ReadFile(filepath.Join(modDir, "go.mod"))
+	if err != nil {
+		return "", err
+	}
+	gosum, err := os.ReadFile(filepath.Join(modDir, "go.sum"))
+	if err != nil {
+		return "", err
+	}
+	var extra strings.Builder
+	extra.WriteString("\n// Added at build time by internal/toolchain: patched copies.\n")
+	for _, p := range patches {
+		cmd := exec.CommandContext(ctx, "go", "mod", "download", "-json", p.module)
+		cmd.Dir = modDir
+		cmd.Env = append(os.Environ(), "GOFLAGS=-mod=readonly", "GOWORK=off")
+		out, err := cmd.Output()
+		if err != nil {
+			return "", fmt.Errorf("dapr: downloading %s: %w", p.module, err)
+		}
+		var info struct{ Dir, Version string }
+		if err := json.Unmarshal(out, &info); err != nil || info.Dir == "" {
+			return "", fmt.Errorf("dapr: locating %s: %v", p.module, err)
+		}
+		dst := filepath.Join(src, filepath.Base(p.module)+"@"+info.Version)
+		if err := os.CopyFS(dst, os.DirFS(info.Dir)); err != nil {
+			return "", err
+		}
+		patched, err := os.ReadFile(filepath.Join(modDir, p.replacement))
+		if err != nil {
+			return "", err
+		}
+		target := filepath.Join(dst, p.file)
+		os.Chmod(target, 0o644)
+		if err := os.WriteFile(target, patched, 0o644); err != nil {
+			return "", err
+		}
+		fmt.Fprintf(&extra, "replace %s => %s\n", p.module, dst)
+	}
+	modfile := filepath.Join(src, "go.mod")
+	if err := os.WriteFile(modfile, append(gomod, extra.String()...), 0o644); err != nil {
+		return "", err
+	}
+	return modfile, os.WriteFile(filepath.Join(src, "go.sum"), gosum, 0o644)
+}
+
 func upToDate(b Bins, stamp, want string) bool {
 	got, err := os.ReadFile(stamp)
 	if err != nil || strings.TrimSpace(string(got)) != want {
@@ -102,7 +165,11 @@ func upToDate(b Bins, stamp, want string) bool {
 func inputsHash(modDir string) (string, error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "dapr %s\n", DaprVersion)
-	for _, f := range inputs {
+	files := append([]string(nil), inputs...)
+	for _, p := range patches {
+		files = append(files, p.replacement)
+	}
+	for _, f := range files {
 		b, err := os.ReadFile(filepath.Join(modDir, f))
 		if err != nil {
 			return "", fmt.Errorf("toolchain: %w (is this the daca repository root?)", err)
@@ -149,6 +216,10 @@ func build(ctx context.Context, modDir string, b Bins, out io.Writer) error {
 		"-X github.com/dapr/dapr/pkg/buildinfo.gitcommit=" + daprCommit,
 		"-X github.com/dapr/kit/logger.DaprVersion=" + DaprVersion,
 	}, " ")
+	modfile, err := prepareModfile(ctx, modDir, b.Dir)
+	if err != nil {
+		return err
+	}
 	targets := []struct{ name, pkg, out string }{
 		{"daprd", "./cmd/daprd", b.Daprd},
 		{"placement", "github.com/dapr/dapr/cmd/placement", b.Placement},
@@ -162,7 +233,7 @@ func build(ctx context.Context, modDir string, b Bins, out io.Writer) error {
 		fmt.Fprintf(out, "dapr: building %s %s%s\n", t.name, DaprVersion, note)
 		start := time.Now()
 		tmp := t.out + ".tmp"
-		cmd := exec.CommandContext(ctx, "go", "build", "-mod=readonly", "-trimpath",
+		cmd := exec.CommandContext(ctx, "go", "build", "-mod=readonly", "-modfile", modfile, "-trimpath",
 			"-tags", "stablecomponents", "-ldflags", ldflags, "-o", tmp, t.pkg)
 		cmd.Dir = modDir
 		// The module's go.sum is authoritative: verify every download against it

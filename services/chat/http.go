@@ -34,7 +34,6 @@ type Workflows interface {
 	ScheduleWorkflow(ctx context.Context, orchestrator string, opts ...workflow.NewWorkflowOptions) (string, error)
 	FetchWorkflowMetadata(ctx context.Context, id string, opts ...workflow.FetchWorkflowMetadataOptions) (*workflow.WorkflowMetadata, error)
 	WaitForWorkflowCompletion(ctx context.Context, id string, opts ...workflow.FetchWorkflowMetadataOptions) (*workflow.WorkflowMetadata, error)
-	RaiseEvent(ctx context.Context, id, eventName string, opts ...workflow.RaiseEventOptions) error
 }
 
 // Sidecar answers whether the Dapr sidecar is reachable.
@@ -215,7 +214,7 @@ func (s *srv) chat(w http.ResponseWriter, r *http.Request) {
 	}
 	wctx, cancel := context.WithTimeout(ctx, s.chatTimeout)
 	defer cancel()
-	meta, err := s.wait(wctx, d, id)
+	meta, err := d.wf.WaitForWorkflowCompletion(wctx, id, workflow.WithFetchPayloads(true))
 	if err != nil {
 		if wctx.Err() != nil && r.Context().Err() == nil {
 			turns.WithLabelValues("timeout").Inc()
@@ -262,41 +261,6 @@ func (s *srv) chatAsync(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Location", "/chat/"+id)
 	httpx.JSON(w, http.StatusAccepted, map[string]any{"instance_id": id, "session_id": in.SessionID})
 }
-
-// nudgeAfter is how long a turn may show no progress before it is nudged.
-const nudgeAfter = 5 * time.Second
-
-// wait waits for a turn to end. A turn that shows no progress for
-// nudgeAfter is nudged: Dapr 1.16 sometimes drops the result of a workflow
-// step under load and the turn then waits forever (dapr/dapr#9641, "Ignoring
-// complete task which no longer exists"); an external event makes the
-// engine run the workflow again from its history, which lets it go on. The
-// workflow ignores the event itself.
-func (s *srv) wait(ctx context.Context, d *deps, id string) (*workflow.WorkflowMetadata, error) {
-	for {
-		sctx, cancel := context.WithTimeout(ctx, nudgeAfter)
-		meta, err := d.wf.WaitForWorkflowCompletion(sctx, id, workflow.WithFetchPayloads(true))
-		cancel()
-		if err == nil || ctx.Err() != nil || sctx.Err() == nil {
-			return meta, err
-		}
-		s.nudge(ctx, d, id)
-	}
-}
-
-// nudge raises the no-op event "nudge" on a running turn.
-func (s *srv) nudge(ctx context.Context, d *deps, id string) {
-	if err := d.wf.RaiseEvent(ctx, id, chat.NudgeEvent); err != nil {
-		logging.From(ctx, s.log).Warn("nudging a stalled chat turn failed", "workflow_instance_id", id, "err", err)
-		return
-	}
-	nudges.Inc()
-	logging.From(ctx, s.log).Info("chat turn showed no progress; nudged the workflow engine", "workflow_instance_id", id)
-}
-
-var nudges = promauto.NewCounter(prometheus.CounterOpts{
-	Name: "daca_chat_nudges_total", Help: "Stalled chat turns nudged with an external event (see dapr/dapr#9641).",
-})
 
 // Run is the state of a chat turn as GET /chat/{id} shows it.
 type Run struct {
@@ -353,9 +317,5 @@ func (s *srv) chatStatus(w http.ResponseWriter, r *http.Request) {
 		httpx.Error(w, r, s.log, apperr.Wrap(apperr.Unavailable, err, "the workflow engine is unavailable"))
 		return
 	}
-	run := describe(id, meta)
-	if (run.Status == "RUNNING" || run.Status == "PENDING") && meta.LastUpdatedAt != nil && time.Since(meta.LastUpdatedAt.AsTime()) > nudgeAfter {
-		s.nudge(r.Context(), s.d.Load(), id)
-	}
-	httpx.JSON(w, http.StatusOK, run)
+	httpx.JSON(w, http.StatusOK, describe(id, meta))
 }

@@ -1,0 +1,203 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dapr/durabletask-go/api"
+	"github.com/dapr/durabletask-go/api/protos"
+	"github.com/dapr/durabletask-go/workflow"
+	dapr "github.com/dapr/go-sdk/client"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/daca-go/daca/internal/chat"
+)
+
+// fakeWF is the workflow engine: it "runs" a scheduled turn to the outcome
+// configured (complete with a reply, fail, or never end).
+type fakeWF struct {
+	mu        sync.Mutex
+	scheduled map[string]chat.Input
+	outcome   string // completed | failed | stuck
+}
+
+func (f *fakeWF) ScheduleWorkflow(_ context.Context, _ string, opts ...workflow.NewWorkflowOptions) (string, error) {
+	req := &protos.CreateInstanceRequest{}
+	for _, o := range opts {
+		o(req)
+	}
+	var in chat.Input
+	json.Unmarshal([]byte(req.Input.GetValue()), &in)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.scheduled[req.InstanceId]; ok {
+		return "", errors.New("an active workflow with ID already exists")
+	}
+	f.scheduled[req.InstanceId] = in
+	return req.InstanceId, nil
+}
+
+func (f *fakeWF) meta(id string) (*workflow.WorkflowMetadata, error) {
+	f.mu.Lock()
+	in, ok := f.scheduled[id]
+	f.mu.Unlock()
+	if !ok {
+		return nil, api.ErrInstanceNotFound
+	}
+	inB, _ := json.Marshal(in)
+	m := &workflow.WorkflowMetadata{InstanceId: id, Input: wrapperspb.String(string(inB)), LastUpdatedAt: timestamppb.Now()}
+	switch f.outcome {
+	case "completed":
+		out, _ := json.Marshal(chat.Output{UserID: in.UserID, SessionID: in.SessionID, Reply: "re: " + in.Text, Timestamp: time.Unix(0, 0).UTC()})
+		m.RuntimeStatus = api.RUNTIME_STATUS_COMPLETED
+		m.Output = wrapperspb.String(string(out))
+	case "failed":
+		m.RuntimeStatus = api.RUNTIME_STATUS_FAILED
+		m.FailureDetails = &protos.TaskFailureDetails{ErrorMessage: "chat turn failed while generating response"}
+	default:
+		m.RuntimeStatus = api.RUNTIME_STATUS_RUNNING
+		m.CustomStatus = wrapperspb.String(chat.StageGenerate)
+	}
+	return m, nil
+}
+
+func (f *fakeWF) FetchWorkflowMetadata(_ context.Context, id string, _ ...workflow.FetchWorkflowMetadataOptions) (*workflow.WorkflowMetadata, error) {
+	return f.meta(id)
+}
+
+func (f *fakeWF) WaitForWorkflowCompletion(ctx context.Context, id string, _ ...workflow.FetchWorkflowMetadataOptions) (*workflow.WorkflowMetadata, error) {
+	if f.outcome == "stuck" {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	return f.meta(id)
+}
+
+type okSidecar struct{}
+
+func (okSidecar) GetMetadata(context.Context) (*dapr.GetMetadataResponse, error) {
+	return &dapr.GetMetadataResponse{}, nil
+}
+
+func newTestServer(outcome string, timeout time.Duration) (*srv, *fakeWF) {
+	f := &fakeWF{scheduled: map[string]chat.Input{}, outcome: outcome}
+	s := &srv{log: slog.New(slog.NewTextHandler(io.Discard, nil)), chatTimeout: timeout}
+	s.d.Store(&deps{wf: f, sidecar: okSidecar{}, llmMode: "offline"})
+	return s, f
+}
+
+func post(h http.Handler, path, body string, headers ...string) *httptest.ResponseRecorder {
+	r := httptest.NewRequest(http.MethodPost, path, strings.NewReader(body))
+	for i := 0; i+1 < len(headers); i += 2 {
+		r.Header.Set(headers[i], headers[i+1])
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w
+}
+
+func TestChatValidation(t *testing.T) {
+	s, _ := newTestServer("completed", time.Second)
+	h := s.routes()
+	tests := []struct {
+		name, body string
+		status     int
+		detail     string
+	}{
+		{"empty text", `{"user_id":"u","text":""}`, 400, "Message text cannot be empty"},
+		{"blank text", `{"user_id":"u","text":" \n"}`, 400, "Message text cannot be empty"},
+		{"too long", `{"user_id":"u","text":"` + strings.Repeat("x", 16<<10+1) + `"}`, 413, "longer than"},
+		{"bad user", `{"user_id":"a||b","text":"x"}`, 400, "user_id must match"},
+		{"bad session", `{"user_id":"u","text":"x","metadata":{"session_id":"a b"}}`, 400, "session_id must match"},
+		{"too many tags", `{"user_id":"u","text":"x","tags":[` + strings.Repeat(`"t",`, 32) + `"t"]}`, 400, "at most 32 tags"},
+		{"malformed", `{"user_id":`, 400, "malformed JSON"},
+		{"empty body", ``, 400, "request body is empty"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := post(h, "/chat", tt.body)
+			if w.Code != tt.status || !strings.Contains(w.Body.String(), tt.detail) {
+				t.Fatalf("%d %s; want %d %q", w.Code, w.Body, tt.status, tt.detail)
+			}
+		})
+	}
+}
+
+func TestChatOutcomes(t *testing.T) {
+	tests := []struct {
+		outcome string
+		status  int
+		want    string
+	}{
+		{"completed", 200, `"reply":"re: hello"`},
+		{"failed", 503, "chat turn failed while generating response"},
+		{"stuck", 504, "still running"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.outcome, func(t *testing.T) {
+			s, f := newTestServer(tt.outcome, 50*time.Millisecond)
+			w := post(s.routes(), "/chat/", `{"user_id":"u","text":"hello","metadata":{"session_id":"s1"}}`)
+			if w.Code != tt.status || !strings.Contains(w.Body.String(), tt.want) {
+				t.Fatalf("%d %s", w.Code, w.Body)
+			}
+			var body map[string]any
+			json.Unmarshal(w.Body.Bytes(), &body)
+			if id, _ := body["instance_id"].(string); !strings.HasPrefix(id, "chat-") || f.scheduled[id].SessionID != "s1" {
+				t.Fatalf("instance %v not scheduled with the session", body["instance_id"])
+			}
+		})
+	}
+}
+
+func TestIdempotencyKeyReusesTheTurn(t *testing.T) {
+	s, f := newTestServer("completed", time.Second)
+	h := s.routes()
+	body := `{"user_id":"u","text":"hello"}`
+	a := post(h, "/chat", body, "Idempotency-Key", "k1")
+	b := post(h, "/chat", body, "Idempotency-Key", "k1")
+	c := post(h, "/chat", body, "Idempotency-Key", "k2")
+	d := post(h, "/chat", `{"user_id":"v","text":"hello"}`, "Idempotency-Key", "k1")
+	id := func(w *httptest.ResponseRecorder) string {
+		var m map[string]any
+		json.Unmarshal(w.Body.Bytes(), &m)
+		return m["instance_id"].(string)
+	}
+	if id(a) != id(b) || id(a) == id(c) || id(a) == id(d) || len(f.scheduled) != 3 {
+		t.Fatalf("ids %s %s %s %s, %d scheduled", id(a), id(b), id(c), id(d), len(f.scheduled))
+	}
+	if w := post(h, "/chat", body, "Idempotency-Key", "bad\x01key"); w.Code != 400 {
+		t.Fatalf("unprintable key: %d", w.Code)
+	}
+}
+
+func TestStatusOfATurn(t *testing.T) {
+	s, f := newTestServer("stuck", time.Second)
+	h := s.routes()
+	w := post(h, "/chat/async", `{"user_id":"u","text":"hello"}`)
+	if w.Code != http.StatusAccepted {
+		t.Fatalf("async: %d %s", w.Code, w.Body)
+	}
+	var acc map[string]string
+	json.Unmarshal(w.Body.Bytes(), &acc)
+	r := httptest.NewRecorder()
+	h.ServeHTTP(r, httptest.NewRequest(http.MethodGet, "/chat/"+acc["instance_id"], nil))
+	if r.Code != 200 || !strings.Contains(r.Body.String(), `"status":"RUNNING"`) || !strings.Contains(r.Body.String(), `"stage":"generating_response"`) {
+		t.Fatalf("status: %d %s", r.Code, r.Body)
+	}
+	r = httptest.NewRecorder()
+	h.ServeHTTP(r, httptest.NewRequest(http.MethodGet, "/chat/chat-unknown", nil))
+	if r.Code != 404 {
+		t.Fatalf("unknown: %d", r.Code)
+	}
+	_ = f
+}
