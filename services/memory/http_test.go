@@ -1,0 +1,196 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	dapr "github.com/dapr/go-sdk/client"
+
+	"github.com/daca-go/daca/internal/apperr"
+	"github.com/daca-go/daca/internal/llm"
+	"github.com/daca-go/daca/internal/memory"
+)
+
+// state is an in-memory Dapr state store with first-write-wins ETags.
+type state struct {
+	mu   sync.Mutex
+	data map[string][]byte
+	ver  map[string]int
+	down bool
+}
+
+func (s *state) GetState(_ context.Context, _, key string, _ map[string]string) (*dapr.StateItem, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.down {
+		return nil, errors.New("connection refused")
+	}
+	it := &dapr.StateItem{Key: key, Value: s.data[key]}
+	if v, ok := s.ver[key]; ok {
+		it.Etag = strconv.Itoa(v)
+	}
+	return it, nil
+}
+
+func (s *state) SaveStateWithETag(_ context.Context, _, key string, data []byte, etag string, _ map[string]string, _ ...dapr.StateOption) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if v, ok := s.ver[key]; (ok && etag != strconv.Itoa(v)) || (!ok && etag != "") {
+		return errors.New("etag mismatch")
+	}
+	s.ver[key]++
+	s.data[key] = data
+	return nil
+}
+
+func (s *state) DeleteStateWithETag(_ context.Context, _, key string, _ *dapr.ETag, _ map[string]string, _ *dapr.StateOptions) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.data, key)
+	delete(s.ver, key)
+	return nil
+}
+
+type sidecar struct {
+	mu        sync.Mutex
+	published []any
+}
+
+func (p *sidecar) PublishEvent(_ context.Context, _, topic string, data interface{}, _ ...dapr.PublishEventOption) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.published = append(p.published, data)
+	return nil
+}
+
+func (p *sidecar) GetMetadata(context.Context) (*dapr.GetMetadataResponse, error) {
+	return &dapr.GetMetadataResponse{}, nil
+}
+
+type model struct{ err error }
+
+func (m model) Complete(context.Context, string, []llm.Message, string) (string, error) {
+	return "a summary", m.err
+}
+func (m model) Mode() string { return "offline" }
+
+func setup(llmErr error) (http.Handler, *state, *sidecar) {
+	st := &state{data: map[string][]byte{}, ver: map[string]int{}}
+	pub := &sidecar{}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	s := newServer(log, "")
+	s.ready(memory.New(st, memory.Config{}, log), pub, model{err: llmErr})
+	return s.routes(), st, pub
+}
+
+func deliver(h http.Handler, body string) string {
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/conversations", strings.NewReader(body)))
+	var out map[string]string
+	json.Unmarshal(w.Body.Bytes(), &out)
+	return out["status"]
+}
+
+func ceJSON(id string, data any) string {
+	b, _ := json.Marshal(map[string]any{"id": id, "specversion": "1.0", "type": "com.dapr.event.sent", "data": data})
+	return string(b)
+}
+
+func TestSubscriptionStatuses(t *testing.T) {
+	good := map[string]string{"user_id": "u", "session_id": "s", "event_type": "ConversationUpdated", "user_message": "hi", "assistant_reply": "hello"}
+	with := func(k, v string) map[string]string {
+		m := map[string]string{}
+		for a, b := range good {
+			m[a] = b
+		}
+		m[k] = v
+		return m
+	}
+	tests := []struct {
+		name, body string
+		llmErr     error
+		down       bool
+		want       string
+	}{
+		{"applied", ceJSON("e1", good), nil, false, "SUCCESS"},
+		{"malformed JSON", `{"id":`, nil, false, "DROP"},
+		{"no CloudEvent envelope (tutorial's raw event)", `{"user_id":"u","session_id":"s","event_type":"ConversationUpdated"}`, nil, false, "DROP"},
+		{"foreign event type", ceJSON("e2", with("event_type", "Other")), nil, false, "DROP"},
+		{"key injection", ceJSON("e3", with("user_id", "a||b")), nil, false, "DROP"},
+		{"empty reply", ceJSON("e4", with("assistant_reply", " ")), nil, false, "DROP"},
+		{"LLM unavailable", ceJSON("e5", good), apperr.New(apperr.Unavailable, "down"), false, "RETRY"},
+		{"LLM rate limited", ceJSON("e6", good), apperr.New(apperr.RateLimited, "slow"), false, "RETRY"},
+		{"state store down", ceJSON("e7", good), nil, true, "RETRY"},
+		{"data as a JSON string", ceJSON("e8", func() string { b, _ := json.Marshal(good); return string(b) }()), nil, false, "SUCCESS"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h, st, pub := setup(tt.llmErr)
+			st.down = tt.down
+			if got := deliver(h, tt.body); got != tt.want {
+				t.Fatalf("status %s; want %s", got, tt.want)
+			}
+			if tt.want == "SUCCESS" && len(pub.published) != 1 {
+				t.Fatalf("MemoryUpdated published %d times", len(pub.published))
+			}
+			if tt.want != "SUCCESS" && len(st.data) != 0 {
+				t.Fatalf("state written for a %s event: %v", tt.want, st.data)
+			}
+		})
+	}
+}
+
+func TestRedeliveryAppliedOnce(t *testing.T) {
+	h, _, pub := setup(nil)
+	ev := ceJSON("same", map[string]string{"user_id": "u", "session_id": "s", "event_type": "ConversationUpdated", "user_message": "hi", "assistant_reply": "hello"})
+	for range 3 {
+		if got := deliver(h, ev); got != "SUCCESS" {
+			t.Fatal(got)
+		}
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/conversations/s", nil))
+	var out struct{ History []any }
+	json.Unmarshal(w.Body.Bytes(), &out)
+	if len(out.History) != 2 || len(pub.published) != 1 {
+		t.Fatalf("history %d entries, %d MemoryUpdated; want 2 and 1", len(out.History), len(pub.published))
+	}
+}
+
+func TestRoutes(t *testing.T) {
+	h, _, _ := setup(nil)
+	tests := []struct {
+		method, path, body string
+		status             int
+		want               string
+	}{
+		{"GET", "/", "", 200, "Welcome to the DACA Agent Memory Service"},
+		{"GET", "/health", "", 200, `"llm":"offline"`},
+		{"GET", "/healthz", "", 200, `"status":"ok"`},
+		{"GET", "/memories/ana", "", 200, `"user_summary":"ana is a new user."`},
+		{"POST", "/memories/ana/initialize", `{"name":"Ana","preferred_style":"formal"}`, 200, `"status":"success"`},
+		{"GET", "/memories/ana", "", 200, `"preferred_style":"formal"`},
+		{"POST", "/memories/ana/initialize", `{"name":"` + strings.Repeat("x", 201) + `"}`, 400, "name is longer than"},
+		{"GET", "/memories/a%7C%7Cb", "", 400, "user_id must match"},
+		{"GET", "/conversations/none", "", 200, `"history":[]`},
+		{"DELETE", "/conversations/none", "", 404, "not found"},
+		{"GET", "/users/ana/sessions", "", 200, `"sessions":[]`},
+		{"DELETE", "/memories/ana", "", 200, `"sessions_deleted":0`},
+	}
+	for _, tt := range tests {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest(tt.method, tt.path, strings.NewReader(tt.body)))
+		if w.Code != tt.status || !strings.Contains(w.Body.String(), tt.want) {
+			t.Fatalf("%s %s: %d %s; want %d %q", tt.method, tt.path, w.Code, w.Body, tt.status, tt.want)
+		}
+	}
+}
