@@ -7,7 +7,7 @@ DAPR_DIR  := .bin/dapr-$(DAPR_VER)
 DACA      := .bin/daca
 TEST_TIMEOUT ?= 20m
 
-.PHONY: run test unit vet check-generate dapr daca bench k8s-secrets clean help
+.PHONY: run test unit vet check-generate dapr daca bench images k8s-secrets clean help
 
 help:
 	@echo "make run    run the whole system (Redis, Dapr, apps with sidecars)"
@@ -52,6 +52,16 @@ daca: dapr
 ## bench: chat turns and memory reads end to end on a private stack; prints a table.
 bench: daca
 	@$(DACA) bench
+
+## images: the three container images (needs a Docker engine). Image names
+## and the tag are set here; docker-compose.yml and deploy/k8s use the same
+## names (daca/<app id>), the overlays set the tag.
+IMAGE_PREFIX ?= daca
+IMAGE_TAG    ?= dev
+images:
+	docker build --build-arg APP=gateway         -t $(IMAGE_PREFIX)/gateway:$(IMAGE_TAG) .
+	docker build --build-arg APP=services/chat   -t $(IMAGE_PREFIX)/chat-service:$(IMAGE_TAG) .
+	docker build --build-arg APP=services/memory -t $(IMAGE_PREFIX)/agent-memory-service:$(IMAGE_TAG) .
 
 ## k8s-secrets: the secret files of the local Kubernetes overlay (random tokens,
 ## empty Gemini key = offline model). Never committed.
