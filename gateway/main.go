@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
+	_ "net/http/pprof"
 	"os"
 	"os/signal"
 	"strconv"
@@ -153,6 +155,12 @@ func run(ctx context.Context, cfg config) error {
 			}
 		}
 		return nil
+	}
+	if addr := os.Getenv("PPROF_ADDR"); addr != "" { // profiling, for operators; bind it to loopback
+		go func() {
+			log.Info("pprof listening", "addr", addr)
+			_ = http.ListenAndServe(addr, http.DefaultServeMux)
+		}()
 	}
 	log.Info("ready", "auth_mode", cfg.authMode, "graphql", fmt.Sprintf("http://%s/graphql", ln.Addr()))
 	return internalserver.Serve(ctx, ln, srv.Routes(ready), 10*time.Second, log)

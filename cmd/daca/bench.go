@@ -53,7 +53,7 @@ func bench(ctx context.Context, args []string) error {
 		Apps: []stack.App{
 			{ID: "agent-memory-service", Build: "./services/memory", HealthPath: "/health", Secrets: []string{"gemini-api-key"}, Env: []string{"LOG_LEVEL=warn"}},
 			{ID: "chat-service", Build: "./services/chat", HealthPath: "/health", Secrets: []string{"gemini-api-key"}, Env: []string{"LOG_LEVEL=warn"}},
-			{ID: "gateway", Build: "./gateway", HealthPath: "/healthz", Env: []string{"LOG_LEVEL=warn", "RATE_LIMIT_PER_MINUTE=0", "SUBSCRIBER_QUEUE=16"}},
+			{ID: "gateway", Build: "./gateway", HealthPath: "/healthz", Env: []string{"LOG_LEVEL=warn", "RATE_LIMIT_PER_MINUTE=0", "SUBSCRIBER_QUEUE=16", "PPROF_ADDR=" + os.Getenv("DACA_BENCH_PPROF")}},
 		},
 	})
 	if err != nil {
