@@ -80,3 +80,52 @@ func TestPlaygroundRunsAQuery(t *testing.T) {
 		}
 	}
 }
+
+func TestPlaygroundSubscriptionAndMutation(t *testing.T) {
+	st := stacktest.Stack(t)
+	ctx := chromium(t)
+	session := fmt.Sprintf("browser-live-%d", time.Now().UnixNano())
+	sub := fmt.Sprintf(`subscription { conversationUpdated(sessionId: %q) { sessionId userMessage assistantReply } }`, session)
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(st.App("gateway").AppURL()+"/?query="+url.QueryEscape(sub)),
+		chromedp.WaitVisible(`.graphiql-execute-button`),
+		chromedp.Click(`.graphiql-execute-button`),
+	); err != nil {
+		t.Fatal(err)
+	}
+	// The subscription is open once the gateway counts it.
+	stacktest.WaitFor(t, 20*time.Second, "the browser's subscription", func() error {
+		r := stacktest.Do(t, "GET", st.App("gateway").AppURL()+"/metrics", nil)
+		if strings.Contains(string(r.Body), `daca_gateway_open_subscriptions{topic="conversations"} 1`) {
+			return nil
+		}
+		return fmt.Errorf("not open yet")
+	})
+	// A mutation from a second tab of the same browser.
+	tab, cancel := chromedp.NewContext(ctx)
+	defer cancel()
+	mut := fmt.Sprintf(`mutation { sendMessage(input: {userId: "browser", text: "hello from the browser", sessionId: %q}) { reply } }`, session)
+	if err := chromedp.Do(tab,
+		chromedp.Navigate(st.App("gateway").AppURL()+"/?query="+url.QueryEscape(mut)),
+		chromedp.WaitVisible(`.graphiql-execute-button`),
+		chromedp.Click(`.graphiql-execute-button`),
+	); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := chromedp.Run(tab, chromedp.Poll[string](
+		`(() => { const r = document.querySelector('.graphiql-response'); return r && r.innerText.includes('hello from the browser') ? r.innerText : null })()`,
+		chromedp.WithPollingTimeout(30*time.Second))); err != nil {
+		t.Fatalf("mutation result: %v", err)
+	}
+	// The first tab shows the event.
+	got, err := chromedp.Run(ctx, chromedp.Poll[string](
+		`(() => { const r = document.querySelector('.graphiql-response'); return r && r.innerText.includes('hello from the browser') ? r.innerText : null })()`,
+		chromedp.WithPollingTimeout(30*time.Second)))
+	if err != nil {
+		html, _ := chromedp.Run(ctx, chromedp.OuterHTML("body"))
+		t.Fatalf("subscription result: %v\npage: %.1500s", err, html)
+	}
+	if !strings.Contains(got, session) || !strings.Contains(got, "assistantReply") {
+		t.Fatalf("subscription pane = %q", got)
+	}
+}
