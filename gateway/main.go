@@ -7,14 +7,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	_ "net/http/pprof"
 	"os"
-	"os/signal"
-	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/daca-go/daca/gateway/auth"
@@ -22,35 +18,29 @@ import (
 	"github.com/daca-go/daca/gateway/server"
 	"github.com/daca-go/daca/internal/daprc"
 	"github.com/daca-go/daca/internal/env"
-	"github.com/daca-go/daca/internal/logging"
 	"github.com/daca-go/daca/internal/ratelimit"
 	internalserver "github.com/daca-go/daca/internal/server"
-	"github.com/daca-go/daca/internal/telemetry"
+	"github.com/daca-go/daca/internal/service"
 )
 
 type config struct {
-	port                int
-	host                string
-	logFormat, logLevel string
-	authMode            string
-	jwksURL             string
-	jwtOpts             auth.Options
-	ratePerMinute       int
-	rateBurst           int
-	callTimeout         time.Duration
-	chatTimeout         time.Duration
-	http                server.Config
+	service.Common
+	authMode      string
+	jwksURL       string
+	jwtOpts       auth.Options
+	ratePerMinute int
+	rateBurst     int
+	callTimeout   time.Duration
+	chatTimeout   time.Duration
+	http          server.Config
 }
 
 func loadConfig() (config, error) {
 	r := env.New()
 	c := config{
-		port:      r.Int("APP_PORT", 8080, 1, 65535),
-		host:      r.String("APP_HOST", "127.0.0.1"),
-		logFormat: r.String("LOG_FORMAT", "json"),
-		logLevel:  r.String("LOG_LEVEL", "info"),
-		authMode:  r.String("AUTH_MODE", "none"),
-		jwksURL:   r.String("JWT_JWKS_URL", ""),
+		Common:   service.ReadCommon(r, 8080),
+		authMode: r.String("AUTH_MODE", "none"),
+		jwksURL:  r.String("JWT_JWKS_URL", ""),
 		jwtOpts: auth.Options{Issuer: r.String("JWT_ISSUER", ""), Audience: r.String("JWT_AUDIENCE", ""),
 			Leeway: r.Duration("JWT_LEEWAY", 30*time.Second)},
 		ratePerMinute: r.Int("RATE_LIMIT_PER_MINUTE", 30, 0, 100000),
@@ -64,7 +54,6 @@ func loadConfig() (config, error) {
 			KeepAlive:       r.Duration("WS_KEEPALIVE", 10*time.Second),
 			InitTimeout:     r.Duration("WS_INIT_TIMEOUT", 10*time.Second),
 			SubscriberQueue: r.Int("SUBSCRIBER_QUEUE", 64, 1, 100000),
-			AppToken:        r.String("APP_API_TOKEN", ""),
 			PubSub:          r.String("GATEWAY_PUBSUB", "gateway-pubsub"),
 			Suggestions:     r.Bool("GRAPHQL_SUGGESTIONS", true),
 		},
@@ -79,38 +68,22 @@ func loadConfig() (config, error) {
 		err = errors.Join(err, fmt.Errorf("AUTH_MODE=%q: want none or jwt", c.authMode))
 	}
 	c.http.AuthMode = c.authMode
+	c.http.AppToken = c.AppToken
 	return c, err
 }
 
 func main() {
 	cfg, err := loadConfig()
-	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
-		os.Exit(internalserver.Healthcheck(cfg.port, "/healthz"))
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "gateway: invalid configuration:", err)
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, cfg); err != nil {
-		fmt.Fprintln(os.Stderr, "gateway:", err)
-		os.Exit(1)
-	}
+	service.Main("gateway", err, cfg.Port, "/healthz", func(ctx context.Context) error { return run(ctx, cfg) })
 }
 
 func run(ctx context.Context, cfg config) error {
-	log := logging.New(os.Stdout, cfg.logFormat, cfg.logLevel).With("app_id", "gateway")
-	shutdownTracing, err := telemetry.Setup(ctx, "gateway", log)
+	log, stopTracing, err := service.Observe(ctx, "gateway", cfg.LogFormat, cfg.LogLevel)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = shutdownTracing(sctx)
-	}()
-	ln, err := internalserver.Listen(net.JoinHostPort(cfg.host, strconv.Itoa(cfg.port)))
+	defer stopTracing()
+	ln, err := internalserver.Listen(cfg.Addr())
 	if err != nil {
 		return err
 	}

@@ -15,7 +15,6 @@ import (
 
 	"github.com/dapr/durabletask-go/api"
 	"github.com/dapr/durabletask-go/workflow"
-	dapr "github.com/dapr/go-sdk/client"
 	"github.com/go-chi/chi/v5"
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,7 +24,7 @@ import (
 	"github.com/daca-go/daca/internal/chat"
 	"github.com/daca-go/daca/internal/httpx"
 	"github.com/daca-go/daca/internal/logging"
-	"github.com/daca-go/daca/internal/metrics"
+	"github.com/daca-go/daca/internal/service"
 	"github.com/daca-go/daca/internal/telemetry"
 )
 
@@ -36,23 +35,25 @@ type Workflows interface {
 	WaitForWorkflowCompletion(ctx context.Context, id string, opts ...workflow.FetchWorkflowMetadataOptions) (*workflow.WorkflowMetadata, error)
 }
 
-// Sidecar answers whether the Dapr sidecar is reachable.
-type Sidecar interface {
-	GetMetadata(ctx context.Context) (*dapr.GetMetadataResponse, error)
-}
-
-type deps struct {
-	wf      Workflows
-	sidecar Sidecar
-	llmMode string
-}
-
 type srv struct {
+	service.Base
 	log         *slog.Logger
-	appToken    string
 	chatTimeout time.Duration
-	d           atomic.Pointer[deps]
+	wf          atomic.Pointer[Workflows]
 }
+
+func newServer(log *slog.Logger, appToken string, chatTimeout time.Duration) *srv {
+	return &srv{Base: service.Base{Welcome: "Welcome to the DACA Chat Service! See README.md for the API.", Log: log, AppToken: appToken},
+		log: log, chatTimeout: chatTimeout}
+}
+
+// ready hands over the workflow client; the chat routes answer from then on.
+func (s *srv) ready(wf Workflows, sidecar service.Sidecar, llmMode string) {
+	s.wf.Store(&wf)
+	s.SetReady(sidecar, llmMode)
+}
+
+func (s *srv) workflows() Workflows { return *s.wf.Load() }
 
 var turns = promauto.NewCounterVec(prometheus.CounterOpts{
 	Name: "daca_chat_turns_total", Help: "Chat turns waited for by POST /chat, by outcome (completed, failed, timeout).",
@@ -67,50 +68,12 @@ const (
 )
 
 func (s *srv) routes() http.Handler {
-	r := chi.NewRouter()
-	r.Use(telemetry.Middleware, httpx.RequestID(s.log), httpx.Log(s.log), metrics.Middleware, httpx.AppToken(s.appToken))
-	r.Get("/", func(w http.ResponseWriter, r *http.Request) {
-		httpx.JSON(w, http.StatusOK, map[string]string{"message": "Welcome to the DACA Chat Service! See README.md for the API."})
-	})
-	r.Get("/health", s.health)
-	r.Handle("/metrics", metrics.Handler())
-	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) { // live: the process answers
-		httpx.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
-	r.Group(func(r chi.Router) {
-		r.Use(s.requireReady)
+	return s.Router(func(r chi.Router) {
 		r.Post("/chat", s.chat)
 		r.Post("/chat/", s.chat)
 		r.Post("/chat/async", s.chatAsync)
 		r.Get("/chat/{instance_id}", s.chatStatus)
 	})
-	return r
-}
-
-func (s *srv) requireReady(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if s.d.Load() == nil {
-			w.Header().Set("Retry-After", "1")
-			httpx.Error(w, r, s.log, apperr.New(apperr.Unavailable, "the service is starting"))
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
-func (s *srv) health(w http.ResponseWriter, r *http.Request) {
-	d := s.d.Load()
-	if d == nil {
-		httpx.JSON(w, http.StatusServiceUnavailable, map[string]string{"status": "starting", "dapr": "connecting", "llm": "unknown"})
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-	defer cancel()
-	daprState, status, code := "ok", "ok", http.StatusOK
-	if _, err := d.sidecar.GetMetadata(ctx); err != nil {
-		daprState, status, code = "unavailable", "degraded", http.StatusServiceUnavailable
-	}
-	httpx.JSON(w, code, map[string]string{"status": status, "dapr": daprState, "llm": d.llmMode})
 }
 
 type chatRequest struct {
@@ -172,9 +135,9 @@ func (s *srv) parse(w http.ResponseWriter, r *http.Request) (chat.Input, string,
 
 // start schedules the turn, or finds the one an earlier request with the same
 // idempotency key started.
-func (s *srv) start(ctx context.Context, d *deps, id string, in chat.Input, idempotent bool) error {
+func (s *srv) start(ctx context.Context, wf Workflows, id string, in chat.Input, idempotent bool) error {
 	if idempotent {
-		if _, err := d.wf.FetchWorkflowMetadata(ctx, id); err == nil {
+		if _, err := wf.FetchWorkflowMetadata(ctx, id); err == nil {
 			logging.From(ctx, s.log).Info("idempotent retry: returning the existing chat turn", "workflow_instance_id", id)
 			return nil
 		} else if !notFound(err) {
@@ -182,7 +145,7 @@ func (s *srv) start(ctx context.Context, d *deps, id string, in chat.Input, idem
 		}
 	}
 	in.Trace = telemetry.Carrier(ctx)
-	if _, err := d.wf.ScheduleWorkflow(ctx, chat.WorkflowName, workflow.WithInstanceID(id), workflow.WithInput(in)); err != nil {
+	if _, err := wf.ScheduleWorkflow(ctx, chat.WorkflowName, workflow.WithInstanceID(id), workflow.WithInput(in)); err != nil {
 		if idempotent && strings.Contains(strings.ToLower(err.Error()), "already exists") {
 			return nil // a concurrent request with the same key won the race
 		}
@@ -200,21 +163,30 @@ func notFound(err error) bool {
 	return strings.Contains(m, "not found") || strings.Contains(m, "no such instance")
 }
 
-func (s *srv) chat(w http.ResponseWriter, r *http.Request) {
-	d := s.d.Load()
+// begin validates a chat request and starts (or finds) its turn. On error
+// it has answered already and ok is false.
+func (s *srv) begin(w http.ResponseWriter, r *http.Request) (ctx context.Context, in chat.Input, id string, ok bool) {
 	in, id, idem, err := s.parse(w, r)
 	if err != nil {
 		httpx.Error(w, r, s.log, err)
-		return
+		return nil, in, "", false
 	}
-	ctx := logging.With(r.Context(), s.log, "workflow_instance_id", id)
-	if err := s.start(ctx, d, id, in, idem); err != nil {
+	ctx = logging.With(r.Context(), s.log, "workflow_instance_id", id)
+	if err := s.start(ctx, s.workflows(), id, in, idem); err != nil {
 		httpx.Error(w, r, s.log, err)
+		return nil, in, "", false
+	}
+	return ctx, in, id, true
+}
+
+func (s *srv) chat(w http.ResponseWriter, r *http.Request) {
+	ctx, _, id, ok := s.begin(w, r)
+	if !ok {
 		return
 	}
 	wctx, cancel := context.WithTimeout(ctx, s.chatTimeout)
 	defer cancel()
-	meta, err := d.wf.WaitForWorkflowCompletion(wctx, id, workflow.WithFetchPayloads(true))
+	meta, err := s.workflows().WaitForWorkflowCompletion(wctx, id, workflow.WithFetchPayloads(true))
 	if err != nil {
 		if wctx.Err() != nil && r.Context().Err() == nil {
 			turns.WithLabelValues("timeout").Inc()
@@ -247,15 +219,8 @@ func (s *srv) chat(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *srv) chatAsync(w http.ResponseWriter, r *http.Request) {
-	d := s.d.Load()
-	in, id, idem, err := s.parse(w, r)
-	if err != nil {
-		httpx.Error(w, r, s.log, err)
-		return
-	}
-	ctx := logging.With(r.Context(), s.log, "workflow_instance_id", id)
-	if err := s.start(ctx, d, id, in, idem); err != nil {
-		httpx.Error(w, r, s.log, err)
+	_, in, id, ok := s.begin(w, r)
+	if !ok {
 		return
 	}
 	w.Header().Set("Location", "/chat/"+id)
@@ -308,7 +273,7 @@ func (s *srv) chatStatus(w http.ResponseWriter, r *http.Request) {
 		httpx.Error(w, r, s.log, err)
 		return
 	}
-	meta, err := s.d.Load().wf.FetchWorkflowMetadata(r.Context(), id, workflow.WithFetchPayloads(true))
+	meta, err := s.workflows().FetchWorkflowMetadata(r.Context(), id, workflow.WithFetchPayloads(true))
 	if err != nil {
 		if notFound(err) {
 			httpx.Error(w, r, s.log, apperr.New(apperr.NotFound, "chat turn %s not found", id))

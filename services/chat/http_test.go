@@ -91,8 +91,8 @@ func (okSidecar) GetMetadata(context.Context) (*dapr.GetMetadataResponse, error)
 
 func newTestServer(outcome string, timeout time.Duration) (*srv, *fakeWF) {
 	f := &fakeWF{scheduled: map[string]chat.Input{}, outcome: outcome}
-	s := &srv{log: slog.New(slog.NewTextHandler(io.Discard, nil)), chatTimeout: timeout}
-	s.d.Store(&deps{wf: f, sidecar: okSidecar{}, llmMode: "offline"})
+	s := newServer(slog.New(slog.NewTextHandler(io.Discard, nil)), "", timeout)
+	s.ready(f, okSidecar{}, "offline")
 	return s, f
 }
 

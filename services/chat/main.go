@@ -5,11 +5,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net"
-	"os"
-	"os/signal"
-	"strconv"
-	"syscall"
 	"time"
 
 	"github.com/dapr/durabletask-go/workflow"
@@ -18,28 +13,22 @@ import (
 	"github.com/daca-go/daca/internal/daprc"
 	"github.com/daca-go/daca/internal/env"
 	"github.com/daca-go/daca/internal/llm"
-	"github.com/daca-go/daca/internal/logging"
 	"github.com/daca-go/daca/internal/server"
-	"github.com/daca-go/daca/internal/telemetry"
+	"github.com/daca-go/daca/internal/service"
 )
 
+const appID = "chat-service"
+
 type config struct {
-	port                int
-	host                string
-	logFormat, logLevel string
-	appToken            string
-	chatTimeout         time.Duration
-	llm                 llm.Config
+	service.Common
+	chatTimeout time.Duration
+	llm         llm.Config
 }
 
 func loadConfig() (config, error) {
 	r := env.New()
 	c := config{
-		port:        r.Int("APP_PORT", 8010, 1, 65535),
-		host:        r.String("APP_HOST", "127.0.0.1"),
-		logFormat:   r.String("LOG_FORMAT", "json"),
-		logLevel:    r.String("LOG_LEVEL", "info"),
-		appToken:    r.String("APP_API_TOKEN", ""),
+		Common:      service.ReadCommon(r, 8010),
 		chatTimeout: r.Duration("CHAT_TIMEOUT", 60*time.Second),
 		llm:         llm.ConfigFromEnv(r),
 	}
@@ -48,37 +37,20 @@ func loadConfig() (config, error) {
 
 func main() {
 	cfg, err := loadConfig()
-	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
-		os.Exit(server.Healthcheck(cfg.port, "/health"))
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "chat-service: invalid configuration:", err)
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, cfg); err != nil {
-		fmt.Fprintln(os.Stderr, "chat-service:", err)
-		os.Exit(1)
-	}
+	service.Main(appID, err, cfg.Port, "/health", func(ctx context.Context) error { return run(ctx, cfg) })
 }
 
 func run(ctx context.Context, cfg config) error {
-	log := logging.New(os.Stdout, cfg.logFormat, cfg.logLevel).With("app_id", "chat-service")
-	shutdownTracing, err := telemetry.Setup(ctx, "chat-service", log)
+	log, stopTracing, err := service.Observe(ctx, appID, cfg.LogFormat, cfg.LogLevel)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = shutdownTracing(sctx)
-	}()
-	ln, err := server.Listen(net.JoinHostPort(cfg.host, strconv.Itoa(cfg.port)))
+	defer stopTracing()
+	ln, err := server.Listen(cfg.Addr())
 	if err != nil {
 		return err
 	}
-	s := &srv{log: log, appToken: cfg.appToken, chatTimeout: cfg.chatTimeout}
+	s := newServer(log, cfg.AppToken, cfg.chatTimeout)
 	errc := make(chan error, 1)
 	go func() { errc <- server.Serve(ctx, ln, s.routes(), cfg.chatTimeout+5*time.Second, log) }()
 
@@ -113,7 +85,7 @@ func run(ctx context.Context, cfg config) error {
 	if err := chat.Warmup(initCtx, wf, 10*time.Second, log); err != nil {
 		return err
 	}
-	s.d.Store(&deps{wf: wf, sidecar: dc, llmMode: model.Mode()})
+	s.ready(wf, dc, model.Mode())
 	log.Info("ready", "llm", model.Mode(), "chat_timeout", cfg.chatTimeout.String())
 	err = <-errc
 	stopWorker()

@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"time"
 
 	dapr "github.com/dapr/go-sdk/client"
 	"github.com/go-chi/chi/v5"
@@ -21,18 +20,12 @@ import (
 	"github.com/daca-go/daca/internal/llm"
 	"github.com/daca-go/daca/internal/logging"
 	"github.com/daca-go/daca/internal/memory"
-	"github.com/daca-go/daca/internal/metrics"
-	"github.com/daca-go/daca/internal/telemetry"
+	"github.com/daca-go/daca/internal/service"
 )
 
 // Publisher publishes pub/sub events through the sidecar.
 type Publisher interface {
 	PublishEvent(ctx context.Context, pubsubName, topicName string, data interface{}, opts ...dapr.PublishEventOption) error
-}
-
-// Sidecar answers whether the Dapr sidecar is reachable.
-type Sidecar interface {
-	GetMetadata(ctx context.Context) (*dapr.GetMetadataResponse, error)
 }
 
 // Model writes summaries.
@@ -42,27 +35,28 @@ type Model interface {
 }
 
 type deps struct {
-	mem *memory.Memory
-	pub interface {
-		Publisher
-		Sidecar
-	}
+	mem   *memory.Memory
+	pub   Publisher
 	model Model
 }
 
 type srv struct {
-	log      *slog.Logger
-	appToken string
-	d        atomic.Pointer[deps]
+	service.Base
+	log *slog.Logger
+	d   atomic.Pointer[deps]
 }
 
-func newServer(log *slog.Logger, appToken string) *srv { return &srv{log: log, appToken: appToken} }
+func newServer(log *slog.Logger, appToken string) *srv {
+	return &srv{Base: service.Base{Welcome: "Welcome to the DACA Agent Memory Service! See README.md for the API.", Log: log, AppToken: appToken}, log: log}
+}
 
+// ready hands over the memory; the routes answer from then on.
 func (s *srv) ready(mem *memory.Memory, pub interface {
 	Publisher
-	Sidecar
+	service.Sidecar
 }, model Model) {
 	s.d.Store(&deps{mem: mem, pub: pub, model: model})
+	s.SetReady(pub, model.Mode())
 }
 
 // Topics and limits.
@@ -75,53 +69,15 @@ const (
 )
 
 func (s *srv) routes() http.Handler {
-	r := chi.NewRouter()
-	r.Use(telemetry.Middleware, httpx.RequestID(s.log), httpx.Log(s.log), metrics.Middleware, httpx.AppToken(s.appToken))
-	r.Get("/", func(w http.ResponseWriter, r *http.Request) {
-		httpx.JSON(w, http.StatusOK, map[string]string{"message": "Welcome to the DACA Agent Memory Service! See README.md for the API."})
-	})
-	r.Get("/health", s.health)
-	r.Handle("/metrics", metrics.Handler())
-	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) { // live: the process answers
-		httpx.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
-	r.Group(func(r chi.Router) {
-		r.Use(s.requireReady)
+	return s.Router(func(r chi.Router) {
 		r.Get("/memories/{user_id}", s.getMemory)
 		r.Post("/memories/{user_id}/initialize", s.initialize)
 		r.Delete("/memories/{user_id}", s.forgetUser)
 		r.Get("/conversations/{session_id}", s.getConversation)
 		r.Delete("/conversations/{session_id}", s.deleteConversation)
 		r.Get("/users/{user_id}/sessions", s.sessions)
+		r.Post("/conversations", s.onConversation)
 	})
-	r.Post("/conversations", s.onConversation)
-	return r
-}
-
-func (s *srv) requireReady(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if s.d.Load() == nil {
-			w.Header().Set("Retry-After", "1")
-			httpx.Error(w, r, s.log, apperr.New(apperr.Unavailable, "the service is starting"))
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
-func (s *srv) health(w http.ResponseWriter, r *http.Request) {
-	d := s.d.Load()
-	if d == nil {
-		httpx.JSON(w, http.StatusServiceUnavailable, map[string]string{"status": "starting", "dapr": "connecting", "llm": "unknown"})
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-	defer cancel()
-	daprState, status, code := "ok", "ok", http.StatusOK
-	if _, err := d.pub.GetMetadata(ctx); err != nil {
-		daprState, status, code = "unavailable", "degraded", http.StatusServiceUnavailable
-	}
-	httpx.JSON(w, code, map[string]string{"status": status, "dapr": daprState, "llm": d.model.Mode()})
 }
 
 func (s *srv) getMemory(w http.ResponseWriter, r *http.Request) {

@@ -5,28 +5,20 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"net"
-	"os"
-	"os/signal"
-	"strconv"
-	"syscall"
 	"time"
 
 	"github.com/daca-go/daca/internal/daprc"
 	"github.com/daca-go/daca/internal/env"
 	"github.com/daca-go/daca/internal/llm"
-	"github.com/daca-go/daca/internal/logging"
 	"github.com/daca-go/daca/internal/memory"
 	"github.com/daca-go/daca/internal/server"
-	"github.com/daca-go/daca/internal/telemetry"
+	"github.com/daca-go/daca/internal/service"
 )
 
+const appID = "agent-memory-service"
+
 type config struct {
-	port                    int
-	host                    string
-	logFormat, logLevel     string
-	appToken                string
+	service.Common
 	historyCap, summaryLast int
 	llm                     llm.Config
 }
@@ -34,11 +26,7 @@ type config struct {
 func loadConfig() (config, error) {
 	r := env.New()
 	c := config{
-		port:        r.Int("APP_PORT", 8001, 1, 65535),
-		host:        r.String("APP_HOST", "127.0.0.1"),
-		logFormat:   r.String("LOG_FORMAT", "json"),
-		logLevel:    r.String("LOG_LEVEL", "info"),
-		appToken:    r.String("APP_API_TOKEN", ""),
+		Common:      service.ReadCommon(r, 8001),
 		historyCap:  r.Int("HISTORY_CAP", 200, 2, 100000),
 		summaryLast: r.Int("SUMMARY_LAST", 10, 1, 1000),
 		llm:         llm.ConfigFromEnv(r),
@@ -48,37 +36,20 @@ func loadConfig() (config, error) {
 
 func main() {
 	cfg, err := loadConfig()
-	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
-		os.Exit(server.Healthcheck(cfg.port, "/health"))
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "agent-memory-service: invalid configuration:", err)
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, cfg); err != nil {
-		fmt.Fprintln(os.Stderr, "agent-memory-service:", err)
-		os.Exit(1)
-	}
+	service.Main(appID, err, cfg.Port, "/health", func(ctx context.Context) error { return run(ctx, cfg) })
 }
 
 func run(ctx context.Context, cfg config) error {
-	log := logging.New(os.Stdout, cfg.logFormat, cfg.logLevel).With("app_id", "agent-memory-service")
-	shutdownTracing, err := telemetry.Setup(ctx, "agent-memory-service", log)
+	log, stopTracing, err := service.Observe(ctx, appID, cfg.LogFormat, cfg.LogLevel)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = shutdownTracing(sctx)
-	}()
-	ln, err := server.Listen(net.JoinHostPort(cfg.host, strconv.Itoa(cfg.port)))
+	defer stopTracing()
+	ln, err := server.Listen(cfg.Addr())
 	if err != nil {
 		return err
 	}
-	srv := newServer(log, cfg.appToken)
+	srv := newServer(log, cfg.AppToken)
 	// Serve at once (health says "starting"); connect to Dapr meanwhile.
 	errc := make(chan error, 1)
 	go func() { errc <- server.Serve(ctx, ln, srv.routes(), 15*time.Second, log) }()

@@ -1,0 +1,162 @@
+// Package service is what the chat and memory services share: the process
+// skeleton (configuration errors, the `healthcheck` subcommand for
+// containers, signals, exit codes), logging and tracing set-up, and the HTTP
+// router with the middleware and the routes every service has (/, /health,
+// /healthz, /metrics) around the service's own routes, which answer 503
+// until the service is ready.
+package service
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	dapr "github.com/dapr/go-sdk/client"
+	"github.com/go-chi/chi/v5"
+
+	"github.com/daca-go/daca/internal/apperr"
+	"github.com/daca-go/daca/internal/env"
+	"github.com/daca-go/daca/internal/httpx"
+	"github.com/daca-go/daca/internal/logging"
+	"github.com/daca-go/daca/internal/metrics"
+	"github.com/daca-go/daca/internal/server"
+	"github.com/daca-go/daca/internal/telemetry"
+)
+
+// Main runs a service process: an invalid configuration exits 2 with one
+// message, `<binary> healthcheck` probes the running service on loopback,
+// and run gets a context that ends on SIGINT or SIGTERM.
+func Main(appID string, cfgErr error, port int, healthPath string, run func(context.Context) error) {
+	if cfgErr != nil {
+		fmt.Fprintf(os.Stderr, "%s: invalid configuration: %v\n", appID, cfgErr)
+		os.Exit(2)
+	}
+	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
+		os.Exit(server.Healthcheck(port, healthPath))
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", appID, err)
+		stop()
+		os.Exit(1)
+	}
+}
+
+// Observe makes the service's logger and starts tracing; call the returned
+// function on the way out to flush spans.
+func Observe(ctx context.Context, appID, format, level string) (*slog.Logger, func(), error) {
+	log := logging.New(os.Stdout, format, level).With("app_id", appID)
+	shutdown, err := telemetry.Setup(ctx, appID, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	return log, func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = shutdown(sctx)
+	}, nil
+}
+
+// Sidecar answers whether the Dapr sidecar is reachable.
+type Sidecar interface {
+	GetMetadata(ctx context.Context) (*dapr.GetMetadataResponse, error)
+}
+
+type readiness struct {
+	sidecar Sidecar
+	llm     string
+}
+
+// Base is the common part of a service's HTTP surface.
+type Base struct {
+	Welcome  string // message of GET /
+	Log      *slog.Logger
+	AppToken string // APP_API_TOKEN: only the sidecar may call the service's routes
+	ready    atomic.Pointer[readiness]
+}
+
+// SetReady marks the service ready; /health then reports the sidecar and
+// the LLM mode.
+func (b *Base) SetReady(sidecar Sidecar, llmMode string) {
+	b.ready.Store(&readiness{sidecar: sidecar, llm: llmMode})
+}
+
+// Router returns the service's router: the shared middleware (tracing,
+// request id, logging, metrics, app token) and routes, with mount's routes
+// answering 503 "starting" until SetReady.
+func (b *Base) Router(mount func(r chi.Router)) http.Handler {
+	r := chi.NewRouter()
+	r.Use(telemetry.Middleware, httpx.RequestID(b.Log), httpx.Log(b.Log), metrics.Middleware, httpx.AppToken(b.AppToken))
+	r.Get("/", func(w http.ResponseWriter, r *http.Request) {
+		httpx.JSON(w, http.StatusOK, map[string]string{"message": b.Welcome})
+	})
+	r.Get("/health", b.health)
+	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) { // live: the process answers
+		httpx.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	r.Handle("/metrics", metrics.Handler())
+	r.Group(func(r chi.Router) {
+		r.Use(b.requireReady)
+		mount(r)
+	})
+	return r
+}
+
+func (b *Base) requireReady(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if b.ready.Load() == nil {
+			w.Header().Set("Retry-After", "1")
+			httpx.Error(w, r, b.Log, apperr.New(apperr.Unavailable, "the service is starting"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// health answers {status, dapr, llm}: 200 when the sidecar answers.
+func (b *Base) health(w http.ResponseWriter, r *http.Request) {
+	rd := b.ready.Load()
+	if rd == nil {
+		httpx.JSON(w, http.StatusServiceUnavailable, map[string]string{"status": "starting", "dapr": "connecting", "llm": "unknown"})
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	daprState, status, code := "ok", "ok", http.StatusOK
+	if _, err := rd.sidecar.GetMetadata(ctx); err != nil {
+		daprState, status, code = "unavailable", "degraded", http.StatusServiceUnavailable
+	}
+	httpx.JSON(w, code, map[string]string{"status": status, "dapr": daprState, "llm": rd.llm})
+}
+
+// Common is the configuration every app reads from its environment.
+type Common struct {
+	Port      int    // APP_PORT
+	Host      string // APP_HOST (127.0.0.1; 0.0.0.0 in containers)
+	LogFormat string // LOG_FORMAT: json or text
+	LogLevel  string // LOG_LEVEL
+	AppToken  string // APP_API_TOKEN: only the sidecar may call the app
+}
+
+// ReadCommon reads the common configuration; defPort is the app's port.
+func ReadCommon(r *env.Reader, defPort int) Common {
+	return Common{
+		Port:      r.Int("APP_PORT", defPort, 1, 65535),
+		Host:      r.String("APP_HOST", "127.0.0.1"),
+		LogFormat: r.String("LOG_FORMAT", "json"),
+		LogLevel:  r.String("LOG_LEVEL", "info"),
+		AppToken:  r.String("APP_API_TOKEN", ""),
+	}
+}
+
+// Addr is the address the app listens on.
+func (c Common) Addr() string { return net.JoinHostPort(c.Host, strconv.Itoa(c.Port)) }
