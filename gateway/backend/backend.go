@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/daca-go/daca/internal/apperr"
+	"github.com/daca-go/daca/internal/chat"
 	"github.com/daca-go/daca/internal/memory"
 )
 
@@ -64,25 +65,7 @@ type Reply struct {
 }
 
 // Run is a chat turn as chat-service describes it.
-type Run struct {
-	InstanceID string     `json:"instance_id"`
-	Status     string     `json:"status"`
-	Stage      string     `json:"stage,omitempty"`
-	UserID     string     `json:"user_id,omitempty"`
-	SessionID  string     `json:"session_id,omitempty"`
-	Reply      *string    `json:"reply,omitempty"`
-	Error      string     `json:"error,omitempty"`
-	Timestamp  *time.Time `json:"timestamp,omitempty"`
-}
-
-// Terminal reports whether the run has ended.
-func (r Run) Terminal() bool {
-	switch r.Status {
-	case "COMPLETED", "FAILED", "TERMINATED", "CANCELED":
-		return true
-	}
-	return false
-}
+type Run = chat.Run
 
 // Health of the backends.
 type Health struct {

@@ -65,6 +65,28 @@ type Output struct {
 	Timestamp time.Time `json:"timestamp"`
 }
 
+// Run is a chat turn as GET /chat/{instance_id} describes it (the JSON of
+// chat-service's API, read back by the gateway).
+type Run struct {
+	InstanceID string     `json:"instance_id"`
+	Status     string     `json:"status"` // PENDING, RUNNING, COMPLETED, FAILED, TERMINATED, ...
+	Stage      string     `json:"stage,omitempty"`
+	UserID     string     `json:"user_id,omitempty"`
+	SessionID  string     `json:"session_id,omitempty"`
+	Reply      *string    `json:"reply,omitempty"`
+	Error      string     `json:"error,omitempty"` // client-safe
+	Timestamp  *time.Time `json:"timestamp,omitempty"`
+}
+
+// Terminal reports whether the run has ended.
+func (r Run) Terminal() bool {
+	switch r.Status {
+	case "COMPLETED", "FAILED", "TERMINATED", "CANCELED":
+		return true
+	}
+	return false
+}
+
 // Context is what fetch_context returns.
 type Context struct {
 	Profile  memory.Profile `json:"profile"`

@@ -227,21 +227,14 @@ func (s *srv) chatAsync(w http.ResponseWriter, r *http.Request) {
 	httpx.JSON(w, http.StatusAccepted, map[string]any{"instance_id": id, "session_id": in.SessionID})
 }
 
-// Run is the state of a chat turn as GET /chat/{id} shows it.
-type Run struct {
-	InstanceID string     `json:"instance_id"`
-	Status     string     `json:"status"`
-	Stage      string     `json:"stage,omitempty"`
-	UserID     string     `json:"user_id,omitempty"`
-	SessionID  string     `json:"session_id,omitempty"`
-	Reply      *string    `json:"reply,omitempty"`
-	Error      string     `json:"error,omitempty"`
-	Timestamp  *time.Time `json:"timestamp,omitempty"`
-	out        chat.Output
+// described is a turn as GET /chat/{id} shows it, with its output decoded.
+type described struct {
+	chat.Run
+	out chat.Output
 }
 
-func describe(id string, meta *workflow.WorkflowMetadata) Run {
-	run := Run{InstanceID: id, Status: meta.String()}
+func describe(id string, meta *workflow.WorkflowMetadata) described {
+	run := described{Run: chat.Run{InstanceID: id, Status: meta.String()}}
 	if meta.CustomStatus != nil && run.Status == "RUNNING" {
 		run.Stage = meta.CustomStatus.GetValue()
 	}
@@ -282,5 +275,5 @@ func (s *srv) chatStatus(w http.ResponseWriter, r *http.Request) {
 		httpx.Error(w, r, s.log, apperr.Wrap(apperr.Unavailable, err, "the workflow engine is unavailable"))
 		return
 	}
-	httpx.JSON(w, http.StatusOK, describe(id, meta))
+	httpx.JSON(w, http.StatusOK, describe(id, meta).Run)
 }
