@@ -130,7 +130,7 @@ func up(ctx context.Context, args []string) error {
 		stackApps = append(stackApps, stack.App{
 			ID: d.id, AppPort: d.port, HTTPPort: d.httpPort, GRPCPort: d.grpcPort,
 			Command: []string{bin}, HealthPath: d.health, Secrets: d.secrets,
-			Env: []string{"LOG_FORMAT=text"},
+			Env: append(passThrough(os.Environ()), "LOG_FORMAT=text"),
 		})
 	}
 
@@ -235,6 +235,24 @@ func hasMain(dir string) bool {
 		}
 	}
 	return false
+}
+
+// passThroughPrefixes are the apps' own settings that `daca up` hands on
+// from its environment (README, Configuration), e.g. LLM_BASE_URL=... make run.
+var passThroughPrefixes = []string{"LLM_", "CHAT_TIMEOUT", "HISTORY_CAP", "SUMMARY_LAST", "LOG_LEVEL",
+	"AUTH_MODE", "JWT_", "GRAPHQL_", "CORS_ORIGINS", "RATE_LIMIT_", "WS_", "SUBSCRIBER_QUEUE", "BACKEND_TIMEOUT", "OTEL_"}
+
+func passThrough(environ []string) []string {
+	var out []string
+	for _, kv := range environ {
+		for _, p := range passThroughPrefixes {
+			if strings.HasPrefix(kv, p) {
+				out = append(out, kv)
+				break
+			}
+		}
+	}
+	return out
 }
 
 func envOr(k, def string) string {
