@@ -240,7 +240,7 @@ func originPatterns(origins []string) []string {
 func (s *Server) Routes(ready func(context.Context) error) http.Handler {
 	s.ready = ready
 	r := chi.NewRouter()
-	r.Use(telemetry.Middleware, httpx.RequestID(s.log), httpx.Log(s.log))
+	r.Use(telemetry.Middleware(httpx.IsProbe), httpx.RequestID(s.log), httpx.Log(s.log))
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		httpx.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

@@ -97,6 +97,16 @@ func Error(w http.ResponseWriter, r *http.Request, base *slog.Logger, err error)
 	JSON(w, status, map[string]any{"detail": apperr.MessageOf(err), "code": string(code)})
 }
 
+// IsProbe reports whether path is a health probe or the metrics scrape:
+// open to everyone (no app token), not logged, not traced, not counted.
+func IsProbe(path string) bool {
+	switch path {
+	case "/health", "/healthz", "/readyz", "/metrics":
+		return true
+	}
+	return false
+}
+
 // RequestID takes X-Request-Id (or the trace id of traceparent) or makes one,
 // echoes it, and puts a logger carrying it (and the trace id) in the context.
 func RequestID(base *slog.Logger) func(http.Handler) http.Handler {
@@ -130,12 +140,21 @@ func TraceID(traceparent string) string {
 	return parts[1]
 }
 
-type statusWriter struct {
+// StatusWriter records the status a handler answered with; it keeps
+// hijacking (websockets) and flushing working.
+type StatusWriter struct {
 	http.ResponseWriter
 	status int
 }
 
-func (s *statusWriter) WriteHeader(code int) {
+// NewStatusWriter wraps w.
+func NewStatusWriter(w http.ResponseWriter) *StatusWriter { return &StatusWriter{ResponseWriter: w} }
+
+// Status is the answered status (200 when the handler only wrote a body,
+// 0 when it answered nothing).
+func (s *StatusWriter) Status() int { return s.status }
+
+func (s *StatusWriter) WriteHeader(code int) {
 	if s.status == 0 {
 		s.status = code
 	}
@@ -143,10 +162,10 @@ func (s *statusWriter) WriteHeader(code int) {
 }
 
 // Unwrap lets http.ResponseController reach the connection (websockets).
-func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+func (s *StatusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 // Hijack hands the connection over (websocket upgrades).
-func (s *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+func (s *StatusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	hj, ok := s.ResponseWriter.(http.Hijacker)
 	if !ok {
 		return nil, nil, errors.New("httpx: the response writer cannot be hijacked")
@@ -158,13 +177,13 @@ func (s *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 }
 
 // Flush sends buffered data (server-sent events).
-func (s *statusWriter) Flush() {
+func (s *StatusWriter) Flush() {
 	if f, ok := s.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}
 }
 
-func (s *statusWriter) Write(b []byte) (int, error) {
+func (s *StatusWriter) Write(b []byte) (int, error) {
 	if s.status == 0 {
 		s.status = http.StatusOK
 	}
@@ -176,7 +195,7 @@ func Log(base *slog.Logger) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			start := time.Now()
-			sw := &statusWriter{ResponseWriter: w}
+			sw := NewStatusWriter(w)
 			log := logging.From(r.Context(), base)
 			defer func() {
 				if p := recover(); p != nil {
@@ -185,7 +204,7 @@ func Log(base *slog.Logger) func(http.Handler) http.Handler {
 						JSON(sw, http.StatusInternalServerError, map[string]any{"detail": "internal error", "code": "internal"})
 					}
 				}
-				if r.URL.Path == "/health" || r.URL.Path == "/healthz" {
+				if IsProbe(r.URL.Path) {
 					return
 				}
 				log.Info("http", "method", r.Method, "path", r.URL.Path, "status", sw.status,
@@ -205,7 +224,7 @@ func AppToken(token string) func(http.Handler) http.Handler {
 			return next
 		}
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.URL.Path != "/health" && r.URL.Path != "/healthz" && r.URL.Path != "/metrics" &&
+			if !IsProbe(r.URL.Path) &&
 				subtle.ConstantTimeCompare([]byte(r.Header.Get("dapr-api-token")), []byte(token)) != 1 {
 				JSON(w, http.StatusUnauthorized, map[string]any{"detail": "this app only accepts calls from its Dapr sidecar", "code": "unauthenticated"})
 				return

@@ -14,6 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/daca-go/daca/internal/httpx"
 )
 
 var (
@@ -26,45 +28,26 @@ var (
 	}, []string{"route", "method"})
 )
 
-type recorder struct {
-	http.ResponseWriter
-	status int
-}
-
-func (r *recorder) WriteHeader(code int) {
-	if r.status == 0 {
-		r.status = code
-	}
-	r.ResponseWriter.WriteHeader(code)
-}
-
-func (r *recorder) Write(b []byte) (int, error) {
-	if r.status == 0 {
-		r.status = http.StatusOK
-	}
-	return r.ResponseWriter.Write(b)
-}
-
-func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
-
 // Middleware records every request under its route pattern. Use it inside
 // the chi router (r.Use) so the pattern is known.
 func Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if httpx.IsProbe(r.URL.Path) {
+			next.ServeHTTP(w, r)
+			return
+		}
 		start := time.Now()
-		rec := &recorder{ResponseWriter: w}
+		rec := httpx.NewStatusWriter(w)
 		next.ServeHTTP(rec, r)
 		route := "unmatched"
 		if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" {
 			route = rc.RoutePattern()
 		}
-		if route == "/metrics" {
-			return
+		status := rec.Status()
+		if status == 0 {
+			status = http.StatusOK
 		}
-		if rec.status == 0 {
-			rec.status = http.StatusOK
-		}
-		requests.WithLabelValues(route, r.Method, strconv.Itoa(rec.status)).Inc()
+		requests.WithLabelValues(route, r.Method, strconv.Itoa(status)).Inc()
 		duration.WithLabelValues(route, r.Method).Observe(time.Since(start).Seconds())
 	})
 }

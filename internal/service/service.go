@@ -95,7 +95,7 @@ func (b *Base) SetReady(sidecar Sidecar, llmMode string) {
 // answering 503 "starting" until SetReady.
 func (b *Base) Router(mount func(r chi.Router)) http.Handler {
 	r := chi.NewRouter()
-	r.Use(telemetry.Middleware, httpx.RequestID(b.Log), httpx.Log(b.Log), metrics.Middleware, httpx.AppToken(b.AppToken))
+	r.Use(telemetry.Middleware(httpx.IsProbe), httpx.RequestID(b.Log), httpx.Log(b.Log), metrics.Middleware, httpx.AppToken(b.AppToken))
 	r.Get("/", func(w http.ResponseWriter, r *http.Request) {
 		httpx.JSON(w, http.StatusOK, map[string]string{"message": b.Welcome})
 	})

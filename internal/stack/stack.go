@@ -513,20 +513,6 @@ func (s *Stack) waitApp(ctx context.Context, a *RunningApp) error {
 	return nil
 }
 
-// RestartApp kills an app process (like a crash) and starts it again, then
-// waits until it is ready. The sidecar keeps running.
-func (s *Stack) RestartApp(ctx context.Context, id string) error {
-	a := s.App(id)
-	if a == nil || a.AppCmd == nil {
-		return fmt.Errorf("stack: no app process %q", id)
-	}
-	a.AppCmd.Kill()
-	if err := s.startAppProcess(a); err != nil {
-		return err
-	}
-	return s.waitApp(ctx, a)
-}
-
 // KillApp kills an app process without restarting it.
 func (s *Stack) KillApp(id string) error {
 	a := s.App(id)

@@ -82,10 +82,17 @@ func FromCarrier(ctx context.Context, c map[string]string) context.Context {
 }
 
 // Middleware starts a server span per request, continuing the caller's
-// trace (traceparent header). Health probes are not traced.
-func Middleware(next http.Handler) http.Handler {
+// trace (traceparent header); requests for which skip says true (health
+// probes) are not traced.
+func Middleware(skip func(path string) bool) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return traced(skip, next)
+	}
+}
+
+func traced(skip func(string) bool, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/health" || r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || r.URL.Path == "/metrics" {
+		if skip != nil && skip(r.URL.Path) {
 			next.ServeHTTP(w, r)
 			return
 		}
