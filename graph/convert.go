@@ -99,8 +99,28 @@ func toRun(r backend.Run) *model.ChatRun {
 	}
 }
 
-// limitTurns applies the per-user limit of chat turns.
-func (r *Resolver) limitTurns(userID string) error {
+// forUser checks a user id argument and that the caller may act for it.
+func (r *Resolver) forUser(ctx context.Context, userID string) error {
+	if err := checkID("userId", userID); err != nil {
+		return err
+	}
+	return r.Guard.User(ctx, userID)
+}
+
+// forSession checks a session id argument and that the caller may use it.
+func (r *Resolver) forSession(ctx context.Context, sessionID string) error {
+	if err := checkID("sessionId", sessionID); err != nil {
+		return err
+	}
+	return r.ownSession(ctx, sessionID)
+}
+
+// mayChat checks that the caller may send as userID and is within the
+// per-user limit of chat turns.
+func (r *Resolver) mayChat(ctx context.Context, userID string) error {
+	if err := r.Guard.User(ctx, userID); err != nil {
+		return err
+	}
 	if ok, wait := r.Turns.Allow(userID); !ok {
 		return &apperr.Error{Code: apperr.RateLimited, Message: "too many messages; slow down", RetryAfter: wait}
 	}

@@ -20,10 +20,7 @@ func (r *mutationResolver) SendMessage(ctx context.Context, input model.SendMess
 	if err != nil {
 		return nil, err
 	}
-	if err := r.Guard.User(ctx, in.UserID); err != nil {
-		return nil, err
-	}
-	if err := r.limitTurns(in.UserID); err != nil {
+	if err := r.mayChat(ctx, in.UserID); err != nil {
 		return nil, err
 	}
 	rep, err := r.Backend.SendMessage(ctx, in)
@@ -40,10 +37,7 @@ func (r *mutationResolver) StartChat(ctx context.Context, input model.SendMessag
 	if err != nil {
 		return nil, err
 	}
-	if err := r.Guard.User(ctx, in.UserID); err != nil {
-		return nil, err
-	}
-	if err := r.limitTurns(in.UserID); err != nil {
+	if err := r.mayChat(ctx, in.UserID); err != nil {
 		return nil, err
 	}
 	run, err := r.Backend.StartChat(ctx, in)
@@ -55,10 +49,7 @@ func (r *mutationResolver) StartChat(ctx context.Context, input model.SendMessag
 
 // InitializeMemory is the resolver for the initializeMemory field.
 func (r *mutationResolver) InitializeMemory(ctx context.Context, userID string, input model.MemoryInput) (*model.Memory, error) {
-	if err := checkID("userId", userID); err != nil {
-		return nil, err
-	}
-	if err := r.Guard.User(ctx, userID); err != nil {
+	if err := r.forUser(ctx, userID); err != nil {
 		return nil, err
 	}
 	p := memory.Profile{}
@@ -80,10 +71,7 @@ func (r *mutationResolver) InitializeMemory(ctx context.Context, userID string, 
 
 // ForgetUser is the resolver for the forgetUser field.
 func (r *mutationResolver) ForgetUser(ctx context.Context, userID string) (*model.ForgetResult, error) {
-	if err := checkID("userId", userID); err != nil {
-		return nil, err
-	}
-	if err := r.Guard.User(ctx, userID); err != nil {
+	if err := r.forUser(ctx, userID); err != nil {
 		return nil, err
 	}
 	n, err := r.Backend.ForgetUser(ctx, userID)
@@ -95,10 +83,7 @@ func (r *mutationResolver) ForgetUser(ctx context.Context, userID string) (*mode
 
 // DeleteConversation is the resolver for the deleteConversation field.
 func (r *mutationResolver) DeleteConversation(ctx context.Context, sessionID string) (bool, error) {
-	if err := checkID("sessionId", sessionID); err != nil {
-		return false, err
-	}
-	if err := r.ownSession(ctx, sessionID); err != nil {
+	if err := r.forSession(ctx, sessionID); err != nil {
 		return false, err
 	}
 	return r.Backend.DeleteConversation(ctx, sessionID)
@@ -106,10 +91,7 @@ func (r *mutationResolver) DeleteConversation(ctx context.Context, sessionID str
 
 // Memory is the resolver for the memory field.
 func (r *queryResolver) Memory(ctx context.Context, userID string) (*model.Memory, error) {
-	if err := checkID("userId", userID); err != nil {
-		return nil, err
-	}
-	if err := r.Guard.User(ctx, userID); err != nil {
+	if err := r.forUser(ctx, userID); err != nil {
 		return nil, err
 	}
 	p, err := r.Backend.Memory(ctx, userID)
@@ -121,10 +103,7 @@ func (r *queryResolver) Memory(ctx context.Context, userID string) (*model.Memor
 
 // Conversation is the resolver for the conversation field.
 func (r *queryResolver) Conversation(ctx context.Context, sessionID string, last *int) (*model.Conversation, error) {
-	if err := checkID("sessionId", sessionID); err != nil {
-		return nil, err
-	}
-	if err := r.ownSession(ctx, sessionID); err != nil {
+	if err := r.forSession(ctx, sessionID); err != nil {
 		return nil, err
 	}
 	if last != nil && *last < 0 {
@@ -146,10 +125,7 @@ func (r *queryResolver) Conversation(ctx context.Context, sessionID string, last
 
 // Sessions is the resolver for the sessions field.
 func (r *queryResolver) Sessions(ctx context.Context, userID string) ([]*model.Session, error) {
-	if err := checkID("userId", userID); err != nil {
-		return nil, err
-	}
-	if err := r.Guard.User(ctx, userID); err != nil {
+	if err := r.forUser(ctx, userID); err != nil {
 		return nil, err
 	}
 	list, err := r.Backend.Sessions(ctx, userID)
@@ -237,10 +213,7 @@ func (r *subscriptionResolver) ConversationUpdated(ctx context.Context, sessionI
 
 // MemoryUpdated is the resolver for the memoryUpdated field.
 func (r *subscriptionResolver) MemoryUpdated(ctx context.Context, userID string) (<-chan *model.MemoryEvent, error) {
-	if err := checkID("userId", userID); err != nil {
-		return nil, err
-	}
-	if err := r.Guard.User(ctx, userID); err != nil {
+	if err := r.forUser(ctx, userID); err != nil {
 		return nil, err
 	}
 	sub := r.Memories.Subscribe(ctx, func(ev *model.MemoryEvent) bool { return ev.UserID == userID })
