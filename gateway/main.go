@@ -46,7 +46,9 @@ func loadConfig() (config, error) {
 		ratePerMinute: r.Int("RATE_LIMIT_PER_MINUTE", 30, 0, 100000),
 		rateBurst:     r.Int("RATE_LIMIT_BURST", 10, 1, 100000),
 		callTimeout:   r.Duration("BACKEND_TIMEOUT", 10*time.Second),
-		chatTimeout:   r.Duration("CHAT_TIMEOUT", 75*time.Second),
+		// The same CHAT_TIMEOUT as chat-service, which answers 504 when it is
+		// over; the gateway waits a little longer so it sees that answer.
+		chatTimeout: r.Duration("CHAT_TIMEOUT", 60*time.Second) + 15*time.Second,
 		http: server.Config{
 			MaxDepth:        r.Int("GRAPHQL_MAX_DEPTH", 12, 2, 100),
 			MaxComplexity:   r.Int("GRAPHQL_MAX_COMPLEXITY", 500, 10, 100000),
