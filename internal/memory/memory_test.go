@@ -6,64 +6,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strconv"
 	"sync"
 	"testing"
 
-	dapr "github.com/dapr/go-sdk/client"
-
 	"github.com/daca-go/daca/internal/apperr"
+	"github.com/daca-go/daca/internal/memory/memorytest"
 )
-
-// fakeState behaves like Dapr's Redis state store with first-write-wins:
-// a write succeeds only with the key's current ETag ("" when absent).
-type fakeState struct {
-	mu      sync.Mutex
-	data    map[string][]byte
-	ver     map[string]int
-	fail    error
-	writes  int
-	getFail error
-}
-
-func newFake() *fakeState { return &fakeState{data: map[string][]byte{}, ver: map[string]int{}} }
-
-func (f *fakeState) GetState(_ context.Context, _, key string, _ map[string]string) (*dapr.StateItem, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.getFail != nil {
-		return nil, f.getFail
-	}
-	item := &dapr.StateItem{Key: key, Value: f.data[key]}
-	if v, ok := f.ver[key]; ok {
-		item.Etag = strconv.Itoa(v)
-	}
-	return item, nil
-}
-
-func (f *fakeState) SaveStateWithETag(_ context.Context, _, key string, data []byte, etag string, _ map[string]string, _ ...dapr.StateOption) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.fail != nil {
-		return f.fail
-	}
-	cur, exists := f.ver[key]
-	if (exists && etag != strconv.Itoa(cur)) || (!exists && etag != "") {
-		return errors.New("possible etag mismatch")
-	}
-	f.ver[key] = cur + 1
-	f.data[key] = append([]byte(nil), data...)
-	f.writes++
-	return nil
-}
-
-func (f *fakeState) DeleteStateWithETag(_ context.Context, _, key string, _ *dapr.ETag, _ map[string]string, _ *dapr.StateOptions) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	delete(f.data, key)
-	delete(f.ver, key)
-	return nil
-}
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
@@ -76,7 +24,7 @@ func ev(user, session, msg string) Event {
 }
 
 func TestProfileDefaultsAndInitialize(t *testing.T) {
-	m := New(newFake(), Config{}, quiet())
+	m := New(memorytest.New(), Config{}, quiet())
 	ctx := t.Context()
 	p, err := m.Profile(ctx, "ana")
 	if err != nil || p != DefaultProfile("ana") || p.UserSummary != "ana is a new user." {
@@ -100,7 +48,7 @@ func TestProfileDefaultsAndInitialize(t *testing.T) {
 }
 
 func TestApplyConcurrentNoLostUpdates(t *testing.T) {
-	f := newFake()
+	f := memorytest.New()
 	m := New(f, Config{}, quiet())
 	var wg sync.WaitGroup
 	errs := make(chan error, 50)
@@ -130,7 +78,7 @@ func TestApplyConcurrentNoLostUpdates(t *testing.T) {
 }
 
 func TestApplyOncePerEventID(t *testing.T) {
-	m := New(newFake(), Config{}, quiet())
+	m := New(memorytest.New(), Config{}, quiet())
 	for i, wantDup := range []bool{false, true, true} {
 		res, err := m.Apply(t.Context(), "same-id", ev("u", "s", "hi"), fixedSummary("sum"))
 		if err != nil || res.Duplicate != wantDup {
@@ -143,7 +91,7 @@ func TestApplyOncePerEventID(t *testing.T) {
 }
 
 func TestHistoryCapAndLast(t *testing.T) {
-	m := New(newFake(), Config{HistoryCap: 6, SummaryLast: 3}, quiet())
+	m := New(memorytest.New(), Config{HistoryCap: 6, SummaryLast: 3}, quiet())
 	var seen [][]Entry
 	sum := func(_ context.Context, _ Profile, recent []Entry) (string, error) {
 		seen = append(seen, recent)
@@ -169,19 +117,19 @@ func TestHistoryCapAndLast(t *testing.T) {
 func TestApplyFailures(t *testing.T) {
 	tests := []struct {
 		name     string
-		setup    func(*fakeState)
+		setup    func(*memorytest.State)
 		sum      Summarizer
 		wantCode apperr.Code
 	}{
 		{"LLM down: nothing written", nil, func(context.Context, Profile, []Entry) (string, error) {
 			return "", apperr.New(apperr.Unavailable, "llm down")
 		}, apperr.Unavailable},
-		{"state store down", func(f *fakeState) { f.getFail = errors.New("connection refused") }, fixedSummary("x"), apperr.Unavailable},
-		{"writes keep failing", func(f *fakeState) { f.fail = errors.New("boom") }, fixedSummary("x"), apperr.Unavailable},
+		{"state store down", func(f *memorytest.State) { f.FailReads(errors.New("connection refused")) }, fixedSummary("x"), apperr.Unavailable},
+		{"writes keep failing", func(f *memorytest.State) { f.FailWrites(errors.New("boom")) }, fixedSummary("x"), apperr.Unavailable},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			f := newFake()
+			f := memorytest.New()
 			if tt.setup != nil {
 				tt.setup(f)
 			}
@@ -190,15 +138,15 @@ func TestApplyFailures(t *testing.T) {
 			if apperr.CodeOf(err) != tt.wantCode {
 				t.Fatalf("err = %v; want %s", err, tt.wantCode)
 			}
-			if f.writes != 0 {
-				t.Fatalf("%d writes after a failure", f.writes)
+			if f.Writes() != 0 {
+				t.Fatalf("%d writes after a failure", f.Writes())
 			}
 		})
 	}
 }
 
 func TestForgetAndDelete(t *testing.T) {
-	f := newFake()
+	f := memorytest.New()
 	m := New(f, Config{}, quiet())
 	ctx := t.Context()
 	m.Initialize(ctx, "u", Profile{Name: "U"})
@@ -219,7 +167,7 @@ func TestForgetAndDelete(t *testing.T) {
 	if n, err := m.ForgetUser(ctx, "u"); n != 1 || err != nil {
 		t.Fatalf("forget = %d, %v", n, err)
 	}
-	if len(f.data) != 0 {
-		t.Fatalf("left behind: %v", f.data)
+	if f.Len() != 0 {
+		t.Fatalf("%d keys left behind", f.Len())
 	}
 }

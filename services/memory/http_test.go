@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -18,47 +17,8 @@ import (
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/llm"
 	"github.com/daca-go/daca/internal/memory"
+	"github.com/daca-go/daca/internal/memory/memorytest"
 )
-
-// state is an in-memory Dapr state store with first-write-wins ETags.
-type state struct {
-	mu   sync.Mutex
-	data map[string][]byte
-	ver  map[string]int
-	down bool
-}
-
-func (s *state) GetState(_ context.Context, _, key string, _ map[string]string) (*dapr.StateItem, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.down {
-		return nil, errors.New("connection refused")
-	}
-	it := &dapr.StateItem{Key: key, Value: s.data[key]}
-	if v, ok := s.ver[key]; ok {
-		it.Etag = strconv.Itoa(v)
-	}
-	return it, nil
-}
-
-func (s *state) SaveStateWithETag(_ context.Context, _, key string, data []byte, etag string, _ map[string]string, _ ...dapr.StateOption) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if v, ok := s.ver[key]; (ok && etag != strconv.Itoa(v)) || (!ok && etag != "") {
-		return errors.New("etag mismatch")
-	}
-	s.ver[key]++
-	s.data[key] = data
-	return nil
-}
-
-func (s *state) DeleteStateWithETag(_ context.Context, _, key string, _ *dapr.ETag, _ map[string]string, _ *dapr.StateOptions) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.data, key)
-	delete(s.ver, key)
-	return nil
-}
 
 type sidecar struct {
 	mu        sync.Mutex
@@ -83,8 +43,8 @@ func (m model) Complete(context.Context, string, []llm.Message, string) (string,
 }
 func (m model) Mode() string { return "offline" }
 
-func setup(llmErr error) (http.Handler, *state, *sidecar) {
-	st := &state{data: map[string][]byte{}, ver: map[string]int{}}
+func setup(llmErr error) (http.Handler, *memorytest.State, *sidecar) {
+	st := memorytest.New()
 	pub := &sidecar{}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	s := newServer(log, "")
@@ -135,15 +95,17 @@ func TestSubscriptionStatuses(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h, st, pub := setup(tt.llmErr)
-			st.down = tt.down
+			if tt.down {
+				st.FailReads(errors.New("connection refused"))
+			}
 			if got := deliver(h, tt.body); got != tt.want {
 				t.Fatalf("status %s; want %s", got, tt.want)
 			}
 			if tt.want == "SUCCESS" && len(pub.published) != 1 {
 				t.Fatalf("MemoryUpdated published %d times", len(pub.published))
 			}
-			if tt.want != "SUCCESS" && len(st.data) != 0 {
-				t.Fatalf("state written for a %s event: %v", tt.want, st.data)
+			if tt.want != "SUCCESS" && st.Writes() != 0 {
+				t.Fatalf("state written for a %s event", tt.want)
 			}
 		})
 	}
