@@ -29,6 +29,9 @@ func benchGateway(ctx context.Context, st *stack.Stack, client *http.Client, cal
 	viaGateway := func() error { return call(http.MethodPost, gql, query) }
 	viaSidecar := func() error { return call(http.MethodGet, direct, nil) }
 
+	// Warm both paths (connections, pools, caches) before measuring either.
+	load(viaGateway, 500, 16)
+	load(viaSidecar, 500, 16)
 	fmt.Println()
 	fmt.Println("bench: memory(userId) through the gateway vs the same read through the gateway's sidecar")
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
