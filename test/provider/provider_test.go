@@ -53,6 +53,7 @@ func TestMain(m *testing.M) {
 			listener.App(),
 		},
 		Secrets: map[string]string{"gemini-api-key": apiKey},
+		Secure:  true, // APP_API_TOKEN: the apps answer only their sidecars
 	})
 	listener.Close()
 	srv.Close()
@@ -206,6 +207,28 @@ func TestCrashDuringGenerateResponse(t *testing.T) {
 	})
 	if n := len(listener.Matching("conversations", session)); n != 1 {
 		t.Fatalf("ConversationUpdated published %d times; want exactly once", n)
+	}
+}
+
+// With APP_API_TOKEN set (daca up --secure), an app refuses calls that do
+// not come from its sidecar; health probes stay open; calls through the
+// sidecar work (every other test here goes that way).
+func TestAppsAnswerOnlyTheirSidecar(t *testing.T) {
+	st := stacktest.Stack(t)
+	for _, app := range []string{"chat-service", "agent-memory-service"} {
+		direct := st.App(app).AppURL()
+		if r := do(t, http.MethodGet, direct+"/memories/pat", nil); r.Status != http.StatusUnauthorized {
+			t.Fatalf("%s answered a direct call: %d %s", app, r.Status, r.Body)
+		}
+		if r := do(t, http.MethodGet, direct+"/memories/pat", nil, "dapr-api-token", "wrong"); r.Status != http.StatusUnauthorized {
+			t.Fatalf("%s accepted a wrong app token: %d", app, r.Status)
+		}
+		if r := do(t, http.MethodGet, direct+"/health", nil); r.Status != http.StatusOK {
+			t.Fatalf("%s health probe: %d", app, r.Status)
+		}
+	}
+	if r := do(t, http.MethodGet, memoryURL(st, "memories/pat"), nil, tok(st)...); r.Status != http.StatusOK {
+		t.Fatalf("through the sidecar: %d %s", r.Status, r.Body)
 	}
 }
 
