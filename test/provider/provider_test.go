@@ -215,12 +215,12 @@ func TestCrashDuringGenerateResponse(t *testing.T) {
 // sidecar work (every other test here goes that way).
 func TestAppsAnswerOnlyTheirSidecar(t *testing.T) {
 	st := stacktest.Stack(t)
-	for _, app := range []string{"chat-service", "agent-memory-service"} {
+	for app, route := range map[string]string{"chat-service": "/chat/chat-none", "agent-memory-service": "/memories/pat"} {
 		direct := st.App(app).AppURL()
-		if r := do(t, http.MethodGet, direct+"/memories/pat", nil); r.Status != http.StatusUnauthorized {
+		if r := do(t, http.MethodGet, direct+route, nil); r.Status != http.StatusUnauthorized {
 			t.Fatalf("%s answered a direct call: %d %s", app, r.Status, r.Body)
 		}
-		if r := do(t, http.MethodGet, direct+"/memories/pat", nil, "dapr-api-token", "wrong"); r.Status != http.StatusUnauthorized {
+		if r := do(t, http.MethodGet, direct+route, nil, "dapr-api-token", "wrong"); r.Status != http.StatusUnauthorized {
 			t.Fatalf("%s accepted a wrong app token: %d", app, r.Status)
 		}
 		if r := do(t, http.MethodGet, direct+"/health", nil); r.Status != http.StatusOK {
