@@ -561,9 +561,6 @@ func (s *Stack) Processes() []*proc.Process {
 	return append([]*proc.Process(nil), s.procs...)
 }
 
-// Config returns the configuration with every port resolved.
-func (s *Stack) Config() Config { return s.cfg }
-
 // Wait blocks until a process exits that should not have (its ExitError) or
 // ctx is done (nil).
 func (s *Stack) Wait(ctx context.Context) error {
