@@ -22,6 +22,8 @@ type wsClient struct {
 	msgs  chan map[string]any
 	done  chan struct{}
 	err   error
+	// results of other operations read while waiting for one
+	pending map[string][]map[string]any
 }
 
 func dial(t *testing.T, url, proto string) *wsClient {
@@ -114,14 +116,30 @@ func (c *wsClient) subscribe(id, query string, vars map[string]any) {
 	c.send(map[string]any{"id": id, "type": typ, "payload": map[string]any{"query": query, "variables": vars}})
 }
 
-// data waits for the next result of operation id.
+// data waits for the next result of operation id; results of other
+// operations that arrive meanwhile are kept for their own data call.
 func (c *wsClient) data(id string, timeout time.Duration) map[string]any {
 	c.t.Helper()
 	typ := "next"
 	if c.proto == "graphql-ws" {
 		typ = "data"
 	}
-	m := c.next(timeout, typ, "error", "complete")
+	var m map[string]any
+	if q := c.pending[id]; len(q) > 0 {
+		m, c.pending[id] = q[0], q[1:]
+	}
+	for m == nil {
+		got := c.next(timeout, typ, "error", "complete")
+		if got["type"] == typ && got["id"] != id {
+			if c.pending == nil {
+				c.pending = map[string][]map[string]any{}
+			}
+			oid := fmt.Sprint(got["id"])
+			c.pending[oid] = append(c.pending[oid], got)
+			continue
+		}
+		m = got
+	}
 	if m["type"] != typ || m["id"] != id {
 		c.t.Fatalf("got %v; want %s for %s", m, typ, id)
 	}
