@@ -399,12 +399,35 @@ func TestThousandSubscribeCyclesBackToBaseline(t *testing.T) {
 	}
 	cycle(0)
 	waitFor(t, func() bool { return s.Memories.Len() == 0 })
-	before := runtime.NumGoroutine()
+	before := settledGoroutines()
 	for i := 1; i <= 1000; i++ {
 		cycle(i)
 	}
-	waitFor(t, func() bool { return s.Memories.Len() == 0 && runtime.NumGoroutine() <= before })
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Memories.Len() != 0 || runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			n := runtime.Stack(buf, true)
+			t.Fatalf("after 1,000 cycles: %d subscribers, %d goroutines (baseline %d)\n%s", s.Memories.Len(), runtime.NumGoroutine(), before, buf[:n])
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	ws.c.Close(websocket.StatusNormalClosure, "")
+}
+
+// settledGoroutines returns the goroutine count once it has not changed for
+// 200 ms (goroutines of earlier tests may still be winding down).
+func settledGoroutines() int {
+	n, same := runtime.NumGoroutine(), 0
+	for same < 20 {
+		time.Sleep(10 * time.Millisecond)
+		if m := runtime.NumGoroutine(); m == n {
+			same++
+		} else {
+			n, same = m, 0
+		}
+	}
+	return n
 }
 
 func TestWebsocketAuth(t *testing.T) {
