@@ -177,6 +177,28 @@ func (r *queryResolver) Health(ctx context.Context) (*model.Health, error) {
 	return out, nil
 }
 
+// Messages is the resolver for the messages field.
+func (r *sessionResolver) Messages(ctx context.Context, obj *model.Session, last *int) ([]*model.Message, error) {
+	n := 0
+	if last != nil {
+		if *last < 0 {
+			return nil, apperr.New(apperr.Invalid, "last must not be negative")
+		}
+		n = *last
+	}
+	// The parent (sessions) has authorised the user; the loader batches
+	// the reads of every session in the response into one call.
+	h, err := r.loadersFrom(ctx).history.Load(ctx, historyKey{sessionID: obj.SessionID, last: n})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*model.Message, len(h))
+	for i, e := range h {
+		out[i] = toMessage(e)
+	}
+	return out, nil
+}
+
 // ConversationUpdated is the resolver for the conversationUpdated field.
 func (r *subscriptionResolver) ConversationUpdated(ctx context.Context, sessionID *string, userID *string) (<-chan *model.ConversationEvent, error) {
 	if sessionID == nil && userID == nil {
@@ -246,11 +268,15 @@ func (r *Resolver) Mutation() MutationResolver { return &mutationResolver{r} }
 // Query returns QueryResolver implementation.
 func (r *Resolver) Query() QueryResolver { return &queryResolver{r} }
 
+// Session returns SessionResolver implementation.
+func (r *Resolver) Session() SessionResolver { return &sessionResolver{r} }
+
 // Subscription returns SubscriptionResolver implementation.
 func (r *Resolver) Subscription() SubscriptionResolver { return &subscriptionResolver{r} }
 
 type (
 	mutationResolver     struct{ *Resolver }
 	queryResolver        struct{ *Resolver }
+	sessionResolver      struct{ *Resolver }
 	subscriptionResolver struct{ *Resolver }
 )

@@ -36,6 +36,9 @@ type Backend interface {
 	Memory(ctx context.Context, userID string) (memory.Profile, error)
 	InitializeMemory(ctx context.Context, userID string, p memory.Profile) (memory.Profile, error)
 	Conversation(ctx context.Context, sessionID string) ([]memory.Entry, error)
+	// Conversations reads several histories in one call (at most
+	// memory.MaxBatch ids), the last `last` entries of each when last > 0.
+	Conversations(ctx context.Context, sessionIDs []string, last int) (map[string][]memory.Entry, error)
 	Sessions(ctx context.Context, userID string) ([]memory.SessionInfo, error)
 	ForgetUser(ctx context.Context, userID string) (int, error)
 	DeleteConversation(ctx context.Context, sessionID string) (bool, error)
@@ -199,6 +202,24 @@ func (d *Dapr) Conversation(ctx context.Context, sessionID string) ([]memory.Ent
 	}
 	err := d.call(ctx, d.Timeout, MemoryApp, "conversations/"+sessionID, http.MethodGet, nil, &out)
 	return out.History, err
+}
+
+func (d *Dapr) Conversations(ctx context.Context, sessionIDs []string, last int) (map[string][]memory.Entry, error) {
+	in := map[string]any{"session_ids": sessionIDs, "last": last}
+	var out struct {
+		Conversations []struct {
+			SessionID string         `json:"session_id"`
+			History   []memory.Entry `json:"history"`
+		} `json:"conversations"`
+	}
+	if err := d.call(ctx, d.Timeout, MemoryApp, "conversations/batch", http.MethodPost, in, &out); err != nil {
+		return nil, err
+	}
+	m := make(map[string][]memory.Entry, len(out.Conversations))
+	for _, c := range out.Conversations {
+		m[c.SessionID] = c.History
+	}
+	return m, nil
 }
 
 func (d *Dapr) Sessions(ctx context.Context, userID string) ([]memory.SessionInfo, error) {

@@ -135,6 +135,9 @@ func (s *Server) GraphQL() http.Handler {
 	srv.Use(extension.FixedComplexityLimit(s.cfg.MaxComplexity))
 	srv.Use(depthLimit{max: s.cfg.MaxDepth})
 	srv.Use(s.metrics)
+	srv.AroundOperations(func(ctx context.Context, next graphql.OperationHandler) graphql.ResponseHandler {
+		return next(graph.WithLoaders(ctx, s.backend)) // per-operation dataloaders
+	})
 	srv.SetErrorPresenter(s.presentError)
 	srv.SetRecoverFunc(func(ctx context.Context, p any) error {
 		logging.From(ctx, s.log).Error("panic in a resolver", "panic", fmt.Sprint(p))

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -42,6 +43,8 @@ type fake struct {
 	runs     map[string]*backend.Run
 	err      error
 	lastIn   backend.ChatInput
+	batches  [][]string // the session ids of each Conversations call
+	convErr  error      // Conversations fails with it
 }
 
 func newFake() *fake {
@@ -68,6 +71,23 @@ func (f *fake) InitializeMemory(_ context.Context, u string, p memory.Profile) (
 }
 func (f *fake) Conversation(_ context.Context, s string) ([]memory.Entry, error) {
 	return f.history[s], f.e()
+}
+func (f *fake) Conversations(_ context.Context, ids []string, last int) (map[string][]memory.Entry, error) {
+	f.mu.Lock()
+	f.batches = append(f.batches, ids)
+	f.mu.Unlock()
+	out := map[string][]memory.Entry{}
+	for _, id := range ids {
+		h := f.history[id]
+		if last > 0 && len(h) > last {
+			h = h[len(h)-last:]
+		}
+		out[id] = append([]memory.Entry{}, h...)
+	}
+	if f.convErr != nil {
+		return nil, f.convErr
+	}
+	return out, f.e()
 }
 func (f *fake) Sessions(_ context.Context, u string) ([]memory.SessionInfo, error) {
 	return f.sessions[u], f.e()
@@ -115,6 +135,8 @@ func TestResolvers(t *testing.T) {
 			`{"conversation":{"sessionId":"s1","messages":[{"role":"ASSISTANT","content":"a","timestamp":"2026-11-29T03:00:00Z"}]}}`},
 		{"sessions", `{ sessions(userId: "ana") { sessionId messageCount lastMessage { role } } }`,
 			`{"sessions":[{"sessionId":"s1","messageCount":2,"lastMessage":{"role":"ASSISTANT"}}]}`},
+		{"sessions with messages", `{ sessions(userId: "ana") { sessionId messages(last: 1) { content } } }`,
+			`{"sessions":[{"sessionId":"s1","messages":[{"content":"a"}]}]}`},
 		{"chatRun", `{ chatRun(instanceId: "chat-1") { instanceId status reply sessionId } }`,
 			`{"chatRun":{"instanceId":"chat-1","status":"COMPLETED","reply":"hi ana","sessionId":"s1"}}`},
 		{"unknown chatRun", `{ chatRun(instanceId: "chat-x") { status } }`, `{"chatRun":null}`},
@@ -148,6 +170,53 @@ func TestResolvers(t *testing.T) {
 	}
 	if f.lastIn.IdempotencyKey != "k" {
 		t.Fatalf("idempotency key not passed: %+v", f.lastIn)
+	}
+}
+
+// TestSessionMessagesBatched checks that the messages of many sessions are
+// read in one backend call per operation (no N+1), and that a failing batch
+// fails each field with the backend's code.
+func TestSessionMessagesBatched(t *testing.T) {
+	f := newFake()
+	ts := time.Date(2026, 11, 29, 3, 0, 0, 0, time.UTC)
+	const n = 40
+	for i := range n {
+		id := fmt.Sprintf("s%d", i+10)
+		f.sessions["ana"] = append(f.sessions["ana"], memory.SessionInfo{SessionID: id, UpdatedAt: ts, MessageCount: 1})
+		f.history[id] = []memory.Entry{{Role: "user", Content: id, Timestamp: ts}}
+	}
+	_, h := newServer(f, Config{})
+	c := client.New(h, client.Path("/graphql"))
+	var resp struct {
+		Sessions []struct {
+			SessionID string
+			Messages  []struct{ Content string }
+		}
+	}
+	c.MustPost(`{ sessions(userId: "ana") { sessionId messages { content } } }`, &resp)
+	if len(resp.Sessions) != n+1 {
+		t.Fatalf("%d sessions; want %d", len(resp.Sessions), n+1)
+	}
+	for _, s := range resp.Sessions[1:] {
+		if len(s.Messages) != 1 || s.Messages[0].Content != s.SessionID {
+			t.Fatalf("session %s has messages %+v", s.SessionID, s.Messages)
+		}
+	}
+	if len(f.batches) != 1 || len(f.batches[0]) != n+1 {
+		t.Fatalf("backend calls: %d (sizes %v); want 1 call with %d ids", len(f.batches), f.batches, n+1)
+	}
+	// A second operation gets fresh loaders: nothing is cached across requests.
+	c.MustPost(`{ sessions(userId: "ana") { messages(last: 1) { content } } }`, &resp)
+	if len(f.batches) != 2 {
+		t.Fatalf("second request: %d backend calls in all; want 2", len(f.batches))
+	}
+	f.convErr = apperr.Wrap(apperr.Unavailable, errors.New("dial tcp 127.0.0.1:50001"), "agent-memory-service is unavailable")
+	if code, _, msg := errCode(t, h, `{ sessions(userId: "ana") { messages { content } } }`); code != "UNAVAILABLE" || msg != "agent-memory-service is unavailable" {
+		t.Fatalf("failed batch: %q %q; want UNAVAILABLE", code, msg)
+	}
+	f.convErr = nil
+	if code, _, msg := errCode(t, h, `{ sessions(userId: "ana") { messages(last: -1) { content } } }`); code != "BAD_USER_INPUT" {
+		t.Fatalf("negative last: %q %q", code, msg)
 	}
 }
 

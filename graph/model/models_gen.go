@@ -172,6 +172,9 @@ type Session struct {
 	MessageCount int `json:"messageCount"`
 	// Its most recent message.
 	LastMessage *Message `json:"lastMessage,omitempty"`
+	// Its messages, oldest first; only the last `last` when given. The messages
+	// of all sessions in a response are read in one batched call.
+	Messages []*Message `json:"messages"`
 }
 
 type Subscription struct {

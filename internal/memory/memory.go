@@ -13,6 +13,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	dapr "github.com/dapr/go-sdk/client"
@@ -23,6 +24,7 @@ import (
 // State is the part of the Dapr client the memory uses.
 type State interface {
 	GetState(ctx context.Context, storeName, key string, meta map[string]string) (*dapr.StateItem, error)
+	GetBulkState(ctx context.Context, storeName string, keys []string, meta map[string]string, parallelism int32) ([]*dapr.BulkStateItem, error)
 	SaveStateWithETag(ctx context.Context, storeName, key string, data []byte, etag string, meta map[string]string, so ...dapr.StateOption) error
 	DeleteStateWithETag(ctx context.Context, storeName, key string, etag *dapr.ETag, meta map[string]string, opts *dapr.StateOptions) error
 }
@@ -245,6 +247,57 @@ func (m *Memory) History(ctx context.Context, sessionID string, last int) ([]Ent
 		h = h[len(h)-last:]
 	}
 	return h, nil
+}
+
+// MaxBatch is the most sessions Histories reads at once.
+const MaxBatch = 100
+
+// Histories returns the entries of several sessions (the last `last` of each
+// when last > 0) in one read of the state store, keyed by session id. A
+// session without history maps to an empty list.
+func (m *Memory) Histories(ctx context.Context, sessionIDs []string, last int) (map[string][]Entry, error) {
+	out := make(map[string][]Entry, len(sessionIDs))
+	if len(sessionIDs) == 0 {
+		return out, nil
+	}
+	if len(sessionIDs) > MaxBatch {
+		return nil, apperr.New(apperr.Invalid, "at most %d sessions at once", MaxBatch)
+	}
+	keys := make([]string, 0, len(sessionIDs))
+	for _, id := range sessionIDs {
+		if _, dup := out[id]; !dup {
+			out[id] = []Entry{}
+			keys = append(keys, sessionKey(id))
+		}
+	}
+	items, err := m.st.GetBulkState(ctx, m.cfg.Store, keys, nil, 0)
+	if err != nil {
+		return nil, apperr.Wrap(apperr.Unavailable, fmt.Errorf("%w: bulk get %d keys: %v", errStore, len(keys), err), "the state store is unavailable")
+	}
+	for _, it := range items {
+		if it == nil {
+			continue
+		}
+		if it.Error != "" {
+			return nil, apperr.Wrap(apperr.Unavailable, fmt.Errorf("%w: bulk get %s: %s", errStore, it.Key, it.Error), "the state store is unavailable")
+		}
+		id, ok := strings.CutPrefix(it.Key, sessionKey(""))
+		if _, asked := out[id]; !ok || !asked || len(it.Value) == 0 {
+			continue
+		}
+		var s session
+		if err := json.Unmarshal(it.Value, &s); err != nil {
+			return nil, apperr.Wrap(apperr.Internal, fmt.Errorf("decode %s: %w", it.Key, err), "stored data is corrupt")
+		}
+		h := s.History
+		if last > 0 && len(h) > last {
+			h = h[len(h)-last:]
+		}
+		if h != nil {
+			out[id] = h
+		}
+	}
+	return out, nil
 }
 
 // Sessions lists a user's sessions, newest first.

@@ -171,3 +171,56 @@ func TestForgetAndDelete(t *testing.T) {
 		t.Fatalf("%d keys left behind", f.Len())
 	}
 }
+
+func TestHistoriesOneRead(t *testing.T) {
+	st := memorytest.New()
+	m := New(st, Config{}, quiet())
+	for i, s := range []string{"a", "a", "b"} {
+		if _, err := m.Apply(t.Context(), fmt.Sprint(i), ev("u", s, fmt.Sprint("m", i)), fixedSummary("s")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		name string
+		ids  []string
+		last int
+		want map[string]int // entries per session
+		code apperr.Code
+	}{
+		{"none", nil, 0, map[string]int{}, ""},
+		{"all", []string{"a", "b", "gone"}, 0, map[string]int{"a": 4, "b": 2, "gone": 0}, ""},
+		{"last", []string{"a", "b"}, 1, map[string]int{"a": 1, "b": 1}, ""},
+		{"duplicates", []string{"b", "b"}, 0, map[string]int{"b": 2}, ""},
+		{"too many", make([]string, MaxBatch+1), 0, nil, apperr.Invalid},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := st.BulkGets()
+			got, err := m.Histories(t.Context(), tt.ids, tt.last)
+			if apperr.CodeOf(err) != tt.code {
+				t.Fatalf("err = %v; want code %q", err, tt.code)
+			}
+			if tt.code != "" {
+				return
+			}
+			if len(got) != len(tt.want) {
+				t.Fatalf("got %d sessions %v; want %v", len(got), got, tt.want)
+			}
+			for id, n := range tt.want {
+				if h, ok := got[id]; !ok || h == nil || len(h) != n {
+					t.Fatalf("%s: %v; want %d entries", id, h, n)
+				}
+			}
+			if reads := st.BulkGets() - before; len(tt.ids) > 0 && reads != 1 {
+				t.Fatalf("%d bulk reads; want 1", reads)
+			}
+		})
+	}
+	if h, _ := m.Histories(t.Context(), []string{"a"}, 1); h["a"][0].Content != "re: m1" {
+		t.Fatalf("last entry = %+v", h["a"])
+	}
+	st.FailReads(errors.New("redis down"))
+	if _, err := m.Histories(t.Context(), []string{"a"}, 0); apperr.CodeOf(err) != apperr.Unavailable {
+		t.Fatalf("outage: %v; want Unavailable", err)
+	}
+}

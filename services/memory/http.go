@@ -74,6 +74,7 @@ func (s *srv) routes() http.Handler {
 		r.Post("/memories/{user_id}/initialize", s.initialize)
 		r.Delete("/memories/{user_id}", s.forgetUser)
 		r.Get("/conversations/{session_id}", s.getConversation)
+		r.Post("/conversations/batch", s.getConversations)
 		r.Delete("/conversations/{session_id}", s.deleteConversation)
 		r.Get("/users/{user_id}/sessions", s.sessions)
 		r.Post("/conversations", s.onConversation)
@@ -157,6 +158,47 @@ func (s *srv) getConversation(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	httpx.JSON(w, http.StatusOK, map[string]any{"history": h})
+}
+
+// getConversations returns the history of several sessions in one answer,
+// in the order asked: {"conversations":[{"session_id","history"}]}.
+func (s *srv) getConversations(w http.ResponseWriter, r *http.Request) {
+	var in struct {
+		SessionIDs []string `json:"session_ids"`
+		Last       int      `json:"last"`
+	}
+	if err := httpx.Decode(w, r, &in); err != nil {
+		httpx.Error(w, r, s.log, err)
+		return
+	}
+	if len(in.SessionIDs) == 0 || len(in.SessionIDs) > memory.MaxBatch {
+		httpx.Error(w, r, s.log, apperr.New(apperr.Invalid, "session_ids must hold 1 to %d ids", memory.MaxBatch))
+		return
+	}
+	for _, id := range in.SessionIDs {
+		if err := httpx.CheckID("session_ids", id); err != nil {
+			httpx.Error(w, r, s.log, err)
+			return
+		}
+	}
+	if in.Last < 0 {
+		httpx.Error(w, r, s.log, apperr.New(apperr.Invalid, "last must be a non-negative integer"))
+		return
+	}
+	hs, err := s.d.Load().mem.Histories(r.Context(), in.SessionIDs, in.Last)
+	if err != nil {
+		httpx.Error(w, r, s.log, err)
+		return
+	}
+	type conv struct {
+		SessionID string         `json:"session_id"`
+		History   []memory.Entry `json:"history"`
+	}
+	out := make([]conv, len(in.SessionIDs))
+	for i, id := range in.SessionIDs {
+		out[i] = conv{SessionID: id, History: hs[id]}
+	}
+	httpx.JSON(w, http.StatusOK, map[string]any{"conversations": out})
 }
 
 func (s *srv) deleteConversation(w http.ResponseWriter, r *http.Request) {

@@ -145,6 +145,11 @@ func TestRoutes(t *testing.T) {
 		{"GET", "/memories/a%7C%7Cb", "", 400, "user_id must match"},
 		{"GET", "/conversations/none", "", 200, `"history":[]`},
 		{"DELETE", "/conversations/none", "", 404, "not found"},
+		{"POST", "/conversations/batch", `{"session_ids":["none","other"],"last":2}`, 200, `{"conversations":[{"session_id":"none","history":[]},{"session_id":"other","history":[]}]}`},
+		{"POST", "/conversations/batch", `{"session_ids":[]}`, 400, "session_ids must hold 1 to 100 ids"},
+		{"POST", "/conversations/batch", `{"session_ids":["a||b"]}`, 400, "session_ids must match"},
+		{"POST", "/conversations/batch", `{"session_ids":["a"],"last":-1}`, 400, "last must be a non-negative integer"},
+		{"POST", "/conversations/batch", `{"session_ids":"a"}`, 400, ""},
 		{"GET", "/users/ana/sessions", "", 200, `"sessions":[]`},
 		{"DELETE", "/memories/ana", "", 200, `"sessions_deleted":0`},
 	}

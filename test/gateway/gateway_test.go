@@ -108,6 +108,31 @@ func TestQueriesAndMutations(t *testing.T) {
 	if s := d["sessions"].([]any); len(s) != 1 || s[0].(map[string]any)["messageCount"] != float64(2) {
 		t.Fatalf("sessions = %v", s)
 	}
+	// Session.messages of several sessions, batched into one bulk read of
+	// the state store through the memory service.
+	session2 := unique("gs")
+	if _, errs, _ := gql(t, url, sendMessage, map[string]any{"in": map[string]any{"userId": user, "text": "second", "sessionId": session2}}); errs != nil {
+		t.Fatalf("sendMessage 2: %v", errs)
+	}
+	stacktest.WaitFor(t, 30*time.Second, "both sessions with their messages", func() error {
+		d, errs, _ = gql(t, url, `query($u: ID!) { sessions(userId: $u) { sessionId messages { role content } first: messages(last: 1) { role } } }`, map[string]any{"u": user})
+		if errs != nil {
+			return fmt.Errorf("%v", errs)
+		}
+		got := map[string]string{}
+		for _, x := range d["sessions"].([]any) {
+			s := x.(map[string]any)
+			m := s["messages"].([]any)
+			if len(m) != 2 || len(s["first"].([]any)) != 1 {
+				return fmt.Errorf("session %v: %d messages", s["sessionId"], len(m))
+			}
+			got[s["sessionId"].(string)] = m[0].(map[string]any)["content"].(string)
+		}
+		if got[session] != "What time is it?" || got[session2] != "second" {
+			return fmt.Errorf("first messages %v", got)
+		}
+		return nil
+	})
 	// Idempotency through the gateway.
 	in := map[string]any{"userId": user, "text": "once", "sessionId": session, "idempotencyKey": unique("k")}
 	d1, _, _ := gql(t, url, sendMessage, map[string]any{"in": in})

@@ -14,12 +14,13 @@ import (
 
 // State implements memory.State.
 type State struct {
-	mu      sync.Mutex
-	data    map[string][]byte
-	ver     map[string]int
-	writes  int
-	getErr  error
-	saveErr error
+	mu       sync.Mutex
+	data     map[string][]byte
+	ver      map[string]int
+	writes   int
+	bulkGets int
+	getErr   error
+	saveErr  error
 }
 
 // New returns an empty store.
@@ -49,6 +50,25 @@ func (s *State) GetState(_ context.Context, _, key string, _ map[string]string) 
 	}
 	return item, nil
 }
+
+// GetBulkState reads several keys; BulkGets counts the calls.
+func (s *State) GetBulkState(ctx context.Context, store string, keys []string, meta map[string]string, _ int32) ([]*dapr.BulkStateItem, error) {
+	s.mu.Lock()
+	s.bulkGets++
+	s.mu.Unlock()
+	items := make([]*dapr.BulkStateItem, 0, len(keys))
+	for _, k := range keys {
+		it, err := s.GetState(ctx, store, k, meta)
+		if err != nil {
+			return nil, err
+		}
+		items = append(items, &dapr.BulkStateItem{Key: it.Key, Value: it.Value, Etag: it.Etag})
+	}
+	return items, nil
+}
+
+// BulkGets is the number of GetBulkState calls.
+func (s *State) BulkGets() int { s.mu.Lock(); defer s.mu.Unlock(); return s.bulkGets }
 
 func (s *State) SaveStateWithETag(_ context.Context, _, key string, data []byte, etag string, _ map[string]string, _ ...dapr.StateOption) error {
 	s.mu.Lock()

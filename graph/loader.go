@@ -1,0 +1,73 @@
+package graph
+
+import (
+	"context"
+	"time"
+
+	"github.com/vikstrous/dataloadgen"
+
+	"github.com/daca-go/daca/gateway/backend"
+	"github.com/daca-go/daca/internal/memory"
+)
+
+// loaders batch the reads that fields of a list would otherwise make one
+// by one (N+1). They live for one operation: WithLoaders makes fresh ones,
+// so nothing is cached across requests or users.
+type loaders struct {
+	history *dataloadgen.Loader[historyKey, []memory.Entry]
+}
+
+type historyKey struct {
+	sessionID string
+	last      int
+}
+
+type loadersKey struct{}
+
+// loaderWait is how long a loader gathers keys before it calls the backend;
+// gqlgen resolves the elements of a list concurrently, so they arrive within
+// microseconds of each other.
+const loaderWait = 2 * time.Millisecond
+
+// WithLoaders returns ctx with fresh loaders over b. The server calls it once
+// per operation (handler.AroundOperations).
+func WithLoaders(ctx context.Context, b backend.Backend) context.Context {
+	return context.WithValue(ctx, loadersKey{}, newLoaders(b))
+}
+
+func newLoaders(b backend.Backend) *loaders {
+	return &loaders{history: dataloadgen.NewLoader(func(ctx context.Context, keys []historyKey) ([][]memory.Entry, []error) {
+		return fetchHistories(ctx, b, keys)
+	}, dataloadgen.WithWait(loaderWait), dataloadgen.WithBatchCapacity(memory.MaxBatch))}
+}
+
+// loadersFrom returns the operation's loaders, or fresh ones when the
+// context has none (a resolver called outside the server).
+func (r *Resolver) loadersFrom(ctx context.Context) *loaders {
+	if l, ok := ctx.Value(loadersKey{}).(*loaders); ok {
+		return l
+	}
+	return newLoaders(r.Backend)
+}
+
+// fetchHistories reads the histories of a batch: one backend call per
+// distinct `last` (in practice one call).
+func fetchHistories(ctx context.Context, b backend.Backend, keys []historyKey) ([][]memory.Entry, []error) {
+	byLast := map[int][]string{}
+	for _, k := range keys {
+		byLast[k.last] = append(byLast[k.last], k.sessionID)
+	}
+	got := make(map[int]map[string][]memory.Entry, len(byLast))
+	failed := make(map[int]error)
+	for last, ids := range byLast {
+		got[last], failed[last] = b.Conversations(ctx, ids, last)
+	}
+	out := make([][]memory.Entry, len(keys))
+	errs := make([]error, len(keys))
+	for i, k := range keys {
+		if errs[i] = failed[k.last]; errs[i] == nil {
+			out[i] = got[k.last][k.sessionID]
+		}
+	}
+	return out, errs
+}
