@@ -100,7 +100,15 @@ type Server struct {
 func New(cfg Config, b backend.Backend, log *slog.Logger) *Server {
 	cfg.defaults()
 	s := &Server{cfg: cfg, log: log, backend: b, started: time.Now()}
-	drop := func() { log.Warn("subscriber dropped: its buffer was full (a slow or stuck client)") }
+	// A subscriber whose buffer is full is behind by SubscriberQueue events:
+	// its socket is closed with 1013 and a reason (the client may reconnect
+	// and re-query), so it sees why rather than a silent complete.
+	reason := fmt.Sprintf("Subscriber too slow: %d events unread; reconnect", cfg.SubscriberQueue)
+	drop := func(ctx context.Context) {
+		closed := closeSocket(ctx, closeTryAgainLater, reason)
+		logging.From(ctx, log).Warn("subscriber dropped: its buffer was full (a slow or stuck client)",
+			"queue", cfg.SubscriberQueue, "socket_closed", closed)
+	}
 	s.Conversations = fanout.New[*model.ConversationEvent](cfg.SubscriberQueue, drop)
 	s.Memories = fanout.New[*model.MemoryEvent](cfg.SubscriberQueue, drop)
 	s.metrics = newMetrics(s)
@@ -261,7 +269,7 @@ func (s *Server) Routes(ready func(context.Context) error) http.Handler {
 	r.Handle("/", playground.Page("DACA Gateway", "/graphql"))
 	r.Handle(playground.AssetsPath+"*", playground.Assets())
 	gql := s.GraphQL()
-	r.Handle("/graphql", s.limits(gql))
+	r.Handle("/graphql", s.limits(withConnSlot(gql)))
 	r.Group(func(r chi.Router) {
 		r.Use(httpx.AppToken(s.cfg.AppToken))
 		r.Get("/dapr/subscribe", s.subscriptions)

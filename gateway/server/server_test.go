@@ -21,6 +21,7 @@ import (
 
 	"github.com/daca-go/daca/gateway/auth"
 	"github.com/daca-go/daca/gateway/backend"
+	"github.com/daca-go/daca/graph/model"
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/memory"
 	"github.com/daca-go/daca/internal/ratelimit"
@@ -679,4 +680,82 @@ func TestWebsocketProtocolClosures(t *testing.T) {
 		ws.read("connection_ack")
 		ws.read("ka")
 	})
+}
+
+// TestSlowSubscriberClosedWithReason: a client that stops reading is
+// dropped once its buffer is full; its socket is closed with 1013 and a
+// reason (no silent complete first), while a client that reads gets every
+// event.
+func TestSlowSubscriberClosedWithReason(t *testing.T) {
+	for _, tt := range []struct{ proto, subscribe, next string }{
+		{"graphql-transport-ws", "subscribe", "next"},
+		{"graphql-ws", "start", "data"},
+	} {
+		t.Run(tt.proto, func(t *testing.T) {
+			s, h := newServer(newFake(), Config{SubscriberQueue: 4})
+			srv := httptest.NewServer(h)
+			defer srv.Close()
+			sub := func() *wsConn {
+				ws := wsDial(t, srv.URL, tt.proto, nil)
+				ws.c.SetReadLimit(1 << 20)
+				ws.read("connection_ack")
+				ws.send(map[string]any{"id": "1", "type": tt.subscribe, "payload": map[string]any{"query": `subscription { conversationUpdated(userId: "ana") { userMessage } }`}})
+				return ws
+			}
+			slow, fast := sub(), sub()
+			defer slow.c.CloseNow()
+			defer fast.c.CloseNow()
+			waitFor(t, func() bool { return s.Conversations.Len() == 2 })
+			got := make(chan struct{})
+			go func() {
+				for {
+					_, b, err := fast.c.Read(context.Background())
+					if err != nil {
+						return
+					}
+					if strings.Contains(string(b), `"`+tt.next+`"`) {
+						got <- struct{}{}
+					}
+				}
+			}()
+			big := strings.Repeat("x", 64<<10) // fills the slow client's TCP buffers quickly
+			sent := 0
+			for _, dropped := s.Conversations.Stats(); dropped == 0; _, dropped = s.Conversations.Stats() {
+				if sent == 5000 {
+					t.Fatal("the slow subscriber was never dropped")
+				}
+				s.Conversations.Publish(&model.ConversationEvent{EventID: fmt.Sprint(sent), UserID: "ana", SessionID: "s", UserMessage: big, AssistantReply: "r"})
+				sent++
+				select { // the reading client keeps up, event by event
+				case <-got:
+				case <-time.After(10 * time.Second):
+					t.Fatalf("the reading client did not get event %d", sent)
+				}
+			}
+			if n := s.Conversations.Len(); n != 1 {
+				t.Fatalf("%d subscribers after the drop; want the reading one", n)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			for {
+				_, b, err := slow.c.Read(ctx)
+				if err != nil {
+					var ce websocket.CloseError
+					if !errors.As(err, &ce) || ce.Code != closeTryAgainLater || !strings.Contains(ce.Reason, "too slow: 4 events unread") {
+						t.Fatalf("slow client closed with %v; want 1013 and a reason", err)
+					}
+					break
+				}
+				if strings.Contains(string(b), `"complete"`) || strings.Contains(string(b), `"error"`) {
+					t.Fatalf("slow client got %.80s before the close; want events and keepalives only", b)
+				}
+			}
+			s.Conversations.Publish(&model.ConversationEvent{EventID: "after", UserID: "ana", SessionID: "s", UserMessage: "after", AssistantReply: "r"})
+			select {
+			case <-got:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the reading client stopped getting events after the drop")
+			}
+		})
+	}
 }

@@ -2,9 +2,11 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -20,13 +22,55 @@ const (
 	closeInitTimeout     = 4408
 	closeDuplicateID     = 4409
 	closeTooManyInitReqs = 4429
+	// closeTryAgainLater (RFC 6455 1013) closes the socket of a subscriber
+	// that fell too far behind; graphql-ws clients treat it as retryable:
+	// they reconnect and subscribe again.
+	closeTryAgainLater = 1013
 )
+
+// connSlot carries a websocket from Accept to the operations on it: the
+// subscriptions' contexts derive from the upgrade request's, so a drop
+// reported with a subscription's context can close its socket.
+type connSlot struct {
+	mu sync.Mutex
+	c  *guardConn
+}
+
+type connSlotKey struct{}
+
+// withConnSlot gives each websocket upgrade request a connSlot.
+func withConnSlot(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+			r = r.WithContext(context.WithValue(r.Context(), connSlotKey{}, &connSlot{}))
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// closeSocket closes the websocket that ctx belongs to with code and
+// reason, without waiting for the peer. It reports whether there was one.
+func closeSocket(ctx context.Context, code int, reason string) bool {
+	slot, ok := ctx.Value(connSlotKey{}).(*connSlot)
+	if !ok {
+		return false
+	}
+	slot.mu.Lock()
+	c := slot.c
+	slot.mu.Unlock()
+	if c == nil {
+		return false
+	}
+	c.fail(code, reason)
+	return true
+}
 
 // protocolGuard enforces the graphql-transport-ws rules that gqlgen answers
 // with a generic 1002: it closes the socket with the protocol's own codes for
 // a bad message, a subscribe before connection_init, a duplicate
 // subscription id, a second connection_init, and a missing
-// connection_init.
+// connection_init. Sockets of both protocols are registered in the
+// request's connSlot so that a dropped subscriber's socket can be closed.
 type protocolGuard struct {
 	inner       transport.WebsocketImplementation
 	initTimeout time.Duration
@@ -34,10 +78,18 @@ type protocolGuard struct {
 
 func (g protocolGuard) Accept(w http.ResponseWriter, r *http.Request, o transport.WebsocketAcceptOptions) (transport.WebsocketConn, error) {
 	c, err := g.inner.Accept(w, r, o)
-	if err != nil || c.Subprotocol() != "graphql-transport-ws" {
+	if err != nil {
 		return c, err
 	}
-	gc := &guardConn{WebsocketConn: c, active: map[string]bool{}}
+	gc := &guardConn{WebsocketConn: c, strict: c.Subprotocol() == "graphql-transport-ws", active: map[string]bool{}}
+	if slot, ok := r.Context().Value(connSlotKey{}).(*connSlot); ok {
+		slot.mu.Lock()
+		slot.c = gc
+		slot.mu.Unlock()
+	}
+	if !gc.strict {
+		return gc, nil
+	}
 	gc.timer = time.AfterFunc(g.initTimeout, func() {
 		gc.mu.Lock()
 		inited := gc.inited
@@ -51,6 +103,7 @@ func (g protocolGuard) Accept(w http.ResponseWriter, r *http.Request, o transpor
 
 type guardConn struct {
 	transport.WebsocketConn
+	strict bool // graphql-transport-ws: check the messages
 	mu     sync.Mutex
 	inited bool
 	failed bool
@@ -58,6 +111,7 @@ type guardConn struct {
 	timer  *time.Timer
 }
 
+// fail closes the socket with code and msg; nothing is written after it.
 func (c *guardConn) fail(code int, msg string) {
 	c.mu.Lock()
 	if c.failed {
@@ -72,7 +126,7 @@ func (c *guardConn) fail(code int, msg string) {
 
 func (c *guardConn) NextReader() (int, io.Reader, error) {
 	mt, r, err := c.WebsocketConn.NextReader()
-	if err != nil {
+	if err != nil || !c.strict {
 		return mt, r, err
 	}
 	b, err := io.ReadAll(r)
@@ -121,6 +175,15 @@ func (c *guardConn) NextReader() (int, io.Reader, error) {
 }
 
 func (c *guardConn) WriteJSON(v any) error {
+	c.mu.Lock()
+	failed := c.failed
+	c.mu.Unlock()
+	if failed { // closed with a reason: no complete after it
+		return transport.ErrWebsocketClosed
+	}
+	if !c.strict {
+		return c.WebsocketConn.WriteJSON(v)
+	}
 	if b, err := json.Marshal(v); err == nil {
 		var m struct {
 			Type string `json:"type"`
@@ -136,7 +199,9 @@ func (c *guardConn) WriteJSON(v any) error {
 }
 
 func (c *guardConn) Close() error {
-	c.timer.Stop()
+	if c.timer != nil {
+		c.timer.Stop()
+	}
 	return c.WebsocketConn.Close()
 }
 

@@ -1,7 +1,8 @@
 // Package fanout delivers events to in-process subscribers: one buffered
 // channel per subscriber, a filter per subscriber, and a publisher that never
-// waits. A subscriber whose buffer is full is dropped (its channel closed and
-// its drop reported), so one slow or stuck client never delays the others.
+// waits. A subscriber whose buffer is full is dropped (its drop reported with
+// its context, then its channel closed), so one slow or stuck client never
+// delays the others.
 // Everything a subscription holds is freed when its context ends.
 package fanout
 
@@ -14,7 +15,7 @@ import (
 // Broker fans events of type T out to subscribers.
 type Broker[T any] struct {
 	buf    int
-	onDrop func()
+	onDrop func(context.Context)
 
 	mu   sync.RWMutex
 	subs map[*sub[T]]struct{}
@@ -24,6 +25,7 @@ type Broker[T any] struct {
 }
 
 type sub[T any] struct {
+	ctx   context.Context
 	ch    chan T
 	match func(T) bool
 	once  sync.Once
@@ -31,8 +33,10 @@ type sub[T any] struct {
 }
 
 // New returns a broker whose subscribers each buffer up to buf events.
-// onDrop (optional) is called when a slow subscriber is dropped.
-func New[T any](buf int, onDrop func()) *Broker[T] {
+// onDrop (optional) is called with the subscriber's context when a slow
+// subscriber is dropped, before its channel is closed, on the publisher's
+// goroutine: it must not block.
+func New[T any](buf int, onDrop func(ctx context.Context)) *Broker[T] {
 	if buf < 1 {
 		buf = 1
 	}
@@ -51,7 +55,7 @@ type Subscription[T any] struct {
 // Subscribe registers a subscriber for events that match (nil: all) until
 // ctx ends.
 func (b *Broker[T]) Subscribe(ctx context.Context, match func(T) bool) Subscription[T] {
-	s := &sub[T]{ch: make(chan T, b.buf), match: match, drop: make(chan struct{})}
+	s := &sub[T]{ctx: ctx, ch: make(chan T, b.buf), match: match, drop: make(chan struct{})}
 	b.mu.Lock()
 	b.subs[s] = struct{}{}
 	b.mu.Unlock()
@@ -59,19 +63,20 @@ func (b *Broker[T]) Subscribe(ctx context.Context, match func(T) bool) Subscript
 	return Subscription[T]{C: s.ch, Dropped: s.drop}
 }
 
-func (b *Broker[T]) remove(s *sub[T], slow bool) bool {
-	removed := false
+func (b *Broker[T]) remove(s *sub[T], slow bool) {
 	s.once.Do(func() {
 		b.mu.Lock()
 		delete(b.subs, s)
 		b.mu.Unlock()
 		if slow {
+			b.dropped.Add(1)
 			close(s.drop)
+			if b.onDrop != nil {
+				b.onDrop(s.ctx)
+			}
 		}
 		close(s.ch)
-		removed = true
 	})
-	return removed
 }
 
 // Publish delivers ev to every matching subscriber without waiting. It
@@ -93,12 +98,7 @@ func (b *Broker[T]) Publish(ev T) int {
 	}
 	b.mu.RUnlock()
 	for _, s := range slow {
-		if b.remove(s, true) {
-			b.dropped.Add(1)
-			if b.onDrop != nil {
-				b.onDrop()
-			}
-		}
+		b.remove(s, true)
 	}
 	b.delivered.Add(uint64(n))
 	return n

@@ -41,9 +41,19 @@ func TestFiltersAndDelivery(t *testing.T) {
 }
 
 func TestSlowSubscriberDroppedOthersServed(t *testing.T) {
+	type key struct{}
 	drops := 0
-	b := New[int](2, func() { drops++ })
-	slow := b.Subscribe(t.Context(), nil) // never reads
+	var b *Broker[int]
+	b = New[int](2, func(ctx context.Context) {
+		drops++
+		if ctx.Value(key{}) != "slow" {
+			t.Errorf("drop reported with the context of %v; want the slow subscriber's", ctx.Value(key{}))
+		}
+		if b.Len() != 1 {
+			t.Errorf("drop reported while the subscriber is still registered")
+		}
+	})
+	slow := b.Subscribe(context.WithValue(t.Context(), key{}, "slow"), nil) // never reads
 	fast := b.Subscribe(t.Context(), nil)
 	got := make(chan int)
 	go func() {
