@@ -10,6 +10,7 @@ import (
 	"net/http"
 	_ "net/http/pprof"
 	"os"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -79,12 +80,23 @@ func main() {
 	service.Main("gateway", err, cfg.Port, "/healthz", func(ctx context.Context) error { return run(ctx, cfg) })
 }
 
+// gcPercent is the gateway's GOGC unless the environment sets one. The
+// gateway allocates ~30 KB per request and keeps little (a few MiB, plus a few
+// KiB per open subscription), so with Go's default of 100 it collects many
+// times a second under load; at 400 it spends about 15% less CPU per request
+// for a larger heap. GOMEMLIMIT, when set, still bounds the heap.
+const gcPercent = 400
+
 func run(ctx context.Context, cfg config) error {
 	log, stopTracing, err := service.Observe(ctx, "gateway", cfg.LogFormat, cfg.LogLevel)
 	if err != nil {
 		return err
 	}
 	defer stopTracing()
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+		log.Debug("GOGC set", "gogc", gcPercent)
+	}
 	ln, err := internalserver.Listen(cfg.Addr())
 	if err != nil {
 		return err

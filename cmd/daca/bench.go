@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"text/tabwriter"
@@ -26,13 +28,22 @@ func bench(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("daca bench", flag.ContinueOnError)
 	root := fs.String("root", ".", "repository root")
 	turns := fs.Int("turns", 200, "chat turns per concurrency level")
-	reads := fs.Int("reads", 2000, "memory reads per concurrency level")
+	reads := fs.Int("reads", 4000, "memory reads per concurrency level")
 	subs := fs.Int("subscriptions", 10000, "open subscriptions for the fan-out measurement")
+	clients := fs.String("clients", "1,16,64", "concurrent clients of the gateway comparison, comma separated")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
 		return usageError(err.Error())
+	}
+	var levels []int
+	for _, f := range strings.Split(*clients, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return usageError("-clients: want positive integers separated by commas, got " + strconv.Quote(*clients))
+		}
+		levels = append(levels, n)
 	}
 	rootDir, err := filepath.Abs(*root)
 	if err != nil {
@@ -130,7 +141,45 @@ func bench(ctx context.Context, args []string) error {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%s\t%s\t%d\t\n", r.name, r.conc, r.n, r.rate, ms(r.p50), ms(r.p99), r.errs)
 	}
 	tw.Flush()
-	return benchGateway(ctx, st, client, call, *reads, *subs)
+	// The memory service applies each turn's event after the turn (summary,
+	// history): let it finish, so that its work does not weigh on the
+	// measurements that follow.
+	if err := waitEventsApplied(ctx, st.App("agent-memory-service").AppURL()+"/metrics", int(seq.Load())); err != nil {
+		return err
+	}
+	return benchGateway(ctx, st, call, *reads, *subs, levels)
+}
+
+// waitEventsApplied waits until the memory service has answered Dapr for
+// want conversation events (applied or dropped), as its /metrics count them.
+func waitEventsApplied(ctx context.Context, metricsURL string, want int) error {
+	fmt.Printf("\nbench: waiting for agent-memory-service to apply the %d conversation events of the chat turns\n", want)
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		got := 0
+		if resp, err := http.Get(metricsURL); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			for _, l := range strings.Split(string(b), "\n") {
+				if strings.HasPrefix(l, "daca_pubsub_events_total{") && strings.Contains(l, `topic="conversations"`) {
+					f := strings.Fields(l)
+					n, _ := strconv.ParseFloat(f[len(f)-1], 64)
+					got += int(n)
+				}
+			}
+		}
+		if got >= want {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("bench: agent-memory-service applied %d of %d conversation events within 3 minutes", got, want)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 func load(op func() error, n, conc int) ([]time.Duration, int, time.Duration) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"slices"
@@ -15,49 +16,121 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/daca-go/daca/internal/daprc"
 	"github.com/daca-go/daca/internal/stack"
 )
 
 // benchGateway compares memory(userId) through the gateway with the same
 // read straight through the gateway's sidecar, and measures the fan-out of
 // one event to many open subscriptions.
-func benchGateway(ctx context.Context, st *stack.Stack, client *http.Client, call func(method, url string, body []byte) error, reads, subs int) error {
+func benchGateway(ctx context.Context, st *stack.Stack, call func(method, url string, body []byte) error, reads, subs int, levels []int) error {
 	gw := st.App("gateway")
 	gql := gw.AppURL() + "/graphql"
 	direct := gw.SidecarURL() + "/v1.0/invoke/agent-memory-service/method/memories/bench-user"
 	query, _ := json.Marshal(map[string]string{"query": `{ memory(userId: "bench-user") { name preferredStyle userSummary } }`})
-	viaGateway := func() error { return call(http.MethodPost, gql, query) }
-	viaSidecar := func() error { return call(http.MethodGet, direct, nil) }
-
-	// Warm both paths (connections, pools, caches) before measuring either.
-	load(viaGateway, 500, 16)
-	load(viaSidecar, 500, 16)
+	// The call the gateway itself makes: the go-sdk over the sidecar's gRPC API.
+	sdk, err := daprc.Dial(ctx, gw.SidecarGRPC(), st.APIToken, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return err
+	}
+	defer sdk.Close()
+	paths := []func() error{
+		func() error { return call(http.MethodPost, gql, query) },
+		func() error { return call(http.MethodGet, direct, nil) },
+		func() error {
+			_, err := sdk.InvokeMethod(ctx, "agent-memory-service", "memories/bench-user", http.MethodGet)
+			return err
+		},
+	}
+	// Warm every path (connections, pools, caches) before measuring any.
+	for _, p := range paths {
+		load(p, 500, 16)
+	}
 	fmt.Println()
-	fmt.Println("bench: memory(userId) through the gateway vs the same read through the gateway's sidecar")
+	fmt.Println("bench: memory(userId) through the gateway vs the same read through the gateway's sidecar (alternating rounds)")
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "clients\tgateway req/s\tsidecar req/s\tthroughput kept\tgateway p50\tsidecar p50\tp50 added\tgateway p99\tsidecar p99\t")
-	for _, conc := range []int{1, 16, 64} {
+	fmt.Fprintln(tw, "clients\tgateway req/s\tsidecar req/s\tthroughput kept\tgateway p50\tsidecar p50\tp50 added\tgateway p99\tsidecar p99\tgo-sdk p50\tgateway CPU/req\t")
+	for _, conc := range levels {
 		n := reads
 		if conc == 1 {
 			n = max(reads/4, 50)
 		}
-		gl, gerr, gel := load(viaGateway, n, conc)
-		dl, derr, del := load(viaSidecar, n, conc)
-		if gerr+derr > 0 {
-			return fmt.Errorf("bench: %d gateway and %d sidecar errors", gerr, derr)
+		m := interleaved(paths, n, conc, gw.AppCmd.Pid())
+		g, d, k := m[0], m[1], m[2]
+		if g.errs+d.errs+k.errs > 0 {
+			return fmt.Errorf("bench: %d gateway, %d sidecar and %d go-sdk errors", g.errs, d.errs, k.errs)
 		}
-		slices.Sort(gl)
-		slices.Sort(dl)
-		grate, drate := float64(len(gl))/gel.Seconds(), float64(len(dl))/del.Seconds()
-		fmt.Fprintf(tw, "%d\t%.0f\t%.0f\t%.0f%%\t%s\t%s\t%+.0f%%\t%s\t%s\t\n", conc, grate, drate, 100*grate/drate,
-			ms(pct(gl, 50)), ms(pct(dl, 50)), 100*(float64(pct(gl, 50))/float64(pct(dl, 50))-1), ms(pct(gl, 99)), ms(pct(dl, 99)))
+		grate, drate := g.rate(), d.rate()
+		fmt.Fprintf(tw, "%d\t%.0f\t%.0f\t%.0f%%\t%s\t%s\t%+.0f%%\t%s\t%s\t%s\t%d µs\t\n", conc, grate, drate, 100*grate/drate,
+			ms(pct(g.lat, 50)), ms(pct(d.lat, 50)), 100*(float64(pct(g.lat, 50))/float64(pct(d.lat, 50))-1), ms(pct(g.lat, 99)), ms(pct(d.lat, 99)),
+			ms(pct(k.lat, 50)), g.cpu.Microseconds()/int64(max(len(g.lat), 1)))
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 	}
 	tw.Flush()
 	fmt.Println("targets: the gateway keeps at least 75% of the direct throughput and adds at most 30% to p50")
+	fmt.Println("go-sdk p50: the gateway's own call (go-sdk, the sidecar's gRPC API) made straight from the load generator;")
+	fmt.Println("gateway CPU/req: CPU time of the gateway process per request")
 	return benchFanOut(ctx, st, call, subs)
+}
+
+// measured is the outcome of several rounds of load on one path.
+type measured struct {
+	lat     []time.Duration // sorted
+	errs    int
+	elapsed time.Duration
+	cpu     time.Duration // CPU time the watched process spent during the rounds
+}
+
+func (m measured) rate() float64 { return float64(len(m.lat)) / m.elapsed.Seconds() }
+
+// benchRounds is how many rounds interleaved runs.
+const benchRounds = 16
+
+// interleaved runs n requests on each path with conc clients, in rounds
+// that take the paths in turn, each round in a rotated order, so that every
+// path sees the same machine: on a shared machine the speed drifts by more
+// than the difference being measured, and measuring one path after the
+// other would compare the drift. cpu is measured for process pid.
+func interleaved(paths []func() error, n, conc, pid int) []measured {
+	m := make([]measured, len(paths))
+	for i := range benchRounds {
+		k := n / benchRounds
+		if i < n%benchRounds {
+			k++
+		}
+		for j := range paths {
+			p := (i + j) % len(paths)
+			cpu0 := cpuTime(pid)
+			lat, errs, el := load(paths[p], k, conc)
+			m[p].cpu += cpuTime(pid) - cpu0
+			m[p].lat = append(m[p].lat, lat...)
+			m[p].errs += errs
+			m[p].elapsed += el
+		}
+	}
+	for i := range m {
+		slices.Sort(m[i].lat)
+	}
+	return m
+}
+
+// cpuTime is the CPU time (user and system, all threads) process pid has
+// used so far, from /proc (10 ms resolution); 0 when unknown.
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:]) // after "pid (comm)"
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * (time.Second / 100) // USER_HZ
 }
 
 func rss(pid int) int64 {

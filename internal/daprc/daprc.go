@@ -53,7 +53,12 @@ func Connect(ctx context.Context, log *slog.Logger) (dapr.Client, error) {
 	if ep := os.Getenv("DAPR_GRPC_ENDPOINT"); ep != "" {
 		addr = ep
 	}
-	token := os.Getenv("DAPR_API_TOKEN")
+	return Dial(ctx, addr, os.Getenv("DAPR_API_TOKEN"), log)
+}
+
+// Dial connects to the sidecar's gRPC API at addr with the Dapr API token
+// (empty: none), retrying until ctx ends.
+func Dial(ctx context.Context, addr, token string, log *slog.Logger) (dapr.Client, error) {
 	conn, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
