@@ -373,6 +373,40 @@ type Result struct {
 	Entries     int // history length after the event
 }
 
+// index records a session's size and last message in its user's session
+// list, from the session's history after an append. It is idempotent, and
+// an older history (a concurrent event that was slower) never overwrites a
+// newer one.
+func (m *Memory) index(ctx context.Context, userID, sessionID string, history []Entry) error {
+	if len(history) == 0 {
+		return nil
+	}
+	last := history[len(history)-1]
+	var idx sessionIndex
+	return m.update(ctx, sessionsKey(userID), &idx, func(bool) error {
+		i := slices.IndexFunc(idx.Sessions, func(si SessionInfo) bool { return si.SessionID == sessionID })
+		if i < 0 {
+			idx.Sessions = append(idx.Sessions, SessionInfo{SessionID: sessionID})
+			i = len(idx.Sessions) - 1
+		}
+		si := &idx.Sessions[i]
+		switch {
+		case si.LastMessage == nil || !last.Timestamp.Before(si.LastMessage.Timestamp):
+			si.MessageCount = len(history)
+			si.LastMessage = &last
+		case len(history) > si.MessageCount:
+			si.MessageCount = len(history)
+		default:
+			return errSkip
+		}
+		if last.Timestamp.After(si.UpdatedAt) {
+			si.UpdatedAt = last.Timestamp
+		}
+		sort.SliceStable(idx.Sessions, func(a, b int) bool { return idx.Sessions[a].UpdatedAt.After(idx.Sessions[b].UpdatedAt) })
+		return nil
+	})
+}
+
 // Apply appends an event's two entries to its session (once per event id),
 // regenerates the user summary, and records the session in the user's list.
 // Errors carry codes: Unavailable (retry later) or Internal.
@@ -382,6 +416,11 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev Event, summarize 
 		return Result{}, err
 	}
 	if slices.Contains(s.Applied, eventID) {
+		// Applied already; the session list may have missed it if the
+		// service stopped right after the append.
+		if err := m.index(ctx, ev.UserID, ev.SessionID, s.History); err != nil {
+			return Result{}, err
+		}
 		return Result{Duplicate: true, Entries: len(s.History)}, nil
 	}
 	profile, err := m.Profile(ctx, ev.UserID)
@@ -400,8 +439,8 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev Event, summarize 
 		return Result{}, err
 	}
 
-	// The summary and the session list first: both are safe to repeat if the
-	// event is delivered again because a later step failed.
+	// The summary first: setting it again is harmless if the event is
+	// delivered again because a later step failed.
 	var u userDoc
 	if err := m.update(ctx, userKey(ev.UserID), &u, func(found bool) error {
 		if !found {
@@ -409,25 +448,6 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev Event, summarize 
 		}
 		u.UserSummary = summary
 		u.UpdatedAt = now
-		return nil
-	}); err != nil {
-		return Result{}, err
-	}
-	var idx sessionIndex
-	if err := m.update(ctx, sessionsKey(ev.UserID), &idx, func(bool) error {
-		i := slices.IndexFunc(idx.Sessions, func(si SessionInfo) bool { return si.SessionID == ev.SessionID })
-		if i < 0 {
-			idx.Sessions = append(idx.Sessions, SessionInfo{SessionID: ev.SessionID})
-			i = len(idx.Sessions) - 1
-		}
-		si := &idx.Sessions[i]
-		if now.After(si.UpdatedAt) {
-			si.UpdatedAt = now
-		}
-		si.MessageCount += 2
-		last := botEntry
-		si.LastMessage = &last
-		sort.SliceStable(idx.Sessions, func(a, b int) bool { return idx.Sessions[a].UpdatedAt.After(idx.Sessions[b].UpdatedAt) })
 		return nil
 	}); err != nil {
 		return Result{}, err
@@ -452,6 +472,11 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev Event, summarize 
 		s.UpdatedAt = now
 		return nil
 	}); err != nil {
+		return Result{}, err
+	}
+	// The session list last, from the history as it now is: repeating it
+	// (a redelivery after a crash here) changes nothing.
+	if err := m.index(ctx, ev.UserID, ev.SessionID, s.History); err != nil {
 		return Result{}, err
 	}
 	return Result{Duplicate: dup, UserSummary: summary, Entries: len(s.History)}, nil

@@ -112,6 +112,39 @@ func TestHistoryCapAndLast(t *testing.T) {
 	if h, _ := m.History(t.Context(), "s", 2); len(h) != 2 || h[1].Content != "re: m4" {
 		t.Fatalf("last 2 = %+v", h)
 	}
+	if list, _ := m.Sessions(t.Context(), "u"); len(list) != 1 || list[0].MessageCount != 6 {
+		t.Fatalf("sessions = %+v; want the 6 messages the session holds", list)
+	}
+}
+
+// TestRedeliveryAfterCrashBeforeIndex: the service stops after the history
+// append and before the session list is updated; the event comes again. The
+// list is repaired, and counts the messages once.
+func TestRedeliveryAfterCrashBeforeIndex(t *testing.T) {
+	st := memorytest.New()
+	m := New(st, Config{MaxCASTries: 3}, quiet())
+	st.FailWritesTo("sessions:", errors.New("killed"))
+	if _, err := m.Apply(t.Context(), "e1", ev("u", "s", "hi"), fixedSummary("x")); apperr.CodeOf(err) != apperr.Unavailable {
+		t.Fatalf("first delivery: %v; want Unavailable", err)
+	}
+	if h, _ := m.History(t.Context(), "s", 0); len(h) != 2 {
+		t.Fatalf("history after the crash = %+v; want the 2 entries", h)
+	}
+	st.FailWritesTo("", nil)
+	res, err := m.Apply(t.Context(), "e1", ev("u", "s", "hi"), fixedSummary("x"))
+	if err != nil || !res.Duplicate {
+		t.Fatalf("redelivery = %+v, %v; want a duplicate", res, err)
+	}
+	list, _ := m.Sessions(t.Context(), "u")
+	if len(list) != 1 || list[0].MessageCount != 2 || list[0].LastMessage == nil || list[0].LastMessage.Content != "re: hi" {
+		t.Fatalf("sessions after the redelivery = %+v; want 2 messages, last \"re: hi\"", list)
+	}
+	if _, err := m.Apply(t.Context(), "e2", ev("u", "s", "again"), fixedSummary("x")); err != nil {
+		t.Fatal(err)
+	}
+	if list, _ := m.Sessions(t.Context(), "u"); list[0].MessageCount != 4 || list[0].LastMessage.Content != "re: again" {
+		t.Fatalf("sessions = %+v; want 4 messages", list)
+	}
 }
 
 func TestApplyFailures(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"sync"
 
 	dapr "github.com/dapr/go-sdk/client"
@@ -14,13 +15,15 @@ import (
 
 // State implements memory.State.
 type State struct {
-	mu       sync.Mutex
-	data     map[string][]byte
-	ver      map[string]int
-	writes   int
-	bulkGets int
-	getErr   error
-	saveErr  error
+	mu         sync.Mutex
+	data       map[string][]byte
+	ver        map[string]int
+	writes     int
+	bulkGets   int
+	failPrefix string
+	prefixErr  error
+	getErr     error
+	saveErr    error
 }
 
 // New returns an empty store.
@@ -31,6 +34,14 @@ func (s *State) FailReads(err error) { s.mu.Lock(); s.getErr = err; s.mu.Unlock(
 
 // FailWrites makes every write fail with err (nil: writes work again).
 func (s *State) FailWrites(err error) { s.mu.Lock(); s.saveErr = err; s.mu.Unlock() }
+
+// FailWritesTo makes every write of a key starting with prefix fail with
+// err (nil: they work again).
+func (s *State) FailWritesTo(prefix string, err error) {
+	s.mu.Lock()
+	s.failPrefix, s.prefixErr = prefix, err
+	s.mu.Unlock()
+}
 
 // Writes is the number of successful writes.
 func (s *State) Writes() int { s.mu.Lock(); defer s.mu.Unlock(); return s.writes }
@@ -75,6 +86,9 @@ func (s *State) SaveStateWithETag(_ context.Context, _, key string, data []byte,
 	defer s.mu.Unlock()
 	if s.saveErr != nil {
 		return s.saveErr
+	}
+	if s.prefixErr != nil && strings.HasPrefix(key, s.failPrefix) {
+		return s.prefixErr
 	}
 	cur, exists := s.ver[key]
 	if (exists && etag != strconv.Itoa(cur)) || (!exists && etag != "") {
