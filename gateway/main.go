@@ -150,5 +150,5 @@ func run(ctx context.Context, cfg config) error {
 		}()
 	}
 	log.Info("ready", "auth_mode", cfg.authMode, "graphql", fmt.Sprintf("http://%s/graphql", ln.Addr()))
-	return internalserver.Serve(ctx, ln, srv.Routes(ready), 10*time.Second, log)
+	return internalserver.Serve(ctx, ln, srv.Routes(ready), 10*time.Second, log, srv.CloseWebsockets)
 }

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/99designs/gqlgen/graphql"
@@ -93,13 +94,15 @@ type Server struct {
 	Memories      *fanout.Broker[*model.MemoryEvent]
 	ready         func(context.Context) error
 	metrics       *metrics
+	sockets       *sockets
+	wsActive      sync.WaitGroup // handlers of upgraded (websocket) requests
 }
 
 // New returns the server. ready reports whether the sidecar and the
 // backends answer (for /readyz).
 func New(cfg Config, b backend.Backend, log *slog.Logger) *Server {
 	cfg.defaults()
-	s := &Server{cfg: cfg, log: log, backend: b, started: time.Now()}
+	s := &Server{cfg: cfg, log: log, backend: b, started: time.Now(), sockets: newSockets()}
 	// A subscriber whose buffer is full is behind by SubscriberQueue events:
 	// its socket is closed with 1013 and a reason (the client may reconnect
 	// and re-query), so it sees why rather than a silent complete.
@@ -122,7 +125,7 @@ func (s *Server) GraphQL() http.Handler {
 	srv := handler.New(graph.NewExecutableSchema(graph.Config{Resolvers: res}))
 	origins := s.cfg.AllowedOrigins
 	srv.AddTransport(transport.Websocket{
-		Implementation: protocolGuard{initTimeout: s.cfg.InitTimeout, inner: transport.CoderWebsocketImplementation{AcceptOptions: websocket.AcceptOptions{
+		Implementation: protocolGuard{initTimeout: s.cfg.InitTimeout, open: s.sockets, inner: transport.CoderWebsocketImplementation{AcceptOptions: websocket.AcceptOptions{
 			Subprotocols:   []string{"graphql-transport-ws", "graphql-ws"},
 			OriginPatterns: originPatterns(origins),
 		}}},
@@ -152,6 +155,26 @@ func (s *Server) GraphQL() http.Handler {
 		return apperr.New(apperr.Internal, "internal error")
 	})
 	return srv
+}
+
+// CloseWebsockets closes every open websocket with 1001 Going Away and a
+// reason, so that clients reconnect (to another replica) at once instead of
+// finding a dead connection, and waits until their handlers are done or ctx
+// ends. The HTTP server's shutdown leaves hijacked connections such as
+// websockets alone: the process calls this beside it.
+func (s *Server) CloseWebsockets(ctx context.Context) {
+	n := s.sockets.closeAll(closeGoingAway, "Going away: the gateway is shutting down; reconnect")
+	if n == 0 {
+		return
+	}
+	done := make(chan struct{})
+	go func() { s.wsActive.Wait(); close(done) }()
+	select {
+	case <-done:
+		s.log.Info("shutting down: websockets closed", "count", n)
+	case <-ctx.Done():
+		s.log.Warn("shutting down: websockets still closing when the grace period ended", "count", n)
+	}
 }
 
 // wsInit authenticates a websocket from its connection_init payload
@@ -269,7 +292,7 @@ func (s *Server) Routes(ready func(context.Context) error) http.Handler {
 	r.Handle("/", playground.Page("DACA Gateway", "/graphql"))
 	r.Handle(playground.AssetsPath+"*", playground.Assets())
 	gql := s.GraphQL()
-	r.Handle("/graphql", s.limits(withConnSlot(gql)))
+	r.Handle("/graphql", s.limits(withConnSlot(&s.wsActive, gql)))
 	r.Group(func(r chi.Router) {
 		r.Use(httpx.AppToken(s.cfg.AppToken))
 		r.Get("/dapr/subscribe", s.subscriptions)

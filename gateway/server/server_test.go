@@ -759,3 +759,47 @@ func TestSlowSubscriberClosedWithReason(t *testing.T) {
 		})
 	}
 }
+
+// TestShutdownClosesWebsockets: at shutdown every websocket, of either
+// protocol, is closed with 1001 and a reason, and CloseWebsockets returns
+// once their handlers are done.
+func TestShutdownClosesWebsockets(t *testing.T) {
+	s, h := newServer(newFake(), Config{})
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	var clients []*wsConn
+	for _, p := range []struct{ proto, subscribe string }{{"graphql-transport-ws", "subscribe"}, {"graphql-ws", "start"}} {
+		ws := wsDial(t, srv.URL, p.proto, nil)
+		defer ws.c.CloseNow()
+		ws.read("connection_ack")
+		ws.send(map[string]any{"id": "1", "type": p.subscribe, "payload": map[string]any{"query": `subscription { memoryUpdated(userId: "ana") { userSummary } }`}})
+		clients = append(clients, ws)
+	}
+	waitFor(t, func() bool { return s.Memories.Len() == 2 })
+	done := make(chan struct{})
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s.CloseWebsockets(ctx)
+		close(done)
+	}()
+	for _, ws := range clients {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var err error
+		for err == nil {
+			_, _, err = ws.c.Read(ctx)
+		}
+		cancel()
+		var ce websocket.CloseError
+		if !errors.As(err, &ce) || ce.Code != closeGoingAway || !strings.Contains(ce.Reason, "shutting down") {
+			t.Fatalf("closed with %v; want 1001 and a reason", err)
+		}
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("CloseWebsockets did not return")
+	}
+	waitFor(t, func() bool { return s.Memories.Len() == 0 })
+	s.CloseWebsockets(t.Context()) // nothing open: returns at once
+}

@@ -26,6 +26,9 @@ const (
 	// that fell too far behind; graphql-ws clients treat it as retryable:
 	// they reconnect and subscribe again.
 	closeTryAgainLater = 1013
+	// closeGoingAway (RFC 6455 1001) closes every socket when the gateway
+	// shuts down; clients reconnect (to another replica) and subscribe again.
+	closeGoingAway = 1001
 )
 
 // connSlot carries a websocket from Accept to the operations on it: the
@@ -38,10 +41,13 @@ type connSlot struct {
 
 type connSlotKey struct{}
 
-// withConnSlot gives each websocket upgrade request a connSlot.
-func withConnSlot(next http.Handler) http.Handler {
+// withConnSlot gives each websocket upgrade request a connSlot, and counts
+// the upgraded connections' handlers in active until they return.
+func withConnSlot(active *sync.WaitGroup, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+			active.Add(1)
+			defer active.Done()
 			r = r.WithContext(context.WithValue(r.Context(), connSlotKey{}, &connSlot{}))
 		}
 		next.ServeHTTP(w, r)
@@ -74,6 +80,48 @@ func closeSocket(ctx context.Context, code int, reason string) bool {
 type protocolGuard struct {
 	inner       transport.WebsocketImplementation
 	initTimeout time.Duration
+	open        *sockets // every open websocket, for a shutdown that says goodbye
+}
+
+// sockets is the set of open websockets.
+type sockets struct {
+	mu    sync.Mutex
+	conns map[*guardConn]struct{}
+}
+
+func newSockets() *sockets { return &sockets{conns: map[*guardConn]struct{}{}} }
+
+func (s *sockets) add(c *guardConn) {
+	s.mu.Lock()
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *sockets) remove(c *guardConn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// closeAll closes every open websocket with code and reason, without
+// waiting for the peers, and returns how many there were.
+func (s *sockets) closeAll(code int, reason string) int {
+	s.mu.Lock()
+	all := make([]*guardConn, 0, len(s.conns))
+	for c := range s.conns {
+		all = append(all, c)
+	}
+	s.mu.Unlock()
+	for _, c := range all {
+		c.fail(code, reason)
+	}
+	return len(all)
+}
+
+func (s *sockets) len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
 }
 
 func (g protocolGuard) Accept(w http.ResponseWriter, r *http.Request, o transport.WebsocketAcceptOptions) (transport.WebsocketConn, error) {
@@ -81,7 +129,10 @@ func (g protocolGuard) Accept(w http.ResponseWriter, r *http.Request, o transpor
 	if err != nil {
 		return c, err
 	}
-	gc := &guardConn{WebsocketConn: c, strict: c.Subprotocol() == "graphql-transport-ws", active: map[string]bool{}}
+	gc := &guardConn{WebsocketConn: c, strict: c.Subprotocol() == "graphql-transport-ws", active: map[string]bool{}, open: g.open}
+	if g.open != nil {
+		g.open.add(gc)
+	}
 	if slot, ok := r.Context().Value(connSlotKey{}).(*connSlot); ok {
 		slot.mu.Lock()
 		slot.c = gc
@@ -103,6 +154,7 @@ func (g protocolGuard) Accept(w http.ResponseWriter, r *http.Request, o transpor
 
 type guardConn struct {
 	transport.WebsocketConn
+	open   *sockets
 	strict bool // graphql-transport-ws: check the messages
 	mu     sync.Mutex
 	inited bool
@@ -201,6 +253,9 @@ func (c *guardConn) WriteJSON(v any) error {
 func (c *guardConn) Close() error {
 	if c.timer != nil {
 		c.timer.Stop()
+	}
+	if c.open != nil {
+		c.open.remove(c)
 	}
 	return c.WebsocketConn.Close()
 }

@@ -10,14 +10,18 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 )
 
 // Listen opens the listener early, so a port conflict fails at start.
 func Listen(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
 
-// Serve serves h on ln until ctx ends, then shuts down within grace.
-func Serve(ctx context.Context, ln net.Listener, h http.Handler, grace time.Duration, log *slog.Logger) error {
+// Serve serves h on ln until ctx ends, then shuts down within grace. Each
+// drain runs when the shutdown starts, beside it and within the same grace
+// period: it closes and waits for what the server does not track (hijacked
+// connections such as websockets).
+func Serve(ctx context.Context, ln net.Listener, h http.Handler, grace time.Duration, log *slog.Logger, drains ...func(context.Context)) error {
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -35,7 +39,13 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler, grace time.Dura
 	log.Info("shutting down: no new requests; waiting for those in flight", "grace", grace.String())
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
+	var wg sync.WaitGroup
+	for _, drain := range drains {
+		wg.Add(1)
+		go func() { defer wg.Done(); drain(sctx) }()
+	}
 	err := srv.Shutdown(sctx)
+	wg.Wait()
 	if errors.Is(err, context.DeadlineExceeded) {
 		log.Warn("shutdown grace period over; closing remaining connections")
 		return srv.Close()
