@@ -6,6 +6,9 @@ package gateway
 
 import (
 	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -14,8 +17,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"encoding/json"
 
 	"github.com/coder/websocket"
 	"github.com/golang-jwt/jwt/v5"
@@ -436,5 +437,37 @@ func TestThousandSubscribersGetOneEvent(t *testing.T) {
 	}
 	if got != conns*perConn {
 		t.Fatalf("%d of %d subscribers got the event", got, conns*perConn)
+	}
+}
+
+// TestStopClosesWebsockets: a gateway that is told to stop (SIGTERM) closes
+// its websockets with 1001 and a reason before it exits, so clients
+// reconnect at once.
+func TestStopClosesWebsockets(t *testing.T) {
+	st := stacktest.Stack(t)
+	ws := dial(t, gqlURL(st, "gateway-2"), "graphql-transport-ws")
+	ws.init(nil)
+	ws.subscribe("1", `subscription($u: ID!) { memoryUpdated(userId: $u) { userSummary } }`, map[string]any{"u": unique("bye")})
+	waitSubscribers(t, st, "gateway-2", "memory-updates", 1)
+	app := st.App("gateway-2")
+	stopped := make(chan struct{})
+	go func() { app.AppCmd.Stop(20 * time.Second); close(stopped) }()
+	t.Cleanup(func() {
+		<-stopped
+		if err := st.StartApp(context.Background(), "gateway-2"); err != nil {
+			t.Errorf("restarting gateway-2: %v", err)
+		}
+	})
+	if code := ws.closed(15 * time.Second); code != websocket.StatusGoingAway {
+		t.Fatalf("closed with %d (%v); want 1001 Going Away", code, ws.err)
+	}
+	var ce websocket.CloseError
+	if !errors.As(ws.err, &ce) || !strings.Contains(ce.Reason, "shutting down") {
+		t.Fatalf("close reason %q; want it to say the gateway is shutting down", ce.Reason)
+	}
+	select {
+	case <-stopped:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the gateway did not exit after closing its websockets")
 	}
 }
