@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"os"
 	"slices"
@@ -49,7 +50,7 @@ func benchGateway(ctx context.Context, st *stack.Stack, call func(method, url st
 	fmt.Println()
 	fmt.Println("bench: memory(userId) through the gateway vs the same read through the gateway's sidecar (alternating rounds)")
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "clients\tgateway req/s\tsidecar req/s\tthroughput kept\tgateway p50\tsidecar p50\tp50 added\tgateway p99\tsidecar p99\tgo-sdk p50\tgateway CPU/req\t")
+	fmt.Fprintln(tw, "clients\tgateway req/s\tsidecar req/s\tthroughput kept\tgateway p50\tsidecar p50\tp50 added\tgateway p99\tsidecar p99\tgo-sdk p50\tgateway CPU/req\ttargets\t")
 	for _, conc := range levels {
 		n := reads
 		if conc == 1 {
@@ -61,9 +62,14 @@ func benchGateway(ctx context.Context, st *stack.Stack, call func(method, url st
 			return fmt.Errorf("bench: %d gateway, %d sidecar and %d go-sdk errors", g.errs, d.errs, k.errs)
 		}
 		grate, drate := g.rate(), d.rate()
-		fmt.Fprintf(tw, "%d\t%.0f\t%.0f\t%.0f%%\t%s\t%s\t%+.0f%%\t%s\t%s\t%s\t%d µs\t\n", conc, grate, drate, 100*grate/drate,
-			ms(pct(g.lat, 50)), ms(pct(d.lat, 50)), 100*(float64(pct(g.lat, 50))/float64(pct(d.lat, 50))-1), ms(pct(g.lat, 99)), ms(pct(d.lat, 99)),
-			ms(pct(k.lat, 50)), g.cpu.Microseconds()/int64(max(len(g.lat), 1)))
+		kept, added := 100*grate/drate, 100*(float64(pct(g.lat, 50))/float64(pct(d.lat, 50))-1)
+		verdict := "met"
+		if math.Round(kept) < 75 || math.Round(added) > 30 {
+			verdict = "missed"
+		}
+		fmt.Fprintf(tw, "%d\t%.0f\t%.0f\t%.0f%%\t%s\t%s\t%+.0f%%\t%s\t%s\t%s\t%d µs\t%s\t\n", conc, grate, drate, kept,
+			ms(pct(g.lat, 50)), ms(pct(d.lat, 50)), added, ms(pct(g.lat, 99)), ms(pct(d.lat, 99)),
+			ms(pct(k.lat, 50)), g.cpu.Microseconds()/int64(max(len(g.lat), 1)), verdict)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -242,9 +248,13 @@ func benchFanOut(ctx context.Context, st *stack.Stack, call func(method, url str
 	mu.Unlock()
 	slices.Sort(lat)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "subscriptions\tdelivered\tp50\tp99\tmax\tgateway memory per idle subscription\t")
+	fmt.Fprintln(tw, "subscriptions\tdelivered\tp50\tp99\tmax\tgateway memory per idle subscription\ttargets\t")
 	perSub := float64(after-before) / float64(conns*perConn)
-	fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%.1f KiB\t\n", conns*perConn, len(lat), ms(pct(lat, 50)), ms(pct(lat, 99)), ms(pct(lat, 100)), perSub/1024)
+	verdict := "met"
+	if len(lat) < conns*perConn || pct(lat, 99) > 250*time.Millisecond || perSub > 32*1024 {
+		verdict = "missed"
+	}
+	fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%.1f KiB\t%s\t\n", conns*perConn, len(lat), ms(pct(lat, 50)), ms(pct(lat, 99)), ms(pct(lat, 100)), perSub/1024, verdict)
 	tw.Flush()
 	fmt.Println("targets: all delivered within 250 ms at p99; at most 32 KiB of gateway memory per idle subscription")
 	return nil
