@@ -24,21 +24,25 @@ type historyKey struct {
 
 type loadersKey struct{}
 
-// loaderWait is how long a loader gathers keys before it calls the backend;
-// gqlgen resolves the elements of a list concurrently, so they arrive within
-// microseconds of each other.
-const loaderWait = 2 * time.Millisecond
+// DefaultLoaderWait is how long a loader gathers keys before it calls the
+// backend; gqlgen resolves the elements of a list concurrently, so they
+// arrive within microseconds of each other.
+const DefaultLoaderWait = 2 * time.Millisecond
 
-// WithLoaders returns ctx with fresh loaders over b. The server calls it once
-// per operation (handler.AroundOperations).
-func WithLoaders(ctx context.Context, b backend.Backend) context.Context {
-	return context.WithValue(ctx, loadersKey{}, newLoaders(b))
+// WithLoaders returns ctx with fresh loaders over b that gather keys for
+// wait (0: DefaultLoaderWait). The server calls it once per operation
+// (handler.AroundOperations).
+func WithLoaders(ctx context.Context, b backend.Backend, wait time.Duration) context.Context {
+	return context.WithValue(ctx, loadersKey{}, newLoaders(b, wait))
 }
 
-func newLoaders(b backend.Backend) *loaders {
+func newLoaders(b backend.Backend, wait time.Duration) *loaders {
+	if wait <= 0 {
+		wait = DefaultLoaderWait
+	}
 	return &loaders{history: dataloadgen.NewLoader(func(ctx context.Context, keys []historyKey) ([][]memory.Entry, []error) {
 		return fetchHistories(ctx, b, keys)
-	}, dataloadgen.WithWait(loaderWait), dataloadgen.WithBatchCapacity(memory.MaxBatch))}
+	}, dataloadgen.WithWait(wait), dataloadgen.WithBatchCapacity(memory.MaxBatch))}
 }
 
 // loadersFrom returns the operation's loaders, or fresh ones when the
@@ -47,7 +51,7 @@ func (r *Resolver) loadersFrom(ctx context.Context) *loaders {
 	if l, ok := ctx.Value(loadersKey{}).(*loaders); ok {
 		return l
 	}
-	return newLoaders(r.Backend)
+	return newLoaders(r.Backend, 0)
 }
 
 // fetchHistories reads the histories of a batch: one backend call per

@@ -49,6 +49,7 @@ type Config struct {
 	KeepAlive       time.Duration // websocket keepalive, default 10s
 	InitTimeout     time.Duration // websocket connection_init timeout, default 10s
 	SubscriberQueue int           // events buffered per subscriber before it is dropped, default 64
+	LoaderWait      time.Duration // how long a dataloader gathers keys, default graph.DefaultLoaderWait
 	AppToken        string        // APP_API_TOKEN: required on the pub/sub routes
 	PubSub          string        // pub/sub component the gateway subscribes with, default gateway-pubsub
 	AuthMode        string
@@ -147,7 +148,7 @@ func (s *Server) GraphQL() http.Handler {
 	srv.Use(depthLimit{max: s.cfg.MaxDepth})
 	srv.Use(s.metrics)
 	srv.AroundOperations(func(ctx context.Context, next graphql.OperationHandler) graphql.ResponseHandler {
-		return next(graph.WithLoaders(ctx, s.backend)) // per-operation dataloaders
+		return next(graph.WithLoaders(ctx, s.backend, s.cfg.LoaderWait)) // per-operation dataloaders
 	})
 	srv.SetErrorPresenter(s.presentError)
 	srv.SetRecoverFunc(func(ctx context.Context, p any) error {

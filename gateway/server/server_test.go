@@ -186,7 +186,9 @@ func TestSessionMessagesBatched(t *testing.T) {
 		f.sessions["ana"] = append(f.sessions["ana"], memory.SessionInfo{SessionID: id, UpdatedAt: ts, MessageCount: 1})
 		f.history[id] = []memory.Entry{{Role: "user", Content: id, Timestamp: ts}}
 	}
-	_, h := newServer(f, Config{})
+	// A wide window: the batches below do not depend on how fast this
+	// machine starts goroutines.
+	_, h := newServer(f, Config{LoaderWait: 200 * time.Millisecond})
 	c := client.New(h, client.Path("/graphql"))
 	var resp struct {
 		Sessions []struct {
@@ -210,6 +212,24 @@ func TestSessionMessagesBatched(t *testing.T) {
 	c.MustPost(`{ sessions(userId: "ana") { messages(last: 1) { content } } }`, &resp)
 	if len(f.batches) != 2 {
 		t.Fatalf("second request: %d backend calls in all; want 2", len(f.batches))
+	}
+	// More sessions than one batch may hold: batches of at most 100 ids.
+	for i := range 110 {
+		id := fmt.Sprintf("t%d", i)
+		f.sessions["ana"] = append(f.sessions["ana"], memory.SessionInfo{SessionID: id, UpdatedAt: ts, MessageCount: 1})
+		f.history[id] = []memory.Entry{{Role: "user", Content: id, Timestamp: ts}}
+	}
+	f.batches = nil
+	c.MustPost(`{ sessions(userId: "ana") { sessionId messages { content } } }`, &resp)
+	total := 0
+	for _, b := range f.batches {
+		if len(b) > memory.MaxBatch {
+			t.Fatalf("a batch of %d ids; at most %d", len(b), memory.MaxBatch)
+		}
+		total += len(b)
+	}
+	if len(resp.Sessions) != n+111 || len(f.batches) != 2 || total != n+111 {
+		t.Fatalf("%d sessions in %d batches (%d ids); want %d in 2", len(resp.Sessions), len(f.batches), total, n+111)
 	}
 	f.convErr = apperr.Wrap(apperr.Unavailable, errors.New("dial tcp 127.0.0.1:50001"), "agent-memory-service is unavailable")
 	if code, _, msg := errCode(t, h, `{ sessions(userId: "ana") { messages { content } } }`); code != "UNAVAILABLE" || msg != "agent-memory-service is unavailable" {
