@@ -91,7 +91,7 @@ func TestQueriesAndMutations(t *testing.T) {
 	if _, err := time.Parse(time.RFC3339, rep["timestamp"].(string)); err != nil {
 		t.Fatalf("timestamp %v", rep["timestamp"])
 	}
-	stacktest.WaitFor(t, 30*time.Second, "conversation of 2 messages", func() error {
+	stacktest.WaitFor(t, 30*time.Second, "conversation of 2 messages, listed in the sessions", func() error {
 		d, errs, _ = gql(t, url, `query($s: ID!, $u: ID!) { conversation(sessionId: $s, last: 10) { messages { role content timestamp } } sessions(userId: $u) { sessionId messageCount lastMessage { role } } memory(userId: $u) { name userSummary } }`,
 			map[string]any{"s": session, "u": user})
 		if errs != nil {
@@ -99,6 +99,10 @@ func TestQueriesAndMutations(t *testing.T) {
 		}
 		if n := len(d["conversation"].(map[string]any)["messages"].([]any)); n != 2 {
 			return fmt.Errorf("%d messages", n)
+		}
+		// The session list is written after the history.
+		if s := d["sessions"].([]any); len(s) != 1 || s[0].(map[string]any)["messageCount"] != float64(2) {
+			return fmt.Errorf("sessions = %v", s)
 		}
 		return nil
 	})

@@ -73,6 +73,27 @@ func waitHistory(t *testing.T, st *stack.Stack, session string, n int) []map[str
 	return h
 }
 
+// waitSessions waits until the user's session list has n sessions, each
+// with message_count messages (the list is written after the history).
+func waitSessions(t *testing.T, st *stack.Stack, user string, n, messages int) []any {
+	t.Helper()
+	var list []any
+	stacktest.WaitFor(t, 30*time.Second, fmt.Sprintf("%d sessions of %s with %d messages", n, user, messages), func() error {
+		r := stacktest.Do(t, http.MethodGet, memoryURL(st, "users/"+user+"/sessions"), nil, token(st)...)
+		list, _ = r.JSON["sessions"].([]any)
+		if len(list) != n {
+			return fmt.Errorf("%s", r.Body)
+		}
+		for _, x := range list {
+			if c := x.(map[string]any)["message_count"]; c != float64(messages) {
+				return fmt.Errorf("%s", r.Body)
+			}
+		}
+		return nil
+	})
+	return list
+}
+
 func unique(prefix string) string { return fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano()) }
 
 var utcTime = regexp.MustCompile(`\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC`)
@@ -150,9 +171,8 @@ func TestChatTurnEndToEnd(t *testing.T) {
 		}
 	}
 	waitHistory(t, st, session, 4)
-	r = stacktest.Do(t, http.MethodGet, memoryURL(st, "users/"+user+"/sessions"), nil, token(st)...)
-	if !strings.Contains(string(r.Body), session) {
-		t.Fatalf("sessions of %s = %s", user, r.Body)
+	if list := waitSessions(t, st, user, 1, 4); list[0].(map[string]any)["session_id"] != session {
+		t.Fatalf("sessions of %s = %v", user, list)
 	}
 }
 
@@ -299,10 +319,7 @@ func TestForgetUserAndDeleteConversation(t *testing.T) {
 	publish(t, st, event(user, s2, "two"), "")
 	waitHistory(t, st, s1, 2)
 	waitHistory(t, st, s2, 2)
-	r := stacktest.Do(t, http.MethodGet, memoryURL(st, "users/"+user+"/sessions"), nil, token(st)...)
-	if list, _ := r.JSON["sessions"].([]any); len(list) != 2 {
-		t.Fatalf("sessions = %s", r.Body)
-	}
+	waitSessions(t, st, user, 2, 2)
 	if r := stacktest.Do(t, http.MethodDelete, memoryURL(st, "conversations/"+s1), nil, token(st)...); r.Status != http.StatusOK {
 		t.Fatalf("delete conversation: %d %s", r.Status, r.Body)
 	}
@@ -318,7 +335,7 @@ func TestForgetUserAndDeleteConversation(t *testing.T) {
 	if h := history(t, st, s2); len(h) != 0 {
 		t.Fatalf("history of a forgotten user = %v", h)
 	}
-	r = stacktest.Do(t, http.MethodGet, memoryURL(st, "users/"+user+"/sessions"), nil, token(st)...)
+	r := stacktest.Do(t, http.MethodGet, memoryURL(st, "users/"+user+"/sessions"), nil, token(st)...)
 	if list, _ := r.JSON["sessions"].([]any); len(list) != 0 {
 		t.Fatalf("sessions after forget = %s", r.Body)
 	}
