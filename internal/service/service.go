@@ -23,8 +23,10 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/daca-go/daca/internal/apperr"
+	"github.com/daca-go/daca/internal/daprc"
 	"github.com/daca-go/daca/internal/env"
 	"github.com/daca-go/daca/internal/httpx"
+	"github.com/daca-go/daca/internal/llm"
 	"github.com/daca-go/daca/internal/logging"
 	"github.com/daca-go/daca/internal/metrics"
 	"github.com/daca-go/daca/internal/server"
@@ -64,6 +66,66 @@ func Observe(ctx context.Context, appID, format, level string) (*slog.Logger, fu
 		defer cancel()
 		_ = shutdown(sctx)
 	}, nil
+}
+
+// Started is a service that Start has set up: it serves HTTP already (its
+// routes answer 503 until the service calls SetReady), and has its logger,
+// its sidecar client and its LLM.
+type Started struct {
+	Log   *slog.Logger
+	Dapr  dapr.Client
+	Model *llm.Client
+	// Init bounds the rest of the start-up (2 minutes from Start).
+	Init   context.Context
+	errc   <-chan error
+	closer []func()
+}
+
+// Start observes (logging, tracing), listens on c.Addr() and serves the
+// handler that routes makes with the logger, at once; then it connects to
+// the Dapr sidecar and sets up the LLM (its key from the secret store). It
+// returns when those are done; the caller finishes its own start-up, calls
+// SetReady, then Wait. Close releases what Start holds.
+func Start(ctx context.Context, appID string, c Common, llmCfg llm.Config, grace time.Duration, routes func(*slog.Logger) http.Handler) (*Started, error) {
+	log, stopTracing, err := Observe(ctx, appID, c.LogFormat, c.LogLevel)
+	if err != nil {
+		return nil, err
+	}
+	st := &Started{Log: log, closer: []func(){stopTracing}}
+	fail := func(err error) (*Started, error) {
+		st.Close()
+		return nil, err
+	}
+	ln, err := server.Listen(c.Addr())
+	if err != nil {
+		return fail(err)
+	}
+	errc := make(chan error, 1)
+	h := routes(log)
+	go func() { errc <- server.Serve(ctx, ln, h, grace, log) }()
+	st.errc = errc
+	initCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	st.Init = initCtx
+	st.closer = append(st.closer, cancel)
+	if st.Dapr, err = daprc.Connect(initCtx, log); err != nil {
+		return fail(err)
+	}
+	st.closer = append(st.closer, st.Dapr.Close)
+	if st.Model, err = llm.New(initCtx, llmCfg, &llm.SecretKey{Client: st.Dapr, Log: log}, log); err != nil {
+		return fail(err)
+	}
+	return st, nil
+}
+
+// Wait returns when the HTTP server has shut down (its context ended) or
+// failed.
+func (s *Started) Wait() error { return <-s.errc }
+
+// Close releases the sidecar connection and flushes the spans.
+func (s *Started) Close() {
+	for i := len(s.closer) - 1; i >= 0; i-- {
+		s.closer[i]()
+	}
 }
 
 // Sidecar answers whether the Dapr sidecar is reachable.

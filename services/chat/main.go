@@ -5,15 +5,15 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"net/http"
 	"time"
 
 	"github.com/dapr/durabletask-go/workflow"
 
 	"github.com/daca-go/daca/internal/chat"
-	"github.com/daca-go/daca/internal/daprc"
 	"github.com/daca-go/daca/internal/env"
 	"github.com/daca-go/daca/internal/llm"
-	"github.com/daca-go/daca/internal/server"
 	"github.com/daca-go/daca/internal/service"
 )
 
@@ -41,33 +41,19 @@ func main() {
 }
 
 func run(ctx context.Context, cfg config) error {
-	log, stopTracing, err := service.Observe(ctx, appID, cfg.LogFormat, cfg.LogLevel)
+	var s *srv
+	st, err := service.Start(ctx, appID, cfg.Common, cfg.llm, cfg.chatTimeout+5*time.Second, func(log *slog.Logger) http.Handler {
+		s = newServer(log, cfg.AppToken, cfg.chatTimeout)
+		return s.routes()
+	})
 	if err != nil {
 		return err
 	}
-	defer stopTracing()
-	ln, err := server.Listen(cfg.Addr())
-	if err != nil {
-		return err
-	}
-	s := newServer(log, cfg.AppToken, cfg.chatTimeout)
-	errc := make(chan error, 1)
-	go func() { errc <- server.Serve(ctx, ln, s.routes(), cfg.chatTimeout+5*time.Second, log) }()
-
-	initCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	dc, err := daprc.Connect(initCtx, log)
-	if err != nil {
-		return err
-	}
-	defer dc.Close()
-	model, err := llm.New(initCtx, cfg.llm, &llm.SecretKey{Client: dc, Log: log}, log)
-	if err != nil {
-		return err
-	}
+	defer st.Close()
+	log, dc := st.Log, st.Dapr
 	wf := workflow.NewClient(dc.GrpcClientConn())
 	reg := workflow.NewRegistry()
-	acts := &chat.Activities{Invoker: dc, Publisher: dc, Model: model, Log: log}
+	acts := &chat.Activities{Invoker: dc, Publisher: dc, Model: st.Model, Log: log}
 	if err := acts.Register(reg); err != nil {
 		return err
 	}
@@ -82,12 +68,12 @@ func run(ctx context.Context, cfg config) error {
 	if err := wf.StartWorker(workerCtx, reg); err != nil {
 		return fmt.Errorf("starting the workflow worker: %w", err)
 	}
-	if err := chat.Warmup(initCtx, wf, 10*time.Second, log); err != nil {
+	if err := chat.Warmup(st.Init, wf, 10*time.Second, log); err != nil {
 		return err
 	}
-	s.ready(wf, dc, model.Mode())
-	log.Info("ready", "llm", model.Mode(), "chat_timeout", cfg.chatTimeout.String())
-	err = <-errc
+	s.ready(wf, dc, st.Model.Mode())
+	log.Info("ready", "llm", st.Model.Mode(), "chat_timeout", cfg.chatTimeout.String())
+	err = st.Wait()
 	stopWorker()
 	return err
 }

@@ -5,13 +5,13 @@ package main
 
 import (
 	"context"
+	"log/slog"
+	"net/http"
 	"time"
 
-	"github.com/daca-go/daca/internal/daprc"
 	"github.com/daca-go/daca/internal/env"
 	"github.com/daca-go/daca/internal/llm"
 	"github.com/daca-go/daca/internal/memory"
-	"github.com/daca-go/daca/internal/server"
 	"github.com/daca-go/daca/internal/service"
 )
 
@@ -40,33 +40,18 @@ func main() {
 }
 
 func run(ctx context.Context, cfg config) error {
-	log, stopTracing, err := service.Observe(ctx, appID, cfg.LogFormat, cfg.LogLevel)
-	if err != nil {
-		return err
-	}
-	defer stopTracing()
-	ln, err := server.Listen(cfg.Addr())
-	if err != nil {
-		return err
-	}
-	srv := newServer(log, cfg.AppToken)
+	var srv *srv
 	// Serve at once (health says "starting"); connect to Dapr meanwhile.
-	errc := make(chan error, 1)
-	go func() { errc <- server.Serve(ctx, ln, srv.routes(), 15*time.Second, log) }()
-
-	initCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	dc, err := daprc.Connect(initCtx, log)
+	st, err := service.Start(ctx, appID, cfg.Common, cfg.llm, 15*time.Second, func(log *slog.Logger) http.Handler {
+		srv = newServer(log, cfg.AppToken)
+		return srv.routes()
+	})
 	if err != nil {
 		return err
 	}
-	defer dc.Close()
-	model, err := llm.New(initCtx, cfg.llm, &llm.SecretKey{Client: dc, Log: log}, log)
-	if err != nil {
-		return err
-	}
-	mem := memory.New(dc, memory.Config{HistoryCap: cfg.historyCap, SummaryLast: cfg.summaryLast}, log)
-	srv.ready(mem, dc, model)
-	log.Info("ready", "llm", model.Mode(), "history_cap", cfg.historyCap, "summary_last", cfg.summaryLast)
-	return <-errc
+	defer st.Close()
+	mem := memory.New(st.Dapr, memory.Config{HistoryCap: cfg.historyCap, SummaryLast: cfg.summaryLast}, st.Log)
+	srv.ready(mem, st.Dapr, st.Model)
+	st.Log.Info("ready", "llm", st.Model.Mode(), "history_cap", cfg.historyCap, "summary_last", cfg.summaryLast)
+	return st.Wait()
 }
