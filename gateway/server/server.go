@@ -209,6 +209,25 @@ func (s *Server) wsInit(ctx context.Context, p transport.InitPayload) (context.C
 	return actx, nil, nil
 }
 
+// bodyError rewrites gqlgen's answers to a request body it cannot read or
+// that is not one JSON operation, which quote the whole body back
+// ("... body:<the body>"): it says what is wrong, without the body.
+func bodyError(msg string) (string, bool) {
+	const decode, read = "json request body could not be decoded: ", "could not read request body: "
+	switch {
+	case !strings.HasPrefix(msg, decode) && !strings.HasPrefix(msg, read):
+		return "", false
+	case strings.Contains(msg, "request body too large"):
+		return "the request body is larger than the limit", true
+	case strings.Contains(msg, "cannot unmarshal array"):
+		return "batched operations (a JSON array) are not supported: send one operation per request", true
+	case strings.HasPrefix(msg, read):
+		return "the request body could not be read", true
+	}
+	detail, _, _ := strings.Cut(strings.TrimPrefix(msg, decode), " body:")
+	return "the request body is not a JSON object with a query: " + detail, true
+}
+
 // presentError maps an error to a GraphQL error with extensions.code, once.
 // Client-safe messages only; internal details go to the log.
 func (s *Server) presentError(ctx context.Context, e error) *gqlerror.Error {
@@ -217,6 +236,10 @@ func (s *Server) presentError(ctx context.Context, e error) *gqlerror.Error {
 	if !errors.As(e, &ae) {
 		var ge *gqlerror.Error
 		if errors.As(e, &ge) && ge.Err == nil {
+			if msg, ok := bodyError(gerr.Message); ok {
+				gerr.Message = msg
+				gerr.Extensions = map[string]any{"code": "BAD_REQUEST"}
+			}
 			return gerr // parse and validation errors: already client-safe
 		}
 		logging.From(ctx, s.log).Error("graphql: unexpected error", "err", e)
@@ -330,7 +353,17 @@ func (s *Server) limits(next http.Handler) http.Handler {
 				}
 			}
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBody)
+		if r.ContentLength > s.cfg.MaxBody {
+			writeGraphQLError(w, http.StatusRequestEntityTooLarge, "BAD_REQUEST",
+				fmt.Sprintf("the request body is larger than the limit (%d bytes)", s.cfg.MaxBody))
+			return
+		}
+		if r.Method == http.MethodPost && r.ContentLength < 0 { // chunked: the limit shows while gqlgen reads
+			lb := &limitedBody{ReadCloser: http.MaxBytesReader(w, r.Body, s.cfg.MaxBody)}
+			r.Body, w = lb, &tooLargeWriter{ResponseWriter: w, body: lb}
+		} else {
+			r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBody)
+		}
 		if raw := auth.BearerToken(r.Header.Get("Authorization")); raw != "" && s.cfg.Guard.Enabled() {
 			ctx, err := s.cfg.Guard.Authenticate(r.Context(), raw)
 			if err != nil {
@@ -343,6 +376,44 @@ func (s *Server) limits(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// limitedBody notes that a body went over its limit.
+type limitedBody struct {
+	io.ReadCloser
+	tooLarge bool
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		b.tooLarge = true
+	}
+	return n, err
+}
+
+// tooLargeWriter answers 413 instead of 200 when the body went over its
+// limit (gqlgen answers a body it cannot read with 200 and an error).
+type tooLargeWriter struct {
+	http.ResponseWriter
+	body  *limitedBody
+	wrote bool
+}
+
+func (w *tooLargeWriter) WriteHeader(code int) {
+	if !w.wrote && w.body.tooLarge && code == http.StatusOK {
+		code = http.StatusRequestEntityTooLarge
+	}
+	w.wrote = true
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *tooLargeWriter) Write(b []byte) (int, error) {
+	if !w.wrote {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriter.Write(b)
 }
 
 func writeGraphQLError(w http.ResponseWriter, status int, code, msg string) {

@@ -823,3 +823,38 @@ func TestShutdownClosesWebsockets(t *testing.T) {
 	waitFor(t, func() bool { return s.Memories.Len() == 0 })
 	s.CloseWebsockets(t.Context()) // nothing open: returns at once
 }
+
+func TestBodyErrorNeverQuotesTheBody(t *testing.T) {
+	tests := []struct {
+		body       string
+		status     int
+		want, code string
+	}{
+		{`{"query": `, 400, "not a JSON object with a query", "BAD_REQUEST"},
+		{`[{"query":"{ health { status } }"}]`, 400, "batched operations (a JSON array) are not supported", "BAD_REQUEST"},
+		{`{"query":"` + strings.Repeat("x", 2<<20) + `"}`, 413, "larger than the limit", "BAD_REQUEST"},
+		{"chunked" + `{"query":"` + strings.Repeat("x", 2<<20) + `"}`, 413, "larger than the limit", "BAD_REQUEST"},
+	}
+	_, h := newServer(newFake(), Config{})
+	for _, tt := range tests {
+		body, chunked := strings.CutPrefix(tt.body, "chunked")
+		req := httptest.NewRequest(http.MethodPost, "/graphql", strings.NewReader(body))
+		if chunked {
+			req.ContentLength = -1
+		}
+		req.Header.Set("Content-Type", "application/json")
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		var resp struct {
+			Errors []struct {
+				Message    string
+				Extensions map[string]any
+			}
+		}
+		json.Unmarshal(w.Body.Bytes(), &resp)
+		if w.Code != tt.status || len(resp.Errors) != 1 || !strings.Contains(resp.Errors[0].Message, tt.want) ||
+			resp.Errors[0].Extensions["code"] != tt.code || strings.Contains(w.Body.String(), "health") || w.Body.Len() > 1000 {
+			t.Errorf("%.40s: %d %.300s; want %d %q %s", tt.body, w.Code, w.Body, tt.status, tt.want, tt.code)
+		}
+	}
+}

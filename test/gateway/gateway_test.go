@@ -274,13 +274,14 @@ func TestBadInputKeepsServing(t *testing.T) {
 		wantStatus     int
 		wantText       string
 	}{
-		{"malformed JSON", js, `{"query": `, 400, "json"},
+		{"malformed JSON", js, `{"query": `, 400, "not a JSON object with a query"},
+		{"batched operations", js, `[{"query": "{ health { status } }"}, {"query": "{ health { status } }"}]`, 400, "batched operations"},
 		{"unknown field", js, `{"query": "{ nope }"}`, 422, "GRAPHQL_VALIDATION_FAILED"},
 		{"wrong variable type", js, `{"query": "query($n: Int) { conversation(sessionId: \"s\", last: $n) { sessionId } }", "variables": {"n": "x"}}`, 422, "GRAPHQL_VALIDATION_FAILED"},
 		{"10,000-deep query", js, mustJSON(deep), 0, "errors"},
 		{"1,000 aliases", js, mustJSON(aliases.String()), 0, "COMPLEXITY_LIMIT_EXCEEDED"},
 		{"bad id", js, `{"query": "{ memory(userId: \"a||b\") { name } }"}`, 200, "BAD_USER_INPUT"},
-		{"10 MiB body", js, `{"query": "` + strings.Repeat("x", 10<<20) + `"}`, 0, ""},
+		{"10 MiB body", js, `{"query": "` + strings.Repeat("x", 10<<20) + `"}`, 413, "larger than the limit"},
 		{"CSRF: text/plain", "text/plain", `{"query": "mutation { forgetUser(userId: \"x\") { userId } }"}`, 400, "preflight"},
 		{"CSRF: form", "application/x-www-form-urlencoded", `query=mutation{forgetUser(userId:"x"){userId}}`, 400, "preflight"},
 	}
