@@ -858,3 +858,32 @@ func TestBodyErrorNeverQuotesTheBody(t *testing.T) {
 		}
 	}
 }
+
+// TestSocketsForgottenWhenClosed: every way a websocket ends removes it from
+// the set that shutdown closes (no leak per connection).
+func TestSocketsForgottenWhenClosed(t *testing.T) {
+	s, h := newServer(newFake(), Config{InitTimeout: 200 * time.Millisecond})
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	for i := range 10 {
+		for _, proto := range []string{"graphql-transport-ws", "graphql-ws"} {
+			ws := wsDial(t, srv.URL, proto, nil)
+			ws.read("connection_ack")
+			switch i % 3 {
+			case 0:
+				ws.c.Close(websocket.StatusNormalClosure, "")
+			case 1:
+				ws.c.CloseNow()
+			case 2:
+				ws.send(map[string]any{"type": "nonsense"})
+				closeCode(t, ws.c)
+			}
+		}
+		c, _, err := websocket.Dial(t.Context(), strings.Replace(srv.URL, "http", "ws", 1)+"/graphql", &websocket.DialOptions{Subprotocols: []string{"graphql-transport-ws"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		closeCode(t, c) // no connection_init: closed by the server
+	}
+	waitFor(t, func() bool { return s.sockets.len() == 0 })
+}
