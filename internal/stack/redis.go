@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -140,4 +141,120 @@ func redisPing(addr string) error {
 		return nil
 	}
 	return fmt.Errorf("redis at %s answered %q", addr, strings.TrimSpace(line))
+}
+
+// GatewayStreams are the streams (pub/sub topics) on which every gateway
+// start makes consumer groups of its own (gateway-<uuid>).
+var GatewayStreams = []string{"conversations", "memory-updates"}
+
+// pruneGatewayGroups removes the consumer groups named gateway-* from the
+// gateway streams. Dapr never removes a group, and each gateway start makes
+// new ones; the stack calls this on a Redis of its own before any gateway
+// starts, when every such group is a leftover. It returns how many it
+// removed.
+func pruneGatewayGroups(addr string) (int, error) {
+	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(conn)
+	do := func(args ...string) (any, error) {
+		var b strings.Builder
+		fmt.Fprintf(&b, "*%d\r\n", len(args))
+		for _, a := range args {
+			fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+		}
+		if _, err := conn.Write([]byte(b.String())); err != nil {
+			return nil, err
+		}
+		return readReply(r)
+	}
+	if pw := os.Getenv("REDIS_PASSWORD"); pw != "" {
+		if _, err := do("AUTH", pw); err != nil {
+			return 0, err
+		}
+	}
+	removed := 0
+	for _, stream := range GatewayStreams {
+		reply, err := do("XINFO", "GROUPS", stream)
+		var rerr redisError
+		if errors.As(err, &rerr) && strings.Contains(string(rerr), "no such key") {
+			continue // the topic has had no subscriber yet
+		}
+		if err != nil {
+			return removed, fmt.Errorf("XINFO GROUPS %s: %w", stream, err)
+		}
+		groups, _ := reply.([]any)
+		for _, g := range groups {
+			fields, _ := g.([]any)
+			for i := 0; i+1 < len(fields); i += 2 {
+				if k, _ := fields[i].(string); k != "name" {
+					continue
+				}
+				if name, _ := fields[i+1].(string); strings.HasPrefix(name, "gateway-") {
+					if _, err := do("XGROUP", "DESTROY", stream, name); err != nil {
+						return removed, fmt.Errorf("XGROUP DESTROY %s %s: %w", stream, name, err)
+					}
+					removed++
+				}
+			}
+		}
+	}
+	return removed, nil
+}
+
+// redisError is an error reply of Redis.
+type redisError string
+
+func (e redisError) Error() string { return string(e) }
+
+// readReply reads one RESP2 reply: a string, an int64, nil, a []any, or a
+// redisError.
+func readReply(r *bufio.Reader) (any, error) {
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return nil, err
+	}
+	line = strings.TrimRight(line, "\r\n")
+	if line == "" {
+		return nil, errors.New("redis: empty reply line")
+	}
+	body := line[1:]
+	switch line[0] {
+	case '+':
+		return body, nil
+	case '-':
+		return nil, redisError(body)
+	case ':':
+		return strconv.ParseInt(body, 10, 64)
+	case '$':
+		n, err := strconv.Atoi(body)
+		if err != nil || n < 0 {
+			return nil, err // $-1: nil
+		}
+		buf := make([]byte, n+2)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return nil, err
+		}
+		return string(buf[:n]), nil
+	case '*':
+		n, err := strconv.Atoi(body)
+		if err != nil || n < 0 {
+			return nil, err // *-1: nil
+		}
+		out := make([]any, n)
+		for i := range out {
+			if out[i], err = readReply(r); err != nil {
+				var rerr redisError
+				if !errors.As(err, &rerr) {
+					return nil, err
+				}
+				out[i] = rerr
+			}
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("redis: unexpected reply %q", line)
 }

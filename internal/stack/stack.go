@@ -213,6 +213,15 @@ func (s *Stack) start(ctx context.Context) error {
 		if err := s.startRedis(ctx); err != nil {
 			return err
 		}
+		if c.RedisPersist { // data of earlier runs: drop the groups their gateways left
+			n, err := pruneGatewayGroups(s.RedisAddr)
+			if err != nil {
+				return fmt.Errorf("redis: removing the consumer groups of earlier gateways: %w", err)
+			}
+			if n > 0 {
+				fmt.Fprintf(c.Progress, "stack: removed %d consumer groups left by earlier gateway runs\n", n)
+			}
+		}
 	}
 
 	// Control plane.
