@@ -10,7 +10,6 @@ import (
 	"net/http"
 	_ "net/http/pprof"
 	"os"
-	"runtime/debug"
 	"strings"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/daca-go/daca/gateway/server"
 	"github.com/daca-go/daca/internal/daprc"
 	"github.com/daca-go/daca/internal/env"
+	"github.com/daca-go/daca/internal/gctune"
 	"github.com/daca-go/daca/internal/ratelimit"
 	internalserver "github.com/daca-go/daca/internal/server"
 	"github.com/daca-go/daca/internal/service"
@@ -84,7 +84,7 @@ func main() {
 // gateway allocates ~30 KB per request and keeps little (a few MiB, plus a few
 // KiB per open subscription), so with Go's default of 100 it collects many
 // times a second under load; at 400 it spends about 15% less CPU per request
-// for a larger heap. GOMEMLIMIT, when set, still bounds the heap.
+// for a larger heap.
 const gcPercent = 400
 
 func run(ctx context.Context, cfg config) error {
@@ -93,10 +93,7 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	defer stopTracing()
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(gcPercent)
-		log.Debug("GOGC set", "gogc", gcPercent)
-	}
+	gctune.Apply(gcPercent, log)
 	ln, err := internalserver.Listen(cfg.Addr())
 	if err != nil {
 		return err
