@@ -5,6 +5,7 @@ package browser
 
 import (
 	"context"
+	_ "embed"
 	"fmt"
 	"net/url"
 	"os"
@@ -127,5 +128,46 @@ func TestPlaygroundSubscriptionAndMutation(t *testing.T) {
 	}
 	if !strings.Contains(got, session) || !strings.Contains(got, "assistantReply") {
 		t.Fatalf("subscription pane = %q", got)
+	}
+}
+
+//go:embed testdata/clients/clients.js
+var clientLibraries string
+
+// TestClientLibraries runs the libraries web clients use, in a page of the
+// gateway's origin: Apollo Client's HttpLink (a query and a mutation) and
+// GraphQLWsLink (graphql-ws), and the legacy subscriptions-transport-ws
+// client; both subscriptions receive the turn's event.
+func TestClientLibraries(t *testing.T) {
+	st := stacktest.Stack(t)
+	ctx := chromium(t)
+	user, session := fmt.Sprintf("apollo-%d", time.Now().UnixNano()), fmt.Sprintf("apollo-live-%d", time.Now().UnixNano())
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(st.App("gateway").AppURL()+"/"),
+		chromedp.WaitReady("body"),
+		chromedp.Evaluate[chromedp.Void](clientLibraries),
+	); err != nil {
+		t.Fatal(err)
+	}
+	type event struct{ EventID, SessionID, UserMessage, AssistantReply string }
+	got, err := chromedp.Run(ctx, chromedp.Evaluate[struct {
+		Health struct{ Status, AuthMode string }
+		Sent   struct{ Reply, SessionID, Status string }
+		Modern event
+		Legacy event
+	}](fmt.Sprintf(`window.dacaClients.run({user: %q, session: %q})`, user, session), chromedp.EvalAwaitPromise))
+	if err != nil {
+		t.Fatalf("client libraries: %v", err)
+	}
+	if got.Health.Status != "ok" || got.Health.AuthMode != "none" {
+		t.Fatalf("Apollo query: health = %+v", got.Health)
+	}
+	if got.Sent.Status != "COMPLETED" || got.Sent.SessionID != session || !strings.Contains(got.Sent.Reply, "hello from Apollo") {
+		t.Fatalf("Apollo mutation: %+v", got.Sent)
+	}
+	for name, ev := range map[string]event{"GraphQLWsLink (graphql-ws)": got.Modern, "subscriptions-transport-ws": got.Legacy} {
+		if ev.SessionID != session || ev.UserMessage != "hello from Apollo" || ev.AssistantReply != got.Sent.Reply || ev.EventID == "" {
+			t.Fatalf("%s got %+v", name, ev)
+		}
 	}
 }

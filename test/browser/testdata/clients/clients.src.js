@@ -1,0 +1,60 @@
+// The client libraries people use with the gateway, run in a browser page of
+// the gateway's origin by test/browser: Apollo Client (HttpLink for queries
+// and mutations, GraphQLWsLink over graphql-ws for subscriptions) and the
+// legacy subscriptions-transport-ws client. Bundled into
+// test/browser/testdata/clients/clients.js (see README.md beside it).
+import { ApolloClient, InMemoryCache, HttpLink, gql } from '@apollo/client/core';
+import { GraphQLWsLink } from '@apollo/client/link/subscriptions';
+import { createClient } from 'graphql-ws';
+import { SubscriptionClient } from 'subscriptions-transport-ws';
+
+const SUB = gql`subscription($s: ID) { conversationUpdated(sessionId: $s) { eventId sessionId userMessage assistantReply } }`;
+
+async function openSubscriptions() {
+  const text = await (await fetch('/metrics')).text();
+  const m = text.match(/daca_gateway_open_subscriptions\{topic="conversations"\} (\d+)/);
+  return m ? Number(m[1]) : 0;
+}
+
+function first(observable, name) {
+  return new Promise((resolve, reject) => {
+    const sub = observable.subscribe({
+      next: (v) => { resolve(v); sub.unsubscribe(); },
+      error: (e) => reject(new Error(name + ': ' + (e && e.message ? e.message : JSON.stringify(e)))),
+    });
+  });
+}
+
+function within(ms, p, what) {
+  return Promise.race([p, new Promise((_, reject) => setTimeout(() => reject(new Error('timeout: ' + what)), ms))]);
+}
+
+async function run({ user, session }) {
+  const wsURL = location.origin.replace(/^http/, 'ws') + '/graphql';
+  const http = new ApolloClient({ link: new HttpLink({ uri: '/graphql' }), cache: new InMemoryCache() });
+  const health = await http.query({ query: gql`{ health { status authMode } }`, fetchPolicy: 'no-cache' });
+
+  const before = await openSubscriptions();
+  const wsClient = createClient({ url: wsURL });
+  const modern = new ApolloClient({ link: new GraphQLWsLink(wsClient), cache: new InMemoryCache() });
+  const legacy = new SubscriptionClient(wsURL, { reconnect: false });
+  const modernEvent = first(modern.subscribe({ query: SUB, variables: { s: session } }), 'GraphQLWsLink');
+  const legacyEvent = first(legacy.request({ query: SUB, variables: { s: session } }), 'subscriptions-transport-ws');
+
+  // Both subscriptions are open on the gateway before the turn is sent.
+  const deadline = Date.now() + 20000;
+  while ((await openSubscriptions()) < before + 2) {
+    if (Date.now() > deadline) throw new Error('subscriptions did not open');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const sent = await http.mutate({
+    mutation: gql`mutation($in: SendMessageInput!) { sendMessage(input: $in) { reply sessionId status } }`,
+    variables: { in: { userId: user, text: 'hello from Apollo', sessionId: session } },
+  });
+  const [m, l] = await within(30000, Promise.all([modernEvent, legacyEvent]), 'events');
+  await wsClient.dispose();
+  legacy.close();
+  return { health: health.data.health, sent: sent.data.sendMessage, modern: m.data.conversationUpdated, legacy: l.data.conversationUpdated };
+}
+
+window.dacaClients = { run };
