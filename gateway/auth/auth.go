@@ -91,7 +91,13 @@ type HS256 struct {
 }
 
 func (h HS256) Verify(_ context.Context, raw string) (Identity, error) {
-	tok, err := jwt.ParseWithClaims(raw, &claims{}, func(*jwt.Token) (any, error) { return h.Secret, nil }, h.Opts.parserOpts("HS256")...)
+	return verify(raw, func(*jwt.Token) (any, error) { return h.Secret, nil }, h.Opts.parserOpts("HS256"))
+}
+
+// verify parses and checks a token with the key that key gives, and returns
+// its identity; every failure is UNAUTHENTICATED.
+func verify(raw string, key jwt.Keyfunc, opts []jwt.ParserOption) (Identity, error) {
+	tok, err := jwt.ParseWithClaims(raw, &claims{}, key, opts...)
 	if err != nil {
 		return Identity{}, unauthenticated(err)
 	}
@@ -116,18 +122,10 @@ type JWKS struct {
 }
 
 func (j *JWKS) Verify(ctx context.Context, raw string) (Identity, error) {
-	tok, err := jwt.ParseWithClaims(raw, &claims{}, func(t *jwt.Token) (any, error) {
+	return verify(raw, func(t *jwt.Token) (any, error) {
 		kid, _ := t.Header["kid"].(string)
 		return j.key(ctx, kid)
-	}, j.Opts.parserOpts("RS256")...)
-	if err != nil {
-		return Identity{}, unauthenticated(err)
-	}
-	id, err := identity(tok)
-	if err != nil {
-		return Identity{}, unauthenticated(err)
-	}
-	return id, nil
+	}, j.Opts.parserOpts("RS256"))
 }
 
 func (j *JWKS) key(ctx context.Context, kid string) (*rsa.PublicKey, error) {
