@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/99designs/gqlgen/graphql"
@@ -96,7 +95,6 @@ type Server struct {
 	ready         func(context.Context) error
 	metrics       *metrics
 	sockets       *sockets
-	wsActive      sync.WaitGroup // handlers of upgraded (websocket) requests
 }
 
 // New returns the server. ready reports whether the sidecar and the
@@ -160,20 +158,16 @@ func (s *Server) GraphQL() http.Handler {
 
 // CloseWebsockets closes every open websocket with 1001 Going Away and a
 // reason, so that clients reconnect (to another replica) at once instead of
-// finding a dead connection, and waits until their handlers are done or ctx
-// ends. The HTTP server's shutdown leaves hijacked connections such as
-// websockets alone: the process calls this beside it.
+// finding a dead connection, and waits until they are closed or ctx ends.
+// The HTTP server's shutdown leaves hijacked connections such as websockets
+// alone: the process calls this beside it.
 func (s *Server) CloseWebsockets(ctx context.Context) {
-	n := s.sockets.closeAll(closeGoingAway, "Going away: the gateway is shutting down; reconnect")
-	if n == 0 {
-		return
-	}
-	done := make(chan struct{})
-	go func() { s.wsActive.Wait(); close(done) }()
-	select {
-	case <-done:
+	n, all := s.sockets.closeAll(ctx, closeGoingAway, "Going away: the gateway is shutting down; reconnect")
+	switch {
+	case n == 0:
+	case all:
 		s.log.Info("shutting down: websockets closed", "count", n)
-	case <-ctx.Done():
+	default:
 		s.log.Warn("shutting down: websockets still closing when the grace period ended", "count", n)
 	}
 }
@@ -316,7 +310,7 @@ func (s *Server) Routes(ready func(context.Context) error) http.Handler {
 	r.Handle("/", playground.Page("DACA Gateway", "/graphql"))
 	r.Handle(playground.AssetsPath+"*", playground.Assets())
 	gql := s.GraphQL()
-	r.Handle("/graphql", s.limits(withConnSlot(&s.wsActive, gql)))
+	r.Handle("/graphql", s.limits(withConnSlot(gql)))
 	r.Group(func(r chi.Router) {
 		r.Use(httpx.AppToken(s.cfg.AppToken))
 		r.Get("/dapr/subscribe", s.subscriptions)

@@ -41,13 +41,10 @@ type connSlot struct {
 
 type connSlotKey struct{}
 
-// withConnSlot gives each websocket upgrade request a connSlot, and counts
-// the upgraded connections' handlers in active until they return.
-func withConnSlot(active *sync.WaitGroup, next http.Handler) http.Handler {
+// withConnSlot gives each websocket upgrade request a connSlot.
+func withConnSlot(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
-			active.Add(1)
-			defer active.Done()
 			r = r.WithContext(context.WithValue(r.Context(), connSlotKey{}, &connSlot{}))
 		}
 		next.ServeHTTP(w, r)
@@ -83,10 +80,12 @@ type protocolGuard struct {
 	open        *sockets // every open websocket, for a shutdown that says goodbye
 }
 
-// sockets is the set of open websockets.
+// sockets is the set of open websockets. A socket leaves it when gqlgen
+// closes it, at the end of its connection's handler.
 type sockets struct {
 	mu    sync.Mutex
 	conns map[*guardConn]struct{}
+	open  sync.WaitGroup // one per socket in conns
 }
 
 func newSockets() *sockets { return &sockets{conns: map[*guardConn]struct{}{}} }
@@ -94,18 +93,23 @@ func newSockets() *sockets { return &sockets{conns: map[*guardConn]struct{}{}} }
 func (s *sockets) add(c *guardConn) {
 	s.mu.Lock()
 	s.conns[c] = struct{}{}
+	s.open.Add(1)
 	s.mu.Unlock()
 }
 
 func (s *sockets) remove(c *guardConn) {
 	s.mu.Lock()
-	delete(s.conns, c)
+	if _, ok := s.conns[c]; ok {
+		delete(s.conns, c)
+		s.open.Done()
+	}
 	s.mu.Unlock()
 }
 
-// closeAll closes every open websocket with code and reason, without
-// waiting for the peers, and returns how many there were.
-func (s *sockets) closeAll(code int, reason string) int {
+// closeAll closes every open websocket with code and reason and waits until
+// they are gone or ctx ends. It returns how many there were and whether all
+// are gone.
+func (s *sockets) closeAll(ctx context.Context, code int, reason string) (int, bool) {
 	s.mu.Lock()
 	all := make([]*guardConn, 0, len(s.conns))
 	for c := range s.conns {
@@ -115,7 +119,14 @@ func (s *sockets) closeAll(code int, reason string) int {
 	for _, c := range all {
 		c.fail(code, reason)
 	}
-	return len(all)
+	done := make(chan struct{})
+	go func() { s.open.Wait(); close(done) }()
+	select {
+	case <-done:
+		return len(all), true
+	case <-ctx.Done():
+		return len(all), false
+	}
 }
 
 func (s *sockets) len() int {
