@@ -29,7 +29,6 @@ type sub[T any] struct {
 	ch    chan T
 	match func(T) bool
 	once  sync.Once
-	drop  chan struct{} // closed when dropped for being slow
 }
 
 // New returns a broker whose subscribers each buffer up to buf events.
@@ -46,21 +45,19 @@ func New[T any](buf int, onDrop func(ctx context.Context)) *Broker[T] {
 // Subscription is a subscriber's view.
 type Subscription[T any] struct {
 	// C delivers the matching events; it is closed when ctx ends or the
-	// subscriber is dropped.
+	// subscriber is dropped (reported to the broker's onDrop).
 	C <-chan T
-	// Dropped is closed when the subscriber was dropped for being too slow.
-	Dropped <-chan struct{}
 }
 
 // Subscribe registers a subscriber for events that match (nil: all) until
 // ctx ends.
 func (b *Broker[T]) Subscribe(ctx context.Context, match func(T) bool) Subscription[T] {
-	s := &sub[T]{ctx: ctx, ch: make(chan T, b.buf), match: match, drop: make(chan struct{})}
+	s := &sub[T]{ctx: ctx, ch: make(chan T, b.buf), match: match}
 	b.mu.Lock()
 	b.subs[s] = struct{}{}
 	b.mu.Unlock()
 	context.AfterFunc(ctx, func() { b.remove(s, false) })
-	return Subscription[T]{C: s.ch, Dropped: s.drop}
+	return Subscription[T]{C: s.ch}
 }
 
 func (b *Broker[T]) remove(s *sub[T], slow bool) {
@@ -70,7 +67,6 @@ func (b *Broker[T]) remove(s *sub[T], slow bool) {
 		b.mu.Unlock()
 		if slow {
 			b.dropped.Add(1)
-			close(s.drop)
 			if b.onDrop != nil {
 				b.onDrop(s.ctx)
 			}
