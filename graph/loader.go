@@ -2,6 +2,7 @@ package graph
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/vikstrous/dataloadgen"
@@ -12,9 +13,13 @@ import (
 
 // loaders batch the reads that fields of a list would otherwise make one
 // by one (N+1). They live for one operation: WithLoaders makes fresh ones,
-// so nothing is cached across requests or users.
+// so nothing is cached across requests or users. Each loader is built on its
+// first use: most operations never fan out.
 type loaders struct {
-	history *dataloadgen.Loader[historyKey, []memory.Entry]
+	b           backend.Backend
+	wait        time.Duration
+	historyOnce sync.Once
+	history     *dataloadgen.Loader[historyKey, []memory.Entry]
 }
 
 type historyKey struct {
@@ -40,9 +45,17 @@ func newLoaders(b backend.Backend, wait time.Duration) *loaders {
 	if wait <= 0 {
 		wait = DefaultLoaderWait
 	}
-	return &loaders{history: dataloadgen.NewLoader(func(ctx context.Context, keys []historyKey) ([][]memory.Entry, []error) {
-		return fetchHistories(ctx, b, keys)
-	}, dataloadgen.WithWait(wait), dataloadgen.WithBatchCapacity(memory.MaxBatch))}
+	return &loaders{b: b, wait: wait}
+}
+
+// histories returns the loader of session histories.
+func (l *loaders) histories() *dataloadgen.Loader[historyKey, []memory.Entry] {
+	l.historyOnce.Do(func() {
+		l.history = dataloadgen.NewLoader(func(ctx context.Context, keys []historyKey) ([][]memory.Entry, []error) {
+			return fetchHistories(ctx, l.b, keys)
+		}, dataloadgen.WithWait(l.wait), dataloadgen.WithBatchCapacity(memory.MaxBatch))
+	})
+	return l.history
 }
 
 // loadersFrom returns the operation's loaders, or fresh ones when the

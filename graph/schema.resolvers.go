@@ -188,7 +188,7 @@ func (r *sessionResolver) Messages(ctx context.Context, obj *model.Session, last
 	}
 	// The parent (sessions) has authorised the user; the loader batches
 	// the reads of every session in the response into one call.
-	h, err := r.loadersFrom(ctx).history.Load(ctx, historyKey{sessionID: obj.SessionID, last: n})
+	h, err := r.loadersFrom(ctx).histories().Load(ctx, historyKey{sessionID: obj.SessionID, last: n})
 	if err != nil {
 		return nil, err
 	}
