@@ -115,32 +115,61 @@ func (s *Stack) startRedis(ctx context.Context) error {
 	return nil
 }
 
+// redisConn is a connection to Redis speaking just enough RESP2 for the
+// stack: PING and the consumer-group commands.
+type redisConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+// dialRedis connects to Redis at addr, authenticating with REDIS_PASSWORD
+// when it is set; every command must answer within timeout.
+func dialRedis(addr string, timeout time.Duration) (*redisConn, error) {
+	conn, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return nil, err
+	}
+	conn.SetDeadline(time.Now().Add(timeout))
+	c := &redisConn{Conn: conn, r: bufio.NewReader(conn)}
+	if pw := os.Getenv("REDIS_PASSWORD"); pw != "" {
+		if _, err := c.do("AUTH", pw); err != nil {
+			conn.Close()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// do sends one command and reads its reply (see readReply).
+func (c *redisConn) do(args ...string) (any, error) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%d\r\n", len(args))
+	for _, a := range args {
+		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	}
+	if _, err := c.Write([]byte(b.String())); err != nil {
+		return nil, err
+	}
+	return readReply(c.r)
+}
+
 // redisPing sends PING and expects PONG (or a NOAUTH error, which also means
 // a Redis is there).
 func redisPing(addr string) error {
-	conn, err := net.DialTimeout("tcp", addr, time.Second)
+	c, err := dialRedis(addr, 2*time.Second)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(2 * time.Second))
-	if pw := os.Getenv("REDIS_PASSWORD"); pw != "" {
-		fmt.Fprintf(conn, "*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n", len(pw), pw)
-		if _, err := bufio.NewReader(conn).ReadString('\n'); err != nil {
-			return err
-		}
-	}
-	if _, err := conn.Write([]byte("PING\r\n")); err != nil {
-		return err
-	}
-	line, err := bufio.NewReader(conn).ReadString('\n')
-	if err != nil {
-		return err
-	}
-	if strings.HasPrefix(line, "+PONG") || strings.HasPrefix(line, "-NOAUTH") {
+	defer c.Close()
+	reply, err := c.do("PING")
+	var rerr redisError
+	if reply == "PONG" || (errors.As(err, &rerr) && strings.HasPrefix(string(rerr), "NOAUTH")) {
 		return nil
 	}
-	return fmt.Errorf("redis at %s answered %q", addr, strings.TrimSpace(line))
+	if err != nil {
+		return err
+	}
+	return fmt.Errorf("redis at %s answered %q", addr, reply)
 }
 
 // GatewayStreams are the streams (pub/sub topics) on which every gateway
@@ -153,32 +182,14 @@ var GatewayStreams = []string{"conversations", "memory-updates"}
 // starts, when every such group is a leftover. It returns how many it
 // removed.
 func pruneGatewayGroups(addr string) (int, error) {
-	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	c, err := dialRedis(addr, 10*time.Second)
 	if err != nil {
 		return 0, err
 	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	r := bufio.NewReader(conn)
-	do := func(args ...string) (any, error) {
-		var b strings.Builder
-		fmt.Fprintf(&b, "*%d\r\n", len(args))
-		for _, a := range args {
-			fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
-		}
-		if _, err := conn.Write([]byte(b.String())); err != nil {
-			return nil, err
-		}
-		return readReply(r)
-	}
-	if pw := os.Getenv("REDIS_PASSWORD"); pw != "" {
-		if _, err := do("AUTH", pw); err != nil {
-			return 0, err
-		}
-	}
+	defer c.Close()
 	removed := 0
 	for _, stream := range GatewayStreams {
-		reply, err := do("XINFO", "GROUPS", stream)
+		reply, err := c.do("XINFO", "GROUPS", stream)
 		var rerr redisError
 		if errors.As(err, &rerr) && strings.Contains(string(rerr), "no such key") {
 			continue // the topic has had no subscriber yet
@@ -194,7 +205,7 @@ func pruneGatewayGroups(addr string) (int, error) {
 					continue
 				}
 				if name, _ := fields[i+1].(string); strings.HasPrefix(name, "gateway-") {
-					if _, err := do("XGROUP", "DESTROY", stream, name); err != nil {
+					if _, err := c.do("XGROUP", "DESTROY", stream, name); err != nil {
 						return removed, fmt.Errorf("XGROUP DESTROY %s %s: %w", stream, name, err)
 					}
 					removed++

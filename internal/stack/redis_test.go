@@ -2,7 +2,6 @@ package stack
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
 	"net"
 	"os/exec"
@@ -73,22 +72,16 @@ func TestPruneGatewayGroups(t *testing.T) {
 	if n, err := pruneGatewayGroups(addr); err != nil || n != 0 {
 		t.Fatalf("empty Redis: %d, %v", n, err)
 	}
-	conn, err := net.Dial("tcp", addr)
+	c, err := dialRedis(addr, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
-	r := bufio.NewReader(conn)
+	defer c.Close()
 	do := func(args ...string) any {
 		t.Helper()
-		fmt.Fprintf(conn, "*%d\r\n", len(args))
-		for _, a := range args {
-			fmt.Fprintf(conn, "$%d\r\n%s\r\n", len(a), a)
-		}
-		v, err := readReply(r)
-		var rerr redisError
-		if err != nil && !errors.As(err, &rerr) {
-			t.Fatal(err)
+		v, err := c.do(args...)
+		if err != nil {
+			t.Fatalf("%v: %v", args, err)
 		}
 		return v
 	}
