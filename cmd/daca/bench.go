@@ -154,32 +154,51 @@ func bench(ctx context.Context, args []string) error {
 // want conversation events (applied or dropped), as its /metrics count them.
 func waitEventsApplied(ctx context.Context, metricsURL string, want int) error {
 	fmt.Printf("\nbench: waiting for agent-memory-service to apply the %d conversation events of the chat turns\n", want)
-	deadline := time.Now().Add(3 * time.Minute)
+	got := 0
+	err := waitMetric(ctx, metricsURL, 3*time.Minute, func(text string) bool {
+		got = int(metricSum(text, "daca_pubsub_events_total", `topic="conversations"`))
+		return got >= want
+	})
+	if err != nil {
+		return fmt.Errorf("bench: agent-memory-service applied %d of %d conversation events: %w", got, want, err)
+	}
+	return nil
+}
+
+// waitMetric reads the Prometheus text at url until done says so, for at
+// most timeout.
+func waitMetric(ctx context.Context, url string, timeout time.Duration, done func(text string) bool) error {
+	deadline := time.Now().Add(timeout)
 	for {
-		got := 0
-		if resp, err := http.Get(metricsURL); err == nil {
+		if resp, err := http.Get(url); err == nil {
 			b, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			for _, l := range strings.Split(string(b), "\n") {
-				if strings.HasPrefix(l, "daca_pubsub_events_total{") && strings.Contains(l, `topic="conversations"`) {
-					f := strings.Fields(l)
-					n, _ := strconv.ParseFloat(f[len(f)-1], 64)
-					got += int(n)
-				}
+			if done(string(b)) {
+				return nil
 			}
 		}
-		if got >= want {
-			return nil
-		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("bench: agent-memory-service applied %d of %d conversation events within 3 minutes", got, want)
+			return fmt.Errorf("not within %s", timeout)
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// metricSum adds the samples of metric whose labels contain label.
+func metricSum(text, metric, label string) float64 {
+	sum := 0.0
+	for _, l := range strings.Split(text, "\n") {
+		if strings.HasPrefix(l, metric+"{") && strings.Contains(l, label) {
+			f := strings.Fields(l)
+			n, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			sum += n
+		}
+	}
+	return sum
 }
 
 func load(op func() error, n, conc int) ([]time.Duration, int, time.Duration) {

@@ -201,28 +201,10 @@ func benchFanOut(ctx context.Context, st *stack.Stack, call func(method, url str
 		}()
 	}
 	// Wait until every subscription is open.
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		resp, err := http.Get(gw.AppURL() + "/metrics")
-		if err == nil {
-			var b strings.Builder
-			buf := make([]byte, 64<<10)
-			for {
-				n, err := resp.Body.Read(buf)
-				b.Write(buf[:n])
-				if err != nil {
-					break
-				}
-			}
-			resp.Body.Close()
-			if strings.Contains(b.String(), fmt.Sprintf(`daca_gateway_open_subscriptions{topic="conversations"} %d`, conns*perConn)) {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("bench: subscriptions did not all open")
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := waitMetric(ctx, gw.AppURL()+"/metrics", 2*time.Minute, func(text string) bool {
+		return int(metricSum(text, "daca_gateway_open_subscriptions", `topic="conversations"`)) == conns*perConn
+	}); err != nil {
+		return fmt.Errorf("bench: subscriptions did not all open: %w", err)
 	}
 	after := rss(gw.AppCmd.Pid())
 	ev, _ := json.Marshal(map[string]string{"user_id": "bench-user", "session_id": session, "event_type": "ConversationUpdated",
