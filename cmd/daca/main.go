@@ -57,6 +57,8 @@ func run(ctx context.Context, args []string) error {
 		return dapr(ctx, args[1:])
 	case "bench":
 		return bench(ctx, args[1:])
+	case "hop": // started by bench; not for people
+		return hop(ctx, args[1:])
 	case "-h", "--help", "help":
 		fmt.Println(usage)
 		return nil
