@@ -83,7 +83,7 @@ type resiliency struct {
 }
 
 type rendered struct {
-	deployments   map[string]appsv1.Deployment
+	workloads     map[string]workload // Deployments and StatefulSets by name
 	services      map[string]corev1.Service
 	secrets       map[string]corev1.Secret
 	hpas          []autoscalingv2.HorizontalPodAutoscaler
@@ -116,7 +116,7 @@ func render(t *testing.T, overlay string) rendered {
 	if err != nil {
 		t.Fatalf("kustomize build overlays/%s: %v", overlay, err)
 	}
-	r := rendered{deployments: map[string]appsv1.Deployment{}, services: map[string]corev1.Service{}, secrets: map[string]corev1.Secret{},
+	r := rendered{workloads: map[string]workload{}, services: map[string]corev1.Service{}, secrets: map[string]corev1.Secret{},
 		components: map[string]component{}, configs: map[string]configuration{}}
 	for _, res := range m.Resources() {
 		b, err := res.AsYAML()
@@ -135,7 +135,14 @@ func render(t *testing.T, overlay string) rendered {
 		case "Deployment":
 			var d appsv1.Deployment
 			decode(&d)
-			r.deployments[d.Name] = d
+			r.workloads[d.Name] = workload{kind: "Deployment", template: d.Spec.Template}
+		case "StatefulSet":
+			var d appsv1.StatefulSet
+			decode(&d)
+			if d.Spec.ServiceName == "" || d.Spec.PodManagementPolicy != appsv1.ParallelPodManagement {
+				t.Errorf("StatefulSet %s: serviceName %q, podManagementPolicy %q", d.Name, d.Spec.ServiceName, d.Spec.PodManagementPolicy)
+			}
+			r.workloads[d.Name] = workload{kind: "StatefulSet", template: d.Spec.Template}
 		case "Service":
 			var s corev1.Service
 			decode(&s)
@@ -183,6 +190,12 @@ func render(t *testing.T, overlay string) rendered {
 	return r
 }
 
+// workload is the part of a Deployment or StatefulSet the checks read.
+type workload struct {
+	kind     string
+	template corev1.PodTemplateSpec
+}
+
 func env(c corev1.Container, name string) *corev1.EnvVar {
 	for i := range c.Env {
 		if c.Env[i].Name == name {
@@ -198,11 +211,11 @@ func TestKustomizeOverlays(t *testing.T) {
 			r := render(t, overlay)
 			// The apps, as `make run` runs them.
 			for id, want := range apps {
-				d, ok := r.deployments[id]
+				d, ok := r.workloads[id]
 				if !ok {
-					t.Fatalf("no Deployment %s", id)
+					t.Fatalf("no Deployment or StatefulSet %s", id)
 				}
-				a := d.Spec.Template.Annotations
+				a := d.template.Annotations
 				if a["dapr.io/enabled"] != "true" || a["dapr.io/app-id"] != id || a["dapr.io/app-port"] != want.port {
 					t.Fatalf("%s: Dapr annotations %v", id, a)
 				}
@@ -215,7 +228,7 @@ func TestKustomizeOverlays(t *testing.T) {
 				if scope.StoreName != "secretstore" || scope.DefaultAccess != "deny" || strings.ReplaceAll(string(got), ",", ", ") != want.secrets {
 					t.Fatalf("%s: secret scope %+v; want %s", id, scope, want.secrets)
 				}
-				c := d.Spec.Template.Spec.Containers[0]
+				c := d.template.Spec.Containers[0]
 				if c.Ports[0].ContainerPort != int32(atoi(want.port)) || env(c, "APP_PORT").Value != want.port || env(c, "APP_HOST").Value != "0.0.0.0" {
 					t.Fatalf("%s: ports %v / APP_PORT", id, c.Ports)
 				}
@@ -225,7 +238,7 @@ func TestKustomizeOverlays(t *testing.T) {
 				if c.Resources.Requests.Cpu().IsZero() || c.Resources.Limits.Memory().IsZero() {
 					t.Fatalf("%s: resource requests/limits missing", id)
 				}
-				if sc := d.Spec.Template.Spec.SecurityContext; sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot {
+				if sc := d.template.Spec.SecurityContext; sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot {
 					t.Fatalf("%s: not run as non-root", id)
 				}
 				// Every Secret it references exists (local) or is documented (production).
@@ -262,15 +275,20 @@ func TestKustomizeOverlays(t *testing.T) {
 			if r.components["secretstore"].Spec.Type != "secretstores.kubernetes" || r.components["statestore"].Spec.Type != "state.redis" {
 				t.Fatal("component types")
 			}
-			if !hasMeta(r.components["statestore"], "actorStateStore", "true") || !hasMeta(r.components["gateway-pubsub"], "consumerID", "gateway-{podName}") {
+			if !hasMeta(r.components["statestore"], "actorStateStore", "true") || !hasMeta(r.components["gateway-pubsub"], "consumerID", "{namespace}-{podName}") {
 				t.Fatal("statestore must be the actor store; gateway-pubsub needs a consumer group per pod")
+			}
+			// The gateway's pods keep their names, so its consumer groups are
+			// reused across restarts and rollouts instead of piling up.
+			if k := r.workloads["gateway"].kind; k != "StatefulSet" {
+				t.Fatalf("gateway is a %s; want a StatefulSet (stable pod names for its consumer groups)", k)
 			}
 			if len(r.subscriptions) != 1 || !slices.Equal(r.subscriptions[0].Scopes, []string{"agent-memory-service"}) ||
 				r.subscriptions[0].Spec.Topic != "conversations" || r.subscriptions[0].Spec.Routes.Default != "/conversations" {
 				t.Fatalf("subscription %+v", r.subscriptions)
 			}
 			// Gateway scaling.
-			if len(r.hpas) != 1 || r.hpas[0].Spec.ScaleTargetRef.Name != "gateway" || len(r.pdbs) != 1 ||
+			if len(r.hpas) != 1 || r.hpas[0].Spec.ScaleTargetRef.Name != "gateway" || r.hpas[0].Spec.ScaleTargetRef.Kind != "StatefulSet" || len(r.pdbs) != 1 ||
 				r.pdbs[0].Spec.Selector.MatchLabels["app.kubernetes.io/name"] != "gateway" {
 				t.Fatal("HPA/PDB must target the gateway")
 			}
@@ -293,7 +311,7 @@ func TestKustomizeOverlays(t *testing.T) {
 				if *r.hpas[0].Spec.MinReplicas != 3 || r.hpas[0].Spec.MaxReplicas != 20 {
 					t.Fatalf("production HPA bounds %d..%d", *r.hpas[0].Spec.MinReplicas, r.hpas[0].Spec.MaxReplicas)
 				}
-				if env(r.deployments["gateway"].Spec.Template.Spec.Containers[0], "AUTH_MODE").Value != "jwt" {
+				if env(r.workloads["gateway"].template.Spec.Containers[0], "AUTH_MODE").Value != "jwt" {
 					t.Fatal("production gateway must use AUTH_MODE=jwt")
 				}
 				if !strings.Contains(metaValue(r.components["statestore"], "redisHost"), "svc.cluster.local") {
