@@ -25,6 +25,7 @@ run: daca
 test: dapr vet check-generate
 	$(GO) test -p 1 -count=1 -timeout $(TEST_TIMEOUT) ./...
 	cd deploy && $(GO) vet ./... && $(GO) test -count=1 ./...
+	cd tools/dapr && $(GO) vet ./acl/ && $(GO) test -count=1 ./acl/
 
 ## check-generate: go generate ./... must leave the tree unchanged.
 check-generate:

@@ -58,6 +58,21 @@ type configuration struct {
 				AllowedSecrets []string `json:"allowedSecrets,omitempty"`
 			} `json:"scopes"`
 		} `json:"secrets"`
+		AccessControl struct {
+			DefaultAction string `json:"defaultAction"`
+			TrustDomain   string `json:"trustDomain"`
+			Policies      []struct {
+				AppID         string `json:"appId"`
+				Namespace     string `json:"namespace"`
+				TrustDomain   string `json:"trustDomain"`
+				DefaultAction string `json:"defaultAction"`
+				Operations    []struct {
+					Name     string   `json:"name"`
+					HTTPVerb []string `json:"httpVerb"`
+					Action   string   `json:"action"`
+				} `json:"operations,omitempty"`
+			} `json:"policies,omitempty"`
+		} `json:"accessControl"`
 	} `json:"spec"`
 }
 
@@ -223,6 +238,17 @@ func TestKustomizeOverlays(t *testing.T) {
 					t.Fatalf("%s: dapr.io/config %q is not rendered", id, a["dapr.io/config"])
 				}
 				cfg := r.configs[a["dapr.io/config"]]
+				// Service invocation is deny-by-default; the policies name the
+				// namespace the apps are deployed to (what they allow is checked
+				// with Dapr's own policy code in tools/dapr/acl).
+				if ac := cfg.Spec.AccessControl; ac.DefaultAction != "deny" || ac.TrustDomain != "public" {
+					t.Fatalf("%s: accessControl %+v; want defaultAction deny, trustDomain public", id, ac)
+				}
+				for _, p := range cfg.Spec.AccessControl.Policies {
+					if p.Namespace != "daca" || p.TrustDomain != "public" {
+						t.Fatalf("%s: policy for %s names namespace %q, trust domain %q; the apps run in daca, public", id, p.AppID, p.Namespace, p.TrustDomain)
+					}
+				}
 				scope := cfg.Spec.Secrets.Scopes[0]
 				got, _ := json.Marshal(scope.AllowedSecrets)
 				if scope.StoreName != "secretstore" || scope.DefaultAccess != "deny" || strings.ReplaceAll(string(got), ",", ", ") != want.secrets {
