@@ -2,7 +2,6 @@ package graph
 
 import (
 	"log/slog"
-	"time"
 
 	"github.com/daca-go/daca/gateway/auth"
 	"github.com/daca-go/daca/gateway/backend"
@@ -23,6 +22,7 @@ type Resolver struct {
 	Guard *auth.Guard
 	// Turns limits sendMessage and startChat per user; nil: no limit.
 	Turns *ratelimit.Limiter
-	// RunPoll is how often the chatRun subscription asks for the turn's state.
-	RunPoll time.Duration
+	// Runs follows chat turns for the chatRun subscription (one poller per
+	// turn).
+	Runs *RunWatch
 }

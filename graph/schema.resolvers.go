@@ -257,9 +257,7 @@ func (r *subscriptionResolver) ChatRun(ctx context.Context, instanceID string) (
 	if err := r.ownRun(ctx, first); err != nil {
 		return nil, err
 	}
-	ch := make(chan *model.ChatRun, 1)
-	go r.followRun(ctx, *first, ch)
-	return ch, nil
+	return r.Runs.Follow(ctx, *first), nil
 }
 
 // Mutation returns MutationResolver implementation.

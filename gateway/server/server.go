@@ -49,6 +49,7 @@ type Config struct {
 	InitTimeout     time.Duration // websocket connection_init timeout, default 10s
 	SubscriberQueue int           // events buffered per subscriber before it is dropped, default 64
 	LoaderWait      time.Duration // how long a dataloader gathers keys, default graph.DefaultLoaderWait
+	RunPoll         time.Duration // how often a followed chat turn is read (chatRun subscription), default 250ms
 	AppToken        string        // APP_API_TOKEN: required on the pub/sub routes
 	PubSub          string        // pub/sub component the gateway subscribes with, default gateway-pubsub
 	AuthMode        string
@@ -120,7 +121,7 @@ func New(cfg Config, b backend.Backend, log *slog.Logger) *Server {
 // GraphQL returns the GraphQL handler (all transports).
 func (s *Server) GraphQL() http.Handler {
 	res := &graph.Resolver{Backend: s.backend, Conversations: s.Conversations, Memories: s.Memories, Log: s.log,
-		AuthMode: s.cfg.AuthMode, Guard: s.cfg.Guard, Turns: s.cfg.Turns}
+		AuthMode: s.cfg.AuthMode, Guard: s.cfg.Guard, Turns: s.cfg.Turns, Runs: graph.NewRunWatch(s.backend.ChatRun, s.cfg.RunPoll, s.log)}
 	srv := handler.New(graph.NewExecutableSchema(graph.Config{Resolvers: res}))
 	origins := s.cfg.AllowedOrigins
 	srv.AddTransport(transport.Websocket{
