@@ -285,7 +285,7 @@ func TestKustomizeOverlays(t *testing.T) {
 			// Components, their scopes, the per-replica consumer group.
 			wantScopes := map[string][]string{
 				"statestore": {"chat-service", "agent-memory-service"}, "pubsub": {"chat-service", "agent-memory-service"},
-				"gateway-pubsub": {"gateway"}, "secretstore": {"chat-service", "agent-memory-service", "gateway"},
+				"gateway-pubsub": {"gateway"}, "gateway-state": {"gateway"}, "secretstore": {"chat-service", "agent-memory-service", "gateway"},
 			}
 			for name, scopes := range wantScopes {
 				c, ok := r.components[name]
@@ -340,8 +340,10 @@ func TestKustomizeOverlays(t *testing.T) {
 				if env(r.workloads["gateway"].template.Spec.Containers[0], "AUTH_MODE").Value != "jwt" {
 					t.Fatal("production gateway must use AUTH_MODE=jwt")
 				}
-				if !strings.Contains(metaValue(r.components["statestore"], "redisHost"), "svc.cluster.local") {
-					t.Fatal("production Redis host not set")
+				for _, name := range []string{"statestore", "gateway-state", "pubsub", "gateway-pubsub"} {
+					if !strings.Contains(metaValue(r.components[name], "redisHost"), "svc.cluster.local") {
+						t.Fatalf("production Redis host not set on %s", name)
+					}
 				}
 			}
 		})

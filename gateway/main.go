@@ -31,6 +31,7 @@ type config struct {
 	jwtOpts       auth.Options
 	ratePerMinute int
 	rateBurst     int
+	rateStore     string
 	callTimeout   time.Duration
 	chatTimeout   time.Duration
 	http          server.Config
@@ -46,6 +47,7 @@ func loadConfig() (config, error) {
 			Leeway: r.Duration("JWT_LEEWAY", 30*time.Second)},
 		ratePerMinute: r.Int("RATE_LIMIT_PER_MINUTE", 30, 0, 100000),
 		rateBurst:     r.Int("RATE_LIMIT_BURST", 10, 1, 100000),
+		rateStore:     r.String("RATE_LIMIT_STORE", "gateway-state"),
 		callTimeout:   r.Duration("BACKEND_TIMEOUT", 10*time.Second),
 		// The same CHAT_TIMEOUT as chat-service, which answers 504 when it is
 		// over; the gateway waits a little longer so it sees that answer.
@@ -126,7 +128,12 @@ func run(ctx context.Context, cfg config) error {
 		log.Info("AUTH_MODE=jwt: HS256 tokens, signing secret from the Dapr secret store")
 	}
 	cfg.http.Guard = guard
-	cfg.http.Turns = ratelimit.New(cfg.ratePerMinute, cfg.rateBurst)
+	if cfg.rateStore != "" {
+		// One limit across every replica, kept in the gateway's state store.
+		cfg.http.Turns = ratelimit.NewShared(backend.LimitStore{C: dc, Store: cfg.rateStore, Prefix: "turns|"}, cfg.ratePerMinute, cfg.rateBurst, log)
+	} else {
+		cfg.http.Turns = ratelimit.New(cfg.ratePerMinute, cfg.rateBurst)
+	}
 	srv := server.New(cfg.http, b, log)
 	ready := func(ctx context.Context) error {
 		h := b.Health(ctx)

@@ -121,7 +121,10 @@ func (r *Resolver) mayChat(ctx context.Context, userID string) error {
 	if err := r.Guard.User(ctx, userID); err != nil {
 		return err
 	}
-	if ok, wait := r.Turns.Allow(userID); !ok {
+	if r.Turns == nil {
+		return nil
+	}
+	if ok, wait := r.Turns.Allow(ctx, userID); !ok {
 		return &apperr.Error{Code: apperr.RateLimited, Message: "too many messages; slow down", RetryAfter: wait}
 	}
 	return nil

@@ -152,7 +152,7 @@ func TestRunWatchNeverSendsAnOlderState(t *testing.T) {
 	}
 	w := NewRunWatch(fetch, time.Millisecond, slog.New(slog.DiscardHandler))
 	early := w.Follow(context.Background(), turn[0])
-	<-early // its first state
+	<-early   // its first state
 	<-started // the poller's read is under way
 	late := w.Follow(context.Background(), turn[1])
 	if r := <-late; rank(r) != 1 {

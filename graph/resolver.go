@@ -1,13 +1,14 @@
 package graph
 
 import (
+	"context"
 	"log/slog"
+	"time"
 
 	"github.com/daca-go/daca/gateway/auth"
 	"github.com/daca-go/daca/gateway/backend"
 	"github.com/daca-go/daca/graph/model"
 	"github.com/daca-go/daca/internal/fanout"
-	"github.com/daca-go/daca/internal/ratelimit"
 )
 
 // Resolver is the root resolver. Resolvers validate their arguments and call
@@ -21,8 +22,14 @@ type Resolver struct {
 	// Guard authorises callers (AUTH_MODE); nil or mode none trusts the arguments.
 	Guard *auth.Guard
 	// Turns limits sendMessage and startChat per user; nil: no limit.
-	Turns *ratelimit.Limiter
+	Turns TurnLimiter
 	// Runs follows chat turns for the chatRun subscription (one poller per
 	// turn).
 	Runs *RunWatch
+}
+
+// TurnLimiter limits chat turns per user (ratelimit.Limiter in one process,
+// ratelimit.Shared across the gateway's replicas).
+type TurnLimiter interface {
+	Allow(ctx context.Context, userID string) (ok bool, retryAfter time.Duration)
 }

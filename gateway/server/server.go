@@ -34,7 +34,6 @@ import (
 	"github.com/daca-go/daca/internal/fanout"
 	"github.com/daca-go/daca/internal/httpx"
 	"github.com/daca-go/daca/internal/logging"
-	"github.com/daca-go/daca/internal/ratelimit"
 	"github.com/daca-go/daca/internal/telemetry"
 )
 
@@ -53,9 +52,9 @@ type Config struct {
 	AppToken        string        // APP_API_TOKEN: required on the pub/sub routes
 	PubSub          string        // pub/sub component the gateway subscribes with, default gateway-pubsub
 	AuthMode        string
-	Suggestions     bool               // "did you mean" in validation errors (GRAPHQL_SUGGESTIONS)
-	Guard           *auth.Guard        // authentication and authorisation
-	Turns           *ratelimit.Limiter // chat turns per user
+	Suggestions     bool              // "did you mean" in validation errors (GRAPHQL_SUGGESTIONS)
+	Guard           *auth.Guard       // authentication and authorisation
+	Turns           graph.TurnLimiter // chat turns per user; nil: no limit
 }
 
 func (c *Config) defaults() {

@@ -1,7 +1,11 @@
-// Package ratelimit is a per-key token bucket (per user, for chat turns).
+// Package ratelimit limits events per key (per user, for chat turns): a
+// token bucket in memory (Limiter, one process), and the same limit shared
+// by every process whose state lives in one Store (Shared, all gateway
+// replicas).
 package ratelimit
 
 import (
+	"context"
 	"sync"
 	"time"
 )
@@ -33,7 +37,7 @@ func New(perMinute, burst int) *Limiter {
 
 // Allow takes a token for key. When none is left it returns false and how
 // long until one is.
-func (l *Limiter) Allow(key string) (bool, time.Duration) {
+func (l *Limiter) Allow(_ context.Context, key string) (bool, time.Duration) {
 	if l == nil || l.Rate <= 0 {
 		return true, 0
 	}

@@ -1,6 +1,7 @@
 package ratelimit
 
 import (
+	"context"
 	"testing"
 	"time"
 )
@@ -23,7 +24,7 @@ func TestBucket(t *testing.T) {
 	}
 	for i, s := range steps {
 		now = now.Add(s.advance)
-		ok, wait := l.Allow(s.key)
+		ok, wait := l.Allow(context.Background(), s.key)
 		if ok != s.allowed {
 			t.Fatalf("step %d: allowed=%v; want %v", i, ok, s.allowed)
 		}
@@ -31,7 +32,7 @@ func TestBucket(t *testing.T) {
 			t.Fatalf("step %d: wait %s", i, wait)
 		}
 	}
-	if ok, _ := (*Limiter)(nil).Allow("x"); !ok {
+	if ok, _ := (*Limiter)(nil).Allow(context.Background(), "x"); !ok {
 		t.Fatal("nil limiter must allow")
 	}
 }

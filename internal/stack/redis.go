@@ -153,6 +153,18 @@ func (c *redisConn) do(args ...string) (any, error) {
 	return readReply(c.r)
 }
 
+// RedisDo runs one command on the stack's Redis and returns its reply (a
+// string, an int64, nil or a []any), for tests that look at what the apps
+// stored.
+func (s *Stack) RedisDo(args ...string) (any, error) {
+	c, err := dialRedis(s.RedisAddr, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	return c.do(args...)
+}
+
 // redisPing sends PING and expects PONG (or a NOAUTH error, which also means
 // a Redis is there).
 func redisPing(addr string) error {

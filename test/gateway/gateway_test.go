@@ -476,3 +476,39 @@ func TestStopClosesWebsockets(t *testing.T) {
 		t.Fatal("the gateway did not exit after closing its websockets")
 	}
 }
+
+// The per-user limit of chat turns (burst 10, 30 a minute) holds across
+// replicas: turns sent alternately through two gateways are counted once.
+func TestTurnLimitIsSharedByReplicas(t *testing.T) {
+	st := stacktest.Stack(t)
+	user := unique("limited")
+	start := time.Now()
+	allowed, refused := 0, 0
+	for i := range 16 {
+		gw := []string{"gateway", "gateway-2"}[i%2]
+		_, errs, _ := gql(t, gqlURL(st, gw), `mutation($u: ID!) { startChat(input: {userId: $u, text: "hello"}) { instanceId } }`, map[string]any{"u": user})
+		switch code(errs) {
+		case "":
+			allowed++
+		case "RATE_LIMITED":
+			refused++
+			ext := errs[0].(map[string]any)["extensions"].(map[string]any)
+			if ra, _ := ext["retryAfter"].(float64); ra < 1 {
+				t.Fatalf("RATE_LIMITED without a retryAfter: %v", ext)
+			}
+		default:
+			t.Fatalf("turn %d via %s: %v", i, gw, errs)
+		}
+	}
+	// Each replica alone would have let all 16 through (8 each, burst 10).
+	refill := int(time.Since(start) / (2 * time.Second)) // 30 a minute
+	if allowed > 10+refill || refused == 0 {
+		t.Fatalf("%d turns allowed, %d refused in %s; want at most %d allowed across both replicas", allowed, refused, time.Since(start), 10+refill)
+	}
+	// The count lives in the gateway's state store (Dapr prefixes the key
+	// with the app id) and expires once the allowance is full again.
+	ttl, err := st.RedisDo("TTL", "gateway||turns|"+user)
+	if n, ok := ttl.(int64); err != nil || !ok || n < 1 || n > 25 {
+		t.Fatalf("TTL of the limit's key: %v, %v; want 1..25 s", ttl, err)
+	}
+}

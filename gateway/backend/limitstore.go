@@ -1,0 +1,67 @@
+package backend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"time"
+
+	dapr "github.com/dapr/go-sdk/client"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/daca-go/daca/internal/ratelimit"
+)
+
+// StateClient is the part of the Dapr client LimitStore uses.
+type StateClient interface {
+	GetState(ctx context.Context, storeName, key string, meta map[string]string) (*dapr.StateItem, error)
+	SaveStateWithETag(ctx context.Context, storeName, key string, data []byte, etag string, meta map[string]string, so ...dapr.StateOption) error
+}
+
+// LimitStore is the ratelimit.Store of the chat-turn limit shared by all
+// gateway replicas: a Dapr state store of the gateway's own (Store), written
+// first-write-wins on the ETag. Keys are Prefix + the limiter's key (Dapr
+// adds the app id in front).
+type LimitStore struct {
+	C      StateClient
+	Store  string
+	Prefix string
+}
+
+// Get implements ratelimit.Store.
+func (s LimitStore) Get(ctx context.Context, key string) ([]byte, string, error) {
+	key = s.Prefix + key
+	item, err := s.C.GetState(ctx, s.Store, key, nil)
+	if err != nil {
+		return nil, "", fmt.Errorf("state store %s: get %s: %w", s.Store, key, err)
+	}
+	if item == nil || len(item.Value) == 0 {
+		return nil, "", nil
+	}
+	return item.Value, item.Etag, nil
+}
+
+// Put implements ratelimit.Store.
+func (s LimitStore) Put(ctx context.Context, key string, value []byte, etag string, ttl time.Duration) error {
+	key = s.Prefix + key
+	meta := map[string]string{"ttlInSeconds": strconv.Itoa(int(math.Ceil(ttl.Seconds())))}
+	err := s.C.SaveStateWithETag(ctx, s.Store, key, value, etag, meta,
+		dapr.WithConcurrency(dapr.StateConcurrencyFirstWrite), dapr.WithConsistency(dapr.StateConsistencyStrong))
+	if err == nil {
+		return nil
+	}
+	if isETagMismatch(err) {
+		return ratelimit.ErrConflict
+	}
+	return fmt.Errorf("state store %s: save %s: %w", s.Store, key, err)
+}
+
+// isETagMismatch reports whether Dapr refused a write for its ETag: gRPC
+// Aborted (the ETag no longer matches, or first-write on an existing key).
+func isETagMismatch(err error) bool {
+	var se interface{ GRPCStatus() *status.Status }
+	return errors.As(err, &se) && se.GRPCStatus().Code() == codes.Aborted
+}
