@@ -39,6 +39,7 @@ unit:
 	$(GO) test -short -count=1 ./...
 
 vet:
+	@out=$$(gofmt -l . 2>&1); if [ -n "$$out" ]; then echo "gofmt -l (run gofmt -w on these):"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
 ## dapr: daprd, placement and scheduler from the Go module proxy, built once.
