@@ -11,7 +11,7 @@ TEST_TIMEOUT ?= 20m
 
 help:
 	@echo "make run    run the whole system (Redis, Dapr, apps with sidecars)"
-	@echo "make test   go vet + unit tests + end-to-end tests on the real stack"
+	@echo "make test   gofmt, go vet, unit tests, end-to-end tests on the real stack"
 	@echo "make unit   unit tests only (go test -short)"
 	@echo "make dapr   build the Dapr $(DAPR_VER) binaries once (about 5 minutes)"
 
