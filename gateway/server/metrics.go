@@ -67,7 +67,15 @@ func newMetrics(s *Server) *metrics {
 		counter("daca_gateway_events_fanned_out_total", "Events delivered to subscribers.", "memory-updates", md),
 		counter("daca_gateway_subscribers_dropped_total", "Subscribers dropped for being too slow.", "conversations", cx),
 		counter("daca_gateway_subscribers_dropped_total", "Subscribers dropped for being too slow.", "memory-updates", mx),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "daca_gateway_followed_turns",
+			Help: "Chat turns read from chat-service for chatRun subscribers (one reader per turn)."},
+			func() float64 { return float64(s.runs.Polling()) }),
 	)
+	if l, ok := s.cfg.Turns.(interface{ FellBack() int64 }); ok {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "daca_gateway_turn_limit_fallbacks_total",
+			Help: "Chat turns counted by this replica's own limit because the shared limit's state store failed."},
+			func() float64 { return float64(l.FellBack()) }))
+	}
 	return m
 }
 

@@ -95,6 +95,7 @@ type Server struct {
 	ready         func(context.Context) error
 	metrics       *metrics
 	sockets       *sockets
+	runs          *graph.RunWatch
 }
 
 // New returns the server. ready reports whether the sidecar and the
@@ -113,6 +114,7 @@ func New(cfg Config, b backend.Backend, log *slog.Logger) *Server {
 	}
 	s.Conversations = fanout.New[*model.ConversationEvent](cfg.SubscriberQueue, drop)
 	s.Memories = fanout.New[*model.MemoryEvent](cfg.SubscriberQueue, drop)
+	s.runs = graph.NewRunWatch(b.ChatRun, cfg.RunPoll, log)
 	s.metrics = newMetrics(s)
 	return s
 }
@@ -120,7 +122,7 @@ func New(cfg Config, b backend.Backend, log *slog.Logger) *Server {
 // GraphQL returns the GraphQL handler (all transports).
 func (s *Server) GraphQL() http.Handler {
 	res := &graph.Resolver{Backend: s.backend, Conversations: s.Conversations, Memories: s.Memories, Log: s.log,
-		AuthMode: s.cfg.AuthMode, Guard: s.cfg.Guard, Turns: s.cfg.Turns, Runs: graph.NewRunWatch(s.backend.ChatRun, s.cfg.RunPoll, s.log)}
+		AuthMode: s.cfg.AuthMode, Guard: s.cfg.Guard, Turns: s.cfg.Turns, Runs: s.runs}
 	srv := handler.New(graph.NewExecutableSchema(graph.Config{Resolvers: res}))
 	origins := s.cfg.AllowedOrigins
 	srv.AddTransport(transport.Websocket{

@@ -505,6 +505,13 @@ func TestTurnLimitIsSharedByReplicas(t *testing.T) {
 	if allowed > 10+refill || refused == 0 {
 		t.Fatalf("%d turns allowed, %d refused in %s; want at most %d allowed across both replicas", allowed, refused, time.Since(start), 10+refill)
 	}
+	// Counted by the shared store, not by a replica's fallback.
+	for _, gw := range []string{"gateway", "gateway-2"} {
+		r := stacktest.Do(t, http.MethodGet, st.App(gw).AppURL()+"/metrics", nil)
+		if !strings.Contains(string(r.Body), "daca_gateway_turn_limit_fallbacks_total 0\n") {
+			t.Fatalf("%s fell back to its own limit (or has no fallback counter)", gw)
+		}
+	}
 	// The count lives in the gateway's state store (Dapr prefixes the key
 	// with the app id) and expires once the allowance is full again.
 	ttl, err := st.RedisDo("TTL", "gateway||turns|"+user)
