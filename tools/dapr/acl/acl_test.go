@@ -83,6 +83,8 @@ func TestAccessControlPolicies(t *testing.T) {
 		// chat-service reads the context of a turn, nothing else.
 		{"daca", "chat-service", "agent-memory-service", "memories/u1", http.MethodGet, true},
 		{"daca", "chat-service", "agent-memory-service", "conversations/s1", http.MethodGet, true},
+		{"daca", "chat-service", "agent-memory-service", "memories/Ana.B@example.com", http.MethodGet, true}, // ids as the services accept them
+		{"daca", "chat-service", "agent-memory-service", "conversations/Session:7_x-y", http.MethodGet, true},
 		{"daca", "chat-service", "agent-memory-service", "memories/u1", http.MethodDelete, false},
 		{"daca", "chat-service", "agent-memory-service", "memories/u1/initialize", http.MethodPost, false},
 		{"daca", "chat-service", "agent-memory-service", "conversations/s1", http.MethodDelete, false},
