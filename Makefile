@@ -22,8 +22,12 @@ run: daca
 ## test: vet, generated code up to date, unit tests and the end-to-end tests on the real stack.
 # Packages run one at a time (-p 1): each end-to-end package starts a whole
 # stack, and two cores are shared by all of its processes.
+# With cgo available (a C compiler), tests and the apps they start run with
+# the race detector; a race stops the app that has it (GORACE halt_on_error),
+# which fails the test and prints the report with the app's log.
+RACE := $(shell [ "$$($(GO) env CGO_ENABLED)" = 1 ] && echo -race)
 test: dapr vet check-generate
-	$(GO) test -p 1 -count=1 -timeout $(TEST_TIMEOUT) ./...
+	DACA_RACE=$(RACE) GORACE=halt_on_error=1 $(GO) test $(RACE) -p 1 -count=1 -timeout $(TEST_TIMEOUT) ./...
 	cd deploy && $(GO) vet ./... && $(GO) test -count=1 ./...
 	cd tools/dapr && $(GO) vet ./acl/ && $(GO) test -count=1 ./acl/
 

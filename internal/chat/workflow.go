@@ -137,12 +137,25 @@ const (
 	StageSave     = "saving_conversation"
 )
 
-var (
-	contextRetry  = &workflow.RetryPolicy{MaxAttempts: 3, InitialRetryInterval: 200 * time.Millisecond, BackoffCoefficient: 2, MaxRetryInterval: 2 * time.Second}
-	generateRetry = &workflow.RetryPolicy{MaxAttempts: 3, InitialRetryInterval: time.Second, BackoffCoefficient: 2, MaxRetryInterval: 10 * time.Second}
-	saveRetry     = &workflow.RetryPolicy{MaxAttempts: 5, InitialRetryInterval: 500 * time.Millisecond, BackoffCoefficient: 2, MaxRetryInterval: 5 * time.Second}
-	errorRetry    = &workflow.RetryPolicy{MaxAttempts: 2, InitialRetryInterval: 200 * time.Millisecond, BackoffCoefficient: 2}
-)
+// Retry policies of the activities. Each call gets a policy of its own:
+// durabletask-go fills in defaults on the policy it is given (Validate writes
+// to it), so one shared *RetryPolicy is a data race between workflows that
+// run at once (found by the apps' race build, DACA_RACE=1).
+func contextRetry() *workflow.RetryPolicy {
+	return &workflow.RetryPolicy{MaxAttempts: 3, InitialRetryInterval: 200 * time.Millisecond, BackoffCoefficient: 2, MaxRetryInterval: 2 * time.Second}
+}
+
+func generateRetry() *workflow.RetryPolicy {
+	return &workflow.RetryPolicy{MaxAttempts: 3, InitialRetryInterval: time.Second, BackoffCoefficient: 2, MaxRetryInterval: 10 * time.Second}
+}
+
+func saveRetry() *workflow.RetryPolicy {
+	return &workflow.RetryPolicy{MaxAttempts: 5, InitialRetryInterval: 500 * time.Millisecond, BackoffCoefficient: 2, MaxRetryInterval: 5 * time.Second}
+}
+
+func errorRetry() *workflow.RetryPolicy {
+	return &workflow.RetryPolicy{MaxAttempts: 2, InitialRetryInterval: 200 * time.Millisecond, BackoffCoefficient: 2}
+}
 
 // Workflow is chat_workflow.
 func Workflow(ctx *workflow.WorkflowContext) (any, error) {
@@ -152,21 +165,21 @@ func Workflow(ctx *workflow.WorkflowContext) (any, error) {
 	}
 	fail := func(stage string, err error) (any, error) {
 		_ = ctx.CallActivity(ActHandleError, workflow.WithActivityInput(errorInput{InstanceID: ctx.ID(), Trace: in.Trace, Stage: stage, Error: err.Error()}),
-			workflow.WithActivityRetryPolicy(errorRetry)).Await(nil)
+			workflow.WithActivityRetryPolicy(errorRetry())).Await(nil)
 		return nil, fmt.Errorf("chat turn failed while %s", strings.ReplaceAll(stage, "_", " "))
 	}
 
 	ctx.SetCustomStatus(StageContext)
 	var c Context
 	if err := ctx.CallActivity(ActFetchContext, workflow.WithActivityInput(fetchInput{InstanceID: ctx.ID(), Trace: in.Trace, UserID: in.UserID, SessionID: in.SessionID}),
-		workflow.WithActivityRetryPolicy(contextRetry)).Await(&c); err != nil {
+		workflow.WithActivityRetryPolicy(contextRetry())).Await(&c); err != nil {
 		return fail(StageContext, err)
 	}
 
 	ctx.SetCustomStatus(StageGenerate)
 	var reply string
 	if err := ctx.CallActivity(ActGenerate, workflow.WithActivityInput(generateInput{InstanceID: ctx.ID(), Trace: in.Trace, Context: c, Text: in.Text}),
-		workflow.WithActivityRetryPolicy(generateRetry)).Await(&reply); err != nil {
+		workflow.WithActivityRetryPolicy(generateRetry())).Await(&reply); err != nil {
 		return fail(StageGenerate, err)
 	}
 
@@ -174,7 +187,7 @@ func Workflow(ctx *workflow.WorkflowContext) (any, error) {
 	ev := ConversationUpdated{UserID: in.UserID, SessionID: in.SessionID, EventType: "ConversationUpdated",
 		UserMessage: in.Text, AssistantReply: reply}
 	if err := ctx.CallActivity(ActSave, workflow.WithActivityInput(saveInput{Event: ev, EventID: ctx.ID(), Trace: in.Trace}),
-		workflow.WithActivityRetryPolicy(saveRetry)).Await(nil); err != nil {
+		workflow.WithActivityRetryPolicy(saveRetry())).Await(nil); err != nil {
 		return fail(StageSave, err)
 	}
 	return Output{UserID: in.UserID, SessionID: in.SessionID, Reply: reply, Timestamp: ctx.CurrentTimeUTC()}, nil

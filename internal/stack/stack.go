@@ -267,7 +267,11 @@ func (s *Stack) buildApps(ctx context.Context) error {
 		}
 		bin := filepath.Join(c.RunDir, "bin", a.Name)
 		fmt.Fprintf(c.Progress, "stack: building %s (%s)\n", a.Name, a.Build)
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, a.Build)
+		args := []string{"build", "-o", bin}
+		if os.Getenv("DACA_RACE") != "" { // apps with the race detector (see DEVELOPERS.md)
+			args = append(args, "-race")
+		}
+		cmd := exec.CommandContext(ctx, "go", append(args, a.Build)...)
 		cmd.Dir = c.Root
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("building %s: %w\n%s", a.Build, err, out)
@@ -333,8 +337,10 @@ func (s *Stack) spawn(name, path string, args, env []string, dir string) (*proc.
 		dir = s.cfg.Root
 	}
 	base := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
-	if v := os.Getenv("GOCOVERDIR"); v != "" {
-		base = append(base, "GOCOVERDIR="+v)
+	for _, k := range []string{"GOCOVERDIR", "GORACE"} {
+		if v := os.Getenv(k); v != "" {
+			base = append(base, k+"="+v)
+		}
 	}
 	p, err := proc.Start(proc.Spec{
 		Name:    name,
