@@ -146,6 +146,7 @@ func (s *Server) GraphQL() http.Handler {
 	srv.Use(extension.AutomaticPersistedQuery{Cache: lru.New[string](256)})
 	srv.Use(extension.FixedComplexityLimit(s.cfg.MaxComplexity))
 	srv.Use(depthLimit{max: s.cfg.MaxDepth})
+	srv.Use(websocketSubscriptions{})
 	srv.Use(s.metrics)
 	srv.AroundOperations(func(ctx context.Context, next graphql.OperationHandler) graphql.ResponseHandler {
 		return next(graph.WithLoaders(ctx, s.backend, s.cfg.LoaderWait)) // per-operation dataloaders

@@ -1,0 +1,118 @@
+package server
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+)
+
+// FuzzGraphQLRequest: whatever a client sends to /graphql, the gateway
+// answers with a status the GraphQL-over-HTTP spec allows and a GraphQL
+// response (data and/or errors), and a body that is not JSON is never
+// quoted back. (go test runs the seeds; go test -fuzz=FuzzGraphQLRequest
+// ./gateway/server/ explores.)
+func FuzzGraphQLRequest(f *testing.F) {
+	for _, s := range []struct {
+		get         bool
+		contentType string
+		body        string
+	}{
+		{false, "application/json", `{"query":"{ health { status } }"}`},
+		{false, "application/json", `{"query":"query($u: ID!) { memory(userId: $u) { name } }","variables":{"u":"ana"}}`},
+		{false, "application/json", `{"query":"mutation { forgetUser(userId: \"ana\") }"}`},
+		{false, "application/json", `{"query":"subscription { memoryUpdated(userId: \"ana\") { userId } }"}`},
+		{false, "application/json", `{"query": `},
+		{false, "application/json", `[{"query":"{ health { status } }"}]`},
+		{false, "application/json", `{"query":"{ a: health { status } b: health { status } }","operationName":"x"}`},
+		{false, "application/json", `{"query":"` + strings.Repeat("{ health ", 50) + `"}`},
+		{false, "application/json", `{"query":"{ memory(userId: 5) { name } }","variables":[1]}`},
+		{false, "text/plain", `{"query":"mutation { forgetUser(userId: \"ana\") }"}`},
+		{false, "application/graphql", `{ health { status } }`},
+		{false, "", "\x00\xff"},
+		{true, "", `{ health { status } }`},
+		{true, "", `mutation { forgetUser(userId: "ana") }`},
+	} {
+		f.Add(s.get, s.contentType, []byte(s.body))
+	}
+	_, h := newServer(newFake(), Config{})
+	f.Fuzz(func(t *testing.T, get bool, contentType string, body []byte) {
+		var req *http.Request
+		if get {
+			req = httptest.NewRequest(http.MethodGet, "/graphql?query="+url.QueryEscape(string(body)), nil)
+		} else {
+			req = httptest.NewRequest(http.MethodPost, "/graphql", bytes.NewReader(body))
+			req.Header.Set("Content-Type", contentType)
+		}
+		w := httptest.NewRecorder()
+		done := make(chan struct{})
+		go func() { defer close(done); h.ServeHTTP(w, req) }() // a panic fails the fuzz run
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no answer within 5s for %q %.200q", contentType, body)
+		}
+		switch w.Code {
+		case http.StatusOK, http.StatusBadRequest, http.StatusMethodNotAllowed, http.StatusNotAcceptable,
+			http.StatusRequestEntityTooLarge, http.StatusUnsupportedMediaType, http.StatusUnprocessableEntity:
+		default:
+			t.Fatalf("status %d for %q %.200q: %.300s", w.Code, contentType, body, w.Body)
+		}
+		var resp struct {
+			Data   json.RawMessage  `json:"data"`
+			Errors []map[string]any `json:"errors"`
+		}
+		if err := json.Unmarshal(w.Body.Bytes(), &resp); err != nil || (len(resp.Data) == 0 && len(resp.Errors) == 0) {
+			t.Fatalf("not a GraphQL response (status %d) for %.200q: %.300s", w.Code, body, w.Body)
+		}
+		for _, e := range resp.Errors {
+			if m, _ := e["message"].(string); m == "" {
+				t.Fatalf("an error without a message for %.200q: %.300s", body, w.Body)
+			}
+		}
+		if !get && !json.Valid(body) && len(body) >= 16 && bytes.Contains(w.Body.Bytes(), body) {
+			t.Fatalf("the body was quoted back: %.300s", w.Body)
+		}
+	})
+}
+
+// TestSubscriptionOverHTTPRefused: a subscription sent as a plain HTTP
+// request is answered at once with an error (it used to hang until the first
+// event, holding a subscriber), and holds nothing.
+func TestSubscriptionOverHTTPRefused(t *testing.T) {
+	s, h := newServer(newFake(), Config{})
+	q := `subscription { memoryUpdated(userId: "ana") { userId } }`
+	for name, req := range map[string]*http.Request{
+		"POST": httptest.NewRequest(http.MethodPost, "/graphql", strings.NewReader(`{"query":`+strconvQuote(q)+`}`)),
+		"GET":  httptest.NewRequest(http.MethodGet, "/graphql?query="+url.QueryEscape(q), nil),
+	} {
+		req.Header.Set("Content-Type", "application/json")
+		w := httptest.NewRecorder()
+		done := make(chan struct{})
+		go func() { h.ServeHTTP(w, req); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: a subscription over HTTP is still open after 5s", name)
+		}
+		var resp struct {
+			Errors []struct {
+				Message    string
+				Extensions map[string]any
+			}
+		}
+		json.Unmarshal(w.Body.Bytes(), &resp)
+		if len(resp.Errors) != 1 || resp.Errors[0].Extensions["code"] != "BAD_REQUEST" || !strings.Contains(resp.Errors[0].Message, "websocket") {
+			t.Fatalf("%s: %d %s", name, w.Code, w.Body)
+		}
+		if n := s.Memories.Len(); n != 0 {
+			t.Fatalf("%s: %d subscribers left in the broker", name, n)
+		}
+	}
+}
+
+func strconvQuote(s string) string { b, _ := json.Marshal(s); return string(b) }
