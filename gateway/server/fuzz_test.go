@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -9,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 )
 
 // FuzzGraphQLRequest: whatever a client sends to /graphql, the gateway
@@ -116,3 +119,77 @@ func TestSubscriptionOverHTTPRefused(t *testing.T) {
 }
 
 func strconvQuote(s string) string { b, _ := json.Marshal(s); return string(b) }
+
+// FuzzWebsocketFrame: whatever frame a client sends (before or after
+// connection_init, on either protocol), the gateway answers it or closes
+// the socket with a protocol code (graphql-transport-ws: 44xx; legacy
+// graphql-ws: 1002 with a reason), never with an internal error or by
+// dropping the connection.
+func FuzzWebsocketFrame(f *testing.F) {
+	for _, s := range []struct {
+		legacy, init bool
+		frame        string
+	}{
+		{false, true, `{"id":"1","type":"subscribe","payload":{"query":"subscription { memoryUpdated(userId: \"ana\") { userId } }"}}`},
+		{false, true, `{"id":"1","type":"subscribe","payload":{"query":"{ health { status } }"}}`},
+		{false, false, `{"id":"1","type":"subscribe","payload":{"query":"{ health { status } }"}}`},
+		{false, true, `{"type":"connection_init"}`},
+		{false, true, `{"type":"ping"}`},
+		{false, true, `{"id":"1","type":"complete"}`},
+		{false, true, `{"id":1,"type":"subscribe","payload":"x"}`},
+		{false, true, `not json`},
+		{false, true, "\x00\x01"},
+		{true, true, `{"id":"1","type":"start","payload":{"query":"{ health { status } }"}}`},
+		{true, true, `{"id":"1","type":"stop"}`},
+		{true, false, `{"type":"connection_terminate"}`},
+		{true, true, `[]`},
+	} {
+		f.Add(s.legacy, s.init, []byte(s.frame))
+	}
+	_, h := newServer(newFake(), Config{InitTimeout: time.Second})
+	srv := httptest.NewServer(h)
+	f.Cleanup(srv.Close)
+	f.Fuzz(func(t *testing.T, legacy, init bool, frame []byte) {
+		proto := "graphql-transport-ws"
+		if legacy {
+			proto = "graphql-ws"
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, _, err := websocket.Dial(ctx, strings.Replace(srv.URL, "http", "ws", 1)+"/graphql", &websocket.DialOptions{Subprotocols: []string{proto}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.CloseNow()
+		if init {
+			if err := c.Write(ctx, websocket.MessageText, []byte(`{"type":"connection_init"}`)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := c.Write(ctx, websocket.MessageText, frame); err != nil {
+			t.Fatal(err)
+		}
+		rctx, rcancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		defer rcancel()
+		for {
+			_, _, err := c.Read(rctx)
+			if err == nil {
+				continue
+			}
+			if rctx.Err() != nil {
+				return // still open and quiet: fine
+			}
+			switch code := websocket.CloseStatus(err); code {
+			case websocket.StatusNormalClosure, 4400, 4401, 4403, 4408, 4409, 4429:
+				return
+			case websocket.StatusProtocolError: // legacy graphql-ws has no codes of its own: 1002 and a reason
+				if legacy {
+					return
+				}
+				t.Fatalf("%s: %.200q closed with 1002; graphql-transport-ws has its own codes (%v)", proto, frame, err)
+			default:
+				t.Fatalf("%s: %.200q ended the connection with %v (%v)", proto, frame, code, err)
+			}
+		}
+	})
+}

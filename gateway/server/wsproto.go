@@ -196,11 +196,8 @@ func (c *guardConn) NextReader() (int, io.Reader, error) {
 	if err != nil {
 		return mt, nil, err
 	}
-	var m struct {
-		Type string `json:"type"`
-		ID   string `json:"id"`
-	}
-	if json.Unmarshal(b, &m) != nil || m.Type == "" {
+	m, ok := parseMessage(b)
+	if !ok {
 		c.fail(closeBadMessage, "Invalid message received")
 		return mt, nil, transport.ErrWebsocketClosed
 	}
@@ -224,6 +221,11 @@ func (c *guardConn) NextReader() (int, io.Reader, error) {
 			c.active[m.ID] = true
 		}
 	case "complete":
+		if !c.inited { // the protocol allows nothing but connection_init and ping/pong before it
+			code, msg = closeUnauthorized, "Unauthorized"
+		} else if m.ID == "" {
+			code, msg = closeBadMessage, "Invalid message received"
+		}
 		delete(c.active, m.ID)
 	case "ping", "pong":
 	default:
@@ -235,6 +237,27 @@ func (c *guardConn) NextReader() (int, io.Reader, error) {
 		return mt, nil, transport.ErrWebsocketClosed
 	}
 	return mt, bytes.NewReader(b), nil
+}
+
+// message is what the guard reads of a graphql-transport-ws message.
+type message struct{ Type, ID string }
+
+// parseMessage reads a message's type and id by their exact names (Go's
+// JSON decoding matches field names in any case; gqlgen then sees another
+// message than the guard did) and checks that both are strings.
+func parseMessage(b []byte) (message, bool) {
+	var raw map[string]json.RawMessage
+	if json.Unmarshal(b, &raw) != nil {
+		return message{}, false
+	}
+	var m message
+	if json.Unmarshal(raw["type"], &m.Type) != nil || m.Type == "" {
+		return message{}, false
+	}
+	if id, ok := raw["id"]; ok && json.Unmarshal(id, &m.ID) != nil {
+		return message{}, false
+	}
+	return m, true
 }
 
 func (c *guardConn) WriteJSON(v any) error {
