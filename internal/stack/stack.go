@@ -249,6 +249,17 @@ func (s *Stack) start(ctx context.Context) error {
 		if err := s.startApp(a, nrDB); err != nil {
 			return err
 		}
+		if i == 0 {
+			// The first sidecar creates the name-resolution database. Sidecars
+			// that start beside it can find it locked while it is being set up
+			// (SQLITE_BUSY), and then run without name resolution: nobody can
+			// invoke them. So the others start once this one's outbound side
+			// (name resolution, components) is up.
+			url := a.SidecarURL() + "/v1.0/healthz/outbound"
+			if err := waitFor(ctx, c.ReadyTimeout, a.Daprd, func() error { return httpOK(url) }); err != nil {
+				return fmt.Errorf("%s sidecar not ready: %w", a.Name, err)
+			}
+		}
 	}
 	for _, a := range s.Apps() {
 		if err := s.waitApp(ctx, a); err != nil {
