@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -90,7 +91,7 @@ func TestSubscriptionOverHTTPRefused(t *testing.T) {
 	s, h := newServer(newFake(), Config{})
 	q := `subscription { memoryUpdated(userId: "ana") { userId } }`
 	for name, req := range map[string]*http.Request{
-		"POST": httptest.NewRequest(http.MethodPost, "/graphql", strings.NewReader(`{"query":`+strconvQuote(q)+`}`)),
+		"POST": httptest.NewRequest(http.MethodPost, "/graphql", strings.NewReader(`{"query":`+strconv.Quote(q)+`}`)),
 		"GET":  httptest.NewRequest(http.MethodGet, "/graphql?query="+url.QueryEscape(q), nil),
 	} {
 		req.Header.Set("Content-Type", "application/json")
@@ -117,8 +118,6 @@ func TestSubscriptionOverHTTPRefused(t *testing.T) {
 		}
 	}
 }
-
-func strconvQuote(s string) string { b, _ := json.Marshal(s); return string(b) }
 
 // FuzzWebsocketFrame: whatever frame a client sends (before or after
 // connection_init, on either protocol), the gateway answers it or closes

@@ -271,11 +271,7 @@ func (c *guardConn) WriteJSON(v any) error {
 		return c.WebsocketConn.WriteJSON(v)
 	}
 	if b, err := json.Marshal(v); err == nil {
-		var m struct {
-			Type string `json:"type"`
-			ID   string `json:"id"`
-		}
-		if json.Unmarshal(b, &m) == nil && (m.Type == "complete" || m.Type == "error") && m.ID != "" {
+		if m, ok := parseMessage(b); ok && (m.Type == "complete" || m.Type == "error") && m.ID != "" {
 			c.mu.Lock()
 			delete(c.active, m.ID)
 			c.mu.Unlock()
