@@ -2,7 +2,7 @@
 # (the Dapr binaries are built from the Go module proxy; redis-server comes
 # from apt when it is missing and we run as root).
 GO        ?= go
-DAPR_VER  := 1.16.5
+DAPR_VER  := 1.18.2
 DAPR_DIR  := .bin/dapr-$(DAPR_VER)
 DACA      := .bin/daca
 TEST_TIMEOUT ?= 20m
@@ -49,7 +49,7 @@ vet:
 ## dapr: daprd, placement and scheduler from the Go module proxy, built once.
 dapr: $(DAPR_DIR)/.stamp
 
-$(DAPR_DIR)/.stamp: tools/dapr/go.mod tools/dapr/go.sum tools/dapr/cmd/daprd/main.go $(shell find tools/dapr/patches -type f 2>/dev/null)
+$(DAPR_DIR)/.stamp: tools/dapr/go.mod tools/dapr/go.sum tools/dapr/cmd/daprd/main.go
 	$(GO) run ./cmd/daca dapr
 
 daca: dapr

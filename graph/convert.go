@@ -2,84 +2,54 @@ package graph
 
 import (
 	"context"
-	"strings"
-	"unicode/utf8"
 
 	"github.com/daca-go/daca/gateway/backend"
 	"github.com/daca-go/daca/graph/model"
 	"github.com/daca-go/daca/internal/apperr"
-	"github.com/daca-go/daca/internal/httpx"
-	"github.com/daca-go/daca/internal/memory"
+	"github.com/daca-go/daca/internal/contract"
 )
-
-// Limits of a message, as chat-service enforces them.
-const (
-	maxText = 16 << 10
-	maxTags = 32
-	maxTag  = 64
-	maxKey  = 255
-)
-
-func checkID(field, v string) error {
-	if !httpx.ValidID(v) {
-		return apperr.New(apperr.Invalid, "%s must match ^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$", field)
-	}
-	return nil
-}
 
 func chatInput(in model.SendMessageInput) (backend.ChatInput, error) {
-	if err := checkID("userId", in.UserID); err != nil {
+	if err := contract.CheckID("userId", in.UserID); err != nil {
 		return backend.ChatInput{}, err
 	}
-	if strings.TrimSpace(in.Text) == "" {
-		return backend.ChatInput{}, apperr.New(apperr.Invalid, "Message text cannot be empty")
-	}
-	if len(in.Text) > maxText {
-		return backend.ChatInput{}, apperr.New(apperr.Invalid, "Message text is longer than %d bytes", maxText)
+	if err := contract.CheckMessage(in.Text, in.Tags); err != nil {
+		return backend.ChatInput{}, err
 	}
 	out := backend.ChatInput{UserID: in.UserID, Text: in.Text, Tags: in.Tags}
 	if in.SessionID != nil {
-		if err := checkID("sessionId", *in.SessionID); err != nil {
+		if err := contract.CheckID("sessionId", *in.SessionID); err != nil {
 			return backend.ChatInput{}, err
 		}
 		out.SessionID = *in.SessionID
 	}
-	if len(in.Tags) > maxTags {
-		return backend.ChatInput{}, apperr.New(apperr.Invalid, "at most %d tags", maxTags)
-	}
-	for _, t := range in.Tags {
-		if len(t) > maxTag {
-			return backend.ChatInput{}, apperr.New(apperr.Invalid, "a tag is longer than %d bytes", maxTag)
-		}
-	}
 	if in.IdempotencyKey != nil {
-		k := *in.IdempotencyKey
-		if k == "" || len(k) > maxKey || !utf8.ValidString(k) || strings.ContainsAny(k, "\r\n\x00") {
-			return backend.ChatInput{}, apperr.New(apperr.Invalid, "idempotencyKey must be 1 to %d printable characters", maxKey)
+		if err := contract.CheckIdempotencyKey("idempotencyKey", *in.IdempotencyKey); err != nil {
+			return backend.ChatInput{}, err
 		}
-		out.IdempotencyKey = k
+		out.IdempotencyKey = *in.IdempotencyKey
 	}
 	return out, nil
 }
 
-func toMemory(userID string, p memory.Profile) *model.Memory {
+func toMemory(userID string, p contract.Profile) *model.Memory {
 	return &model.Memory{UserID: userID, Name: p.Name, PreferredStyle: p.PreferredStyle, UserSummary: p.UserSummary}
 }
 
-func toMessage(e memory.Entry) *model.Message {
+func toMessage(e contract.Entry) *model.Message {
 	role := model.RoleUser
-	if e.Role == "assistant" {
+	if e.Role == contract.RoleAssistant {
 		role = model.RoleAssistant
 	}
 	return &model.Message{Role: role, Content: e.Content, Timestamp: e.Timestamp}
 }
 
-func toStatus(s string) model.ChatStatus {
-	st := model.ChatStatus(strings.ToUpper(s))
+func toStatus(s contract.RunStatus) model.ChatStatus {
+	st := model.ChatStatus(s)
 	if st.IsValid() {
 		return st
 	}
-	if st == "CANCELED" {
+	if s == contract.RunCanceled {
 		return model.ChatStatusTerminated
 	}
 	return model.ChatStatusPending
@@ -101,15 +71,15 @@ func toRun(r backend.Run) *model.ChatRun {
 
 // forUser checks a user id argument and that the caller may act for it.
 func (r *Resolver) forUser(ctx context.Context, userID string) error {
-	if err := checkID("userId", userID); err != nil {
+	if err := contract.CheckID("userId", userID); err != nil {
 		return err
 	}
-	return r.Guard.User(ctx, userID)
+	return r.Guard.MayActAs(ctx, userID)
 }
 
 // forSession checks a session id argument and that the caller may use it.
 func (r *Resolver) forSession(ctx context.Context, sessionID string) error {
-	if err := checkID("sessionId", sessionID); err != nil {
+	if err := contract.CheckID("sessionId", sessionID); err != nil {
 		return err
 	}
 	return r.ownSession(ctx, sessionID)
@@ -118,7 +88,7 @@ func (r *Resolver) forSession(ctx context.Context, sessionID string) error {
 // mayChat checks that the caller may send as userID and is within the
 // per-user limit of chat turns.
 func (r *Resolver) mayChat(ctx context.Context, userID string) error {
-	if err := r.Guard.User(ctx, userID); err != nil {
+	if err := r.Guard.MayActAs(ctx, userID); err != nil {
 		return err
 	}
 	if r.Turns == nil {
@@ -157,5 +127,13 @@ func (r *Resolver) ownRun(ctx context.Context, run *backend.Run) error {
 	if !r.Guard.Enabled() || run == nil {
 		return nil
 	}
-	return r.Guard.User(ctx, run.UserID)
+	return r.Guard.MayActAs(ctx, run.UserID)
+}
+
+// authMode is AUTH_MODE as the health query reports it.
+func (r *Resolver) authMode() string {
+	if r.Guard.Enabled() {
+		return "jwt"
+	}
+	return "none"
 }

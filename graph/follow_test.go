@@ -40,7 +40,7 @@ var turn = []backend.Run{
 
 func rank(r *model.ChatRun) int {
 	for i, s := range turn {
-		if string(r.Status) == s.Status && (r.Stage == nil && s.Stage == "" || r.Stage != nil && *r.Stage == s.Stage) {
+		if string(r.Status) == string(s.Status) && (r.Stage == nil && s.Stage == "" || r.Stage != nil && *r.Stage == s.Stage) {
 			return i
 		}
 	}

@@ -8,7 +8,7 @@ import (
 	"github.com/vikstrous/dataloadgen"
 
 	"github.com/daca-go/daca/gateway/backend"
-	"github.com/daca-go/daca/internal/memory"
+	"github.com/daca-go/daca/internal/contract"
 )
 
 // loaders batch the reads that fields of a list would otherwise make one
@@ -19,7 +19,7 @@ type loaders struct {
 	b           backend.Backend
 	wait        time.Duration
 	historyOnce sync.Once
-	history     *dataloadgen.Loader[historyKey, []memory.Entry]
+	history     *dataloadgen.Loader[historyKey, []contract.Entry]
 }
 
 type historyKey struct {
@@ -49,11 +49,11 @@ func newLoaders(b backend.Backend, wait time.Duration) *loaders {
 }
 
 // histories returns the loader of session histories.
-func (l *loaders) histories() *dataloadgen.Loader[historyKey, []memory.Entry] {
+func (l *loaders) histories() *dataloadgen.Loader[historyKey, []contract.Entry] {
 	l.historyOnce.Do(func() {
-		l.history = dataloadgen.NewLoader(func(ctx context.Context, keys []historyKey) ([][]memory.Entry, []error) {
+		l.history = dataloadgen.NewLoader(func(ctx context.Context, keys []historyKey) ([][]contract.Entry, []error) {
 			return fetchHistories(ctx, l.b, keys)
-		}, dataloadgen.WithWait(l.wait), dataloadgen.WithBatchCapacity(memory.MaxBatch))
+		}, dataloadgen.WithWait(l.wait), dataloadgen.WithBatchCapacity(contract.MaxBatch))
 	})
 	return l.history
 }
@@ -69,17 +69,17 @@ func (r *Resolver) loadersFrom(ctx context.Context) *loaders {
 
 // fetchHistories reads the histories of a batch: one backend call per
 // distinct `last` (in practice one call).
-func fetchHistories(ctx context.Context, b backend.Backend, keys []historyKey) ([][]memory.Entry, []error) {
+func fetchHistories(ctx context.Context, b backend.Backend, keys []historyKey) ([][]contract.Entry, []error) {
 	byLast := map[int][]string{}
 	for _, k := range keys {
 		byLast[k.last] = append(byLast[k.last], k.sessionID)
 	}
-	got := make(map[int]map[string][]memory.Entry, len(byLast))
+	got := make(map[int]map[string][]contract.Entry, len(byLast))
 	failed := make(map[int]error)
 	for last, ids := range byLast {
 		got[last], failed[last] = b.Conversations(ctx, ids, last)
 	}
-	out := make([][]memory.Entry, len(keys))
+	out := make([][]contract.Entry, len(keys))
 	errs := make([]error, len(keys))
 	for i, k := range keys {
 		if errs[i] = failed[k.last]; errs[i] == nil {

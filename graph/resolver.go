@@ -7,18 +7,19 @@ import (
 
 	"github.com/daca-go/daca/gateway/auth"
 	"github.com/daca-go/daca/gateway/backend"
+	"github.com/daca-go/daca/gateway/fanout"
 	"github.com/daca-go/daca/graph/model"
-	"github.com/daca-go/daca/internal/fanout"
 )
 
-// Resolver is the root resolver. Resolvers validate their arguments and call
-// the Backend or subscribe to a Broker; nothing else.
+// Resolver is the root resolver. Resolvers validate their arguments,
+// authorise the caller (Guard), apply the chat-turn limit (Turns), and then
+// call the Backend, subscribe to a Broker or follow a turn (Runs). The
+// gateway's main assembles it; gateway/server serves it.
 type Resolver struct {
 	Backend       backend.Backend
 	Conversations *fanout.Broker[*model.ConversationEvent]
 	Memories      *fanout.Broker[*model.MemoryEvent]
 	Log           *slog.Logger
-	AuthMode      string
 	// Guard authorises callers (AUTH_MODE); nil or mode none trusts the arguments.
 	Guard *auth.Guard
 	// Turns limits sendMessage and startChat per user; nil: no limit.

@@ -8,10 +8,9 @@ package graph
 import (
 	"context"
 
-	"github.com/daca-go/daca/gateway/backend"
 	"github.com/daca-go/daca/graph/model"
 	"github.com/daca-go/daca/internal/apperr"
-	"github.com/daca-go/daca/internal/memory"
+	"github.com/daca-go/daca/internal/contract"
 )
 
 // SendMessage is the resolver for the sendMessage field.
@@ -52,7 +51,7 @@ func (r *mutationResolver) InitializeMemory(ctx context.Context, userID string, 
 	if err := r.forUser(ctx, userID); err != nil {
 		return nil, err
 	}
-	p := memory.Profile{}
+	p := contract.Profile{}
 	if input.Name != nil {
 		p.Name = *input.Name
 	}
@@ -144,7 +143,7 @@ func (r *queryResolver) Sessions(ctx context.Context, userID string) ([]*model.S
 
 // ChatRun is the resolver for the chatRun field.
 func (r *queryResolver) ChatRun(ctx context.Context, instanceID string) (*model.ChatRun, error) {
-	if err := checkID("instanceId", instanceID); err != nil {
+	if err := contract.CheckID("instanceId", instanceID); err != nil {
 		return nil, err
 	}
 	run, err := r.Backend.ChatRun(ctx, instanceID)
@@ -160,11 +159,11 @@ func (r *queryResolver) ChatRun(ctx context.Context, instanceID string) (*model.
 // Health is the resolver for the health field.
 func (r *queryResolver) Health(ctx context.Context) (*model.Health, error) {
 	h := r.Backend.Health(ctx)
-	out := &model.Health{Status: "ok", Gateway: "ok", Sidecar: h.Sidecar, Llm: h.LLM, AuthMode: r.AuthMode}
+	out := &model.Health{Status: "ok", Gateway: "ok", Sidecar: h.Sidecar, Llm: h.LLM, AuthMode: r.authMode()}
 	if h.Sidecar != "ok" {
 		out.Status = "degraded"
 	}
-	for _, app := range []string{backend.ChatApp, backend.MemoryApp} {
+	for _, app := range []string{contract.ChatApp, contract.MemoryApp} {
 		st := h.Apps[app]
 		if st == "" {
 			st = "unavailable"
@@ -205,12 +204,12 @@ func (r *subscriptionResolver) ConversationUpdated(ctx context.Context, sessionI
 		return nil, apperr.New(apperr.Invalid, "give sessionId, userId or both")
 	}
 	if sessionID != nil {
-		if err := checkID("sessionId", *sessionID); err != nil {
+		if err := contract.CheckID("sessionId", *sessionID); err != nil {
 			return nil, err
 		}
 	}
 	if userID != nil {
-		if err := checkID("userId", *userID); err != nil {
+		if err := contract.CheckID("userId", *userID); err != nil {
 			return nil, err
 		}
 	}
@@ -244,7 +243,7 @@ func (r *subscriptionResolver) MemoryUpdated(ctx context.Context, userID string)
 
 // ChatRun is the resolver for the chatRun field.
 func (r *subscriptionResolver) ChatRun(ctx context.Context, instanceID string) (<-chan *model.ChatRun, error) {
-	if err := checkID("instanceId", instanceID); err != nil {
+	if err := contract.CheckID("instanceId", instanceID); err != nil {
 		return nil, err
 	}
 	first, err := r.Backend.ChatRun(ctx, instanceID)

@@ -19,7 +19,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/daca-go/daca/internal/stack"
+	"github.com/daca-go/daca/internal/dev/stack"
 )
 
 // bench starts a private stack (own Redis, random ports, offline model) and

@@ -18,7 +18,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/daca-go/daca/internal/daprc"
-	"github.com/daca-go/daca/internal/stack"
+	"github.com/daca-go/daca/internal/dev/stack"
 )
 
 // benchGateway compares memory(userId) through the gateway with the same

@@ -14,8 +14,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/daca-go/daca/internal/stack"
-	"github.com/daca-go/daca/internal/toolchain"
+	"github.com/daca-go/daca/internal/dev/stack"
+	"github.com/daca-go/daca/internal/dev/toolchain"
 )
 
 // appDef is an app of the system as `daca up` runs it.

@@ -247,8 +247,8 @@ func (g *Guard) Require(ctx context.Context) (Identity, error) {
 	return id, nil
 }
 
-// User checks that the caller may act for userID: itself, or an admin.
-func (g *Guard) User(ctx context.Context, userID string) error {
+// MayActAs checks that the caller may act for userID: itself, or an admin.
+func (g *Guard) MayActAs(ctx context.Context, userID string) error {
 	if !g.Enabled() {
 		return nil
 	}

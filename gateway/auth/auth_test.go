@@ -129,7 +129,7 @@ func TestGuardUser(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := apperr.CodeOf(tt.g.User(tt.ctx, tt.user)); got != tt.want {
+			if got := apperr.CodeOf(tt.g.MayActAs(tt.ctx, tt.user)); got != tt.want {
 				t.Fatalf("code %q; want %q", got, tt.want)
 			}
 		})

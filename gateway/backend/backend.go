@@ -21,25 +21,18 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/daca-go/daca/internal/apperr"
-	"github.com/daca-go/daca/internal/chat"
-	"github.com/daca-go/daca/internal/memory"
-)
-
-// App ids of the backends.
-const (
-	ChatApp   = "chat-service"
-	MemoryApp = "agent-memory-service"
+	"github.com/daca-go/daca/internal/contract"
 )
 
 // Backend is what the resolvers call.
 type Backend interface {
-	Memory(ctx context.Context, userID string) (memory.Profile, error)
-	InitializeMemory(ctx context.Context, userID string, p memory.Profile) (memory.Profile, error)
-	Conversation(ctx context.Context, sessionID string) ([]memory.Entry, error)
+	Memory(ctx context.Context, userID string) (contract.Profile, error)
+	InitializeMemory(ctx context.Context, userID string, p contract.Profile) (contract.Profile, error)
+	Conversation(ctx context.Context, sessionID string) ([]contract.Entry, error)
 	// Conversations reads several histories in one call (at most
-	// memory.MaxBatch ids), the last `last` entries of each when last > 0.
-	Conversations(ctx context.Context, sessionIDs []string, last int) (map[string][]memory.Entry, error)
-	Sessions(ctx context.Context, userID string) ([]memory.SessionInfo, error)
+	// contract.MaxBatch ids), the last `last` entries of each when last > 0.
+	Conversations(ctx context.Context, sessionIDs []string, last int) (map[string][]contract.Entry, error)
+	Sessions(ctx context.Context, userID string) ([]contract.SessionInfo, error)
 	ForgetUser(ctx context.Context, userID string) (int, error)
 	DeleteConversation(ctx context.Context, sessionID string) (bool, error)
 	SendMessage(ctx context.Context, in ChatInput) (Reply, error)
@@ -63,12 +56,12 @@ type Reply struct {
 	SessionID  string
 	Reply      string
 	InstanceID string
-	Status     string
+	Status     contract.RunStatus
 	Timestamp  time.Time
 }
 
 // Run is a chat turn as chat-service describes it.
-type Run = chat.Run
+type Run = contract.ChatRun
 
 // Health of the backends.
 type Health struct {
@@ -84,16 +77,17 @@ type Invoker interface {
 	GetMetadata(ctx context.Context) (*dapr.GetMetadataResponse, error)
 }
 
-// Dapr is the Backend over Dapr service invocation. The client must come
-// from daprc.Connect, whose interceptors add the API token and the trace
-// context without dropping other metadata (such as Idempotency-Key).
-type Dapr struct {
-	C           Invoker
+// Client is the Backend over Dapr service invocation through the gateway's
+// sidecar. Sidecar must come from daprc.Connect, whose interceptors add the
+// API token and the trace context without dropping other metadata (such as
+// Idempotency-Key).
+type Client struct {
+	Sidecar     Invoker
 	Timeout     time.Duration // per call (default 10s)
 	ChatTimeout time.Duration // sendMessage (default 75s)
 }
 
-func (d *Dapr) call(ctx context.Context, timeout time.Duration, app, method, verb string, in, out any) error {
+func (c *Client) call(ctx context.Context, timeout time.Duration, app, method, verb string, in, out any) error {
 	if timeout == 0 {
 		timeout = 10 * time.Second
 	}
@@ -106,9 +100,9 @@ func (d *Dapr) call(ctx context.Context, timeout time.Duration, app, method, ver
 		if merr != nil {
 			return apperr.Wrap(apperr.Internal, merr, "encoding failed")
 		}
-		body, err = d.C.InvokeMethodWithContent(ctx, app, method, verb, &dapr.DataContent{Data: b, ContentType: "application/json"})
+		body, err = c.Sidecar.InvokeMethodWithContent(ctx, app, method, verb, &dapr.DataContent{Data: b, ContentType: "application/json"})
 	} else {
-		body, err = d.C.InvokeMethod(ctx, app, method, verb)
+		body, err = c.Sidecar.InvokeMethod(ctx, app, method, verb)
 	}
 	if err != nil {
 		return invokeError(app, method, err, ctx.Err())
@@ -182,81 +176,61 @@ func defaultMessage(c apperr.Code, app string) string {
 	}
 }
 
-func (d *Dapr) Memory(ctx context.Context, userID string) (memory.Profile, error) {
-	var p memory.Profile
-	err := d.call(ctx, d.Timeout, MemoryApp, "memories/"+userID, http.MethodGet, nil, &p)
+func (c *Client) Memory(ctx context.Context, userID string) (contract.Profile, error) {
+	var p contract.Profile
+	err := c.call(ctx, c.Timeout, contract.MemoryApp, "memories/"+userID, http.MethodGet, nil, &p)
 	return p, err
 }
 
-func (d *Dapr) InitializeMemory(ctx context.Context, userID string, p memory.Profile) (memory.Profile, error) {
-	var out struct {
-		Metadata memory.Profile `json:"metadata"`
-	}
-	err := d.call(ctx, d.Timeout, MemoryApp, "memories/"+userID+"/initialize", http.MethodPost, p, &out)
+func (c *Client) InitializeMemory(ctx context.Context, userID string, p contract.Profile) (contract.Profile, error) {
+	var out contract.InitializeReply
+	err := c.call(ctx, c.Timeout, contract.MemoryApp, "memories/"+userID+"/initialize", http.MethodPost, p, &out)
 	return out.Metadata, err
 }
 
-func (d *Dapr) Conversation(ctx context.Context, sessionID string) ([]memory.Entry, error) {
-	var out struct {
-		History []memory.Entry `json:"history"`
-	}
-	err := d.call(ctx, d.Timeout, MemoryApp, "conversations/"+sessionID, http.MethodGet, nil, &out)
+func (c *Client) Conversation(ctx context.Context, sessionID string) ([]contract.Entry, error) {
+	var out contract.HistoryReply
+	err := c.call(ctx, c.Timeout, contract.MemoryApp, "conversations/"+sessionID, http.MethodGet, nil, &out)
 	return out.History, err
 }
 
-func (d *Dapr) Conversations(ctx context.Context, sessionIDs []string, last int) (map[string][]memory.Entry, error) {
-	in := map[string]any{"session_ids": sessionIDs, "last": last}
-	var out struct {
-		Conversations []struct {
-			SessionID string         `json:"session_id"`
-			History   []memory.Entry `json:"history"`
-		} `json:"conversations"`
-	}
-	if err := d.call(ctx, d.Timeout, MemoryApp, "conversations/batch", http.MethodPost, in, &out); err != nil {
+func (c *Client) Conversations(ctx context.Context, sessionIDs []string, last int) (map[string][]contract.Entry, error) {
+	in := contract.ConversationsRequest{SessionIDs: sessionIDs, Last: last}
+	var out contract.ConversationsReply
+	if err := c.call(ctx, c.Timeout, contract.MemoryApp, "conversations/batch", http.MethodPost, in, &out); err != nil {
 		return nil, err
 	}
-	m := make(map[string][]memory.Entry, len(out.Conversations))
-	for _, c := range out.Conversations {
-		m[c.SessionID] = c.History
+	m := make(map[string][]contract.Entry, len(out.Conversations))
+	for _, conv := range out.Conversations {
+		m[conv.SessionID] = conv.History
 	}
 	return m, nil
 }
 
-func (d *Dapr) Sessions(ctx context.Context, userID string) ([]memory.SessionInfo, error) {
-	var out struct {
-		Sessions []memory.SessionInfo `json:"sessions"`
-	}
-	err := d.call(ctx, d.Timeout, MemoryApp, "users/"+userID+"/sessions", http.MethodGet, nil, &out)
+func (c *Client) Sessions(ctx context.Context, userID string) ([]contract.SessionInfo, error) {
+	var out contract.SessionsReply
+	err := c.call(ctx, c.Timeout, contract.MemoryApp, "users/"+userID+"/sessions", http.MethodGet, nil, &out)
 	return out.Sessions, err
 }
 
-func (d *Dapr) ForgetUser(ctx context.Context, userID string) (int, error) {
-	var out struct {
-		SessionsDeleted int `json:"sessions_deleted"`
-	}
-	err := d.call(ctx, d.Timeout, MemoryApp, "memories/"+userID, http.MethodDelete, nil, &out)
+func (c *Client) ForgetUser(ctx context.Context, userID string) (int, error) {
+	var out contract.ForgetReply
+	err := c.call(ctx, c.Timeout, contract.MemoryApp, "memories/"+userID, http.MethodDelete, nil, &out)
 	return out.SessionsDeleted, err
 }
 
-func (d *Dapr) DeleteConversation(ctx context.Context, sessionID string) (bool, error) {
-	err := d.call(ctx, d.Timeout, MemoryApp, "conversations/"+sessionID, http.MethodDelete, nil, nil)
+func (c *Client) DeleteConversation(ctx context.Context, sessionID string) (bool, error) {
+	err := c.call(ctx, c.Timeout, contract.MemoryApp, "conversations/"+sessionID, http.MethodDelete, nil, nil)
 	if apperr.CodeOf(err) == apperr.NotFound {
 		return false, nil
 	}
 	return err == nil, err
 }
 
-type chatBody struct {
-	UserID   string            `json:"user_id"`
-	Text     string            `json:"text"`
-	Metadata map[string]string `json:"metadata,omitempty"`
-	Tags     []string          `json:"tags,omitempty"`
-}
-
-func body(in ChatInput) chatBody {
-	b := chatBody{UserID: in.UserID, Text: in.Text, Tags: in.Tags}
+func body(in ChatInput) contract.ChatRequest {
+	b := contract.ChatRequest{UserID: in.UserID, Text: in.Text, Tags: in.Tags}
 	if in.SessionID != "" {
-		b.Metadata = map[string]string{"session_id": in.SessionID}
+		b.Metadata = &contract.ChatMetadata{SessionID: in.SessionID}
 	}
 	return b
 }
@@ -267,45 +241,33 @@ func withIdempotency(ctx context.Context, key string) context.Context {
 	if key == "" {
 		return ctx
 	}
-	return metadata.AppendToOutgoingContext(ctx, "idempotency-key", key)
+	return metadata.AppendToOutgoingContext(ctx, strings.ToLower(contract.IdempotencyHeader), key)
 }
 
-func (d *Dapr) SendMessage(ctx context.Context, in ChatInput) (Reply, error) {
-	var out struct {
-		UserID     string `json:"user_id"`
-		Reply      string `json:"reply"`
-		Status     string `json:"status"`
-		InstanceID string `json:"instance_id"`
-		Metadata   struct {
-			SessionID string    `json:"session_id"`
-			Timestamp time.Time `json:"timestamp"`
-		} `json:"metadata"`
-	}
-	t := d.ChatTimeout
+func (c *Client) SendMessage(ctx context.Context, in ChatInput) (Reply, error) {
+	var out contract.ChatReply
+	t := c.ChatTimeout
 	if t == 0 {
 		t = 75 * time.Second
 	}
-	if err := d.call(withIdempotency(ctx, in.IdempotencyKey), t, ChatApp, "chat", http.MethodPost, body(in), &out); err != nil {
+	if err := c.call(withIdempotency(ctx, in.IdempotencyKey), t, contract.ChatApp, "chat", http.MethodPost, body(in), &out); err != nil {
 		return Reply{}, err
 	}
 	return Reply{UserID: out.UserID, SessionID: out.Metadata.SessionID, Reply: out.Reply, InstanceID: out.InstanceID,
 		Status: out.Status, Timestamp: out.Metadata.Timestamp}, nil
 }
 
-func (d *Dapr) StartChat(ctx context.Context, in ChatInput) (Run, error) {
-	var out struct {
-		InstanceID string `json:"instance_id"`
-		SessionID  string `json:"session_id"`
-	}
-	if err := d.call(withIdempotency(ctx, in.IdempotencyKey), d.Timeout, ChatApp, "chat/async", http.MethodPost, body(in), &out); err != nil {
+func (c *Client) StartChat(ctx context.Context, in ChatInput) (Run, error) {
+	var out contract.ChatStarted
+	if err := c.call(withIdempotency(ctx, in.IdempotencyKey), c.Timeout, contract.ChatApp, "chat/async", http.MethodPost, body(in), &out); err != nil {
 		return Run{}, err
 	}
-	return Run{InstanceID: out.InstanceID, Status: "PENDING", UserID: in.UserID, SessionID: out.SessionID}, nil
+	return Run{InstanceID: out.InstanceID, Status: contract.RunPending, UserID: in.UserID, SessionID: out.SessionID}, nil
 }
 
-func (d *Dapr) ChatRun(ctx context.Context, instanceID string) (*Run, error) {
+func (c *Client) ChatRun(ctx context.Context, instanceID string) (*Run, error) {
 	var r Run
-	err := d.call(ctx, d.Timeout, ChatApp, "chat/"+instanceID, http.MethodGet, nil, &r)
+	err := c.call(ctx, c.Timeout, contract.ChatApp, "chat/"+instanceID, http.MethodGet, nil, &r)
 	if apperr.CodeOf(err) == apperr.NotFound {
 		return nil, nil
 	}
@@ -315,19 +277,16 @@ func (d *Dapr) ChatRun(ctx context.Context, instanceID string) (*Run, error) {
 	return &r, nil
 }
 
-func (d *Dapr) Health(ctx context.Context) Health {
+func (c *Client) Health(ctx context.Context) Health {
 	h := Health{Sidecar: "ok", Apps: map[string]string{}, LLM: "unknown"}
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	if _, err := d.C.GetMetadata(cctx); err != nil {
+	if _, err := c.Sidecar.GetMetadata(cctx); err != nil {
 		h.Sidecar = "unavailable"
 	}
-	for _, app := range []string{ChatApp, MemoryApp} {
-		var out struct {
-			Status string `json:"status"`
-			LLM    string `json:"llm"`
-		}
-		err := d.call(cctx, 3*time.Second, app, "health", http.MethodGet, nil, &out)
+	for _, app := range []string{contract.ChatApp, contract.MemoryApp} {
+		var out contract.Health
+		err := c.call(cctx, 3*time.Second, app, "health", http.MethodGet, nil, &out)
 		switch {
 		case err == nil:
 			h.Apps[app] = out.Status
@@ -336,7 +295,7 @@ func (d *Dapr) Health(ctx context.Context) Health {
 		default:
 			h.Apps[app] = "degraded"
 		}
-		if app == ChatApp && out.LLM != "" {
+		if app == contract.ChatApp && out.LLM != "" {
 			h.LLM = out.LLM
 		}
 	}

@@ -12,7 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/daca-go/daca/internal/ratelimit"
+	"github.com/daca-go/daca/gateway/ratelimit"
 )
 
 // StateClient is the part of the Dapr client LimitStore uses.
@@ -26,15 +26,15 @@ type StateClient interface {
 // first-write-wins on the ETag. Keys are Prefix + the limiter's key (Dapr
 // adds the app id in front).
 type LimitStore struct {
-	C      StateClient
-	Store  string
-	Prefix string
+	Sidecar StateClient
+	Store   string
+	Prefix  string
 }
 
 // Get implements ratelimit.Store.
 func (s LimitStore) Get(ctx context.Context, key string) ([]byte, string, error) {
 	key = s.Prefix + key
-	item, err := s.C.GetState(ctx, s.Store, key, nil)
+	item, err := s.Sidecar.GetState(ctx, s.Store, key, nil)
 	if err != nil {
 		return nil, "", fmt.Errorf("state store %s: get %s: %w", s.Store, key, err)
 	}
@@ -48,7 +48,7 @@ func (s LimitStore) Get(ctx context.Context, key string) ([]byte, string, error)
 func (s LimitStore) Put(ctx context.Context, key string, value []byte, etag string, ttl time.Duration) error {
 	key = s.Prefix + key
 	meta := map[string]string{"ttlInSeconds": strconv.Itoa(int(math.Ceil(ttl.Seconds())))}
-	err := s.C.SaveStateWithETag(ctx, s.Store, key, value, etag, meta,
+	err := s.Sidecar.SaveStateWithETag(ctx, s.Store, key, value, etag, meta,
 		dapr.WithConcurrency(dapr.StateConcurrencyFirstWrite), dapr.WithConsistency(dapr.StateConsistencyStrong))
 	if err == nil {
 		return nil

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/daca-go/daca/gateway/backend/backendtest"
 )
 
 // FuzzGraphQLRequest: whatever a client sends to /graphql, the gateway
@@ -43,7 +44,7 @@ func FuzzGraphQLRequest(f *testing.F) {
 	} {
 		f.Add(s.get, s.contentType, []byte(s.body))
 	}
-	_, h := newServer(newFake(), Config{})
+	_, h := newServer(backendtest.New(), Config{}, 0, nil)
 	f.Fuzz(func(t *testing.T, get bool, contentType string, body []byte) {
 		var req *http.Request
 		if get {
@@ -88,7 +89,7 @@ func FuzzGraphQLRequest(f *testing.F) {
 // request is answered at once with an error (it used to hang until the first
 // event, holding a subscriber), and holds nothing.
 func TestSubscriptionOverHTTPRefused(t *testing.T) {
-	s, h := newServer(newFake(), Config{})
+	s, h := newServer(backendtest.New(), Config{}, 0, nil)
 	q := `subscription { memoryUpdated(userId: "ana") { userId } }`
 	for name, req := range map[string]*http.Request{
 		"POST": httptest.NewRequest(http.MethodPost, "/graphql", strings.NewReader(`{"query":`+strconv.Quote(q)+`}`)),
@@ -113,7 +114,7 @@ func TestSubscriptionOverHTTPRefused(t *testing.T) {
 		if len(resp.Errors) != 1 || resp.Errors[0].Extensions["code"] != "BAD_REQUEST" || !strings.Contains(resp.Errors[0].Message, "websocket") {
 			t.Fatalf("%s: %d %s", name, w.Code, w.Body)
 		}
-		if n := s.Memories.Len(); n != 0 {
+		if n := s.res.Memories.Len(); n != 0 {
 			t.Fatalf("%s: %d subscribers left in the broker", name, n)
 		}
 	}
@@ -145,7 +146,7 @@ func FuzzWebsocketFrame(f *testing.F) {
 	} {
 		f.Add(s.legacy, s.init, []byte(s.frame))
 	}
-	_, h := newServer(newFake(), Config{InitTimeout: time.Second})
+	_, h := newServer(backendtest.New(), Config{InitTimeout: time.Second}, 0, nil)
 	srv := httptest.NewServer(h)
 	f.Cleanup(srv.Close)
 	f.Fuzz(func(t *testing.T, legacy, init bool, frame []byte) {

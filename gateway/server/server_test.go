@@ -6,12 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,12 +18,17 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/daca-go/daca/gateway/auth"
-	"github.com/daca-go/daca/gateway/backend"
+	"github.com/daca-go/daca/gateway/backend/backendtest"
+	"github.com/daca-go/daca/gateway/fanout"
+	"github.com/daca-go/daca/graph"
 	"github.com/daca-go/daca/graph/model"
 	"github.com/daca-go/daca/internal/apperr"
-	"github.com/daca-go/daca/internal/memory"
-	"github.com/daca-go/daca/internal/ratelimit"
+	"github.com/daca-go/daca/internal/dev/testkit"
 )
+
+// The HTTP surface's tests: error presentation, HTTP guards, metrics, the
+// pub/sub intake and the websocket protocol, around a resolver over an
+// in-memory backend. What the resolvers answer is tested in graph.
 
 // Everything a subscription holds must be gone at the end; the HTTP
 // client's idle keep-alive connections are not the server's.
@@ -35,210 +38,40 @@ func TestMain(m *testing.M) {
 		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"))
 }
 
-// fake is a Backend in memory; err, when set, is returned by every call.
-type fake struct {
-	mu       sync.Mutex
-	profiles map[string]memory.Profile
-	history  map[string][]memory.Entry
-	sessions map[string][]memory.SessionInfo
-	runs     map[string]*backend.Run
-	err      error
-	lastIn   backend.ChatInput
-	batches  [][]string // the session ids of each Conversations call
-	convErr  error      // Conversations fails with it
+// testServer is a Server over f, assembled as the gateway's run does.
+type testServer struct {
+	*Server
+	res *graph.Resolver
 }
 
-func newFake() *fake {
-	ts := time.Date(2026, 11, 29, 3, 0, 0, 0, time.UTC)
-	reply := "hi ana"
-	return &fake{
-		profiles: map[string]memory.Profile{"ana": {Name: "Ana", PreferredStyle: "formal", UserSummary: "likes Go"}},
-		history:  map[string][]memory.Entry{"s1": {{Role: "user", Content: "q", Timestamp: ts}, {Role: "assistant", Content: "a", Timestamp: ts}}},
-		sessions: map[string][]memory.SessionInfo{"ana": {{SessionID: "s1", UpdatedAt: ts, MessageCount: 2, LastMessage: &memory.Entry{Role: "assistant", Content: "a", Timestamp: ts}}}},
-		runs:     map[string]*backend.Run{"chat-1": {InstanceID: "chat-1", Status: "COMPLETED", UserID: "ana", SessionID: "s1", Reply: &reply, Timestamp: &ts}},
+// newServer returns the server and its handler; queue is the brokers'
+// buffer per subscriber (0: 64), guard the authentication (nil: none).
+func newServer(f *backendtest.Fake, cfg Config, queue int, guard *auth.Guard) (*testServer, http.Handler) {
+	if queue == 0 {
+		queue = 64
 	}
+	log := testkit.Quiet()
+	drop := DropSlowSubscriber(queue, log)
+	res := &graph.Resolver{Backend: f, Log: log, Guard: guard,
+		Conversations: fanout.New[*model.ConversationEvent](queue, drop),
+		Memories:      fanout.New[*model.MemoryEvent](queue, drop),
+		Runs:          graph.NewRunWatch(f.ChatRun, 50*time.Millisecond, log)}
+	cfg.Guard = guard
+	s := &testServer{Server: New(cfg, res, log), res: res}
+	return s, s.Handler()
 }
 
-func (f *fake) e() error { f.mu.Lock(); defer f.mu.Unlock(); return f.err }
-
-func (f *fake) Memory(_ context.Context, u string) (memory.Profile, error) {
-	if p, ok := f.profiles[u]; ok {
-		return p, f.e()
-	}
-	return memory.DefaultProfile(u), f.e()
-}
-func (f *fake) InitializeMemory(_ context.Context, u string, p memory.Profile) (memory.Profile, error) {
-	return p, f.e()
-}
-func (f *fake) Conversation(_ context.Context, s string) ([]memory.Entry, error) {
-	return f.history[s], f.e()
-}
-func (f *fake) Conversations(_ context.Context, ids []string, last int) (map[string][]memory.Entry, error) {
-	f.mu.Lock()
-	f.batches = append(f.batches, ids)
-	f.mu.Unlock()
-	out := map[string][]memory.Entry{}
-	for _, id := range ids {
-		h := f.history[id]
-		if last > 0 && len(h) > last {
-			h = h[len(h)-last:]
-		}
-		out[id] = append([]memory.Entry{}, h...)
-	}
-	if f.convErr != nil {
-		return nil, f.convErr
-	}
-	return out, f.e()
-}
-func (f *fake) Sessions(_ context.Context, u string) ([]memory.SessionInfo, error) {
-	return f.sessions[u], f.e()
-}
-func (f *fake) ForgetUser(context.Context, string) (int, error)          { return 1, f.e() }
-func (f *fake) DeleteConversation(context.Context, string) (bool, error) { return true, f.e() }
-func (f *fake) SendMessage(_ context.Context, in backend.ChatInput) (backend.Reply, error) {
-	f.mu.Lock()
-	f.lastIn = in
-	f.mu.Unlock()
-	return backend.Reply{UserID: in.UserID, SessionID: "s9", Reply: "re: " + in.Text, InstanceID: "chat-9", Status: "COMPLETED",
-		Timestamp: time.Date(2026, 11, 29, 3, 0, 0, 0, time.UTC)}, f.e()
-}
-func (f *fake) StartChat(_ context.Context, in backend.ChatInput) (backend.Run, error) {
-	return backend.Run{InstanceID: "chat-2", Status: "PENDING", UserID: in.UserID, SessionID: "s2"}, f.e()
-}
-func (f *fake) ChatRun(_ context.Context, id string) (*backend.Run, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.runs[id], f.err
-}
-func (f *fake) Health(context.Context) backend.Health {
-	return backend.Health{Sidecar: "ok", Apps: map[string]string{"chat-service": "ok", "agent-memory-service": "ok"}, LLM: "offline"}
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	testkit.WaitUntil(t, 10*time.Second, what, cond)
 }
 
-func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-
-func newServer(f *fake, cfg Config) (*Server, http.Handler) {
-	s := New(cfg, f, quiet())
-	return s, s.Routes(func(context.Context) error { return nil })
-}
-
-func TestResolvers(t *testing.T) {
-	f := newFake()
-	_, h := newServer(f, Config{})
-	c := client.New(h, client.Path("/graphql"))
-	tests := []struct {
-		name, query string
-		want        string
-	}{
-		{"memory", `{ memory(userId: "ana") { userId name preferredStyle userSummary } }`,
-			`{"memory":{"userId":"ana","name":"Ana","preferredStyle":"formal","userSummary":"likes Go"}}`},
-		{"memory of a stranger", `{ memory(userId: "zed") { userSummary } }`, `{"memory":{"userSummary":"zed is a new user."}}`},
-		{"conversation last 1", `{ conversation(sessionId: "s1", last: 1) { sessionId messages { role content timestamp } } }`,
-			`{"conversation":{"sessionId":"s1","messages":[{"role":"ASSISTANT","content":"a","timestamp":"2026-11-29T03:00:00Z"}]}}`},
-		{"sessions", `{ sessions(userId: "ana") { sessionId messageCount lastMessage { role } } }`,
-			`{"sessions":[{"sessionId":"s1","messageCount":2,"lastMessage":{"role":"ASSISTANT"}}]}`},
-		{"sessions with messages", `{ sessions(userId: "ana") { sessionId messages(last: 1) { content } } }`,
-			`{"sessions":[{"sessionId":"s1","messages":[{"content":"a"}]}]}`},
-		{"chatRun", `{ chatRun(instanceId: "chat-1") { instanceId status reply sessionId } }`,
-			`{"chatRun":{"instanceId":"chat-1","status":"COMPLETED","reply":"hi ana","sessionId":"s1"}}`},
-		{"unknown chatRun", `{ chatRun(instanceId: "chat-x") { status } }`, `{"chatRun":null}`},
-		{"health", `{ health { status gateway sidecar llm authMode backends { appId status } } }`,
-			`{"health":{"status":"ok","gateway":"ok","sidecar":"ok","llm":"offline","authMode":"none","backends":[{"appId":"chat-service","status":"ok"},{"appId":"agent-memory-service","status":"ok"}]}}`},
-		{"sendMessage", `mutation { sendMessage(input: {userId: "ana", text: "hello", idempotencyKey: "k"}) { reply instanceId sessionId status timestamp } }`,
-			`{"sendMessage":{"reply":"re: hello","instanceId":"chat-9","sessionId":"s9","status":"COMPLETED","timestamp":"2026-11-29T03:00:00Z"}}`},
-		{"startChat", `mutation { startChat(input: {userId: "ana", text: "hello"}) { instanceId status } }`,
-			`{"startChat":{"instanceId":"chat-2","status":"PENDING"}}`},
-		{"initializeMemory", `mutation { initializeMemory(userId: "ana", input: {name: "A"}) { name } }`, `{"initializeMemory":{"name":"A"}}`},
-		{"forgetUser", `mutation { forgetUser(userId: "ana") { userId sessionsDeleted } }`, `{"forgetUser":{"userId":"ana","sessionsDeleted":1}}`},
-		{"deleteConversation", `mutation { deleteConversation(sessionId: "s1") }`, `{"deleteConversation":true}`},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			resp, err := c.RawPost(tt.query)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if resp.Errors != nil {
-				t.Fatalf("errors: %s", resp.Errors)
-			}
-			got, _ := json.Marshal(resp.Data)
-			var w any
-			json.Unmarshal([]byte(tt.want), &w)
-			want, _ := json.Marshal(w)
-			if string(got) != string(want) {
-				t.Fatalf("got  %s\nwant %s", got, tt.want)
-			}
-		})
-	}
-	if f.lastIn.IdempotencyKey != "k" {
-		t.Fatalf("idempotency key not passed: %+v", f.lastIn)
-	}
-}
-
-// TestSessionMessagesBatched checks that the messages of many sessions are
-// read in one backend call per operation (no N+1), and that a failing batch
-// fails each field with the backend's code.
-func TestSessionMessagesBatched(t *testing.T) {
-	f := newFake()
-	ts := time.Date(2026, 11, 29, 3, 0, 0, 0, time.UTC)
-	const n = 40
-	for i := range n {
-		id := fmt.Sprintf("s%d", i+10)
-		f.sessions["ana"] = append(f.sessions["ana"], memory.SessionInfo{SessionID: id, UpdatedAt: ts, MessageCount: 1})
-		f.history[id] = []memory.Entry{{Role: "user", Content: id, Timestamp: ts}}
-	}
-	// A wide window: the batches below do not depend on how fast this
-	// machine starts goroutines.
-	_, h := newServer(f, Config{LoaderWait: 200 * time.Millisecond})
-	c := client.New(h, client.Path("/graphql"))
-	var resp struct {
-		Sessions []struct {
-			SessionID string
-			Messages  []struct{ Content string }
-		}
-	}
-	c.MustPost(`{ sessions(userId: "ana") { sessionId messages { content } } }`, &resp)
-	if len(resp.Sessions) != n+1 {
-		t.Fatalf("%d sessions; want %d", len(resp.Sessions), n+1)
-	}
-	for _, s := range resp.Sessions[1:] {
-		if len(s.Messages) != 1 || s.Messages[0].Content != s.SessionID {
-			t.Fatalf("session %s has messages %+v", s.SessionID, s.Messages)
-		}
-	}
-	if len(f.batches) != 1 || len(f.batches[0]) != n+1 {
-		t.Fatalf("backend calls: %d (sizes %v); want 1 call with %d ids", len(f.batches), f.batches, n+1)
-	}
-	// A second operation gets fresh loaders: nothing is cached across requests.
-	c.MustPost(`{ sessions(userId: "ana") { messages(last: 1) { content } } }`, &resp)
-	if len(f.batches) != 2 {
-		t.Fatalf("second request: %d backend calls in all; want 2", len(f.batches))
-	}
-	// More sessions than one batch may hold: batches of at most 100 ids.
-	for i := range 110 {
-		id := fmt.Sprintf("t%d", i)
-		f.sessions["ana"] = append(f.sessions["ana"], memory.SessionInfo{SessionID: id, UpdatedAt: ts, MessageCount: 1})
-		f.history[id] = []memory.Entry{{Role: "user", Content: id, Timestamp: ts}}
-	}
-	f.batches = nil
-	c.MustPost(`{ sessions(userId: "ana") { sessionId messages { content } } }`, &resp)
-	total := 0
-	for _, b := range f.batches {
-		if len(b) > memory.MaxBatch {
-			t.Fatalf("a batch of %d ids; at most %d", len(b), memory.MaxBatch)
-		}
-		total += len(b)
-	}
-	if len(resp.Sessions) != n+111 || len(f.batches) != 2 || total != n+111 {
-		t.Fatalf("%d sessions in %d batches (%d ids); want %d in 2", len(resp.Sessions), len(f.batches), total, n+111)
-	}
-	f.convErr = apperr.Wrap(apperr.Unavailable, errors.New("dial tcp 127.0.0.1:50001"), "agent-memory-service is unavailable")
-	if code, _, msg := errCode(t, h, `{ sessions(userId: "ana") { messages { content } } }`); code != "UNAVAILABLE" || msg != "agent-memory-service is unavailable" {
-		t.Fatalf("failed batch: %q %q; want UNAVAILABLE", code, msg)
-	}
-	f.convErr = nil
-	if code, _, msg := errCode(t, h, `{ sessions(userId: "ana") { messages(last: -1) { content } } }`); code != "BAD_USER_INPUT" {
-		t.Fatalf("negative last: %q %q", code, msg)
-	}
+// wsDial opens a websocket to the server and sends connection_init.
+func wsDial(t *testing.T, url, proto string, init map[string]any) *testkit.WSClient {
+	t.Helper()
+	ws := testkit.DialWS(t, url+"/graphql", proto)
+	ws.Send(map[string]any{"type": "connection_init", "payload": init})
+	return ws
 }
 
 func errCode(t *testing.T, h http.Handler, query string, opts ...client.Option) (string, map[string]any, string) {
@@ -275,9 +108,9 @@ func TestErrorMapping(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			f := newFake()
-			f.err = tt.err
-			_, h := newServer(f, Config{})
+			f := backendtest.New()
+			f.Err = tt.err
+			_, h := newServer(f, Config{}, 0, nil)
 			code, ext, msg := errCode(t, h, `{ memory(userId: "ana") { name } }`)
 			if code != tt.code || msg != tt.message {
 				t.Fatalf("code %s message %q; want %s %q", code, msg, tt.code, tt.message)
@@ -289,75 +122,11 @@ func TestErrorMapping(t *testing.T) {
 	}
 }
 
-func TestInputValidation(t *testing.T) {
-	_, h := newServer(newFake(), Config{})
-	tests := []struct{ name, query, msg string }{
-		{"blank text", `mutation { sendMessage(input: {userId: "ana", text: "  "}) { reply } }`, "Message text cannot be empty"},
-		{"key injection", `mutation { sendMessage(input: {userId: "a||b", text: "x"}) { reply } }`, "userId must match"},
-		{"bad session", `{ conversation(sessionId: "../x") { sessionId } }`, "sessionId must match"},
-		{"negative last", `{ conversation(sessionId: "s1", last: -1) { sessionId } }`, "last must not be negative"},
-		{"too long", `mutation { sendMessage(input: {userId: "ana", text: "` + strings.Repeat("x", 17<<10) + `"}) { reply } }`, "longer than"},
-		{"subscription without filter", `subscription { conversationUpdated { eventId } }`, "give sessionId"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if strings.HasPrefix(tt.query, "subscription") {
-				return // covered over websocket below
-			}
-			code, _, msg := errCode(t, h, tt.query)
-			if code != "BAD_USER_INPUT" || !strings.Contains(msg, tt.msg) {
-				t.Fatalf("%s %q", code, msg)
-			}
-		})
-	}
-}
-
-func TestRateLimit(t *testing.T) {
-	_, h := newServer(newFake(), Config{Turns: ratelimit.New(1, 2)})
-	q := `mutation { sendMessage(input: {userId: "ana", text: "x"}) { reply } }`
-	for i := range 2 {
-		if code, _, _ := errCode(t, h, q); code != "" {
-			t.Fatalf("message %d refused: %s", i, code)
-		}
-	}
-	code, ext, _ := errCode(t, h, q)
-	if code != "RATE_LIMITED" || ext["retryAfter"] == nil {
-		t.Fatalf("third message: %s %v", code, ext)
-	}
-	if code, _, _ := errCode(t, h, strings.Replace(q, "ana", "bo", 1)); code != "" {
-		t.Fatalf("another user limited: %s", code)
-	}
-}
-
-func TestJWTAuthorisation(t *testing.T) {
-	f := newFake()
-	g := &auth.Guard{Mode: "jwt", Verifier: staticVerifier{"tok-ana": {Subject: "ana"}, "tok-admin": {Subject: "root", Admin: true}}}
-	_, h := newServer(f, Config{Guard: g, AuthMode: "jwt"})
-	bearer := func(tok string) client.Option { return client.AddHeader("Authorization", "Bearer "+tok) }
-	tests := []struct {
-		name, query string
-		opts        []client.Option
-		code        string
-	}{
-		{"anonymous", `{ memory(userId: "ana") { name } }`, nil, "UNAUTHENTICATED"},
-		{"own memory", `{ memory(userId: "ana") { name } }`, []client.Option{bearer("tok-ana")}, ""},
-		{"someone else's memory", `{ memory(userId: "bo") { name } }`, []client.Option{bearer("tok-ana")}, "FORBIDDEN"},
-		{"admin reads anyone", `{ memory(userId: "bo") { name } }`, []client.Option{bearer("tok-admin")}, ""},
-		{"send as someone else", `mutation { sendMessage(input: {userId: "bo", text: "x"}) { reply } }`, []client.Option{bearer("tok-ana")}, "FORBIDDEN"},
-		{"own session", `{ conversation(sessionId: "s1") { sessionId } }`, []client.Option{bearer("tok-ana")}, ""},
-		{"foreign session", `{ conversation(sessionId: "s-of-bo") { sessionId } }`, []client.Option{bearer("tok-ana")}, "FORBIDDEN"},
-		{"own run", `{ chatRun(instanceId: "chat-1") { status } }`, []client.Option{bearer("tok-ana")}, ""},
-		{"health is open", `{ health { authMode } }`, nil, ""},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			code, _, msg := errCode(t, h, tt.query, tt.opts...)
-			if code != tt.code {
-				t.Fatalf("code %q (%s); want %q", code, msg, tt.code)
-			}
-		})
-	}
-	// An invalid token is refused with 401 before any resolver runs.
+// TestBearerTokenRefused: an invalid token is refused with 401 before any
+// resolver runs.
+func TestBearerTokenRefused(t *testing.T) {
+	g := &auth.Guard{Mode: "jwt", Verifier: staticVerifier{"tok-ana": {Subject: "ana"}}}
+	_, h := newServer(backendtest.New(), Config{}, 0, g)
 	req := httptest.NewRequest(http.MethodPost, "/graphql", strings.NewReader(`{"query":"{ health { status } }"}`))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer forged")
@@ -392,70 +161,28 @@ func publishEvent(t *testing.T, url, topic, id string, data any) {
 	}
 }
 
-type wsConn struct {
-	t *testing.T
-	c *websocket.Conn
-}
-
-func wsDial(t *testing.T, url, proto string, init map[string]any) *wsConn {
-	t.Helper()
-	c, _, err := websocket.Dial(t.Context(), strings.Replace(url, "http", "ws", 1)+"/graphql", &websocket.DialOptions{Subprotocols: []string{proto}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := &wsConn{t, c}
-	w.send(map[string]any{"type": "connection_init", "payload": init})
-	return w
-}
-
-func (w *wsConn) send(v any) {
-	b, _ := json.Marshal(v)
-	if err := w.c.Write(context.Background(), websocket.MessageText, b); err != nil {
-		w.t.Fatal(err)
-	}
-}
-
-func (w *wsConn) read(types ...string) map[string]any {
-	w.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	for {
-		_, b, err := w.c.Read(ctx)
-		if err != nil {
-			w.t.Fatalf("read: %v", err)
-		}
-		var m map[string]any
-		json.Unmarshal(b, &m)
-		for _, t := range types {
-			if m["type"] == t {
-				return m
-			}
-		}
-	}
-}
-
 func TestSubscriptionFanOutAndCleanup(t *testing.T) {
-	f := newFake()
-	s, h := newServer(f, Config{SubscriberQueue: 4})
+	f := backendtest.New()
+	s, h := newServer(f, Config{}, 4, nil)
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 
 	ws := wsDial(t, srv.URL, "graphql-transport-ws", nil)
-	ws.read("connection_ack")
-	ws.send(map[string]any{"id": "1", "type": "subscribe", "payload": map[string]any{"query": `subscription { conversationUpdated(userId: "ana") { eventId sessionId userMessage } }`}})
-	ws.send(map[string]any{"id": "2", "type": "subscribe", "payload": map[string]any{"query": `subscription { memoryUpdated(userId: "ana") { userSummary } }`}})
-	ws.send(map[string]any{"id": "3", "type": "subscribe", "payload": map[string]any{"query": `subscription { conversationUpdated { eventId } }`}})
-	if m := ws.read("error", "next"); m["id"] != "3" || !strings.Contains(fmt.Sprint(m), "give sessionId") {
+	ws.Await(5*time.Second, "connection_ack")
+	ws.Send(map[string]any{"id": "1", "type": "subscribe", "payload": map[string]any{"query": `subscription { conversationUpdated(userId: "ana") { eventId sessionId userMessage } }`}})
+	ws.Send(map[string]any{"id": "2", "type": "subscribe", "payload": map[string]any{"query": `subscription { memoryUpdated(userId: "ana") { userSummary } }`}})
+	ws.Send(map[string]any{"id": "3", "type": "subscribe", "payload": map[string]any{"query": `subscription { conversationUpdated { eventId } }`}})
+	if m := ws.Await(5*time.Second, "error", "next"); m["id"] != "3" || !strings.Contains(fmt.Sprint(m), "give sessionId") {
 		t.Fatalf("unfiltered subscription: %v", m)
 	}
-	waitFor(t, func() bool { return s.Conversations.Len() == 1 && s.Memories.Len() == 1 })
+	waitUntil(t, "s.res.Conversations.Len() == 1 && s.res.Memories.Len() == 1", func() bool { return s.res.Conversations.Len() == 1 && s.res.Memories.Len() == 1 })
 	publishEvent(t, srv.URL, "conversations", "e0", map[string]string{"user_id": "bo", "session_id": "x", "event_type": "ConversationUpdated", "user_message": "not for ana", "assistant_reply": "r"})
 	publishEvent(t, srv.URL, "conversations", "e1", map[string]string{"user_id": "ana", "session_id": "s1", "event_type": "ConversationUpdated", "user_message": "for ana", "assistant_reply": "r"})
 	publishEvent(t, srv.URL, "memory-updates", "m1", map[string]string{"user_id": "ana", "session_id": "s1", "user_summary": "new summary"})
 	// The two subscriptions deliver independently: take both, in any order.
 	byID := map[any]map[string]any{}
 	for range 2 {
-		m := ws.read("next")
+		m := ws.Await(5*time.Second, "next")
 		byID[m["id"]] = m
 	}
 	if m := byID["1"]; !strings.Contains(fmt.Sprint(m), "for ana") || strings.Contains(fmt.Sprint(m), "not for ana") {
@@ -468,41 +195,41 @@ func TestSubscriptionFanOutAndCleanup(t *testing.T) {
 	b, _ := json.Marshal(map[string]any{"id": "old", "time": time.Now().Add(-time.Hour), "data": map[string]string{"user_id": "ana", "session_id": "s1", "event_type": "ConversationUpdated", "user_message": "old", "assistant_reply": "r"}})
 	http.Post(srv.URL+"/events/conversations", "application/json", strings.NewReader(string(b)))
 	publishEvent(t, srv.URL, "conversations", "e2", map[string]string{"user_id": "ana", "session_id": "s1", "event_type": "ConversationUpdated", "user_message": "fresh", "assistant_reply": "r"})
-	if m := ws.read("next"); !strings.Contains(fmt.Sprint(m), "fresh") {
+	if m := ws.Await(5*time.Second, "next"); !strings.Contains(fmt.Sprint(m), "fresh") {
 		t.Fatalf("after a stale event got %v", m)
 	}
-	ws.c.Close(websocket.StatusNormalClosure, "")
-	waitFor(t, func() bool { return s.Conversations.Len() == 0 && s.Memories.Len() == 0 })
+	ws.Close()
+	waitUntil(t, "s.res.Conversations.Len() == 0 && s.res.Memories.Len() == 0", func() bool { return s.res.Conversations.Len() == 0 && s.res.Memories.Len() == 0 })
 }
 
 func TestThousandSubscribeCyclesBackToBaseline(t *testing.T) {
-	s, h := newServer(newFake(), Config{})
+	s, h := newServer(backendtest.New(), Config{}, 0, nil)
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 	ws := wsDial(t, srv.URL, "graphql-transport-ws", nil)
-	ws.read("connection_ack")
+	ws.Await(5*time.Second, "connection_ack")
 	// Warm up one cycle, then measure.
 	cycle := func(i int) {
 		id := fmt.Sprint(i)
-		ws.send(map[string]any{"id": id, "type": "subscribe", "payload": map[string]any{"query": `subscription { memoryUpdated(userId: "ana") { userSummary } }`}})
-		ws.send(map[string]any{"id": id, "type": "complete"})
+		ws.Send(map[string]any{"id": id, "type": "subscribe", "payload": map[string]any{"query": `subscription { memoryUpdated(userId: "ana") { userSummary } }`}})
+		ws.Send(map[string]any{"id": id, "type": "complete"})
 	}
 	cycle(0)
-	waitFor(t, func() bool { return s.Memories.Len() == 0 })
+	waitUntil(t, "s.res.Memories.Len() == 0", func() bool { return s.res.Memories.Len() == 0 })
 	before := settledGoroutines()
 	for i := 1; i <= 1000; i++ {
 		cycle(i)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for s.Memories.Len() != 0 || runtime.NumGoroutine() > before {
+	for s.res.Memories.Len() != 0 || runtime.NumGoroutine() > before {
 		if time.Now().After(deadline) {
 			buf := make([]byte, 1<<20)
 			n := runtime.Stack(buf, true)
-			t.Fatalf("after 1,000 cycles: %d subscribers, %d goroutines (baseline %d)\n%s", s.Memories.Len(), runtime.NumGoroutine(), before, buf[:n])
+			t.Fatalf("after 1,000 cycles: %d subscribers, %d goroutines (baseline %d)\n%s", s.res.Memories.Len(), runtime.NumGoroutine(), before, buf[:n])
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	ws.c.Close(websocket.StatusNormalClosure, "")
+	ws.Close()
 }
 
 // settledGoroutines returns the goroutine count once it has not changed for
@@ -522,7 +249,7 @@ func settledGoroutines() int {
 
 func TestWebsocketAuth(t *testing.T) {
 	g := &auth.Guard{Mode: "jwt", Verifier: staticVerifier{"tok-ana": {Subject: "ana"}}}
-	_, h := newServer(newFake(), Config{Guard: g, AuthMode: "jwt"})
+	_, h := newServer(backendtest.New(), Config{}, 0, g)
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 	tests := []struct {
@@ -538,44 +265,26 @@ func TestWebsocketAuth(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ws := wsDial(t, srv.URL, "graphql-transport-ws", tt.init)
-			defer ws.c.CloseNow()
+			defer ws.Conn().CloseNow()
 			if tt.ok {
-				ws.read("connection_ack")
-				ws.send(map[string]any{"id": "x", "type": "subscribe", "payload": map[string]any{"query": `subscription { memoryUpdated(userId: "bo") { userSummary } }`}})
-				m := ws.read("error", "next")
+				ws.Await(5*time.Second, "connection_ack")
+				ws.Send(map[string]any{"id": "x", "type": "subscribe", "payload": map[string]any{"query": `subscription { memoryUpdated(userId: "bo") { userSummary } }`}})
+				m := ws.Await(5*time.Second, "error", "next")
 				if !strings.Contains(fmt.Sprint(m), "FORBIDDEN") {
 					t.Fatalf("subscribing to another user: %v", m)
 				}
 				return
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			for {
-				if _, _, err := ws.c.Read(ctx); err != nil {
-					if websocket.CloseStatus(err) != 4403 {
-						t.Fatalf("closed with %v; want 4403", err)
-					}
-					return
-				}
+			if code := ws.Closed(5 * time.Second); code != closeForbidden {
+				t.Fatalf("closed with %d (%v); want 4403", code, ws.Err())
 			}
 		})
 	}
 }
 
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10s")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func TestMetrics(t *testing.T) {
-	f := newFake()
-	_, h := newServer(f, Config{})
+	f := backendtest.New()
+	_, h := newServer(f, Config{}, 0, nil)
 	c := client.New(h, client.Path("/graphql"))
 	c.RawPost(`{ memory(userId: "ana") { name } }`)
 	c.RawPost(`{ memory(userId: "a||b") { name } }`)
@@ -599,7 +308,7 @@ func TestMetrics(t *testing.T) {
 // GraphQL over HTTP: the media type the client asks for, and the spec's
 // status codes for it.
 func TestGraphQLOverHTTP(t *testing.T) {
-	_, h := newServer(newFake(), Config{})
+	_, h := newServer(backendtest.New(), Config{}, 0, nil)
 	tests := []struct {
 		name, method, body, accept, ctype string
 		status                            int
@@ -634,7 +343,7 @@ func TestGraphQLOverHTTP(t *testing.T) {
 // BenchmarkMemoryQuery measures the gateway's own cost of a query (HTTP,
 // parsing, validation, limits, metrics, resolver) with the backend faked.
 func BenchmarkMemoryQuery(b *testing.B) {
-	_, h := newServer(newFake(), Config{})
+	_, h := newServer(backendtest.New(), Config{}, 0, nil)
 	body := `{"query":"{ memory(userId: \"ana\") { name preferredStyle userSummary } }"}`
 	b.ReportAllocs()
 	for b.Loop() {
@@ -665,15 +374,15 @@ func closeCode(t *testing.T, c *websocket.Conn) websocket.StatusCode {
 }
 
 func TestWebsocketProtocolClosures(t *testing.T) {
-	_, h := newServer(newFake(), Config{KeepAlive: 200 * time.Millisecond, InitTimeout: 300 * time.Millisecond})
+	_, h := newServer(backendtest.New(), Config{KeepAlive: 200 * time.Millisecond, InitTimeout: 300 * time.Millisecond}, 0, nil)
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 	t.Run("second connection_init closes with 4429", func(t *testing.T) {
 		ws := wsDial(t, srv.URL, "graphql-transport-ws", nil)
-		defer ws.c.CloseNow()
-		ws.read("connection_ack")
-		ws.send(map[string]any{"type": "connection_init"})
-		if c := closeCode(t, ws.c); c != 4429 {
+		defer ws.Conn().CloseNow()
+		ws.Await(5*time.Second, "connection_ack")
+		ws.Send(map[string]any{"type": "connection_init"})
+		if c := ws.Closed(10 * time.Second); c != closeTooManyInitReqs {
 			t.Fatalf("close %d; want 4429", c)
 		}
 	})
@@ -689,16 +398,16 @@ func TestWebsocketProtocolClosures(t *testing.T) {
 	})
 	t.Run("a peer that never answers ping is closed", func(t *testing.T) {
 		ws := wsDial(t, srv.URL, "graphql-transport-ws", nil)
-		defer ws.c.CloseNow()
-		ws.read("connection_ack")
-		ws.read("ping") // and never pong
-		closeCode(t, ws.c)
+		defer ws.Conn().CloseNow()
+		ws.Await(5*time.Second, "connection_ack")
+		ws.Await(5*time.Second, "ping") // and never pong
+		ws.Closed(10 * time.Second)
 	})
 	t.Run("legacy graphql-ws gets ka", func(t *testing.T) {
 		ws := wsDial(t, srv.URL, "graphql-ws", nil)
-		defer ws.c.CloseNow()
-		ws.read("connection_ack")
-		ws.read("ka")
+		defer ws.Conn().CloseNow()
+		ws.Await(5*time.Second, "connection_ack")
+		ws.Await(5*time.Second, "ka")
 	})
 }
 
@@ -712,24 +421,23 @@ func TestSlowSubscriberClosedWithReason(t *testing.T) {
 		{"graphql-ws", "start", "data"},
 	} {
 		t.Run(tt.proto, func(t *testing.T) {
-			s, h := newServer(newFake(), Config{SubscriberQueue: 4})
+			s, h := newServer(backendtest.New(), Config{}, 4, nil)
 			srv := httptest.NewServer(h)
 			defer srv.Close()
-			sub := func() *wsConn {
+			sub := func() *testkit.WSClient {
 				ws := wsDial(t, srv.URL, tt.proto, nil)
-				ws.c.SetReadLimit(1 << 20)
-				ws.read("connection_ack")
-				ws.send(map[string]any{"id": "1", "type": tt.subscribe, "payload": map[string]any{"query": `subscription { conversationUpdated(userId: "ana") { userMessage } }`}})
+				ws.Conn().SetReadLimit(1 << 20) // read by hand below: the slow one never, the fast one raw
+				ws.Send(map[string]any{"id": "1", "type": tt.subscribe, "payload": map[string]any{"query": `subscription { conversationUpdated(userId: "ana") { userMessage } }`}})
 				return ws
 			}
 			slow, fast := sub(), sub()
-			defer slow.c.CloseNow()
-			defer fast.c.CloseNow()
-			waitFor(t, func() bool { return s.Conversations.Len() == 2 })
+			defer slow.Conn().CloseNow()
+			defer fast.Conn().CloseNow()
+			waitUntil(t, "s.res.Conversations.Len() == 2", func() bool { return s.res.Conversations.Len() == 2 })
 			got := make(chan struct{})
 			go func() {
 				for {
-					_, b, err := fast.c.Read(context.Background())
+					_, b, err := fast.Conn().Read(context.Background())
 					if err != nil {
 						return
 					}
@@ -740,11 +448,11 @@ func TestSlowSubscriberClosedWithReason(t *testing.T) {
 			}()
 			big := strings.Repeat("x", 64<<10) // fills the slow client's TCP buffers quickly
 			sent := 0
-			for _, dropped := s.Conversations.Stats(); dropped == 0; _, dropped = s.Conversations.Stats() {
+			for _, dropped := s.res.Conversations.Stats(); dropped == 0; _, dropped = s.res.Conversations.Stats() {
 				if sent == 5000 {
 					t.Fatal("the slow subscriber was never dropped")
 				}
-				s.Conversations.Publish(&model.ConversationEvent{EventID: fmt.Sprint(sent), UserID: "ana", SessionID: "s", UserMessage: big, AssistantReply: "r"})
+				s.res.Conversations.Publish(&model.ConversationEvent{EventID: fmt.Sprint(sent), UserID: "ana", SessionID: "s", UserMessage: big, AssistantReply: "r"})
 				sent++
 				select { // the reading client keeps up, event by event
 				case <-got:
@@ -752,13 +460,13 @@ func TestSlowSubscriberClosedWithReason(t *testing.T) {
 					t.Fatalf("the reading client did not get event %d", sent)
 				}
 			}
-			if n := s.Conversations.Len(); n != 1 {
+			if n := s.res.Conversations.Len(); n != 1 {
 				t.Fatalf("%d subscribers after the drop; want the reading one", n)
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			for {
-				_, b, err := slow.c.Read(ctx)
+				_, b, err := slow.Conn().Read(ctx)
 				if err != nil {
 					var ce websocket.CloseError
 					if !errors.As(err, &ce) || ce.Code != closeTryAgainLater || !strings.Contains(ce.Reason, "too slow: 4 events unread") {
@@ -770,7 +478,7 @@ func TestSlowSubscriberClosedWithReason(t *testing.T) {
 					t.Fatalf("slow client got %.80s before the close; want events and keepalives only", b)
 				}
 			}
-			s.Conversations.Publish(&model.ConversationEvent{EventID: "after", UserID: "ana", SessionID: "s", UserMessage: "after", AssistantReply: "r"})
+			s.res.Conversations.Publish(&model.ConversationEvent{EventID: "after", UserID: "ana", SessionID: "s", UserMessage: "after", AssistantReply: "r"})
 			select {
 			case <-got:
 			case <-time.After(10 * time.Second):
@@ -784,18 +492,18 @@ func TestSlowSubscriberClosedWithReason(t *testing.T) {
 // protocol, is closed with 1001 and a reason, and CloseWebsockets returns
 // once their handlers are done.
 func TestShutdownClosesWebsockets(t *testing.T) {
-	s, h := newServer(newFake(), Config{})
+	s, h := newServer(backendtest.New(), Config{}, 0, nil)
 	srv := httptest.NewServer(h)
 	defer srv.Close()
-	var clients []*wsConn
+	var clients []*testkit.WSClient
 	for _, p := range []struct{ proto, subscribe string }{{"graphql-transport-ws", "subscribe"}, {"graphql-ws", "start"}} {
 		ws := wsDial(t, srv.URL, p.proto, nil)
-		defer ws.c.CloseNow()
-		ws.read("connection_ack")
-		ws.send(map[string]any{"id": "1", "type": p.subscribe, "payload": map[string]any{"query": `subscription { memoryUpdated(userId: "ana") { userSummary } }`}})
+		defer ws.Conn().CloseNow()
+		ws.Await(5*time.Second, "connection_ack")
+		ws.Send(map[string]any{"id": "1", "type": p.subscribe, "payload": map[string]any{"query": `subscription { memoryUpdated(userId: "ana") { userSummary } }`}})
 		clients = append(clients, ws)
 	}
-	waitFor(t, func() bool { return s.Memories.Len() == 2 })
+	waitUntil(t, "s.res.Memories.Len() == 2", func() bool { return s.res.Memories.Len() == 2 })
 	done := make(chan struct{})
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -804,15 +512,10 @@ func TestShutdownClosesWebsockets(t *testing.T) {
 		close(done)
 	}()
 	for _, ws := range clients {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		var err error
-		for err == nil {
-			_, _, err = ws.c.Read(ctx)
-		}
-		cancel()
+		code := ws.Closed(10 * time.Second)
 		var ce websocket.CloseError
-		if !errors.As(err, &ce) || ce.Code != closeGoingAway || !strings.Contains(ce.Reason, "shutting down") {
-			t.Fatalf("closed with %v; want 1001 and a reason", err)
+		if code != closeGoingAway || !errors.As(ws.Err(), &ce) || !strings.Contains(ce.Reason, "shutting down") {
+			t.Fatalf("closed with %d (%v); want 1001 and a reason", code, ws.Err())
 		}
 	}
 	select {
@@ -820,7 +523,7 @@ func TestShutdownClosesWebsockets(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("CloseWebsockets did not return")
 	}
-	waitFor(t, func() bool { return s.Memories.Len() == 0 })
+	waitUntil(t, "s.res.Memories.Len() == 0", func() bool { return s.res.Memories.Len() == 0 })
 	s.CloseWebsockets(t.Context()) // nothing open: returns at once
 }
 
@@ -835,7 +538,7 @@ func TestBodyErrorNeverQuotesTheBody(t *testing.T) {
 		{`{"query":"` + strings.Repeat("x", 2<<20) + `"}`, 413, "larger than the limit", "BAD_REQUEST"},
 		{"chunked" + `{"query":"` + strings.Repeat("x", 2<<20) + `"}`, 413, "larger than the limit", "BAD_REQUEST"},
 	}
-	_, h := newServer(newFake(), Config{})
+	_, h := newServer(backendtest.New(), Config{}, 0, nil)
 	for _, tt := range tests {
 		body, chunked := strings.CutPrefix(tt.body, "chunked")
 		req := httptest.NewRequest(http.MethodPost, "/graphql", strings.NewReader(body))
@@ -862,21 +565,21 @@ func TestBodyErrorNeverQuotesTheBody(t *testing.T) {
 // TestSocketsForgottenWhenClosed: every way a websocket ends removes it from
 // the set that shutdown closes (no leak per connection).
 func TestSocketsForgottenWhenClosed(t *testing.T) {
-	s, h := newServer(newFake(), Config{InitTimeout: 200 * time.Millisecond})
+	s, h := newServer(backendtest.New(), Config{InitTimeout: 200 * time.Millisecond}, 0, nil)
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 	for i := range 10 {
 		for _, proto := range []string{"graphql-transport-ws", "graphql-ws"} {
 			ws := wsDial(t, srv.URL, proto, nil)
-			ws.read("connection_ack")
+			ws.Await(5*time.Second, "connection_ack")
 			switch i % 3 {
 			case 0:
-				ws.c.Close(websocket.StatusNormalClosure, "")
+				ws.Close()
 			case 1:
-				ws.c.CloseNow()
+				ws.Conn().CloseNow()
 			case 2:
-				ws.send(map[string]any{"type": "nonsense"})
-				closeCode(t, ws.c)
+				ws.Send(map[string]any{"type": "nonsense"})
+				ws.Closed(10 * time.Second)
 			}
 		}
 		c, _, err := websocket.Dial(t.Context(), strings.Replace(srv.URL, "http", "ws", 1)+"/graphql", &websocket.DialOptions{Subprotocols: []string{"graphql-transport-ws"}})
@@ -885,5 +588,5 @@ func TestSocketsForgottenWhenClosed(t *testing.T) {
 		}
 		closeCode(t, c) // no connection_init: closed by the server
 	}
-	waitFor(t, func() bool { return s.sockets.len() == 0 })
+	waitUntil(t, "s.sockets.len() == 0", func() bool { return s.sockets.len() == 0 })
 }

@@ -2,28 +2,22 @@ package llm
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
-	"io"
-	"log/slog"
-	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/daca-go/daca/internal/apperr"
+	"github.com/daca-go/daca/internal/dev/testkit"
+	"github.com/daca-go/daca/internal/llm/llmtest"
 )
 
 var fixed = time.Date(2026, 11, 29, 3, 4, 5, 0, time.UTC)
 
-func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-
 func offline(t *testing.T) *Client {
 	t.Helper()
-	c, err := New(t.Context(), Config{Model: "m"}, StaticKey(""), quiet())
+	c, err := New(t.Context(), Config{Model: "m"}, StaticKey(""), testkit.Quiet())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +81,7 @@ func TestOfflineSummary(t *testing.T) {
 }
 
 func TestOfflineDelayHonoursContext(t *testing.T) {
-	c, err := New(t.Context(), Config{OfflineDelay: time.Hour, Timeout: 50 * time.Millisecond}, StaticKey(""), quiet())
+	c, err := New(t.Context(), Config{OfflineDelay: time.Hour, Timeout: 50 * time.Millisecond}, StaticKey(""), testkit.Quiet())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,44 +114,6 @@ func (r *rotatingKey) Refresh(context.Context) (string, error) {
 	return r.keys[0], nil
 }
 
-// fakeProvider speaks the Chat Completions wire format: it checks the key,
-// can answer 429/503 first, and asks for get_current_time when asked for it.
-func fakeProvider(t *testing.T, validKey string, failures []int, retryAfter string) (*httptest.Server, *atomic.Int32) {
-	var calls atomic.Int32
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n := int(calls.Add(1))
-		if r.Header.Get("Authorization") != "Bearer "+validKey {
-			w.WriteHeader(http.StatusUnauthorized)
-			fmt.Fprintf(w, `{"error":{"message":"Incorrect API key provided: %s","type":"invalid_request_error"}}`, strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer "))
-			return
-		}
-		if n <= len(failures) {
-			if retryAfter != "" {
-				w.Header().Set("Retry-After", retryAfter)
-			}
-			w.WriteHeader(failures[n-1])
-			io.WriteString(w, `{"error":{"message":"busy","type":"server_error"}}`)
-			return
-		}
-		var req struct {
-			Messages []struct {
-				Role    string `json:"role"`
-				Content string `json:"content"`
-			} `json:"messages"`
-		}
-		json.NewDecoder(r.Body).Decode(&req)
-		last := req.Messages[len(req.Messages)-1]
-		w.Header().Set("Content-Type", "application/json")
-		if last.Role == "tool" {
-			fmt.Fprintf(w, `{"id":"x","object":"chat.completion","choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":"It is %s."}}]}`, last.Content)
-			return
-		}
-		io.WriteString(w, `{"id":"x","object":"chat.completion","choices":[{"index":0,"finish_reason":"tool_calls","message":{"role":"assistant","content":"","tool_calls":[{"id":"c1","type":"function","function":{"name":"get_current_time","arguments":"{}"}}]}}]}`)
-	}))
-	t.Cleanup(srv.Close)
-	return srv, &calls
-}
-
 func TestProviderRetriesAndKeyRotation(t *testing.T) {
 	const key = "sk-live-0123456789abcdef"
 	tests := []struct {
@@ -167,7 +123,7 @@ func TestProviderRetriesAndKeyRotation(t *testing.T) {
 		retryAfter string
 		maxRetries int
 		wantCode   apperr.Code
-		wantCalls  int32
+		wantCalls  int
 	}{
 		{"tool loop", []string{key}, nil, "", 3, "", 2},
 		{"429 then ok, Retry-After honoured", []string{key}, []int{429}, "0", 3, "", 3},
@@ -178,9 +134,11 @@ func TestProviderRetriesAndKeyRotation(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv, calls := fakeProvider(t, key, tt.failures, tt.retryAfter)
+			prov := &llmtest.Provider{Key: key, Failures: tt.failures, RetryAfter: tt.retryAfter}
+			srv := httptest.NewServer(prov)
+			t.Cleanup(srv.Close)
 			keys := &rotatingKey{keys: tt.keys}
-			c, err := New(t.Context(), Config{BaseURL: srv.URL + "/v1", Model: "m", MaxRetries: tt.maxRetries, Timeout: 10 * time.Second}, keys, quiet())
+			c, err := New(t.Context(), Config{BaseURL: srv.URL + "/v1", Model: "m", MaxRetries: tt.maxRetries, Timeout: 10 * time.Second}, keys, testkit.Quiet())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -195,8 +153,8 @@ func TestProviderRetriesAndKeyRotation(t *testing.T) {
 			if err == nil && got != "It is 2026-11-29 03:04:05 UTC." {
 				t.Fatalf("reply = %q", got)
 			}
-			if calls.Load() != tt.wantCalls {
-				t.Fatalf("provider calls = %d; want %d", calls.Load(), tt.wantCalls)
+			if prov.Calls() != tt.wantCalls {
+				t.Fatalf("provider calls = %d; want %d", prov.Calls(), tt.wantCalls)
 			}
 			for _, k := range append(tt.keys, key) {
 				if err != nil && (strings.Contains(err.Error(), k) || strings.Contains(apperr.MessageOf(err), k)) {

@@ -28,8 +28,6 @@ import (
 	"github.com/daca-go/daca/internal/httpx"
 	"github.com/daca-go/daca/internal/llm"
 	"github.com/daca-go/daca/internal/logging"
-	"github.com/daca-go/daca/internal/metrics"
-	"github.com/daca-go/daca/internal/server"
 	"github.com/daca-go/daca/internal/telemetry"
 )
 
@@ -42,7 +40,7 @@ func Main(appID string, cfgErr error, port int, healthPath string, run func(cont
 		os.Exit(2)
 	}
 	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
-		os.Exit(server.Healthcheck(port, healthPath))
+		os.Exit(Healthcheck(port, healthPath))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -96,13 +94,13 @@ func Start(ctx context.Context, appID string, c Common, llmCfg llm.Config, grace
 		st.Close()
 		return nil, err
 	}
-	ln, err := server.Listen(c.Addr())
+	ln, err := Listen(c.Addr())
 	if err != nil {
 		return fail(err)
 	}
 	errc := make(chan error, 1)
 	h := routes(log)
-	go func() { errc <- server.Serve(ctx, ln, h, grace, log) }()
+	go func() { errc <- Serve(ctx, ln, h, grace, log) }()
 	st.errc = errc
 	initCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	st.Init = initCtx
@@ -157,7 +155,7 @@ func (b *Base) SetReady(sidecar Sidecar, llmMode string) {
 // answering 503 "starting" until SetReady.
 func (b *Base) Router(mount func(r chi.Router)) http.Handler {
 	r := chi.NewRouter()
-	r.Use(telemetry.Middleware(httpx.IsProbe), httpx.RequestID(b.Log), httpx.Log(b.Log), metrics.Middleware, httpx.AppToken(b.AppToken))
+	r.Use(telemetry.Middleware(httpx.IsProbe), httpx.RequestID(b.Log), httpx.Log(b.Log), metricsMiddleware, httpx.AppToken(b.AppToken))
 	r.Get("/", func(w http.ResponseWriter, r *http.Request) {
 		httpx.JSON(w, http.StatusOK, map[string]string{"message": b.Welcome})
 	})
@@ -165,7 +163,7 @@ func (b *Base) Router(mount func(r chi.Router)) http.Handler {
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) { // live: the process answers
 		httpx.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
-	r.Handle("/metrics", metrics.Handler())
+	r.Handle("/metrics", metricsHandler())
 	r.Group(func(r chi.Router) {
 		r.Use(b.requireReady)
 		mount(r)

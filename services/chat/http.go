@@ -11,7 +11,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
-	"unicode"
 
 	"github.com/dapr/durabletask-go/api"
 	"github.com/dapr/durabletask-go/workflow"
@@ -21,11 +20,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/daca-go/daca/internal/apperr"
-	"github.com/daca-go/daca/internal/chat"
+	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/httpx"
 	"github.com/daca-go/daca/internal/logging"
 	"github.com/daca-go/daca/internal/service"
 	"github.com/daca-go/daca/internal/telemetry"
+	"github.com/daca-go/daca/services/chat/turn"
 )
 
 // Workflows is the part of the workflow client the service uses.
@@ -59,14 +59,6 @@ var turns = promauto.NewCounterVec(prometheus.CounterOpts{
 	Name: "daca_chat_turns_total", Help: "Chat turns waited for by POST /chat, by outcome (completed, failed, timeout).",
 }, []string{"outcome"})
 
-// Limits of a chat request.
-const (
-	maxText  = 16 << 10
-	maxTags  = 32
-	maxTag   = 64
-	maxIdemp = 255
-)
-
 func (s *srv) routes() http.Handler {
 	return s.Router(func(r chi.Router) {
 		r.Post("/chat", s.chat)
@@ -76,54 +68,34 @@ func (s *srv) routes() http.Handler {
 	})
 }
 
-type chatRequest struct {
-	UserID   string `json:"user_id"`
-	Text     string `json:"text"`
-	Metadata *struct {
-		SessionID string `json:"session_id"`
-	} `json:"metadata"`
-	Tags []string `json:"tags"`
-}
-
 // parse validates a chat request and works out its workflow instance id.
-func (s *srv) parse(w http.ResponseWriter, r *http.Request) (chat.Input, string, bool, error) {
-	var req chatRequest
+func (s *srv) parse(w http.ResponseWriter, r *http.Request) (turn.Input, string, bool, error) {
+	var req contract.ChatRequest
 	if err := httpx.Decode(w, r, &req); err != nil {
-		return chat.Input{}, "", false, err
+		return turn.Input{}, "", false, err
 	}
-	if err := httpx.CheckID("user_id", req.UserID); err != nil {
-		return chat.Input{}, "", false, err
+	if err := contract.CheckID("user_id", req.UserID); err != nil {
+		return turn.Input{}, "", false, err
 	}
-	if strings.TrimSpace(req.Text) == "" {
-		return chat.Input{}, "", false, apperr.New(apperr.Invalid, "Message text cannot be empty")
+	if err := contract.CheckMessage(req.Text, req.Tags); err != nil {
+		return turn.Input{}, "", false, err
 	}
-	if len(req.Text) > maxText {
-		return chat.Input{}, "", false, apperr.New(apperr.TooLarge, "Message text is longer than %d bytes", maxText)
-	}
-	if len(req.Tags) > maxTags {
-		return chat.Input{}, "", false, apperr.New(apperr.Invalid, "at most %d tags", maxTags)
-	}
-	for _, t := range req.Tags {
-		if len(t) > maxTag {
-			return chat.Input{}, "", false, apperr.New(apperr.Invalid, "a tag is longer than %d bytes", maxTag)
-		}
-	}
-	in := chat.Input{UserID: req.UserID, Text: req.Text, Tags: req.Tags}
+	in := turn.Input{UserID: req.UserID, Text: req.Text, Tags: req.Tags}
 	if req.Metadata != nil && req.Metadata.SessionID != "" {
-		if err := httpx.CheckID("session_id", req.Metadata.SessionID); err != nil {
-			return chat.Input{}, "", false, err
+		if err := contract.CheckID("session_id", req.Metadata.SessionID); err != nil {
+			return turn.Input{}, "", false, err
 		}
 		in.SessionID = req.Metadata.SessionID
 	}
-	key := r.Header.Get("Idempotency-Key")
+	key := r.Header.Get(contract.IdempotencyHeader)
 	if key == "" {
 		if in.SessionID == "" {
 			in.SessionID = uuid.NewString()
 		}
 		return in, "chat-" + uuid.NewString(), false, nil
 	}
-	if len(key) > maxIdemp || strings.IndexFunc(key, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
-		return chat.Input{}, "", false, apperr.New(apperr.Invalid, "Idempotency-Key must be at most %d printable characters", maxIdemp)
+	if err := contract.CheckIdempotencyKey(contract.IdempotencyHeader, key); err != nil {
+		return turn.Input{}, "", false, err
 	}
 	sum := sha256.Sum256([]byte(req.UserID + "\x00" + key))
 	h := hex.EncodeToString(sum[:])
@@ -135,7 +107,7 @@ func (s *srv) parse(w http.ResponseWriter, r *http.Request) (chat.Input, string,
 
 // start schedules the turn, or finds the one an earlier request with the same
 // idempotency key started.
-func (s *srv) start(ctx context.Context, wf Workflows, id string, in chat.Input, idempotent bool) error {
+func (s *srv) start(ctx context.Context, wf Workflows, id string, in turn.Input, idempotent bool) error {
 	if idempotent {
 		if _, err := wf.FetchWorkflowMetadata(ctx, id); err == nil {
 			logging.From(ctx, s.log).Info("idempotent retry: returning the existing chat turn", "workflow_instance_id", id)
@@ -145,7 +117,7 @@ func (s *srv) start(ctx context.Context, wf Workflows, id string, in chat.Input,
 		}
 	}
 	in.Trace = telemetry.Carrier(ctx)
-	if _, err := wf.ScheduleWorkflow(ctx, chat.WorkflowName, workflow.WithInstanceID(id), workflow.WithInput(in)); err != nil {
+	if _, err := wf.ScheduleWorkflow(ctx, turn.WorkflowName, workflow.WithInstanceID(id), workflow.WithInput(in)); err != nil {
 		if idempotent && strings.Contains(strings.ToLower(err.Error()), "already exists") {
 			return nil // a concurrent request with the same key won the race
 		}
@@ -165,7 +137,7 @@ func notFound(err error) bool {
 
 // begin validates a chat request and starts (or finds) its turn. On error
 // it has answered already and ok is false.
-func (s *srv) begin(w http.ResponseWriter, r *http.Request) (ctx context.Context, in chat.Input, id string, ok bool) {
+func (s *srv) begin(w http.ResponseWriter, r *http.Request) (ctx context.Context, in turn.Input, id string, ok bool) {
 	in, id, idem, err := s.parse(w, r)
 	if err != nil {
 		httpx.Error(w, r, s.log, err)
@@ -200,7 +172,7 @@ func (s *srv) chat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	run := describe(id, meta)
-	if run.Status != "COMPLETED" {
+	if run.Status != contract.RunCompleted {
 		turns.WithLabelValues("failed").Inc()
 		logging.From(ctx, s.log).Warn("chat turn did not complete", "status", run.Status, "error", run.Error)
 		httpx.JSON(w, http.StatusServiceUnavailable, map[string]any{
@@ -209,13 +181,8 @@ func (s *srv) chat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	turns.WithLabelValues("completed").Inc()
-	httpx.JSON(w, http.StatusOK, map[string]any{
-		"user_id":     run.out.UserID,
-		"reply":       run.out.Reply,
-		"status":      run.Status,
-		"instance_id": id,
-		"metadata":    map[string]any{"session_id": run.out.SessionID, "timestamp": run.out.Timestamp},
-	})
+	httpx.JSON(w, http.StatusOK, contract.ChatReply{UserID: run.out.UserID, Reply: run.out.Reply, Status: run.Status, InstanceID: id,
+		Metadata: contract.ReplyMetadata{SessionID: run.out.SessionID, Timestamp: run.out.Timestamp}})
 }
 
 func (s *srv) chatAsync(w http.ResponseWriter, r *http.Request) {
@@ -224,37 +191,37 @@ func (s *srv) chatAsync(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Location", "/chat/"+id)
-	httpx.JSON(w, http.StatusAccepted, map[string]any{"instance_id": id, "session_id": in.SessionID})
+	httpx.JSON(w, http.StatusAccepted, contract.ChatStarted{InstanceID: id, SessionID: in.SessionID})
 }
 
 // described is a turn as GET /chat/{id} shows it, with its output decoded.
 type described struct {
-	chat.Run
-	out chat.Output
+	contract.ChatRun
+	out turn.Output
 }
 
 func describe(id string, meta *workflow.WorkflowMetadata) described {
-	run := described{Run: chat.Run{InstanceID: id, Status: meta.String()}}
-	if meta.CustomStatus != nil && run.Status == "RUNNING" {
+	run := described{ChatRun: contract.ChatRun{InstanceID: id, Status: contract.RunStatus(meta.String())}}
+	if meta.CustomStatus != nil && run.Status == contract.RunRunning {
 		run.Stage = meta.CustomStatus.GetValue()
 	}
-	var in chat.Input
+	var in turn.Input
 	if meta.Input != nil && json.Unmarshal([]byte(meta.Input.GetValue()), &in) == nil {
 		run.UserID, run.SessionID = in.UserID, in.SessionID
 	}
 	switch run.Status {
-	case "COMPLETED":
+	case contract.RunCompleted:
 		if meta.Output != nil && json.Unmarshal([]byte(meta.Output.GetValue()), &run.out) == nil {
 			run.Reply = &run.out.Reply
 			ts := run.out.Timestamp
 			run.Timestamp = &ts
 		}
-	case "FAILED":
+	case contract.RunFailed:
 		run.Error = "the chat turn failed"
 		if fd := meta.FailureDetails; fd != nil && strings.HasPrefix(fd.ErrorMessage, "chat turn failed") {
 			run.Error = fd.ErrorMessage // our own, client-safe message
 		}
-	case "TERMINATED", "CANCELED":
+	case contract.RunTerminated, contract.RunCanceled:
 		run.Error = "the chat turn was stopped"
 	}
 	return run
@@ -262,7 +229,7 @@ func describe(id string, meta *workflow.WorkflowMetadata) described {
 
 func (s *srv) chatStatus(w http.ResponseWriter, r *http.Request) {
 	id := chi.URLParam(r, "instance_id")
-	if err := httpx.CheckID("instance_id", id); err != nil {
+	if err := contract.CheckID("instance_id", id); err != nil {
 		httpx.Error(w, r, s.log, err)
 		return
 	}
@@ -275,5 +242,5 @@ func (s *srv) chatStatus(w http.ResponseWriter, r *http.Request) {
 		httpx.Error(w, r, s.log, apperr.Wrap(apperr.Unavailable, err, "the workflow engine is unavailable"))
 		return
 	}
-	httpx.JSON(w, http.StatusOK, describe(id, meta).Run)
+	httpx.JSON(w, http.StatusOK, describe(id, meta).ChatRun)
 }

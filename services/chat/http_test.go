@@ -20,14 +20,15 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/daca-go/daca/internal/chat"
+	"github.com/daca-go/daca/internal/contract"
+	"github.com/daca-go/daca/services/chat/turn"
 )
 
 // fakeWF is the workflow engine: it "runs" a scheduled turn to the outcome
 // configured (complete with a reply, fail, or never end).
 type fakeWF struct {
 	mu        sync.Mutex
-	scheduled map[string]chat.Input
+	scheduled map[string]turn.Input
 	outcome   string // completed | failed | stuck
 }
 
@@ -36,7 +37,7 @@ func (f *fakeWF) ScheduleWorkflow(_ context.Context, _ string, opts ...workflow.
 	for _, o := range opts {
 		o(req)
 	}
-	var in chat.Input
+	var in turn.Input
 	json.Unmarshal([]byte(req.Input.GetValue()), &in)
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -58,7 +59,7 @@ func (f *fakeWF) meta(id string) (*workflow.WorkflowMetadata, error) {
 	m := &workflow.WorkflowMetadata{InstanceId: id, Input: wrapperspb.String(string(inB)), LastUpdatedAt: timestamppb.Now()}
 	switch f.outcome {
 	case "completed":
-		out, _ := json.Marshal(chat.Output{UserID: in.UserID, SessionID: in.SessionID, Reply: "re: " + in.Text, Timestamp: time.Unix(0, 0).UTC()})
+		out, _ := json.Marshal(turn.Output{UserID: in.UserID, SessionID: in.SessionID, Reply: "re: " + in.Text, Timestamp: time.Unix(0, 0).UTC()})
 		m.RuntimeStatus = api.RUNTIME_STATUS_COMPLETED
 		m.Output = wrapperspb.String(string(out))
 	case "failed":
@@ -66,7 +67,7 @@ func (f *fakeWF) meta(id string) (*workflow.WorkflowMetadata, error) {
 		m.FailureDetails = &protos.TaskFailureDetails{ErrorMessage: "chat turn failed while generating response"}
 	default:
 		m.RuntimeStatus = api.RUNTIME_STATUS_RUNNING
-		m.CustomStatus = wrapperspb.String(chat.StageGenerate)
+		m.CustomStatus = wrapperspb.String(contract.StageGenerate)
 	}
 	return m, nil
 }
@@ -90,7 +91,7 @@ func (okSidecar) GetMetadata(context.Context) (*dapr.GetMetadataResponse, error)
 }
 
 func newTestServer(outcome string, timeout time.Duration) (*srv, *fakeWF) {
-	f := &fakeWF{scheduled: map[string]chat.Input{}, outcome: outcome}
+	f := &fakeWF{scheduled: map[string]turn.Input{}, outcome: outcome}
 	s := newServer(slog.New(slog.NewTextHandler(io.Discard, nil)), "", timeout)
 	s.ready(f, okSidecar{}, "offline")
 	return s, f

@@ -11,13 +11,14 @@ import (
 
 	"github.com/dapr/durabletask-go/workflow"
 
-	"github.com/daca-go/daca/internal/chat"
+	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/env"
 	"github.com/daca-go/daca/internal/llm"
 	"github.com/daca-go/daca/internal/service"
+	"github.com/daca-go/daca/services/chat/turn"
 )
 
-const appID = "chat-service"
+const appID = contract.ChatApp
 
 type config struct {
 	service.Common
@@ -53,11 +54,11 @@ func run(ctx context.Context, cfg config) error {
 	log, dc := st.Log, st.Dapr
 	wf := workflow.NewClient(dc.GrpcClientConn())
 	reg := workflow.NewRegistry()
-	acts := &chat.Activities{Invoker: dc, Publisher: dc, Model: st.Model, Log: log}
+	acts := &turn.Activities{Invoker: dc, Publisher: dc, Model: st.Model, Log: log}
 	if err := acts.Register(reg); err != nil {
 		return err
 	}
-	if err := chat.RegisterWarmup(reg); err != nil {
+	if err := turn.RegisterWarmup(reg); err != nil {
 		return err
 	}
 	// The worker starts once, here, and runs until shutdown. On shutdown the
@@ -68,7 +69,7 @@ func run(ctx context.Context, cfg config) error {
 	if err := wf.StartWorker(workerCtx, reg); err != nil {
 		return fmt.Errorf("starting the workflow worker: %w", err)
 	}
-	if err := chat.Warmup(st.Init, wf, 10*time.Second, log); err != nil {
+	if err := turn.Warmup(st.Init, wf, 10*time.Second, log); err != nil {
 		return err
 	}
 	s.ready(wf, dc, st.Model.Mode())

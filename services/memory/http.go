@@ -2,12 +2,10 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync/atomic"
 
 	dapr "github.com/dapr/go-sdk/client"
@@ -16,11 +14,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/daca-go/daca/internal/apperr"
+	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/httpx"
 	"github.com/daca-go/daca/internal/llm"
 	"github.com/daca-go/daca/internal/logging"
-	"github.com/daca-go/daca/internal/memory"
 	"github.com/daca-go/daca/internal/service"
+	"github.com/daca-go/daca/services/memory/store"
 )
 
 // Publisher publishes pub/sub events through the sidecar.
@@ -35,7 +34,7 @@ type Model interface {
 }
 
 type deps struct {
-	mem   *memory.Memory
+	mem   *store.Memory
 	pub   Publisher
 	model Model
 }
@@ -51,22 +50,13 @@ func newServer(log *slog.Logger, appToken string) *srv {
 }
 
 // ready hands over the memory; the routes answer from then on.
-func (s *srv) ready(mem *memory.Memory, pub interface {
+func (s *srv) ready(mem *store.Memory, pub interface {
 	Publisher
 	service.Sidecar
 }, model Model) {
 	s.d.Store(&deps{mem: mem, pub: pub, model: model})
 	s.SetReady(pub, model.Mode())
 }
-
-// Topics and limits.
-const (
-	PubSub             = "pubsub"
-	TopicMemoryUpdates = "memory-updates"
-	maxName            = 200
-	maxStyle           = 64
-	maxSummary         = 4096
-)
 
 func (s *srv) routes() http.Handler {
 	return s.Router(func(r chi.Router) {
@@ -83,7 +73,7 @@ func (s *srv) routes() http.Handler {
 
 func (s *srv) getMemory(w http.ResponseWriter, r *http.Request) {
 	uid := chi.URLParam(r, "user_id")
-	if err := httpx.CheckID("user_id", uid); err != nil {
+	if err := contract.CheckID("user_id", uid); err != nil {
 		httpx.Error(w, r, s.log, err)
 		return
 	}
@@ -97,11 +87,11 @@ func (s *srv) getMemory(w http.ResponseWriter, r *http.Request) {
 
 func (s *srv) initialize(w http.ResponseWriter, r *http.Request) {
 	uid := chi.URLParam(r, "user_id")
-	if err := httpx.CheckID("user_id", uid); err != nil {
+	if err := contract.CheckID("user_id", uid); err != nil {
 		httpx.Error(w, r, s.log, err)
 		return
 	}
-	var p memory.Profile
+	var p contract.Profile
 	if err := httpx.Decode(w, r, &p); err != nil {
 		httpx.Error(w, r, s.log, err)
 		return
@@ -109,7 +99,7 @@ func (s *srv) initialize(w http.ResponseWriter, r *http.Request) {
 	for _, f := range []struct {
 		name, v string
 		max     int
-	}{{"name", p.Name, maxName}, {"preferred_style", p.PreferredStyle, maxStyle}, {"user_summary", p.UserSummary, maxSummary}} {
+	}{{"name", p.Name, contract.MaxName}, {"preferred_style", p.PreferredStyle, contract.MaxStyle}, {"user_summary", p.UserSummary, contract.MaxSummary}} {
 		if len(f.v) > f.max {
 			httpx.Error(w, r, s.log, apperr.New(apperr.Invalid, "%s is longer than %d bytes", f.name, f.max))
 			return
@@ -120,12 +110,12 @@ func (s *srv) initialize(w http.ResponseWriter, r *http.Request) {
 		httpx.Error(w, r, s.log, err)
 		return
 	}
-	httpx.JSON(w, http.StatusOK, map[string]any{"status": "success", "user_id": uid, "metadata": p})
+	httpx.JSON(w, http.StatusOK, contract.InitializeReply{Status: "success", UserID: uid, Metadata: p})
 }
 
 func (s *srv) forgetUser(w http.ResponseWriter, r *http.Request) {
 	uid := chi.URLParam(r, "user_id")
-	if err := httpx.CheckID("user_id", uid); err != nil {
+	if err := contract.CheckID("user_id", uid); err != nil {
 		httpx.Error(w, r, s.log, err)
 		return
 	}
@@ -134,12 +124,12 @@ func (s *srv) forgetUser(w http.ResponseWriter, r *http.Request) {
 		httpx.Error(w, r, s.log, err)
 		return
 	}
-	httpx.JSON(w, http.StatusOK, map[string]any{"status": "success", "user_id": uid, "sessions_deleted": n})
+	httpx.JSON(w, http.StatusOK, contract.ForgetReply{Status: "success", UserID: uid, SessionsDeleted: n})
 }
 
 func (s *srv) getConversation(w http.ResponseWriter, r *http.Request) {
 	sid := chi.URLParam(r, "session_id")
-	if err := httpx.CheckID("session_id", sid); err != nil {
+	if err := contract.CheckID("session_id", sid); err != nil {
 		httpx.Error(w, r, s.log, err)
 		return
 	}
@@ -157,26 +147,23 @@ func (s *srv) getConversation(w http.ResponseWriter, r *http.Request) {
 		httpx.Error(w, r, s.log, err)
 		return
 	}
-	httpx.JSON(w, http.StatusOK, map[string]any{"history": h})
+	httpx.JSON(w, http.StatusOK, contract.HistoryReply{History: h})
 }
 
 // getConversations returns the history of several sessions in one answer,
 // in the order asked: {"conversations":[{"session_id","history"}]}.
 func (s *srv) getConversations(w http.ResponseWriter, r *http.Request) {
-	var in struct {
-		SessionIDs []string `json:"session_ids"`
-		Last       int      `json:"last"`
-	}
+	var in contract.ConversationsRequest
 	if err := httpx.Decode(w, r, &in); err != nil {
 		httpx.Error(w, r, s.log, err)
 		return
 	}
-	if len(in.SessionIDs) == 0 || len(in.SessionIDs) > memory.MaxBatch {
-		httpx.Error(w, r, s.log, apperr.New(apperr.Invalid, "session_ids must hold 1 to %d ids", memory.MaxBatch))
+	if len(in.SessionIDs) == 0 || len(in.SessionIDs) > contract.MaxBatch {
+		httpx.Error(w, r, s.log, apperr.New(apperr.Invalid, "session_ids must hold 1 to %d ids", contract.MaxBatch))
 		return
 	}
 	for _, id := range in.SessionIDs {
-		if err := httpx.CheckID("session_ids", id); err != nil {
+		if err := contract.CheckID("session_ids", id); err != nil {
 			httpx.Error(w, r, s.log, err)
 			return
 		}
@@ -190,20 +177,16 @@ func (s *srv) getConversations(w http.ResponseWriter, r *http.Request) {
 		httpx.Error(w, r, s.log, err)
 		return
 	}
-	type conv struct {
-		SessionID string         `json:"session_id"`
-		History   []memory.Entry `json:"history"`
-	}
-	out := make([]conv, len(in.SessionIDs))
+	out := contract.ConversationsReply{Conversations: make([]contract.Conversation, len(in.SessionIDs))}
 	for i, id := range in.SessionIDs {
-		out[i] = conv{SessionID: id, History: hs[id]}
+		out.Conversations[i] = contract.Conversation{SessionID: id, History: hs[id]}
 	}
-	httpx.JSON(w, http.StatusOK, map[string]any{"conversations": out})
+	httpx.JSON(w, http.StatusOK, out)
 }
 
 func (s *srv) deleteConversation(w http.ResponseWriter, r *http.Request) {
 	sid := chi.URLParam(r, "session_id")
-	if err := httpx.CheckID("session_id", sid); err != nil {
+	if err := contract.CheckID("session_id", sid); err != nil {
 		httpx.Error(w, r, s.log, err)
 		return
 	}
@@ -216,12 +199,12 @@ func (s *srv) deleteConversation(w http.ResponseWriter, r *http.Request) {
 		httpx.Error(w, r, s.log, apperr.New(apperr.NotFound, "session %s not found", sid))
 		return
 	}
-	httpx.JSON(w, http.StatusOK, map[string]any{"status": "success", "session_id": sid})
+	httpx.JSON(w, http.StatusOK, contract.DeletedReply{Status: "success", SessionID: sid})
 }
 
 func (s *srv) sessions(w http.ResponseWriter, r *http.Request) {
 	uid := chi.URLParam(r, "user_id")
-	if err := httpx.CheckID("user_id", uid); err != nil {
+	if err := contract.CheckID("user_id", uid); err != nil {
 		httpx.Error(w, r, s.log, err)
 		return
 	}
@@ -230,35 +213,12 @@ func (s *srv) sessions(w http.ResponseWriter, r *http.Request) {
 		httpx.Error(w, r, s.log, err)
 		return
 	}
-	httpx.JSON(w, http.StatusOK, map[string]any{"user_id": uid, "sessions": list})
+	httpx.JSON(w, http.StatusOK, contract.SessionsReply{UserID: uid, Sessions: list})
 }
 
 var eventsHandled = promauto.NewCounterVec(prometheus.CounterOpts{
 	Name: "daca_pubsub_events_total", Help: "Pub/sub events handled, by topic and the status answered to Dapr.",
 }, []string{"topic", "status"})
-
-// Dapr's answers to a delivery.
-const (
-	statusSuccess = "SUCCESS"
-	statusRetry   = "RETRY"
-	statusDrop    = "DROP"
-)
-
-type cloudEvent struct {
-	ID          string          `json:"id"`
-	Type        string          `json:"type"`
-	Source      string          `json:"source"`
-	Topic       string          `json:"topic"`
-	Data        json.RawMessage `json:"data"`
-	Traceparent string          `json:"traceparent"`
-}
-
-// MemoryUpdated is published on memory-updates after an event is applied.
-type MemoryUpdated struct {
-	UserID      string `json:"user_id"`
-	SessionID   string `json:"session_id"`
-	UserSummary string `json:"user_summary"`
-}
 
 // onConversation is the route of the declarative subscription to topic
 // conversations. It answers SUCCESS when the event is applied (or was
@@ -269,60 +229,41 @@ func (s *srv) onConversation(w http.ResponseWriter, r *http.Request) {
 	answer := func(status, why string, err error) {
 		eventsHandled.WithLabelValues("conversations", status).Inc()
 		switch status {
-		case statusDrop:
+		case contract.DeliveryDrop:
 			log.Warn("conversation event dropped", "reason", why, "err", err)
-		case statusRetry:
+		case contract.DeliveryRetry:
 			log.Warn("conversation event will be retried", "reason", why, "err", err)
 		}
 		httpx.JSON(w, http.StatusOK, map[string]string{"status": status})
 	}
 	d := s.d.Load()
 	if d == nil {
-		answer(statusRetry, "service starting", nil)
+		answer(contract.DeliveryRetry, "service starting", nil)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, httpx.MaxBody))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, contract.MaxEventBody))
 	if err != nil {
-		answer(statusDrop, "body unreadable or larger than 1 MiB", err)
+		answer(contract.DeliveryDrop, "body unreadable or larger than 1 MiB", err)
 		return
 	}
-	var ce cloudEvent
-	if err := json.Unmarshal(body, &ce); err != nil {
-		answer(statusDrop, "malformed JSON", err)
+	var ev contract.ConversationUpdated
+	ce, err := contract.DecodeCloudEvent(body, &ev)
+	if ce.ID != "" {
+		log = log.With("cloudevent_id", ce.ID)
+	}
+	if err != nil {
+		answer(contract.DeliveryDrop, "not a ConversationUpdated CloudEvent", err)
 		return
 	}
-	if ce.ID == "" || len(ce.Data) == 0 {
-		answer(statusDrop, "not a CloudEvent (no id or data)", nil)
-		return
-	}
-	log = log.With("cloudevent_id", ce.ID)
 	if tid := httpx.TraceID(ce.Traceparent); tid != "" {
 		log = log.With("trace_id", tid)
 	}
 	ctx := logging.With(r.Context(), log)
-	data := []byte(ce.Data)
-	var str string
-	if json.Unmarshal(data, &str) == nil { // data published as a JSON string
-		data = []byte(str)
-	}
-	var ev memory.Event
-	if err := json.Unmarshal(data, &ev); err != nil {
-		answer(statusDrop, "event data is not a ConversationUpdated object", err)
+	if err := ev.Validate(); err != nil {
+		answer(contract.DeliveryDrop, err.Error(), nil)
 		return
 	}
-	if ev.EventType != "ConversationUpdated" {
-		answer(statusDrop, "foreign event type "+strconv.Quote(ev.EventType), nil)
-		return
-	}
-	if !httpx.ValidID(ev.UserID) || !httpx.ValidID(ev.SessionID) {
-		answer(statusDrop, "invalid user_id or session_id", nil)
-		return
-	}
-	if strings.TrimSpace(ev.UserMessage) == "" || strings.TrimSpace(ev.AssistantReply) == "" {
-		answer(statusDrop, "user_message or assistant_reply is empty", nil)
-		return
-	}
-	summarize := func(ctx context.Context, p memory.Profile, recent []memory.Entry) (string, error) {
+	summarize := func(ctx context.Context, p contract.Profile, recent []contract.Entry) (string, error) {
 		hist := make([]llm.Message, len(recent))
 		for i, e := range recent {
 			hist[i] = llm.Message{Role: e.Role, Content: e.Content}
@@ -333,23 +274,23 @@ func (s *srv) onConversation(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		switch apperr.CodeOf(err) {
 		case apperr.Unavailable, apperr.Timeout, apperr.RateLimited:
-			answer(statusRetry, "a dependency is unavailable", err)
+			answer(contract.DeliveryRetry, "a dependency is unavailable", err)
 		default:
-			answer(statusDrop, "cannot be applied", err)
+			answer(contract.DeliveryDrop, "cannot be applied", err)
 		}
 		return
 	}
 	if res.Duplicate {
 		log.Info("duplicate conversation event ignored (already applied)", "session_id", ev.SessionID)
-		answer(statusSuccess, "", nil)
+		answer(contract.DeliverySuccess, "", nil)
 		return
 	}
 	log.Info("conversation event applied", "user_id", ev.UserID, "session_id", ev.SessionID, "entries", res.Entries)
-	up := MemoryUpdated{UserID: ev.UserID, SessionID: ev.SessionID, UserSummary: res.UserSummary}
-	if err := d.pub.PublishEvent(ctx, PubSub, TopicMemoryUpdates, up,
-		dapr.PublishEventWithMetadata(map[string]string{"cloudevent.id": "memory-" + ce.ID})); err != nil {
+	up := contract.MemoryUpdated{UserID: ev.UserID, SessionID: ev.SessionID, UserSummary: res.UserSummary}
+	if err := d.pub.PublishEvent(ctx, contract.PubSub, contract.TopicMemoryUpdates, up,
+		dapr.PublishEventWithMetadata(map[string]string{contract.CloudEventIDMetadata: contract.MemoryEventID(ce.ID)})); err != nil {
 		// The memory itself is updated; only the live notification is lost.
 		log.Error("publishing MemoryUpdated failed", "err", err)
 	}
-	answer(statusSuccess, "", nil)
+	answer(contract.DeliverySuccess, "", nil)
 }

@@ -16,8 +16,8 @@ import (
 
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/llm"
-	"github.com/daca-go/daca/internal/memory"
-	"github.com/daca-go/daca/internal/memory/memorytest"
+	"github.com/daca-go/daca/services/memory/store"
+	"github.com/daca-go/daca/services/memory/store/storetest"
 )
 
 type sidecar struct {
@@ -43,12 +43,12 @@ func (m model) Complete(context.Context, string, []llm.Message, string) (string,
 }
 func (m model) Mode() string { return "offline" }
 
-func setup(llmErr error) (http.Handler, *memorytest.State, *sidecar) {
-	st := memorytest.New()
+func setup(llmErr error) (http.Handler, *storetest.State, *sidecar) {
+	st := storetest.New()
 	pub := &sidecar{}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	s := newServer(log, "")
-	s.ready(memory.New(st, memory.Config{}, log), pub, model{err: llmErr})
+	s.ready(store.New(st, store.Config{}, log), pub, model{err: llmErr})
 	return s.routes(), st, pub
 }
 

@@ -9,13 +9,14 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/env"
 	"github.com/daca-go/daca/internal/llm"
-	"github.com/daca-go/daca/internal/memory"
 	"github.com/daca-go/daca/internal/service"
+	"github.com/daca-go/daca/services/memory/store"
 )
 
-const appID = "agent-memory-service"
+const appID = contract.MemoryApp
 
 type config struct {
 	service.Common
@@ -50,7 +51,7 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	defer st.Close()
-	mem := memory.New(st.Dapr, memory.Config{HistoryCap: cfg.historyCap, SummaryLast: cfg.summaryLast}, st.Log)
+	mem := store.New(st.Dapr, store.Config{HistoryCap: cfg.historyCap, SummaryLast: cfg.summaryLast}, st.Log)
 	srv.ready(mem, st.Dapr, st.Model)
 	st.Log.Info("ready", "llm", st.Model.Mode(), "history_cap", cfg.historyCap, "summary_last", cfg.summaryLast)
 	return st.Wait()

@@ -15,8 +15,9 @@ import (
 
 	"github.com/chromedp/chromedp"
 
-	"github.com/daca-go/daca/internal/stack"
-	"github.com/daca-go/daca/internal/stack/stacktest"
+	"github.com/daca-go/daca/internal/dev/stack"
+	"github.com/daca-go/daca/internal/dev/stacktest"
+	"github.com/daca-go/daca/internal/dev/testkit"
 )
 
 func TestMain(m *testing.M) {
@@ -95,7 +96,7 @@ func TestPlaygroundSubscriptionAndMutation(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The subscription is open once the gateway counts it.
-	stacktest.WaitFor(t, 20*time.Second, "the browser's subscription", func() error {
+	testkit.WaitFor(t, 20*time.Second, "the browser's subscription", func() error {
 		r := stacktest.Do(t, "GET", st.App("gateway").AppURL()+"/metrics", nil)
 		if strings.Contains(string(r.Body), `daca_gateway_open_subscriptions{topic="conversations"} 1`) {
 			return nil

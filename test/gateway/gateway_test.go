@@ -21,8 +21,9 @@ import (
 	"github.com/coder/websocket"
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/daca-go/daca/internal/stack"
-	"github.com/daca-go/daca/internal/stack/stacktest"
+	"github.com/daca-go/daca/internal/dev/stack"
+	"github.com/daca-go/daca/internal/dev/stacktest"
+	"github.com/daca-go/daca/internal/dev/testkit"
 )
 
 func TestMain(m *testing.M) {
@@ -55,7 +56,7 @@ func unique(p string) string { return fmt.Sprintf("%s-%d", p, time.Now().UnixNan
 func waitSubscribers(t *testing.T, st *stack.Stack, name, topic string, n int) {
 	t.Helper()
 	re := regexp.MustCompile(`daca_gateway_open_subscriptions\{topic="` + topic + `"\} (\d+)`)
-	stacktest.WaitFor(t, 10*time.Second, fmt.Sprintf("%d %s subscribers on %s", n, topic, name), func() error {
+	testkit.WaitFor(t, 10*time.Second, fmt.Sprintf("%d %s subscribers on %s", n, topic, name), func() error {
 		r := stacktest.Do(t, http.MethodGet, st.App(name).AppURL()+"/metrics", nil)
 		m := re.FindSubmatch(r.Body)
 		if m == nil {
@@ -91,7 +92,7 @@ func TestQueriesAndMutations(t *testing.T) {
 	if _, err := time.Parse(time.RFC3339, rep["timestamp"].(string)); err != nil {
 		t.Fatalf("timestamp %v", rep["timestamp"])
 	}
-	stacktest.WaitFor(t, 30*time.Second, "conversation of 2 messages, listed in the sessions", func() error {
+	testkit.WaitFor(t, 30*time.Second, "conversation of 2 messages, listed in the sessions", func() error {
 		d, errs, _ = gql(t, url, `query($s: ID!, $u: ID!) { conversation(sessionId: $s, last: 10) { messages { role content timestamp } } sessions(userId: $u) { sessionId messageCount lastMessage { role } } memory(userId: $u) { name userSummary } }`,
 			map[string]any{"s": session, "u": user})
 		if errs != nil {
@@ -119,7 +120,7 @@ func TestQueriesAndMutations(t *testing.T) {
 	if _, errs, _ := gql(t, url, sendMessage, map[string]any{"in": map[string]any{"userId": user, "text": "second", "sessionId": session2}}); errs != nil {
 		t.Fatalf("sendMessage 2: %v", errs)
 	}
-	stacktest.WaitFor(t, 30*time.Second, "both sessions with their messages", func() error {
+	testkit.WaitFor(t, 30*time.Second, "both sessions with their messages", func() error {
 		d, errs, _ = gql(t, url, `query($u: ID!) { sessions(userId: $u) { sessionId messages { role content } first: messages(last: 1) { role } } }`, map[string]any{"u": user})
 		if errs != nil {
 			return fmt.Errorf("%v", errs)
@@ -168,16 +169,16 @@ func TestSubscriptionsBothProtocolsAndReplicas(t *testing.T) {
 	st := stacktest.Stack(t)
 	user, session := unique("sub"), unique("live")
 	q := `subscription($s: ID) { conversationUpdated(sessionId: $s) { eventId userId sessionId userMessage assistantReply } }`
-	modern := dial(t, gqlURL(st, "gateway"), "graphql-transport-ws")
-	modern.init(nil)
-	modern.subscribe("1", q, map[string]any{"s": session})
-	modern.subscribe("2", `subscription($u: ID!) { memoryUpdated(userId: $u) { userId sessionId userSummary } }`, map[string]any{"u": user})
-	legacy := dial(t, gqlURL(st, "gateway"), "graphql-ws")
-	legacy.init(nil)
-	legacy.subscribe("a", q, map[string]any{"s": session})
-	replica := dial(t, gqlURL(st, "gateway-2"), "graphql-transport-ws")
-	replica.init(nil)
-	replica.subscribe("r", q, map[string]any{"s": session})
+	modern := testkit.DialWS(t, gqlURL(st, "gateway"), "graphql-transport-ws")
+	modern.Init(nil)
+	modern.Subscribe("1", q, map[string]any{"s": session})
+	modern.Subscribe("2", `subscription($u: ID!) { memoryUpdated(userId: $u) { userId sessionId userSummary } }`, map[string]any{"u": user})
+	legacy := testkit.DialWS(t, gqlURL(st, "gateway"), "graphql-ws")
+	legacy.Init(nil)
+	legacy.Subscribe("a", q, map[string]any{"s": session})
+	replica := testkit.DialWS(t, gqlURL(st, "gateway-2"), "graphql-transport-ws")
+	replica.Init(nil)
+	replica.Subscribe("r", q, map[string]any{"s": session})
 	waitSubscribers(t, st, "gateway", "conversations", 2)
 	waitSubscribers(t, st, "gateway", "memory-updates", 1)
 	waitSubscribers(t, st, "gateway-2", "conversations", 1)
@@ -188,23 +189,23 @@ func TestSubscriptionsBothProtocolsAndReplicas(t *testing.T) {
 	}
 	for _, c := range []struct {
 		name string
-		ws   *wsClient
+		ws   *testkit.WSClient
 		id   string
 	}{{"graphql-transport-ws", modern, "1"}, {"legacy graphql-ws", legacy, "a"}, {"second replica", replica, "r"}} {
-		d := c.ws.data(c.id, 30*time.Second)
+		d := c.ws.Data(c.id, 30*time.Second)
 		ev := d["conversationUpdated"].(map[string]any)
 		if ev["sessionId"] != session || ev["userMessage"] != "live hello" || !strings.Contains(ev["assistantReply"].(string), "live hello") {
 			t.Fatalf("%s got %v", c.name, ev)
 		}
 	}
-	d := modern.data("2", 30*time.Second)
+	d := modern.Data("2", 30*time.Second)
 	if ev := d["memoryUpdated"].(map[string]any); ev["userId"] != user || !strings.Contains(ev["userSummary"].(string), "live hello") {
 		t.Fatalf("memoryUpdated = %v", ev)
 	}
 	// Complete frees the subscription.
-	modern.send(map[string]any{"id": "1", "type": "complete"})
-	legacy.send(map[string]any{"id": "a", "type": "stop"})
-	stacktest.WaitFor(t, 10*time.Second, "subscriptions freed", func() error {
+	modern.Send(map[string]any{"id": "1", "type": "complete"})
+	legacy.Send(map[string]any{"id": "a", "type": "stop"})
+	testkit.WaitFor(t, 10*time.Second, "subscriptions freed", func() error {
 		r := stacktest.Do(t, http.MethodGet, st.App("gateway").AppURL()+"/metrics", nil)
 		if !strings.Contains(string(r.Body), `daca_gateway_open_subscriptions{topic="conversations"} 0`) {
 			return fmt.Errorf("still open")
@@ -220,12 +221,12 @@ func TestStartChatAndFollowIt(t *testing.T) {
 		t.Fatal(errs)
 	}
 	id := d["startChat"].(map[string]any)["instanceId"].(string)
-	ws := dial(t, gqlURL(st, "gateway"), "graphql-transport-ws")
-	ws.init(nil)
-	ws.subscribe("run", `subscription($id: ID!) { chatRun(instanceId: $id) { instanceId status stage reply } }`, map[string]any{"id": id})
+	ws := testkit.DialWS(t, gqlURL(st, "gateway"), "graphql-transport-ws")
+	ws.Init(nil)
+	ws.Subscribe("run", `subscription($id: ID!) { chatRun(instanceId: $id) { instanceId status stage reply } }`, map[string]any{"id": id})
 	var statuses []string
 	for {
-		m := ws.next(60*time.Second, "next", "complete", "error")
+		m := ws.Next(60*time.Second, "next", "complete", "error")
 		if m["type"] == "complete" {
 			break
 		}
@@ -308,25 +309,25 @@ func TestBadInputKeepsServing(t *testing.T) {
 		t.Fatalf("mutation over GET: %d %s", r.Status, r.Body)
 	}
 	// Websocket protocol errors close with the protocol's codes.
-	ws := dial(t, url, "graphql-transport-ws")
-	ws.subscribe("x", `subscription { memoryUpdated(userId: "u") { userId } }`, nil)
-	if c := ws.closed(10 * time.Second); c != 4401 {
+	ws := testkit.DialWS(t, url, "graphql-transport-ws")
+	ws.Subscribe("x", `subscription { memoryUpdated(userId: "u") { userId } }`, nil)
+	if c := ws.Closed(10 * time.Second); c != 4401 {
 		t.Fatalf("subscribe before connection_init: close %d; want 4401", c)
 	}
-	ws = dial(t, url, "graphql-transport-ws")
-	ws.init(nil)
-	ws.subscribe("dup", `subscription { memoryUpdated(userId: "u") { userId } }`, nil)
-	ws.subscribe("dup", `subscription { memoryUpdated(userId: "u") { userId } }`, nil)
-	if c := ws.closed(10 * time.Second); c != 4409 {
+	ws = testkit.DialWS(t, url, "graphql-transport-ws")
+	ws.Init(nil)
+	ws.Subscribe("dup", `subscription { memoryUpdated(userId: "u") { userId } }`, nil)
+	ws.Subscribe("dup", `subscription { memoryUpdated(userId: "u") { userId } }`, nil)
+	if c := ws.Closed(10 * time.Second); c != 4409 {
 		t.Fatalf("duplicate id: close %d; want 4409", c)
 	}
-	ws = dial(t, url, "graphql-transport-ws")
-	ws.sendRaw("garbage{{{")
-	if c := ws.closed(10 * time.Second); c != 4400 {
+	ws = testkit.DialWS(t, url, "graphql-transport-ws")
+	ws.SendRaw("garbage{{{")
+	if c := ws.Closed(10 * time.Second); c != 4400 {
 		t.Fatalf("garbage frame: close %d; want 4400", c)
 	}
-	ws = dial(t, url, "graphql-transport-ws")
-	if c := ws.closed(10 * time.Second); c != 4408 {
+	ws = testkit.DialWS(t, url, "graphql-transport-ws")
+	if c := ws.Closed(10 * time.Second); c != 4408 {
 		t.Fatalf("no connection_init: close %d; want 4408", c)
 	}
 	// Still serving.
@@ -399,14 +400,14 @@ func TestJWTMode(t *testing.T) {
 			}
 		})
 	}
-	ws := dial(t, url, "graphql-transport-ws")
-	ws.send(map[string]any{"type": "connection_init", "payload": map[string]any{"Authorization": "Bearer forged"}})
-	if c := ws.closed(10 * time.Second); c != 4403 {
+	ws := testkit.DialWS(t, url, "graphql-transport-ws")
+	ws.Send(map[string]any{"type": "connection_init", "payload": map[string]any{"Authorization": "Bearer forged"}})
+	if c := ws.Closed(10 * time.Second); c != 4403 {
 		t.Fatalf("bad token on connection_init: close %d; want 4403", c)
 	}
-	ws = dial(t, url, "graphql-transport-ws")
-	ws.init(map[string]any{"Authorization": "Bearer " + ana})
-	ws.subscribe("m", `subscription { memoryUpdated(userId: "ana") { userId } }`, nil)
+	ws = testkit.DialWS(t, url, "graphql-transport-ws")
+	ws.Init(map[string]any{"Authorization": "Bearer " + ana})
+	ws.Subscribe("m", `subscription { memoryUpdated(userId: "ana") { userId } }`, nil)
 	waitSubscribers(t, st, "gateway-jwt", "memory-updates", 1)
 }
 
@@ -414,12 +415,12 @@ func TestThousandSubscribersGetOneEvent(t *testing.T) {
 	st := stacktest.Stack(t)
 	session := unique("crowd")
 	const conns, perConn = 50, 20
-	var clients []*wsClient
+	var clients []*testkit.WSClient
 	for range conns {
-		c := dial(t, gqlURL(st, "gateway"), "graphql-transport-ws")
-		c.init(nil)
+		c := testkit.DialWS(t, gqlURL(st, "gateway"), "graphql-transport-ws")
+		c.Init(nil)
 		for j := range perConn {
-			c.subscribe(strconv.Itoa(j), `subscription($s: ID) { conversationUpdated(sessionId: $s) { eventId userMessage } }`, map[string]any{"s": session})
+			c.Subscribe(strconv.Itoa(j), `subscription($s: ID) { conversationUpdated(sessionId: $s) { eventId userMessage } }`, map[string]any{"s": session})
 		}
 		clients = append(clients, c)
 	}
@@ -431,7 +432,7 @@ func TestThousandSubscribersGetOneEvent(t *testing.T) {
 	for _, c := range clients {
 		seen := map[string]bool{}
 		for range perConn {
-			m := c.next(30*time.Second, "next")
+			m := c.Next(30*time.Second, "next")
 			id := fmt.Sprint(m["id"])
 			if seen[id] || !strings.Contains(fmt.Sprint(m["payload"]), "to all") {
 				t.Fatalf("bad delivery %v", m)
@@ -450,9 +451,9 @@ func TestThousandSubscribersGetOneEvent(t *testing.T) {
 // reconnect at once.
 func TestStopClosesWebsockets(t *testing.T) {
 	st := stacktest.Stack(t)
-	ws := dial(t, gqlURL(st, "gateway-2"), "graphql-transport-ws")
-	ws.init(nil)
-	ws.subscribe("1", `subscription($u: ID!) { memoryUpdated(userId: $u) { userSummary } }`, map[string]any{"u": unique("bye")})
+	ws := testkit.DialWS(t, gqlURL(st, "gateway-2"), "graphql-transport-ws")
+	ws.Init(nil)
+	ws.Subscribe("1", `subscription($u: ID!) { memoryUpdated(userId: $u) { userSummary } }`, map[string]any{"u": unique("bye")})
 	waitSubscribers(t, st, "gateway-2", "memory-updates", 1)
 	app := st.App("gateway-2")
 	stopped := make(chan struct{})
@@ -463,11 +464,11 @@ func TestStopClosesWebsockets(t *testing.T) {
 			t.Errorf("restarting gateway-2: %v", err)
 		}
 	})
-	if code := ws.closed(15 * time.Second); code != websocket.StatusGoingAway {
-		t.Fatalf("closed with %d (%v); want 1001 Going Away", code, ws.err)
+	if code := ws.Closed(15 * time.Second); code != websocket.StatusGoingAway {
+		t.Fatalf("closed with %d (%v); want 1001 Going Away", code, ws.Err())
 	}
 	var ce websocket.CloseError
-	if !errors.As(ws.err, &ce) || !strings.Contains(ce.Reason, "shutting down") {
+	if !errors.As(ws.Err(), &ce) || !strings.Contains(ce.Reason, "shutting down") {
 		t.Fatalf("close reason %q; want it to say the gateway is shutting down", ce.Reason)
 	}
 	select {

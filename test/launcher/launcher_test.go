@@ -20,8 +20,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/daca-go/daca/internal/stack"
-	"github.com/daca-go/daca/internal/stack/stacktest"
+	"github.com/daca-go/daca/internal/dev/stack"
+	"github.com/daca-go/daca/internal/dev/stacktest"
+	"github.com/daca-go/daca/internal/dev/testkit"
 )
 
 var (
@@ -118,7 +119,7 @@ func (r *run) output() string {
 
 func (r *run) waitFor(t *testing.T, what string, timeout time.Duration) {
 	t.Helper()
-	stacktest.WaitFor(t, timeout, what, func() error {
+	testkit.WaitFor(t, timeout, what, func() error {
 		if strings.Contains(r.output(), what) {
 			return nil
 		}

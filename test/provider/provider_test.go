@@ -6,9 +6,8 @@
 package provider
 
 import (
-	"encoding/json"
+	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -19,8 +18,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/daca-go/daca/internal/stack"
-	"github.com/daca-go/daca/internal/stack/stacktest"
+	"github.com/daca-go/daca/internal/dev/stack"
+	"github.com/daca-go/daca/internal/dev/stacktest"
+	"github.com/daca-go/daca/internal/dev/testkit"
+	"github.com/daca-go/daca/internal/llm/llmtest"
 )
 
 // The key exists only in this test's secret store file.
@@ -28,7 +29,8 @@ const apiKey = "sk-daca-e2e-3f9c2a7b1d4e8f60a5c7"
 
 var (
 	listener *stacktest.Listener
-	prov     = &provider{arrived: make(chan string, 4)}
+	arrived  = make(chan string, 4) // the first request of each crash-test turn, held
+	prov     = &llmtest.Provider{Key: apiKey, Answer: answer}
 
 	respMu    sync.Mutex
 	responses []string // every response body the tests saw, for the leak check
@@ -60,72 +62,35 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// provider speaks the Chat Completions wire format. It refuses any other key,
-// asks for get_current_time when asked for the time, and holds the first
-// request that mentions "crash-test" until its caller goes away.
-type provider struct {
-	mu      sync.Mutex
-	held    map[string]bool
-	calls   int
-	arrived chan string
+// answer is the provider's model: a summary when asked for one, and the
+// first request that mentions "crash-test" held until its caller goes away
+// (the chat service is killed meanwhile); otherwise llmtest.Default.
+func answer(ctx context.Context, req llmtest.Request) (llmtest.Reply, bool) {
+	last := req.Last()
+	switch {
+	case strings.Contains(req.System(), "maintain a short summary"):
+		return llmtest.Reply{Content: "The user talks to the provider-backed agent."}, true
+	case last.Role == "tool":
+		return llmtest.Default(req), true
+	case strings.Contains(last.Content, "crash-test"):
+		heldMu.Lock()
+		first := !held[last.Content]
+		held[last.Content] = true
+		heldMu.Unlock()
+		if first {
+			arrived <- last.Content
+			<-ctx.Done() // held until the chat service dies
+			return llmtest.Reply{}, false
+		}
+		return llmtest.Reply{Content: "survived: " + last.Content}, true
+	}
+	return llmtest.Default(req), true
 }
 
-func (p *provider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path != "/v1/chat/completions" || r.Method != http.MethodPost {
-		http.NotFound(w, r)
-		return
-	}
-	if r.Header.Get("Authorization") != "Bearer "+apiKey {
-		w.WriteHeader(http.StatusUnauthorized)
-		io.WriteString(w, `{"error":{"message":"invalid key","type":"invalid_request_error"}}`)
-		return
-	}
-	var req struct {
-		Messages []struct {
-			Role    string `json:"role"`
-			Content string `json:"content"`
-		} `json:"messages"`
-		Tools []any `json:"tools"`
-	}
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil || len(req.Messages) == 0 {
-		w.WriteHeader(http.StatusBadRequest)
-		return
-	}
-	p.mu.Lock()
-	p.calls++
-	p.mu.Unlock()
-	system, last := req.Messages[0].Content, req.Messages[len(req.Messages)-1]
-	answer := func(content string) {
-		w.Header().Set("Content-Type", "application/json")
-		b, _ := json.Marshal(content)
-		fmt.Fprintf(w, `{"id":"p","object":"chat.completion","model":"fake-model","choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":%s}}],"usage":{"prompt_tokens":3,"completion_tokens":3,"total_tokens":6}}`, b)
-	}
-	switch {
-	case strings.Contains(system, "maintain a short summary"):
-		answer("The user talks to the provider-backed agent.")
-	case last.Role == "tool":
-		answer("It is " + last.Content + ".")
-	case strings.Contains(last.Content, "crash-test"):
-		p.mu.Lock()
-		if p.held == nil {
-			p.held = map[string]bool{}
-		}
-		first := !p.held[last.Content]
-		p.held[last.Content] = true
-		p.mu.Unlock()
-		if first {
-			p.arrived <- last.Content
-			<-r.Context().Done() // held until the chat service dies
-			return
-		}
-		answer("survived: " + last.Content)
-	case strings.Contains(strings.ToLower(last.Content), "time") && len(req.Tools) > 0:
-		w.Header().Set("Content-Type", "application/json")
-		io.WriteString(w, `{"id":"p","object":"chat.completion","model":"fake-model","choices":[{"index":0,"finish_reason":"tool_calls","message":{"role":"assistant","content":"","tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_current_time","arguments":"{}"}}]}}]}`)
-	default:
-		answer("provider says hello")
-	}
-}
+var (
+	heldMu sync.Mutex
+	held   = map[string]bool{}
+)
 
 func do(t *testing.T, method, url string, body any, headers ...string) stacktest.Response {
 	t.Helper()
@@ -177,7 +142,7 @@ func TestCrashDuringGenerateResponse(t *testing.T) {
 	}
 	id := r.JSON["instance_id"].(string)
 	select {
-	case <-prov.arrived:
+	case <-arrived:
 	case <-time.After(60 * time.Second):
 		t.Fatal("generate_response never reached the provider")
 	}
@@ -188,7 +153,7 @@ func TestCrashDuringGenerateResponse(t *testing.T) {
 	if err := st.StartApp(t.Context(), "chat-service"); err != nil {
 		t.Fatal(err)
 	}
-	stacktest.WaitFor(t, 3*time.Minute, "the interrupted turn to complete", func() error {
+	testkit.WaitFor(t, 3*time.Minute, "the interrupted turn to complete", func() error {
 		r = do(t, http.MethodGet, chatURL(st, "chat/"+id), nil, tok(st)...)
 		if r.JSON["status"] != "COMPLETED" {
 			return fmt.Errorf("status %v", r.JSON["status"])
@@ -198,7 +163,7 @@ func TestCrashDuringGenerateResponse(t *testing.T) {
 	if r.JSON["reply"] != "survived: "+text {
 		t.Fatalf("reply = %s", r.Body)
 	}
-	stacktest.WaitFor(t, 60*time.Second, "history", func() error {
+	testkit.WaitFor(t, 60*time.Second, "history", func() error {
 		h := do(t, http.MethodGet, memoryURL(st, "conversations/"+session), nil, tok(st)...)
 		if n := len(h.JSON["history"].([]any)); n != 2 {
 			return fmt.Errorf("%d entries", n)
@@ -269,9 +234,7 @@ func TestZKeyNeverLeaks(t *testing.T) {
 			t.Fatalf("the environment of %s holds the API key", p.Spec.Name)
 		}
 	}
-	prov.mu.Lock()
-	calls := prov.calls
-	prov.mu.Unlock()
+	calls := prov.Calls()
 	if calls == 0 {
 		t.Fatal("the provider was never called: the key check proves nothing")
 	}

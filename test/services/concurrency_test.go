@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/daca-go/daca/internal/stack/stacktest"
+	"github.com/daca-go/daca/internal/dev/stacktest"
 )
 
 // 100 turns started at once, each polled until it completes: none is lost

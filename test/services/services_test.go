@@ -15,8 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/daca-go/daca/internal/stack"
-	"github.com/daca-go/daca/internal/stack/stacktest"
+	"github.com/daca-go/daca/internal/dev/stack"
+	"github.com/daca-go/daca/internal/dev/stacktest"
+	"github.com/daca-go/daca/internal/dev/testkit"
 )
 
 var listener *stacktest.Listener
@@ -63,7 +64,7 @@ func history(t *testing.T, st *stack.Stack, session string) []map[string]any {
 func waitHistory(t *testing.T, st *stack.Stack, session string, n int) []map[string]any {
 	t.Helper()
 	var h []map[string]any
-	stacktest.WaitFor(t, 60*time.Second, fmt.Sprintf("%d history entries in %s", n, session), func() error {
+	testkit.WaitFor(t, 60*time.Second, fmt.Sprintf("%d history entries in %s", n, session), func() error {
 		h = history(t, st, session)
 		if len(h) != n {
 			return fmt.Errorf("%d entries", len(h))
@@ -78,7 +79,7 @@ func waitHistory(t *testing.T, st *stack.Stack, session string, n int) []map[str
 func waitSessions(t *testing.T, st *stack.Stack, user string, n, messages int) []any {
 	t.Helper()
 	var list []any
-	stacktest.WaitFor(t, 30*time.Second, fmt.Sprintf("%d sessions of %s with %d messages", n, user, messages), func() error {
+	testkit.WaitFor(t, 30*time.Second, fmt.Sprintf("%d sessions of %s with %d messages", n, user, messages), func() error {
 		r := stacktest.Do(t, http.MethodGet, memoryURL(st, "users/"+user+"/sessions"), nil, token(st)...)
 		list, _ = r.JSON["sessions"].([]any)
 		if len(list) != n {
@@ -247,7 +248,7 @@ func TestRedeliveredEventAppliedOnce(t *testing.T) {
 	waitHistory(t, st, session, 2)
 	// The second delivery is recognised as a duplicate (the memory log says so).
 	logFile := st.App("agent-memory-service").AppCmd.Spec.LogFile
-	stacktest.WaitFor(t, 30*time.Second, "duplicate logged", func() error {
+	testkit.WaitFor(t, 30*time.Second, "duplicate logged", func() error {
 		b, _ := os.ReadFile(logFile)
 		for _, line := range strings.Split(string(b), "\n") {
 			if strings.Contains(line, "duplicate conversation event ignored") && strings.Contains(line, id) {
@@ -296,7 +297,7 @@ func TestAsyncChat(t *testing.T) {
 		t.Fatalf("async: %d %s", r.Status, r.Body)
 	}
 	id := r.JSON["instance_id"].(string)
-	stacktest.WaitFor(t, 60*time.Second, "turn completed", func() error {
+	testkit.WaitFor(t, 60*time.Second, "turn completed", func() error {
 		r = stacktest.Do(t, http.MethodGet, chatURL(st, "chat/"+id), nil, token(st)...)
 		if r.JSON["status"] != "COMPLETED" {
 			return fmt.Errorf("status %v", r.JSON["status"])
@@ -388,7 +389,7 @@ func TestForeignAndMalformedEventsDropped(t *testing.T) {
 	publish(t, st, map[string]string{"user_id": "u", "session_id": session, "event_type": "SomethingElse", "user_message": "a", "assistant_reply": "b"}, "")
 	publish(t, st, map[string]string{"user_id": "a||b", "session_id": session, "event_type": "ConversationUpdated", "user_message": "a", "assistant_reply": "b"}, "")
 	logFile := st.App("agent-memory-service").AppCmd.Spec.LogFile
-	stacktest.WaitFor(t, 30*time.Second, "both drops logged", func() error {
+	testkit.WaitFor(t, 30*time.Second, "both drops logged", func() error {
 		b, _ := os.ReadFile(logFile)
 		s := string(b)
 		if strings.Contains(s, `foreign event type \"SomethingElse\"`) && strings.Contains(s, "invalid user_id or session_id") {

@@ -20,8 +20,9 @@ import (
 	"github.com/dapr/durabletask-go/workflow"
 	dapr "github.com/dapr/go-sdk/client"
 
-	"github.com/daca-go/daca/internal/stack"
-	"github.com/daca-go/daca/internal/stack/stacktest"
+	"github.com/daca-go/daca/internal/dev/stack"
+	"github.com/daca-go/daca/internal/dev/stacktest"
+	"github.com/daca-go/daca/internal/dev/testkit"
 )
 
 const appID = "smoke-app"
@@ -239,7 +240,7 @@ func TestWorkflowRuns(t *testing.T) {
 	var id string
 	// The workflow engine is ready once the sidecar has its actor placement;
 	// scheduling can fail briefly before that.
-	stacktest.WaitFor(t, 30*time.Second, "workflow scheduled", func() error {
+	testkit.WaitFor(t, 30*time.Second, "workflow scheduled", func() error {
 		var err error
 		id, err = wf.ScheduleWorkflow(ctx, "smoke_workflow", workflow.WithInput("dapr"))
 		return err

@@ -21,8 +21,9 @@ import (
 	coltrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/daca-go/daca/internal/stack"
-	"github.com/daca-go/daca/internal/stack/stacktest"
+	"github.com/daca-go/daca/internal/dev/stack"
+	"github.com/daca-go/daca/internal/dev/stacktest"
+	"github.com/daca-go/daca/internal/dev/testkit"
 )
 
 // receiver collects spans: trace id → service name → span names.
@@ -120,7 +121,7 @@ func TestOneTraceAcrossTheSystem(t *testing.T) {
 		"chat-service":         {"POST /chat", "activity fetch_context", "activity generate_response", "activity save_conversation"},
 		"agent-memory-service": {"GET /memories/tracer", "POST /conversations"},
 	}
-	stacktest.WaitFor(t, 30*time.Second, "one trace across gateway, chat-service and agent-memory-service", func() error {
+	testkit.WaitFor(t, 30*time.Second, "one trace across gateway, chat-service and agent-memory-service", func() error {
 		got := rcv.trace(traceID)
 		for service, names := range want {
 			for _, n := range names {

@@ -1,0 +1,115 @@
+// Package backendtest is an in-memory backend.Backend for the gateway's
+// tests: the resolvers' (graph) and the HTTP surface's (gateway/server).
+package backendtest
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/daca-go/daca/gateway/backend"
+	"github.com/daca-go/daca/internal/contract"
+)
+
+// Time is the timestamp of everything the fake holds.
+var Time = time.Date(2026, 11, 29, 3, 0, 0, 0, time.UTC)
+
+// Fake is a Backend in memory. Err, when set, is returned by every call;
+// ConvErr by Conversations alone. Set fields before the first call, or
+// under Mu.
+type Fake struct {
+	Mu          sync.Mutex
+	Profiles    map[string]contract.Profile
+	History     map[string][]contract.Entry
+	SessionList map[string][]contract.SessionInfo
+	Runs        map[string]*backend.Run
+	Err         error
+	ConvErr     error
+
+	LastIn  backend.ChatInput // the input of the last SendMessage
+	Batches [][]string        // the session ids of each Conversations call
+}
+
+var _ backend.Backend = (*Fake)(nil)
+
+// New returns a fake with one user, ana (profile, session s1 with two
+// messages), and one completed turn chat-1 of hers.
+func New() *Fake {
+	reply := "hi ana"
+	ts := Time
+	return &Fake{
+		Profiles: map[string]contract.Profile{"ana": {Name: "Ana", PreferredStyle: "formal", UserSummary: "likes Go"}},
+		History: map[string][]contract.Entry{"s1": {
+			{Role: contract.RoleUser, Content: "q", Timestamp: ts}, {Role: contract.RoleAssistant, Content: "a", Timestamp: ts}}},
+		SessionList: map[string][]contract.SessionInfo{"ana": {{SessionID: "s1", UpdatedAt: ts, MessageCount: 2,
+			LastMessage: &contract.Entry{Role: contract.RoleAssistant, Content: "a", Timestamp: ts}}}},
+		Runs: map[string]*backend.Run{"chat-1": {InstanceID: "chat-1", Status: contract.RunCompleted, UserID: "ana", SessionID: "s1",
+			Reply: &reply, Timestamp: &ts}},
+	}
+}
+
+func (f *Fake) err() error { f.Mu.Lock(); defer f.Mu.Unlock(); return f.Err }
+
+func (f *Fake) Memory(_ context.Context, u string) (contract.Profile, error) {
+	if p, ok := f.Profiles[u]; ok {
+		return p, f.err()
+	}
+	return contract.DefaultProfile(u), f.err()
+}
+
+func (f *Fake) InitializeMemory(_ context.Context, _ string, p contract.Profile) (contract.Profile, error) {
+	return p, f.err()
+}
+
+func (f *Fake) Conversation(_ context.Context, s string) ([]contract.Entry, error) {
+	return f.History[s], f.err()
+}
+
+func (f *Fake) Conversations(_ context.Context, ids []string, last int) (map[string][]contract.Entry, error) {
+	f.Mu.Lock()
+	f.Batches = append(f.Batches, ids)
+	convErr := f.ConvErr
+	f.Mu.Unlock()
+	out := map[string][]contract.Entry{}
+	for _, id := range ids {
+		h := f.History[id]
+		if last > 0 && len(h) > last {
+			h = h[len(h)-last:]
+		}
+		out[id] = append([]contract.Entry{}, h...)
+	}
+	if convErr != nil {
+		return nil, convErr
+	}
+	return out, f.err()
+}
+
+func (f *Fake) Sessions(_ context.Context, u string) ([]contract.SessionInfo, error) {
+	return f.SessionList[u], f.err()
+}
+
+func (f *Fake) ForgetUser(context.Context, string) (int, error) { return 1, f.err() }
+
+func (f *Fake) DeleteConversation(context.Context, string) (bool, error) { return true, f.err() }
+
+func (f *Fake) SendMessage(_ context.Context, in backend.ChatInput) (backend.Reply, error) {
+	f.Mu.Lock()
+	f.LastIn = in
+	f.Mu.Unlock()
+	return backend.Reply{UserID: in.UserID, SessionID: "s9", Reply: "re: " + in.Text, InstanceID: "chat-9",
+		Status: contract.RunCompleted, Timestamp: Time}, f.err()
+}
+
+func (f *Fake) StartChat(_ context.Context, in backend.ChatInput) (backend.Run, error) {
+	return backend.Run{InstanceID: "chat-2", Status: contract.RunPending, UserID: in.UserID, SessionID: "s2"}, f.err()
+}
+
+func (f *Fake) ChatRun(_ context.Context, id string) (*backend.Run, error) {
+	f.Mu.Lock()
+	defer f.Mu.Unlock()
+	return f.Runs[id], f.Err
+}
+
+func (f *Fake) Health(context.Context) backend.Health {
+	return backend.Health{Sidecar: "ok", Apps: map[string]string{contract.ChatApp: "ok", contract.MemoryApp: "ok"}, LLM: "offline"}
+}

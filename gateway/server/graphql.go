@@ -1,0 +1,118 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/99designs/gqlgen/graphql"
+	"github.com/99designs/gqlgen/graphql/handler"
+	"github.com/99designs/gqlgen/graphql/handler/extension"
+	"github.com/99designs/gqlgen/graphql/handler/lru"
+	"github.com/99designs/gqlgen/graphql/handler/transport"
+	"github.com/coder/websocket"
+	"github.com/vektah/gqlparser/v2/ast"
+
+	"github.com/daca-go/daca/gateway/auth"
+	"github.com/daca-go/daca/graph"
+	"github.com/daca-go/daca/internal/apperr"
+	"github.com/daca-go/daca/internal/logging"
+)
+
+// graphQL returns the GraphQL handler: every transport, the operation rules
+// (complexity, depth, subscriptions only over a websocket), per-operation
+// dataloaders, metrics and traces, and error presentation.
+func (s *Server) graphQL() http.Handler {
+	srv := handler.New(graph.NewExecutableSchema(graph.Config{Resolvers: s.res}))
+	srv.AddTransport(transport.Websocket{
+		Implementation: protocolGuard{initTimeout: s.cfg.InitTimeout, open: s.sockets, inner: transport.CoderWebsocketImplementation{AcceptOptions: websocket.AcceptOptions{
+			Subprotocols:   []string{"graphql-transport-ws", "graphql-ws"},
+			OriginPatterns: originPatterns(s.cfg.AllowedOrigins),
+		}}},
+		KeepAlivePingInterval: s.cfg.KeepAlive,                   // legacy graphql-ws "ka"
+		PingPongInterval:      s.cfg.KeepAlive,                   // graphql-transport-ws ping/pong; a dead peer is closed
+		InitTimeout:           s.cfg.InitTimeout + 2*time.Second, // protocolGuard answers first, with 4408
+		InitFunc:              s.wsInit,
+	})
+	srv.AddTransport(transport.Options{})
+	srv.AddTransport(transport.GET{})
+	srv.AddTransport(transport.POST{})
+	srv.SetQueryCache(lru.New[*ast.QueryDocument](1000))
+	srv.SetDisableSuggestion(!s.cfg.Suggestions)
+	if s.cfg.Introspection {
+		srv.Use(extension.Introspection{})
+	}
+	srv.Use(extension.AutomaticPersistedQuery{Cache: lru.New[string](256)})
+	srv.Use(extension.FixedComplexityLimit(s.cfg.MaxComplexity))
+	srv.Use(depthLimit{max: s.cfg.MaxDepth})
+	srv.Use(websocketSubscriptions{})
+	srv.Use(s.obs)
+	srv.AroundOperations(func(ctx context.Context, next graphql.OperationHandler) graphql.ResponseHandler {
+		return next(graph.WithLoaders(ctx, s.res.Backend, s.cfg.LoaderWait)) // per-operation dataloaders
+	})
+	srv.SetErrorPresenter(s.presentError)
+	srv.SetRecoverFunc(func(ctx context.Context, p any) error {
+		logging.From(ctx, s.log).Error("panic in a resolver", "panic", fmt.Sprint(p))
+		return apperr.New(apperr.Internal, "internal error")
+	})
+	return srv
+}
+
+// DropSlowSubscriber is the brokers' drop hook (fanout.New): a subscriber
+// whose buffer of queue events is full has its socket closed with 1013 and
+// a reason (the client may reconnect and re-query), so it sees why rather
+// than a silent complete.
+func DropSlowSubscriber(queue int, log *slog.Logger) func(context.Context) {
+	reason := fmt.Sprintf("Subscriber too slow: %d events unread; reconnect", queue)
+	return func(ctx context.Context) {
+		closed := closeSocket(ctx, closeTryAgainLater, reason)
+		logging.From(ctx, log).Warn("subscriber dropped: its buffer was full (a slow or stuck client)",
+			"queue", queue, "socket_closed", closed)
+	}
+}
+
+// wsInit authenticates a websocket from its connection_init payload
+// (Authorization, authorization or token) unless the upgrade request already
+// carried a valid bearer token. A bad or missing token closes the socket with
+// 4403 Forbidden.
+func (s *Server) wsInit(ctx context.Context, p transport.InitPayload) (context.Context, *transport.InitPayload, error) {
+	if !s.cfg.Guard.Enabled() {
+		return ctx, nil, nil
+	}
+	if _, ok := auth.From(ctx); ok {
+		return ctx, nil, nil
+	}
+	raw := auth.BearerToken(p.Authorization())
+	if raw == "" {
+		raw = p.GetString("token")
+	}
+	forbidden := func(err error) (context.Context, *transport.InitPayload, error) {
+		logging.From(ctx, s.log).Info("websocket refused", "err", err)
+		ctx = transport.WithWebsocketCloseCode(ctx, closeForbidden)
+		ctx = transport.AppendCloseReason(ctx, "Forbidden")
+		return ctx, nil, errors.New("Forbidden")
+	}
+	if raw == "" {
+		return forbidden(errors.New("no token in connection_init"))
+	}
+	actx, err := s.cfg.Guard.Authenticate(ctx, raw)
+	if err != nil {
+		return forbidden(err)
+	}
+	return actx, nil, nil
+}
+
+func originPatterns(origins []string) []string {
+	var out []string
+	for _, o := range origins {
+		o = strings.TrimPrefix(strings.TrimPrefix(o, "https://"), "http://")
+		if o != "" {
+			out = append(out, o)
+		}
+	}
+	return out
+}

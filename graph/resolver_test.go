@@ -1,0 +1,272 @@
+package graph
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/99designs/gqlgen/client"
+	"github.com/99designs/gqlgen/graphql"
+	"github.com/99designs/gqlgen/graphql/handler"
+	"github.com/99designs/gqlgen/graphql/handler/transport"
+	"github.com/vektah/gqlparser/v2/gqlerror"
+
+	"github.com/daca-go/daca/gateway/auth"
+	"github.com/daca-go/daca/gateway/backend/backendtest"
+	"github.com/daca-go/daca/gateway/ratelimit"
+	"github.com/daca-go/daca/internal/apperr"
+	"github.com/daca-go/daca/internal/contract"
+	"github.com/daca-go/daca/internal/dev/testkit"
+)
+
+// execClient runs operations against the resolver r with the schema, the
+// per-operation loaders (wait long enough that batches do not depend on
+// this machine's speed) and errors that carry their apperr code as
+// extensions.code (gateway/server maps those to GraphQL codes).
+func execClient(r *Resolver, wait time.Duration) *client.Client {
+	srv := handler.New(NewExecutableSchema(Config{Resolvers: r}))
+	srv.AddTransport(transport.POST{})
+	srv.AroundOperations(func(ctx context.Context, next graphql.OperationHandler) graphql.ResponseHandler {
+		return next(WithLoaders(ctx, r.Backend, wait))
+	})
+	srv.SetErrorPresenter(func(ctx context.Context, err error) *gqlerror.Error {
+		g := graphql.DefaultErrorPresenter(ctx, err)
+		var ae *apperr.Error
+		if errors.As(err, &ae) {
+			g.Message = ae.Message
+			g.Extensions = map[string]any{"code": string(ae.Code)}
+		}
+		return g
+	})
+	return client.New(srv)
+}
+
+func resolver(f *backendtest.Fake) *Resolver {
+	return &Resolver{Backend: f, Log: testkit.Quiet()}
+}
+
+// as makes the request the caller's (what the gateway's bearer guard does).
+func as(id auth.Identity) client.Option {
+	return func(r *client.Request) { r.HTTP = r.HTTP.WithContext(auth.WithIdentity(r.HTTP.Context(), id)) }
+}
+
+// errOf runs query and returns its first error's apperr code and message.
+func errOf(t *testing.T, c *client.Client, query string, opts ...client.Option) (apperr.Code, string) {
+	t.Helper()
+	resp, err := c.RawPost(query, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var errs []struct {
+		Message    string         `json:"message"`
+		Extensions map[string]any `json:"extensions"`
+	}
+	json.Unmarshal(resp.Errors, &errs)
+	if len(errs) == 0 {
+		return "", ""
+	}
+	return apperr.Code(fmt.Sprint(errs[0].Extensions["code"])), errs[0].Message
+}
+
+func TestResolvers(t *testing.T) {
+	f := backendtest.New()
+	c := execClient(resolver(f), DefaultLoaderWait)
+	tests := []struct {
+		name, query string
+		want        string
+	}{
+		{"memory", `{ memory(userId: "ana") { userId name preferredStyle userSummary } }`,
+			`{"memory":{"userId":"ana","name":"Ana","preferredStyle":"formal","userSummary":"likes Go"}}`},
+		{"memory of a stranger", `{ memory(userId: "zed") { userSummary } }`, `{"memory":{"userSummary":"zed is a new user."}}`},
+		{"conversation last 1", `{ conversation(sessionId: "s1", last: 1) { sessionId messages { role content timestamp } } }`,
+			`{"conversation":{"sessionId":"s1","messages":[{"role":"ASSISTANT","content":"a","timestamp":"2026-11-29T03:00:00Z"}]}}`},
+		{"sessions", `{ sessions(userId: "ana") { sessionId messageCount lastMessage { role } } }`,
+			`{"sessions":[{"sessionId":"s1","messageCount":2,"lastMessage":{"role":"ASSISTANT"}}]}`},
+		{"sessions with messages", `{ sessions(userId: "ana") { sessionId messages(last: 1) { content } } }`,
+			`{"sessions":[{"sessionId":"s1","messages":[{"content":"a"}]}]}`},
+		{"chatRun", `{ chatRun(instanceId: "chat-1") { instanceId status reply sessionId } }`,
+			`{"chatRun":{"instanceId":"chat-1","status":"COMPLETED","reply":"hi ana","sessionId":"s1"}}`},
+		{"unknown chatRun", `{ chatRun(instanceId: "chat-x") { status } }`, `{"chatRun":null}`},
+		{"health", `{ health { status gateway sidecar llm authMode backends { appId status } } }`,
+			`{"health":{"status":"ok","gateway":"ok","sidecar":"ok","llm":"offline","authMode":"none","backends":[{"appId":"chat-service","status":"ok"},{"appId":"agent-memory-service","status":"ok"}]}}`},
+		{"sendMessage", `mutation { sendMessage(input: {userId: "ana", text: "hello", idempotencyKey: "k"}) { reply instanceId sessionId status timestamp } }`,
+			`{"sendMessage":{"reply":"re: hello","instanceId":"chat-9","sessionId":"s9","status":"COMPLETED","timestamp":"2026-11-29T03:00:00Z"}}`},
+		{"startChat", `mutation { startChat(input: {userId: "ana", text: "hello"}) { instanceId status } }`,
+			`{"startChat":{"instanceId":"chat-2","status":"PENDING"}}`},
+		{"initializeMemory", `mutation { initializeMemory(userId: "ana", input: {name: "A"}) { name } }`, `{"initializeMemory":{"name":"A"}}`},
+		{"forgetUser", `mutation { forgetUser(userId: "ana") { userId sessionsDeleted } }`, `{"forgetUser":{"userId":"ana","sessionsDeleted":1}}`},
+		{"deleteConversation", `mutation { deleteConversation(sessionId: "s1") }`, `{"deleteConversation":true}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, err := c.RawPost(tt.query)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.Errors != nil {
+				t.Fatalf("errors: %s", resp.Errors)
+			}
+			got, _ := json.Marshal(resp.Data)
+			var w any
+			json.Unmarshal([]byte(tt.want), &w)
+			want, _ := json.Marshal(w)
+			if string(got) != string(want) {
+				t.Fatalf("got  %s\nwant %s", got, tt.want)
+			}
+		})
+	}
+	if f.LastIn.IdempotencyKey != "k" {
+		t.Fatalf("idempotency key not passed: %+v", f.LastIn)
+	}
+}
+
+// TestSessionMessagesBatched checks that the messages of many sessions are
+// read in one backend call per operation (no N+1), and that a failing batch
+// fails each field with the backend's code.
+func TestSessionMessagesBatched(t *testing.T) {
+	f := backendtest.New()
+	ts := backendtest.Time
+	const n = 40
+	for i := range n {
+		id := fmt.Sprintf("s%d", i+10)
+		f.SessionList["ana"] = append(f.SessionList["ana"], contract.SessionInfo{SessionID: id, UpdatedAt: ts, MessageCount: 1})
+		f.History[id] = []contract.Entry{{Role: contract.RoleUser, Content: id, Timestamp: ts}}
+	}
+	// A wide window: the batches below do not depend on how fast this
+	// machine starts goroutines.
+	c := execClient(resolver(f), 200*time.Millisecond)
+	var resp struct {
+		Sessions []struct {
+			SessionID string
+			Messages  []struct{ Content string }
+		}
+	}
+	c.MustPost(`{ sessions(userId: "ana") { sessionId messages { content } } }`, &resp)
+	if len(resp.Sessions) != n+1 {
+		t.Fatalf("%d sessions; want %d", len(resp.Sessions), n+1)
+	}
+	for _, s := range resp.Sessions[1:] {
+		if len(s.Messages) != 1 || s.Messages[0].Content != s.SessionID {
+			t.Fatalf("session %s has messages %+v", s.SessionID, s.Messages)
+		}
+	}
+	if len(f.Batches) != 1 || len(f.Batches[0]) != n+1 {
+		t.Fatalf("backend calls: %d (sizes %v); want 1 call with %d ids", len(f.Batches), f.Batches, n+1)
+	}
+	// A second operation gets fresh loaders: nothing is cached across requests.
+	c.MustPost(`{ sessions(userId: "ana") { messages(last: 1) { content } } }`, &resp)
+	if len(f.Batches) != 2 {
+		t.Fatalf("second request: %d backend calls in all; want 2", len(f.Batches))
+	}
+	// More sessions than one batch may hold: batches of at most MaxBatch ids.
+	for i := range 110 {
+		id := fmt.Sprintf("t%d", i)
+		f.SessionList["ana"] = append(f.SessionList["ana"], contract.SessionInfo{SessionID: id, UpdatedAt: ts, MessageCount: 1})
+		f.History[id] = []contract.Entry{{Role: contract.RoleUser, Content: id, Timestamp: ts}}
+	}
+	f.Batches = nil
+	c.MustPost(`{ sessions(userId: "ana") { sessionId messages { content } } }`, &resp)
+	total := 0
+	for _, b := range f.Batches {
+		if len(b) > contract.MaxBatch {
+			t.Fatalf("a batch of %d ids; at most %d", len(b), contract.MaxBatch)
+		}
+		total += len(b)
+	}
+	if len(resp.Sessions) != n+111 || len(f.Batches) != 2 || total != n+111 {
+		t.Fatalf("%d sessions in %d batches (%d ids); want %d in 2", len(resp.Sessions), len(f.Batches), total, n+111)
+	}
+	f.ConvErr = apperr.Wrap(apperr.Unavailable, errors.New("dial tcp 127.0.0.1:50001"), "agent-memory-service is unavailable")
+	if code, msg := errOf(t, c, `{ sessions(userId: "ana") { messages { content } } }`); code != apperr.Unavailable || msg != "agent-memory-service is unavailable" {
+		t.Fatalf("failed batch: %q %q; want Unavailable", code, msg)
+	}
+	f.ConvErr = nil
+	if code, msg := errOf(t, c, `{ sessions(userId: "ana") { messages(last: -1) { content } } }`); code != apperr.Invalid {
+		t.Fatalf("negative last: %q %q", code, msg)
+	}
+}
+
+// TestInputValidation: the resolvers refuse bad arguments before any
+// backend call, with the same rules (contract) and words as the services.
+func TestInputValidation(t *testing.T) {
+	f := backendtest.New()
+	f.Err = errors.New("the backend must not be called")
+	c := execClient(resolver(f), DefaultLoaderWait)
+	tests := []struct {
+		name, query string
+		code        apperr.Code
+		msg         string
+	}{
+		{"blank text", `mutation { sendMessage(input: {userId: "ana", text: "  "}) { reply } }`, apperr.Invalid, "Message text cannot be empty"},
+		{"key injection", `mutation { sendMessage(input: {userId: "a||b", text: "x"}) { reply } }`, apperr.Invalid, "userId must match"},
+		{"bad session", `{ conversation(sessionId: "../x") { sessionId } }`, apperr.Invalid, "sessionId must match"},
+		{"negative last", `{ conversation(sessionId: "s1", last: -1) { sessionId } }`, apperr.Invalid, "last must not be negative"},
+		{"too long", `mutation { sendMessage(input: {userId: "ana", text: "` + strings.Repeat("x", contract.MaxText+1) + `"}) { reply } }`, apperr.TooLarge, "longer than"},
+		{"too many tags", `mutation { sendMessage(input: {userId: "ana", text: "x", tags: [` + strings.Repeat(`"t",`, contract.MaxTags+1) + `]}) { reply } }`, apperr.Invalid, "at most"},
+		{"empty idempotency key", `mutation { sendMessage(input: {userId: "ana", text: "x", idempotencyKey: ""}) { reply } }`, apperr.Invalid, "idempotencyKey must be"},
+		{"control character in key", `mutation { sendMessage(input: {userId: "ana", text: "x", idempotencyKey: "a\tb"}) { reply } }`, apperr.Invalid, "idempotencyKey must be"},
+		{"bad instance id", `{ chatRun(instanceId: "a b") { status } }`, apperr.Invalid, "instanceId must match"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, msg := errOf(t, c, tt.query)
+			if code != tt.code || !strings.Contains(msg, tt.msg) {
+				t.Fatalf("%s %q; want %s %q", code, msg, tt.code, tt.msg)
+			}
+		})
+	}
+}
+
+func TestTurnLimit(t *testing.T) {
+	r := resolver(backendtest.New())
+	r.Turns = ratelimit.New(1, 2)
+	c := execClient(r, DefaultLoaderWait)
+	q := `mutation { sendMessage(input: {userId: "ana", text: "x"}) { reply } }`
+	for i := range 2 {
+		if code, _ := errOf(t, c, q); code != "" {
+			t.Fatalf("message %d refused: %s", i, code)
+		}
+	}
+	if code, _ := errOf(t, c, q); code != apperr.RateLimited {
+		t.Fatalf("third message: %s; want RateLimited", code)
+	}
+	if code, _ := errOf(t, c, strings.Replace(q, "ana", "bo", 1)); code != "" {
+		t.Fatalf("another user limited: %s", code)
+	}
+}
+
+// TestAuthorisation: with AUTH_MODE=jwt every argument that names a user,
+// session or turn is checked against the caller.
+func TestAuthorisation(t *testing.T) {
+	r := resolver(backendtest.New())
+	r.Guard = &auth.Guard{Mode: "jwt"}
+	c := execClient(r, DefaultLoaderWait)
+	ana, admin := as(auth.Identity{Subject: "ana"}), as(auth.Identity{Subject: "root", Admin: true})
+	tests := []struct {
+		name, query string
+		caller      []client.Option
+		code        apperr.Code
+	}{
+		{"anonymous", `{ memory(userId: "ana") { name } }`, nil, apperr.Unauthenticated},
+		{"own memory", `{ memory(userId: "ana") { name } }`, []client.Option{ana}, ""},
+		{"someone else's memory", `{ memory(userId: "bo") { name } }`, []client.Option{ana}, apperr.Forbidden},
+		{"admin reads anyone", `{ memory(userId: "bo") { name } }`, []client.Option{admin}, ""},
+		{"send as someone else", `mutation { sendMessage(input: {userId: "bo", text: "x"}) { reply } }`, []client.Option{ana}, apperr.Forbidden},
+		{"own session", `{ conversation(sessionId: "s1") { sessionId } }`, []client.Option{ana}, ""},
+		{"foreign session", `{ conversation(sessionId: "s-of-bo") { sessionId } }`, []client.Option{ana}, apperr.Forbidden},
+		{"own run", `{ chatRun(instanceId: "chat-1") { status } }`, []client.Option{ana}, ""},
+		{"health is open", `{ health { authMode } }`, nil, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, msg := errOf(t, c, tt.query, tt.caller...)
+			if code != tt.code {
+				t.Fatalf("code %q (%s); want %q", code, msg, tt.code)
+			}
+		})
+	}
+}

@@ -1,0 +1,177 @@
+package contract
+
+import "time"
+
+// Profile is what the agent knows about a user (the tutorial's
+// UserMetadata): GET /memories/{user_id} of agent-memory-service.
+type Profile struct {
+	Name           string `json:"name"`
+	PreferredStyle string `json:"preferred_style"`
+	UserSummary    string `json:"user_summary"`
+}
+
+// DefaultProfile is the profile of a user the memory has never seen.
+func DefaultProfile(userID string) Profile {
+	return Profile{Name: userID, PreferredStyle: "casual", UserSummary: userID + " is a new user."}
+}
+
+// Roles of history entries.
+const (
+	RoleUser      = "user"
+	RoleAssistant = "assistant"
+)
+
+// Entry is one message of a conversation: an element of "history" in
+// GET /conversations/{session_id}.
+type Entry struct {
+	Role      string    `json:"role"` // RoleUser or RoleAssistant
+	Content   string    `json:"content"`
+	Timestamp time.Time `json:"timestamp"`
+}
+
+// SessionInfo is an entry of GET /users/{user_id}/sessions.
+type SessionInfo struct {
+	SessionID    string    `json:"session_id"`
+	UpdatedAt    time.Time `json:"updated_at"`
+	MessageCount int       `json:"message_count"`
+	LastMessage  *Entry    `json:"last_message,omitempty"`
+}
+
+// ChatRequest is the body of chat-service's POST /chat and /chat/async.
+type ChatRequest struct {
+	UserID   string        `json:"user_id"`
+	Text     string        `json:"text"`
+	Metadata *ChatMetadata `json:"metadata,omitempty"`
+	Tags     []string      `json:"tags,omitempty"`
+}
+
+// ChatMetadata is ChatRequest's optional metadata.
+type ChatMetadata struct {
+	SessionID string `json:"session_id,omitempty"`
+}
+
+// IdempotencyHeader carries a client's idempotency key to chat-service: a
+// retried request with the same key (and user) joins the first one's turn.
+const IdempotencyHeader = "Idempotency-Key"
+
+// ChatReply is chat-service's answer to POST /chat (200).
+type ChatReply struct {
+	UserID     string        `json:"user_id"`
+	Reply      string        `json:"reply"`
+	Status     RunStatus     `json:"status"`
+	InstanceID string        `json:"instance_id"`
+	Metadata   ReplyMetadata `json:"metadata"`
+}
+
+// ReplyMetadata is ChatReply's metadata.
+type ReplyMetadata struct {
+	SessionID string    `json:"session_id"`
+	Timestamp time.Time `json:"timestamp"`
+}
+
+// ChatStarted is chat-service's answer to POST /chat/async (202).
+type ChatStarted struct {
+	InstanceID string `json:"instance_id"`
+	SessionID  string `json:"session_id"`
+}
+
+// RunStatus is the state of a chat turn (its workflow's runtime status).
+type RunStatus string
+
+// Run statuses, as the workflow engine names them.
+const (
+	RunPending    RunStatus = "PENDING"
+	RunRunning    RunStatus = "RUNNING"
+	RunCompleted  RunStatus = "COMPLETED"
+	RunFailed     RunStatus = "FAILED"
+	RunTerminated RunStatus = "TERMINATED"
+	RunCanceled   RunStatus = "CANCELED"
+	RunSuspended  RunStatus = "SUSPENDED"
+	RunStalled    RunStatus = "STALLED"
+)
+
+// Terminal reports whether a turn in this status has ended.
+func (s RunStatus) Terminal() bool {
+	switch s {
+	case RunCompleted, RunFailed, RunTerminated, RunCanceled:
+		return true
+	}
+	return false
+}
+
+// Stages of a running turn (its workflow's custom status).
+const (
+	StageContext  = "fetching_context"
+	StageGenerate = "generating_response"
+	StageSave     = "saving_conversation"
+)
+
+// ChatRun is a chat turn as GET /chat/{instance_id} describes it.
+type ChatRun struct {
+	InstanceID string     `json:"instance_id"`
+	Status     RunStatus  `json:"status"`
+	Stage      string     `json:"stage,omitempty"`
+	UserID     string     `json:"user_id,omitempty"`
+	SessionID  string     `json:"session_id,omitempty"`
+	Reply      *string    `json:"reply,omitempty"`
+	Error      string     `json:"error,omitempty"` // client-safe
+	Timestamp  *time.Time `json:"timestamp,omitempty"`
+}
+
+// Terminal reports whether the run has ended.
+func (r ChatRun) Terminal() bool { return r.Status.Terminal() }
+
+// ConversationsRequest is the body of agent-memory-service's
+// POST /conversations/batch: several histories in one call.
+type ConversationsRequest struct {
+	SessionIDs []string `json:"session_ids"`
+	Last       int      `json:"last"` // the last entries of each; 0: all
+}
+
+// Conversation is one session's history.
+type Conversation struct {
+	SessionID string  `json:"session_id"`
+	History   []Entry `json:"history"`
+}
+
+// ConversationsReply answers ConversationsRequest, in the order asked.
+type ConversationsReply struct {
+	Conversations []Conversation `json:"conversations"`
+}
+
+// Health is an app's GET /health answer.
+type Health struct {
+	Status string `json:"status"` // ok | degraded
+	LLM    string `json:"llm,omitempty"`
+}
+
+// HistoryReply answers GET /conversations/{session_id}.
+type HistoryReply struct {
+	History []Entry `json:"history"`
+}
+
+// SessionsReply answers GET /users/{user_id}/sessions.
+type SessionsReply struct {
+	UserID   string        `json:"user_id"`
+	Sessions []SessionInfo `json:"sessions"`
+}
+
+// InitializeReply answers POST /memories/{user_id}/initialize.
+type InitializeReply struct {
+	Status   string  `json:"status"` // "success"
+	UserID   string  `json:"user_id"`
+	Metadata Profile `json:"metadata"`
+}
+
+// ForgetReply answers DELETE /memories/{user_id}.
+type ForgetReply struct {
+	Status          string `json:"status"` // "success"
+	UserID          string `json:"user_id"`
+	SessionsDeleted int    `json:"sessions_deleted"`
+}
+
+// DeletedReply answers DELETE /conversations/{session_id}.
+type DeletedReply struct {
+	Status    string `json:"status"` // "success"
+	SessionID string `json:"session_id"`
+}

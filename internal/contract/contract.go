@@ -1,0 +1,57 @@
+// Package contract is what travels between the apps, defined once: app ids,
+// the Dapr component, topic and secret names they share, the pub/sub events
+// and their CloudEvent envelope, the JSON of the services' APIs that another
+// app reads (profiles, history, sessions, chat runs), id rules and limits.
+//
+// Every app (chat-service, agent-memory-service, the gateway) and the
+// launcher use this package; none of them imports another app's code.
+// Changing a name or a shape here changes the wire between the apps: keep
+// it compatible with the tutorial's published API (README, "API").
+package contract
+
+// App ids (Dapr --app-id).
+const (
+	ChatApp    = "chat-service"
+	MemoryApp  = "agent-memory-service"
+	GatewayApp = "gateway"
+)
+
+// Dapr components (components/*.yaml) the apps name in code.
+const (
+	// PubSub is the services' pub/sub component: one consumer group per app id.
+	PubSub = "pubsub"
+	// GatewayPubSub is the gateway's own component on the same streams, with
+	// a consumer group per replica (consumerID), so every replica receives
+	// every event.
+	GatewayPubSub = "gateway-pubsub"
+	// StateStore holds profiles and history; it is also the workflow store.
+	StateStore = "statestore"
+	// GatewayStateStore is the gateway's own state store (the shared
+	// chat-turn limit).
+	GatewayStateStore = "gateway-state"
+	// SecretStore is the secret store; each app may read only its own keys
+	// (components/config.yaml).
+	SecretStore = "secretstore"
+)
+
+// Secret-store keys.
+const (
+	// SecretLLMKey is the Gemini API key (empty: the offline model). It lives
+	// only in the secret store, never in the environment.
+	SecretLLMKey = "gemini-api-key"
+	// SecretJWT is the gateway's HS256 signing secret (AUTH_MODE=jwt).
+	SecretJWT = "gateway-jwt-secret"
+)
+
+// Topics.
+const (
+	// TopicConversations carries ConversationUpdated (chat-service →
+	// agent-memory-service and the gateway).
+	TopicConversations = "conversations"
+	// TopicMemoryUpdates carries MemoryUpdated (agent-memory-service → the
+	// gateway).
+	TopicMemoryUpdates = "memory-updates"
+)
+
+// Topics lists every topic, in a fixed order.
+var Topics = []string{TopicConversations, TopicMemoryUpdates}

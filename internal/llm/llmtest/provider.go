@@ -1,0 +1,128 @@
+// Package llmtest is a local LLM provider for tests: an HTTP server that
+// speaks the OpenAI Chat Completions wire format (what Gemini's
+// OpenAI-compatible endpoint speaks), tool calls included.
+package llmtest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync/atomic"
+)
+
+// Message is one message of a request.
+type Message struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
+// Request is what the provider reads of a chat completion request.
+type Request struct {
+	Model    string            `json:"model"`
+	Messages []Message         `json:"messages"`
+	Tools    []json.RawMessage `json:"tools"`
+}
+
+// System is the request's system prompt ("" without one).
+func (r Request) System() string {
+	if len(r.Messages) > 0 && r.Messages[0].Role == "system" {
+		return r.Messages[0].Content
+	}
+	return ""
+}
+
+// Last is the request's last message.
+func (r Request) Last() Message {
+	if len(r.Messages) == 0 {
+		return Message{}
+	}
+	return r.Messages[len(r.Messages)-1]
+}
+
+// Reply is an answer: text, or a call of the tool ToolCall (no arguments).
+type Reply struct {
+	Content  string
+	ToolCall string
+}
+
+// Default answers as a model that uses get_current_time: the tool's
+// result becomes "It is <result>."; a question about the time, with tools
+// offered, calls get_current_time; anything else gets "provider says hello".
+func Default(req Request) Reply {
+	last := req.Last()
+	switch {
+	case last.Role == "tool":
+		return Reply{Content: "It is " + last.Content + "."}
+	case len(req.Tools) > 0 && strings.Contains(strings.ToLower(last.Content), "time"):
+		return Reply{ToolCall: "get_current_time"}
+	default:
+		return Reply{Content: "provider says hello"}
+	}
+}
+
+// Provider is the server's behaviour. Set its fields before serving.
+type Provider struct {
+	// Key is the only API key accepted (Authorization: Bearer). Any other is
+	// refused with 401 and an error that names the key it got, as OpenAI's
+	// does: the client must not pass that on.
+	Key string
+	// Failures are the statuses of the first calls (429, 503, ...), with
+	// Retry-After when RetryAfter is set.
+	Failures   []int
+	RetryAfter string
+	// Answer decides the reply; nil is Default. ok false sends nothing (for
+	// an answer held until the caller goes away, return when ctx ends).
+	Answer func(ctx context.Context, req Request) (r Reply, ok bool)
+
+	calls atomic.Int32
+}
+
+// Calls is how many requests arrived (refused ones included).
+func (p *Provider) Calls() int { return int(p.calls.Load()) }
+
+// ServeHTTP serves POST …/chat/completions.
+func (p *Provider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost || !strings.HasSuffix(r.URL.Path, "/chat/completions") {
+		http.NotFound(w, r)
+		return
+	}
+	n := int(p.calls.Add(1))
+	if got := r.Header.Get("Authorization"); got != "Bearer "+p.Key {
+		w.WriteHeader(http.StatusUnauthorized)
+		fmt.Fprintf(w, `{"error":{"message":"Incorrect API key provided: %s","type":"invalid_request_error"}}`, strings.TrimPrefix(got, "Bearer "))
+		return
+	}
+	if n <= len(p.Failures) {
+		if p.RetryAfter != "" {
+			w.Header().Set("Retry-After", p.RetryAfter)
+		}
+		w.WriteHeader(p.Failures[n-1])
+		io.WriteString(w, `{"error":{"message":"busy","type":"server_error"}}`)
+		return
+	}
+	var req Request
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil || len(req.Messages) == 0 {
+		w.WriteHeader(http.StatusBadRequest)
+		io.WriteString(w, `{"error":{"message":"want a JSON body with messages","type":"invalid_request_error"}}`)
+		return
+	}
+	reply, ok := Default(req), true
+	if p.Answer != nil {
+		reply, ok = p.Answer(r.Context(), req)
+	}
+	if !ok {
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	model, _ := json.Marshal(req.Model)
+	if reply.ToolCall != "" {
+		name, _ := json.Marshal(reply.ToolCall)
+		fmt.Fprintf(w, `{"id":"c","object":"chat.completion","model":%s,"choices":[{"index":0,"finish_reason":"tool_calls","message":{"role":"assistant","content":"","tool_calls":[{"id":"call_%d","type":"function","function":{"name":%s,"arguments":"{}"}}]}}]}`, model, n, name)
+		return
+	}
+	content, _ := json.Marshal(reply.Content)
+	fmt.Fprintf(w, `{"id":"c","object":"chat.completion","model":%s,"choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":%s}}],"usage":{"prompt_tokens":3,"completion_tokens":3,"total_tokens":6}}`, model, content)
+}

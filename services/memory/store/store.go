@@ -1,0 +1,445 @@
+// Package store is the agent's memory: user profiles and conversation
+// history in the Dapr state store. Every write is a compare-and-swap on the
+// key's ETag (first-write-wins), retried on conflict, so concurrent updates
+// never lose entries; every conversation event is applied at most once.
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	dapr "github.com/dapr/go-sdk/client"
+
+	"github.com/daca-go/daca/internal/apperr"
+	"github.com/daca-go/daca/internal/contract"
+)
+
+// State is the part of the Dapr client the memory uses.
+type State interface {
+	GetState(ctx context.Context, storeName, key string, meta map[string]string) (*dapr.StateItem, error)
+	GetBulkState(ctx context.Context, storeName string, keys []string, meta map[string]string, parallelism int32) ([]*dapr.BulkStateItem, error)
+	SaveStateWithETag(ctx context.Context, storeName, key string, data []byte, etag string, meta map[string]string, so ...dapr.StateOption) error
+	DeleteStateWithETag(ctx context.Context, storeName, key string, etag *dapr.ETag, meta map[string]string, opts *dapr.StateOptions) error
+}
+
+// session is the stored document of a conversation (key session:{id}); its
+// "history" field is the tutorial's shape.
+type session struct {
+	History   []contract.Entry `json:"history"`
+	UserID    string           `json:"user_id,omitempty"`
+	Applied   []string         `json:"applied_events,omitempty"` // ids of the last events applied
+	UpdatedAt time.Time        `json:"updated_at"`
+}
+
+type userDoc struct {
+	contract.Profile
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+type sessionIndex struct {
+	Sessions []contract.SessionInfo `json:"sessions"`
+}
+
+// Config of the memory.
+type Config struct {
+	Store       string // state store name (default contract.StateStore)
+	HistoryCap  int    // entries kept per session (default 200)
+	SummaryLast int    // entries the summary is made from (default 10)
+	AppliedCap  int    // event ids remembered per session for de-duplication (default 1000)
+	MaxCASTries int    // attempts of a compare-and-swap under contention (default 200)
+}
+
+// Memory reads and writes profiles and conversations.
+type Memory struct {
+	st  State
+	cfg Config
+	log *slog.Logger
+	now func() time.Time
+}
+
+// New returns a Memory over the Dapr state API.
+func New(st State, cfg Config, log *slog.Logger) *Memory {
+	if cfg.Store == "" {
+		cfg.Store = contract.StateStore
+	}
+	if cfg.HistoryCap <= 0 {
+		cfg.HistoryCap = 200
+	}
+	if cfg.SummaryLast <= 0 {
+		cfg.SummaryLast = 10
+	}
+	if cfg.AppliedCap <= 0 {
+		cfg.AppliedCap = 1000
+	}
+	if cfg.MaxCASTries <= 0 {
+		cfg.MaxCASTries = 200
+	}
+	return &Memory{st: st, cfg: cfg, log: log, now: func() time.Time { return time.Now().UTC() }}
+}
+
+// Config returns the effective configuration.
+func (m *Memory) Config() Config { return m.cfg }
+
+func userKey(id string) string     { return "user:" + id }
+func sessionKey(id string) string  { return "session:" + id }
+func sessionsKey(id string) string { return "sessions:" + id }
+
+var errStore = errors.New("state store")
+
+// get reads key into v; it returns the ETag ("" when the key is absent).
+func (m *Memory) get(ctx context.Context, key string, v any) (etag string, found bool, err error) {
+	item, err := m.st.GetState(ctx, m.cfg.Store, key, nil)
+	if err != nil {
+		return "", false, apperr.Wrap(apperr.Unavailable, fmt.Errorf("%w: get %s: %v", errStore, key, err), "the state store is unavailable")
+	}
+	if item == nil {
+		return "", false, nil
+	}
+	if len(item.Value) == 0 {
+		return item.Etag, false, nil
+	}
+	if err := json.Unmarshal(item.Value, v); err != nil {
+		return "", false, apperr.Wrap(apperr.Internal, fmt.Errorf("decode %s: %w", key, err), "stored data is corrupt")
+	}
+	return item.Etag, true, nil
+}
+
+// update runs a compare-and-swap loop on key: read, change (which may return
+// errSkip to write nothing), write with the ETag read; on a conflict, again.
+func (m *Memory) update(ctx context.Context, key string, v any, change func(found bool) error) error {
+	var lastErr error
+	for attempt := 0; attempt < m.cfg.MaxCASTries; attempt++ {
+		etag, found, err := m.get(ctx, key, v)
+		if err != nil {
+			return err
+		}
+		if err := change(found); err != nil {
+			if errors.Is(err, errSkip) {
+				return nil
+			}
+			return err
+		}
+		b, err := json.Marshal(v)
+		if err != nil {
+			return apperr.Wrap(apperr.Internal, err, "encoding failed")
+		}
+		err = m.st.SaveStateWithETag(ctx, m.cfg.Store, key, b, etag, map[string]string{"contentType": "application/json"},
+			dapr.WithConcurrency(dapr.StateConcurrencyFirstWrite), dapr.WithConsistency(dapr.StateConsistencyStrong))
+		if err == nil {
+			return nil
+		}
+		// A conflict (another writer was first) or a passing failure: read
+		// again after a short random pause; a real outage shows on the read.
+		lastErr = err
+		if ctx.Err() != nil {
+			return apperr.Wrap(apperr.Timeout, ctx.Err(), "the state store did not answer in time")
+		}
+		pause := time.Duration(1+rand.IntN(5+min(attempt, 20)*2)) * time.Millisecond
+		select {
+		case <-ctx.Done():
+		case <-time.After(pause):
+		}
+		resetZero(v)
+	}
+	return apperr.Wrap(apperr.Unavailable, fmt.Errorf("%w: %s: too much contention: %v", errStore, key, lastErr), "the state store is busy; try again")
+}
+
+var errSkip = errors.New("skip write")
+
+// resetZero clears v (a pointer to a struct) before it is read again.
+func resetZero(v any) {
+	switch p := v.(type) {
+	case *session:
+		*p = session{}
+	case *userDoc:
+		*p = userDoc{}
+	case *sessionIndex:
+		*p = sessionIndex{}
+	}
+}
+
+func (m *Memory) delete(ctx context.Context, key string) error {
+	if err := m.st.DeleteStateWithETag(ctx, m.cfg.Store, key, nil, nil, nil); err != nil {
+		return apperr.Wrap(apperr.Unavailable, fmt.Errorf("%w: delete %s: %v", errStore, key, err), "the state store is unavailable")
+	}
+	return nil
+}
+
+// Profile returns a user's profile, or the defaults for an unknown user.
+func (m *Memory) Profile(ctx context.Context, userID string) (contract.Profile, error) {
+	var u userDoc
+	_, found, err := m.get(ctx, userKey(userID), &u)
+	if err != nil {
+		return contract.Profile{}, err
+	}
+	if !found {
+		return contract.DefaultProfile(userID), nil
+	}
+	return u.Profile, nil
+}
+
+// Initialize sets a user's profile. Empty fields get the defaults.
+func (m *Memory) Initialize(ctx context.Context, userID string, p contract.Profile) (contract.Profile, error) {
+	def := contract.DefaultProfile(userID)
+	if p.Name == "" {
+		p.Name = def.Name
+	}
+	if p.PreferredStyle == "" {
+		p.PreferredStyle = def.PreferredStyle
+	}
+	if p.UserSummary == "" {
+		p.UserSummary = def.UserSummary
+	}
+	var u userDoc
+	err := m.update(ctx, userKey(userID), &u, func(bool) error {
+		u = userDoc{Profile: p, UpdatedAt: m.now()}
+		return nil
+	})
+	return p, err
+}
+
+// History returns a session's entries, the last `last` of them when last > 0.
+func (m *Memory) History(ctx context.Context, sessionID string, last int) ([]contract.Entry, error) {
+	var s session
+	_, _, err := m.get(ctx, sessionKey(sessionID), &s)
+	if err != nil {
+		return nil, err
+	}
+	h := s.History
+	if h == nil {
+		h = []contract.Entry{}
+	}
+	if last > 0 && len(h) > last {
+		h = h[len(h)-last:]
+	}
+	return h, nil
+}
+
+// Histories returns the entries of several sessions (the last `last` of each
+// when last > 0) in one read of the state store, keyed by session id. A
+// session without history maps to an empty list.
+func (m *Memory) Histories(ctx context.Context, sessionIDs []string, last int) (map[string][]contract.Entry, error) {
+	out := make(map[string][]contract.Entry, len(sessionIDs))
+	if len(sessionIDs) == 0 {
+		return out, nil
+	}
+	if len(sessionIDs) > contract.MaxBatch {
+		return nil, apperr.New(apperr.Invalid, "at most %d sessions at once", contract.MaxBatch)
+	}
+	keys := make([]string, 0, len(sessionIDs))
+	for _, id := range sessionIDs {
+		if _, dup := out[id]; !dup {
+			out[id] = []contract.Entry{}
+			keys = append(keys, sessionKey(id))
+		}
+	}
+	items, err := m.st.GetBulkState(ctx, m.cfg.Store, keys, nil, 0)
+	if err != nil {
+		return nil, apperr.Wrap(apperr.Unavailable, fmt.Errorf("%w: bulk get %d keys: %v", errStore, len(keys), err), "the state store is unavailable")
+	}
+	for _, it := range items {
+		if it == nil {
+			continue
+		}
+		if it.Error != "" {
+			return nil, apperr.Wrap(apperr.Unavailable, fmt.Errorf("%w: bulk get %s: %s", errStore, it.Key, it.Error), "the state store is unavailable")
+		}
+		id, ok := strings.CutPrefix(it.Key, sessionKey(""))
+		if _, asked := out[id]; !ok || !asked || len(it.Value) == 0 {
+			continue
+		}
+		var s session
+		if err := json.Unmarshal(it.Value, &s); err != nil {
+			return nil, apperr.Wrap(apperr.Internal, fmt.Errorf("decode %s: %w", it.Key, err), "stored data is corrupt")
+		}
+		h := s.History
+		if last > 0 && len(h) > last {
+			h = h[len(h)-last:]
+		}
+		if h != nil {
+			out[id] = h
+		}
+	}
+	return out, nil
+}
+
+// Sessions lists a user's sessions, newest first.
+func (m *Memory) Sessions(ctx context.Context, userID string) ([]contract.SessionInfo, error) {
+	var idx sessionIndex
+	if _, _, err := m.get(ctx, sessionsKey(userID), &idx); err != nil {
+		return nil, err
+	}
+	if idx.Sessions == nil {
+		return []contract.SessionInfo{}, nil
+	}
+	return idx.Sessions, nil
+}
+
+// DeleteConversation deletes a session's history and removes it from its
+// user's session list. It reports whether the session existed.
+func (m *Memory) DeleteConversation(ctx context.Context, sessionID string) (bool, error) {
+	var s session
+	_, found, err := m.get(ctx, sessionKey(sessionID), &s)
+	if err != nil || !found {
+		return false, err
+	}
+	if s.UserID != "" {
+		var idx sessionIndex
+		if err := m.update(ctx, sessionsKey(s.UserID), &idx, func(found bool) error {
+			n := len(idx.Sessions)
+			idx.Sessions = slices.DeleteFunc(idx.Sessions, func(si contract.SessionInfo) bool { return si.SessionID == sessionID })
+			if len(idx.Sessions) == n {
+				return errSkip
+			}
+			return nil
+		}); err != nil {
+			return false, err
+		}
+	}
+	return true, m.delete(ctx, sessionKey(sessionID))
+}
+
+// ForgetUser deletes a user's profile, sessions and their history. It
+// returns the number of sessions deleted.
+func (m *Memory) ForgetUser(ctx context.Context, userID string) (int, error) {
+	var idx sessionIndex
+	if _, _, err := m.get(ctx, sessionsKey(userID), &idx); err != nil {
+		return 0, err
+	}
+	for _, si := range idx.Sessions {
+		if err := m.delete(ctx, sessionKey(si.SessionID)); err != nil {
+			return 0, err
+		}
+	}
+	if err := m.delete(ctx, sessionsKey(userID)); err != nil {
+		return 0, err
+	}
+	return len(idx.Sessions), m.delete(ctx, userKey(userID))
+}
+
+// Summarizer writes a new user summary from the profile and recent history.
+type Summarizer func(ctx context.Context, p contract.Profile, recent []contract.Entry) (string, error)
+
+// Result of applying an event.
+type Result struct {
+	Duplicate   bool
+	UserSummary string
+	Entries     int // history length after the event
+}
+
+// index records a session's size and last message in its user's session
+// list, from the session's history after an append. It is idempotent, and
+// an older history (a concurrent event that was slower) never overwrites a
+// newer one.
+func (m *Memory) index(ctx context.Context, userID, sessionID string, history []contract.Entry) error {
+	if len(history) == 0 {
+		return nil
+	}
+	last := history[len(history)-1]
+	var idx sessionIndex
+	return m.update(ctx, sessionsKey(userID), &idx, func(bool) error {
+		i := slices.IndexFunc(idx.Sessions, func(si contract.SessionInfo) bool { return si.SessionID == sessionID })
+		if i < 0 {
+			idx.Sessions = append(idx.Sessions, contract.SessionInfo{SessionID: sessionID})
+			i = len(idx.Sessions) - 1
+		}
+		si := &idx.Sessions[i]
+		switch {
+		case si.LastMessage == nil || !last.Timestamp.Before(si.LastMessage.Timestamp):
+			si.MessageCount = len(history)
+			si.LastMessage = &last
+		case len(history) > si.MessageCount:
+			si.MessageCount = len(history)
+		default:
+			return errSkip
+		}
+		if last.Timestamp.After(si.UpdatedAt) {
+			si.UpdatedAt = last.Timestamp
+		}
+		sort.SliceStable(idx.Sessions, func(a, b int) bool { return idx.Sessions[a].UpdatedAt.After(idx.Sessions[b].UpdatedAt) })
+		return nil
+	})
+}
+
+// Apply appends an event's two entries to its session (once per event id),
+// regenerates the user summary, and records the session in the user's list.
+// Errors carry codes: Unavailable (retry later) or Internal.
+func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.ConversationUpdated, summarize Summarizer) (Result, error) {
+	var s session
+	if _, _, err := m.get(ctx, sessionKey(ev.SessionID), &s); err != nil {
+		return Result{}, err
+	}
+	if slices.Contains(s.Applied, eventID) {
+		// Applied already; the session list may have missed it if the
+		// service stopped right after the append.
+		if err := m.index(ctx, ev.UserID, ev.SessionID, s.History); err != nil {
+			return Result{}, err
+		}
+		return Result{Duplicate: true, Entries: len(s.History)}, nil
+	}
+	profile, err := m.Profile(ctx, ev.UserID)
+	if err != nil {
+		return Result{}, err
+	}
+	now := m.now()
+	userEntry := contract.Entry{Role: contract.RoleUser, Content: ev.UserMessage, Timestamp: now}
+	botEntry := contract.Entry{Role: contract.RoleAssistant, Content: ev.AssistantReply, Timestamp: now}
+	recent := append(slices.Clone(s.History), userEntry, botEntry)
+	if len(recent) > m.cfg.SummaryLast {
+		recent = recent[len(recent)-m.cfg.SummaryLast:]
+	}
+	summary, err := summarize(ctx, profile, recent)
+	if err != nil {
+		return Result{}, err
+	}
+
+	// The summary first: setting it again is harmless if the event is
+	// delivered again because a later step failed.
+	var u userDoc
+	if err := m.update(ctx, userKey(ev.UserID), &u, func(found bool) error {
+		if !found {
+			u.Profile = contract.DefaultProfile(ev.UserID)
+		}
+		u.UserSummary = summary
+		u.UpdatedAt = now
+		return nil
+	}); err != nil {
+		return Result{}, err
+	}
+
+	// The history append is the step that must happen exactly once.
+	dup := false
+	if err := m.update(ctx, sessionKey(ev.SessionID), &s, func(bool) error {
+		if slices.Contains(s.Applied, eventID) {
+			dup = true
+			return errSkip
+		}
+		s.UserID = ev.UserID
+		s.History = append(s.History, userEntry, botEntry)
+		if over := len(s.History) - m.cfg.HistoryCap; over > 0 {
+			s.History = slices.Delete(s.History, 0, over)
+		}
+		s.Applied = append(s.Applied, eventID)
+		if over := len(s.Applied) - m.cfg.AppliedCap; over > 0 {
+			s.Applied = slices.Delete(s.Applied, 0, over)
+		}
+		s.UpdatedAt = now
+		return nil
+	}); err != nil {
+		return Result{}, err
+	}
+	// The session list last, from the history as it now is: repeating it
+	// (a redelivery after a crash here) changes nothing.
+	if err := m.index(ctx, ev.UserID, ev.SessionID, s.History); err != nil {
+		return Result{}, err
+	}
+	return Result{Duplicate: dup, UserSummary: summary, Entries: len(s.History)}, nil
+}

@@ -1,0 +1,257 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/daca-go/daca/internal/apperr"
+	"github.com/daca-go/daca/internal/contract"
+	"github.com/daca-go/daca/internal/dev/testkit"
+	"github.com/daca-go/daca/services/memory/store/storetest"
+)
+
+func fixedSummary(s string) Summarizer {
+	return func(context.Context, contract.Profile, []contract.Entry) (string, error) { return s, nil }
+}
+
+func ev(user, session, msg string) contract.ConversationUpdated {
+	return contract.ConversationUpdated{UserID: user, SessionID: session, EventType: "ConversationUpdated", UserMessage: msg, AssistantReply: "re: " + msg}
+}
+
+func TestProfileDefaultsAndInitialize(t *testing.T) {
+	m := New(storetest.New(), Config{}, testkit.Quiet())
+	ctx := t.Context()
+	p, err := m.Profile(ctx, "ana")
+	if err != nil || p != contract.DefaultProfile("ana") || p.UserSummary != "ana is a new user." {
+		t.Fatalf("default = %+v, %v", p, err)
+	}
+	tests := []struct {
+		in, want contract.Profile
+	}{
+		{contract.Profile{Name: "Ana", PreferredStyle: "formal", UserSummary: "likes Go"}, contract.Profile{Name: "Ana", PreferredStyle: "formal", UserSummary: "likes Go"}},
+		{contract.Profile{Name: "Ana"}, contract.Profile{Name: "Ana", PreferredStyle: "casual", UserSummary: "ana is a new user."}},
+	}
+	for _, tt := range tests {
+		got, err := m.Initialize(ctx, "ana", tt.in)
+		if err != nil || got != tt.want {
+			t.Fatalf("Initialize(%+v) = %+v, %v", tt.in, got, err)
+		}
+		if p, _ := m.Profile(ctx, "ana"); p != tt.want {
+			t.Fatalf("read back %+v", p)
+		}
+	}
+}
+
+func TestApplyConcurrentNoLostUpdates(t *testing.T) {
+	f := storetest.New()
+	m := New(f, Config{}, testkit.Quiet())
+	var wg sync.WaitGroup
+	errs := make(chan error, 50)
+	for i := range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := m.Apply(t.Context(), fmt.Sprint("ev-", i), ev("u", "s", fmt.Sprint("m", i)), fixedSummary("sum"))
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	h, _ := m.History(t.Context(), "s", 0)
+	if len(h) != 100 {
+		t.Fatalf("history has %d entries; want 100", len(h))
+	}
+	list, _ := m.Sessions(t.Context(), "u")
+	if len(list) != 1 || list[0].MessageCount != 100 {
+		t.Fatalf("sessions = %+v", list)
+	}
+}
+
+func TestApplyOncePerEventID(t *testing.T) {
+	m := New(storetest.New(), Config{}, testkit.Quiet())
+	for i, wantDup := range []bool{false, true, true} {
+		res, err := m.Apply(t.Context(), "same-id", ev("u", "s", "hi"), fixedSummary("sum"))
+		if err != nil || res.Duplicate != wantDup {
+			t.Fatalf("delivery %d: %+v, %v", i, res, err)
+		}
+	}
+	if h, _ := m.History(t.Context(), "s", 0); len(h) != 2 {
+		t.Fatalf("history = %d entries", len(h))
+	}
+}
+
+func TestHistoryCapAndLast(t *testing.T) {
+	m := New(storetest.New(), Config{HistoryCap: 6, SummaryLast: 3}, testkit.Quiet())
+	var seen [][]contract.Entry
+	sum := func(_ context.Context, _ contract.Profile, recent []contract.Entry) (string, error) {
+		seen = append(seen, recent)
+		return "s", nil
+	}
+	for i := range 5 {
+		if _, err := m.Apply(t.Context(), fmt.Sprint(i), ev("u", "s", fmt.Sprint("m", i)), sum); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h, _ := m.History(t.Context(), "s", 0)
+	if len(h) != 6 || h[0].Content != "m2" || h[5].Content != "re: m4" {
+		t.Fatalf("capped history = %+v", h)
+	}
+	if last := seen[len(seen)-1]; len(last) != 3 || last[2].Content != "re: m4" {
+		t.Fatalf("summary saw %+v; want the last 3 entries", last)
+	}
+	if h, _ := m.History(t.Context(), "s", 2); len(h) != 2 || h[1].Content != "re: m4" {
+		t.Fatalf("last 2 = %+v", h)
+	}
+	if list, _ := m.Sessions(t.Context(), "u"); len(list) != 1 || list[0].MessageCount != 6 {
+		t.Fatalf("sessions = %+v; want the 6 messages the session holds", list)
+	}
+}
+
+// TestRedeliveryAfterCrashBeforeIndex: the service stops after the history
+// append and before the session list is updated; the event comes again. The
+// list is repaired, and counts the messages once.
+func TestRedeliveryAfterCrashBeforeIndex(t *testing.T) {
+	st := storetest.New()
+	m := New(st, Config{MaxCASTries: 3}, testkit.Quiet())
+	st.FailWritesTo("sessions:", errors.New("killed"))
+	if _, err := m.Apply(t.Context(), "e1", ev("u", "s", "hi"), fixedSummary("x")); apperr.CodeOf(err) != apperr.Unavailable {
+		t.Fatalf("first delivery: %v; want Unavailable", err)
+	}
+	if h, _ := m.History(t.Context(), "s", 0); len(h) != 2 {
+		t.Fatalf("history after the crash = %+v; want the 2 entries", h)
+	}
+	st.FailWritesTo("", nil)
+	res, err := m.Apply(t.Context(), "e1", ev("u", "s", "hi"), fixedSummary("x"))
+	if err != nil || !res.Duplicate {
+		t.Fatalf("redelivery = %+v, %v; want a duplicate", res, err)
+	}
+	list, _ := m.Sessions(t.Context(), "u")
+	if len(list) != 1 || list[0].MessageCount != 2 || list[0].LastMessage == nil || list[0].LastMessage.Content != "re: hi" {
+		t.Fatalf("sessions after the redelivery = %+v; want 2 messages, last \"re: hi\"", list)
+	}
+	if _, err := m.Apply(t.Context(), "e2", ev("u", "s", "again"), fixedSummary("x")); err != nil {
+		t.Fatal(err)
+	}
+	if list, _ := m.Sessions(t.Context(), "u"); list[0].MessageCount != 4 || list[0].LastMessage.Content != "re: again" {
+		t.Fatalf("sessions = %+v; want 4 messages", list)
+	}
+}
+
+func TestApplyFailures(t *testing.T) {
+	tests := []struct {
+		name     string
+		setup    func(*storetest.State)
+		sum      Summarizer
+		wantCode apperr.Code
+	}{
+		{"LLM down: nothing written", nil, func(context.Context, contract.Profile, []contract.Entry) (string, error) {
+			return "", apperr.New(apperr.Unavailable, "llm down")
+		}, apperr.Unavailable},
+		{"state store down", func(f *storetest.State) { f.FailReads(errors.New("connection refused")) }, fixedSummary("x"), apperr.Unavailable},
+		{"writes keep failing", func(f *storetest.State) { f.FailWrites(errors.New("boom")) }, fixedSummary("x"), apperr.Unavailable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := storetest.New()
+			if tt.setup != nil {
+				tt.setup(f)
+			}
+			m := New(f, Config{MaxCASTries: 5}, testkit.Quiet())
+			_, err := m.Apply(t.Context(), "id", ev("u", "s", "hi"), tt.sum)
+			if apperr.CodeOf(err) != tt.wantCode {
+				t.Fatalf("err = %v; want %s", err, tt.wantCode)
+			}
+			if f.Writes() != 0 {
+				t.Fatalf("%d writes after a failure", f.Writes())
+			}
+		})
+	}
+}
+
+func TestForgetAndDelete(t *testing.T) {
+	f := storetest.New()
+	m := New(f, Config{}, testkit.Quiet())
+	ctx := t.Context()
+	m.Initialize(ctx, "u", contract.Profile{Name: "U"})
+	for _, s := range []string{"a", "b"} {
+		if _, err := m.Apply(ctx, s, ev("u", s, "x"), fixedSummary("sum")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ok, err := m.DeleteConversation(ctx, "a"); !ok || err != nil {
+		t.Fatalf("delete a: %v %v", ok, err)
+	}
+	if ok, _ := m.DeleteConversation(ctx, "a"); ok {
+		t.Fatal("deleted twice")
+	}
+	if l, _ := m.Sessions(ctx, "u"); len(l) != 1 || l[0].SessionID != "b" {
+		t.Fatalf("sessions = %+v", l)
+	}
+	if n, err := m.ForgetUser(ctx, "u"); n != 1 || err != nil {
+		t.Fatalf("forget = %d, %v", n, err)
+	}
+	if f.Len() != 0 {
+		t.Fatalf("%d keys left behind", f.Len())
+	}
+}
+
+func TestHistoriesOneRead(t *testing.T) {
+	st := storetest.New()
+	m := New(st, Config{}, testkit.Quiet())
+	for i, s := range []string{"a", "a", "b"} {
+		if _, err := m.Apply(t.Context(), fmt.Sprint(i), ev("u", s, fmt.Sprint("m", i)), fixedSummary("s")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		name string
+		ids  []string
+		last int
+		want map[string]int // entries per session
+		code apperr.Code
+	}{
+		{"none", nil, 0, map[string]int{}, ""},
+		{"all", []string{"a", "b", "gone"}, 0, map[string]int{"a": 4, "b": 2, "gone": 0}, ""},
+		{"last", []string{"a", "b"}, 1, map[string]int{"a": 1, "b": 1}, ""},
+		{"duplicates", []string{"b", "b"}, 0, map[string]int{"b": 2}, ""},
+		{"too many", make([]string, contract.MaxBatch+1), 0, nil, apperr.Invalid},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := st.BulkGets()
+			got, err := m.Histories(t.Context(), tt.ids, tt.last)
+			if apperr.CodeOf(err) != tt.code {
+				t.Fatalf("err = %v; want code %q", err, tt.code)
+			}
+			if tt.code != "" {
+				return
+			}
+			if len(got) != len(tt.want) {
+				t.Fatalf("got %d sessions %v; want %v", len(got), got, tt.want)
+			}
+			for id, n := range tt.want {
+				if h, ok := got[id]; !ok || h == nil || len(h) != n {
+					t.Fatalf("%s: %v; want %d entries", id, h, n)
+				}
+			}
+			if reads := st.BulkGets() - before; len(tt.ids) > 0 && reads != 1 {
+				t.Fatalf("%d bulk reads; want 1", reads)
+			}
+		})
+	}
+	if h, _ := m.Histories(t.Context(), []string{"a"}, 1); h["a"][0].Content != "re: m1" {
+		t.Fatalf("last entry = %+v", h["a"])
+	}
+	st.FailReads(errors.New("redis down"))
+	if _, err := m.Histories(t.Context(), []string{"a"}, 0); apperr.CodeOf(err) != apperr.Unavailable {
+		t.Fatalf("outage: %v; want Unavailable", err)
+	}
+}
