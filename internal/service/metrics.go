@@ -53,6 +53,5 @@ func metricsMiddleware(next http.Handler) http.Handler {
 	})
 }
 
-
 // metricsHandler serves the default registry (Go runtime and process metrics included).
 func metricsHandler() http.Handler { return promhttp.Handler() }

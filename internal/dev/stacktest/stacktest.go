@@ -222,4 +222,3 @@ func RepoRoot() (string, error) {
 		dir = parent
 	}
 }
-
