@@ -19,6 +19,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/dev/stack"
 )
 
@@ -55,16 +56,16 @@ func bench(ctx context.Context, args []string) error {
 	}
 	defer os.RemoveAll(runDir)
 	secrets := filepath.Join(runDir, "secrets.json")
-	if err := os.WriteFile(secrets, []byte(`{"gemini-api-key": ""}`), 0o600); err != nil {
+	if err := os.WriteFile(secrets, []byte(`{"`+contract.SecretLLMKey+`": ""}`), 0o600); err != nil {
 		return err
 	}
 	fmt.Println("bench: starting a private stack (offline model, own Redis, random ports)")
 	st, err := stack.Start(ctx, stack.Config{
 		Root: rootDir, RunDir: runDir, SecretsFile: secrets, Progress: os.Stdout, LogLevel: "warn",
 		Apps: []stack.App{
-			{ID: "agent-memory-service", Build: "./services/memory", HealthPath: "/health", Secrets: []string{"gemini-api-key"}, Env: []string{"LOG_LEVEL=warn"}},
-			{ID: "chat-service", Build: "./services/chat", HealthPath: "/health", Secrets: []string{"gemini-api-key"}, Env: []string{"LOG_LEVEL=warn"}},
-			{ID: "gateway", Build: "./gateway", HealthPath: "/healthz", Env: []string{"LOG_LEVEL=warn", "RATE_LIMIT_PER_MINUTE=0", "SUBSCRIBER_QUEUE=16", "PPROF_ADDR=" + os.Getenv("DACA_BENCH_PPROF")}},
+			stack.Memory.App("LOG_LEVEL=warn"),
+			stack.Chat.App("LOG_LEVEL=warn"),
+			stack.Gateway.App("LOG_LEVEL=warn", "RATE_LIMIT_PER_MINUTE=0", "SUBSCRIBER_QUEUE=16", "PPROF_ADDR="+os.Getenv("DACA_BENCH_PPROF")),
 		},
 	})
 	if err != nil {
@@ -73,8 +74,8 @@ func bench(ctx context.Context, args []string) error {
 	defer st.Stop()
 
 	client := &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{MaxIdleConnsPerHost: 128}}
-	chatURL := st.App("chat-service").SidecarURL() + "/v1.0/invoke/chat-service/method/chat"
-	memURL := st.App("agent-memory-service").SidecarURL() + "/v1.0/invoke/agent-memory-service/method/memories/bench-user"
+	chatURL := st.App(contract.ChatApp).SidecarURL() + "/v1.0/invoke/" + contract.ChatApp + "/method/chat"
+	memURL := st.App(contract.MemoryApp).SidecarURL() + "/v1.0/invoke/" + contract.MemoryApp + "/method/memories/bench-user"
 	call := func(method, url string, body []byte) error {
 		req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
 		if err != nil {
@@ -144,7 +145,7 @@ func bench(ctx context.Context, args []string) error {
 	// The memory service applies each turn's event after the turn (summary,
 	// history): let it finish, so that its work does not weigh on the
 	// measurements that follow.
-	if err := waitEventsApplied(ctx, st.App("agent-memory-service").AppURL()+"/metrics", int(seq.Load())); err != nil {
+	if err := waitEventsApplied(ctx, st.App(contract.MemoryApp).AppURL()+"/metrics", int(seq.Load())); err != nil {
 		return err
 	}
 	return benchGateway(ctx, st, call, *reads, *subs, levels)

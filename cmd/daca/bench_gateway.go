@@ -17,6 +17,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/daprc"
 	"github.com/daca-go/daca/internal/dev/stack"
 )
@@ -48,7 +49,7 @@ func benchGateway(ctx context.Context, st *stack.Stack, call func(method, url st
 		func() error { return call(http.MethodPost, gql, query) },
 		func() error { return call(http.MethodGet, direct, nil) },
 		func() error {
-			_, err := sdk.InvokeMethod(ctx, "agent-memory-service", "memories/bench-user", http.MethodGet)
+			_, err := sdk.InvokeMethod(ctx, contract.MemoryApp, "memories/bench-user", http.MethodGet)
 			return err
 		},
 		func() error { return call(http.MethodGet, hopURL, nil) },
@@ -219,7 +220,7 @@ func benchFanOut(ctx context.Context, st *stack.Stack, call func(method, url str
 		return fmt.Errorf("bench: subscriptions did not all open: %w", err)
 	}
 	after := rss(gw.AppCmd.Pid())
-	ev, _ := json.Marshal(map[string]string{"user_id": "bench-user", "session_id": session, "event_type": "ConversationUpdated",
+	ev, _ := json.Marshal(map[string]string{"user_id": "bench-user", "session_id": session, "event_type": contract.EventConversationUpdated,
 		"user_message": "fan-out", "assistant_reply": "fan-out reply"})
 	start := time.Now()
 	if err := call(http.MethodPost, gw.SidecarURL()+"/v1.0/publish/gateway-pubsub/conversations", ev); err != nil {

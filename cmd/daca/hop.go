@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/daprc"
 )
 
@@ -37,7 +38,7 @@ func hop(ctx context.Context, args []string) error {
 		return err
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b, err := sdk.InvokeMethod(r.Context(), "agent-memory-service", strings.TrimPrefix(r.URL.Path, "/"), http.MethodGet)
+		b, err := sdk.InvokeMethod(r.Context(), contract.MemoryApp, strings.TrimPrefix(r.URL.Path, "/"), http.MethodGet)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "daca hop:", err)
 			http.Error(w, "backend call failed", http.StatusBadGateway)

@@ -16,6 +16,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/daca-go/daca/internal/dev/toolchain"
 )
 
 func main() {
@@ -41,7 +43,7 @@ const usage = `usage: daca <command> [flags]
 
 commands:
   up     run the whole system (Redis, Dapr placement and scheduler, apps with sidecars)
-  dapr   build the Dapr ` + "1.16.5" + ` binaries into .bin/ (first time only, about 5 minutes)
+  dapr   build the Dapr ` + toolchain.DaprVersion + ` binaries into .bin/ (first time only, about 5 minutes)
   bench  measure chat turns and memory reads end to end on a private stack
 
 Run 'daca up -h' for the flags of up.`

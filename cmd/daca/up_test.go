@@ -1,8 +1,12 @@
 package main
 
 import (
+	"maps"
 	"slices"
+	"strings"
 	"testing"
+
+	"github.com/daca-go/daca/internal/dev/stack"
 )
 
 func TestPassThrough(t *testing.T) {
@@ -14,10 +18,34 @@ func TestPassThrough(t *testing.T) {
 	}
 }
 
-func TestHasMain(t *testing.T) {
-	for dir, want := range map[string]bool{"../../services/chat": true, "../../gateway": true, "../../internal/chat": false, "../../nope": false} {
-		if got := hasMain(dir); got != want {
-			t.Errorf("hasMain(%s) = %v; want %v", dir, got, want)
+// TestUpConfig: daca up runs the system's apps (stack.System) on the
+// tutorial's ports unless the environment or a flag says otherwise; flags
+// win.
+func TestUpConfig(t *testing.T) {
+	t.Setenv("CHAT_PORT", "9010")
+	t.Setenv("GATEWAY_DAPR_GRPC_PORT", "51003")
+	c, err := parseUp([]string{"-root", "../..", "-gateway-port", "9080"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := c.stackConfig("/nonexistent/secrets.json")
+	got := map[string][3]int{}
+	for _, a := range cfg.Apps {
+		if a.Build == "" || a.Command != nil {
+			t.Errorf("%s is not built through the stack: Build %q", a.ID, a.Build)
 		}
+		got[a.ID] = [3]int{a.AppPort, a.HTTPPort, a.GRPCPort}
+	}
+	want := map[string][3]int{
+		stack.Memory.ID:  {8001, 3501, 50002},
+		stack.Chat.ID:    {9010, 3500, 50001},
+		stack.Gateway.ID: {9080, 3502, 51003},
+	}
+	if !maps.Equal(got, want) || cfg.PlacementPort != 50005 || cfg.SchedulerPort != 50006 || cfg.RedisPort != 6390 {
+		t.Fatalf("apps %v, placement %d, scheduler %d, redis %d; want %v, 50005, 50006, 6390", got, cfg.PlacementPort, cfg.SchedulerPort, cfg.RedisPort, want)
+	}
+	t.Setenv("CHAT_PORT", "port")
+	if _, err := parseUp(nil); err == nil || !strings.Contains(err.Error(), "CHAT_PORT") {
+		t.Fatalf("a bad port in the environment: %v", err)
 	}
 }

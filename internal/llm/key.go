@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/daca-go/daca/internal/contract"
 	dapr "github.com/dapr/go-sdk/client"
 )
 
@@ -61,10 +62,10 @@ func (s *SecretKey) Key(ctx context.Context) (string, error) {
 func (s *SecretKey) Refresh(ctx context.Context) (string, error) {
 	store, name := s.Store, s.Name
 	if store == "" {
-		store = "secretstore"
+		store = contract.SecretStore
 	}
 	if name == "" {
-		name = "gemini-api-key"
+		name = contract.SecretLLMKey
 	}
 	delay := 200 * time.Millisecond
 	for attempt := 1; ; attempt++ {

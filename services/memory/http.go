@@ -33,7 +33,9 @@ type Model interface {
 	Mode() string
 }
 
-type deps struct {
+// backends are what the routes use, handed over once the service is
+// connected to its sidecar (nil until then).
+type backends struct {
 	mem   *store.Memory
 	pub   Publisher
 	model Model
@@ -41,8 +43,8 @@ type deps struct {
 
 type srv struct {
 	service.Base
-	log *slog.Logger
-	d   atomic.Pointer[deps]
+	log      *slog.Logger
+	backends atomic.Pointer[backends]
 }
 
 func newServer(log *slog.Logger, appToken string) *srv {
@@ -54,7 +56,7 @@ func (s *srv) ready(mem *store.Memory, pub interface {
 	Publisher
 	service.Sidecar
 }, model Model) {
-	s.d.Store(&deps{mem: mem, pub: pub, model: model})
+	s.backends.Store(&backends{mem: mem, pub: pub, model: model})
 	s.SetReady(pub, model.Mode())
 }
 
@@ -77,7 +79,7 @@ func (s *srv) getMemory(w http.ResponseWriter, r *http.Request) {
 		httpx.Error(w, r, s.log, err)
 		return
 	}
-	p, err := s.d.Load().mem.Profile(r.Context(), uid)
+	p, err := s.backends.Load().mem.Profile(r.Context(), uid)
 	if err != nil {
 		httpx.Error(w, r, s.log, err)
 		return
@@ -105,7 +107,7 @@ func (s *srv) initialize(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	p, err := s.d.Load().mem.Initialize(r.Context(), uid, p)
+	p, err := s.backends.Load().mem.Initialize(r.Context(), uid, p)
 	if err != nil {
 		httpx.Error(w, r, s.log, err)
 		return
@@ -119,7 +121,7 @@ func (s *srv) forgetUser(w http.ResponseWriter, r *http.Request) {
 		httpx.Error(w, r, s.log, err)
 		return
 	}
-	n, err := s.d.Load().mem.ForgetUser(r.Context(), uid)
+	n, err := s.backends.Load().mem.ForgetUser(r.Context(), uid)
 	if err != nil {
 		httpx.Error(w, r, s.log, err)
 		return
@@ -142,7 +144,7 @@ func (s *srv) getConversation(w http.ResponseWriter, r *http.Request) {
 		}
 		last = n
 	}
-	h, err := s.d.Load().mem.History(r.Context(), sid, last)
+	h, err := s.backends.Load().mem.History(r.Context(), sid, last)
 	if err != nil {
 		httpx.Error(w, r, s.log, err)
 		return
@@ -172,7 +174,7 @@ func (s *srv) getConversations(w http.ResponseWriter, r *http.Request) {
 		httpx.Error(w, r, s.log, apperr.New(apperr.Invalid, "last must be a non-negative integer"))
 		return
 	}
-	hs, err := s.d.Load().mem.Histories(r.Context(), in.SessionIDs, in.Last)
+	hs, err := s.backends.Load().mem.Histories(r.Context(), in.SessionIDs, in.Last)
 	if err != nil {
 		httpx.Error(w, r, s.log, err)
 		return
@@ -190,7 +192,7 @@ func (s *srv) deleteConversation(w http.ResponseWriter, r *http.Request) {
 		httpx.Error(w, r, s.log, err)
 		return
 	}
-	found, err := s.d.Load().mem.DeleteConversation(r.Context(), sid)
+	found, err := s.backends.Load().mem.DeleteConversation(r.Context(), sid)
 	if err != nil {
 		httpx.Error(w, r, s.log, err)
 		return
@@ -208,7 +210,7 @@ func (s *srv) sessions(w http.ResponseWriter, r *http.Request) {
 		httpx.Error(w, r, s.log, err)
 		return
 	}
-	list, err := s.d.Load().mem.Sessions(r.Context(), uid)
+	list, err := s.backends.Load().mem.Sessions(r.Context(), uid)
 	if err != nil {
 		httpx.Error(w, r, s.log, err)
 		return
@@ -227,7 +229,7 @@ var eventsHandled = promauto.NewCounterVec(prometheus.CounterOpts{
 func (s *srv) onConversation(w http.ResponseWriter, r *http.Request) {
 	log := logging.From(r.Context(), s.log)
 	answer := func(status, why string, err error) {
-		eventsHandled.WithLabelValues("conversations", status).Inc()
+		eventsHandled.WithLabelValues(contract.TopicConversations, status).Inc()
 		switch status {
 		case contract.DeliveryDrop:
 			log.Warn("conversation event dropped", "reason", why, "err", err)
@@ -236,8 +238,8 @@ func (s *srv) onConversation(w http.ResponseWriter, r *http.Request) {
 		}
 		httpx.JSON(w, http.StatusOK, map[string]string{"status": status})
 	}
-	d := s.d.Load()
-	if d == nil {
+	b := s.backends.Load()
+	if b == nil {
 		answer(contract.DeliveryRetry, "service starting", nil)
 		return
 	}
@@ -268,9 +270,9 @@ func (s *srv) onConversation(w http.ResponseWriter, r *http.Request) {
 		for i, e := range recent {
 			hist[i] = llm.Message{Role: e.Role, Content: e.Content}
 		}
-		return d.model.Complete(ctx, llm.SummaryInstructions(p.Name, p.UserSummary), hist, llm.SummaryRequest)
+		return b.model.Complete(ctx, llm.SummaryInstructions(p.Name, p.UserSummary), hist, llm.SummaryRequest)
 	}
-	res, err := d.mem.Apply(ctx, ce.ID, ev, summarize)
+	res, err := b.mem.Apply(ctx, ce.ID, ev, summarize)
 	if err != nil {
 		switch apperr.CodeOf(err) {
 		case apperr.Unavailable, apperr.Timeout, apperr.RateLimited:
@@ -287,7 +289,7 @@ func (s *srv) onConversation(w http.ResponseWriter, r *http.Request) {
 	}
 	log.Info("conversation event applied", "user_id", ev.UserID, "session_id", ev.SessionID, "entries", res.Entries)
 	up := contract.MemoryUpdated{UserID: ev.UserID, SessionID: ev.SessionID, UserSummary: res.UserSummary}
-	if err := d.pub.PublishEvent(ctx, contract.PubSub, contract.TopicMemoryUpdates, up,
+	if err := b.pub.PublishEvent(ctx, contract.PubSub, contract.TopicMemoryUpdates, up,
 		dapr.PublishEventWithMetadata(map[string]string{contract.CloudEventIDMetadata: contract.MemoryEventID(ce.ID)})); err != nil {
 		// The memory itself is updated; only the live notification is lost.
 		log.Error("publishing MemoryUpdated failed", "err", err)

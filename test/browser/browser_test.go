@@ -21,11 +21,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(stacktest.Run(m, stacktest.Options{Apps: []stack.App{
-		{ID: "agent-memory-service", Build: "./services/memory", HealthPath: "/health", Secrets: []string{"gemini-api-key"}},
-		{ID: "chat-service", Build: "./services/chat", HealthPath: "/health", Secrets: []string{"gemini-api-key"}},
-		{ID: "gateway", Build: "./gateway", HealthPath: "/healthz"},
-	}}))
+	os.Exit(stacktest.Run(m, stacktest.Options{Apps: stack.Apps()}))
 }
 
 func chromium(t *testing.T) context.Context {

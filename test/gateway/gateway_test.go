@@ -21,32 +21,24 @@ import (
 	"github.com/coder/websocket"
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/dev/stack"
 	"github.com/daca-go/daca/internal/dev/stacktest"
 	"github.com/daca-go/daca/internal/dev/testkit"
 )
 
 func TestMain(m *testing.M) {
-	gw := func(name string) stack.App {
-		return stack.App{ID: "gateway", Name: name, Build: "./gateway", HealthPath: "/healthz", Secrets: []string{"gateway-jwt-secret"},
-			Env: []string{"WS_INIT_TIMEOUT=2s", "WS_KEEPALIVE=1s"}}
-	}
+	ws := []string{"WS_INIT_TIMEOUT=2s", "WS_KEEPALIVE=1s"}
 	os.Exit(stacktest.Run(m, stacktest.Options{Apps: []stack.App{
-		{ID: "agent-memory-service", Build: "./services/memory", HealthPath: "/health", Secrets: []string{"gemini-api-key"}},
-		// A slow model, so a turn is seen RUNNING.
-		{ID: "chat-service", Build: "./services/chat", HealthPath: "/health", Secrets: []string{"gemini-api-key"}, Env: []string{"LLM_OFFLINE_DELAY=700ms"}},
-		gw("gateway"),
-		gw("gateway-2"),
-		jwtGateway(),
-	}, Secrets: map[string]string{"gemini-api-key": "", "gateway-jwt-secret": jwtSecret}}))
+		stack.Memory.App(),
+		stack.Chat.App("LLM_OFFLINE_DELAY=700ms"), // a slow model, so a turn is seen RUNNING
+		stack.Gateway.App(ws...),
+		stack.Gateway.Named("gateway-2", ws...),
+		stack.Gateway.Named("gateway-jwt", "AUTH_MODE=jwt", "WS_INIT_TIMEOUT=2s"),
+	}, Secrets: map[string]string{contract.SecretLLMKey: "", contract.SecretJWT: jwtSecret}}))
 }
 
 const jwtSecret = "e2e-signing-secret-0123456789abcdef"
-
-func jwtGateway() stack.App {
-	return stack.App{ID: "gateway", Name: "gateway-jwt", Build: "./gateway", HealthPath: "/healthz", Secrets: []string{"gateway-jwt-secret"},
-		Env: []string{"AUTH_MODE=jwt", "WS_INIT_TIMEOUT=2s"}}
-}
 
 func gqlURL(st *stack.Stack, name string) string { return st.App(name).AppURL() + "/graphql" }
 

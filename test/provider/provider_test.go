@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/dev/stack"
 	"github.com/daca-go/daca/internal/dev/stacktest"
 	"github.com/daca-go/daca/internal/dev/testkit"
@@ -50,11 +51,11 @@ func TestMain(m *testing.M) {
 	llmEnv := []string{"LLM_BASE_URL=http://" + ln.Addr().String() + "/v1", "LLM_MODEL=fake-model", "LLM_TIMEOUT=60s"}
 	code := stacktest.Run(m, stacktest.Options{
 		Apps: []stack.App{
-			{ID: "agent-memory-service", Build: "./services/memory", HealthPath: "/health", Secrets: []string{"gemini-api-key"}, Env: llmEnv},
-			{ID: "chat-service", Build: "./services/chat", HealthPath: "/health", Secrets: []string{"gemini-api-key"}, Env: llmEnv},
+			stack.Memory.App(llmEnv...),
+			stack.Chat.App(llmEnv...),
 			listener.App(),
 		},
-		Secrets: map[string]string{"gemini-api-key": apiKey},
+		Secrets: map[string]string{contract.SecretLLMKey: apiKey},
 		Secure:  true, // APP_API_TOKEN: the apps answer only their sidecars
 	})
 	listener.Close()

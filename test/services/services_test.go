@@ -29,8 +29,8 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	code := stacktest.Run(m, stacktest.Options{Apps: []stack.App{
-		{ID: "agent-memory-service", Build: "./services/memory", HealthPath: "/health", Secrets: []string{"gemini-api-key"}},
-		{ID: "chat-service", Build: "./services/chat", HealthPath: "/health", Secrets: []string{"gemini-api-key"}},
+		stack.Memory.App(),
+		stack.Chat.App(),
 		listener.App(),
 	}})
 	listener.Close()

@@ -87,11 +87,7 @@ func TestMain(m *testing.M) {
 	srv := &http.Server{Handler: rcv, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
 	otel := []string{"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + ln.Addr().String(), "OTEL_BSP_SCHEDULE_DELAY=100"}
-	code := stacktest.Run(m, stacktest.Options{Apps: []stack.App{
-		{ID: "agent-memory-service", Build: "./services/memory", HealthPath: "/health", Secrets: []string{"gemini-api-key"}, Env: otel},
-		{ID: "chat-service", Build: "./services/chat", HealthPath: "/health", Secrets: []string{"gemini-api-key"}, Env: otel},
-		{ID: "gateway", Build: "./gateway", HealthPath: "/healthz", Env: otel},
-	}})
+	code := stacktest.Run(m, stacktest.Options{Apps: stack.Apps(otel...)})
 	srv.Close()
 	os.Exit(code)
 }

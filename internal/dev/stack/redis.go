@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/daca-go/daca/internal/contract"
 )
 
 // ErrNoRedis is returned when redis-server is missing and cannot be installed.
@@ -186,7 +188,7 @@ func redisPing(addr string) error {
 
 // GatewayStreams are the streams (pub/sub topics) on which every gateway
 // start makes consumer groups of its own (gateway-<uuid>).
-var GatewayStreams = []string{"conversations", "memory-updates"}
+var GatewayStreams = contract.Topics
 
 // pruneGatewayGroups removes the consumer groups named gateway-* from the
 // gateway streams. Dapr never removes a group, and each gateway start makes

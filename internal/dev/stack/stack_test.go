@@ -61,16 +61,20 @@ func TestCheckFreeNamesTheTakenPort(t *testing.T) {
 	}
 }
 
-func TestPortPickerNeverRepeats(t *testing.T) {
-	pp := newPortPicker(nil)
-	seen := map[int]bool{}
+func TestFreePortNeverRepeatsNorHandsOutAReservedPort(t *testing.T) {
+	reserved, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	reserve([]namedPort{{"reserved", reserved + 1}})
+	seen := map[int]bool{reserved: true}
 	for range 200 {
-		p, err := pp.pick()
+		p, err := freePort()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if seen[p] {
-			t.Fatalf("port %d handed out twice", p)
+		if seen[p] || p == reserved+1 {
+			t.Fatalf("port %d handed out twice, or reserved", p)
 		}
 		seen[p] = true
 	}

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/dev/stack"
 )
 
@@ -44,7 +45,7 @@ func NewListener(appID string, topics ...string) (*Listener, error) {
 	mux.HandleFunc("GET /dapr/subscribe", func(w http.ResponseWriter, r *http.Request) {
 		var subs []map[string]any
 		for _, t := range topics {
-			subs = append(subs, map[string]any{"pubsubname": "pubsub", "topic": t, "routes": map[string]string{"default": "/events/" + t}})
+			subs = append(subs, map[string]any{"pubsubname": contract.PubSub, "topic": t, "routes": map[string]string{"default": "/events/" + t}})
 		}
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(subs)

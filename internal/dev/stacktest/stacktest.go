@@ -28,6 +28,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/dev/stack"
 )
 
@@ -70,7 +71,7 @@ func Run(m *testing.M, opts Options) int {
 	}
 	secrets := opts.Secrets
 	if secrets == nil {
-		secrets = map[string]string{"gemini-api-key": ""}
+		secrets = map[string]string{contract.SecretLLMKey: ""}
 	}
 	secretsFile := filepath.Join(runDir, "secrets.json")
 	b, _ := json.Marshal(secrets)

@@ -1,0 +1,131 @@
+package backend
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+
+	dapr "github.com/dapr/go-sdk/client"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/daca-go/daca/internal/apperr"
+	"github.com/daca-go/daca/internal/contract"
+)
+
+// appAnswered is the error Dapr's gRPC invocation returns when the app
+// answered with an HTTP error: the status and body in an ErrorInfo.
+func appAnswered(code, body string) error {
+	st, _ := status.New(codes.Unknown, "error invoking app").WithDetails(&errdetails.ErrorInfo{
+		Reason: "DAPR_INVOKE", Metadata: map[string]string{"http.code": code, "http.error_message": body}})
+	return st.Err()
+}
+
+func TestInvokeError(t *testing.T) {
+	tests := []struct {
+		name     string
+		err      error
+		ctxErr   error
+		wantCode apperr.Code
+		wantMsg  string
+	}{
+		{"our deadline", status.Error(codes.DeadlineExceeded, "deadline"), context.DeadlineExceeded, apperr.Timeout, "chat-service did not answer in time"},
+		{"not a gRPC status", errors.New("dial tcp 127.0.0.1:50001: connection refused"), nil, apperr.Unavailable, "chat-service is unavailable"},
+		{"the app's 400 with its detail", appAnswered("400", `{"detail":"Message text cannot be empty"}`), nil, apperr.Invalid, "Message text cannot be empty"},
+		{"the app's 413", appAnswered("413", `{"detail":"Message text is longer than 16384 bytes"}`), nil, apperr.TooLarge, "Message text is longer than 16384 bytes"},
+		{"the app's 404 without a body", appAnswered("404", ``), nil, apperr.NotFound, "not found"},
+		{"the app's 500 hides its detail", appAnswered("500", `{"detail":"stack trace at x.go:12"}`), nil, apperr.Internal, "internal error"},
+		{"the app's 503", appAnswered("503", `{"detail":"the workflow engine is unavailable"}`), nil, apperr.Unavailable, "the workflow engine is unavailable"},
+		{"app unreachable", status.Error(codes.Unavailable, "no healthy upstream"), nil, apperr.Unavailable, "chat-service is unavailable"},
+		{"not found by Dapr", status.Error(codes.NotFound, "app id not found"), nil, apperr.NotFound, "not found"},
+		{"refused by an access policy", status.Error(codes.PermissionDenied, "access control"), nil, apperr.Forbidden, "forbidden"},
+		{"our own token refused", status.Error(codes.Unauthenticated, "bad token"), nil, apperr.Internal, "internal error"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := invokeError(contract.ChatApp, "chat", tt.err, tt.ctxErr)
+			if apperr.CodeOf(err) != tt.wantCode || apperr.MessageOf(err) != tt.wantMsg {
+				t.Fatalf("%s %q; want %s %q", apperr.CodeOf(err), apperr.MessageOf(err), tt.wantCode, tt.wantMsg)
+			}
+			if !errors.Is(err, tt.err) {
+				t.Fatal("the cause is not kept for the log")
+			}
+		})
+	}
+}
+
+// sidecar records the calls and answers each method from a table.
+type sidecar struct {
+	calls   []string
+	md      metadata.MD
+	answers map[string]string
+	errs    map[string]error
+}
+
+func (s *sidecar) InvokeMethodWithContent(ctx context.Context, app, method, verb string, c *dapr.DataContent) ([]byte, error) {
+	s.md, _ = metadata.FromOutgoingContext(ctx)
+	s.calls = append(s.calls, verb+" "+app+"/"+method+" "+string(c.Data))
+	return s.answer(method)
+}
+
+func (s *sidecar) InvokeMethod(_ context.Context, app, method, verb string) ([]byte, error) {
+	s.calls = append(s.calls, verb+" "+app+"/"+method)
+	return s.answer(method)
+}
+
+func (s *sidecar) answer(method string) ([]byte, error) {
+	if err := s.errs[method]; err != nil {
+		return nil, err
+	}
+	return []byte(s.answers[method]), nil
+}
+
+func (s *sidecar) GetMetadata(context.Context) (*dapr.GetMetadataResponse, error) {
+	return &dapr.GetMetadataResponse{}, nil
+}
+
+func TestClient(t *testing.T) {
+	sc := &sidecar{
+		answers: map[string]string{
+			"chat":       `{"user_id":"ana","reply":"hi","status":"COMPLETED","instance_id":"chat-1","metadata":{"session_id":"s1","timestamp":"2026-11-29T03:00:00Z"}}`,
+			"chat/async": `{"instance_id":"chat-2","session_id":"s2"}`,
+			"health":     `{"status":"ok","llm":"offline"}`,
+		},
+		errs: map[string]error{"chat/chat-x": appAnswered("404", `{"detail":"chat turn chat-x not found"}`),
+			"conversations/s9": appAnswered("404", `{"detail":"session s9 not found"}`)},
+	}
+	c := &Client{Sidecar: sc}
+	ctx := t.Context()
+
+	rep, err := c.SendMessage(ctx, ChatInput{UserID: "ana", Text: "hello", SessionID: "s1", IdempotencyKey: "key-1"})
+	if err != nil || rep.Reply != "hi" || rep.SessionID != "s1" || rep.Status != contract.RunCompleted || rep.InstanceID != "chat-1" {
+		t.Fatalf("SendMessage = %+v, %v", rep, err)
+	}
+	if got := sc.md.Get(strings.ToLower(contract.IdempotencyHeader)); len(got) != 1 || got[0] != "key-1" {
+		t.Fatalf("Idempotency-Key metadata %v; want key-1 (Dapr hands it to the app as a header)", sc.md)
+	}
+	if want := `POST chat-service/chat {"user_id":"ana","text":"hello","metadata":{"session_id":"s1"}}`; sc.calls[0] != want {
+		t.Fatalf("call %s; want %s", sc.calls[0], want)
+	}
+	run, err := c.StartChat(ctx, ChatInput{UserID: "ana", Text: "hello"})
+	if err != nil || run.InstanceID != "chat-2" || run.Status != contract.RunPending || run.SessionID != "s2" {
+		t.Fatalf("StartChat = %+v, %v", run, err)
+	}
+	if r, err := c.ChatRun(ctx, "chat-x"); r != nil || err != nil {
+		t.Fatalf("ChatRun of an unknown turn = %v, %v; want nil, nil", r, err)
+	}
+	if ok, err := c.DeleteConversation(ctx, "s9"); ok || err != nil {
+		t.Fatalf("DeleteConversation of an unknown session = %v, %v; want false, nil", ok, err)
+	}
+	h := c.Health(ctx)
+	if h.Sidecar != "ok" || h.Apps[contract.ChatApp] != "ok" || h.LLM != "offline" {
+		t.Fatalf("Health = %+v", h)
+	}
+	if sc.calls[len(sc.calls)-1] != http.MethodGet+" "+contract.MemoryApp+"/health" {
+		t.Fatalf("last call %s", sc.calls[len(sc.calls)-1])
+	}
+}

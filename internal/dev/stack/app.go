@@ -1,0 +1,217 @@
+package stack
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/daca-go/daca/internal/dev/proc"
+)
+
+// App is one Dapr application: a sidecar, and the app process unless the app
+// runs elsewhere (for example inside a test binary).
+type App struct {
+	ID string
+	// Name is the app's unique name in the stack (process and log names,
+	// Stack.App); default ID. Two replicas of one app id need two names.
+	Name    string
+	AppPort int // port the app listens on; 0 with no Command means no app channel
+
+	// Sidecar ports; 0 picks a free port.
+	HTTPPort, GRPCPort, InternalGRPCPort, MetricsPort int
+
+	// Command starts the app; nil when the app runs elsewhere.
+	Command []string
+	// Build, when set and Command is nil, is a Go package (such as
+	// ./services/chat) that Start builds and runs as the app.
+	Build string
+	Dir   string   // working directory of the app; default the repository root
+	Env   []string // extra environment of the app
+
+	// HealthPath is polled on the app port until it answers 2xx; "" skips it.
+	HealthPath string
+	// Secrets are the secret-store keys this app may read; all others are denied.
+	Secrets []string
+	// DaprdArgs are extra daprd flags.
+	DaprdArgs []string
+}
+
+// RunningApp is an app of a started stack, with its resolved ports.
+type RunningApp struct {
+	App
+	Daprd  *proc.Process
+	AppCmd *proc.Process // nil when the app runs elsewhere
+}
+
+// SidecarURL is the sidecar's HTTP API base, e.g. http://127.0.0.1:3500.
+func (a *RunningApp) SidecarURL() string { return "http://127.0.0.1:" + strconv.Itoa(a.HTTPPort) }
+
+// SidecarGRPC is the sidecar's gRPC API address.
+func (a *RunningApp) SidecarGRPC() string { return "127.0.0.1:" + strconv.Itoa(a.GRPCPort) }
+
+// AppURL is the app's own base URL.
+func (a *RunningApp) AppURL() string { return "http://127.0.0.1:" + strconv.Itoa(a.AppPort) }
+
+func (s *Stack) spawn(name, path string, args, env []string, dir string) (*proc.Process, error) {
+	if dir == "" {
+		dir = s.cfg.Root
+	}
+	base := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
+	for _, k := range []string{"GOCOVERDIR", "GORACE"} {
+		if v := os.Getenv(k); v != "" {
+			base = append(base, k+"="+v)
+		}
+	}
+	p, err := proc.Start(proc.Spec{
+		Name:    name,
+		Path:    path,
+		Args:    args,
+		Env:     append(base, env...),
+		Dir:     dir,
+		LogFile: filepath.Join(s.cfg.RunDir, "logs", name+".log"),
+		Out:     s.cfg.Out,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.procs = append(s.procs, p)
+	s.mu.Unlock()
+	go func() {
+		<-p.Done()
+		if !p.Stopping() {
+			select {
+			case s.exits <- p.Exited():
+			default:
+			}
+		}
+	}()
+	return p, nil
+}
+
+// SecretsYAML renders an allow-list for DACA_ALLOWED_SECRETS.
+func SecretsYAML(keys []string) string {
+	q := make([]string, len(keys))
+	for i, k := range keys {
+		q[i] = strconv.Quote(k)
+	}
+	return "[" + strings.Join(q, ", ") + "]"
+}
+
+func (s *Stack) startApp(a *RunningApp, nrDB string) error {
+	c := &s.cfg
+	args := []string{
+		"--app-id", a.ID,
+		"--dapr-http-port", strconv.Itoa(a.HTTPPort),
+		"--dapr-grpc-port", strconv.Itoa(a.GRPCPort),
+		"--dapr-internal-grpc-port", strconv.Itoa(a.InternalGRPCPort),
+		"--dapr-internal-grpc-listen-address", "127.0.0.1",
+		"--dapr-listen-addresses", "127.0.0.1",
+		"--metrics-port", strconv.Itoa(a.MetricsPort),
+		"--metrics-listen-address", "127.0.0.1",
+		"--resources-path", c.Components,
+		"--config", filepath.Join(c.Components, "config.yaml"),
+		"--placement-host-address", fmt.Sprintf("127.0.0.1:%d", c.PlacementPort),
+		"--scheduler-host-address", fmt.Sprintf("127.0.0.1:%d", c.SchedulerPort),
+		"--dapr-graceful-shutdown-seconds", "5",
+		"--log-level", c.LogLevel,
+	}
+	if a.AppPort != 0 {
+		args = append(args, "--app-port", strconv.Itoa(a.AppPort), "--app-protocol", "http")
+	}
+	args = append(args, a.DaprdArgs...)
+	env := []string{
+		"REDIS_HOST=" + s.RedisAddr,
+		"SECRETS_FILE=" + c.SecretsFile,
+		"DACA_ALLOWED_SECRETS=" + SecretsYAML(a.Secrets),
+		"DACA_NAMERESOLUTION_DB=" + nrDB,
+		"DAPR_HOST_IP=127.0.0.1",
+		"DAPR_API_TOKEN=" + s.APIToken,
+	}
+	if s.AppToken != "" {
+		env = append(env, "APP_API_TOKEN="+s.AppToken)
+	}
+	if v := os.Getenv("REDIS_PASSWORD"); v != "" {
+		env = append(env, "REDIS_PASSWORD="+v)
+	}
+	d, err := s.spawn(a.Name+"-dapr", s.Bins.Daprd, args, env, c.RunDir)
+	if err != nil {
+		return err
+	}
+	a.Daprd = d
+	s.mu.Lock()
+	s.apps = append(s.apps, a)
+	s.mu.Unlock()
+	if a.Command != nil {
+		if err := s.startAppProcess(a); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// AppEnv is the environment an app process gets from the stack.
+func (s *Stack) AppEnv(a *RunningApp) []string {
+	env := []string{
+		"APP_ID=" + a.ID,
+		"APP_PORT=" + strconv.Itoa(a.AppPort),
+		"DAPR_HTTP_PORT=" + strconv.Itoa(a.HTTPPort),
+		"DAPR_GRPC_PORT=" + strconv.Itoa(a.GRPCPort),
+		"DAPR_API_TOKEN=" + s.APIToken,
+	}
+	if s.AppToken != "" {
+		env = append(env, "APP_API_TOKEN="+s.AppToken)
+	}
+	return append(env, a.Env...)
+}
+
+func (s *Stack) startAppProcess(a *RunningApp) error {
+	p, err := s.spawn(a.Name, a.Command[0], a.Command[1:], s.AppEnv(a), a.Dir)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	a.AppCmd = p
+	s.mu.Unlock()
+	return nil
+}
+
+func (s *Stack) waitApp(ctx context.Context, a *RunningApp) error {
+	t := s.cfg.ReadyTimeout
+	if a.AppCmd != nil && a.HealthPath != "" {
+		url := a.AppURL() + a.HealthPath
+		if err := waitFor(ctx, t, a.AppCmd, func() error { return httpOK(url) }); err != nil {
+			return fmt.Errorf("%s not ready: %w", a.Name, err)
+		}
+	}
+	url := a.SidecarURL() + "/v1.0/healthz"
+	if err := waitFor(ctx, t, a.Daprd, func() error { return httpOK(url) }); err != nil {
+		return fmt.Errorf("%s sidecar not ready: %w", a.Name, err)
+	}
+	return nil
+}
+
+// KillApp kills an app process without restarting it.
+func (s *Stack) KillApp(id string) error {
+	a := s.App(id)
+	if a == nil || a.AppCmd == nil {
+		return fmt.Errorf("stack: no app process %q", id)
+	}
+	a.AppCmd.Kill()
+	return nil
+}
+
+// StartApp starts the process of an app again after KillApp and waits for it.
+func (s *Stack) StartApp(ctx context.Context, id string) error {
+	a := s.App(id)
+	if a == nil || a.Command == nil {
+		return fmt.Errorf("stack: no app process %q", id)
+	}
+	if err := s.startAppProcess(a); err != nil {
+		return err
+	}
+	return s.waitApp(ctx, a)
+}

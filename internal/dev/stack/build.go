@@ -1,0 +1,32 @@
+package stack
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+)
+
+func (s *Stack) buildApps(ctx context.Context) error {
+	c := &s.cfg
+	for i := range c.Apps {
+		a := &c.Apps[i]
+		if a.Build == "" || a.Command != nil {
+			continue
+		}
+		bin := filepath.Join(c.RunDir, "bin", a.Name)
+		fmt.Fprintf(c.Progress, "stack: building %s (%s)\n", a.Name, a.Build)
+		args := []string{"build", "-o", bin}
+		if os.Getenv("DACA_RACE") != "" { // apps with the race detector (see DEVELOPERS.md)
+			args = append(args, "-race")
+		}
+		cmd := exec.CommandContext(ctx, "go", append(args, a.Build)...)
+		cmd.Dir = c.Root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("building %s: %w\n%s", a.Build, err, out)
+		}
+		a.Command = []string{bin}
+	}
+	return nil
+}

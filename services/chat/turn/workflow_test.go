@@ -1,0 +1,214 @@
+package turn
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dapr/durabletask-go/backend"
+	"github.com/dapr/durabletask-go/backend/sqlite"
+	"github.com/dapr/durabletask-go/workflow"
+	pb "github.com/dapr/dapr/pkg/proto/runtime/v1"
+	dapr "github.com/dapr/go-sdk/client"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/daca-go/daca/internal/apperr"
+	"github.com/daca-go/daca/internal/contract"
+	"github.com/daca-go/daca/internal/dev/testkit"
+	"github.com/daca-go/daca/internal/llm"
+)
+
+// engine runs chat_workflow on durabletask-go's own engine in this process
+// (in-memory SQLite backend, the gRPC executor daprd also serves), with the
+// activities over a, and returns its client.
+func engine(t *testing.T, a *Activities) *workflow.Client {
+	t.Helper()
+	logger := backend.DefaultLogger()
+	be := sqlite.NewSqliteBackend(sqlite.NewSqliteOptions(""), logger)
+	srv := grpc.NewServer()
+	exec, register := backend.NewGrpcExecutor(be, logger)
+	register(srv)
+	hub := backend.NewTaskHubWorker(be,
+		backend.NewWorkflowWorker(backend.WorkflowWorkerOptions{Backend: be, Executor: exec, Logger: logger, AppID: "chat-test"}),
+		backend.NewActivityTaskWorker(be, exec, logger), logger)
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := hub.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := workflow.NewClient(conn)
+	reg := workflow.NewRegistry()
+	if err := a.Register(reg); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StartWorker(ctx, reg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer scancel()
+		exec.Shutdown(sctx)
+		hub.Shutdown(sctx)
+		conn.Close()
+		srv.Stop()
+	})
+	return c
+}
+
+// memory answers fetch_context's two calls, or fails them all.
+type memory struct {
+	down    bool
+	history []contract.Entry
+}
+
+func (m *memory) InvokeMethod(_ context.Context, app, method, verb string) ([]byte, error) {
+	if m.down {
+		return nil, errors.New("connection refused")
+	}
+	if app != contract.MemoryApp || verb != http.MethodGet {
+		return nil, errors.New("unexpected call " + app + " " + verb + " " + method)
+	}
+	switch {
+	case strings.HasPrefix(method, "memories/"):
+		return json.Marshal(contract.Profile{Name: "Ana", PreferredStyle: "formal", UserSummary: "likes Go"})
+	case strings.HasPrefix(method, "conversations/"):
+		return json.Marshal(contract.HistoryReply{History: m.history})
+	}
+	return nil, errors.New("unexpected method " + method)
+}
+
+// published records what save_conversation published.
+type published struct {
+	mu     sync.Mutex
+	events []publishedEvent
+}
+
+type publishedEvent struct {
+	pubsub, topic, id string
+	ev                contract.ConversationUpdated
+}
+
+func (p *published) PublishEvent(_ context.Context, pubsub, topic string, data any, opts ...dapr.PublishEventOption) error {
+	req := &pb.PublishEventRequest{}
+	for _, o := range opts {
+		o(req)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.events = append(p.events, publishedEvent{pubsub, topic, req.Metadata[contract.CloudEventIDMetadata], data.(contract.ConversationUpdated)})
+	return nil
+}
+
+func (p *published) list() []publishedEvent {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]publishedEvent(nil), p.events...)
+}
+
+// model replies "re: <text>" and records the history it was given, or fails.
+type model struct {
+	mu      sync.Mutex
+	err     error
+	calls   int
+	history []llm.Message
+	system  string
+}
+
+func (m *model) Chat(_ context.Context, system string, history []llm.Message, user string) (string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.calls++
+	m.history, m.system = history, system
+	if m.err != nil {
+		return "", m.err
+	}
+	return "re: " + user, nil
+}
+
+func run(t *testing.T, c *workflow.Client, id string, in Input) *workflow.WorkflowMetadata {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if _, err := c.ScheduleWorkflow(ctx, WorkflowName, workflow.WithInstanceID(id), workflow.WithInput(in)); err != nil {
+		t.Fatal(err)
+	}
+	meta, err := c.WaitForWorkflowCompletion(ctx, id, workflow.WithFetchPayloads(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return meta
+}
+
+func TestChatWorkflow(t *testing.T) {
+	ts := time.Date(2026, 11, 29, 3, 0, 0, 0, time.UTC)
+	long := make([]contract.Entry, contract.ContextEntries+5)
+	for i := range long {
+		long[i] = contract.Entry{Role: contract.RoleUser, Content: "m", Timestamp: ts}
+	}
+	tests := []struct {
+		name       string
+		mem        *memory
+		llmErr     error
+		wantStatus string
+		wantError  string
+		wantCalls  int // LLM calls
+		wantEvents int
+		wantHist   int // history entries that reached the prompt
+	}{
+		{"a turn: context, reply, one event", &memory{history: long}, nil, "COMPLETED", "", 1, 1, contract.ContextEntries},
+		{"memory down: the turn goes on without history", &memory{down: true}, nil, "COMPLETED", "", 1, 1, 0},
+		{"the LLM fails every attempt: FAILED, nothing published", &memory{}, apperr.New(apperr.Unavailable, "LLM unavailable"),
+			"FAILED", "chat turn failed while generating response", 3, 0, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pub, m := &published{}, &model{err: tt.llmErr}
+			c := engine(t, &Activities{Invoker: tt.mem, Publisher: pub, Model: m, Log: testkit.Quiet()})
+			in := Input{UserID: "ana", SessionID: "s1", Text: "hello"}
+			meta := run(t, c, "chat-test-1", in)
+			if got := meta.String(); got != tt.wantStatus {
+				t.Fatalf("status %s (%v); want %s", got, meta.FailureDetails, tt.wantStatus)
+			}
+			if m.calls != tt.wantCalls {
+				t.Errorf("LLM calls %d; want %d (generate_response's retry policy)", m.calls, tt.wantCalls)
+			}
+			if tt.wantCalls > 0 && tt.llmErr == nil && len(m.history) != tt.wantHist {
+				t.Errorf("history in the prompt: %d entries; want %d", len(m.history), tt.wantHist)
+			}
+			events := pub.list()
+			if len(events) != tt.wantEvents {
+				t.Fatalf("published %d events; want %d", len(events), tt.wantEvents)
+			}
+			if tt.wantStatus == "FAILED" {
+				if meta.FailureDetails == nil || meta.FailureDetails.ErrorMessage != tt.wantError {
+					t.Fatalf("failure %v; want %q", meta.FailureDetails, tt.wantError)
+				}
+				return
+			}
+			want := contract.NewConversationUpdated("ana", "s1", "hello", "re: hello")
+			if e := events[0]; e.pubsub != contract.PubSub || e.topic != contract.TopicConversations || e.id != "chat-test-1" || e.ev != want {
+				t.Fatalf("published %+v; want %+v on %s/%s with CloudEvent id chat-test-1", e, want, contract.PubSub, contract.TopicConversations)
+			}
+			var out Output
+			if err := json.Unmarshal([]byte(meta.Output.GetValue()), &out); err != nil || out.Reply != "re: hello" || out.SessionID != "s1" {
+				t.Fatalf("output %s (%v)", meta.Output.GetValue(), err)
+			}
+		})
+	}
+}
