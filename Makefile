@@ -11,7 +11,7 @@ TEST_TIMEOUT ?= 20m
 
 help:
 	@echo "make run    run the whole system (Redis, Dapr, apps with sidecars)"
-	@echo "make test   gofmt, go vet, unit tests, end-to-end tests on the real stack"
+	@echo "make test   gofmt, go vet, layout checks, unit tests, end-to-end tests on the real stack"
 	@echo "make unit   unit tests only (go test -short)"
 	@echo "make dapr   build the Dapr $(DAPR_VER) binaries once (about 5 minutes)"
 
@@ -82,4 +82,4 @@ k8s-secrets:
 	@echo "wrote $(K8S_SECRETS)/*.env (put a real key in gemini-api-key.env to use Gemini)"
 
 clean:
-	rm -rf .bin/apps $(DACA)
+	rm -rf .run/bin $(DACA)

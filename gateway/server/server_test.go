@@ -3,18 +3,14 @@ package server
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/99designs/gqlgen/client"
-	"github.com/coder/websocket"
 	"go.uber.org/goleak"
 
 	"github.com/daca-go/daca/gateway/auth"
@@ -29,7 +25,6 @@ import (
 // The HTTP surface's tests: error presentation, HTTP guards, metrics, the
 // pub/sub intake and the websocket protocol, around a resolver over an
 // in-memory backend. What the resolvers answer is tested in graph.
-
 // Everything a subscription holds must be gone at the end; the HTTP
 // client's idle keep-alive connections are not the server's.
 func TestMain(m *testing.M) {
@@ -64,14 +59,6 @@ func newServer(f *backendtest.Fake, cfg Config, queue int, guard *auth.Guard) (*
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	testkit.WaitUntil(t, 10*time.Second, what, cond)
-}
-
-// wsDial opens a websocket to the server and sends connection_init.
-func wsDial(t *testing.T, url, proto string, init map[string]any) *testkit.WSClient {
-	t.Helper()
-	ws := testkit.DialWS(t, url+"/graphql", proto)
-	ws.Send(map[string]any{"type": "connection_init", "payload": init})
-	return ws
 }
 
 func errCode(t *testing.T, h http.Handler, query string, opts ...client.Option) (string, map[string]any, string) {
@@ -144,142 +131,6 @@ func (v staticVerifier) Verify(_ context.Context, raw string) (auth.Identity, er
 		return id, nil
 	}
 	return auth.Identity{}, apperr.New(apperr.Unauthenticated, "bad token")
-}
-
-// publishEvent posts an event to the gateway as its sidecar would.
-func publishEvent(t *testing.T, url, topic, id string, data any) {
-	t.Helper()
-	b, _ := json.Marshal(map[string]any{"id": id, "time": time.Now().UTC(), "topic": topic, "data": data})
-	resp, err := http.Post(url+"/events/"+topic, "application/cloudevents+json", strings.NewReader(string(b)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if !strings.Contains(string(body), "SUCCESS") {
-		t.Fatalf("event answer %s", body)
-	}
-}
-
-func TestSubscriptionFanOutAndCleanup(t *testing.T) {
-	f := backendtest.New()
-	s, h := newServer(f, Config{}, 4, nil)
-	srv := httptest.NewServer(h)
-	defer srv.Close()
-
-	ws := wsDial(t, srv.URL, "graphql-transport-ws", nil)
-	ws.Await(5*time.Second, "connection_ack")
-	ws.Send(map[string]any{"id": "1", "type": "subscribe", "payload": map[string]any{"query": `subscription { conversationUpdated(userId: "ana") { eventId sessionId userMessage } }`}})
-	ws.Send(map[string]any{"id": "2", "type": "subscribe", "payload": map[string]any{"query": `subscription { memoryUpdated(userId: "ana") { userSummary } }`}})
-	ws.Send(map[string]any{"id": "3", "type": "subscribe", "payload": map[string]any{"query": `subscription { conversationUpdated { eventId } }`}})
-	if m := ws.Await(5*time.Second, "error", "next"); m["id"] != "3" || !strings.Contains(fmt.Sprint(m), "give sessionId") {
-		t.Fatalf("unfiltered subscription: %v", m)
-	}
-	waitUntil(t, "s.res.Conversations.Len() == 1 && s.res.Memories.Len() == 1", func() bool { return s.res.Conversations.Len() == 1 && s.res.Memories.Len() == 1 })
-	publishEvent(t, srv.URL, "conversations", "e0", map[string]string{"user_id": "bo", "session_id": "x", "event_type": "ConversationUpdated", "user_message": "not for ana", "assistant_reply": "r"})
-	publishEvent(t, srv.URL, "conversations", "e1", map[string]string{"user_id": "ana", "session_id": "s1", "event_type": "ConversationUpdated", "user_message": "for ana", "assistant_reply": "r"})
-	publishEvent(t, srv.URL, "memory-updates", "m1", map[string]string{"user_id": "ana", "session_id": "s1", "user_summary": "new summary"})
-	// The two subscriptions deliver independently: take both, in any order.
-	byID := map[any]map[string]any{}
-	for range 2 {
-		m := ws.Await(5*time.Second, "next")
-		byID[m["id"]] = m
-	}
-	if m := byID["1"]; !strings.Contains(fmt.Sprint(m), "for ana") || strings.Contains(fmt.Sprint(m), "not for ana") {
-		t.Fatalf("conversation event = %v", m)
-	}
-	if m := byID["2"]; !strings.Contains(fmt.Sprint(m), "new summary") {
-		t.Fatalf("memory event = %v", m)
-	}
-	// A stale event (from before the gateway started) is not pushed.
-	b, _ := json.Marshal(map[string]any{"id": "old", "time": time.Now().Add(-time.Hour), "data": map[string]string{"user_id": "ana", "session_id": "s1", "event_type": "ConversationUpdated", "user_message": "old", "assistant_reply": "r"}})
-	http.Post(srv.URL+"/events/conversations", "application/json", strings.NewReader(string(b)))
-	publishEvent(t, srv.URL, "conversations", "e2", map[string]string{"user_id": "ana", "session_id": "s1", "event_type": "ConversationUpdated", "user_message": "fresh", "assistant_reply": "r"})
-	if m := ws.Await(5*time.Second, "next"); !strings.Contains(fmt.Sprint(m), "fresh") {
-		t.Fatalf("after a stale event got %v", m)
-	}
-	ws.Close()
-	waitUntil(t, "s.res.Conversations.Len() == 0 && s.res.Memories.Len() == 0", func() bool { return s.res.Conversations.Len() == 0 && s.res.Memories.Len() == 0 })
-}
-
-func TestThousandSubscribeCyclesBackToBaseline(t *testing.T) {
-	s, h := newServer(backendtest.New(), Config{}, 0, nil)
-	srv := httptest.NewServer(h)
-	defer srv.Close()
-	ws := wsDial(t, srv.URL, "graphql-transport-ws", nil)
-	ws.Await(5*time.Second, "connection_ack")
-	// Warm up one cycle, then measure.
-	cycle := func(i int) {
-		id := fmt.Sprint(i)
-		ws.Send(map[string]any{"id": id, "type": "subscribe", "payload": map[string]any{"query": `subscription { memoryUpdated(userId: "ana") { userSummary } }`}})
-		ws.Send(map[string]any{"id": id, "type": "complete"})
-	}
-	cycle(0)
-	waitUntil(t, "s.res.Memories.Len() == 0", func() bool { return s.res.Memories.Len() == 0 })
-	before := settledGoroutines()
-	for i := 1; i <= 1000; i++ {
-		cycle(i)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for s.res.Memories.Len() != 0 || runtime.NumGoroutine() > before {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			n := runtime.Stack(buf, true)
-			t.Fatalf("after 1,000 cycles: %d subscribers, %d goroutines (baseline %d)\n%s", s.res.Memories.Len(), runtime.NumGoroutine(), before, buf[:n])
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	ws.Close()
-}
-
-// settledGoroutines returns the goroutine count once it has not changed for
-// 200 ms (goroutines of earlier tests may still be winding down).
-func settledGoroutines() int {
-	n, same := runtime.NumGoroutine(), 0
-	for same < 20 {
-		time.Sleep(10 * time.Millisecond)
-		if m := runtime.NumGoroutine(); m == n {
-			same++
-		} else {
-			n, same = m, 0
-		}
-	}
-	return n
-}
-
-func TestWebsocketAuth(t *testing.T) {
-	g := &auth.Guard{Mode: "jwt", Verifier: staticVerifier{"tok-ana": {Subject: "ana"}}}
-	_, h := newServer(backendtest.New(), Config{}, 0, g)
-	srv := httptest.NewServer(h)
-	defer srv.Close()
-	tests := []struct {
-		name string
-		init map[string]any
-		ok   bool
-	}{
-		{"no token", nil, false},
-		{"bad token", map[string]any{"Authorization": "Bearer forged"}, false},
-		{"good token", map[string]any{"Authorization": "Bearer tok-ana"}, true},
-		{"token field", map[string]any{"token": "tok-ana"}, true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			ws := wsDial(t, srv.URL, "graphql-transport-ws", tt.init)
-			defer ws.Conn().CloseNow()
-			if tt.ok {
-				ws.Await(5*time.Second, "connection_ack")
-				ws.Send(map[string]any{"id": "x", "type": "subscribe", "payload": map[string]any{"query": `subscription { memoryUpdated(userId: "bo") { userSummary } }`}})
-				m := ws.Await(5*time.Second, "error", "next")
-				if !strings.Contains(fmt.Sprint(m), "FORBIDDEN") {
-					t.Fatalf("subscribing to another user: %v", m)
-				}
-				return
-			}
-			if code := ws.Closed(5 * time.Second); code != closeForbidden {
-				t.Fatalf("closed with %d (%v); want 4403", code, ws.Err())
-			}
-		})
-	}
 }
 
 func TestMetrics(t *testing.T) {
@@ -357,176 +208,6 @@ func BenchmarkMemoryQuery(b *testing.B) {
 	}
 }
 
-// closeCode waits for the server to close c and returns the close code (-1
-// for a closure without a close frame). It fails the test if c stays open.
-func closeCode(t *testing.T, c *websocket.Conn) websocket.StatusCode {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for {
-		if _, _, err := c.Read(ctx); err != nil {
-			if ctx.Err() != nil {
-				t.Fatal("the server did not close the connection within 10s")
-			}
-			return websocket.CloseStatus(err)
-		}
-	}
-}
-
-func TestWebsocketProtocolClosures(t *testing.T) {
-	_, h := newServer(backendtest.New(), Config{KeepAlive: 200 * time.Millisecond, InitTimeout: 300 * time.Millisecond}, 0, nil)
-	srv := httptest.NewServer(h)
-	defer srv.Close()
-	t.Run("second connection_init closes with 4429", func(t *testing.T) {
-		ws := wsDial(t, srv.URL, "graphql-transport-ws", nil)
-		defer ws.Conn().CloseNow()
-		ws.Await(5*time.Second, "connection_ack")
-		ws.Send(map[string]any{"type": "connection_init"})
-		if c := ws.Closed(10 * time.Second); c != closeTooManyInitReqs {
-			t.Fatalf("close %d; want 4429", c)
-		}
-	})
-	t.Run("no connection_init closes with 4408", func(t *testing.T) {
-		c, _, err := websocket.Dial(t.Context(), strings.Replace(srv.URL, "http", "ws", 1)+"/graphql", &websocket.DialOptions{Subprotocols: []string{"graphql-transport-ws"}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.CloseNow()
-		if code := closeCode(t, c); code != 4408 {
-			t.Fatalf("close %d; want 4408", code)
-		}
-	})
-	t.Run("a peer that never answers ping is closed", func(t *testing.T) {
-		ws := wsDial(t, srv.URL, "graphql-transport-ws", nil)
-		defer ws.Conn().CloseNow()
-		ws.Await(5*time.Second, "connection_ack")
-		ws.Await(5*time.Second, "ping") // and never pong
-		ws.Closed(10 * time.Second)
-	})
-	t.Run("legacy graphql-ws gets ka", func(t *testing.T) {
-		ws := wsDial(t, srv.URL, "graphql-ws", nil)
-		defer ws.Conn().CloseNow()
-		ws.Await(5*time.Second, "connection_ack")
-		ws.Await(5*time.Second, "ka")
-	})
-}
-
-// TestSlowSubscriberClosedWithReason: a client that stops reading is
-// dropped once its buffer is full; its socket is closed with 1013 and a
-// reason (no silent complete first), while a client that reads gets every
-// event.
-func TestSlowSubscriberClosedWithReason(t *testing.T) {
-	for _, tt := range []struct{ proto, subscribe, next string }{
-		{"graphql-transport-ws", "subscribe", "next"},
-		{"graphql-ws", "start", "data"},
-	} {
-		t.Run(tt.proto, func(t *testing.T) {
-			s, h := newServer(backendtest.New(), Config{}, 4, nil)
-			srv := httptest.NewServer(h)
-			defer srv.Close()
-			sub := func() *testkit.WSClient {
-				ws := wsDial(t, srv.URL, tt.proto, nil)
-				ws.Conn().SetReadLimit(1 << 20) // read by hand below: the slow one never, the fast one raw
-				ws.Send(map[string]any{"id": "1", "type": tt.subscribe, "payload": map[string]any{"query": `subscription { conversationUpdated(userId: "ana") { userMessage } }`}})
-				return ws
-			}
-			slow, fast := sub(), sub()
-			defer slow.Conn().CloseNow()
-			defer fast.Conn().CloseNow()
-			waitUntil(t, "s.res.Conversations.Len() == 2", func() bool { return s.res.Conversations.Len() == 2 })
-			got := make(chan struct{})
-			go func() {
-				for {
-					_, b, err := fast.Conn().Read(context.Background())
-					if err != nil {
-						return
-					}
-					if strings.Contains(string(b), `"`+tt.next+`"`) {
-						got <- struct{}{}
-					}
-				}
-			}()
-			big := strings.Repeat("x", 64<<10) // fills the slow client's TCP buffers quickly
-			sent := 0
-			for _, dropped := s.res.Conversations.Stats(); dropped == 0; _, dropped = s.res.Conversations.Stats() {
-				if sent == 5000 {
-					t.Fatal("the slow subscriber was never dropped")
-				}
-				s.res.Conversations.Publish(&model.ConversationEvent{EventID: fmt.Sprint(sent), UserID: "ana", SessionID: "s", UserMessage: big, AssistantReply: "r"})
-				sent++
-				select { // the reading client keeps up, event by event
-				case <-got:
-				case <-time.After(10 * time.Second):
-					t.Fatalf("the reading client did not get event %d", sent)
-				}
-			}
-			if n := s.res.Conversations.Len(); n != 1 {
-				t.Fatalf("%d subscribers after the drop; want the reading one", n)
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			for {
-				_, b, err := slow.Conn().Read(ctx)
-				if err != nil {
-					var ce websocket.CloseError
-					if !errors.As(err, &ce) || ce.Code != closeTryAgainLater || !strings.Contains(ce.Reason, "too slow: 4 events unread") {
-						t.Fatalf("slow client closed with %v; want 1013 and a reason", err)
-					}
-					break
-				}
-				if strings.Contains(string(b), `"complete"`) || strings.Contains(string(b), `"error"`) {
-					t.Fatalf("slow client got %.80s before the close; want events and keepalives only", b)
-				}
-			}
-			s.res.Conversations.Publish(&model.ConversationEvent{EventID: "after", UserID: "ana", SessionID: "s", UserMessage: "after", AssistantReply: "r"})
-			select {
-			case <-got:
-			case <-time.After(10 * time.Second):
-				t.Fatal("the reading client stopped getting events after the drop")
-			}
-		})
-	}
-}
-
-// TestShutdownClosesWebsockets: at shutdown every websocket, of either
-// protocol, is closed with 1001 and a reason, and CloseWebsockets returns
-// once their handlers are done.
-func TestShutdownClosesWebsockets(t *testing.T) {
-	s, h := newServer(backendtest.New(), Config{}, 0, nil)
-	srv := httptest.NewServer(h)
-	defer srv.Close()
-	var clients []*testkit.WSClient
-	for _, p := range []struct{ proto, subscribe string }{{"graphql-transport-ws", "subscribe"}, {"graphql-ws", "start"}} {
-		ws := wsDial(t, srv.URL, p.proto, nil)
-		defer ws.Conn().CloseNow()
-		ws.Await(5*time.Second, "connection_ack")
-		ws.Send(map[string]any{"id": "1", "type": p.subscribe, "payload": map[string]any{"query": `subscription { memoryUpdated(userId: "ana") { userSummary } }`}})
-		clients = append(clients, ws)
-	}
-	waitUntil(t, "s.res.Memories.Len() == 2", func() bool { return s.res.Memories.Len() == 2 })
-	done := make(chan struct{})
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		s.CloseWebsockets(ctx)
-		close(done)
-	}()
-	for _, ws := range clients {
-		code := ws.Closed(10 * time.Second)
-		var ce websocket.CloseError
-		if code != closeGoingAway || !errors.As(ws.Err(), &ce) || !strings.Contains(ce.Reason, "shutting down") {
-			t.Fatalf("closed with %d (%v); want 1001 and a reason", code, ws.Err())
-		}
-	}
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("CloseWebsockets did not return")
-	}
-	waitUntil(t, "s.res.Memories.Len() == 0", func() bool { return s.res.Memories.Len() == 0 })
-	s.CloseWebsockets(t.Context()) // nothing open: returns at once
-}
-
 func TestBodyErrorNeverQuotesTheBody(t *testing.T) {
 	tests := []struct {
 		body       string
@@ -560,33 +241,4 @@ func TestBodyErrorNeverQuotesTheBody(t *testing.T) {
 			t.Errorf("%.40s: %d %.300s; want %d %q %s", tt.body, w.Code, w.Body, tt.status, tt.want, tt.code)
 		}
 	}
-}
-
-// TestSocketsForgottenWhenClosed: every way a websocket ends removes it from
-// the set that shutdown closes (no leak per connection).
-func TestSocketsForgottenWhenClosed(t *testing.T) {
-	s, h := newServer(backendtest.New(), Config{InitTimeout: 200 * time.Millisecond}, 0, nil)
-	srv := httptest.NewServer(h)
-	defer srv.Close()
-	for i := range 10 {
-		for _, proto := range []string{"graphql-transport-ws", "graphql-ws"} {
-			ws := wsDial(t, srv.URL, proto, nil)
-			ws.Await(5*time.Second, "connection_ack")
-			switch i % 3 {
-			case 0:
-				ws.Close()
-			case 1:
-				ws.Conn().CloseNow()
-			case 2:
-				ws.Send(map[string]any{"type": "nonsense"})
-				ws.Closed(10 * time.Second)
-			}
-		}
-		c, _, err := websocket.Dial(t.Context(), strings.Replace(srv.URL, "http", "ws", 1)+"/graphql", &websocket.DialOptions{Subprotocols: []string{"graphql-transport-ws"}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		closeCode(t, c) // no connection_init: closed by the server
-	}
-	waitUntil(t, "s.sockets.len() == 0", func() bool { return s.sockets.len() == 0 })
 }
