@@ -7,13 +7,15 @@ DAPR_DIR  := .bin/dapr-$(DAPR_VER)
 DACA      := .bin/daca
 TEST_TIMEOUT ?= 20m
 
-.PHONY: run test unit vet check-generate dapr daca bench images k8s-secrets clean help
+.PHONY: run test unit vet check-generate dapr daca bench stress images k8s-secrets clean help
 
 help:
 	@echo "make run    run the whole system (Redis, Dapr, apps with sidecars)"
 	@echo "make test   gofmt, go vet, layout checks, unit tests, end-to-end tests on the real stack"
 	@echo "make unit   unit tests only (go test -short)"
 	@echo "make dapr   build the Dapr $(DAPR_VER) binaries once (about 5 minutes)"
+	@echo "make bench  measure chat turns, reads through the gateway and fan-out; prints a table"
+	@echo "make stress several rounds of 300 concurrent chat turns; every one must complete"
 
 ## run: the whole system on this machine; Ctrl-C stops everything.
 run: daca
@@ -30,6 +32,12 @@ test: dapr vet check-generate
 	DACA_RACE=$(RACE) GORACE=halt_on_error=1 $(GO) test $(RACE) -p 1 -count=1 -timeout $(TEST_TIMEOUT) ./...
 	cd deploy && $(GO) vet ./... && $(GO) test -count=1 ./...
 	cd tools/dapr && $(GO) vet ./acl/ && $(GO) test -count=1 ./acl/
+
+## stress: the workflow engine under load — STRESS_RUNS rounds of DACA_STRESS_TURNS (300)
+## concurrent chat turns on one real stack; every turn must complete.
+STRESS_RUNS ?= 5
+stress: dapr
+	DACA_TEST_VERBOSE= $(GO) test -count=$(STRESS_RUNS) -timeout 30m -run 'TestManyConcurrentTurns$$' -v ./test/services/ | grep -E 'concurrent turns|^(---|ok|FAIL|PASS)'
 
 ## check-generate: go generate ./... must leave the tree unchanged.
 check-generate:

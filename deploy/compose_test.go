@@ -88,7 +88,7 @@ func TestComposeAppsHaveMatchingSidecars(t *testing.T) {
 			if sc.NetworkMode != "service:"+id {
 				t.Fatalf("sidecar network_mode %q; want service:%s", sc.NetworkMode, id)
 			}
-			if !strings.HasPrefix(sc.Image, "daprio/daprd:1.16.5") {
+			if !strings.HasPrefix(sc.Image, "daprio/daprd:1.18.2") {
 				t.Fatalf("sidecar image %q", sc.Image)
 			}
 			if got := flag(sc.Command, "--app-id"); got != id {

@@ -2,7 +2,9 @@ package stacktest
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"testing"
@@ -20,9 +22,20 @@ type Response struct {
 var client = &http.Client{Timeout: 90 * time.Second}
 
 // Do sends a request; body may be nil, a string, []byte or a value to encode
-// as JSON. Headers come in pairs.
+// as JSON. Headers come in pairs. A transport error fails the test: call
+// it from the test's goroutine only (Call from others).
 func Do(t testing.TB, method, url string, body any, headers ...string) Response {
 	t.Helper()
+	r, err := Call(t.Context(), method, url, body, headers...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// Call is Do without a test: it returns the error, so any goroutine may
+// call it.
+func Call(ctx context.Context, method, url string, body any, headers ...string) (Response, error) {
 	var r io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -33,13 +46,13 @@ func Do(t testing.TB, method, url string, body any, headers ...string) Response 
 	default:
 		enc, err := json.Marshal(b)
 		if err != nil {
-			t.Fatal(err)
+			return Response{}, err
 		}
 		r = bytes.NewReader(enc)
 	}
-	req, err := http.NewRequestWithContext(t.Context(), method, url, r)
+	req, err := http.NewRequestWithContext(ctx, method, url, r)
 	if err != nil {
-		t.Fatal(err)
+		return Response{}, err
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -49,11 +62,11 @@ func Do(t testing.TB, method, url string, body any, headers ...string) Response 
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
+		return Response{}, fmt.Errorf("%s %s: %w", method, url, err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	out := Response{Status: resp.StatusCode, Header: resp.Header, Body: b}
 	_ = json.Unmarshal(b, &out.JSON)
-	return out
+	return out, nil
 }

@@ -1,6 +1,6 @@
 // Package acl checks the service-invocation access control policies of
 // deploy/k8s (deploy/k8s/base/dapr/configuration.yaml) with Dapr's own
-// policy code, the one daprd 1.16.5 runs for every call it receives. Each
+// policy code, the one daprd 1.18.2 runs for every call it receives. Each
 // caller proves its identity as it would between two sidecars: an mTLS
 // handshake with an X.509 SVID (spiffe://public/ns/<namespace>/<app-id>)
 // issued by a test CA, read back from the connection by Dapr's code.
