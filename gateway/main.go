@@ -26,6 +26,9 @@ type config struct {
 	ratePerMinute   int
 	rateBurst       int
 	rateStore       string
+	invocation      string // BACKEND_INVOCATION: http (the sidecar's HTTP API) or grpc (go-sdk)
+	daprHTTPPort    int
+	daprToken       string
 	callTimeout     time.Duration
 	chatTimeout     time.Duration
 	subscriberQueue int
@@ -45,6 +48,9 @@ func loadConfig() (config, error) {
 		ratePerMinute: r.Int("RATE_LIMIT_PER_MINUTE", 30, 0, 100000),
 		rateBurst:     r.Int("RATE_LIMIT_BURST", 10, 1, 100000),
 		rateStore:     r.String("RATE_LIMIT_STORE", contract.GatewayStateStore),
+		invocation:    r.String("BACKEND_INVOCATION", "http"),
+		daprHTTPPort:  r.Int("DAPR_HTTP_PORT", 3500, 1, 65535),
+		daprToken:     r.String("DAPR_API_TOKEN", ""),
 		callTimeout:   r.Duration("BACKEND_TIMEOUT", 10*time.Second),
 		// The same CHAT_TIMEOUT as chat-service, which answers 504 when it is
 		// over; the gateway waits a little longer so it sees that answer.
@@ -70,6 +76,9 @@ func loadConfig() (config, error) {
 	err := r.Err()
 	if c.authMode != "none" && c.authMode != "jwt" {
 		err = errors.Join(err, fmt.Errorf("AUTH_MODE=%q: want none or jwt", c.authMode))
+	}
+	if c.invocation != "http" && c.invocation != "grpc" {
+		err = errors.Join(err, fmt.Errorf("BACKEND_INVOCATION=%q: want http or grpc", c.invocation))
 	}
 	c.http.AppToken = c.AppToken
 	return c, err

@@ -52,7 +52,11 @@ func run(ctx context.Context, cfg config) error {
 	}
 	defer sidecar.Close()
 
-	b := &backend.Client{Sidecar: sidecar, Timeout: cfg.callTimeout, ChatTimeout: cfg.chatTimeout}
+	var invocation backend.Invocation = backend.NewHTTP(cfg.daprHTTPPort, cfg.daprToken)
+	if cfg.invocation == "grpc" {
+		invocation = backend.GRPC{Client: sidecar}
+	}
+	b := &backend.Client{Sidecar: invocation, Timeout: cfg.callTimeout, ChatTimeout: cfg.chatTimeout}
 	guard, err := newGuard(initCtx, cfg, sidecar, log)
 	if err != nil {
 		return err
@@ -77,7 +81,7 @@ func run(ctx context.Context, cfg config) error {
 			_ = http.ListenAndServe(cfg.pprofAddr, http.DefaultServeMux)
 		}()
 	}
-	log.Info("ready", "auth_mode", cfg.authMode, "graphql", fmt.Sprintf("http://%s/graphql", ln.Addr()))
+	log.Info("ready", "auth_mode", cfg.authMode, "backend_invocation", cfg.invocation, "graphql", fmt.Sprintf("http://%s/graphql", ln.Addr()))
 	return service.Serve(ctx, ln, srv.Handler(), 10*time.Second, log, srv.CloseWebsockets)
 }
 

@@ -66,6 +66,7 @@ func bench(ctx context.Context, args []string) error {
 			stack.Memory.App("LOG_LEVEL=warn"),
 			stack.Chat.App("LOG_LEVEL=warn"),
 			stack.Gateway.App("LOG_LEVEL=warn", "RATE_LIMIT_PER_MINUTE=0", "SUBSCRIBER_QUEUE=16", "PPROF_ADDR="+os.Getenv("DACA_BENCH_PPROF")),
+			stack.Gateway.Named("gateway-grpc", "LOG_LEVEL=warn", "RATE_LIMIT_PER_MINUTE=0", "BACKEND_INVOCATION=grpc"),
 		},
 	})
 	if err != nil {
@@ -148,7 +149,10 @@ func bench(ctx context.Context, args []string) error {
 	if err := waitEventsApplied(ctx, st.App(contract.MemoryApp).AppURL()+"/metrics", int(seq.Load())); err != nil {
 		return err
 	}
-	return benchGateway(ctx, st, call, *reads, *subs, levels)
+	if err := benchGateway(ctx, st, call, *reads, *subs, levels); err != nil {
+		return err
+	}
+	return benchInvocation(ctx, st, call, *reads, levels)
 }
 
 // waitEventsApplied waits until the memory service has answered Dapr for

@@ -67,7 +67,7 @@ func benchGateway(ctx context.Context, st *stack.Stack, call func(method, url st
 		if conc == 1 {
 			n = max(reads/4, 50)
 		}
-		m := interleaved(paths, n, conc, gw.AppCmd.Pid())
+		m := interleaved(paths, n, conc, gw.AppCmd.Pid(), gw.Daprd.Pid())
 		g, d, k, h := m[0], m[1], m[2], m[3]
 		if g.errs+d.errs+k.errs+h.errs > 0 {
 			return fmt.Errorf("bench: %d gateway, %d sidecar, %d go-sdk and %d bare-hop errors", g.errs, d.errs, k.errs, h.errs)
@@ -100,7 +100,11 @@ type measured struct {
 	errs    int
 	elapsed time.Duration
 	cpu     time.Duration // CPU time the watched process spent during the rounds
+	cpu2    time.Duration // and the second watched process (its sidecar)
 }
+
+// cpuPerReq is d per request measured.
+func (m measured) cpuPerReq(d time.Duration) time.Duration { return d / time.Duration(max(len(m.lat), 1)) }
 
 func (m measured) rate() float64 { return float64(len(m.lat)) / m.elapsed.Seconds() }
 
@@ -111,8 +115,9 @@ const benchRounds = 16
 // that take the paths in turn, each round in a rotated order, so that every
 // path sees the same machine: on a shared machine the speed drifts by more
 // than the difference being measured, and measuring one path after the
-// other would compare the drift. cpu is measured for process pid.
-func interleaved(paths []func() error, n, conc, pid int) []measured {
+// other would compare the drift. cpu is measured for process pid, cpu2 for
+// pid2.
+func interleaved(paths []func() error, n, conc, pid, pid2 int) []measured {
 	m := make([]measured, len(paths))
 	for i := range benchRounds {
 		k := n / benchRounds
@@ -121,9 +126,10 @@ func interleaved(paths []func() error, n, conc, pid int) []measured {
 		}
 		for j := range paths {
 			p := (i + j) % len(paths)
-			cpu0 := cpuTime(pid)
+			cpu0, cpu20 := cpuTime(pid), cpuTime(pid2)
 			lat, errs, el := load(paths[p], k, conc)
 			m[p].cpu += cpuTime(pid) - cpu0
+			m[p].cpu2 += cpuTime(pid2) - cpu20
 			m[p].lat = append(m[p].lat, lat...)
 			m[p].errs += errs
 			m[p].elapsed += el
@@ -252,5 +258,58 @@ func benchFanOut(ctx context.Context, st *stack.Stack, call func(method, url str
 	fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%.1f KiB\t%s\t\n", conns*perConn, len(lat), ms(pct(lat, 50)), ms(pct(lat, 99)), ms(pct(lat, 100)), perSub/1024, verdict)
 	tw.Flush()
 	fmt.Println("targets: all delivered within 250 ms at p99; at most 32 KiB of gateway memory per idle subscription")
+	return nil
+}
+
+// benchInvocation compares the gateway's two ways to its sidecar
+// (BACKEND_INVOCATION): the sidecar's HTTP API and the go-sdk over its gRPC
+// API (Dapr's gRPC-to-HTTP path), as memory(userId) through two gateways of
+// the same stack, in alternating rounds, with the CPU per request of each
+// gateway and of its sidecar.
+func benchInvocation(ctx context.Context, st *stack.Stack, call func(method, url string, body []byte) error, reads int, levels []int) error {
+	query, _ := json.Marshal(map[string]string{"query": `{ memory(userId: "bench-user") { name preferredStyle userSummary } }`})
+	names := []string{"gateway", "gateway-grpc"}
+	var paths []func() error
+	for _, name := range names {
+		url := st.App(name).AppURL() + "/graphql"
+		paths = append(paths, func() error { return call(http.MethodPost, url, query) })
+	}
+	for _, p := range paths {
+		load(p, 500, 16)
+	}
+	fmt.Println()
+	fmt.Println("bench: service invocation paths, memory(userId) through a gateway on each (alternating rounds)")
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "clients	path	req/s	p50	p99	gateway CPU/req	sidecar CPU/req	both	")
+	for _, conc := range levels {
+		n := reads
+		if conc == 1 {
+			n = max(reads/4, 50)
+		}
+		// Each path's CPU: its own gateway and that gateway's sidecar.
+		ms2 := make([]measured, len(paths))
+		for i, name := range names {
+			a := st.App(name)
+			m := interleaved([]func() error{paths[i], paths[1-i]}, n, conc, a.AppCmd.Pid(), a.Daprd.Pid())
+			ms2[i] = m[0]
+		}
+		for i, m := range ms2 {
+			if m.errs > 0 {
+				return fmt.Errorf("bench: %d errors through %s", m.errs, names[i])
+			}
+			path := "http (sidecar HTTP API)"
+			if i == 1 {
+				path = "grpc (go-sdk, gRPC→HTTP)"
+			}
+			g, s := m.cpuPerReq(m.cpu), m.cpuPerReq(m.cpu2)
+			fmt.Fprintf(tw, "%d\t%s\t%.0f\t%s\t%s\t%d µs\t%d µs\t%d µs\t\n", conc, path, m.rate(), ms(pct(m.lat, 50)), ms(pct(m.lat, 99)),
+				g.Microseconds(), s.Microseconds(), (g + s).Microseconds())
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	tw.Flush()
+	fmt.Println("CPU/req: CPU time of that gateway process, and of its sidecar, per request through it (/proc, 10 ms ticks)")
 	return nil
 }

@@ -1,27 +1,22 @@
 // Package backend is how the gateway reaches chat-service and
-// agent-memory-service: Dapr service invocation through its own sidecar with
-// the go-sdk, a timeout per call, and backend errors turned into apperr codes
-// (HTTP status and detail carried by Dapr's gRPC error details).
+// agent-memory-service: Dapr service invocation through its own sidecar, a
+// timeout per call, and the apps' errors turned into apperr codes with
+// their own detail. Two paths reach the sidecar (Invocation): its HTTP API
+// (HTTP, the default) and its gRPC API with the go-sdk (GRPC, Dapr's
+// deprecated gRPC-to-HTTP path); see README, "Service invocation".
 package backend
 
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
-	dapr "github.com/dapr/go-sdk/client"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
-
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/contract"
+	"github.com/google/uuid"
 )
 
 // Backend is what the resolvers call.
@@ -70,91 +65,59 @@ type Health struct {
 	LLM     string            // as chat-service reports it
 }
 
-// Invoker is the part of the Dapr client the backend uses.
-type Invoker interface {
-	InvokeMethodWithContent(ctx context.Context, appID, methodName, verb string, content *dapr.DataContent) ([]byte, error)
-	InvokeMethod(ctx context.Context, appID, methodName, verb string) ([]byte, error)
-	GetMetadata(ctx context.Context) (*dapr.GetMetadataResponse, error)
-}
-
 // Client is the Backend over Dapr service invocation through the gateway's
-// sidecar. Sidecar must come from daprc.Connect, whose interceptors add the
-// API token and the trace context without dropping other metadata (such as
-// Idempotency-Key).
+// sidecar.
 type Client struct {
-	Sidecar     Invoker
+	Sidecar     Invocation
 	Timeout     time.Duration // per call (default 10s)
 	ChatTimeout time.Duration // sendMessage (default 75s)
 }
 
 func (c *Client) call(ctx context.Context, timeout time.Duration, app, method, verb string, in, out any) error {
+	return c.callWithKey(ctx, timeout, app, method, verb, "", in, out)
+}
+
+// callWithKey invokes method of app; key, when set, travels as the
+// Idempotency-Key header.
+func (c *Client) callWithKey(ctx context.Context, timeout time.Duration, app, method, verb, key string, in, out any) error {
 	if timeout == 0 {
 		timeout = 10 * time.Second
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var body []byte
-	var err error
 	if in != nil {
-		b, merr := json.Marshal(in)
-		if merr != nil {
-			return apperr.Wrap(apperr.Internal, merr, "encoding failed")
+		b, err := json.Marshal(in)
+		if err != nil {
+			return apperr.Wrap(apperr.Internal, err, "encoding failed")
 		}
-		body, err = c.Sidecar.InvokeMethodWithContent(ctx, app, method, verb, &dapr.DataContent{Data: b, ContentType: "application/json"})
-	} else {
-		body, err = c.Sidecar.InvokeMethod(ctx, app, method, verb)
+		body = b
 	}
+	answer, err := c.Sidecar.Invoke(ctx, Request{App: app, Method: method, Verb: verb, Body: body, IdempotencyKey: key})
 	if err != nil {
-		return invokeError(app, method, err, ctx.Err())
+		return err
 	}
 	if out != nil {
-		if err := json.Unmarshal(body, out); err != nil {
+		if err := json.Unmarshal(answer, out); err != nil {
 			return apperr.Wrap(apperr.Internal, fmt.Errorf("%s %s: decode: %w", app, method, err), "a backend answered something unreadable")
 		}
 	}
 	return nil
 }
 
-// invokeError maps a service invocation error to an apperr: the app's HTTP
-// status (and its {"detail"}, when Dapr passed it whole) when the app
-// answered, UNAVAILABLE when the app or the sidecar could not be reached.
-func invokeError(app, method string, err, ctxErr error) error {
-	cause := fmt.Errorf("invoke %s/%s: %w", app, method, err)
-	if errors.Is(ctxErr, context.DeadlineExceeded) {
-		return apperr.Wrap(apperr.Timeout, cause, "%s did not answer in time", app)
+// appError is the error of an app's answer with an HTTP error status: its
+// code, and the app's own {"detail"} unless the code is Internal (whose
+// details stay in the app's log).
+func appError(app string, status int, body []byte, cause error) error {
+	c := apperr.FromHTTPStatus(status)
+	msg := defaultMessage(c, app)
+	var b struct {
+		Detail string `json:"detail"`
 	}
-	st, ok := status.FromError(err)
-	if !ok {
-		return apperr.Wrap(apperr.Unavailable, cause, "%s is unavailable", app)
+	if json.Unmarshal(body, &b) == nil && b.Detail != "" && c != apperr.Internal {
+		msg = b.Detail
 	}
-	for _, d := range st.Details() {
-		info, ok := d.(*errdetails.ErrorInfo)
-		if !ok || info.GetMetadata()["http.code"] == "" {
-			continue
-		}
-		code, _ := strconv.Atoi(info.GetMetadata()["http.code"])
-		c := apperr.FromHTTPStatus(code)
-		msg := defaultMessage(c, app)
-		var body struct {
-			Detail string `json:"detail"`
-		}
-		if json.Unmarshal([]byte(info.GetMetadata()["http.error_message"]), &body) == nil && body.Detail != "" && c != apperr.Internal {
-			msg = body.Detail
-		}
-		return &apperr.Error{Code: c, Message: msg, Err: cause}
-	}
-	switch st.Code() {
-	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted, codes.ResourceExhausted:
-		return apperr.Wrap(apperr.Unavailable, cause, "%s is unavailable", app)
-	case codes.NotFound:
-		return apperr.Wrap(apperr.NotFound, cause, "not found")
-	case codes.PermissionDenied:
-		return apperr.Wrap(apperr.Forbidden, cause, "forbidden")
-	case codes.Unauthenticated:
-		return apperr.Wrap(apperr.Internal, cause, "internal error") // our own sidecar refused our token
-	default:
-		return apperr.Wrap(apperr.Unavailable, cause, "%s is unavailable", app)
-	}
+	return &apperr.Error{Code: c, Message: msg, Err: cause}
 }
 
 func defaultMessage(c apperr.Code, app string) string {
@@ -235,13 +198,15 @@ func body(in ChatInput) contract.ChatRequest {
 	return b
 }
 
-// withIdempotency forwards the key as the Idempotency-Key header: Dapr
-// passes gRPC metadata to the app as HTTP headers.
-func withIdempotency(ctx context.Context, key string) context.Context {
-	if key == "" {
-		return ctx
+// turnKey is the Idempotency-Key a turn is sent with: the client's, or a
+// new one, so that a request Dapr repeats after a transport failure (the
+// chat-service retry policy) joins the turn the first one started instead
+// of starting another.
+func turnKey(in ChatInput) string {
+	if in.IdempotencyKey != "" {
+		return in.IdempotencyKey
 	}
-	return metadata.AppendToOutgoingContext(ctx, strings.ToLower(contract.IdempotencyHeader), key)
+	return "gateway-" + uuid.NewString()
 }
 
 func (c *Client) SendMessage(ctx context.Context, in ChatInput) (Reply, error) {
@@ -250,7 +215,7 @@ func (c *Client) SendMessage(ctx context.Context, in ChatInput) (Reply, error) {
 	if t == 0 {
 		t = 75 * time.Second
 	}
-	if err := c.call(withIdempotency(ctx, in.IdempotencyKey), t, contract.ChatApp, "chat", http.MethodPost, body(in), &out); err != nil {
+	if err := c.callWithKey(ctx, t, contract.ChatApp, "chat", http.MethodPost, turnKey(in), body(in), &out); err != nil {
 		return Reply{}, err
 	}
 	return Reply{UserID: out.UserID, SessionID: out.Metadata.SessionID, Reply: out.Reply, InstanceID: out.InstanceID,
@@ -259,7 +224,7 @@ func (c *Client) SendMessage(ctx context.Context, in ChatInput) (Reply, error) {
 
 func (c *Client) StartChat(ctx context.Context, in ChatInput) (Run, error) {
 	var out contract.ChatStarted
-	if err := c.call(withIdempotency(ctx, in.IdempotencyKey), c.Timeout, contract.ChatApp, "chat/async", http.MethodPost, body(in), &out); err != nil {
+	if err := c.callWithKey(ctx, c.Timeout, contract.ChatApp, "chat/async", http.MethodPost, turnKey(in), body(in), &out); err != nil {
 		return Run{}, err
 	}
 	return Run{InstanceID: out.InstanceID, Status: contract.RunPending, UserID: in.UserID, SessionID: out.SessionID}, nil
@@ -281,7 +246,7 @@ func (c *Client) Health(ctx context.Context) Health {
 	h := Health{Sidecar: "ok", Apps: map[string]string{}, LLM: "unknown"}
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	if _, err := c.Sidecar.GetMetadata(cctx); err != nil {
+	if err := c.Sidecar.Ping(cctx); err != nil {
 		h.Sidecar = "unavailable"
 	}
 	for _, app := range []string{contract.ChatApp, contract.MemoryApp} {

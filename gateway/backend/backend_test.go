@@ -3,8 +3,12 @@ package backend
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	dapr "github.com/dapr/go-sdk/client"
@@ -88,7 +92,7 @@ func (s *sidecar) GetMetadata(context.Context) (*dapr.GetMetadataResponse, error
 	return &dapr.GetMetadataResponse{}, nil
 }
 
-func TestClient(t *testing.T) {
+func TestClientOverGRPC(t *testing.T) {
 	sc := &sidecar{
 		answers: map[string]string{
 			"chat":       `{"user_id":"ana","reply":"hi","status":"COMPLETED","instance_id":"chat-1","metadata":{"session_id":"s1","timestamp":"2026-11-29T03:00:00Z"}}`,
@@ -98,7 +102,7 @@ func TestClient(t *testing.T) {
 		errs: map[string]error{"chat/chat-x": appAnswered("404", `{"detail":"chat turn chat-x not found"}`),
 			"conversations/s9": appAnswered("404", `{"detail":"session s9 not found"}`)},
 	}
-	c := &Client{Sidecar: sc}
+	c := &Client{Sidecar: GRPC{Client: sc}}
 	ctx := t.Context()
 
 	rep, err := c.SendMessage(ctx, ChatInput{UserID: "ana", Text: "hello", SessionID: "s1", IdempotencyKey: "key-1"})
@@ -127,5 +131,111 @@ func TestClient(t *testing.T) {
 	}
 	if sc.calls[len(sc.calls)-1] != http.MethodGet+" "+contract.MemoryApp+"/health" {
 		t.Fatalf("last call %s", sc.calls[len(sc.calls)-1])
+	}
+}
+
+// fakeSidecar is the sidecar's HTTP invocation API: it records each call and
+// answers as the app (or as Dapr) would.
+type fakeSidecar struct {
+	mu     sync.Mutex
+	calls  []*http.Request
+	bodies []string
+}
+
+func (f *fakeSidecar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	b, _ := io.ReadAll(r.Body)
+	f.mu.Lock()
+	f.calls = append(f.calls, r)
+	f.bodies = append(f.bodies, string(b))
+	f.mu.Unlock()
+	if r.Header.Get("dapr-api-token") != "tok" && r.URL.Path != "/v1.0/healthz" { // Dapr exempts its health endpoint
+		w.WriteHeader(http.StatusUnauthorized)
+		io.WriteString(w, `{"errorCode":"ERR_UNAUTHORIZED","message":"invalid api token"}`)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	switch r.URL.Path {
+	case "/v1.0/healthz":
+		w.WriteHeader(http.StatusNoContent)
+	case "/v1.0/invoke/chat-service/method/chat":
+		io.WriteString(w, `{"user_id":"ana","reply":"hi","status":"COMPLETED","instance_id":"chat-1","metadata":{"session_id":"s1","timestamp":"2026-11-29T03:00:00Z"}}`)
+	case "/v1.0/invoke/chat-service/method/chat/async":
+		w.WriteHeader(http.StatusBadRequest) // the app's detail, longer than the 64 characters of the gRPC path
+		io.WriteString(w, `{"detail":"Idempotency-Key must be 1 to 255 printable characters, and this one is not","code":"INVALID"}`)
+	case "/v1.0/invoke/chat-service/method/chat/chat-x":
+		w.WriteHeader(http.StatusNotFound)
+		io.WriteString(w, `{"detail":"chat turn chat-x not found","code":"NOT_FOUND"}`)
+	case "/v1.0/invoke/chat-service/method/chat/chat-500":
+		w.WriteHeader(http.StatusInternalServerError)
+		io.WriteString(w, `{"detail":"panic at x.go:12","code":"INTERNAL"}`)
+	case "/v1.0/invoke/nobody/method/health":
+		w.WriteHeader(http.StatusInternalServerError)
+		io.WriteString(w, `{"errorCode":"ERR_DIRECT_INVOKE","message":"failed to invoke, id: nobody, err: couldn't find service: nobody"}`)
+	case "/v1.0/invoke/agent-memory-service/method/health":
+		w.WriteHeader(http.StatusForbidden)
+		io.WriteString(w, `{"errorCode":"ERR_DIRECT_INVOKE","message":"access control policy has denied access to id: spiffe://public/ns/daca/gateway operation: health verb: GET"}`)
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+func TestClientOverHTTP(t *testing.T) {
+	f := &fakeSidecar{}
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	port, _ := strconv.Atoi(srv.URL[strings.LastIndex(srv.URL, ":")+1:])
+	h := NewHTTP(port, "tok")
+	c := &Client{Sidecar: h}
+	ctx := t.Context()
+
+	rep, err := c.SendMessage(ctx, ChatInput{UserID: "ana", Text: "hello", SessionID: "s1", IdempotencyKey: "key-1"})
+	if err != nil || rep.Reply != "hi" || rep.InstanceID != "chat-1" {
+		t.Fatalf("SendMessage = %+v, %v", rep, err)
+	}
+	r := f.calls[0]
+	if r.Method != http.MethodPost || r.Header.Get(contract.IdempotencyHeader) != "key-1" || r.Header.Get("Content-Type") != "application/json" ||
+		f.bodies[0] != `{"user_id":"ana","text":"hello","metadata":{"session_id":"s1"}}` {
+		t.Fatalf("request %s %s %v %s", r.Method, r.URL, r.Header, f.bodies[0])
+	}
+	if err := h.Ping(ctx); err != nil {
+		t.Fatalf("Ping: %v", err)
+	}
+	tests := []struct {
+		name     string
+		call     func() error
+		wantCode apperr.Code
+		wantMsg  string
+	}{
+		{"the app's detail whole", func() error { _, err := c.StartChat(ctx, ChatInput{UserID: "ana", Text: "x"}); return err },
+			apperr.Invalid, "Idempotency-Key must be 1 to 255 printable characters, and this one is not"},
+		{"the app's 500 hides its detail", func() error { _, err := c.ChatRun(ctx, "chat-500"); return err }, apperr.Internal, "internal error"},
+		{"Dapr could not reach the app", func() error { return c.call(ctx, 0, "nobody", "health", http.MethodGet, nil, nil) },
+			apperr.Unavailable, "nobody is unavailable"},
+		{"an access policy refused the call", func() error { return c.call(ctx, 0, contract.MemoryApp, "health", http.MethodGet, nil, nil) },
+			apperr.Forbidden, "forbidden"},
+		{"our token refused", func() error {
+			return (&Client{Sidecar: NewHTTP(port, "wrong")}).call(ctx, 0, contract.ChatApp, "chat", http.MethodPost, map[string]string{}, nil)
+		}, apperr.Internal, "internal error"},
+		{"the sidecar is down", func() error {
+			return (&Client{Sidecar: NewHTTP(1, "tok")}).call(ctx, 0, contract.ChatApp, "chat", http.MethodPost, nil, nil)
+		}, apperr.Unavailable, "chat-service is unavailable"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.call()
+			if apperr.CodeOf(err) != tt.wantCode || apperr.MessageOf(err) != tt.wantMsg {
+				t.Fatalf("%s %q; want %s %q", apperr.CodeOf(err), apperr.MessageOf(err), tt.wantCode, tt.wantMsg)
+			}
+		})
+	}
+	if r, err := c.ChatRun(ctx, "chat-x"); r != nil || err != nil {
+		t.Fatalf("ChatRun of an unknown turn = %v, %v; want nil, nil", r, err)
+	}
+	// A turn without the client's key gets one of its own, so that Dapr's
+	// retry after a transport failure joins the first attempt's turn.
+	for _, r := range f.calls {
+		if strings.HasSuffix(r.URL.Path, "/method/chat/async") && !strings.HasPrefix(r.Header.Get(contract.IdempotencyHeader), "gateway-") {
+			t.Fatalf("startChat without a key sent Idempotency-Key %q; want a generated one", r.Header.Get(contract.IdempotencyHeader))
+		}
 	}
 }

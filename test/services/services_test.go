@@ -10,11 +10,13 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/dev/stack"
 	"github.com/daca-go/daca/internal/dev/stacktest"
 	"github.com/daca-go/daca/internal/dev/testkit"
@@ -438,5 +440,34 @@ func TestZMetrics(t *testing.T) {
 		if !strings.Contains(c.body, c.want) {
 			t.Errorf("%s /metrics lacks %s", c.name, c.want)
 		}
+	}
+}
+
+// TestChatAnswersAreNotRetried: the chat-service retry policy
+// (chatTransportRetry) repeats transport failures only. An answer of the
+// app reaches the caller once and whole through the sidecar's HTTP API,
+// its detail included however long — no retry of a refused (or failed)
+// turn.
+func TestChatAnswersAreNotRetried(t *testing.T) {
+	st := stacktest.Stack(t)
+	metric := regexp.MustCompile(`daca_http_requests_total\{method="POST",route="/chat",status="400"\} (\d+)`)
+	count := func() int {
+		m := metric.FindStringSubmatch(string(stacktest.Do(t, http.MethodGet, st.App(contract.ChatApp).AppURL()+"/metrics", nil).Body))
+		if m == nil {
+			return 0
+		}
+		n, _ := strconv.Atoi(m[1])
+		return n
+	}
+	before := count()
+	long := strings.Repeat("k", contract.MaxIdempotencyKey+1)
+	r := stacktest.Do(t, http.MethodPost, chatURL(st, "chat"), map[string]any{"user_id": "ana", "text": "hi"},
+		append(token(st), contract.IdempotencyHeader, long)...)
+	want := "Idempotency-Key must be 1 to 255 printable characters"
+	if r.Status != http.StatusBadRequest || r.JSON["detail"] != want {
+		t.Fatalf("%d %s; want 400 with the detail %q", r.Status, r.Body, want)
+	}
+	if got := count() - before; got != 1 {
+		t.Fatalf("chat-service answered POST /chat with 400 %d times for one request; want 1 (no retry of an answer)", got)
 	}
 }
