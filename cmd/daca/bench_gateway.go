@@ -104,7 +104,9 @@ type measured struct {
 }
 
 // cpuPerReq is d per request measured.
-func (m measured) cpuPerReq(d time.Duration) time.Duration { return d / time.Duration(max(len(m.lat), 1)) }
+func (m measured) cpuPerReq(d time.Duration) time.Duration {
+	return d / time.Duration(max(len(m.lat), 1))
+}
 
 func (m measured) rate() float64 { return float64(len(m.lat)) / m.elapsed.Seconds() }
 
