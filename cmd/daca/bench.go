@@ -32,6 +32,7 @@ func bench(ctx context.Context, args []string) error {
 	reads := fs.Int("reads", 4000, "memory reads per concurrency level")
 	subs := fs.Int("subscriptions", 10000, "open subscriptions for the fan-out measurement")
 	clients := fs.String("clients", "1,16,64", "concurrent clients of the gateway comparison, comma separated")
+	partsFlag := fs.String("parts", "turns,gateway,invocation", "what to measure, comma separated: turns (chat turns and the sidecar floor), gateway (the gateway against its sidecar, and the fan-out), invocation (the gateway's two paths to its sidecar)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -45,6 +46,15 @@ func bench(ctx context.Context, args []string) error {
 			return usageError("-clients: want positive integers separated by commas, got " + strconv.Quote(*clients))
 		}
 		levels = append(levels, n)
+	}
+	parts := map[string]bool{}
+	for _, p := range strings.Split(*partsFlag, ",") {
+		switch p = strings.TrimSpace(p); p {
+		case "turns", "gateway", "invocation":
+			parts[p] = true
+		default:
+			return usageError("-parts: want turns, gateway or invocation, got " + strconv.Quote(p))
+		}
 	}
 	rootDir, err := filepath.Abs(*root)
 	if err != nil {
@@ -104,25 +114,38 @@ func bench(ctx context.Context, args []string) error {
 	}
 	readOnce := func() error { return call(http.MethodGet, memURL, nil) }
 
+	if err := benchTurns(ctx, parts["turns"], chatOnce, readOnce, &seq, *turns, *reads, st); err != nil {
+		return err
+	}
+	if parts["gateway"] {
+		if err := benchGateway(ctx, st, call, *reads, *subs, levels); err != nil {
+			return err
+		}
+	}
+	if parts["invocation"] {
+		return benchInvocation(ctx, st, call, *reads, levels)
+	}
+	return nil
+}
+
+// benchTurns measures chat turns and the sidecar floor (when measure), then
+// waits until the memory service has applied the turns' events.
+func benchTurns(ctx context.Context, measure bool, chatOnce, readOnce func() error, seq *atomic.Int64, turns, reads int, st *stack.Stack) error {
 	// Warm up.
 	for range 5 {
 		if err := chatOnce(); err != nil {
 			return err
 		}
 	}
-	type result struct {
-		name     string
-		conc, n  int
-		rate     float64
-		p50, p99 time.Duration
-		errs     int
-	}
 	var results []result
 	for _, c := range []struct {
 		name string
 		op   func() error
 		n    int
-	}{{"chat turn (POST /chat via sidecar)", chatOnce, *turns}, {"GET /memories/{id} via sidecar (floor)", readOnce, *reads}} {
+	}{{"chat turn (POST /chat via sidecar)", chatOnce, turns}, {"GET /memories/{id} via sidecar (floor)", readOnce, reads}} {
+		if !measure {
+			break
+		}
 		for _, conc := range []int{1, 16} {
 			n := c.n
 			if conc == 1 {
@@ -136,6 +159,16 @@ func bench(ctx context.Context, args []string) error {
 			}
 		}
 	}
+	if measure {
+		printTurns(results)
+	}
+	// The memory service applies each turn's event after the turn (summary,
+	// history): let it finish, so that its work does not weigh on the
+	// measurements that follow.
+	return waitEventsApplied(ctx, st.App(contract.MemoryApp).AppURL()+"/metrics", int(seq.Load()))
+}
+
+func printTurns(results []result) {
 	fmt.Println()
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "operation\tclients\trequests\tper second\tp50\tp99\terrors\t")
@@ -143,16 +176,6 @@ func bench(ctx context.Context, args []string) error {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%s\t%s\t%d\t\n", r.name, r.conc, r.n, r.rate, ms(r.p50), ms(r.p99), r.errs)
 	}
 	tw.Flush()
-	// The memory service applies each turn's event after the turn (summary,
-	// history): let it finish, so that its work does not weigh on the
-	// measurements that follow.
-	if err := waitEventsApplied(ctx, st.App(contract.MemoryApp).AppURL()+"/metrics", int(seq.Load())); err != nil {
-		return err
-	}
-	if err := benchGateway(ctx, st, call, *reads, *subs, levels); err != nil {
-		return err
-	}
-	return benchInvocation(ctx, st, call, *reads, levels)
 }
 
 // waitEventsApplied waits until the memory service has answered Dapr for
@@ -244,3 +267,12 @@ func pct(sorted []time.Duration, p int) time.Duration {
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d.Microseconds())/1000) }
+
+// result is one row of the chat-turn table.
+type result struct {
+	name     string
+	conc, n  int
+	rate     float64
+	p50, p99 time.Duration
+	errs     int
+}
