@@ -73,6 +73,12 @@ type configuration struct {
 				} `json:"operations,omitempty"`
 			} `json:"policies,omitempty"`
 		} `json:"accessControl"`
+		Workflow struct {
+			ActivityConcurrencyLimits []struct {
+				Name          string `json:"name"`
+				MaxConcurrent int    `json:"maxConcurrent"`
+			} `json:"activityConcurrencyLimits,omitempty"`
+		} `json:"workflow"`
 	} `json:"spec"`
 }
 
@@ -248,6 +254,11 @@ func TestKustomizeOverlays(t *testing.T) {
 					if p.Namespace != "daca" || p.TrustDomain != "public" {
 						t.Fatalf("%s: policy for %s names namespace %q, trust domain %q; the apps run in daca, public", id, p.AppID, p.Namespace, p.TrustDomain)
 					}
+				}
+				// The LLM calls of chat turns are capped by the scheduler.
+				if lim := cfg.Spec.Workflow.ActivityConcurrencyLimits; id == "chat-service" &&
+					(len(lim) != 1 || lim[0].Name != "generate_response" || lim[0].MaxConcurrent < 1) {
+					t.Fatalf("%s: workflow activityConcurrencyLimits %+v; want generate_response capped", id, lim)
 				}
 				scope := cfg.Spec.Secrets.Scopes[0]
 				got, _ := json.Marshal(scope.AllowedSecrets)

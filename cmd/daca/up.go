@@ -20,6 +20,7 @@ import (
 type upConfig struct {
 	root, runDir, redisAddr, logLevel string
 	redisPort, placement, scheduler   int
+	llmMaxConcurrent                  int // LLM_MAX_CONCURRENT: generate_response activities at once (0: no limit)
 	secure                            bool
 	readyTimeout                      time.Duration
 	apps                              []stack.Def // stack.System with the chosen ports
@@ -82,6 +83,11 @@ func parseUp(args []string) (*upConfig, error) {
 	fs.BoolVar(&c.secure, "secure", envBool("DACA_SECURE"), "also set APP_API_TOKEN, so only its own sidecar may call an app (env DACA_SECURE=1)")
 	fs.StringVar(&c.logLevel, "log-level", envOr("DACA_LOG_LEVEL", "info"), "log level of the Dapr processes (env DACA_LOG_LEVEL)")
 	fs.DurationVar(&c.readyTimeout, "ready-timeout", 120*time.Second, "how long to wait for every part to be ready")
+	llmMax, err := strconv.Atoi(envOr("LLM_MAX_CONCURRENT", "0"))
+	if err != nil || llmMax < 0 {
+		return nil, fmt.Errorf("LLM_MAX_CONCURRENT=%q is not a number of concurrent LLM calls (0: no limit)", os.Getenv("LLM_MAX_CONCURRENT"))
+	}
+	fs.IntVar(&c.llmMaxConcurrent, "llm-max-concurrent", llmMax, "at most this many chat turns call the LLM at once, 0 for no limit (env LLM_MAX_CONCURRENT)")
 
 	type portFlag struct {
 		p   *int
@@ -148,20 +154,21 @@ func (c *upConfig) stackConfig(secretsFile string) stack.Config {
 		apps[i] = a
 	}
 	cfg := stack.Config{
-		Root:          c.root,
-		RunDir:        c.runDir,
-		SecretsFile:   secretsFile,
-		RedisAddr:     c.redisAddr,
-		RedisPort:     c.redisPort,
-		RedisPersist:  true,
-		PlacementPort: c.placement,
-		SchedulerPort: c.scheduler,
-		Apps:          apps,
-		Secure:        c.secure,
-		LogLevel:      c.logLevel,
-		ReadyTimeout:  c.readyTimeout,
-		Out:           os.Stdout,
-		Progress:      os.Stdout,
+		Root:             c.root,
+		RunDir:           c.runDir,
+		SecretsFile:      secretsFile,
+		RedisAddr:        c.redisAddr,
+		RedisPort:        c.redisPort,
+		RedisPersist:     true,
+		PlacementPort:    c.placement,
+		SchedulerPort:    c.scheduler,
+		Apps:             apps,
+		Secure:           c.secure,
+		LLMMaxConcurrent: c.llmMaxConcurrent,
+		LogLevel:         c.logLevel,
+		ReadyTimeout:     c.readyTimeout,
+		Out:              os.Stdout,
+		Progress:         os.Stdout,
 	}
 	if cfg.RedisAddr != "" {
 		cfg.RedisPort = 0

@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -57,6 +58,9 @@ func TestMain(m *testing.M) {
 		},
 		Secrets: map[string]string{contract.SecretLLMKey: apiKey},
 		Secure:  true, // APP_API_TOKEN: the apps answer only their sidecars
+		// The scheduler lets at most this many generate_response activities
+		// run at once (TestLLMCallsCapped).
+		LLMMaxConcurrent: llmMaxConcurrent,
 	})
 	listener.Close()
 	srv.Close()
@@ -73,6 +77,21 @@ func answer(ctx context.Context, req llmtest.Request) (llmtest.Reply, bool) {
 		return llmtest.Reply{Content: "The user talks to the provider-backed agent."}, true
 	case last.Role == "tool":
 		return llmtest.Default(req), true
+	case strings.HasPrefix(last.Content, "burst "):
+		n := burst.inFlight.Add(1)
+		defer burst.inFlight.Add(-1)
+		for {
+			m := burst.max.Load()
+			if n <= m || burst.max.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		select { // an LLM that takes a while to answer, so that calls would overlap
+		case <-time.After(300 * time.Millisecond):
+		case <-ctx.Done():
+			return llmtest.Reply{}, false
+		}
+		return llmtest.Reply{Content: "done: " + last.Content}, true
 	case strings.Contains(last.Content, "crash-test"):
 		heldMu.Lock()
 		first := !held[last.Content]
@@ -91,7 +110,12 @@ func answer(ctx context.Context, req llmtest.Request) (llmtest.Reply, bool) {
 var (
 	heldMu sync.Mutex
 	held   = map[string]bool{}
+	// burst counts the "burst" turns' LLM calls in flight, and the most at once.
+	burst struct{ inFlight, max atomic.Int32 }
 )
+
+// llmMaxConcurrent is the stack's cap on concurrent generate_response activities.
+const llmMaxConcurrent = 2
 
 func do(t *testing.T, method, url string, body any, headers ...string) stacktest.Response {
 	t.Helper()
@@ -239,4 +263,36 @@ func TestZKeyNeverLeaks(t *testing.T) {
 	if calls == 0 {
 		t.Fatal("the provider was never called: the key check proves nothing")
 	}
+}
+
+// TestLLMCallsCapped: with the workflow configuration's
+// activityConcurrencyLimits (LLM_MAX_CONCURRENT), the scheduler never lets
+// more than that many generate_response activities call the provider at
+// once, and every turn of a burst still completes.
+func TestLLMCallsCapped(t *testing.T) {
+	st := stacktest.Stack(t)
+	const turns = 8
+	ids := make([]string, turns)
+	for i := range turns {
+		r := do(t, http.MethodPost, chatURL(st, "chat/async"), map[string]any{"user_id": "burst-user", "text": fmt.Sprintf("burst %d", i)}, tok(st)...)
+		id, _ := r.JSON["instance_id"].(string)
+		if r.Status != http.StatusAccepted || id == "" {
+			t.Fatalf("turn %d: %d %s", i, r.Status, r.Body)
+		}
+		ids[i] = id
+	}
+	for _, id := range ids {
+		testkit.WaitFor(t, 2*time.Minute, "turn "+id+" to complete", func() error {
+			r := stacktest.Do(t, http.MethodGet, chatURL(st, "chat/"+id), nil, tok(st)...)
+			if r.JSON["status"] != "COMPLETED" {
+				return fmt.Errorf("%v %v", r.JSON["status"], r.JSON["stage"])
+			}
+			return nil
+		})
+	}
+	got := burst.max.Load()
+	if got > llmMaxConcurrent || got < 1 {
+		t.Fatalf("at most %d LLM calls at once; want 1 to %d", got, llmMaxConcurrent)
+	}
+	t.Logf("%d turns at once: at most %d LLM calls in flight (cap %d)", turns, got, llmMaxConcurrent)
 }

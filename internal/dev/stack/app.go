@@ -128,6 +128,7 @@ func (s *Stack) startApp(a *RunningApp, nrDB string) error {
 		"SECRETS_FILE=" + c.SecretsFile,
 		"DACA_ALLOWED_SECRETS=" + SecretsYAML(a.Secrets),
 		"DACA_NAMERESOLUTION_DB=" + nrDB,
+		"DACA_LLM_MAX_CONCURRENT=" + strconv.Itoa(c.LLMMaxConcurrent),
 		"DAPR_HOST_IP=127.0.0.1",
 		"DAPR_API_TOKEN=" + s.APIToken,
 	}

@@ -42,6 +42,10 @@ type Config struct {
 	APIToken string // DAPR_API_TOKEN of every sidecar; "" makes a random one
 	Secure   bool   // also set APP_API_TOKEN, so only its sidecar may call an app
 
+	// LLMMaxConcurrent caps the generate_response activities that run at
+	// once (components/config.yaml, enforced by the scheduler); 0: no cap.
+	LLMMaxConcurrent int
+
 	LogLevel     string        // daprd/placement/scheduler log level; default info
 	ReadyTimeout time.Duration // default 90s
 

@@ -39,6 +39,8 @@ type Options struct {
 	// {"gemini-api-key": ""} (the offline model).
 	Secrets map[string]string
 	Secure  bool
+	// LLMMaxConcurrent caps concurrent generate_response activities (0: none).
+	LLMMaxConcurrent int
 	// Verbose copies every process's output to stderr as it happens
 	// (also switched on by DACA_TEST_VERBOSE=1).
 	Verbose bool
@@ -88,13 +90,14 @@ func Run(m *testing.M, opts Options) int {
 	}
 	start := time.Now()
 	st, err := stack.Start(ctx, stack.Config{
-		Root:        root,
-		RunDir:      runDir,
-		SecretsFile: secretsFile,
-		Apps:        opts.Apps,
-		Secure:      opts.Secure,
-		Out:         out,
-		Progress:    os.Stderr,
+		Root:             root,
+		RunDir:           runDir,
+		SecretsFile:      secretsFile,
+		Apps:             opts.Apps,
+		Secure:           opts.Secure,
+		LLMMaxConcurrent: opts.LLMMaxConcurrent,
+		Out:              out,
+		Progress:         os.Stderr,
 	})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "stacktest: starting the stack failed: %v\n", err)
