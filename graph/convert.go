@@ -85,23 +85,40 @@ func (r *Resolver) forSession(ctx context.Context, sessionID string) error {
 	return r.ownSession(ctx, sessionID)
 }
 
-// mayChat checks that the caller may send as userID and is within the
-// per-user limit of chat turns.
-func (r *Resolver) mayChat(ctx context.Context, userID string) error {
-	if err := r.Guard.MayActAs(ctx, userID); err != nil {
+// mayChat checks that the caller may send as in.UserID, on in.SessionID
+// when given (a session belongs to the user who started it: another user's
+// is refused, FORBIDDEN; in AUTH_MODE=none chat-service refuses it with
+// BAD_USER_INPUT), and is within the per-user limit of chat turns.
+func (r *Resolver) mayChat(ctx context.Context, in backend.ChatInput) error {
+	if err := r.Guard.MayActAs(ctx, in.UserID); err != nil {
 		return err
 	}
+	if in.SessionID != "" && r.Guard.Enabled() {
+		owner, err := r.Backend.SessionOwner(ctx, in.SessionID)
+		if err != nil {
+			return err
+		}
+		if owner != "" && owner != in.UserID {
+			return errNotYours
+		}
+	}
+
 	if r.Turns == nil {
 		return nil
 	}
-	if ok, wait := r.Turns.Allow(ctx, userID); !ok {
+	if ok, wait := r.Turns.Allow(ctx, in.UserID); !ok {
 		return &apperr.Error{Code: apperr.RateLimited, Message: "too many messages; slow down", RetryAfter: wait}
 	}
 	return nil
 }
 
+// errNotYours is the answer for a session or turn the caller may not see,
+// whether it belongs to someone else or does not exist: the two look the
+// same.
+var errNotYours = apperr.New(apperr.Forbidden, "you may only access your own memory and sessions")
+
 // ownSession checks that the caller may read or change a session: an admin,
-// or the user the session belongs to.
+// or the user the session belongs to (one lookup of its owner).
 func (r *Resolver) ownSession(ctx context.Context, sessionID string) error {
 	if !r.Guard.Enabled() {
 		return nil
@@ -110,24 +127,31 @@ func (r *Resolver) ownSession(ctx context.Context, sessionID string) error {
 	if err != nil || id.Admin {
 		return err
 	}
-	list, err := r.Backend.Sessions(ctx, id.Subject)
+	owner, err := r.Backend.SessionOwner(ctx, sessionID)
 	if err != nil {
 		return err
 	}
-	for _, s := range list {
-		if s.SessionID == sessionID {
-			return nil
-		}
+	if owner != id.Subject {
+		return errNotYours
 	}
-	return apperr.New(apperr.Forbidden, "you may only access your own memory and sessions")
+	return nil
 }
 
-// ownRun checks that the caller may see a chat turn.
-func (r *Resolver) ownRun(ctx context.Context, run *backend.Run) error {
+// visibleRun returns run when the caller may see it, nil otherwise: another
+// user's turn looks like an unknown one. Unauthenticated callers get
+// UNAUTHENTICATED.
+func (r *Resolver) visibleRun(ctx context.Context, run *backend.Run) (*backend.Run, error) {
 	if !r.Guard.Enabled() || run == nil {
-		return nil
+		return run, nil
 	}
-	return r.Guard.MayActAs(ctx, run.UserID)
+	id, err := r.Guard.Require(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if id.Admin || id.Subject == run.UserID {
+		return run, nil
+	}
+	return nil, nil
 }
 
 // authMode is AUTH_MODE as the health query reports it.

@@ -16,6 +16,7 @@ import (
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
 	"github.com/daca-go/daca/gateway/auth"
+	"github.com/daca-go/daca/gateway/backend"
 	"github.com/daca-go/daca/gateway/backend/backendtest"
 	"github.com/daca-go/daca/gateway/ratelimit"
 	"github.com/daca-go/daca/internal/apperr"
@@ -242,7 +243,9 @@ func TestTurnLimit(t *testing.T) {
 // TestAuthorisation: with AUTH_MODE=jwt every argument that names a user,
 // session or turn is checked against the caller.
 func TestAuthorisation(t *testing.T) {
-	r := resolver(backendtest.New())
+	f := backendtest.New()
+	f.Runs["chat-bo"] = &backend.Run{InstanceID: "chat-bo", Status: contract.RunRunning, UserID: "bo", SessionID: "s-of-bo"}
+	r := resolver(f)
 	r.Guard = &auth.Guard{Mode: "jwt"}
 	c := execClient(r, DefaultLoaderWait)
 	ana, admin := as(auth.Identity{Subject: "ana"}), as(auth.Identity{Subject: "root", Admin: true})
@@ -258,7 +261,15 @@ func TestAuthorisation(t *testing.T) {
 		{"send as someone else", `mutation { sendMessage(input: {userId: "bo", text: "x"}) { reply } }`, []client.Option{ana}, apperr.Forbidden},
 		{"own session", `{ conversation(sessionId: "s1") { sessionId } }`, []client.Option{ana}, ""},
 		{"foreign session", `{ conversation(sessionId: "s-of-bo") { sessionId } }`, []client.Option{ana}, apperr.Forbidden},
+		{"unknown session looks like a foreign one", `{ conversation(sessionId: "s-none") { sessionId } }`, []client.Option{ana}, apperr.Forbidden},
+		{"delete a foreign session", `mutation { deleteConversation(sessionId: "s-of-bo") }`, []client.Option{ana}, apperr.Forbidden},
+		{"a turn on another user's session", `mutation { sendMessage(input: {userId: "ana", text: "x", sessionId: "s-of-bo"}) { reply } }`, []client.Option{ana}, apperr.Forbidden},
+		{"a turn started on another user's session", `mutation { startChat(input: {userId: "ana", text: "x", sessionId: "s-of-bo"}) { instanceId } }`, []client.Option{ana}, apperr.Forbidden},
+		{"a turn on a new session", `mutation { sendMessage(input: {userId: "ana", text: "x", sessionId: "s-new"}) { reply } }`, []client.Option{ana}, ""},
+		{"a turn on her own session", `mutation { sendMessage(input: {userId: "ana", text: "x", sessionId: "s1"}) { reply } }`, []client.Option{ana}, ""},
+		{"admin's turn on a user's session as that user", `mutation { sendMessage(input: {userId: "bo", text: "x", sessionId: "s-of-bo"}) { reply } }`, []client.Option{admin}, ""},
 		{"own run", `{ chatRun(instanceId: "chat-1") { status } }`, []client.Option{ana}, ""},
+		{"anonymous run", `{ chatRun(instanceId: "chat-1") { status } }`, nil, apperr.Unauthenticated},
 		{"health is open", `{ health { authMode } }`, nil, ""},
 	}
 	for _, tt := range tests {
@@ -268,5 +279,12 @@ func TestAuthorisation(t *testing.T) {
 				t.Fatalf("code %q (%s); want %q", code, msg, tt.code)
 			}
 		})
+	}
+	// Another user's turn and an unknown one look the same: null.
+	for _, id := range []string{"chat-bo", "chat-unknown"} {
+		var resp struct{ ChatRun *struct{ Status string } }
+		if err := c.Post(`query($id: ID!) { chatRun(instanceId: $id) { status } }`, &resp, client.Var("id", id), ana); err != nil || resp.ChatRun != nil {
+			t.Fatalf("chatRun(%s) as ana: %+v, %v; want null", id, resp.ChatRun, err)
+		}
 	}
 }

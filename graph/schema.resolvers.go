@@ -19,7 +19,7 @@ func (r *mutationResolver) SendMessage(ctx context.Context, input model.SendMess
 	if err != nil {
 		return nil, err
 	}
-	if err := r.mayChat(ctx, in.UserID); err != nil {
+	if err := r.mayChat(ctx, in); err != nil {
 		return nil, err
 	}
 	rep, err := r.Backend.SendMessage(ctx, in)
@@ -36,7 +36,7 @@ func (r *mutationResolver) StartChat(ctx context.Context, input model.SendMessag
 	if err != nil {
 		return nil, err
 	}
-	if err := r.mayChat(ctx, in.UserID); err != nil {
+	if err := r.mayChat(ctx, in); err != nil {
 		return nil, err
 	}
 	run, err := r.Backend.StartChat(ctx, in)
@@ -147,10 +147,10 @@ func (r *queryResolver) ChatRun(ctx context.Context, instanceID string) (*model.
 		return nil, err
 	}
 	run, err := r.Backend.ChatRun(ctx, instanceID)
-	if err != nil || run == nil {
+	if err != nil {
 		return nil, err
 	}
-	if err := r.ownRun(ctx, run); err != nil {
+	if run, err = r.visibleRun(ctx, run); err != nil || run == nil {
 		return nil, err
 	}
 	return toRun(*run), nil
@@ -250,11 +250,11 @@ func (r *subscriptionResolver) ChatRun(ctx context.Context, instanceID string) (
 	if err != nil {
 		return nil, err
 	}
-	if first == nil {
-		return nil, apperr.New(apperr.NotFound, "chat turn %s not found", instanceID)
-	}
-	if err := r.ownRun(ctx, first); err != nil {
+	if first, err = r.visibleRun(ctx, first); err != nil {
 		return nil, err
+	}
+	if first == nil { // unknown, or another user's: the same answer
+		return nil, apperr.New(apperr.NotFound, "chat turn %s not found", instanceID)
 	}
 	return r.Runs.Follow(ctx, *first), nil
 }

@@ -28,6 +28,9 @@ type Backend interface {
 	// contract.MaxBatch ids), the last `last` entries of each when last > 0.
 	Conversations(ctx context.Context, sessionIDs []string, last int) (map[string][]contract.Entry, error)
 	Sessions(ctx context.Context, userID string) ([]contract.SessionInfo, error)
+	// SessionOwner is the user a session belongs to; "" for a session
+	// nobody has started. One lookup.
+	SessionOwner(ctx context.Context, sessionID string) (string, error)
 	ForgetUser(ctx context.Context, userID string) (int, error)
 	DeleteConversation(ctx context.Context, sessionID string) (bool, error)
 	SendMessage(ctx context.Context, in ChatInput) (Reply, error)
@@ -174,6 +177,15 @@ func (c *Client) Sessions(ctx context.Context, userID string) ([]contract.Sessio
 	var out contract.SessionsReply
 	err := c.call(ctx, c.Timeout, contract.MemoryApp, "users/"+userID+"/sessions", http.MethodGet, nil, &out)
 	return out.Sessions, err
+}
+
+func (c *Client) SessionOwner(ctx context.Context, sessionID string) (string, error) {
+	var out contract.Owner
+	err := c.call(ctx, c.Timeout, contract.MemoryApp, "owners/"+sessionID, http.MethodGet, nil, &out)
+	if apperr.CodeOf(err) == apperr.NotFound {
+		return "", nil
+	}
+	return out.UserID, err
 }
 
 func (c *Client) ForgetUser(ctx context.Context, userID string) (int, error) {

@@ -175,3 +175,13 @@ type DeletedReply struct {
 	Status    string `json:"status"` // "success"
 	SessionID string `json:"session_id"`
 }
+
+// Owner is a session and the user it belongs to: the user who started it,
+// recorded once and never changed. agent-memory-service's GET
+// /owners/{session_id} answers it (404 for a session nobody has started);
+// PUT /owners/{session_id} {user_id} records it, or answers 403 when another
+// user owns the session.
+type Owner struct {
+	SessionID string `json:"session_id"`
+	UserID    string `json:"user_id"`
+}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"regexp"
 	"strconv"
 	"sync"
@@ -106,8 +107,34 @@ var (
 // Redact hides bearer tokens, key parameters and strings shaped like OpenAI
 // or Google API keys in a text.
 func Redact(s string) string {
+	s = urlRE.ReplaceAllStringFunc(s, RedactURL)
 	s = bearerRE.ReplaceAllString(s, "${1}[REDACTED]")
 	return keyRE.ReplaceAllString(s, "[REDACTED]")
+}
+
+var urlRE = regexp.MustCompile(`https?://[^\s"']+`)
+
+// RedactURL returns a URL fit for a log line: a password in it and the
+// value of every query parameter (where a key may be put, as Gemini's
+// ?key=…) are replaced by [REDACTED].
+func RedactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "[REDACTED URL]"
+	}
+	if u.User != nil {
+		if _, has := u.User.Password(); has {
+			u.User = url.UserPassword(u.User.Username(), "REDACTED")
+		}
+	}
+	if u.RawQuery != "" {
+		q := u.Query()
+		for k := range q {
+			q[k] = []string{"REDACTED"}
+		}
+		u.RawQuery = q.Encode()
+	}
+	return u.String()
 }
 
 // authRetry sets the Authorization header from the key source, re-reads the

@@ -105,7 +105,7 @@ func New(ctx context.Context, cfg Config, keys KeySource, log *slog.Logger) (*Cl
 		oc.HTTPClient = &http.Client{Transport: &authRetry{
 			base: http.DefaultTransport, keys: keys, maxRetries: cfg.MaxRetries, log: log,
 		}}
-		log.Info("LLM: using the OpenAI-compatible endpoint", "mode", c.mode, "base_url", oc.BaseURL, "model", cfg.Model)
+		log.Info("LLM: using the OpenAI-compatible endpoint", "mode", c.mode, "base_url", RedactURL(oc.BaseURL), "model", cfg.Model)
 	}
 	c.oa = openai.NewClientWithConfig(oc)
 	return c, nil

@@ -165,6 +165,23 @@ func TestProviderRetriesAndKeyRotation(t *testing.T) {
 	}
 }
 
+func TestRedactURL(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"https://generativelanguage.googleapis.com/v1beta/openai/", "https://generativelanguage.googleapis.com/v1beta/openai/"},
+		{"https://llm.example/v1?key=AIzaSyABCDEF12345&x=1", "https://llm.example/v1?key=REDACTED&x=REDACTED"},
+		{"https://user:sk-secret-pass@llm.example/v1", "https://user:REDACTED@llm.example/v1"},
+		{"http://[::1:bad", "[REDACTED URL]"},
+	}
+	for _, tt := range tests {
+		if got := RedactURL(tt.in); got != tt.want {
+			t.Errorf("RedactURL(%q) = %q; want %q", tt.in, got, tt.want)
+		}
+	}
+	if got := Redact("calling https://llm.example/v1?key=AIzaSyABCDEF12345 failed"); strings.Contains(got, "ABCDEF12345") {
+		t.Errorf("Redact leaves a key in a URL: %q", got)
+	}
+}
+
 func TestRedact(t *testing.T) {
 	for _, s := range []string{"Authorization: Bearer sk-abcdef123456", "url?key=AIzaSyABCDEF12345", `api_key: "sk-abcdef123456"`} {
 		if got := Redact(s); strings.Contains(got, "abcdef123456") || strings.Contains(got, "ABCDEF12345") {

@@ -35,11 +35,24 @@ type Workflows interface {
 	WaitForWorkflowCompletion(ctx context.Context, id string, opts ...workflow.FetchWorkflowMetadataOptions) (*workflow.WorkflowMetadata, error)
 }
 
+// Owners records who a session belongs to (agent-memory-service).
+type Owners interface {
+	// Claim makes sessionID userID's unless another user owns it: then an
+	// Invalid error that says so.
+	Claim(ctx context.Context, sessionID, userID string) error
+}
+
+// running is what the chat routes use once the service is ready.
+type running struct {
+	wf     Workflows
+	owners Owners
+}
+
 type srv struct {
 	service.Base
 	log         *slog.Logger
 	chatTimeout time.Duration
-	wf          atomic.Pointer[Workflows]
+	run         atomic.Pointer[running]
 }
 
 func newServer(log *slog.Logger, appToken string, chatTimeout time.Duration) *srv {
@@ -47,13 +60,14 @@ func newServer(log *slog.Logger, appToken string, chatTimeout time.Duration) *sr
 		log: log, chatTimeout: chatTimeout}
 }
 
-// ready hands over the workflow client; the chat routes answer from then on.
-func (s *srv) ready(wf Workflows, sidecar service.Sidecar, llmMode string) {
-	s.wf.Store(&wf)
+// ready hands over the workflow client and the session owners; the chat
+// routes answer from then on.
+func (s *srv) ready(wf Workflows, owners Owners, sidecar service.Sidecar, llmMode string) {
+	s.run.Store(&running{wf: wf, owners: owners})
 	s.SetReady(sidecar, llmMode)
 }
 
-func (s *srv) workflows() Workflows { return *s.wf.Load() }
+func (s *srv) workflows() Workflows { return s.run.Load().wf }
 
 var turns = promauto.NewCounterVec(prometheus.CounterOpts{
 	Name: "daca_chat_turns_total", Help: "Chat turns waited for by POST /chat, by outcome (completed, failed, timeout).",
@@ -144,6 +158,13 @@ func (s *srv) begin(w http.ResponseWriter, r *http.Request) (ctx context.Context
 		return nil, in, "", false
 	}
 	ctx = logging.With(r.Context(), s.log, "workflow_instance_id", id)
+	// The first lock of a session: it belongs to the user who started it,
+	// and no turn of another user's starts on it (the memory service's
+	// refusal of a foreign event is the second).
+	if err := s.run.Load().owners.Claim(ctx, in.SessionID, in.UserID); err != nil {
+		httpx.Error(w, r, s.log, err)
+		return nil, in, "", false
+	}
 	if err := s.start(ctx, s.workflows(), id, in, idem); err != nil {
 		httpx.Error(w, r, s.log, err)
 		return nil, in, "", false

@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -20,7 +18,9 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/contract"
+	"github.com/daca-go/daca/internal/dev/testkit"
 	"github.com/daca-go/daca/services/chat/turn"
 )
 
@@ -90,10 +90,29 @@ func (okSidecar) GetMetadata(context.Context) (*dapr.GetMetadataResponse, error)
 	return &dapr.GetMetadataResponse{}, nil
 }
 
+// owners is the memory's session owners in memory: "taken" belongs to zed.
+type owners struct {
+	mu sync.Mutex
+	of map[string]string
+}
+
+func (o *owners) Claim(_ context.Context, sessionID, userID string) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.of == nil {
+		o.of = map[string]string{"taken": "zed"}
+	}
+	if u, ok := o.of[sessionID]; ok && u != userID {
+		return apperr.New(apperr.Invalid, "session_id %s belongs to another user", sessionID)
+	}
+	o.of[sessionID] = userID
+	return nil
+}
+
 func newTestServer(outcome string, timeout time.Duration) (*srv, *fakeWF) {
 	f := &fakeWF{scheduled: map[string]turn.Input{}, outcome: outcome}
-	s := newServer(slog.New(slog.NewTextHandler(io.Discard, nil)), "", timeout)
-	s.ready(f, okSidecar{}, "offline")
+	s := newServer(testkit.Quiet(), "", timeout)
+	s.ready(f, &owners{}, okSidecar{}, "offline")
 	return s, f
 }
 
@@ -123,6 +142,7 @@ func TestChatValidation(t *testing.T) {
 		{"too many tags", `{"user_id":"u","text":"x","tags":[` + strings.Repeat(`"t",`, 32) + `"t"]}`, 400, "at most 32 tags"},
 		{"malformed", `{"user_id":`, 400, "malformed JSON"},
 		{"empty body", ``, 400, "request body is empty"},
+		{"another user's session", `{"user_id":"u","text":"x","metadata":{"session_id":"taken"}}`, 400, "session_id taken belongs to another user"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -131,6 +151,18 @@ func TestChatValidation(t *testing.T) {
 				t.Fatalf("%d %s; want %d %q", w.Code, w.Body, tt.status, tt.detail)
 			}
 		})
+	}
+}
+
+// TestNoTurnOnAnotherUsersSession: the turn is refused before any workflow
+// starts.
+func TestNoTurnOnAnotherUsersSession(t *testing.T) {
+	s, f := newTestServer("completed", time.Second)
+	for _, path := range []string{"/chat", "/chat/async"} {
+		w := post(s.routes(), path, `{"user_id":"u","text":"x","metadata":{"session_id":"taken"}}`, "Idempotency-Key", "k-"+path)
+		if w.Code != http.StatusBadRequest || len(f.scheduled) != 0 {
+			t.Fatalf("%s: %d %s, %d workflows scheduled; want 400 and none", path, w.Code, w.Body, len(f.scheduled))
+		}
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/dapr/durabletask-go/workflow"
 
 	"github.com/daca-go/daca/internal/contract"
+	"github.com/daca-go/daca/internal/daprc"
 	"github.com/daca-go/daca/internal/env"
 	"github.com/daca-go/daca/internal/llm"
 	"github.com/daca-go/daca/internal/service"
@@ -22,16 +23,20 @@ const appID = contract.ChatApp
 
 type config struct {
 	service.Common
-	chatTimeout time.Duration
-	llm         llm.Config
+	chatTimeout  time.Duration
+	llm          llm.Config
+	daprHTTPPort int    // DAPR_HTTP_PORT: the sidecar's HTTP API (session owners)
+	daprToken    string // DAPR_API_TOKEN
 }
 
 func loadConfig() (config, error) {
 	r := env.New()
 	c := config{
-		Common:      service.ReadCommon(r, 8010),
-		chatTimeout: r.Duration("CHAT_TIMEOUT", 60*time.Second),
-		llm:         llm.ConfigFromEnv(r),
+		Common:       service.ReadCommon(r, 8010),
+		chatTimeout:  r.Duration("CHAT_TIMEOUT", 60*time.Second),
+		llm:          llm.ConfigFromEnv(r),
+		daprHTTPPort: r.Int("DAPR_HTTP_PORT", 3500, 1, 65535),
+		daprToken:    r.String("DAPR_API_TOKEN", ""),
 	}
 	return c, r.Err()
 }
@@ -72,7 +77,7 @@ func run(ctx context.Context, cfg config) error {
 	if err := turn.Warmup(st.Init, wf, 10*time.Second, log); err != nil {
 		return err
 	}
-	s.ready(wf, dc, st.Model.Mode())
+	s.ready(wf, memoryOwners{daprc.NewHTTP(cfg.daprHTTPPort, cfg.daprToken)}, dc, st.Model.Mode())
 	log.Info("ready", "llm", st.Model.Mode(), "chat_timeout", cfg.chatTimeout.String())
 	err = st.Wait()
 	stopWorker()

@@ -68,6 +68,8 @@ func (s *srv) routes() http.Handler {
 		r.Get("/conversations/{session_id}", s.getConversation)
 		r.Post("/conversations/batch", s.getConversations)
 		r.Delete("/conversations/{session_id}", s.deleteConversation)
+		r.Get("/owners/{session_id}", s.owner)
+		r.Put("/owners/{session_id}", s.claim)
 		r.Get("/users/{user_id}/sessions", s.sessions)
 		r.Post("/conversations", s.onConversation)
 	})
@@ -204,6 +206,58 @@ func (s *srv) deleteConversation(w http.ResponseWriter, r *http.Request) {
 	httpx.JSON(w, http.StatusOK, contract.DeletedReply{Status: "success", SessionID: sid})
 }
 
+// owner answers whom a session belongs to (404 for a session nobody has
+// started): the gateway's one lookup before it lets a caller at a session.
+func (s *srv) owner(w http.ResponseWriter, r *http.Request) {
+	sid := chi.URLParam(r, "session_id")
+	if err := contract.CheckID("session_id", sid); err != nil {
+		httpx.Error(w, r, s.log, err)
+		return
+	}
+	uid, err := s.backends.Load().mem.Owner(r.Context(), sid)
+	if err != nil {
+		httpx.Error(w, r, s.log, err)
+		return
+	}
+	if uid == "" {
+		httpx.Error(w, r, s.log, apperr.New(apperr.NotFound, "session %s not found", sid))
+		return
+	}
+	httpx.JSON(w, http.StatusOK, contract.Owner{SessionID: sid, UserID: uid})
+}
+
+// claim records the user who starts a session as its owner (chat-service,
+// before a turn's workflow starts); another user's claim gets 403.
+func (s *srv) claim(w http.ResponseWriter, r *http.Request) {
+	sid := chi.URLParam(r, "session_id")
+	if err := contract.CheckID("session_id", sid); err != nil {
+		httpx.Error(w, r, s.log, err)
+		return
+	}
+	var in contract.Owner
+	if err := httpx.Decode(w, r, &in); err != nil {
+		httpx.Error(w, r, s.log, err)
+		return
+	}
+	if err := contract.CheckID("user_id", in.UserID); err != nil {
+		httpx.Error(w, r, s.log, err)
+		return
+	}
+	if err := s.backends.Load().mem.Claim(r.Context(), sid, in.UserID); err != nil {
+		if apperr.CodeOf(err) == apperr.Forbidden {
+			foreignClaims.Inc()
+			logging.From(r.Context(), s.log).Warn("session claim refused: another user owns the session", "session_id", sid, "user_id", in.UserID)
+		}
+		httpx.Error(w, r, s.log, err)
+		return
+	}
+	httpx.JSON(w, http.StatusOK, contract.Owner{SessionID: sid, UserID: in.UserID})
+}
+
+var foreignClaims = promauto.NewCounter(prometheus.CounterOpts{
+	Name: "daca_memory_foreign_session_claims_total", Help: "Turns refused because another user owns their session.",
+})
+
 func (s *srv) sessions(w http.ResponseWriter, r *http.Request) {
 	uid := chi.URLParam(r, "user_id")
 	if err := contract.CheckID("user_id", uid); err != nil {
@@ -217,6 +271,10 @@ func (s *srv) sessions(w http.ResponseWriter, r *http.Request) {
 	}
 	httpx.JSON(w, http.StatusOK, contract.SessionsReply{UserID: uid, Sessions: list})
 }
+
+var foreignEvents = promauto.NewCounter(prometheus.CounterOpts{
+	Name: "daca_memory_foreign_session_events_total", Help: "Conversation events dropped because their user does not own the session.",
+})
 
 var eventsHandled = promauto.NewCounterVec(prometheus.CounterOpts{
 	Name: "daca_pubsub_events_total", Help: "Pub/sub events handled, by topic and the status answered to Dapr.",
@@ -275,6 +333,9 @@ func (s *srv) onConversation(w http.ResponseWriter, r *http.Request) {
 	res, err := b.mem.Apply(ctx, ce.ID, ev, summarize)
 	if err != nil {
 		switch apperr.CodeOf(err) {
+		case apperr.Forbidden: // the second lock: never another user's history
+			foreignEvents.Inc()
+			answer(contract.DeliveryDrop, "the event's user does not own the session", err)
 		case apperr.Unavailable, apperr.Timeout, apperr.RateLimited:
 			answer(contract.DeliveryRetry, "a dependency is unavailable", err)
 		default:

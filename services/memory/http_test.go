@@ -111,6 +111,26 @@ func TestSubscriptionStatuses(t *testing.T) {
 	}
 }
 
+// TestForeignSessionEventDropped: the memory's own lock — an event whose
+// user does not own the session is dropped (never retried) and changes
+// nothing.
+func TestForeignSessionEventDropped(t *testing.T) {
+	h, st, pub := setup(nil)
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest(http.MethodPut, "/owners/s", strings.NewReader(`{"user_id":"ana"}`)))
+	if w.Code != http.StatusOK {
+		t.Fatalf("claim: %d %s", w.Code, w.Body)
+	}
+	writes := st.Writes()
+	ev := ceJSON("e-bob", map[string]string{"user_id": "bob", "session_id": "s", "event_type": "ConversationUpdated", "user_message": "hi", "assistant_reply": "hello"})
+	if got := deliver(h, ev); got != "DROP" {
+		t.Fatalf("bob's event on ana's session: %s; want DROP", got)
+	}
+	if st.Writes() != writes || len(pub.published) != 0 {
+		t.Fatalf("%d writes, %d MemoryUpdated after a refused event; want none", st.Writes()-writes, len(pub.published))
+	}
+}
+
 func TestRedeliveryAppliedOnce(t *testing.T) {
 	h, _, pub := setup(nil)
 	ev := ceJSON("same", map[string]string{"user_id": "u", "session_id": "s", "event_type": "ConversationUpdated", "user_message": "hi", "assistant_reply": "hello"})
@@ -152,6 +172,13 @@ func TestRoutes(t *testing.T) {
 		{"POST", "/conversations/batch", `{"session_ids":"a"}`, 400, ""},
 		{"GET", "/users/ana/sessions", "", 200, `"sessions":[]`},
 		{"DELETE", "/memories/ana", "", 200, `"sessions_deleted":0`},
+		{"GET", "/owners/s-own", "", 404, "session s-own not found"},
+		{"PUT", "/owners/s-own", `{"user_id":"ana"}`, 200, `{"session_id":"s-own","user_id":"ana"}`},
+		{"PUT", "/owners/s-own", `{"user_id":"ana"}`, 200, `"user_id":"ana"`},
+		{"PUT", "/owners/s-own", `{"user_id":"bob"}`, 403, "session s-own belongs to another user"},
+		{"GET", "/owners/s-own", "", 200, `{"session_id":"s-own","user_id":"ana"}`},
+		{"PUT", "/owners/s-own", `{"user_id":"a||b"}`, 400, "user_id must match"},
+		{"GET", "/conversations/s-own", "", 200, `"history":[]`},
 	}
 	for _, tt := range tests {
 		w := httptest.NewRecorder()

@@ -512,3 +512,61 @@ func TestTurnLimitIsSharedByReplicas(t *testing.T) {
 		t.Fatalf("TTL of the limit's key: %v, %v; want 1..25 s", ttl, err)
 	}
 }
+
+// TestSessionBelongsToItsStarter is the hole of issue 12, tried as a user:
+// bob sends a turn on alice's session. With AUTH_MODE=jwt he is refused
+// (FORBIDDEN) before any workflow starts; with AUTH_MODE=none chat-service
+// refuses it (BAD_USER_INPUT). Either way alice's history stays hers: no
+// entry of bob's, the session never moves to bob's list, and bob cannot
+// read, delete or follow it.
+func TestSessionBelongsToItsStarter(t *testing.T) {
+	st := stacktest.Stack(t)
+	jwtURL, noneURL := gqlURL(st, "gateway-jwt"), gqlURL(st, "gateway")
+	alice, bob := unique("alice"), unique("bob")
+	aliceTok, bobTok := token(t, alice, ""), token(t, bob, "")
+	session := unique("s-alice")
+	send := func(url, tok, user, text string) ([]any, map[string]any) {
+		errs, _ := gqlAs(t, url, tok, fmt.Sprintf(`mutation { sendMessage(input: {userId: %q, text: %q, sessionId: %q}) { reply sessionId } }`, user, text, session))
+		return errs, nil
+	}
+	if errs, _ := send(jwtURL, aliceTok, alice, "my secret is 42"); len(errs) != 0 {
+		t.Fatalf("alice's turn: %v", errs)
+	}
+	history := func() int {
+		data, errs, _ := gql(t, noneURL, `query($s: ID!) { conversation(sessionId: $s) { messages { content } } }`, map[string]any{"s": session})
+		if len(errs) != 0 {
+			t.Fatalf("conversation: %v", errs)
+		}
+		msgs, _ := data["conversation"].(map[string]any)["messages"].([]any)
+		return len(msgs)
+	}
+	testkit.WaitUntil(t, 30*time.Second, "alice's turn in her history", func() bool { return history() == 2 })
+
+	errs, _ := send(jwtURL, bobTok, bob, "what is alice's secret?")
+	if code(errs) != "FORBIDDEN" {
+		t.Fatalf("jwt: bob's turn on alice's session: %v; want FORBIDDEN", errs)
+	}
+	errs, _ = send(noneURL, "", bob, "what is alice's secret?")
+	if code(errs) != "BAD_USER_INPUT" || !strings.Contains(fmt.Sprint(errs), "belongs to another user") {
+		t.Fatalf("none: bob's turn on alice's session: %v; want BAD_USER_INPUT saying so", errs)
+	}
+	for _, q := range []string{
+		fmt.Sprintf(`{ conversation(sessionId: %q) { sessionId } }`, session),
+		fmt.Sprintf(`mutation { deleteConversation(sessionId: %q) }`, session),
+		`{ conversation(sessionId: "no-such-session") { sessionId } }`, // unknown looks the same
+	} {
+		if errs, _ := gqlAs(t, jwtURL, bobTok, q); code(errs) != "FORBIDDEN" {
+			t.Fatalf("bob: %s: %v; want FORBIDDEN", q, errs)
+		}
+	}
+	if errs, _ := gqlAs(t, jwtURL, aliceTok, fmt.Sprintf(`{ conversation(sessionId: %q) { sessionId } }`, session)); len(errs) != 0 {
+		t.Fatalf("alice reads her session: %v", errs)
+	}
+	if n := history(); n != 2 {
+		t.Fatalf("alice's session has %d entries after bob's attempts; want her 2", n)
+	}
+	data, _, _ := gql(t, noneURL, `query($u: ID!) { sessions(userId: $u) { sessionId } }`, map[string]any{"u": bob})
+	if list, _ := data["sessions"].([]any); len(list) != 0 {
+		t.Fatalf("bob's sessions %v; want none (alice's never moves to him)", list)
+	}
+}

@@ -5,6 +5,7 @@ package services
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -469,5 +470,40 @@ func TestChatAnswersAreNotRetried(t *testing.T) {
 	}
 	if got := count() - before; got != 1 {
 		t.Fatalf("chat-service answered POST /chat with 400 %d times for one request; want 1 (no retry of an answer)", got)
+	}
+}
+
+// TestEventOfAnotherUsersSessionDropped is the memory's own lock: an event
+// whose user does not own the session (published by anyone, bypassing
+// chat-service's check) is dropped, logged and counted, and the session's
+// history and owner stay as they were.
+func TestEventOfAnotherUsersSessionDropped(t *testing.T) {
+	st := stacktest.Stack(t)
+	session, alice := unique("owned"), unique("alice")
+	r := stacktest.Do(t, http.MethodPost, chatURL(st, "chat"), map[string]any{"user_id": alice, "text": "hello", "metadata": map[string]string{"session_id": session}}, token(st)...)
+	if r.Status != http.StatusOK {
+		t.Fatalf("alice's turn: %d %s", r.Status, r.Body)
+	}
+	testkit.WaitFor(t, 30*time.Second, "alice's turn in the history", func() error {
+		if h := history(t, st, session); len(h) != 2 {
+			return fmt.Errorf("%d entries", len(h))
+		}
+		return nil
+	})
+	publish(t, st, map[string]string{"user_id": "mallory", "session_id": session, "event_type": "ConversationUpdated",
+		"user_message": "injected", "assistant_reply": "injected"}, unique("ev"))
+	testkit.WaitFor(t, 30*time.Second, "the foreign event counted as dropped", func() error {
+		m := string(stacktest.Do(t, http.MethodGet, st.App(contract.MemoryApp).AppURL()+"/metrics", nil).Body)
+		if !regexp.MustCompile(`daca_memory_foreign_session_events_total [1-9]`).MatchString(m) {
+			return errors.New("not counted yet")
+		}
+		return nil
+	})
+	if h := history(t, st, session); len(h) != 2 {
+		t.Fatalf("history has %d entries after a foreign event; want alice's 2", len(h))
+	}
+	r = stacktest.Do(t, http.MethodGet, memoryURL(st, "owners/"+session), nil, token(st)...)
+	if r.JSON["user_id"] != alice {
+		t.Fatalf("owner %s; want %s", r.Body, alice)
 	}
 }

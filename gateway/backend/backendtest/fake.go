@@ -23,6 +23,7 @@ type Fake struct {
 	History     map[string][]contract.Entry
 	SessionList map[string][]contract.SessionInfo
 	Runs        map[string]*backend.Run
+	Owners      map[string]string // session id → the user it belongs to
 	Err         error
 	ConvErr     error
 
@@ -43,6 +44,7 @@ func New() *Fake {
 			{Role: contract.RoleUser, Content: "q", Timestamp: ts}, {Role: contract.RoleAssistant, Content: "a", Timestamp: ts}}},
 		SessionList: map[string][]contract.SessionInfo{"ana": {{SessionID: "s1", UpdatedAt: ts, MessageCount: 2,
 			LastMessage: &contract.Entry{Role: contract.RoleAssistant, Content: "a", Timestamp: ts}}}},
+		Owners: map[string]string{"s1": "ana", "s-of-bo": "bo"},
 		Runs: map[string]*backend.Run{"chat-1": {InstanceID: "chat-1", Status: contract.RunCompleted, UserID: "ana", SessionID: "s1",
 			Reply: &reply, Timestamp: &ts}},
 	}
@@ -86,6 +88,12 @@ func (f *Fake) Conversations(_ context.Context, ids []string, last int) (map[str
 
 func (f *Fake) Sessions(_ context.Context, u string) ([]contract.SessionInfo, error) {
 	return f.SessionList[u], f.err()
+}
+
+func (f *Fake) SessionOwner(_ context.Context, sessionID string) (string, error) {
+	f.Mu.Lock()
+	defer f.Mu.Unlock()
+	return f.Owners[sessionID], f.Err
 }
 
 func (f *Fake) ForgetUser(context.Context, string) (int, error) { return 1, f.err() }

@@ -271,6 +271,46 @@ func (m *Memory) Histories(ctx context.Context, sessionIDs []string, last int) (
 	return out, nil
 }
 
+// notOwner is the error for a session that belongs to another user.
+func notOwner(sessionID string) error {
+	return apperr.New(apperr.Forbidden, "session %s belongs to another user", sessionID)
+}
+
+// Owner returns the user sessionID belongs to: the one who started it
+// (Claim), recorded once and never changed; "" for a session nobody has
+// started. One read.
+func (m *Memory) Owner(ctx context.Context, sessionID string) (string, error) {
+	var s session
+	if _, _, err := m.get(ctx, sessionKey(sessionID), &s); err != nil {
+		return "", err
+	}
+	return s.UserID, nil
+}
+
+// Claim records userID as the owner of sessionID, once: a session nobody
+// owns becomes userID's, a session of userID's stays so, and a session of
+// another user is refused (Forbidden) and left unchanged.
+func (m *Memory) Claim(ctx context.Context, sessionID, userID string) error {
+	var s session
+	return m.update(ctx, sessionKey(sessionID), &s, func(bool) error {
+		switch s.UserID {
+		case userID:
+			return errSkip
+		case "":
+			s.UserID = userID
+			if s.History == nil {
+				s.History = []contract.Entry{}
+			}
+			if s.UpdatedAt.IsZero() {
+				s.UpdatedAt = m.now()
+			}
+			return nil
+		default:
+			return notOwner(sessionID)
+		}
+	})
+}
+
 // Sessions lists a user's sessions, newest first.
 func (m *Memory) Sessions(ctx context.Context, userID string) ([]contract.SessionInfo, error) {
 	var idx sessionIndex
@@ -371,7 +411,8 @@ func (m *Memory) index(ctx context.Context, userID, sessionID string, history []
 
 // Apply appends an event's two entries to its session (once per event id),
 // regenerates the user summary, and records the session in the user's list.
-// Errors carry codes: Unavailable (retry later) or Internal.
+// Errors carry codes: Unavailable (retry later), Forbidden (the event's user
+// does not own the session: never applied) or Internal.
 func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.ConversationUpdated, summarize Summarizer) (Result, error) {
 	var s session
 	if _, _, err := m.get(ctx, sessionKey(ev.SessionID), &s); err != nil {
@@ -384,6 +425,9 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.Conversa
 			return Result{}, err
 		}
 		return Result{Duplicate: true, Entries: len(s.History)}, nil
+	}
+	if s.UserID != "" && s.UserID != ev.UserID {
+		return Result{}, notOwner(ev.SessionID) // before the LLM is asked for anything
 	}
 	profile, err := m.Profile(ctx, ev.UserID)
 	if err != nil {
@@ -421,6 +465,9 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.Conversa
 		if slices.Contains(s.Applied, eventID) {
 			dup = true
 			return errSkip
+		}
+		if s.UserID != "" && s.UserID != ev.UserID { // claimed by another user meanwhile
+			return notOwner(ev.SessionID)
 		}
 		s.UserID = ev.UserID
 		s.History = append(s.History, userEntry, botEntry)

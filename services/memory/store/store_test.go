@@ -255,3 +255,49 @@ func TestHistoriesOneRead(t *testing.T) {
 		t.Fatalf("outage: %v; want Unavailable", err)
 	}
 }
+
+// TestSessionOwner: a session belongs to the user who started it, recorded
+// once and never changed; another user's claim and events are refused and
+// change nothing.
+func TestSessionOwner(t *testing.T) {
+	m := New(storetest.New(), Config{}, testkit.Quiet())
+	ctx := t.Context()
+	steps := []struct {
+		name      string
+		do        func() error
+		wantCode  apperr.Code
+		wantOwner string
+		wantLen   int
+	}{
+		{"nobody owns a new session", func() error { return nil }, "", "", 0},
+		{"ana claims it", func() error { return m.Claim(ctx, "s1", "ana") }, "", "ana", 0},
+		{"ana claims it again", func() error { return m.Claim(ctx, "s1", "ana") }, "", "ana", 0},
+		{"bob may not claim it", func() error { return m.Claim(ctx, "s1", "bob") }, apperr.Forbidden, "ana", 0},
+		{"ana's turn is applied", func() error { _, err := m.Apply(ctx, "e1", ev("ana", "s1", "hi"), fixedSummary("x")); return err }, "", "ana", 2},
+		{"bob's event is refused", func() error { _, err := m.Apply(ctx, "e2", ev("bob", "s1", "mine now"), fixedSummary("x")); return err },
+			apperr.Forbidden, "ana", 2},
+		{"an unclaimed session goes to the first event's user", func() error {
+			_, err := m.Apply(ctx, "e3", ev("bob", "s2", "hello"), fixedSummary("x"))
+			return err
+		}, "", "ana", 2},
+	}
+	for _, st := range steps {
+		err := st.do()
+		if apperr.CodeOf(err) != st.wantCode && !(st.wantCode == "" && err == nil) {
+			t.Fatalf("%s: %v; want code %q", st.name, err, st.wantCode)
+		}
+		owner, err := m.Owner(ctx, "s1")
+		if err != nil || owner != st.wantOwner {
+			t.Fatalf("%s: owner %q (%v); want %q", st.name, owner, err, st.wantOwner)
+		}
+		if h, _ := m.History(ctx, "s1", 0); len(h) != st.wantLen {
+			t.Fatalf("%s: %d history entries; want %d", st.name, len(h), st.wantLen)
+		}
+	}
+	if owner, _ := m.Owner(ctx, "s2"); owner != "bob" {
+		t.Fatalf("s2 owner %q; want bob", owner)
+	}
+	if list, _ := m.Sessions(ctx, "bob"); len(list) != 1 || list[0].SessionID != "s2" {
+		t.Fatalf("bob's sessions %+v; want only s2 (never ana's s1)", list)
+	}
+}

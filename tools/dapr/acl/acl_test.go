@@ -74,6 +74,7 @@ func TestAccessControlPolicies(t *testing.T) {
 		{"daca", "gateway", "agent-memory-service", "conversations/s1", http.MethodGet, true},
 		{"daca", "gateway", "agent-memory-service", "conversations/s1", http.MethodDelete, true},
 		{"daca", "gateway", "agent-memory-service", "conversations/batch", http.MethodPost, true},
+		{"daca", "gateway", "agent-memory-service", "owners/s1", http.MethodGet, true},
 		{"daca", "gateway", "agent-memory-service", "users/u1/sessions", http.MethodGet, true},
 		{"daca", "gateway", "agent-memory-service", "health", http.MethodGet, true},
 		{"daca", "gateway", "chat-service", "chat", http.MethodPost, true},
@@ -88,6 +89,10 @@ func TestAccessControlPolicies(t *testing.T) {
 		{"daca", "chat-service", "agent-memory-service", "memories/u1", http.MethodDelete, false},
 		{"daca", "chat-service", "agent-memory-service", "memories/u1/initialize", http.MethodPost, false},
 		{"daca", "chat-service", "agent-memory-service", "conversations/s1", http.MethodDelete, false},
+		{"daca", "chat-service", "agent-memory-service", "owners/s1", http.MethodPut, true}, // a turn claims its session
+		{"daca", "chat-service", "agent-memory-service", "owners/Session:7_x-y", http.MethodPut, true},
+		{"daca", "chat-service", "agent-memory-service", "owners/s1", http.MethodDelete, false},
+		{"daca", "chat-service", "agent-memory-service", "users/u1/sessions", http.MethodGet, false},
 		{"daca", "chat-service", "agent-memory-service", "users/u1/sessions", http.MethodGet, false},
 		{"daca", "chat-service", "chat-service", "chat", http.MethodPost, false},
 		// Nobody calls the gateway, the memory service calls nobody.
