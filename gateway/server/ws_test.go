@@ -213,6 +213,7 @@ func TestWebsocketProtocolClosures(t *testing.T) {
 	})
 	t.Run("a peer that never answers ping is closed", func(t *testing.T) {
 		ws := wsDial(t, srv.URL, "graphql-transport-ws", nil)
+		ws.Silent = true
 		defer ws.Conn().CloseNow()
 		ws.Await(5*time.Second, "connection_ack")
 		ws.Await(5*time.Second, "ping") // and never pong

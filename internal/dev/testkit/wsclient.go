@@ -27,6 +27,11 @@ type WSClient struct {
 	reader  sync.Once
 	started bool
 	quit    chan struct{}
+	// Silent, set before the first read, makes the client never answer the
+	// server's graphql-transport-ws ping (a dead peer, for tests of that).
+	// Otherwise every ping is answered with a pong at once, as client
+	// libraries do, whether or not the test is reading.
+	Silent bool
 }
 
 func DialWS(t testing.TB, url, proto string) *WSClient {
@@ -66,6 +71,9 @@ func (c *WSClient) readLoop() {
 		}
 		var m map[string]any
 		if json.Unmarshal(b, &m) == nil {
+			if m["type"] == "ping" && !c.Silent && c.proto == "graphql-transport-ws" {
+				_ = c.conn.Write(context.Background(), websocket.MessageText, []byte(`{"type":"pong"}`))
+			}
 			select {
 			case c.msgs <- m:
 			case <-c.quit:
