@@ -168,3 +168,37 @@ func TestClientLibraries(t *testing.T) {
 		}
 	}
 }
+
+// TestPlaygroundDocsListTheSchema: GraphiQL's own introspection query (the
+// standard one of graphql-js) is answered, so its documentation explorer
+// lists the schema: Query and its field memory.
+func TestPlaygroundDocsListTheSchema(t *testing.T) {
+	st := stacktest.Stack(t)
+	ctx := chromium(t)
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(st.App("gateway").AppURL()+"/"),
+		chromedp.WaitVisible(`.graphiql-execute-button`),
+	); err != nil {
+		t.Fatal(err)
+	}
+	// Open the documentation explorer, then the Query type, as a user clicks them.
+	open := `(() => {
+		const b = [...document.querySelectorAll('.graphiql-sidebar button')].find(b => (b.getAttribute('aria-label') || '').includes('Documentation'));
+		if (!b) return null;
+		const d = document.querySelector('.graphiql-doc-explorer');
+		if (!d) { b.click(); return null; }
+		const q = [...d.querySelectorAll('a')].find(a => a.innerText.trim() === 'Query');
+		if (q) { q.click(); return null; }
+		return d.innerText.includes('memory') ? d.innerText : null;
+	})()`
+	got, err := chromedp.Run(ctx, chromedp.Poll[string](open, chromedp.WithPollingTimeout(30*time.Second)))
+	if err != nil {
+		html, _ := chromedp.Run(ctx, chromedp.OuterHTML("body"))
+		t.Fatalf("docs pane: %v\npage: %.3000s", err, html)
+	}
+	for _, want := range []string{"memory", "sessions", "chatRun"} {
+		if !strings.Contains(got, want) {
+			t.Fatalf("docs pane %q lacks %q", got, want)
+		}
+	}
+}
