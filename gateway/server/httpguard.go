@@ -13,9 +13,33 @@ import (
 )
 
 // guardHTTP wraps /graphql in its HTTP guards, outermost first: CORS, the
-// CSRF rule, the body limit, then the bearer token.
+// CSRF rule, the status of a mutation over GET, the body limit, then the
+// bearer token.
 func (s *Server) guardHTTP(next http.Handler) http.Handler {
-	return s.cors(csrf(s.bodyLimit(s.bearerAuth(next))))
+	return s.cors(csrf(queryOnlyGET(s.bodyLimit(s.bearerAuth(next)))))
+}
+
+// queryOnlyGET answers an operation other than a query sent over GET with
+// 405 Method Not Allowed and Allow: POST, as the GraphQL-over-HTTP spec
+// asks (gqlgen refuses it, unexecuted, with 406).
+func queryOnlyGET(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+			next.ServeHTTP(w, r)
+			return
+		}
+		next.ServeHTTP(&getWriter{ResponseWriter: w}, r)
+	})
+}
+
+type getWriter struct{ http.ResponseWriter }
+
+func (w *getWriter) WriteHeader(code int) {
+	if code == http.StatusNotAcceptable {
+		w.Header().Set("Allow", http.MethodPost)
+		code = http.StatusMethodNotAllowed
+	}
+	w.ResponseWriter.WriteHeader(code)
 }
 
 // cors answers the allowed origins (AllowedOrigins) with CORS headers.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -159,7 +160,8 @@ func TestMetrics(t *testing.T) {
 // GraphQL over HTTP: the media type the client asks for, and the spec's
 // status codes for it.
 func TestGraphQLOverHTTP(t *testing.T) {
-	_, h := newServer(backendtest.New(), Config{}, 0, nil)
+	f := backendtest.New()
+	_, h := newServer(f, Config{}, 0, nil)
 	tests := []struct {
 		name, method, body, accept, ctype string
 		status                            int
@@ -170,12 +172,16 @@ func TestGraphQLOverHTTP(t *testing.T) {
 		{"graphql-response+json invalid", "POST", `{"query":"{ nope }"}`, "application/graphql-response+json", "application/json", 400, "application/graphql-response+json"},
 		{"graphql-response+json unparsable", "POST", `{"query":"{"}`, "application/graphql-response+json", "application/json", 400, "application/graphql-response+json"},
 		{"GET query", "GET", "", "application/json", "", 200, "application/json"},
+		{"GET mutation", "GET", "", "application/json", "", 405, "application/json"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			target := "/graphql"
-			if tt.method == "GET" {
-				target += "?query=" + "%7B%20health%20%7B%20gateway%20%7D%20%7D"
+			switch tt.name {
+			case "GET query":
+				target += "?query=" + url.QueryEscape("{ health { gateway } }")
+			case "GET mutation":
+				target += "?query=" + url.QueryEscape(`mutation { sendMessage(input: {userId: "ana", text: "over GET"}) { reply } }`)
 			}
 			req := httptest.NewRequest(tt.method, target, strings.NewReader(tt.body))
 			req.Header.Set("Accept", tt.accept)
@@ -186,6 +192,9 @@ func TestGraphQLOverHTTP(t *testing.T) {
 			h.ServeHTTP(w, req)
 			if w.Code != tt.status || !strings.HasPrefix(w.Header().Get("Content-Type"), tt.wantType) {
 				t.Fatalf("%d %s %s; want %d %s", w.Code, w.Header().Get("Content-Type"), w.Body, tt.status, tt.wantType)
+			}
+			if tt.status == http.StatusMethodNotAllowed && (w.Header().Get("Allow") != http.MethodPost || f.LastIn.Text != "") {
+				t.Fatalf("Allow: %q, mutation input %+v; want POST, and the mutation not run", w.Header().Get("Allow"), f.LastIn)
 			}
 		})
 	}

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	neturl "net/url"
 	"os"
 	"regexp"
 	"strconv"
@@ -295,10 +296,16 @@ func TestBadInputKeepsServing(t *testing.T) {
 			}
 		})
 	}
-	// Mutations never run over GET.
-	r := stacktest.Do(t, http.MethodGet, url+`?query=mutation%7BforgetUser(userId:%22x%22)%7BuserId%7D%7D`, nil)
-	if r.Status == http.StatusOK && !strings.Contains(string(r.Body), "only allow query") {
-		t.Fatalf("mutation over GET: %d %s", r.Status, r.Body)
+	// Mutations never run over GET: 405 with Allow: POST, and no effect.
+	getUser := unique("get-user")
+	mut := fmt.Sprintf(`mutation { initializeMemory(userId: %q, input: {name: "set over GET"}) { name } }`, getUser)
+	r := stacktest.Do(t, http.MethodGet, url+"?query="+neturl.QueryEscape(mut), nil)
+	if r.Status != http.StatusMethodNotAllowed || r.Header.Get("Allow") != http.MethodPost {
+		t.Fatalf("mutation over GET: %d (Allow %q) %s; want 405, Allow: POST", r.Status, r.Header.Get("Allow"), r.Body)
+	}
+	data, _, _ := gql(t, url, `query($u: ID!) { memory(userId: $u) { name } }`, map[string]any{"u": getUser})
+	if name := data["memory"].(map[string]any)["name"]; name == "set over GET" {
+		t.Fatal("the mutation sent over GET ran")
 	}
 	// Websocket protocol errors close with the protocol's codes.
 	ws := testkit.DialWS(t, url, "graphql-transport-ws")
