@@ -101,14 +101,27 @@ func newGuard(ctx context.Context, cfg config, sidecar dapr.Client, log *slog.Lo
 		if err != nil {
 			return nil, fmt.Errorf("AUTH_MODE=jwt: reading %s from the secret store: %w", contract.SecretJWT, err)
 		}
-		secret := m[contract.SecretJWT]
-		if len(secret) < 32 {
-			return nil, fmt.Errorf("AUTH_MODE=jwt: the secret %s must hold at least 32 bytes (or set JWT_JWKS_URL for RS256)", contract.SecretJWT)
+		v, err := hs256(m[contract.SecretJWT], cfg.jwtOpts)
+		if err != nil {
+			return nil, err
 		}
-		guard.Verifier = auth.HS256{Secret: []byte(secret), Opts: cfg.jwtOpts}
+		guard.Verifier = v
 		log.Info("AUTH_MODE=jwt: HS256 tokens, signing secret from the Dapr secret store")
 	}
 	return guard, nil
+}
+
+// minSecret is the shortest HS256 signing secret the gateway accepts.
+const minSecret = 32
+
+// hs256 is the verifier of tokens signed with secret, at least minSecret
+// bytes long.
+func hs256(secret string, opts auth.Options) (auth.HS256, error) {
+	if len(secret) < minSecret {
+		return auth.HS256{}, fmt.Errorf("AUTH_MODE=jwt: the secret %s must hold at least %d bytes, it holds %d (or set JWT_JWKS_URL for RS256)",
+			contract.SecretJWT, minSecret, len(secret))
+	}
+	return auth.HS256{Secret: []byte(secret), Opts: opts}, nil
 }
 
 // newTurnLimit returns the per-user chat-turn limit: one limit across every

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/daca-go/daca/gateway/auth"
+	"github.com/daca-go/daca/gateway/backend"
 	"github.com/daca-go/daca/gateway/backend/backendtest"
 	"github.com/daca-go/daca/gateway/fanout"
 	"github.com/daca-go/daca/graph"
@@ -249,5 +250,45 @@ func TestBodyErrorNeverQuotesTheBody(t *testing.T) {
 			resp.Errors[0].Extensions["code"] != tt.code || strings.Contains(w.Body.String(), "health") || w.Body.Len() > 1000 {
 			t.Errorf("%.40s: %d %.300s; want %d %q %s", tt.body, w.Code, w.Body, tt.status, tt.want, tt.code)
 		}
+	}
+}
+
+// TestCSRFRule: a POST a browser may send cross-site without a preflight
+// (form, multipart or text/plain content) is refused before GraphQL runs,
+// unless it carries a header that forces a preflight (Apollo-Require-
+// Preflight, X-Apollo-Operation-Name), as Apollo's CSRF prevention does.
+func TestCSRFRule(t *testing.T) {
+	f := backendtest.New()
+	_, h := newServer(f, Config{}, 0, nil)
+	mutation := `{"query":"mutation { sendMessage(input: {userId: \"ana\", text: \"csrf\"}) { reply } }"}`
+	tests := []struct {
+		name, ctype, header string
+		refused             bool
+	}{
+		{"multipart", "multipart/form-data; boundary=x", "", true},
+		{"form", "application/x-www-form-urlencoded", "", true},
+		{"text/plain", "text/plain;charset=UTF-8", "", true},
+		{"multipart with Apollo-Require-Preflight", "multipart/form-data; boundary=x", "Apollo-Require-Preflight", false},
+		{"text/plain with X-Apollo-Operation-Name", "text/plain", "X-Apollo-Operation-Name", false},
+		{"json needs no header", "application/json", "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f.LastIn = backend.ChatInput{}
+			req := httptest.NewRequest(http.MethodPost, "/graphql", strings.NewReader(mutation))
+			req.Header.Set("Content-Type", tt.ctype)
+			if tt.header != "" {
+				req.Header.Set(tt.header, "true")
+			}
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, req)
+			refused := w.Code == http.StatusBadRequest && strings.Contains(w.Body.String(), "forces a CORS preflight")
+			if refused != tt.refused {
+				t.Fatalf("%d %s; want refused by the CSRF rule: %v", w.Code, w.Body, tt.refused)
+			}
+			if tt.refused && f.LastIn.Text != "" {
+				t.Fatal("a refused request ran its mutation")
+			}
+		})
 	}
 }

@@ -35,11 +35,15 @@ func TestMain(m *testing.M) {
 		stack.Chat.App("LLM_OFFLINE_DELAY=700ms"), // a slow model, so a turn is seen RUNNING
 		stack.Gateway.App(ws...),
 		stack.Gateway.Named("gateway-2", ws...),
-		stack.Gateway.Named("gateway-jwt", "AUTH_MODE=jwt", "WS_INIT_TIMEOUT=2s"),
+		stack.Gateway.Named("gateway-jwt", "AUTH_MODE=jwt", "WS_INIT_TIMEOUT=2s", "JWT_ISSUER="+jwtIssuer, "JWT_AUDIENCE="+jwtAudience),
 	}, Secrets: map[string]string{contract.SecretLLMKey: "", contract.SecretJWT: jwtSecret}}))
 }
 
-const jwtSecret = "e2e-signing-secret-0123456789abcdef"
+const (
+	jwtSecret   = "e2e-signing-secret-0123456789abcdef"
+	jwtIssuer   = "daca-e2e-issuer"
+	jwtAudience = "daca-gateway"
+)
 
 func gqlURL(st *stack.Stack, name string) string { return st.App(name).AppURL() + "/graphql" }
 
@@ -343,7 +347,7 @@ func mustJSON(q string) string {
 
 func token(t *testing.T, sub, role string) string {
 	t.Helper()
-	c := jwt.MapClaims{"sub": sub, "exp": time.Now().Add(time.Hour).Unix()}
+	c := jwt.MapClaims{"sub": sub, "exp": time.Now().Add(time.Hour).Unix(), "iss": jwtIssuer, "aud": jwtAudience}
 	if role != "" {
 		c["role"] = role
 	}

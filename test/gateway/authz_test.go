@@ -1,0 +1,220 @@
+package gateway
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/daca-go/daca/internal/dev/stacktest"
+	"github.com/daca-go/daca/internal/dev/testkit"
+)
+
+// caller is who calls in the authorization matrix.
+type caller struct {
+	name string
+	// token for the owner of the data (its subject, or someone else's).
+	token func(t *testing.T, owner string) string
+	// class is what the gateway must make of the caller: own, other,
+	// admin, none (no token) or bad (a token it must refuse).
+	class string
+}
+
+func signed(t *testing.T, method jwt.SigningMethod, key any, claims jwt.MapClaims) string {
+	t.Helper()
+	s, err := jwt.NewWithClaims(method, claims).SignedString(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func claimsOf(sub string) jwt.MapClaims {
+	return jwt.MapClaims{"sub": sub, "exp": time.Now().Add(time.Hour).Unix(), "iss": jwtIssuer, "aud": jwtAudience}
+}
+
+func with(c jwt.MapClaims, k string, v any) jwt.MapClaims { c[k] = v; return c }
+
+var callers = []caller{
+	{"own data", func(t *testing.T, owner string) string { return token(t, owner, "") }, "own"},
+	{"another user's", func(t *testing.T, owner string) string { return token(t, unique("mallory"), "") }, "other"},
+	{"admin", func(t *testing.T, owner string) string { return token(t, unique("root"), "admin") }, "admin"},
+	{"no token", func(*testing.T, string) string { return "" }, "none"},
+	{"expired", func(t *testing.T, owner string) string {
+		return signed(t, jwt.SigningMethodHS256, []byte(jwtSecret), with(claimsOf(owner), "exp", time.Now().Add(-time.Hour).Unix()))
+	}, "bad"},
+	{"wrong issuer", func(t *testing.T, owner string) string {
+		return signed(t, jwt.SigningMethodHS256, []byte(jwtSecret), with(claimsOf(owner), "iss", "someone-else"))
+	}, "bad"},
+	{"wrong audience", func(t *testing.T, owner string) string {
+		return signed(t, jwt.SigningMethodHS256, []byte(jwtSecret), with(claimsOf(owner), "aud", "another-api"))
+	}, "bad"},
+	{"alg none", func(t *testing.T, owner string) string {
+		return signed(t, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, claimsOf(owner))
+	}, "bad"},
+	{"wrong secret", func(t *testing.T, owner string) string {
+		return signed(t, jwt.SigningMethodHS256, []byte("another-secret-0123456789abcdef012345"), claimsOf(owner))
+	}, "bad"},
+}
+
+// data is one user's: a session with a completed turn.
+type data struct{ user, session, instance string }
+
+// newData makes a user with one completed turn, through the JWT gateway.
+func newData(t *testing.T, url, prefix string) data {
+	t.Helper()
+	d := data{user: unique(prefix), session: unique(prefix + "-s")}
+	d2, errs, _ := gqlWith(t, url, token(t, d.user, ""), sendMessage, map[string]any{"in": map[string]any{"userId": d.user, "text": "hello", "sessionId": d.session}})
+	if len(errs) != 0 {
+		t.Fatalf("%s's turn: %v", d.user, errs)
+	}
+	d.instance = fmt.Sprint(d2["sendMessage"].(map[string]any)["instanceId"])
+	return d
+}
+
+// TestAuthorizationMatrix: every query, mutation and subscription of the
+// API, against the real stack with AUTH_MODE=jwt (JWT_ISSUER and
+// JWT_AUDIENCE set), for every kind of caller. Unknown and foreign data
+// look the same; a refused token is refused before any resolver runs (HTTP
+// 401, websocket 4403), and a refused mutation changes nothing.
+func TestAuthorizationMatrix(t *testing.T) {
+	st := stacktest.Stack(t)
+	url := gqlURL(st, "gateway-jwt")
+	alice := newData(t, url, "alice")
+	type expect struct{ own, other, admin string } // "" ok; else the code (or "null": data null, no error)
+	ops := []struct {
+		name string
+		// query against d (fresh data per row for the destructive ones)
+		query       func(d data) string
+		destructive bool
+		want        expect
+	}{
+		{"memory", func(d data) string { return fmt.Sprintf(`{ memory(userId: %q) { name } }`, d.user) }, false, expect{"", "FORBIDDEN", ""}},
+		{"sessions", func(d data) string { return fmt.Sprintf(`{ sessions(userId: %q) { sessionId } }`, d.user) }, false, expect{"", "FORBIDDEN", ""}},
+		{"conversation", func(d data) string { return fmt.Sprintf(`{ conversation(sessionId: %q) { sessionId } }`, d.session) }, false, expect{"", "FORBIDDEN", ""}},
+		{"chatRun", func(d data) string { return fmt.Sprintf(`{ chatRun(instanceId: %q) { status } }`, d.instance) }, false, expect{"", "null", ""}},
+		{"health", func(data) string { return `{ health { status } }` }, false, expect{"", "", ""}},
+		{"sendMessage", func(d data) string {
+			return fmt.Sprintf(`mutation { sendMessage(input: {userId: %q, text: "hi", sessionId: %q}) { reply } }`, d.user, d.session)
+		}, false, expect{"", "FORBIDDEN", ""}},
+		{"startChat", func(d data) string {
+			return fmt.Sprintf(`mutation { startChat(input: {userId: %q, text: "hi", sessionId: %q}) { instanceId } }`, d.user, d.session)
+		}, false, expect{"", "FORBIDDEN", ""}},
+		{"initializeMemory", func(d data) string {
+			return fmt.Sprintf(`mutation { initializeMemory(userId: %q, input: {name: "Changed"}) { name } }`, d.user)
+		}, true, expect{"", "FORBIDDEN", ""}},
+		{"deleteConversation", func(d data) string { return fmt.Sprintf(`mutation { deleteConversation(sessionId: %q) }`, d.session) }, true, expect{"", "FORBIDDEN", ""}},
+		{"forgetUser", func(d data) string { return fmt.Sprintf(`mutation { forgetUser(userId: %q) { sessionsDeleted } }`, d.user) }, true, expect{"", "FORBIDDEN", ""}},
+	}
+	for _, op := range ops {
+		for _, c := range callers {
+			t.Run(op.name+"/"+c.name, func(t *testing.T) {
+				d := alice
+				if op.destructive && (c.class == "own" || c.class == "admin") {
+					d = newData(t, url, "victim") // data this row may change
+				}
+				out, errs, status := gqlWith(t, url, c.token(t, d.user), op.query(d), nil)
+				want := ""
+				switch c.class {
+				case "own":
+					want = op.want.own
+				case "other":
+					want = op.want.other
+				case "admin":
+					want = op.want.admin
+				case "none":
+					want = "UNAUTHENTICATED"
+				case "bad":
+					want = "UNAUTHENTICATED"
+					if status != http.StatusUnauthorized {
+						t.Fatalf("status %d; want 401 before any resolver runs", status)
+					}
+				}
+				if op.name == "health" && c.class == "none" {
+					want = "" // health is open
+				}
+				switch {
+				case want == "null":
+					if len(errs) != 0 || out[strings.Split(op.name, "/")[0]] != nil {
+						t.Fatalf("data %v errors %v; want null and no error (as for an unknown turn)", out, errs)
+					}
+				case code(errs) != want:
+					t.Fatalf("code %q (%v); want %q", code(errs), errs, want)
+				}
+			})
+		}
+	}
+	// Nothing a refused caller tried changed alice's data.
+	got, errs, _ := gqlWith(t, url, token(t, alice.user, ""), `query($s: ID!, $u: ID!) { conversation(sessionId: $s) { messages { content } } memory(userId: $u) { name } }`,
+		map[string]any{"s": alice.session, "u": alice.user})
+	msgs, _ := got["conversation"].(map[string]any)["messages"].([]any)
+	if len(errs) != 0 || got["memory"].(map[string]any)["name"] == "Changed" {
+		t.Fatalf("alice's data after the refused calls: %v %v", got, errs)
+	}
+	testkit.WaitUntil(t, 30*time.Second, "alice's history holds only her own turns", func() bool {
+		got, _, _ = gqlWith(t, url, token(t, alice.user, ""), `query($s: ID!) { conversation(sessionId: $s) { messages { content } } }`, map[string]any{"s": alice.session})
+		msgs, _ = got["conversation"].(map[string]any)["messages"].([]any)
+		return len(msgs)%2 == 0 && len(msgs) >= 2
+	})
+
+	// Subscriptions: a refused token closes the socket with 4403; another
+	// user's turn looks like an unknown one.
+	subs := []struct {
+		name, query string
+		want        expect // "" accepted; else the error code
+	}{
+		{"memoryUpdated", fmt.Sprintf(`subscription { memoryUpdated(userId: %q) { userId } }`, alice.user), expect{"", "FORBIDDEN", ""}},
+		{"conversationUpdated", fmt.Sprintf(`subscription { conversationUpdated(userId: %q) { eventId } }`, alice.user), expect{"", "FORBIDDEN", ""}},
+		{"chatRun", fmt.Sprintf(`subscription { chatRun(instanceId: %q) { status } }`, alice.instance), expect{"", "NOT_FOUND", ""}},
+		{"chatRun of an unknown turn", `subscription { chatRun(instanceId: "chat-unknown") { status } }`, expect{"NOT_FOUND", "NOT_FOUND", "NOT_FOUND"}},
+	}
+	for _, s := range subs {
+		for _, c := range callers {
+			t.Run("subscription "+s.name+"/"+c.name, func(t *testing.T) {
+				ws := testkit.DialWS(t, url, "graphql-transport-ws")
+				ws.Send(map[string]any{"type": "connection_init", "payload": map[string]any{"Authorization": "Bearer " + c.token(t, alice.user)}})
+				if c.class == "none" || c.class == "bad" {
+					if got := ws.Closed(10 * time.Second); got != 4403 {
+						t.Fatalf("closed with %d; want 4403", got)
+					}
+					return
+				}
+				ws.Next(10*time.Second, "connection_ack")
+				ws.Subscribe("1", s.query, nil)
+				want := map[string]string{"own": s.want.own, "other": s.want.other, "admin": s.want.admin}[c.class]
+				if want == "" {
+					if strings.HasPrefix(s.name, "chatRun") { // a finished turn: its final state at once
+						if m := ws.Next(10*time.Second, "next", "error"); m["type"] != "next" {
+							t.Fatalf("got %v; want the turn's state", m)
+						}
+					}
+					return // accepted (memoryUpdated, conversationUpdated wait for events)
+				}
+				// gqlgen reports a subscription's resolver error as a result
+				// with errors and no data (graphql-ws allows either form).
+				m := ws.Next(10*time.Second, "error", "next")
+				p, _ := m["payload"].(map[string]any)
+				isErr := m["type"] == "error" || (p["data"] == nil && p["errors"] != nil)
+				if !isErr || !strings.Contains(fmt.Sprint(m["payload"]), "code:"+want) {
+					t.Fatalf("got %v; want an error %s", m, want)
+				}
+			})
+		}
+	}
+}
+
+// gqlWith posts a GraphQL request with a bearer token ("" for none).
+func gqlWith(t *testing.T, url, tok, query string, vars map[string]any) (map[string]any, []any, int) {
+	t.Helper()
+	h := []string{}
+	if tok != "" {
+		h = append(h, "Authorization", "Bearer "+tok)
+	}
+	r := stacktest.Do(t, http.MethodPost, url, map[string]any{"query": query, "variables": vars}, h...)
+	data, _ := r.JSON["data"].(map[string]any)
+	errs, _ := r.JSON["errors"].([]any)
+	return data, errs, r.Status
+}
