@@ -3,7 +3,6 @@ package graph
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/daca-go/daca/gateway/backend"
 	"github.com/daca-go/daca/graph/model"
+	"github.com/daca-go/daca/internal/dev/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -78,7 +78,7 @@ func waitPolling(t *testing.T, w *RunWatch, want int) {
 
 func TestRunWatchSharesOnePollerPerTurn(t *testing.T) {
 	s := &script{states: turn, every: 3}
-	w := NewRunWatch(s.fetch, time.Millisecond, slog.New(slog.DiscardHandler))
+	w := NewRunWatch(s.fetch, time.Millisecond, testkit.Quiet())
 	const subs = 50
 	first := turn[0]
 	first.InstanceID = "wf-1"
@@ -109,7 +109,7 @@ func TestRunWatchSharesOnePollerPerTurn(t *testing.T) {
 
 func TestRunWatchStopsWhenTheLastSubscriberLeaves(t *testing.T) {
 	s := &script{states: turn[:1], every: 1} // never ends
-	w := NewRunWatch(s.fetch, time.Millisecond, slog.New(slog.DiscardHandler))
+	w := NewRunWatch(s.fetch, time.Millisecond, testkit.Quiet())
 	first := turn[0]
 	first.InstanceID = "wf-2"
 	ctx1, cancel1 := context.WithCancel(context.Background())
@@ -150,7 +150,7 @@ func TestRunWatchNeverSendsAnOlderState(t *testing.T) {
 			return nil, ctx.Err()
 		}
 	}
-	w := NewRunWatch(fetch, time.Millisecond, slog.New(slog.DiscardHandler))
+	w := NewRunWatch(fetch, time.Millisecond, testkit.Quiet())
 	early := w.Follow(context.Background(), turn[0])
 	<-early   // its first state
 	<-started // the poller's read is under way
@@ -176,7 +176,7 @@ func TestRunWatchNeverSendsAnOlderState(t *testing.T) {
 
 func TestRunWatchSlowSubscriberGetsTheFinalState(t *testing.T) {
 	s := &script{states: turn, every: 1}
-	w := NewRunWatch(s.fetch, time.Millisecond, slog.New(slog.DiscardHandler))
+	w := NewRunWatch(s.fetch, time.Millisecond, testkit.Quiet())
 	first := turn[0]
 	first.InstanceID = "wf-3"
 	slow, fast := w.Follow(context.Background(), first), w.Follow(context.Background(), first)
@@ -195,7 +195,7 @@ func TestRunWatchEndedTurn(t *testing.T) {
 	w := NewRunWatch(func(context.Context, string) (*backend.Run, error) {
 		t.Fatal("an ended turn is not polled")
 		return nil, nil
-	}, time.Millisecond, slog.New(slog.DiscardHandler))
+	}, time.Millisecond, testkit.Quiet())
 	got := drain(t, w.Follow(context.Background(), backend.Run{InstanceID: "wf-4", Status: "FAILED", Error: "boom"}))
 	if len(got) != 1 || got[0].Status != model.ChatStatusFailed || w.Polling() != 0 {
 		t.Fatalf("got %d states, %d turns polled", len(got), w.Polling())

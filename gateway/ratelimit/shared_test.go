@@ -3,12 +3,13 @@ package ratelimit
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/daca-go/daca/internal/dev/testkit"
 )
 
 // memStore is a Store in memory, with compare-and-swap on a version number.
@@ -63,7 +64,7 @@ func TestSharedLimit(t *testing.T) {
 	now := time.Unix(1000, 0)
 	store := newMemStore()
 	// Two replicas sharing one store: one per second, burst 3.
-	a, b := NewShared(store, 60, 3, slog.New(slog.DiscardHandler)), NewShared(store, 60, 3, slog.New(slog.DiscardHandler))
+	a, b := NewShared(store, 60, 3, testkit.Quiet()), NewShared(store, 60, 3, testkit.Quiet())
 	a.now = func() time.Time { return now }
 	b.now = a.now
 	steps := []struct {
@@ -101,7 +102,7 @@ func TestSharedLimit(t *testing.T) {
 
 func TestSharedRetriesConflicts(t *testing.T) {
 	store := newMemStore()
-	l := NewShared(store, 60, 1, slog.New(slog.DiscardHandler))
+	l := NewShared(store, 60, 1, testkit.Quiet())
 	store.conflict.Store(casTries - 1) // another replica wins all but the last try
 	if ok, _ := l.Allow(context.Background(), "u"); !ok {
 		t.Fatal("refused after conflicts")
@@ -141,7 +142,7 @@ func TestSharedConcurrentReplicas(t *testing.T) {
 func TestSharedFallsBackWhenTheStoreFails(t *testing.T) {
 	store := newMemStore()
 	store.fail = errors.New("connection refused")
-	l := NewShared(store, 60, 2, slog.New(slog.DiscardHandler))
+	l := NewShared(store, 60, 2, testkit.Quiet())
 	for i, want := range []bool{true, true, false} { // the per-replica limit still holds
 		if ok, _ := l.Allow(context.Background(), "u"); ok != want {
 			t.Fatalf("event %d: allowed=%v; want %v", i, ok, want)

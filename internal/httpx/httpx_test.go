@@ -2,13 +2,13 @@ package httpx
 
 import (
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 
 	"github.com/daca-go/daca/internal/apperr"
+	"github.com/daca-go/daca/internal/dev/testkit"
 )
 
 func TestValidID(t *testing.T) {
@@ -60,7 +60,7 @@ func TestDecode(t *testing.T) {
 }
 
 func TestErrorHidesInternals(t *testing.T) {
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	log := testkit.Quiet()
 	w := httptest.NewRecorder()
 	err := apperr.Wrap(apperr.Unavailable, io.ErrUnexpectedEOF, "the state store is unavailable")
 	Error(w, httptest.NewRequest(http.MethodGet, "/", nil), log, err)

@@ -2,12 +2,12 @@ package service
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"net/http"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/daca-go/daca/internal/dev/testkit"
 )
 
 // TestServeDrainsAtShutdown: when ctx ends, Serve runs every drain and waits
@@ -28,7 +28,7 @@ func TestServeDrainsAtShutdown(t *testing.T) {
 	}
 	errc := make(chan error, 1)
 	go func() {
-		errc <- Serve(ctx, ln, http.NotFoundHandler(), 5*time.Second, slog.New(slog.NewTextHandler(io.Discard, nil)), slow, slow)
+		errc <- Serve(ctx, ln, http.NotFoundHandler(), 5*time.Second, testkit.Quiet(), slow, slow)
 	}()
 	if resp, err := http.Get("http://" + ln.Addr().String()); err != nil {
 		t.Fatal(err)

@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -15,6 +13,7 @@ import (
 	dapr "github.com/dapr/go-sdk/client"
 
 	"github.com/daca-go/daca/internal/apperr"
+	"github.com/daca-go/daca/internal/dev/testkit"
 	"github.com/daca-go/daca/internal/llm"
 	"github.com/daca-go/daca/services/memory/store"
 	"github.com/daca-go/daca/services/memory/store/storetest"
@@ -46,7 +45,7 @@ func (m model) Mode() string { return "offline" }
 func setup(llmErr error) (http.Handler, *storetest.State, *sidecar) {
 	st := storetest.New()
 	pub := &sidecar{}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	log := testkit.Quiet()
 	s := newServer(log, "")
 	s.ready(store.New(st, store.Config{}, log), pub, model{err: llmErr})
 	return s.routes(), st, pub
