@@ -7,6 +7,7 @@ package provider
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -61,6 +62,7 @@ func TestMain(m *testing.M) {
 		// The scheduler lets at most this many generate_response activities
 		// run at once (TestLLMCallsCapped).
 		LLMMaxConcurrent: llmMaxConcurrent,
+		AfterTests:       keyNeverLeaks,
 	})
 	listener.Close()
 	srv.Close()
@@ -222,32 +224,47 @@ func TestAppsAnswerOnlyTheirSidecar(t *testing.T) {
 	}
 }
 
-// Runs last: the key must appear in no log line, response or process
-// environment of the run.
-func TestZKeyNeverLeaks(t *testing.T) {
-	st := stacktest.Stack(t)
+// keyNeverLeaks runs after every test of the package (stacktest's
+// AfterTests, whatever their order): the key must appear in no response a
+// test saw, no log line and no process environment of the run.
+func keyNeverLeaks(st *stack.Stack) error {
 	// A few more responses, errors included.
-	do(t, http.MethodPost, chatURL(st, "chat"), map[string]any{"user_id": "pat", "text": ""}, tok(st)...)
-	do(t, http.MethodGet, st.App("chat-service").SidecarURL()+"/v1.0/metadata", nil, tok(st)...)
-	do(t, http.MethodGet, st.App("chat-service").SidecarURL()+"/v1.0/secrets/secretstore/gemini-api-key", nil) // no token: refused
+	ctx := context.Background()
+	for _, r := range []struct {
+		method, url string
+		body        any
+		headers     []string
+	}{
+		{http.MethodPost, chatURL(st, "chat"), map[string]any{"user_id": "pat", "text": ""}, tok(st)},
+		{http.MethodGet, st.App(contract.ChatApp).SidecarURL() + "/v1.0/metadata", nil, tok(st)},
+		{http.MethodGet, st.App(contract.ChatApp).SidecarURL() + "/v1.0/secrets/secretstore/" + contract.SecretLLMKey, nil, nil}, // no token: refused
+	} {
+		resp, err := stacktest.Call(ctx, r.method, r.url, r.body, r.headers...)
+		if err != nil {
+			return err
+		}
+		respMu.Lock()
+		responses = append(responses, string(resp.Body)+fmt.Sprint(resp.Header))
+		respMu.Unlock()
+	}
 	respMu.Lock()
 	defer respMu.Unlock()
 	for _, body := range responses {
 		if strings.Contains(body, apiKey) {
-			t.Fatalf("a response leaks the API key: %.200s", body)
+			return fmt.Errorf("a response leaks the API key: %.200s", body)
 		}
 	}
-	logs, _ := filepath.Glob(filepath.Join(filepath.Dir(st.App("chat-service").Daprd.Spec.LogFile), "*.log"))
+	logs, _ := filepath.Glob(filepath.Join(filepath.Dir(st.App(contract.ChatApp).Daprd.Spec.LogFile), "*.log"))
 	if len(logs) < 5 {
-		t.Fatalf("only %d log files found", len(logs))
+		return fmt.Errorf("only %d log files found", len(logs))
 	}
 	for _, f := range logs {
 		b, err := os.ReadFile(f)
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
 		if strings.Contains(string(b), apiKey) {
-			t.Fatalf("%s leaks the API key", f)
+			return fmt.Errorf("%s leaks the API key", f)
 		}
 	}
 	for _, p := range st.Processes() {
@@ -256,13 +273,13 @@ func TestZKeyNeverLeaks(t *testing.T) {
 			continue // exited (the killed chat service)
 		}
 		if strings.Contains(string(env), apiKey) {
-			t.Fatalf("the environment of %s holds the API key", p.Spec.Name)
+			return fmt.Errorf("the environment of %s holds the API key", p.Spec.Name)
 		}
 	}
-	calls := prov.Calls()
-	if calls == 0 {
-		t.Fatal("the provider was never called: the key check proves nothing")
+	if prov.Calls() == 0 {
+		return errors.New("the provider was never called: the key check proves nothing")
 	}
+	return nil
 }
 
 // TestLLMCallsCapped: with the workflow configuration's

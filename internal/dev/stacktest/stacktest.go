@@ -41,6 +41,10 @@ type Options struct {
 	Secure  bool
 	// LLMMaxConcurrent caps concurrent generate_response activities (0: none).
 	LLMMaxConcurrent int
+	// AfterTests, when set, runs once every test of the package has run,
+	// with the stack still up: a check over the whole run (a secret in no
+	// log, say) that no test's order can skip. Its error fails the run.
+	AfterTests func(st *stack.Stack) error
 	// Verbose copies every process's output to stderr as it happens
 	// (also switched on by DACA_TEST_VERBOSE=1).
 	Verbose bool
@@ -134,6 +138,17 @@ func Run(m *testing.M, opts Options) int {
 	}()
 
 	code := m.Run()
+	if opts.AfterTests != nil {
+		if err := opts.AfterTests(st); err != nil {
+			fmt.Fprintf(os.Stderr, "--- FAIL: after the tests: %v\n", err)
+			code = 1
+			mu.Lock()
+			failed = true
+			mu.Unlock()
+		} else {
+			fmt.Fprintln(os.Stderr, "stacktest: the check after the tests passed")
+		}
+	}
 	stopWatch()
 	close(done)
 	mu.Lock()
