@@ -46,6 +46,10 @@ type Config struct {
 	// once (components/config.yaml, enforced by the scheduler); 0: no cap.
 	LLMMaxConcurrent int
 
+	// PortWait is how long a configured port held only by connections (not
+	// a listener) is waited for; default 60s.
+	PortWait time.Duration
+
 	LogLevel     string        // daprd/placement/scheduler log level; default info
 	ReadyTimeout time.Duration // default 90s
 
@@ -105,6 +109,9 @@ func (c *Config) defaults() error {
 	}
 	if c.ReadyTimeout == 0 {
 		c.ReadyTimeout = 90 * time.Second
+	}
+	if c.PortWait == 0 {
+		c.PortWait = 60 * time.Second
 	}
 	if c.Out == nil {
 		c.Out = io.Discard

@@ -2,10 +2,12 @@ package stack
 
 import (
 	"errors"
+	"io"
 	"net"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestSecretsYAML(t *testing.T) {
@@ -43,7 +45,11 @@ func TestCheckFreeNamesTheTakenPort(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := checkFree(tt.ports)
+			start := time.Now()
+			err := checkFree(tt.ports, time.Minute, io.Discard)
+			if time.Since(start) > 10*time.Second {
+				t.Fatalf("checkFree waited %s for a port held by a listener", time.Since(start))
+			}
 			if tt.want == "" {
 				if err != nil {
 					t.Fatal(err)
@@ -81,3 +87,68 @@ func TestFreePortNeverRepeatsNorHandsOutAReservedPort(t *testing.T) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+func TestHolderOf(t *testing.T) {
+	table := `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:C351 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:C352 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0000000000000000 20 4 30 10 -1
+   2: 0100007F:C353 0100007F:1F90 06 00000000:00000000 03:00000F9E 00000000     0        0 0 3 0000000000000000
+   3: 0100007F:C354 0100007F:1F90 06 00000000:00000000 03:00000F9E 00000000     0        0 0 3 0000000000000000
+   4: 0100007F:C354 0100007F:1F91 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0000000000000000 20 4 30 10 -1
+`
+	tests := []struct {
+		port int
+		want string
+	}{
+		{0xC351, holderListener},
+		{0xC352, holderConnection},
+		{0xC353, holderClosed},
+		{0xC354, holderConnection}, // one open beside one closed
+		{0xC355, ""},
+	}
+	for _, tt := range tests {
+		if got := holderOf(tcpStates(table, tt.port)); got != tt.want {
+			t.Errorf("port %d: %q; want %q", tt.port, got, tt.want)
+		}
+	}
+}
+
+// TestPortHeldByAConnection: a configured port that an open connection uses
+// as its local port (the kernel hands out Dapr's default ports to outgoing
+// connections) is told apart from a listener, waited for, and named in the
+// error when it stays taken.
+func TestPortHeldByAConnection(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			defer c.Close()
+			io.Copy(io.Discard, c)
+		}
+	}()
+	conn, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	port := conn.LocalAddr().(*net.TCPAddr).Port
+	if h := portHolder(port); h != holderConnection {
+		t.Fatalf("portHolder(%d) = %q; want %q", port, h, holderConnection)
+	}
+	if h := portHolder(l.Addr().(*net.TCPAddr).Port); h != holderListener {
+		t.Fatalf("the listener's port: %q; want %q", h, holderListener)
+	}
+	var progress strings.Builder
+	err = checkFree([]namedPort{{"agent-memory-service sidecar gRPC", port}}, 1500*time.Millisecond, &progress)
+	var pe *PortInUseError
+	if !errors.As(err, &pe) || pe.Holder != holderConnection || !strings.Contains(err.Error(), "local port of an open TCP connection") {
+		t.Fatalf("err = %v; want a PortInUseError saying an open connection holds it", err)
+	}
+	if !strings.Contains(progress.String(), "waiting up to 2s") {
+		t.Fatalf("progress %q; want it to say it waits", progress.String())
+	}
+}
