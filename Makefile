@@ -7,7 +7,7 @@ DAPR_DIR  := .bin/dapr-$(DAPR_VER)
 DACA      := .bin/daca
 TEST_TIMEOUT ?= 20m
 
-.PHONY: run test unit vet check-generate dapr daca bench stress images k8s-secrets clean help
+.PHONY: run test unit vet check-generate dapr daca bench stress faults images k8s-secrets clean help
 
 help:
 	@echo "make run    run the whole system (Redis, Dapr, apps with sidecars)"
@@ -16,6 +16,7 @@ help:
 	@echo "make dapr   build the Dapr $(DAPR_VER) binaries once (about 5 minutes)"
 	@echo "make bench  measure chat turns, reads through the gateway and fan-out; prints a table"
 	@echo "make stress several rounds of 300 concurrent chat turns; every one must complete"
+	@echo "make faults every process killed mid-load and restarted; prints what was lost (nothing)"
 
 ## run: the whole system on this machine; Ctrl-C stops everything.
 run: daca
@@ -38,6 +39,12 @@ test: dapr vet check-generate
 STRESS_RUNS ?= 5
 stress: dapr
 	DACA_TEST_VERBOSE= $(GO) test -count=$(STRESS_RUNS) -timeout 30m -run 'TestManyConcurrentTurns$$' -v ./test/services/ | grep -E 'concurrent turns|^(---|ok|FAIL|PASS)'
+
+## faults: the fault suite, longer than in make test (FAULTS_TURNS turns per client and row):
+## each process of the stack killed (SIGKILL) mid-load and restarted; prints one table.
+FAULTS_TURNS ?= 10
+faults: dapr
+	@DACA_FAULTS_TURNS=$(FAULTS_TURNS) $(GO) test -count=1 -timeout 30m -run 'TestFaults$$' -v ./test/faults/ | grep -E 'faults\||^(--- FAIL|FAIL|ok)' | sed 's/^ *faults| \?/| /'
 
 ## check-generate: go generate ./... must leave the tree unchanged.
 check-generate:

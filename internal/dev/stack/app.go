@@ -55,16 +55,22 @@ func (a *RunningApp) SidecarGRPC() string { return "127.0.0.1:" + strconv.Itoa(a
 // AppURL is the app's own base URL.
 func (a *RunningApp) AppURL() string { return "http://127.0.0.1:" + strconv.Itoa(a.AppPort) }
 
-func (s *Stack) spawn(name, path string, args, env []string, dir string) (*proc.Process, error) {
-	if dir == "" {
-		dir = s.cfg.Root
-	}
+// baseEnv is what every process of the stack inherits from the launcher.
+func baseEnv() []string {
 	base := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
 	for _, k := range []string{"GOCOVERDIR", "GORACE"} {
 		if v := os.Getenv(k); v != "" {
 			base = append(base, k+"="+v)
 		}
 	}
+	return base
+}
+
+func (s *Stack) spawn(name, path string, args, env []string, dir string) (*proc.Process, error) {
+	if dir == "" {
+		dir = s.cfg.Root
+	}
+	base := baseEnv()
 	p, err := proc.Start(proc.Spec{
 		Name:    name,
 		Path:    path,

@@ -41,6 +41,9 @@ type Options struct {
 	Secure  bool
 	// LLMMaxConcurrent caps concurrent generate_response activities (0: none).
 	LLMMaxConcurrent int
+	// RedisPersist keeps Redis's data on disk (RDB and AOF), so that a
+	// restarted Redis (Stack.Restart) comes back with it.
+	RedisPersist bool
 	// AfterTests, when set, runs once every test of the package has run,
 	// with the stack still up: a check over the whole run (a secret in no
 	// log, say) that no test's order can skip. Its error fails the run.
@@ -100,6 +103,7 @@ func Run(m *testing.M, opts Options) int {
 		Apps:             opts.Apps,
 		Secure:           opts.Secure,
 		LLMMaxConcurrent: opts.LLMMaxConcurrent,
+		RedisPersist:     opts.RedisPersist,
 		Out:              out,
 		Progress:         os.Stderr,
 	})

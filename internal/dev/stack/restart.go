@@ -1,0 +1,106 @@
+package stack
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/daca-go/daca/internal/dev/proc"
+)
+
+// process returns the started process with the name (redis, placement,
+// scheduler, an app's name, or its sidecar's: <name>-dapr), the latest one
+// when it was started again.
+func (s *Stack) process(name string) *proc.Process {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := len(s.procs) - 1; i >= 0; i-- {
+		if s.procs[i].Spec.Name == name {
+			return s.procs[i]
+		}
+	}
+	return nil
+}
+
+// Kill kills a process of the stack at once (SIGKILL), as a crash would:
+// redis, placement, scheduler, an app (its name) or a sidecar (<name>-dapr).
+func (s *Stack) Kill(name string) error {
+	p := s.process(name)
+	if p == nil {
+		return fmt.Errorf("stack: no process %q", name)
+	}
+	p.Kill()
+	return nil
+}
+
+// Restart starts a killed (or running: it is killed first) process of the
+// stack again with the same command line, ports and data, and waits until
+// it is ready.
+func (s *Stack) Restart(ctx context.Context, name string) error {
+	old := s.process(name)
+	if old == nil {
+		return fmt.Errorf("stack: no process %q", name)
+	}
+	select {
+	case <-old.Done():
+	default:
+		old.Kill()
+	}
+	spec := old.Spec
+	p, err := s.spawn(spec.Name, spec.Path, spec.Args, spec.Env[len(baseEnv()):], spec.Dir)
+	if err != nil {
+		return err
+	}
+	var ready func() error
+	s.mu.Lock()
+	switch {
+	case name == "redis":
+		s.Redis = p
+		ready = func() error { return redisPing(s.RedisAddr) }
+	case name == "placement":
+		s.Placement = p
+		ready = func() error { return httpOK(fmt.Sprintf("http://127.0.0.1:%d/healthz", s.placementHealthz)) }
+	case name == "scheduler":
+		s.Scheduler = p
+		ready = func() error { return httpOK(fmt.Sprintf("http://127.0.0.1:%d/healthz", s.schedulerHealthz)) }
+	default:
+		for _, a := range s.apps {
+			switch name {
+			case a.Name + "-dapr":
+				a.Daprd = p
+				url := a.SidecarURL() + "/v1.0/healthz"
+				ready = func() error { return httpOK(url) }
+			case a.Name:
+				a.AppCmd = p
+				if a.HealthPath != "" {
+					url := a.AppURL() + a.HealthPath
+					ready = func() error { return httpOK(url) }
+				}
+			}
+		}
+	}
+	s.mu.Unlock()
+	if ready == nil {
+		return nil
+	}
+	if err := waitFor(ctx, s.cfg.ReadyTimeout, p, ready); err != nil {
+		return fmt.Errorf("%s not ready after its restart: %w", name, err)
+	}
+	return nil
+}
+
+// RestartAfter kills the process, waits down (the outage), and starts it
+// again; it returns when the process is ready, with the time the restart
+// began.
+func (s *Stack) RestartAfter(ctx context.Context, name string, down time.Duration) (time.Time, error) {
+	if err := s.Kill(name); err != nil {
+		return time.Time{}, err
+	}
+	select {
+	case <-ctx.Done():
+		return time.Time{}, ctx.Err()
+	case <-time.After(down):
+	}
+	at := time.Now()
+	return at, s.Restart(ctx, name)
+}

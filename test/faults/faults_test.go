@@ -1,0 +1,301 @@
+// Package faults is the fault suite: a steady load of chat turns, each
+// client retrying with its Idempotency-Key until it gets an answer, while
+// one process of the real stack at a time is killed with SIGKILL and
+// started again. Everything is counted from outside the apps: turns
+// started, completed, failed, stuck; ConversationUpdated events on the
+// conversations stream per turn (read from Redis itself); history entries
+// per session; and the time until turns complete again.
+//
+// `make test` runs it short (DACA_FAULTS_TURNS unset: 3 turns per client);
+// `make faults` runs it longer and prints the table.
+package faults
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/daca-go/daca/internal/contract"
+	"github.com/daca-go/daca/internal/dev/stack"
+	"github.com/daca-go/daca/internal/dev/stacktest"
+	"github.com/daca-go/daca/internal/dev/testkit"
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(stacktest.Run(m, stacktest.Options{
+		Apps: []stack.App{
+			stack.Memory.App(),
+			// A model that takes a while, so that a kill finds turns inside
+			// generate_response.
+			stack.Chat.App("LLM_OFFLINE_DELAY=300ms"),
+		},
+		RedisPersist: true, // a restarted Redis comes back with its data (AOF, fsync every second)
+	}))
+}
+
+// fault is one row: a process of the stack killed mid-load and started
+// again after down.
+type fault struct {
+	name, process string
+	down          time.Duration
+}
+
+var faults = []fault{
+	{"chat-service killed (turns inside generate_response)", "chat-service", time.Second},
+	{"chat-service's daprd killed", "chat-service-dapr", time.Second},
+	{"agent-memory-service killed (while applying events)", "agent-memory-service", time.Second},
+	{"agent-memory-service's daprd killed", "agent-memory-service-dapr", time.Second},
+	{"Redis killed, restarted on its data", "redis", time.Second},
+	{"placement killed", "placement", time.Second},
+	{"scheduler killed", "scheduler", time.Second},
+}
+
+// row is what one fault's run counted.
+type row struct {
+	fault
+	started, completed, failed, stuck int
+	eventsMin, eventsMax              int // ConversationUpdated events per completed turn
+	strayEvents                       int // events of turns that did not complete
+	sessionsOK, sessions              int // sessions whose history holds exactly 2 entries per completed turn
+	recovered                         time.Duration
+	problems                          []string
+}
+
+var (
+	rowsMu sync.Mutex
+	rows   []row
+)
+
+func turnsPerClient() int {
+	if n, err := strconv.Atoi(os.Getenv("DACA_FAULTS_TURNS")); err == nil && n > 0 {
+		return n
+	}
+	return 3
+}
+
+const clients = 3
+
+func TestFaults(t *testing.T) {
+	st := stacktest.Stack(t)
+	for i, f := range faults {
+		t.Run(f.name, func(t *testing.T) {
+			r := runFault(t, st, fmt.Sprintf("f%d-%d", i, time.Now().UnixNano()%1e6), f)
+			rowsMu.Lock()
+			rows = append(rows, r)
+			rowsMu.Unlock()
+			if r.stuck != 0 || r.sessionsOK != r.sessions || r.eventsMin < 1 || r.strayEvents != 0 || len(r.problems) != 0 {
+				t.Errorf("%+v", r)
+			}
+		})
+	}
+	printTable(t)
+}
+
+// outcome of one turn as its client saw it.
+type outcome struct {
+	session, instance string
+	status            string // COMPLETED, FAILED, or "" (stuck)
+	at                time.Time
+	problem           string
+}
+
+func runFault(t *testing.T, st *stack.Stack, prefix string, f fault) row {
+	r := row{fault: f, started: clients * turnsPerClient(), sessions: clients}
+	chatURL := st.App(contract.ChatApp).SidecarURL() + "/v1.0/invoke/" + contract.ChatApp + "/method/chat"
+	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
+	defer cancel()
+	var mu sync.Mutex
+	var outcomes []outcome
+	completed := make(chan struct{}, r.started)
+	var wg sync.WaitGroup
+	for c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			session := fmt.Sprintf("%s-s%d", prefix, c)
+			for i := range turnsPerClient() {
+				o := turn(ctx, st, chatURL, session, fmt.Sprintf("%s-c%d-t%d", prefix, c, i))
+				mu.Lock()
+				outcomes = append(outcomes, o)
+				mu.Unlock()
+				if o.status == string(contract.RunCompleted) {
+					completed <- struct{}{}
+				}
+			}
+		}()
+	}
+	// The fault, once the load is under way: a completed turn per client.
+	for range clients {
+		select {
+		case <-completed:
+		case <-ctx.Done():
+		}
+	}
+	killed := time.Now()
+	restarted, err := st.RestartAfter(ctx, f.process, f.down)
+	if err != nil {
+		r.problems = append(r.problems, "restart: "+err.Error())
+	}
+	wg.Wait()
+
+	perSession := map[string]int{}
+	done := map[string]bool{}
+	for _, o := range outcomes {
+		switch o.status {
+		case string(contract.RunCompleted):
+			r.completed++
+			perSession[o.session]++
+			done[o.instance] = true
+			if o.at.After(killed) && (r.recovered == 0 || o.at.Sub(restarted) < r.recovered) {
+				r.recovered = o.at.Sub(restarted)
+			}
+		case string(contract.RunFailed):
+			r.failed++
+		default:
+			r.stuck++
+		}
+		if o.problem != "" {
+			r.problems = append(r.problems, o.problem)
+		}
+	}
+	// History: exactly two entries per completed turn, once the memory has
+	// applied every event (a redelivery after a crash takes up to its
+	// processing timeout, 60 s).
+	deadline := time.Now().Add(100 * time.Second)
+	for s, n := range perSession {
+		for {
+			got := historyLen(t, st, s)
+			if got == 2*n {
+				r.sessionsOK++
+				break
+			}
+			if got > 2*n || time.Now().After(deadline) {
+				r.problems = append(r.problems, fmt.Sprintf("session %s: %d history entries for %d completed turns", s, got, n))
+				break
+			}
+			time.Sleep(250 * time.Millisecond) // the memory applies events on its own schedule
+		}
+	}
+	r.sessions = len(perSession)
+	// Events on the stream itself, by CloudEvent id (the turn's instance id).
+	counts := streamCounts(t, st, prefix)
+	r.eventsMin = -1
+	for id := range done {
+		n := counts[id]
+		if r.eventsMin < 0 || n < r.eventsMin {
+			r.eventsMin = n
+		}
+		r.eventsMax = max(r.eventsMax, n)
+	}
+	for id, n := range counts {
+		if !done[id] {
+			r.strayEvents += n
+		}
+	}
+	return r
+}
+
+// turn sends one chat turn and retries it with the same Idempotency-Key
+// until chat-service answers with the turn's end: COMPLETED, or FAILED with
+// a clear error. Anything else (a transport error, 503 while a process is
+// down, 504) is retried.
+func turn(ctx context.Context, st *stack.Stack, url, session, key string) outcome {
+	o := outcome{session: session}
+	body := map[string]any{"user_id": "fault-user", "text": "hello " + key, "metadata": map[string]string{"session_id": session}}
+	for ctx.Err() == nil {
+		resp, err := stacktest.Call(ctx, http.MethodPost, url, body, "dapr-api-token", st.APIToken, contract.IdempotencyHeader, key)
+		switch {
+		case err != nil:
+		case resp.Status == http.StatusOK && resp.JSON["status"] == string(contract.RunCompleted):
+			o.status, o.instance, o.at = string(contract.RunCompleted), fmt.Sprint(resp.JSON["instance_id"]), time.Now()
+			return o
+		case resp.JSON["status"] == string(contract.RunFailed):
+			o.status, o.instance = string(contract.RunFailed), fmt.Sprint(resp.JSON["instance_id"])
+			if !strings.HasPrefix(fmt.Sprint(resp.JSON["detail"]), "chat turn failed") {
+				o.problem = fmt.Sprintf("%s failed without a clear error: %s", key, resp.Body)
+			}
+			return o
+		case resp.Status == http.StatusBadRequest:
+			o.problem = fmt.Sprintf("%s refused: %s", key, resp.Body)
+			return o
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(250 * time.Millisecond): // this client's retry interval
+		}
+	}
+	o.problem = "stuck: " + key
+	return o
+}
+
+func historyLen(t *testing.T, st *stack.Stack, session string) int {
+	url := st.App(contract.MemoryApp).SidecarURL() + "/v1.0/invoke/" + contract.MemoryApp + "/method/conversations/" + session
+	r, err := stacktest.Call(t.Context(), http.MethodGet, url, nil, "dapr-api-token", st.APIToken)
+	if err != nil {
+		return -1
+	}
+	h, _ := r.JSON["history"].([]any)
+	return len(h)
+}
+
+// streamCounts reads the conversations stream from Redis and counts its
+// entries by CloudEvent id, for the sessions of this row (prefix).
+func streamCounts(t *testing.T, st *stack.Stack, prefix string) map[string]int {
+	counts := map[string]int{}
+	var reply any
+	testkit.WaitFor(t, 30*time.Second, "the conversations stream", func() error {
+		var err error
+		reply, err = st.RedisDo("XRANGE", contract.TopicConversations, "-", "+")
+		return err
+	})
+	entries, _ := reply.([]any)
+	for _, e := range entries {
+		pair, _ := e.([]any)
+		if len(pair) != 2 {
+			continue
+		}
+		fields, _ := pair[1].([]any)
+		for i := 0; i+1 < len(fields); i += 2 {
+			if k, _ := fields[i].(string); k != "data" {
+				continue
+			}
+			raw, _ := fields[i+1].(string)
+			var ce struct {
+				ID   string          `json:"id"`
+				Data json.RawMessage `json:"data"`
+			}
+			if json.Unmarshal([]byte(raw), &ce) != nil {
+				continue
+			}
+			var ev contract.ConversationUpdated
+			if _, err := contract.DecodeCloudEvent([]byte(raw), &ev); err == nil && strings.HasPrefix(ev.SessionID, prefix+"-") {
+				counts[ce.ID]++
+			}
+		}
+	}
+	return counts
+}
+
+func printTable(t *testing.T) {
+	rowsMu.Lock()
+	defer rowsMu.Unlock()
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nfaults| %-55s | started | completed | failed | stuck | events per completed turn | stray events | sessions with exact history | recovered after restart |\n", "fault (SIGKILL, restarted after 1 s)")
+	fmt.Fprintf(&b, "faults|%s|---:|---:|---:|---:|---|---:|---|---:|\n", strings.Repeat("-", 57))
+	for _, r := range rows {
+		ev := fmt.Sprintf("%d", r.eventsMin)
+		if r.eventsMax != r.eventsMin {
+			ev = fmt.Sprintf("%d–%d", r.eventsMin, r.eventsMax)
+		}
+		fmt.Fprintf(&b, "faults| %-55s | %d | %d | %d | %d | %s | %d | %d of %d | %s |\n", r.name, r.started, r.completed, r.failed, r.stuck,
+			ev, r.strayEvents, r.sessionsOK, r.sessions, r.recovered.Round(10*time.Millisecond))
+	}
+	t.Log(b.String())
+}
