@@ -165,6 +165,47 @@ func TestProviderRetriesAndKeyRotation(t *testing.T) {
 	}
 }
 
+// TestProviderFaults: a 429 with Retry-After: 2 is retried no sooner than
+// 2 s later; a provider that hangs ends at LLM_TIMEOUT with a Timeout (the
+// workflow's retry policy then runs generate_response again), after one
+// call.
+func TestProviderFaults(t *testing.T) {
+	const key = "sk-live-0123456789abcdef"
+	t.Run("429 with Retry-After: 2", func(t *testing.T) {
+		prov := &llmtest.Provider{Key: key, Failures: []int{429}, RetryAfter: "2"}
+		srv := httptest.NewServer(prov)
+		defer srv.Close()
+		c, err := New(t.Context(), Config{BaseURL: srv.URL + "/v1", Model: "m", MaxRetries: 3, Timeout: 10 * time.Second}, &rotatingKey{keys: []string{key}}, testkit.Quiet())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Chat(t.Context(), "sys", nil, "hello"); err != nil {
+			t.Fatal(err)
+		}
+		at := prov.Arrivals()
+		if len(at) != 2 || at[1].Sub(at[0]) < 2*time.Second {
+			t.Fatalf("%d calls, %v apart; want 2, at least 2s apart", len(at), at[len(at)-1].Sub(at[0]))
+		}
+	})
+	t.Run("a hung provider", func(t *testing.T) {
+		prov := &llmtest.Provider{Key: key, Answer: func(ctx context.Context, _ llmtest.Request) (llmtest.Reply, bool) {
+			<-ctx.Done() // never answers
+			return llmtest.Reply{}, false
+		}}
+		srv := httptest.NewServer(prov)
+		defer srv.Close()
+		c, err := New(t.Context(), Config{BaseURL: srv.URL + "/v1", Model: "m", MaxRetries: 3, Timeout: 300 * time.Millisecond}, &rotatingKey{keys: []string{key}}, testkit.Quiet())
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		_, err = c.Chat(t.Context(), "sys", nil, "hello")
+		if apperr.CodeOf(err) != apperr.Timeout || time.Since(start) > 5*time.Second || prov.Calls() != 1 {
+			t.Fatalf("err %v after %s and %d calls; want Timeout at LLM_TIMEOUT after 1 call", err, time.Since(start), prov.Calls())
+		}
+	})
+}
+
 func TestRedactURL(t *testing.T) {
 	tests := []struct{ in, want string }{
 		{"https://generativelanguage.googleapis.com/v1beta/openai/", "https://generativelanguage.googleapis.com/v1beta/openai/"},

@@ -10,7 +10,9 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Message is one message of a request.
@@ -77,11 +79,20 @@ type Provider struct {
 	// an answer held until the caller goes away, return when ctx ends).
 	Answer func(ctx context.Context, req Request) (r Reply, ok bool)
 
-	calls atomic.Int32
+	calls    atomic.Int32
+	mu       sync.Mutex
+	arrivals []time.Time
 }
 
 // Calls is how many requests arrived (refused ones included).
 func (p *Provider) Calls() int { return int(p.calls.Load()) }
+
+// Arrivals are the times the requests arrived, in order.
+func (p *Provider) Arrivals() []time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]time.Time(nil), p.arrivals...)
+}
 
 // ServeHTTP serves POST …/chat/completions.
 func (p *Provider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -90,6 +101,9 @@ func (p *Provider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	n := int(p.calls.Add(1))
+	p.mu.Lock()
+	p.arrivals = append(p.arrivals, time.Now())
+	p.mu.Unlock()
 	if got := r.Header.Get("Authorization"); got != "Bearer "+p.Key {
 		w.WriteHeader(http.StatusUnauthorized)
 		fmt.Fprintf(w, `{"error":{"message":"Incorrect API key provided: %s","type":"invalid_request_error"}}`, strings.TrimPrefix(got, "Bearer "))
