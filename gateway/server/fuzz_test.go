@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -121,10 +122,11 @@ func TestSubscriptionOverHTTPRefused(t *testing.T) {
 }
 
 // FuzzWebsocketFrame: whatever frame a client sends (before or after
-// connection_init, on either protocol), the gateway answers it or closes
-// the socket with a protocol code (graphql-transport-ws: 44xx; legacy
-// graphql-ws: 1002 with a reason), never with an internal error or by
-// dropping the connection.
+// connection_init, on either protocol), the gateway answers it as
+// graphql-transport-ws says (expectFrame: the close code that fits the
+// frame, or the answer it must get), and on legacy graphql-ws answers or
+// closes with 1002 and a reason — never an internal error or a dropped
+// connection.
 func FuzzWebsocketFrame(f *testing.F) {
 	for _, s := range []struct {
 		legacy, init bool
@@ -169,27 +171,89 @@ func FuzzWebsocketFrame(f *testing.F) {
 		if err := c.Write(ctx, websocket.MessageText, frame); err != nil {
 			t.Fatal(err)
 		}
-		rctx, rcancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		want := expectFrame(legacy, init, frame)
+		// Read until the connection closes, or until quiet for a while: a
+		// frame that needs no answer (a pong, a complete) leaves it open.
+		rctx, rcancel := context.WithTimeout(ctx, 500*time.Millisecond)
 		defer rcancel()
+		var got []string // types of the messages answered
 		for {
-			_, _, err := c.Read(rctx)
+			_, b, err := c.Read(rctx)
 			if err == nil {
+				if m, ok := parseMessage(b); ok && m.Type != "connection_ack" && m.Type != "ka" {
+					got = append(got, m.Type)
+				}
 				continue
 			}
+			code := websocket.CloseStatus(err)
 			if rctx.Err() != nil {
-				return // still open and quiet: fine
+				code = 0 // still open
 			}
-			switch code := websocket.CloseStatus(err); code {
-			case websocket.StatusNormalClosure, 4400, 4401, 4403, 4408, 4409, 4429:
-				return
-			case websocket.StatusProtocolError: // legacy graphql-ws has no codes of its own: 1002 and a reason
-				if legacy {
-					return
+			if legacy {
+				// Legacy graphql-ws has no close codes of its own: an answer,
+				// 1002 with a reason, or staying open; never a dropped link.
+				if rctx.Err() == nil && code != websocket.StatusProtocolError && code != websocket.StatusNormalClosure {
+					t.Fatalf("%s: %.200q ended the connection with %v (%v)", proto, frame, code, err)
 				}
-				t.Fatalf("%s: %.200q closed with 1002; graphql-transport-ws has its own codes (%v)", proto, frame, err)
-			default:
-				t.Fatalf("%s: %.200q ended the connection with %v (%v)", proto, frame, code, err)
+				return
 			}
+			if !slices.Contains(want.codes, int(code)) {
+				t.Fatalf("%s (init %v): %.200q: close %d, answers %v; want one of close %v", proto, init, frame, code, got, want.codes)
+			}
+			if code == 0 && want.answer != "" && !slices.Contains(got, want.answer) {
+				t.Fatalf("%s (init %v): %.200q: answers %v; want %s", proto, init, frame, got, want.answer)
+			}
+			return
 		}
 	})
+}
+
+// expectation is what a frame must get: one of the close codes (0: the
+// connection stays open), and when it stays open, the answer (if any).
+type expectation struct {
+	codes  []int
+	answer string
+}
+
+// expectFrame is the graphql-transport-ws protocol's answer to one frame
+// (github.com/enisdenjo/graphql-ws, PROTOCOL.md), after connection_init
+// when init: the close code it names, or the message the server answers.
+func expectFrame(legacy, init bool, frame []byte) expectation {
+	if legacy {
+		return expectation{}
+	}
+	m, ok := parseMessage(frame)
+	if !ok {
+		return expectation{codes: []int{4400}}
+	}
+	switch m.Type {
+	case "connection_init":
+		if init {
+			return expectation{codes: []int{4429}}
+		}
+		return expectation{codes: []int{0}, answer: "connection_ack"}
+	case "subscribe":
+		switch {
+		case !init:
+			return expectation{codes: []int{4401}}
+		case m.ID == "":
+			return expectation{codes: []int{4400}}
+		}
+		// Answered (next, error, complete), waiting for events, or a
+		// payload that is not an operation (4400).
+		return expectation{codes: []int{0, 4400}}
+	case "complete":
+		switch {
+		case !init:
+			return expectation{codes: []int{4401}}
+		case m.ID == "":
+			return expectation{codes: []int{4400}}
+		}
+		return expectation{codes: []int{0}}
+	case "ping":
+		return expectation{codes: []int{0}, answer: "pong"}
+	case "pong":
+		return expectation{codes: []int{0}}
+	}
+	return expectation{codes: []int{4400}}
 }

@@ -371,3 +371,65 @@ func TestSocketsForgottenWhenClosed(t *testing.T) {
 	}
 	waitUntil(t, "s.sockets.len() == 0", func() bool { return s.sockets.len() == 0 })
 }
+
+// TestWebsocketFrameAnswers: each kind of frame gets the answer that fits
+// it — the graphql-transport-ws close code the protocol names, or the
+// message it must answer with — not merely "some" code or silence.
+func TestWebsocketFrameAnswers(t *testing.T) {
+	_, h := newServer(backendtest.New(), Config{InitTimeout: 2 * time.Second}, 0, nil)
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	const query = `{"id":"1","type":"subscribe","payload":{"query":"{ health { status } }"}}`
+	tests := []struct {
+		name   string
+		legacy bool
+		init   bool // send connection_init (and take its ack) first
+		frames []string
+		close  int    // the close code it must get; 0: none
+		answer string // else the message type it must get back
+	}{
+		{"not JSON", false, true, []string{`not json`}, 4400, ""},
+		{"no type", false, true, []string{`{"id":"1"}`}, 4400, ""},
+		{"type not a string", false, true, []string{`{"type":1}`}, 4400, ""},
+		{"id not a string", false, true, []string{`{"id":1,"type":"subscribe","payload":{}}`}, 4400, ""},
+		{"type in another case", false, true, []string{`{"tYpe":"subscribe","id":"1"}`}, 4400, ""},
+		{"unknown type", false, true, []string{`{"type":"nonsense"}`}, 4400, ""},
+		{"subscribe without id", false, true, []string{`{"type":"subscribe","payload":{"query":"{ health { status } }"}}`}, 4400, ""},
+		{"subscribe before connection_init", false, false, []string{query}, 4401, ""},
+		{"complete before connection_init", false, false, []string{`{"id":"1","type":"complete"}`}, 4401, ""},
+		{"a second connection_init", false, true, []string{`{"type":"connection_init"}`}, 4429, ""},
+		{"a duplicate id", false, true, []string{`{"id":"d","type":"subscribe","payload":{"query":"subscription { memoryUpdated(userId: \"ana\") { userId } }"}}`,
+			`{"id":"d","type":"subscribe","payload":{"query":"subscription { memoryUpdated(userId: \"ana\") { userId } }"}}`}, 4409, ""},
+		{"no connection_init at all", false, false, nil, 4408, ""},
+		{"ping", false, true, []string{`{"type":"ping"}`}, 0, "pong"},
+		{"ping before connection_init (found by the fuzzer: it got 1002)", false, false, []string{`{"type":"ping"}`}, 0, "pong"},
+		{"a query", false, true, []string{query}, 0, "next"},
+		{"a query over legacy graphql-ws", true, true, []string{`{"id":"1","type":"start","payload":{"query":"{ health { status } }"}}`}, 0, "data"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			proto := "graphql-transport-ws"
+			if tt.legacy {
+				proto = "graphql-ws"
+			}
+			ws := testkit.DialWS(t, srv.URL+"/graphql", proto)
+			ws.Silent = true // this test answers nothing on its own
+			if tt.init {
+				ws.Send(map[string]any{"type": "connection_init"})
+				ws.Await(5*time.Second, "connection_ack")
+			}
+			for _, f := range tt.frames {
+				ws.SendRaw(f)
+			}
+			if tt.close != 0 {
+				if got := ws.Closed(10 * time.Second); int(got) != tt.close {
+					t.Fatalf("closed with %d (%v); want %d", got, ws.Err(), tt.close)
+				}
+				return
+			}
+			if m := ws.Await(5*time.Second, tt.answer); m["type"] != tt.answer {
+				t.Fatalf("got %v; want %s", m, tt.answer)
+			}
+		})
+	}
+}

@@ -188,19 +188,42 @@ func (c *guardConn) fail(code int, msg string) {
 }
 
 func (c *guardConn) NextReader() (int, io.Reader, error) {
-	mt, r, err := c.WebsocketConn.NextReader()
-	if err != nil || !c.strict {
-		return mt, r, err
+	for {
+		mt, r, err := c.WebsocketConn.NextReader()
+		if err != nil || !c.strict {
+			return mt, r, err
+		}
+		b, err := io.ReadAll(r)
+		if err != nil {
+			return mt, nil, err
+		}
+		m, ok := parseMessage(b)
+		if !ok {
+			c.fail(closeBadMessage, "Invalid message received")
+			return mt, nil, transport.ErrWebsocketClosed
+		}
+		c.mu.Lock()
+		inited := c.inited
+		c.mu.Unlock()
+		// A ping may come at any time, before connection_init too, and must
+		// be answered with a pong (PROTOCOL.md); gqlgen would close the
+		// socket with 1002 for anything but connection_init first.
+		if !inited && (m.Type == "ping" || m.Type == "pong") {
+			if m.Type == "ping" {
+				if err := c.WriteJSON(map[string]string{"type": "pong"}); err != nil {
+					return mt, nil, err
+				}
+			}
+			continue
+		}
+		return c.check(mt, m, b)
 	}
-	b, err := io.ReadAll(r)
-	if err != nil {
-		return mt, nil, err
-	}
-	m, ok := parseMessage(b)
-	if !ok {
-		c.fail(closeBadMessage, "Invalid message received")
-		return mt, nil, transport.ErrWebsocketClosed
-	}
+}
+
+// check applies the protocol's rules to one message read after the
+// handshake: it closes the socket with the code that fits, or hands the
+// message on to gqlgen.
+func (c *guardConn) check(mt int, m message, b []byte) (int, io.Reader, error) {
 	c.mu.Lock()
 	code, msg := 0, ""
 	switch m.Type {
