@@ -1,9 +1,11 @@
 package turn
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -21,7 +23,6 @@ import (
 
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/contract"
-	"github.com/daca-go/daca/internal/dev/testkit"
 	"github.com/daca-go/daca/internal/llm"
 )
 
@@ -178,8 +179,8 @@ func TestChatWorkflow(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			pub, m := &published{}, &model{err: tt.llmErr}
-			c := engine(t, &Activities{Invoker: tt.mem, Publisher: pub, Model: m, Log: testkit.Quiet()})
+			pub, m, logs := &published{}, &model{err: tt.llmErr}, &syncBuffer{}
+			c := engine(t, &Activities{Invoker: tt.mem, Publisher: pub, Model: m, Log: slog.New(slog.NewJSONHandler(logs, nil))})
 			in := Input{UserID: "ana", SessionID: "s1", Text: "hello"}
 			meta := run(t, c, "chat-test-1", in)
 			if got := meta.String(); got != tt.wantStatus {
@@ -199,6 +200,9 @@ func TestChatWorkflow(t *testing.T) {
 				if meta.FailureDetails == nil || meta.FailureDetails.ErrorMessage != tt.wantError {
 					t.Fatalf("failure %v; want %q", meta.FailureDetails, tt.wantError)
 				}
+				if !strings.Contains(logs.String(), `"msg":"chat turn failed","workflow_instance_id":"chat-test-1"`) {
+					t.Fatalf("handle_error did not record the failure; logs:\n%s", logs.String())
+				}
 				return
 			}
 			want := contract.NewConversationUpdated("ana", "s1", "hello", "re: hello")
@@ -211,4 +215,22 @@ func TestChatWorkflow(t *testing.T) {
 			}
 		})
 	}
+}
+
+// syncBuffer is a bytes.Buffer the activities may log to at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
