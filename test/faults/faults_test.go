@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/dev/stack"
 	"github.com/daca-go/daca/internal/dev/stacktest"
@@ -35,6 +36,10 @@ func TestMain(m *testing.M) {
 			// A model that takes a while, so that a kill finds turns inside
 			// generate_response.
 			stack.Chat.App("LLM_OFFLINE_DELAY=300ms"),
+			// Two gateway replicas: subscribers of the one killed reconnect
+			// to the other.
+			stack.Gateway.App("RATE_LIMIT_PER_MINUTE=0"),
+			stack.Gateway.Named("gateway-2", "RATE_LIMIT_PER_MINUTE=0"),
 		},
 		RedisPersist: true, // a restarted Redis comes back with its data (AOF, fsync every second)
 	}))
@@ -55,6 +60,7 @@ var faults = []fault{
 	{"Redis killed, restarted on its data", "redis", time.Second},
 	{"placement killed", "placement", time.Second},
 	{"scheduler killed", "scheduler", time.Second},
+	{"one of two gateways killed under subscribers (they reconnect to the other)", "gateway", time.Second},
 }
 
 // row is what one fault's run counted.
@@ -66,6 +72,10 @@ type row struct {
 	sessionsOK, sessions              int // sessions whose history holds exactly 2 entries per completed turn
 	recovered                         time.Duration
 	problems                          []string
+	// Gateway rows: the events a subscriber of the killed gateway saw,
+	// reconnecting to the other replica, of the completed turns' events.
+	subscriberSaw, subscriberReconnects int
+	uninterrupted                       bool // turns completed while the process was down
 }
 
 var (
@@ -114,6 +124,10 @@ func runFault(t *testing.T, st *stack.Stack, prefix string, f fault) row {
 	var mu sync.Mutex
 	var outcomes []outcome
 	completed := make(chan struct{}, r.started)
+	var sub *subscriber
+	if strings.HasPrefix(f.process, "gateway") {
+		sub = subscribe(ctx, st, prefix, []string{f.process, "gateway-2"})
+	}
 	var wg sync.WaitGroup
 	for c := range clients {
 		wg.Add(1)
@@ -153,7 +167,10 @@ func runFault(t *testing.T, st *stack.Stack, prefix string, f fault) row {
 			r.completed++
 			perSession[o.session]++
 			done[o.instance] = true
-			if o.at.After(killed) && (r.recovered == 0 || o.at.Sub(restarted) < r.recovered) {
+			switch {
+			case o.at.After(killed) && o.at.Before(restarted):
+				r.uninterrupted = true // turns went on while the process was down
+			case o.at.After(restarted) && (r.recovered == 0 || o.at.Sub(restarted) < r.recovered):
 				r.recovered = o.at.Sub(restarted)
 			}
 		case string(contract.RunFailed):
@@ -184,6 +201,16 @@ func runFault(t *testing.T, st *stack.Stack, prefix string, f fault) row {
 		}
 	}
 	r.sessions = len(perSession)
+	if sub != nil {
+		// Events of turns that completed while the subscriber was away are
+		// not replayed (re-query after a reconnect); the others arrive.
+		// Wait for every event, but not for ever: one published while the
+		// subscriber was away never comes.
+		for deadline := time.Now().Add(10 * time.Second); sub.seen() < r.completed && time.Now().Before(deadline); {
+			time.Sleep(50 * time.Millisecond) // polling a count with a deadline
+		}
+		r.subscriberSaw, r.subscriberReconnects = sub.stop()
+	}
 	// Events on the stream itself, by CloudEvent id (the turn's instance id).
 	counts := streamCounts(t, st, prefix)
 	r.eventsMin = -1
@@ -294,8 +321,117 @@ func printTable(t *testing.T) {
 		if r.eventsMax != r.eventsMin {
 			ev = fmt.Sprintf("%d–%d", r.eventsMin, r.eventsMax)
 		}
+		rec := r.recovered.Round(10 * time.Millisecond).String()
+		if r.uninterrupted {
+			rec = "not interrupted"
+		}
 		fmt.Fprintf(&b, "faults| %-55s | %d | %d | %d | %d | %s | %d | %d of %d | %s |\n", r.name, r.started, r.completed, r.failed, r.stuck,
-			ev, r.strayEvents, r.sessionsOK, r.sessions, r.recovered.Round(10*time.Millisecond))
+			ev, r.strayEvents, r.sessionsOK, r.sessions, rec)
+		if r.subscriberReconnects > 0 || r.subscriberSaw > 0 {
+			fmt.Fprintf(&b, "faults|   its subscriber reconnected %d time(s) to the other gateway and saw %d of the %d turns' events (no replay of those it was away for)\n",
+				r.subscriberReconnects, r.subscriberSaw, r.completed)
+		}
 	}
 	t.Log(b.String())
+}
+
+// subscriber follows the row's turns over graphql-transport-ws on the first
+// gateway of names, and reconnects to the next when its socket ends.
+type subscriber struct {
+	mu         sync.Mutex
+	events     map[string]bool
+	reconnects int
+	cancel     context.CancelFunc
+	done       chan struct{}
+}
+
+func subscribe(ctx context.Context, st *stack.Stack, prefix string, names []string) *subscriber {
+	ctx, cancel := context.WithCancel(ctx)
+	s := &subscriber{events: map[string]bool{}, cancel: cancel, done: make(chan struct{})}
+	ready := make(chan struct{})
+	go func() {
+		defer close(s.done)
+		first := true
+		for i := 0; ctx.Err() == nil; i++ {
+			url := strings.Replace(st.App(names[i%len(names)]).AppURL(), "http", "ws", 1) + "/graphql"
+			s.follow(ctx, url, prefix, func() {
+				if first {
+					close(ready)
+					first = false
+				}
+			})
+			if ctx.Err() == nil {
+				s.mu.Lock()
+				s.reconnects++
+				s.mu.Unlock()
+			}
+		}
+	}()
+	select {
+	case <-ready:
+	case <-ctx.Done():
+	}
+	return s
+}
+
+// follow subscribes once on url and records events until the socket ends.
+func (s *subscriber) follow(ctx context.Context, url, prefix string, subscribed func()) {
+	c, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{Subprotocols: []string{"graphql-transport-ws"}})
+	if err != nil {
+		select { // the other replica may still be starting
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+		return
+	}
+	defer c.CloseNow()
+	send := func(v any) error { b, _ := json.Marshal(v); return c.Write(ctx, websocket.MessageText, b) }
+	if send(map[string]any{"type": "connection_init"}) != nil {
+		return
+	}
+	if send(map[string]any{"id": "1", "type": "subscribe", "payload": map[string]any{
+		"query": `subscription { conversationUpdated(userId: "fault-user") { eventId sessionId } }`}}) != nil {
+		return
+	}
+	for {
+		_, b, err := c.Read(ctx)
+		if err != nil {
+			return
+		}
+		var m struct {
+			Type    string `json:"type"`
+			Payload struct {
+				Data struct {
+					ConversationUpdated struct{ EventID, SessionID string } `json:"conversationUpdated"`
+				} `json:"data"`
+			} `json:"payload"`
+		}
+		json.Unmarshal(b, &m)
+		switch m.Type {
+		case "connection_ack":
+			subscribed()
+		case "ping":
+			send(map[string]string{"type": "pong"})
+		case "next":
+			if ev := m.Payload.Data.ConversationUpdated; strings.HasPrefix(ev.SessionID, prefix+"-") {
+				s.mu.Lock()
+				s.events[ev.EventID] = true
+				s.mu.Unlock()
+			}
+		}
+	}
+}
+
+func (s *subscriber) seen() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.events)
+}
+
+func (s *subscriber) stop() (seen, reconnects int) {
+	s.cancel()
+	<-s.done
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.events), s.reconnects
 }
