@@ -38,6 +38,10 @@ func (s *Server) graphQL() http.Handler {
 		InitTimeout:           s.cfg.InitTimeout + 2*time.Second, // protocolGuard answers first, with 4408
 		InitFunc:              s.wsInit,
 	})
+	// GraphQL over Server-Sent Events (graphql-sse, distinct connections
+	// mode) where websockets are blocked: a subscription sent as a POST with
+	// Accept: text/event-stream, behind the same HTTP guards.
+	srv.AddTransport(transport.SSE{KeepAlivePingInterval: s.cfg.KeepAlive})
 	srv.AddTransport(transport.Options{})
 	srv.AddTransport(transport.GET{})
 	srv.AddTransport(transport.POST{})

@@ -2,16 +2,18 @@ package server
 
 import (
 	"context"
+	"strings"
 
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
 )
 
-// websocketSubscriptions refuses a subscription that does not come over a
-// websocket. gqlgen's POST and GET transports would run it and hold the
-// request open until the first event (forever, for a quiet topic), with a
-// subscriber in the broker all that time.
+// websocketSubscriptions refuses a subscription that comes neither over a
+// websocket nor as Server-Sent Events (Accept: text/event-stream). gqlgen's
+// plain POST and GET transports would run it and hold the request open
+// until the first event (forever, for a quiet topic), with a subscriber in
+// the broker all that time.
 type websocketSubscriptions struct{}
 
 var (
@@ -29,7 +31,10 @@ func (websocketSubscriptions) MutateOperationContext(ctx context.Context, oc *gr
 	if _, ws := ctx.Value(connSlotKey{}).(*connSlot); ws {
 		return nil
 	}
-	err := gqlerror.Errorf("subscriptions need a websocket on /graphql (graphql-transport-ws or graphql-ws), not a plain HTTP request")
+	if strings.Contains(oc.Headers.Get("Accept"), "text/event-stream") {
+		return nil // graphql-sse
+	}
+	err := gqlerror.Errorf("subscriptions need a websocket on /graphql (graphql-transport-ws or graphql-ws) or Server-Sent Events (Accept: text/event-stream), not a plain HTTP request")
 	err.Extensions = map[string]any{"code": "BAD_REQUEST"}
 	return err
 }

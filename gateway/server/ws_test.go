@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -432,4 +433,58 @@ func TestWebsocketFrameAnswers(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSubscriptionOverSSE: where websockets are blocked, a subscription
+// runs as Server-Sent Events (graphql-sse's distinct connections mode),
+// behind the same guards: it gets the events, a refused token gets 401,
+// and everything it held is freed when the client goes away.
+func TestSubscriptionOverSSE(t *testing.T) {
+	g := &auth.Guard{Mode: "jwt", Verifier: staticVerifier{"tok-ana": {Subject: "ana"}}}
+	s, h := newServer(backendtest.New(), Config{}, 0, g)
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	open := func(ctx context.Context, tok string) *http.Response {
+		body := `{"query":"subscription { conversationUpdated(userId: \"ana\") { eventId userMessage } }"}`
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/graphql", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "text/event-stream")
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	if resp := open(t.Context(), "forged"); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("a forged token: %d; want 401", resp.StatusCode)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	resp := open(ctx, "tok-ana")
+	defer resp.Body.Close()
+	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		t.Fatalf("Content-Type %q", resp.Header.Get("Content-Type"))
+	}
+	waitUntil(t, "the SSE subscription is open", func() bool { return s.res.Conversations.Len() == 1 })
+	lines := make(chan string, 16)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	s.res.Conversations.Publish(&model.ConversationEvent{EventID: "e1", UserID: "ana", SessionID: "s1", UserMessage: "over SSE", AssistantReply: "r"})
+	var got []string
+	for l := range lines {
+		got = append(got, l)
+		if strings.Contains(l, "over SSE") {
+			break
+		}
+	}
+	if len(got) < 2 || got[len(got)-2] != "event: next" || !strings.HasPrefix(got[len(got)-1], "data: ") {
+		t.Fatalf("stream %q; want an event next with the data", got)
+	}
+	cancel()
+	waitUntil(t, "the SSE subscriber freed", func() bool { return s.res.Conversations.Len() == 0 })
 }
