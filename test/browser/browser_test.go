@@ -133,8 +133,9 @@ var clientLibraries string
 
 // TestClientLibraries runs the libraries web clients use, in a page of the
 // gateway's origin: Apollo Client's HttpLink (a query and a mutation) and
-// GraphQLWsLink (graphql-ws), and the legacy subscriptions-transport-ws
-// client; both subscriptions receive the turn's event.
+// GraphQLWsLink (graphql-ws), the legacy subscriptions-transport-ws client,
+// and graphql-sse (Server-Sent Events); every subscription receives the
+// turn's event.
 func TestClientLibraries(t *testing.T) {
 	st := stacktest.Stack(t)
 	ctx := chromium(t)
@@ -152,6 +153,7 @@ func TestClientLibraries(t *testing.T) {
 		Sent   struct{ Reply, SessionID, Status string }
 		Modern event
 		Legacy event
+		SSE    event
 	}](fmt.Sprintf(`window.dacaClients.run({user: %q, session: %q})`, user, session), chromedp.EvalAwaitPromise))
 	if err != nil {
 		t.Fatalf("client libraries: %v", err)
@@ -162,7 +164,7 @@ func TestClientLibraries(t *testing.T) {
 	if got.Sent.Status != "COMPLETED" || got.Sent.SessionID != session || !strings.Contains(got.Sent.Reply, "hello from Apollo") {
 		t.Fatalf("Apollo mutation: %+v", got.Sent)
 	}
-	for name, ev := range map[string]event{"GraphQLWsLink (graphql-ws)": got.Modern, "subscriptions-transport-ws": got.Legacy} {
+	for name, ev := range map[string]event{"GraphQLWsLink (graphql-ws)": got.Modern, "subscriptions-transport-ws": got.Legacy, "graphql-sse": got.SSE} {
 		if ev.SessionID != session || ev.UserMessage != "hello from Apollo" || ev.AssistantReply != got.Sent.Reply || ev.EventID == "" {
 			t.Fatalf("%s got %+v", name, ev)
 		}

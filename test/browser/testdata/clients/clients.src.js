@@ -1,14 +1,17 @@
 // The client libraries people use with the gateway, run in a browser page of
 // the gateway's origin by test/browser: Apollo Client (HttpLink for queries
 // and mutations, GraphQLWsLink over graphql-ws for subscriptions) and the
-// legacy subscriptions-transport-ws client. Bundled into
+// legacy subscriptions-transport-ws client, and graphql-sse (subscriptions
+// over Server-Sent Events, where websockets are blocked). Bundled into
 // test/browser/testdata/clients/clients.js (see README.md beside it).
 import { ApolloClient, InMemoryCache, HttpLink, gql } from '@apollo/client/core';
 import { GraphQLWsLink } from '@apollo/client/link/subscriptions';
 import { createClient } from 'graphql-ws';
 import { SubscriptionClient } from 'subscriptions-transport-ws';
+import { createClient as createSSEClient } from 'graphql-sse';
 
-const SUB = gql`subscription($s: ID) { conversationUpdated(sessionId: $s) { eventId sessionId userMessage assistantReply } }`;
+const SUB_TEXT = 'subscription($s: ID) { conversationUpdated(sessionId: $s) { eventId sessionId userMessage assistantReply } }';
+const SUB = gql(SUB_TEXT);
 
 async function openSubscriptions() {
   const text = await (await fetch('/metrics')).text();
@@ -40,10 +43,18 @@ async function run({ user, session }) {
   const legacy = new SubscriptionClient(wsURL, { reconnect: false });
   const modernEvent = first(modern.subscribe({ query: SUB, variables: { s: session } }), 'GraphQLWsLink');
   const legacyEvent = first(legacy.request({ query: SUB, variables: { s: session } }), 'subscriptions-transport-ws');
+  const sse = createSSEClient({ url: location.origin + '/graphql' });
+  const sseEvent = new Promise((resolve, reject) => {
+    const dispose = sse.subscribe({ query: SUB_TEXT, variables: { s: session } }, {
+      next: (v) => { resolve(v); dispose(); },
+      error: (e) => reject(new Error('graphql-sse: ' + (e && e.message ? e.message : JSON.stringify(e)))),
+      complete: () => {},
+    });
+  });
 
   // Both subscriptions are open on the gateway before the turn is sent.
   const deadline = Date.now() + 20000;
-  while ((await openSubscriptions()) < before + 2) {
+  while ((await openSubscriptions()) < before + 3) {
     if (Date.now() > deadline) throw new Error('subscriptions did not open');
     await new Promise((r) => setTimeout(r, 50));
   }
@@ -51,10 +62,12 @@ async function run({ user, session }) {
     mutation: gql`mutation($in: SendMessageInput!) { sendMessage(input: $in) { reply sessionId status } }`,
     variables: { in: { userId: user, text: 'hello from Apollo', sessionId: session } },
   });
-  const [m, l] = await within(30000, Promise.all([modernEvent, legacyEvent]), 'events');
+  const [m, l, e] = await within(30000, Promise.all([modernEvent, legacyEvent, sseEvent]), 'events');
   await wsClient.dispose();
   legacy.close();
-  return { health: health.data.health, sent: sent.data.sendMessage, modern: m.data.conversationUpdated, legacy: l.data.conversationUpdated };
+  sse.dispose();
+  return { health: health.data.health, sent: sent.data.sendMessage, modern: m.data.conversationUpdated, legacy: l.data.conversationUpdated,
+    sse: e.data.conversationUpdated };
 }
 
 window.dacaClients = { run };
