@@ -34,6 +34,8 @@ type config struct {
 	subscriberQueue int
 	runPoll         time.Duration
 	pprofAddr       string
+	apqStore        string        // APQ_STORE: where persisted queries are kept ("": this replica's memory)
+	apqTTL          time.Duration // APQ_TTL
 	http            server.Config
 }
 
@@ -58,6 +60,8 @@ func loadConfig() (config, error) {
 		subscriberQueue: r.Int("SUBSCRIBER_QUEUE", 64, 1, 100000),
 		runPoll:         250 * time.Millisecond,
 		pprofAddr:       r.String("PPROF_ADDR", ""),
+		apqStore:        r.String("APQ_STORE", contract.GatewayStateStore),
+		apqTTL:          r.Duration("APQ_TTL", 24*time.Hour),
 		http: server.Config{
 			MaxDepth:      r.Int("GRAPHQL_MAX_DEPTH", 12, 2, 100),
 			MaxComplexity: r.Int("GRAPHQL_MAX_COMPLEXITY", 500, 10, 100000),

@@ -14,6 +14,7 @@ import (
 	"github.com/daca-go/daca/gateway/auth"
 	"github.com/daca-go/daca/gateway/backend"
 	"github.com/daca-go/daca/gateway/fanout"
+	"github.com/daca-go/daca/gateway/persisted"
 	"github.com/daca-go/daca/gateway/ratelimit"
 	"github.com/daca-go/daca/gateway/server"
 	"github.com/daca-go/daca/graph"
@@ -72,6 +73,9 @@ func run(ctx context.Context, cfg config) error {
 		Runs:          graph.NewRunWatch(b.ChatRun, cfg.runPoll, log),
 	}
 	cfg.http.Guard = guard
+	if cfg.apqStore != "" { // every replica knows the queries any of them was sent
+		cfg.http.PersistedQueries = persisted.New(sidecar, cfg.apqStore, cfg.apqTTL, 1000, log)
+	}
 	cfg.http.Ready = func(ctx context.Context) error { return ready(b.Health(ctx)) }
 	srv := server.New(cfg.http, res, log)
 

@@ -50,7 +50,7 @@ func (s *Server) graphQL() http.Handler {
 	if s.cfg.Introspection {
 		srv.Use(extension.Introspection{})
 	}
-	srv.Use(extension.AutomaticPersistedQuery{Cache: lru.New[string](256)})
+	srv.Use(extension.AutomaticPersistedQuery{Cache: s.cfg.PersistedQueries})
 	srv.Use(extension.FixedComplexityLimit(s.cfg.MaxComplexity))
 	srv.Use(depthLimit{max: s.cfg.MaxDepth})
 	srv.Use(websocketSubscriptions{})

@@ -17,6 +17,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/99designs/gqlgen/graphql"
+	"github.com/99designs/gqlgen/graphql/handler/lru"
 	"github.com/go-chi/chi/v5"
 
 	"github.com/daca-go/daca/gateway/auth"
@@ -31,19 +33,22 @@ import (
 
 // Config of the HTTP surface.
 type Config struct {
-	MaxDepth       int                         // GRAPHQL_MAX_DEPTH, default 12
-	MaxComplexity  int                         // GRAPHQL_MAX_COMPLEXITY, default 500
-	MaxBody        int64                       // bytes, default 1 MiB
-	Introspection  bool                        // GRAPHQL_INTROSPECTION, default true
-	AllowedOrigins []string                    // CORS and websocket origins besides the gateway's own host
-	KeepAlive      time.Duration               // websocket keepalive, default 10s
-	InitTimeout    time.Duration               // websocket connection_init timeout, default 10s
-	LoaderWait     time.Duration               // how long a dataloader gathers keys, default graph.DefaultLoaderWait
-	AppToken       string                      // APP_API_TOKEN: required on the pub/sub routes
-	PubSub         string                      // pub/sub component the gateway subscribes with, default contract.GatewayPubSub
-	Suggestions    bool                        // "did you mean" in validation errors (GRAPHQL_SUGGESTIONS)
-	Guard          *auth.Guard                 // authentication of bearer tokens and websocket connection_init
-	Ready          func(context.Context) error // /readyz: the sidecar and the backends answer
+	MaxDepth       int           // GRAPHQL_MAX_DEPTH, default 12
+	MaxComplexity  int           // GRAPHQL_MAX_COMPLEXITY, default 500
+	MaxBody        int64         // bytes, default 1 MiB
+	Introspection  bool          // GRAPHQL_INTROSPECTION, default true
+	AllowedOrigins []string      // CORS and websocket origins besides the gateway's own host
+	KeepAlive      time.Duration // websocket keepalive, default 10s
+	InitTimeout    time.Duration // websocket connection_init timeout, default 10s
+	LoaderWait     time.Duration // how long a dataloader gathers keys, default graph.DefaultLoaderWait
+	AppToken       string        // APP_API_TOKEN: required on the pub/sub routes
+	PubSub         string        // pub/sub component the gateway subscribes with, default contract.GatewayPubSub
+	Suggestions    bool          // "did you mean" in validation errors (GRAPHQL_SUGGESTIONS)
+	Guard          *auth.Guard   // authentication of bearer tokens and websocket connection_init
+	// PersistedQueries are the automatic persisted queries (APQ) by hash;
+	// nil keeps them in this replica's memory.
+	PersistedQueries graphql.Cache[string]
+	Ready            func(context.Context) error // /readyz: the sidecar and the backends answer
 }
 
 func (c *Config) defaults() {
@@ -64,6 +69,9 @@ func (c *Config) defaults() {
 	}
 	if c.PubSub == "" {
 		c.PubSub = contract.GatewayPubSub
+	}
+	if c.PersistedQueries == nil {
+		c.PersistedQueries = lru.New[string](256)
 	}
 	if c.Ready == nil {
 		c.Ready = func(context.Context) error { return nil }

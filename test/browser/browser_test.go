@@ -204,3 +204,38 @@ func TestPlaygroundDocsListTheSchema(t *testing.T) {
 		}
 	}
 }
+
+// TestApolloPersistedQueries: Apollo Client's own persisted-queries link
+// (hashed queries over GET) against the gateway: the first client's hash is
+// not known, so the link sends the query; a second client's hash alone is
+// then answered.
+func TestApolloPersistedQueries(t *testing.T) {
+	st := stacktest.Stack(t)
+	ctx := chromium(t)
+	user := fmt.Sprintf("apq-%d", time.Now().UnixNano())
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(st.App("gateway").AppURL()+"/"),
+		chromedp.WaitReady("body"),
+		chromedp.Evaluate[chromedp.Void](clientLibraries),
+	); err != nil {
+		t.Fatal(err)
+	}
+	type request struct {
+		Method   string
+		HashOnly bool
+	}
+	got, err := chromedp.Run(ctx, chromedp.Evaluate[struct {
+		First, Second struct{ UserID, UserSummary string }
+		Requests      [][]request
+	}](fmt.Sprintf(`window.dacaClients.persisted({user: %q})`, user), chromedp.EvalAwaitPromise))
+	if err != nil {
+		t.Fatalf("persisted queries: %v", err)
+	}
+	if got.First.UserID != user || got.Second.UserID != user {
+		t.Fatalf("answers %+v %+v", got.First, got.Second)
+	}
+	want := [][]request{{{"GET", true}, {"POST", false}}, {{"GET", true}}}
+	if fmt.Sprint(got.Requests) != fmt.Sprint(want) {
+		t.Fatalf("requests %+v; want %+v (hash, then the query; then the hash alone)", got.Requests, want)
+	}
+}

@@ -7,6 +7,8 @@ package gateway
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -579,5 +581,33 @@ func TestSessionBelongsToItsStarter(t *testing.T) {
 	data, _, _ := gql(t, noneURL, `query($u: ID!) { sessions(userId: $u) { sessionId } }`, map[string]any{"u": bob})
 	if list, _ := data["sessions"].([]any); len(list) != 0 {
 		t.Fatalf("bob's sessions %v; want none (alice's never moves to him)", list)
+	}
+}
+
+// TestPersistedQueriesAcrossReplicas: a query one replica was sent with its
+// hash (Apollo's automatic persisted queries) is known to the other by the
+// hash alone, over GET (what a CDN caches); an unknown hash gets
+// PERSISTED_QUERY_NOT_FOUND, as Apollo Client expects, and no data.
+func TestPersistedQueriesAcrossReplicas(t *testing.T) {
+	st := stacktest.Stack(t)
+	query := fmt.Sprintf(`{ memory(userId: %q) { name } }`, unique("apq"))
+	sum := sha256.Sum256([]byte(query))
+	hash := hex.EncodeToString(sum[:])
+	ext := map[string]any{"persistedQuery": map[string]any{"version": 1, "sha256Hash": hash}}
+	r := stacktest.Do(t, http.MethodPost, gqlURL(st, "gateway"), map[string]any{"query": query, "extensions": ext})
+	if r.Status != http.StatusOK || r.JSON["errors"] != nil {
+		t.Fatalf("register on gateway: %d %s", r.Status, r.Body)
+	}
+	extJSON, _ := json.Marshal(ext)
+	get := func(name string, e []byte) stacktest.Response {
+		return stacktest.Do(t, http.MethodGet, gqlURL(st, name)+"?extensions="+neturl.QueryEscape(string(e)), nil)
+	}
+	if r := get("gateway-2", extJSON); r.Status != http.StatusOK || r.JSON["errors"] != nil || r.JSON["data"] == nil {
+		t.Fatalf("the hash alone on gateway-2: %d %s", r.Status, r.Body)
+	}
+	unknown, _ := json.Marshal(map[string]any{"persistedQuery": map[string]any{"version": 1, "sha256Hash": strings.Repeat("0", 64)}})
+	r = get("gateway-2", unknown)
+	if code(r.JSON["errors"].([]any)) != "PERSISTED_QUERY_NOT_FOUND" || !strings.Contains(string(r.Body), "PersistedQueryNotFound") || r.JSON["data"] != nil {
+		t.Fatalf("an unknown hash: %d %s", r.Status, r.Body)
 	}
 }

@@ -6,6 +6,7 @@
 // test/browser/testdata/clients/clients.js (see README.md beside it).
 import { ApolloClient, InMemoryCache, HttpLink, gql } from '@apollo/client/core';
 import { GraphQLWsLink } from '@apollo/client/link/subscriptions';
+import { createPersistedQueryLink } from '@apollo/client/link/persisted-queries';
 import { createClient } from 'graphql-ws';
 import { SubscriptionClient } from 'subscriptions-transport-ws';
 import { createClient as createSSEClient } from 'graphql-sse';
@@ -70,4 +71,32 @@ async function run({ user, session }) {
     sse: e.data.conversationUpdated };
 }
 
-window.dacaClients = { run };
+async function sha256(text) {
+  const digest = await crypto.subtle.digest('SHA-256', new TextEncoder().encode(text));
+  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+// persisted runs a query twice through Apollo's automatic persisted
+// queries link (hashed queries over GET), from two clients, and returns the
+// requests each made: the first sends the hash, is told the query is not
+// found, and sends it; the second sends the hash alone.
+async function persisted({ user }) {
+  const requests = [];
+  const client = () => {
+    const tag = [];
+    requests.push(tag);
+    const fetchLogged = (uri, opts) => {
+      const u = new URL(uri, location.origin);
+      tag.push({ method: (opts && opts.method) || 'GET', hashOnly: !u.searchParams.get('query') && !(opts && opts.body && opts.body.includes('"query"')) });
+      return fetch(uri, opts);
+    };
+    const link = createPersistedQueryLink({ sha256, useGETForHashedQueries: true }).concat(new HttpLink({ uri: '/graphql', fetch: fetchLogged }));
+    return new ApolloClient({ link, cache: new InMemoryCache() });
+  };
+  const query = gql`query Persisted($u: ID!) { memory(userId: $u) { userId userSummary } }`;
+  const first = await client().query({ query, variables: { u: user }, fetchPolicy: 'no-cache' });
+  const second = await client().query({ query, variables: { u: user }, fetchPolicy: 'no-cache' });
+  return { first: first.data.memory, second: second.data.memory, requests };
+}
+
+window.dacaClients = { run, persisted };
