@@ -27,6 +27,10 @@ type config struct {
 	llm          llm.Config
 	daprHTTPPort int    // DAPR_HTTP_PORT: the sidecar's HTTP API (session owners)
 	daprToken    string // DAPR_API_TOKEN
+	// failpoints is FAILPOINTS_DIR: for the fault suite only. A file
+	// <dir>/<name>.armed there makes the process kill itself (SIGKILL) the
+	// next time a turn reaches failpoint <name>, once. Unset in production.
+	failpoints string
 }
 
 func loadConfig() (config, error) {
@@ -37,6 +41,7 @@ func loadConfig() (config, error) {
 		llm:          llm.ConfigFromEnv(r),
 		daprHTTPPort: r.Int("DAPR_HTTP_PORT", 3500, 1, 65535),
 		daprToken:    r.String("DAPR_API_TOKEN", ""),
+		failpoints:   r.String("FAILPOINTS_DIR", ""),
 	}
 	return c, r.Err()
 }
@@ -60,6 +65,10 @@ func run(ctx context.Context, cfg config) error {
 	wf := workflow.NewClient(dc.GrpcClientConn())
 	reg := workflow.NewRegistry()
 	acts := &turn.Activities{Invoker: dc, Publisher: dc, Model: st.Model, Log: log}
+	if cfg.failpoints != "" {
+		log.Warn("FAILPOINTS_DIR is set: this process crashes itself at armed failpoints (fault tests only)", "dir", cfg.failpoints)
+		acts.Failpoint = crashAt(cfg.failpoints)
+	}
 	if err := acts.Register(reg); err != nil {
 		return err
 	}

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,38 +30,53 @@ import (
 	"github.com/daca-go/daca/internal/dev/testkit"
 )
 
+// failpoints is chat-service's FAILPOINTS_DIR: a row arms a failpoint there
+// to crash chat-service exactly at a point of a turn.
+var failpoints string
+
 func TestMain(m *testing.M) {
-	os.Exit(stacktest.Run(m, stacktest.Options{
+	dir, err := os.MkdirTemp("", "daca-failpoints-")
+	if err != nil {
+		panic(err)
+	}
+	failpoints = dir
+	code := stacktest.Run(m, stacktest.Options{
 		Apps: []stack.App{
 			stack.Memory.App(),
 			// A model that takes a while, so that a kill finds turns inside
 			// generate_response.
-			stack.Chat.App("LLM_OFFLINE_DELAY=300ms"),
+			stack.Chat.App("LLM_OFFLINE_DELAY=300ms", "FAILPOINTS_DIR="+dir),
 			// Two gateway replicas: subscribers of the one killed reconnect
 			// to the other.
 			stack.Gateway.App("RATE_LIMIT_PER_MINUTE=0"),
 			stack.Gateway.Named("gateway-2", "RATE_LIMIT_PER_MINUTE=0"),
 		},
 		RedisPersist: true, // a restarted Redis comes back with its data (AOF, fsync every second)
-	}))
+	})
+	os.RemoveAll(dir)
+	os.Exit(code)
 }
 
 // fault is one row: a process of the stack killed mid-load and started
-// again after down.
+// again after down — by a SIGKILL from outside, or, with failpoint, by
+// chat-service itself at that exact point of a turn.
 type fault struct {
 	name, process string
 	down          time.Duration
+	failpoint     string
 }
 
 var faults = []fault{
-	{"chat-service killed (turns inside generate_response)", "chat-service", time.Second},
-	{"chat-service's daprd killed", "chat-service-dapr", time.Second},
-	{"agent-memory-service killed (while applying events)", "agent-memory-service", time.Second},
-	{"agent-memory-service's daprd killed", "agent-memory-service-dapr", time.Second},
-	{"Redis killed, restarted on its data", "redis", time.Second},
-	{"placement killed", "placement", time.Second},
-	{"scheduler killed", "scheduler", time.Second},
-	{"one of two gateways killed under subscribers (they reconnect to the other)", "gateway", time.Second},
+	{"chat-service killed (turns inside generate_response)", "chat-service", time.Second, ""},
+	{"chat-service crashes inside fetch_context", "chat-service", time.Second, "fetch_context"},
+	{"chat-service crashes after its publish, before the workflow records it", "chat-service", time.Second, "after_publish"},
+	{"chat-service's daprd killed", "chat-service-dapr", time.Second, ""},
+	{"agent-memory-service killed (while applying events)", "agent-memory-service", time.Second, ""},
+	{"agent-memory-service's daprd killed", "agent-memory-service-dapr", time.Second, ""},
+	{"Redis killed, restarted on its data", "redis", time.Second, ""},
+	{"placement killed", "placement", time.Second, ""},
+	{"scheduler killed", "scheduler", time.Second, ""},
+	{"one of two gateways killed under subscribers (they reconnect to the other)", "gateway", time.Second, ""},
 }
 
 // row is what one fault's run counted.
@@ -153,7 +169,13 @@ func runFault(t *testing.T, st *stack.Stack, prefix string, f fault) row {
 		}
 	}
 	killed := time.Now()
-	restarted, err := st.RestartAfter(ctx, f.process, f.down)
+	var restarted time.Time
+	var err error
+	if f.failpoint == "" {
+		restarted, err = st.RestartAfter(ctx, f.process, f.down)
+	} else {
+		restarted, err = crashAtFailpoint(ctx, st, f)
+	}
 	if err != nil {
 		r.problems = append(r.problems, "restart: "+err.Error())
 	}
@@ -434,4 +456,28 @@ func (s *subscriber) stop() (seen, reconnects int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.events), s.reconnects
+}
+
+// crashAtFailpoint arms chat-service's failpoint, waits for the turn that
+// reaches it to crash the process, and starts chat-service again after the
+// row's downtime.
+func crashAtFailpoint(ctx context.Context, st *stack.Stack, f fault) (time.Time, error) {
+	app := st.App(contract.ChatApp).AppCmd
+	if err := os.WriteFile(filepath.Join(failpoints, f.failpoint+".armed"), nil, 0o644); err != nil {
+		return time.Time{}, err
+	}
+	select {
+	case <-app.Done():
+	case <-time.After(time.Minute):
+		return time.Time{}, fmt.Errorf("no turn reached failpoint %s within a minute", f.failpoint)
+	case <-ctx.Done():
+		return time.Time{}, ctx.Err()
+	}
+	select {
+	case <-time.After(f.down):
+	case <-ctx.Done():
+		return time.Time{}, ctx.Err()
+	}
+	at := time.Now()
+	return at, st.Restart(ctx, f.process)
 }

@@ -170,6 +170,16 @@ type Activities struct {
 	Publisher Publisher
 	Model     Model
 	Log       *slog.Logger
+	// Failpoint, when set, is called at the named points of the activities
+	// ("fetch_context", "after_publish") for the fault suite to crash the
+	// process exactly there (FAILPOINTS_DIR); nil in production.
+	Failpoint func(name string)
+}
+
+func (a *Activities) failpoint(name string) {
+	if a.Failpoint != nil {
+		a.Failpoint(name)
+	}
 }
 
 // Register adds the workflow and its activities to r.
@@ -202,6 +212,7 @@ func (a *Activities) FetchContext(ctx workflow.ActivityContext) (any, error) {
 	if err := ctx.GetInput(&in); err != nil {
 		return nil, err
 	}
+	a.failpoint("fetch_context")
 	sctx, sp := span(ctx, ActFetchContext, in.InstanceID, in.Trace)
 	defer sp.End()
 	log := a.logger(ctx, ActFetchContext, in.InstanceID).With("user_id", in.UserID, "session_id", in.SessionID, "trace_id", telemetry.TraceID(sctx))
@@ -271,6 +282,7 @@ func (a *Activities) SaveConversation(ctx workflow.ActivityContext) (any, error)
 		a.logger(ctx, ActSave, in.EventID).Error("publish ConversationUpdated failed", "err", err)
 		return nil, err
 	}
+	a.failpoint("after_publish") // the window where a crash makes the publish repeat
 	a.logger(ctx, ActSave, in.EventID).Info("ConversationUpdated published", "cloudevent_id", in.EventID, "session_id", in.Event.SessionID, "trace_id", telemetry.TraceID(sctx))
 	return nil, nil
 }
