@@ -2,7 +2,6 @@ package backend
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -52,10 +51,7 @@ func httpError(app, method string, status int, body []byte, ctxErr error) error 
 	if errors.Is(ctxErr, context.DeadlineExceeded) {
 		return apperr.Wrap(apperr.Timeout, cause, "%s did not answer in time", app)
 	}
-	var dapr struct {
-		ErrorCode string `json:"errorCode"`
-	}
-	if json.Unmarshal(body, &dapr) == nil && dapr.ErrorCode != "" {
+	if daprc.IsDaprError(body) {
 		switch status {
 		case http.StatusUnauthorized:
 			return apperr.Wrap(apperr.Internal, cause, "internal error") // our own sidecar refused our token

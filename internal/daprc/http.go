@@ -3,6 +3,7 @@ package daprc
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -101,5 +102,8 @@ func (h *HTTP) Ping(ctx context.Context) error {
 // ({"errorCode": "ERR_…"}: the app could not be reached, a policy refused
 // the call, the token was refused) rather than the app's.
 func IsDaprError(body []byte) bool {
-	return bytes.Contains(body, []byte(`"errorCode"`))
+	var e struct {
+		ErrorCode string `json:"errorCode"`
+	}
+	return json.Unmarshal(body, &e) == nil && e.ErrorCode != ""
 }

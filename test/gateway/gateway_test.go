@@ -465,7 +465,7 @@ func TestStopClosesWebsockets(t *testing.T) {
 	go func() { app.AppCmd.Stop(20 * time.Second); close(stopped) }()
 	t.Cleanup(func() {
 		<-stopped
-		if err := st.StartApp(context.Background(), "gateway-2"); err != nil {
+		if err := st.Restart(context.Background(), "gateway-2"); err != nil {
 			t.Errorf("restarting gateway-2: %v", err)
 		}
 	})

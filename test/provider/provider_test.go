@@ -174,10 +174,10 @@ func TestCrashDuringGenerateResponse(t *testing.T) {
 		t.Fatal("generate_response never reached the provider")
 	}
 	// Kill the chat service while the workflow waits in generate_response.
-	if err := st.KillApp("chat-service"); err != nil {
+	if err := st.Kill(contract.ChatApp); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.StartApp(t.Context(), "chat-service"); err != nil {
+	if err := st.Restart(t.Context(), contract.ChatApp); err != nil {
 		t.Fatal(err)
 	}
 	testkit.WaitFor(t, 3*time.Minute, "the interrupted turn to complete", func() error {

@@ -200,25 +200,3 @@ func (s *Stack) waitApp(ctx context.Context, a *RunningApp) error {
 	}
 	return nil
 }
-
-// KillApp kills an app process without restarting it.
-func (s *Stack) KillApp(id string) error {
-	a := s.App(id)
-	if a == nil || a.AppCmd == nil {
-		return fmt.Errorf("stack: no app process %q", id)
-	}
-	a.AppCmd.Kill()
-	return nil
-}
-
-// StartApp starts the process of an app again after KillApp and waits for it.
-func (s *Stack) StartApp(ctx context.Context, id string) error {
-	a := s.App(id)
-	if a == nil || a.Command == nil {
-		return fmt.Errorf("stack: no app process %q", id)
-	}
-	if err := s.startAppProcess(a); err != nil {
-		return err
-	}
-	return s.waitApp(ctx, a)
-}

@@ -186,10 +186,6 @@ func redisPing(addr string) error {
 	return fmt.Errorf("redis at %s answered %q", addr, reply)
 }
 
-// GatewayStreams are the streams (pub/sub topics) on which every gateway
-// start makes consumer groups of its own (gateway-<uuid>).
-var GatewayStreams = contract.Topics
-
 // pruneGatewayGroups removes the consumer groups named gateway-* from the
 // gateway streams. Dapr never removes a group, and each gateway start makes
 // new ones; the stack calls this on a Redis of its own before any gateway
@@ -202,7 +198,7 @@ func pruneGatewayGroups(addr string) (int, error) {
 	}
 	defer c.Close()
 	removed := 0
-	for _, stream := range GatewayStreams {
+	for _, stream := range contract.Topics { // the gateway's consumer groups are on every topic
 		reply, err := c.do("XINFO", "GROUPS", stream)
 		var rerr redisError
 		if errors.As(err, &rerr) && strings.Contains(string(rerr), "no such key") {

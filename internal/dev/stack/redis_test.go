@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/daca-go/daca/internal/contract"
 )
 
 func TestReadReply(t *testing.T) {
@@ -85,7 +87,7 @@ func TestPruneGatewayGroups(t *testing.T) {
 		}
 		return v
 	}
-	for _, s := range GatewayStreams {
+	for _, s := range contract.Topics {
 		for _, g := range []string{"gateway-a", "gateway-b", "agent-memory-service"} {
 			do("XGROUP", "CREATE", s, g, "$", "MKSTREAM")
 		}
@@ -93,7 +95,7 @@ func TestPruneGatewayGroups(t *testing.T) {
 	if n, err := pruneGatewayGroups(addr); err != nil || n != 4 {
 		t.Fatalf("pruned %d, %v; want the 4 gateway groups", n, err)
 	}
-	for _, s := range GatewayStreams {
+	for _, s := range contract.Topics {
 		groups := do("XINFO", "GROUPS", s).([]any)
 		if len(groups) != 1 || groups[0].([]any)[1] != "agent-memory-service" {
 			t.Fatalf("%s keeps %v; want only agent-memory-service", s, groups)

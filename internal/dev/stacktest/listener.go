@@ -43,9 +43,9 @@ func NewListener(appID string, topics ...string) (*Listener, error) {
 	l := &Listener{ID: appID, Topics: topics, ln: ln, notify: make(chan struct{})}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /dapr/subscribe", func(w http.ResponseWriter, r *http.Request) {
-		var subs []map[string]any
+		var subs []contract.Subscription
 		for _, t := range topics {
-			subs = append(subs, map[string]any{"pubsubname": contract.PubSub, "topic": t, "routes": map[string]string{"default": "/events/" + t}})
+			subs = append(subs, contract.Subscription{PubSubName: contract.PubSub, Topic: t, Routes: map[string]string{"default": "/events/" + t}})
 		}
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(subs)
