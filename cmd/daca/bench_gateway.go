@@ -67,7 +67,7 @@ func benchGateway(ctx context.Context, st *stack.Stack, call func(method, url st
 		if conc == 1 {
 			n = max(reads/4, 50)
 		}
-		m := interleaved(paths, n, conc, gw.AppCmd.Pid(), gw.Daprd.Pid())
+		m := interleaved(paths, n, conc, func(int) (int, int) { return gw.AppCmd.Pid(), gw.Daprd.Pid() })
 		g, d, k, h := m[0], m[1], m[2], m[3]
 		if g.errs+d.errs+k.errs+h.errs > 0 {
 			return fmt.Errorf("bench: %d gateway, %d sidecar, %d go-sdk and %d bare-hop errors", g.errs, d.errs, k.errs, h.errs)
@@ -117,9 +117,9 @@ const benchRounds = 16
 // that take the paths in turn, each round in a rotated order, so that every
 // path sees the same machine: on a shared machine the speed drifts by more
 // than the difference being measured, and measuring one path after the
-// other would compare the drift. cpu is measured for process pid, cpu2 for
-// pid2.
-func interleaved(paths []func() error, n, conc, pid, pid2 int) []measured {
+// other would compare the drift. watch gives the processes whose CPU a
+// path's rounds are charged with (cpu, cpu2).
+func interleaved(paths []func() error, n, conc int, watch func(path int) (pid, pid2 int)) []measured {
 	m := make([]measured, len(paths))
 	for i := range benchRounds {
 		k := n / benchRounds
@@ -128,6 +128,7 @@ func interleaved(paths []func() error, n, conc, pid, pid2 int) []measured {
 		}
 		for j := range paths {
 			p := (i + j) % len(paths)
+			pid, pid2 := watch(p)
 			cpu0, cpu20 := cpuTime(pid), cpuTime(pid2)
 			lat, errs, el := load(paths[p], k, conc)
 			m[p].cpu += cpuTime(pid) - cpu0
@@ -289,12 +290,10 @@ func benchInvocation(ctx context.Context, st *stack.Stack, call func(method, url
 			n = max(reads/4, 50)
 		}
 		// Each path's CPU: its own gateway and that gateway's sidecar.
-		ms2 := make([]measured, len(paths))
-		for i, name := range names {
-			a := st.App(name)
-			m := interleaved([]func() error{paths[i], paths[1-i]}, n, conc, a.AppCmd.Pid(), a.Daprd.Pid())
-			ms2[i] = m[0]
-		}
+		ms2 := interleaved(paths, n, conc, func(p int) (int, int) {
+			a := st.App(names[p])
+			return a.AppCmd.Pid(), a.Daprd.Pid()
+		})
 		for i, m := range ms2 {
 			if m.errs > 0 {
 				return fmt.Errorf("bench: %d errors through %s", m.errs, names[i])

@@ -4,6 +4,7 @@
 package testkit
 
 import (
+	"errors"
 	"io"
 	"log/slog"
 	"testing"
@@ -45,8 +46,4 @@ func WaitUntil(t testing.TB, timeout time.Duration, what string, cond func() boo
 	})
 }
 
-type notYet struct{}
-
-func (notYet) Error() string { return "condition not met" }
-
-var errNotYet error = notYet{}
+var errNotYet = errors.New("condition not met")

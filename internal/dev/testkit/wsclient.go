@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -103,29 +104,7 @@ func (c *WSClient) SendRaw(s string) {
 // Next returns the next message of one of the types, skipping keepalives.
 func (c *WSClient) Next(timeout time.Duration, types ...string) map[string]any {
 	c.t.Helper()
-	deadline := time.After(timeout)
-	for {
-		select {
-		case m := <-c.messages():
-			typ, _ := m["type"].(string)
-			for _, want := range types {
-				if typ == want {
-					return m
-				}
-			}
-			if typ == "ka" || typ == "ping" || typ == "pong" {
-				if typ == "ping" {
-					c.Send(map[string]string{"type": "pong"})
-				}
-				continue
-			}
-			c.t.Fatalf("unexpected message %v (want %v)", m, types)
-		case <-c.done:
-			c.t.Fatalf("connection closed while waiting for %v: %v", types, c.err)
-		case <-deadline:
-			c.t.Fatalf("no %v within %s", types, timeout)
-		}
-	}
+	return c.wait(timeout, true, types)
 }
 
 // Init sends connection_init and waits for connection_ack.
@@ -201,14 +180,24 @@ func (c *WSClient) Closed(timeout time.Duration) websocket.StatusCode {
 // Await returns the next message of one of the types, skipping any other.
 func (c *WSClient) Await(timeout time.Duration, types ...string) map[string]any {
 	c.t.Helper()
+	return c.wait(timeout, false, types)
+}
+
+// wait returns the next message of one of the types. Keepalives are skipped
+// (the reader answers pings itself); any other message fails the test when
+// strict, and is skipped otherwise.
+func (c *WSClient) wait(timeout time.Duration, strict bool, types []string) map[string]any {
+	c.t.Helper()
 	deadline := time.After(timeout)
 	for {
 		select {
 		case m := <-c.messages():
-			for _, want := range types {
-				if m["type"] == want {
-					return m
-				}
+			typ, _ := m["type"].(string)
+			if slices.Contains(types, typ) {
+				return m
+			}
+			if strict && typ != "ka" && typ != "ping" && typ != "pong" {
+				c.t.Fatalf("unexpected message %v (want %v)", m, types)
 			}
 		case <-c.done:
 			c.t.Fatalf("connection closed while waiting for %v: %v", types, c.err)
