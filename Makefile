@@ -1,6 +1,6 @@
 # DACA Gateway — see README.md. Everything here installs what it needs itself
-# (the Dapr binaries are built from the Go module proxy; redis-server comes
-# from apt when it is missing and we run as root).
+# (the Dapr binaries are built from the Go module proxy; redis-server and
+# rabbitmq-server come from apt when missing and we run as root).
 GO        ?= go
 DAPR_VER  := 1.18.2
 DAPR_DIR  := .bin/dapr-$(DAPR_VER)
@@ -10,7 +10,7 @@ TEST_TIMEOUT ?= 20m
 .PHONY: run test unit vet check-generate dapr daca bench stress faults images k8s-secrets clean help
 
 help:
-	@echo "make run    run the whole system (Redis, Dapr, apps with sidecars)"
+	@echo "make run    run the whole system (Redis, Dapr, apps with sidecars); BROKER=rabbitmq for RabbitMQ pub/sub"
 	@echo "make test   gofmt, go vet, layout checks, unit tests, end-to-end tests on the real stack"
 	@echo "make unit   unit tests only (go test -short)"
 	@echo "make dapr   build the Dapr $(DAPR_VER) binaries once (about 5 minutes)"
@@ -19,6 +19,7 @@ help:
 	@echo "make faults every process killed mid-load and restarted; prints what was lost (nothing)"
 
 ## run: the whole system on this machine; Ctrl-C stops everything.
+## BROKER=rabbitmq runs pub/sub on RabbitMQ instead of Redis Streams.
 run: daca
 	@exec $(DACA) up $(ARGS)
 
@@ -29,8 +30,12 @@ run: daca
 # the race detector; a race stops the app that has it (GORACE halt_on_error),
 # which fails the test and prints the report with the app's log.
 RACE := $(shell [ "$$($(GO) env CGO_ENABLED)" = 1 ] && echo -race)
+# The services' and gateway's end-to-end tests run a second time with pub/sub
+# on RabbitMQ (components/brokers/rabbitmq): the broker is swapped by
+# component files alone.
 test: dapr vet check-generate
 	DACA_RACE=$(RACE) GORACE=halt_on_error=1 $(GO) test $(RACE) -p 1 -count=1 -timeout $(TEST_TIMEOUT) ./...
+	DACA_BROKER=rabbitmq DACA_RACE=$(RACE) GORACE=halt_on_error=1 $(GO) test $(RACE) -p 1 -count=1 -timeout $(TEST_TIMEOUT) ./test/services/ ./test/gateway/
 	cd deploy && $(GO) vet ./... && $(GO) test -count=1 ./...
 	cd tools/dapr && $(GO) vet ./acl/ && $(GO) test -count=1 ./acl/
 

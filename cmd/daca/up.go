@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -19,6 +20,7 @@ import (
 // upConfig is what `daca up` runs: flags over environment over defaults.
 type upConfig struct {
 	root, runDir, redisAddr, logLevel string
+	broker                            string // stack.BrokerRedis or stack.BrokerRabbitMQ
 	redisPort, placement, scheduler   int
 	llmMaxConcurrent                  int // LLM_MAX_CONCURRENT: generate_response activities at once (0: no limit)
 	secure                            bool
@@ -66,7 +68,7 @@ func up(ctx context.Context, args []string) error {
 		st.Stop()
 		return errors.New("a process of the stack stopped unexpectedly (see above)")
 	}
-	say("stopping (apps, sidecars, scheduler, placement, Redis)")
+	say("stopping (apps, sidecars, scheduler, placement, Redis and the broker)")
 	st.Stop()
 	say("stopped; nothing of this run is left running")
 	return nil
@@ -80,6 +82,7 @@ func parseUp(args []string) (*upConfig, error) {
 	fs.StringVar(&c.root, "root", ".", "repository root")
 	fs.StringVar(&c.runDir, "run-dir", envOr("DACA_RUN_DIR", ".run"), "run directory: logs, Redis data, tokens (env DACA_RUN_DIR)")
 	fs.StringVar(&c.redisAddr, "redis-addr", os.Getenv("REDIS_ADDR"), "use this Redis (host:port) instead of starting one (env REDIS_ADDR)")
+	fs.StringVar(&c.broker, "broker", envOr("BROKER", stack.BrokerRedis), "pub/sub broker: "+strings.Join(stack.Brokers, " or ")+" (env BROKER; make run BROKER=rabbitmq)")
 	fs.BoolVar(&c.secure, "secure", envBool("DACA_SECURE"), "also set APP_API_TOKEN, so only its own sidecar may call an app (env DACA_SECURE=1)")
 	fs.StringVar(&c.logLevel, "log-level", envOr("DACA_LOG_LEVEL", "info"), "log level of the Dapr processes (env DACA_LOG_LEVEL)")
 	fs.DurationVar(&c.readyTimeout, "ready-timeout", 120*time.Second, "how long to wait for every part to be ready")
@@ -128,6 +131,9 @@ func parseUp(args []string) (*upConfig, error) {
 	if fs.NArg() > 0 {
 		return nil, usageError("daca up: unexpected arguments: " + strings.Join(fs.Args(), " "))
 	}
+	if !slices.Contains(stack.Brokers, c.broker) {
+		return nil, usageError(fmt.Sprintf("daca up: unknown broker %q: use %s", c.broker, strings.Join(stack.Brokers, " or ")))
+	}
 	root, err := filepath.Abs(c.root)
 	if err != nil {
 		return nil, err
@@ -160,6 +166,7 @@ func (c *upConfig) stackConfig(secretsFile string) stack.Config {
 		RedisAddr:        c.redisAddr,
 		RedisPort:        c.redisPort,
 		RedisPersist:     true,
+		Broker:           c.broker,
 		PlacementPort:    c.placement,
 		SchedulerPort:    c.scheduler,
 		Apps:             apps,

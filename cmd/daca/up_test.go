@@ -44,6 +44,17 @@ func TestUpConfig(t *testing.T) {
 	if !maps.Equal(got, want) || cfg.PlacementPort != 50005 || cfg.SchedulerPort != 50006 || cfg.RedisPort != 6390 {
 		t.Fatalf("apps %v, placement %d, scheduler %d, redis %d; want %v, 50005, 50006, 6390", got, cfg.PlacementPort, cfg.SchedulerPort, cfg.RedisPort, want)
 	}
+	if cfg.Broker != stack.BrokerRedis {
+		t.Fatalf("default broker %q", cfg.Broker)
+	}
+	t.Setenv("BROKER", "rabbitmq")
+	if c, err := parseUp([]string{"-root", "../.."}); err != nil || c.stackConfig("x").Broker != stack.BrokerRabbitMQ {
+		t.Fatalf("BROKER=rabbitmq: %v", err)
+	}
+	if _, err := parseUp([]string{"-root", "../..", "-broker", "kafka"}); err == nil || !strings.Contains(err.Error(), "unknown broker") {
+		t.Fatalf("-broker kafka: %v", err)
+	}
+	t.Setenv("BROKER", "")
 	t.Setenv("CHAT_PORT", "port")
 	if _, err := parseUp(nil); err == nil || !strings.Contains(err.Error(), "CHAT_PORT") {
 		t.Fatalf("a bad port in the environment: %v", err)

@@ -213,6 +213,30 @@ func TestSubscriptionsBothProtocolsAndReplicas(t *testing.T) {
 	})
 }
 
+// TestPubSubRunsOnTheChosenBroker: the broadcast above ran on the broker
+// the run asked for (make test runs this package on Redis and on RabbitMQ):
+// each gateway sidecar loaded both pub/sub components of that broker.
+func TestPubSubRunsOnTheChosenBroker(t *testing.T) {
+	st := stacktest.Stack(t)
+	want := "pubsub." + stacktest.Broker()
+	for _, name := range []string{"gateway", "gateway-2"} {
+		r := stacktest.Do(t, http.MethodGet, st.App(name).SidecarURL()+"/v1.0/metadata", nil, "dapr-api-token", st.APIToken)
+		var md struct {
+			Components []struct{ Name, Type string } `json:"components"`
+		}
+		if err := json.Unmarshal(r.Body, &md); err != nil {
+			t.Fatalf("%s metadata: %v: %s", name, err, r.Body)
+		}
+		got := map[string]string{}
+		for _, c := range md.Components {
+			got[c.Name] = c.Type
+		}
+		if got[contract.PubSub] != want || got[contract.GatewayPubSub] != want {
+			t.Fatalf("%s sidecar components %v; want %s and %s of type %s", name, got, contract.PubSub, contract.GatewayPubSub, want)
+		}
+	}
+}
+
 func TestStartChatAndFollowIt(t *testing.T) {
 	st := stacktest.Stack(t)
 	d, errs, _ := gql(t, gqlURL(st, "gateway"), `mutation { startChat(input: {userId: "runner", text: "follow me"}) { instanceId status sessionId } }`, nil)

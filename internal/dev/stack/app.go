@@ -118,8 +118,8 @@ func (s *Stack) startApp(a *RunningApp, nrDB string) error {
 		"--dapr-listen-addresses", "127.0.0.1",
 		"--metrics-port", strconv.Itoa(a.MetricsPort),
 		"--metrics-listen-address", "127.0.0.1",
-		"--resources-path", c.Components,
-		"--config", filepath.Join(c.Components, "config.yaml"),
+		"--resources-path", s.resources,
+		"--config", filepath.Join(s.resources, "config.yaml"),
 		"--placement-host-address", fmt.Sprintf("127.0.0.1:%d", c.PlacementPort),
 		"--scheduler-host-address", fmt.Sprintf("127.0.0.1:%d", c.SchedulerPort),
 		"--dapr-graceful-shutdown-seconds", "5",
@@ -140,6 +140,9 @@ func (s *Stack) startApp(a *RunningApp, nrDB string) error {
 	}
 	if s.AppToken != "" {
 		env = append(env, "APP_API_TOKEN="+s.AppToken)
+	}
+	if s.RabbitMQURL != "" {
+		env = append(env, "RABBITMQ_URL="+s.RabbitMQURL)
 	}
 	if v := os.Getenv("REDIS_PASSWORD"); v != "" {
 		env = append(env, "REDIS_PASSWORD="+v)

@@ -23,7 +23,7 @@ func (s *Stack) process(name string) *proc.Process {
 }
 
 // Kill kills a process of the stack at once (SIGKILL), as a crash would:
-// redis, placement, scheduler, an app (its name) or a sidecar (<name>-dapr).
+// redis, rabbitmq, placement, scheduler, an app (its name) or a sidecar (<name>-dapr).
 func (s *Stack) Kill(name string) error {
 	p := s.process(name)
 	if p == nil {
@@ -57,6 +57,9 @@ func (s *Stack) Restart(ctx context.Context, name string) error {
 	case name == "redis":
 		s.Redis = p
 		ready = func() error { return redisPing(s.RedisAddr) }
+	case name == "rabbitmq":
+		s.RabbitMQ = p
+		ready = func() error { return amqpUp(s.rabbitPort) }
 	case name == "placement":
 		s.Placement = p
 		ready = func() error { return httpOK(fmt.Sprintf("http://127.0.0.1:%d/healthz", s.placementHealthz)) }

@@ -17,6 +17,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -33,7 +35,12 @@ type Config struct {
 
 	RedisAddr    string // an existing Redis (host:port); "" starts one
 	RedisPort    int    // port of the Redis we start; 0 picks one
-	RedisPersist bool   // keep Redis data across runs (RDB + AOF under RunDir/redis)
+	RedisPersist bool   // keep Redis (and RabbitMQ) data across runs (under RunDir/redis, RunDir/rabbitmq)
+
+	// Broker is what pub/sub runs on: BrokerRedis (default) or
+	// BrokerRabbitMQ (a RabbitMQ node of the run's own, and the component
+	// files of components/brokers/rabbitmq in place of components/'s).
+	Broker string
 
 	PlacementPort, SchedulerPort int // 0 picks free ports
 
@@ -66,6 +73,10 @@ type Stack struct {
 	AppToken  string // APP_API_TOKEN when Secure
 
 	Redis                              *proc.Process // nil with an existing Redis
+	RabbitMQ, Epmd                     *proc.Process // with BrokerRabbitMQ
+	RabbitMQURL                        string        // amqp:// URL with the run's credentials
+	rabbitPort, epmdPort               int
+	resources                          string // the sidecars' --resources-path
 	Placement                          *proc.Process
 	Scheduler                          *proc.Process
 	placementHealthz, schedulerHealthz int // their /healthz ports (gRPC: Config.PlacementPort, SchedulerPort)
@@ -103,6 +114,12 @@ func (c *Config) defaults() error {
 	}
 	if c.SecretsFile == "" {
 		c.SecretsFile = filepath.Join(c.Root, "secrets.json")
+	}
+	if c.Broker == "" {
+		c.Broker = BrokerRedis
+	}
+	if !slices.Contains(Brokers, c.Broker) {
+		return fmt.Errorf("stack: unknown broker %q (one of %s)", c.Broker, strings.Join(Brokers, ", "))
 	}
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
@@ -182,6 +199,15 @@ func (s *Stack) start(ctx context.Context) error {
 				fmt.Fprintf(c.Progress, "stack: removed %d consumer groups left by earlier gateway runs\n", n)
 			}
 		}
+	}
+
+	if c.Broker == BrokerRabbitMQ {
+		if err := s.startRabbitMQ(ctx); err != nil {
+			return err
+		}
+	}
+	if s.resources, err = c.resourcesDir(); err != nil {
+		return err
 	}
 
 	// Control plane.
@@ -267,7 +293,7 @@ func (s *Stack) Wait(ctx context.Context) error {
 }
 
 // Stop stops everything in dependency order: apps, sidecars, scheduler,
-// placement, Redis. It returns when every process is gone.
+// placement, Redis and RabbitMQ. It returns when every process is gone.
 func (s *Stack) Stop() {
 	s.once.Do(func() {
 		apps := s.Apps()
@@ -293,7 +319,8 @@ func (s *Stack) Stop() {
 		stopAll(sidecars, 10*time.Second)
 		stopAll([]*proc.Process{s.Scheduler}, 10*time.Second)
 		stopAll([]*proc.Process{s.Placement}, 5*time.Second)
-		stopAll([]*proc.Process{s.Redis}, 10*time.Second)
+		stopAll([]*proc.Process{s.Redis, s.RabbitMQ}, 10*time.Second)
+		stopAll([]*proc.Process{s.Epmd}, 5*time.Second)
 		// Anything else (a process started after a failed start).
 		stopAll(s.Processes(), 5*time.Second)
 	})

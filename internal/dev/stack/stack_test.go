@@ -1,9 +1,16 @@
 package stack
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"io"
+	"maps"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -150,5 +157,100 @@ func TestPortHeldByAConnection(t *testing.T) {
 	}
 	if !strings.Contains(progress.String(), "waiting up to 2s") {
 		t.Fatalf("progress %q; want it to say it waits", progress.String())
+	}
+}
+
+// TestResourcesDir: another broker's files replace those of the same name in
+// components/, and everything else is the components directory's own.
+func TestResourcesDir(t *testing.T) {
+	comp := t.TempDir()
+	write := func(p, s string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(filepath.Join(comp, "pubsub.yaml"), "redis")
+	write(filepath.Join(comp, "statestore.yaml"), "state")
+	write(filepath.Join(comp, "brokers", "rabbitmq", "pubsub.yaml"), "rabbitmq")
+
+	tests := []struct {
+		broker string
+		want   map[string]string // file: content; nil: the components directory itself
+		err    string
+	}{
+		{BrokerRedis, nil, ""},
+		{BrokerRabbitMQ, map[string]string{"pubsub.yaml": "rabbitmq", "statestore.yaml": "state"}, ""},
+		{"nats", nil, "no component files"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.broker, func(t *testing.T) {
+			c := Config{Components: comp, RunDir: t.TempDir(), Broker: tt.broker}
+			dir, err := c.resourcesDir()
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("err = %v; want %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.want == nil {
+				if dir != comp {
+					t.Fatalf("dir = %s; want %s", dir, comp)
+				}
+				return
+			}
+			entries, _ := os.ReadDir(dir)
+			got := map[string]string{}
+			for _, e := range entries {
+				b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+				if err != nil {
+					t.Fatal(err)
+				}
+				got[e.Name()] = string(b)
+			}
+			if !maps.Equal(got, tt.want) {
+				t.Fatalf("resources %v; want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestRabbitDefinitions: the committed definitions gain a user with
+// RabbitMQ's salted SHA-256 hash of the password and rights on every vhost.
+func TestRabbitDefinitions(t *testing.T) {
+	b, err := rabbitDefinitions("../../../components/brokers/rabbitmq/definitions.json", "u", "secret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Users []struct {
+			Name         string
+			PasswordHash string `json:"password_hash"`
+		}
+		Permissions []struct{ User, VHost string }
+		Policies    []struct{ Pattern string }
+	}
+	if err := json.Unmarshal(b, &d); err != nil {
+		t.Fatal(err)
+	}
+	if len(d.Users) != 1 || len(d.Permissions) != 1 || d.Permissions[0].VHost != "/" || len(d.Policies) != 1 || d.Policies[0].Pattern != "^gateway-" {
+		t.Fatalf("definitions: %s", b)
+	}
+	raw, err := base64.StdEncoding.DecodeString(d.Users[0].PasswordHash)
+	if err != nil || len(raw) != 4+sha256.Size {
+		t.Fatalf("hash %q: %v", d.Users[0].PasswordHash, err)
+	}
+	sum := sha256.Sum256(append(append([]byte{}, raw[:4]...), "secret"...))
+	if !bytes.Equal(raw[4:], sum[:]) {
+		t.Fatal("the hash is not sha256(salt ‖ password)")
+	}
+	if strings.Contains(string(b), "secret") {
+		t.Fatal("the password is in the definitions")
 	}
 }

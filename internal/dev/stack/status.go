@@ -38,6 +38,8 @@ func (s *Stack) Status() []Row {
 	if s.Redis != nil {
 		add(s.Redis, strconv.Itoa(c.RedisPort))
 	}
+	add(s.Epmd, strconv.Itoa(s.epmdPort))
+	add(s.RabbitMQ, fmt.Sprintf("amqp %d", s.rabbitPort))
 	add(s.Placement, fmt.Sprintf("grpc %d", c.PlacementPort))
 	add(s.Scheduler, fmt.Sprintf("grpc %d", c.SchedulerPort))
 	for _, a := range s.Apps() {

@@ -53,6 +53,16 @@ type Options struct {
 	Verbose bool
 }
 
+// Broker is the pub/sub broker of the package's stack: DACA_BROKER
+// (stack.Brokers; make test runs the services' and gateway's end-to-end
+// tests once more with rabbitmq), Redis by default.
+func Broker() string {
+	if b := os.Getenv("DACA_BROKER"); b != "" {
+		return b
+	}
+	return stack.BrokerRedis
+}
+
 var (
 	mu      sync.Mutex
 	current *stack.Stack
@@ -104,6 +114,7 @@ func Run(m *testing.M, opts Options) int {
 		Secure:           opts.Secure,
 		LLMMaxConcurrent: opts.LLMMaxConcurrent,
 		RedisPersist:     opts.RedisPersist,
+		Broker:           Broker(),
 		Out:              out,
 		Progress:         os.Stderr,
 	})
@@ -113,7 +124,7 @@ func Run(m *testing.M, opts Options) int {
 		fmt.Fprintf(os.Stderr, "stacktest: logs kept in %s\n", runDir)
 		return 1
 	}
-	fmt.Fprintf(os.Stderr, "stacktest: stack ready in %s (run dir %s)\n", time.Since(start).Round(time.Millisecond), runDir)
+	fmt.Fprintf(os.Stderr, "stacktest: stack ready in %s (broker %s, run dir %s)\n", time.Since(start).Round(time.Millisecond), Broker(), runDir)
 	mu.Lock()
 	current = st
 	mu.Unlock()
