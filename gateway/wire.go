@@ -16,6 +16,7 @@ import (
 	"github.com/daca-go/daca/gateway/fanout"
 	"github.com/daca-go/daca/gateway/persisted"
 	"github.com/daca-go/daca/gateway/ratelimit"
+	"github.com/daca-go/daca/gateway/replies"
 	"github.com/daca-go/daca/gateway/server"
 	"github.com/daca-go/daca/graph"
 	"github.com/daca-go/daca/graph/model"
@@ -71,7 +72,9 @@ func run(ctx context.Context, cfg config) error {
 		Guard:         guard,
 		Turns:         newTurnLimit(cfg, sidecar, log),
 		Runs:          graph.NewRunWatch(b.ChatRun, cfg.runPoll, log),
+		Replies:       replies.New(cfg.subscriberQueue, drop),
 	}
+	go res.Replies.Run(ctx, 10*time.Second)
 	cfg.http.Guard = guard
 	if cfg.apqStore != "" { // every replica knows the queries any of them was sent
 		cfg.http.PersistedQueries = persisted.New(sidecar, cfg.apqStore, cfg.apqTTL, 1000, log)

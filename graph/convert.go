@@ -137,6 +137,32 @@ func (r *Resolver) ownSession(ctx context.Context, sessionID string) error {
 	return nil
 }
 
+// ownRun checks a turn id and returns the turn when the caller may see it;
+// an unknown turn and another user's get the same NOT_FOUND.
+func (r *Resolver) ownRun(ctx context.Context, instanceID string) (*backend.Run, error) {
+	if err := contract.CheckID("instanceId", instanceID); err != nil {
+		return nil, err
+	}
+	run, err := r.Backend.ChatRun(ctx, instanceID)
+	if err != nil {
+		return nil, err
+	}
+	if run, err = r.visibleRun(ctx, run); err != nil {
+		return nil, err
+	}
+	if run == nil {
+		return nil, apperr.New(apperr.NotFound, "chat turn %s not found", instanceID)
+	}
+	return run, nil
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
 // visibleRun returns run when the caller may see it, nil otherwise: another
 // user's turn looks like an unknown one. Unauthenticated callers get
 // UNAUTHENTICATED.

@@ -45,6 +45,17 @@ type ComplexityRoot struct {
 		Status func(childComplexity int) int
 	}
 
+	ChatChunk struct {
+		Delta      func(childComplexity int) int
+		Done       func(childComplexity int) int
+		InstanceID func(childComplexity int) int
+		Restarted  func(childComplexity int) int
+		Seq        func(childComplexity int) int
+		Status     func(childComplexity int) int
+		Text       func(childComplexity int) int
+		ToolCall   func(childComplexity int) int
+	}
+
 	ChatReply struct {
 		InstanceID func(childComplexity int) int
 		Reply      func(childComplexity int) int
@@ -112,6 +123,7 @@ type ComplexityRoot struct {
 	}
 
 	Mutation struct {
+		CancelChat         func(childComplexity int, instanceID string) int
 		DeleteConversation func(childComplexity int, sessionID string) int
 		ForgetUser         func(childComplexity int, userID string) int
 		InitializeMemory   func(childComplexity int, userID string, input model.MemoryInput) int
@@ -137,8 +149,15 @@ type ComplexityRoot struct {
 
 	Subscription struct {
 		ChatRun             func(childComplexity int, instanceID string) int
+		ChatStream          func(childComplexity int, instanceID string, after *int) int
 		ConversationUpdated func(childComplexity int, sessionID *string, userID *string) int
 		MemoryUpdated       func(childComplexity int, userID string) int
+	}
+
+	ToolCall struct {
+		Arguments func(childComplexity int) int
+		Name      func(childComplexity int) int
+		Result    func(childComplexity int) int
 	}
 }
 
@@ -152,6 +171,7 @@ type MutationResolver interface {
 	InitializeMemory(ctx context.Context, userID string, input model.MemoryInput) (*model.Memory, error)
 	ForgetUser(ctx context.Context, userID string) (*model.ForgetResult, error)
 	DeleteConversation(ctx context.Context, sessionID string) (bool, error)
+	CancelChat(ctx context.Context, instanceID string) (*model.ChatRun, error)
 }
 type QueryResolver interface {
 	Memory(ctx context.Context, userID string) (*model.Memory, error)
@@ -167,6 +187,7 @@ type SubscriptionResolver interface {
 	ConversationUpdated(ctx context.Context, sessionID *string, userID *string) (<-chan *model.ConversationEvent, error)
 	MemoryUpdated(ctx context.Context, userID string) (<-chan *model.MemoryEvent, error)
 	ChatRun(ctx context.Context, instanceID string) (<-chan *model.ChatRun, error)
+	ChatStream(ctx context.Context, instanceID string, after *int) (<-chan *model.ChatChunk, error)
 }
 
 // endregion ************************** generated!.gotpl **************************
@@ -199,6 +220,55 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.BackendHealth.Status(childComplexity), true
+
+	case "ChatChunk.delta":
+		if e.ComplexityRoot.ChatChunk.Delta == nil {
+			break
+		}
+
+		return e.ComplexityRoot.ChatChunk.Delta(childComplexity), true
+	case "ChatChunk.done":
+		if e.ComplexityRoot.ChatChunk.Done == nil {
+			break
+		}
+
+		return e.ComplexityRoot.ChatChunk.Done(childComplexity), true
+	case "ChatChunk.instanceId":
+		if e.ComplexityRoot.ChatChunk.InstanceID == nil {
+			break
+		}
+
+		return e.ComplexityRoot.ChatChunk.InstanceID(childComplexity), true
+	case "ChatChunk.restarted":
+		if e.ComplexityRoot.ChatChunk.Restarted == nil {
+			break
+		}
+
+		return e.ComplexityRoot.ChatChunk.Restarted(childComplexity), true
+	case "ChatChunk.seq":
+		if e.ComplexityRoot.ChatChunk.Seq == nil {
+			break
+		}
+
+		return e.ComplexityRoot.ChatChunk.Seq(childComplexity), true
+	case "ChatChunk.status":
+		if e.ComplexityRoot.ChatChunk.Status == nil {
+			break
+		}
+
+		return e.ComplexityRoot.ChatChunk.Status(childComplexity), true
+	case "ChatChunk.text":
+		if e.ComplexityRoot.ChatChunk.Text == nil {
+			break
+		}
+
+		return e.ComplexityRoot.ChatChunk.Text(childComplexity), true
+	case "ChatChunk.toolCall":
+		if e.ComplexityRoot.ChatChunk.ToolCall == nil {
+			break
+		}
+
+		return e.ComplexityRoot.ChatChunk.ToolCall(childComplexity), true
 
 	case "ChatReply.instanceId":
 		if e.ComplexityRoot.ChatReply.InstanceID == nil {
@@ -443,6 +513,17 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 
 		return e.ComplexityRoot.Message.Timestamp(childComplexity), true
 
+	case "Mutation.cancelChat":
+		if e.ComplexityRoot.Mutation.CancelChat == nil {
+			break
+		}
+
+		args, err := ec.field_Mutation_cancelChat_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Mutation.CancelChat(childComplexity, args["instanceId"].(string)), true
 	case "Mutation.deleteConversation":
 		if e.ComplexityRoot.Mutation.DeleteConversation == nil {
 			break
@@ -598,6 +679,17 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Subscription.ChatRun(childComplexity, args["instanceId"].(string)), true
+	case "Subscription.chatStream":
+		if e.ComplexityRoot.Subscription.ChatStream == nil {
+			break
+		}
+
+		args, err := ec.field_Subscription_chatStream_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Subscription.ChatStream(childComplexity, args["instanceId"].(string), args["after"].(*int)), true
 	case "Subscription.conversationUpdated":
 		if e.ComplexityRoot.Subscription.ConversationUpdated == nil {
 			break
@@ -620,6 +712,25 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Subscription.MemoryUpdated(childComplexity, args["userId"].(string)), true
+
+	case "ToolCall.arguments":
+		if e.ComplexityRoot.ToolCall.Arguments == nil {
+			break
+		}
+
+		return e.ComplexityRoot.ToolCall.Arguments(childComplexity), true
+	case "ToolCall.name":
+		if e.ComplexityRoot.ToolCall.Name == nil {
+			break
+		}
+
+		return e.ComplexityRoot.ToolCall.Name(childComplexity), true
+	case "ToolCall.result":
+		if e.ComplexityRoot.ToolCall.Result == nil {
+			break
+		}
+
+		return e.ComplexityRoot.ToolCall.Result(childComplexity), true
 
 	}
 	return 0, false
@@ -752,6 +863,28 @@ func (ec *executionContext) childFields_BackendHealth(ctx context.Context, field
 		return ec.fieldContext_BackendHealth_status(ctx, field)
 	}
 	return nil, fmt.Errorf("no field named %q was found under type BackendHealth", field.Name)
+}
+
+func (ec *executionContext) childFields_ChatChunk(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "instanceId":
+		return ec.fieldContext_ChatChunk_instanceId(ctx, field)
+	case "seq":
+		return ec.fieldContext_ChatChunk_seq(ctx, field)
+	case "delta":
+		return ec.fieldContext_ChatChunk_delta(ctx, field)
+	case "text":
+		return ec.fieldContext_ChatChunk_text(ctx, field)
+	case "toolCall":
+		return ec.fieldContext_ChatChunk_toolCall(ctx, field)
+	case "status":
+		return ec.fieldContext_ChatChunk_status(ctx, field)
+	case "done":
+		return ec.fieldContext_ChatChunk_done(ctx, field)
+	case "restarted":
+		return ec.fieldContext_ChatChunk_restarted(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type ChatChunk", field.Name)
 }
 
 func (ec *executionContext) childFields_ChatReply(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
@@ -902,6 +1035,18 @@ func (ec *executionContext) childFields_Session(ctx context.Context, field graph
 	return nil, fmt.Errorf("no field named %q was found under type Session", field.Name)
 }
 
+func (ec *executionContext) childFields_ToolCall(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+	switch field.Name {
+	case "name":
+		return ec.fieldContext_ToolCall_name(ctx, field)
+	case "arguments":
+		return ec.fieldContext_ToolCall_arguments(ctx, field)
+	case "result":
+		return ec.fieldContext_ToolCall_result(ctx, field)
+	}
+	return nil, fmt.Errorf("no field named %q was found under type ToolCall", field.Name)
+}
+
 func (ec *executionContext) childFields___Directive(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
 	switch field.Name {
 	case "name":
@@ -1017,6 +1162,20 @@ func (ec *executionContext) childFields___Type(ctx context.Context, field graphq
 // endregion ************************** internal!.gotpl ***************************
 
 // region    ***************************** args.gotpl *****************************
+
+func (ec *executionContext) field_Mutation_cancelChat_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "instanceId",
+		func(ctx context.Context, v any) (string, error) {
+			return ec.unmarshalNID2string(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["instanceId"] = arg0
+	return args, nil
+}
 
 func (ec *executionContext) field_Mutation_deleteConversation_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
 	var err error
@@ -1202,6 +1361,28 @@ func (ec *executionContext) field_Subscription_chatRun_args(ctx context.Context,
 	return args, nil
 }
 
+func (ec *executionContext) field_Subscription_chatStream_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "instanceId",
+		func(ctx context.Context, v any) (string, error) {
+			return ec.unmarshalNID2string(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["instanceId"] = arg0
+	arg1, err := graphql.ProcessArgField(ctx, rawArgs, "after",
+		func(ctx context.Context, v any) (*int, error) {
+			return ec.unmarshalOInt2ᚖint(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["after"] = arg1
+	return args, nil
+}
+
 func (ec *executionContext) field_Subscription_conversationUpdated_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
 	var err error
 	args := map[string]any{}
@@ -1356,6 +1537,199 @@ func (ec *executionContext) _BackendHealth_status(ctx context.Context, field gra
 }
 func (ec *executionContext) fieldContext_BackendHealth_status(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return graphql.NewScalarFieldContext("BackendHealth", field, false, false, "String")
+}
+
+func (ec *executionContext) _ChatChunk_instanceId(ctx context.Context, field graphql.CollectedField, obj *model.ChatChunk) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_ChatChunk_instanceId(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.InstanceID, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v string) graphql.Marshaler {
+			return ec.marshalNID2string(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_ChatChunk_instanceId(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("ChatChunk", field, false, false, "ID")
+}
+
+func (ec *executionContext) _ChatChunk_seq(ctx context.Context, field graphql.CollectedField, obj *model.ChatChunk) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_ChatChunk_seq(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Seq, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v int) graphql.Marshaler {
+			return ec.marshalNInt2int(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_ChatChunk_seq(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("ChatChunk", field, false, false, "Int")
+}
+
+func (ec *executionContext) _ChatChunk_delta(ctx context.Context, field graphql.CollectedField, obj *model.ChatChunk) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_ChatChunk_delta(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Delta, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v string) graphql.Marshaler {
+			return ec.marshalNString2string(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_ChatChunk_delta(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("ChatChunk", field, false, false, "String")
+}
+
+func (ec *executionContext) _ChatChunk_text(ctx context.Context, field graphql.CollectedField, obj *model.ChatChunk) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_ChatChunk_text(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Text, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v string) graphql.Marshaler {
+			return ec.marshalNString2string(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_ChatChunk_text(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("ChatChunk", field, false, false, "String")
+}
+
+func (ec *executionContext) _ChatChunk_toolCall(ctx context.Context, field graphql.CollectedField, obj *model.ChatChunk) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_ChatChunk_toolCall(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.ToolCall, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *model.ToolCall) graphql.Marshaler {
+			return ec.marshalOToolCall2ᚖgithubᚗcomᚋdacaᚑgoᚋdacaᚋgraphᚋmodelᚐToolCall(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_ChatChunk_toolCall(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "ChatChunk",
+		Field:      field,
+		IsMethod:   false,
+		IsResolver: false,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_ToolCall(ctx, field)
+		},
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _ChatChunk_status(ctx context.Context, field graphql.CollectedField, obj *model.ChatChunk) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_ChatChunk_status(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Status, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v model.ChatStatus) graphql.Marshaler {
+			return ec.marshalNChatStatus2githubᚗcomᚋdacaᚑgoᚋdacaᚋgraphᚋmodelᚐChatStatus(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_ChatChunk_status(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("ChatChunk", field, false, false, "ChatStatus")
+}
+
+func (ec *executionContext) _ChatChunk_done(ctx context.Context, field graphql.CollectedField, obj *model.ChatChunk) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_ChatChunk_done(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Done, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v bool) graphql.Marshaler {
+			return ec.marshalNBoolean2bool(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_ChatChunk_done(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("ChatChunk", field, false, false, "Boolean")
+}
+
+func (ec *executionContext) _ChatChunk_restarted(ctx context.Context, field graphql.CollectedField, obj *model.ChatChunk) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_ChatChunk_restarted(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Restarted, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v bool) graphql.Marshaler {
+			return ec.marshalNBoolean2bool(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_ChatChunk_restarted(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("ChatChunk", field, false, false, "Boolean")
 }
 
 func (ec *executionContext) _ChatReply_userId(ctx context.Context, field graphql.CollectedField, obj *model.ChatReply) (ret graphql.Marshaler) {
@@ -2493,6 +2867,50 @@ func (ec *executionContext) fieldContext_Mutation_deleteConversation(ctx context
 	return fc, nil
 }
 
+func (ec *executionContext) _Mutation_cancelChat(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Mutation_cancelChat(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Mutation().CancelChat(ctx, fc.Args["instanceId"].(string))
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *model.ChatRun) graphql.Marshaler {
+			return ec.marshalNChatRun2ᚖgithubᚗcomᚋdacaᚑgoᚋdacaᚋgraphᚋmodelᚐChatRun(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Mutation_cancelChat(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Mutation",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_ChatRun(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Mutation_cancelChat_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
 func (ec *executionContext) _Query_memory(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
@@ -3052,6 +3470,119 @@ func (ec *executionContext) fieldContext_Subscription_chatRun(ctx context.Contex
 		return fc, err
 	}
 	return fc, nil
+}
+
+func (ec *executionContext) _Subscription_chatStream(ctx context.Context, field graphql.CollectedField) (ret func(ctx context.Context) graphql.Marshaler) {
+	return graphql.ResolveFieldStream(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Subscription_chatStream(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Subscription().ChatStream(ctx, fc.Args["instanceId"].(string), fc.Args["after"].(*int))
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *model.ChatChunk) graphql.Marshaler {
+			return ec.marshalNChatChunk2ᚖgithubᚗcomᚋdacaᚑgoᚋdacaᚋgraphᚋmodelᚐChatChunk(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Subscription_chatStream(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Subscription",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_ChatChunk(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Subscription_chatStream_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _ToolCall_name(ctx context.Context, field graphql.CollectedField, obj *model.ToolCall) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_ToolCall_name(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Name, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v string) graphql.Marshaler {
+			return ec.marshalNString2string(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_ToolCall_name(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("ToolCall", field, false, false, "String")
+}
+
+func (ec *executionContext) _ToolCall_arguments(ctx context.Context, field graphql.CollectedField, obj *model.ToolCall) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_ToolCall_arguments(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Arguments, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v string) graphql.Marshaler {
+			return ec.marshalNString2string(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_ToolCall_arguments(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("ToolCall", field, false, false, "String")
+}
+
+func (ec *executionContext) _ToolCall_result(ctx context.Context, field graphql.CollectedField, obj *model.ToolCall) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_ToolCall_result(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Result, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *string) graphql.Marshaler {
+			return ec.marshalOString2ᚖstring(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_ToolCall_result(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("ToolCall", field, false, false, "String")
 }
 
 func (ec *executionContext) ___Directive_name(ctx context.Context, field graphql.CollectedField, obj *introspection.Directive) (ret graphql.Marshaler) {
@@ -4299,6 +4830,74 @@ func (ec *executionContext) _BackendHealth(ctx context.Context, sel ast.Selectio
 	return out
 }
 
+var chatChunkImplementors = []string{"ChatChunk"}
+
+func (ec *executionContext) _ChatChunk(ctx context.Context, sel ast.SelectionSet, obj *model.ChatChunk) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, chatChunkImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferred := graphql.NewDeferredGroup(ctx)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("ChatChunk")
+		case "instanceId":
+			out.Values[i] = ec._ChatChunk_instanceId(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "seq":
+			out.Values[i] = ec._ChatChunk_seq(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "delta":
+			out.Values[i] = ec._ChatChunk_delta(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "text":
+			out.Values[i] = ec._ChatChunk_text(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "toolCall":
+			out.Values[i] = ec._ChatChunk_toolCall(ctx, field, obj)
+			if out.Values[i] == graphql.RequiredNull {
+				out.Invalids++
+			}
+		case "status":
+			out.Values[i] = ec._ChatChunk_status(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "done":
+			out.Values[i] = ec._ChatChunk_done(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "restarted":
+			out.Values[i] = ec._ChatChunk_restarted(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	if n := len(deferred.Defers); n > 0 {
+		atomic.AddInt32(&ec.Deferred, int32(min(n, math.MaxInt32)))
+		ec.ProcessDeferredGroup(deferred)
+	}
+
+	return out
+}
+
 var chatReplyImplementors = []string{"ChatReply"}
 
 func (ec *executionContext) _ChatReply(ctx context.Context, sel ast.SelectionSet, obj *model.ChatReply) graphql.Marshaler {
@@ -4800,6 +5399,13 @@ func (ec *executionContext) _Mutation(ctx context.Context, sel ast.SelectionSet)
 			if out.Values[i] == graphql.Null {
 				out.Invalids++
 			}
+		case "cancelChat":
+			out.Values[i] = ec.OperationContext.RootResolverMiddleware(innerCtx, func(ctx context.Context) (res graphql.Marshaler) {
+				return ec._Mutation_cancelChat(ctx, field)
+			})
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
 		default:
 			panic("unknown field " + strconv.Quote(field.Name))
 		}
@@ -4970,9 +5576,54 @@ func (ec *executionContext) _Subscription(ctx context.Context, sel ast.Selection
 		return ec._Subscription_memoryUpdated(ctx, fields[0])
 	case "chatRun":
 		return ec._Subscription_chatRun(ctx, fields[0])
+	case "chatStream":
+		return ec._Subscription_chatStream(ctx, fields[0])
 	default:
 		panic("unknown field " + strconv.Quote(fields[0].Name))
 	}
+}
+
+var toolCallImplementors = []string{"ToolCall"}
+
+func (ec *executionContext) _ToolCall(ctx context.Context, sel ast.SelectionSet, obj *model.ToolCall) graphql.Marshaler {
+	fields := graphql.CollectFields(ec.OperationContext, sel, toolCallImplementors)
+
+	out := graphql.NewFieldSet(fields)
+	deferred := graphql.NewDeferredGroup(ctx)
+	for i, field := range fields {
+		switch field.Name {
+		case "__typename":
+			out.Values[i] = graphql.MarshalString("ToolCall")
+		case "name":
+			out.Values[i] = ec._ToolCall_name(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "arguments":
+			out.Values[i] = ec._ToolCall_arguments(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "result":
+			out.Values[i] = ec._ToolCall_result(ctx, field, obj)
+			if out.Values[i] == graphql.RequiredNull {
+				out.Invalids++
+			}
+		default:
+			panic("unknown field " + strconv.Quote(field.Name))
+		}
+	}
+	out.Dispatch(ctx)
+	if out.Invalids > 0 {
+		return graphql.Null
+	}
+
+	if n := len(deferred.Defers); n > 0 {
+		atomic.AddInt32(&ec.Deferred, int32(min(n, math.MaxInt32)))
+		ec.ProcessDeferredGroup(deferred)
+	}
+
+	return out
 }
 
 var __DirectiveImplementors = []string{"__Directive"}
@@ -5373,6 +6024,14 @@ func (ec *executionContext) marshalNBoolean2bool(ctx context.Context, sel ast.Se
 		graphql.AddInvalidNullFromMarshaler(ctx, "Boolean!")
 	}
 	return res
+}
+
+func (ec *executionContext) marshalNChatChunk2ᚖgithubᚗcomᚋdacaᚑgoᚋdacaᚋgraphᚋmodelᚐChatChunk(ctx context.Context, sel ast.SelectionSet, v *model.ChatChunk) graphql.Marshaler {
+	if v == nil {
+		graphql.AddInvalidNullError(ctx, "ChatChunk!")
+		return graphql.Null
+	}
+	return ec._ChatChunk(ctx, sel, v)
 }
 
 func (ec *executionContext) marshalNChatReply2ᚖgithubᚗcomᚋdacaᚑgoᚋdacaᚋgraphᚋmodelᚐChatReply(ctx context.Context, sel ast.SelectionSet, v *model.ChatReply) graphql.Marshaler {
@@ -5864,6 +6523,13 @@ func (ec *executionContext) marshalOTime2ᚖtimeᚐTime(ctx context.Context, sel
 	_ = ctx
 	res := graphql.MarshalTime(*v)
 	return res
+}
+
+func (ec *executionContext) marshalOToolCall2ᚖgithubᚗcomᚋdacaᚑgoᚋdacaᚋgraphᚋmodelᚐToolCall(ctx context.Context, sel ast.SelectionSet, v *model.ToolCall) graphql.Marshaler {
+	if v == nil {
+		return graphql.Null
+	}
+	return ec._ToolCall(ctx, sel, v)
 }
 
 func (ec *executionContext) marshalO__EnumValue2ᚕgithubᚗcomᚋ99designsᚋgqlgenᚋgraphqlᚋintrospectionᚐEnumValueᚄ(ctx context.Context, sel ast.SelectionSet, v []introspection.EnumValue) graphql.Marshaler {

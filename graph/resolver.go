@@ -8,6 +8,7 @@ import (
 	"github.com/daca-go/daca/gateway/auth"
 	"github.com/daca-go/daca/gateway/backend"
 	"github.com/daca-go/daca/gateway/fanout"
+	"github.com/daca-go/daca/gateway/replies"
 	"github.com/daca-go/daca/graph/model"
 )
 
@@ -27,6 +28,8 @@ type Resolver struct {
 	// Runs follows chat turns for the chatRun subscription (one poller per
 	// turn).
 	Runs *RunWatch
+	// Replies keeps the replies being written, for chatStream.
+	Replies *replies.Store
 }
 
 // TurnLimiter limits chat turns per user (ratelimit.Limiter in one process,

@@ -19,6 +19,7 @@ import (
 	"github.com/daca-go/daca/gateway/backend"
 	"github.com/daca-go/daca/gateway/backend/backendtest"
 	"github.com/daca-go/daca/gateway/ratelimit"
+	"github.com/daca-go/daca/gateway/replies"
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/dev/testkit"
@@ -47,7 +48,8 @@ func execClient(r *Resolver, wait time.Duration) *client.Client {
 }
 
 func resolver(f *backendtest.Fake) *Resolver {
-	return &Resolver{Backend: f, Log: testkit.Quiet()}
+	log := testkit.Quiet()
+	return &Resolver{Backend: f, Log: log, Runs: NewRunWatch(f.ChatRun, 10*time.Millisecond, log), Replies: replies.New(8, nil)}
 }
 
 // as makes the request the caller's (what the gateway's bearer guard does).
@@ -271,6 +273,11 @@ func TestAuthorisation(t *testing.T) {
 		{"own run", `{ chatRun(instanceId: "chat-1") { status } }`, []client.Option{ana}, ""},
 		{"anonymous run", `{ chatRun(instanceId: "chat-1") { status } }`, nil, apperr.Unauthenticated},
 		{"health is open", `{ health { authMode } }`, nil, ""},
+		{"stop someone else's turn", `mutation { cancelChat(instanceId: "chat-bo") { status } }`, []client.Option{ana}, apperr.NotFound},
+		{"stop an unknown turn", `mutation { cancelChat(instanceId: "chat-unknown") { status } }`, []client.Option{ana}, apperr.NotFound},
+		{"stop anonymously", `mutation { cancelChat(instanceId: "chat-bo") { status } }`, nil, apperr.Unauthenticated},
+		{"stop her own ended turn", `mutation { cancelChat(instanceId: "chat-1") { status } }`, []client.Option{ana}, ""},
+		{"admin stops anyone's", `mutation { cancelChat(instanceId: "chat-bo") { status } }`, []client.Option{admin}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -279,6 +286,9 @@ func TestAuthorisation(t *testing.T) {
 				t.Fatalf("code %q (%s); want %q", code, msg, tt.code)
 			}
 		})
+	}
+	if f.Cancelled == nil || len(f.Cancelled) != 1 || f.Cancelled[0] != "chat-bo" || f.Runs["chat-bo"].Status != contract.RunTerminated {
+		t.Fatalf("cancelled %v; want only chat-bo, by the admin", f.Cancelled)
 	}
 	// Another user's turn and an unknown one look the same: null.
 	for _, id := range []string{"chat-bo", "chat-unknown"} {

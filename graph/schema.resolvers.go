@@ -88,6 +88,26 @@ func (r *mutationResolver) DeleteConversation(ctx context.Context, sessionID str
 	return r.Backend.DeleteConversation(ctx, sessionID)
 }
 
+// CancelChat is the resolver for the cancelChat field.
+func (r *mutationResolver) CancelChat(ctx context.Context, instanceID string) (*model.ChatRun, error) {
+	run, err := r.ownRun(ctx, instanceID)
+	if err != nil {
+		return nil, err
+	}
+	if !run.Terminal() {
+		if run, err = r.Backend.CancelChat(ctx, instanceID); err != nil {
+			return nil, err
+		}
+		if run == nil {
+			return nil, apperr.New(apperr.NotFound, "chat turn %s not found", instanceID)
+		}
+	}
+	if run.Terminal() { // this replica's streams end now; the others' with their next read of the turn
+		r.Replies.Finish(instanceID, toStatus(run.Status), deref(run.Reply), true)
+	}
+	return toRun(*run), nil
+}
+
 // Memory is the resolver for the memory field.
 func (r *queryResolver) Memory(ctx context.Context, userID string) (*model.Memory, error) {
 	if err := r.forUser(ctx, userID); err != nil {
@@ -257,6 +277,37 @@ func (r *subscriptionResolver) ChatRun(ctx context.Context, instanceID string) (
 		return nil, apperr.New(apperr.NotFound, "chat turn %s not found", instanceID)
 	}
 	return r.Runs.Follow(ctx, *first), nil
+}
+
+// ChatStream is the resolver for the chatStream field.
+func (r *subscriptionResolver) ChatStream(ctx context.Context, instanceID string, after *int) (<-chan *model.ChatChunk, error) {
+	if after != nil && *after < 0 {
+		return nil, apperr.New(apperr.Invalid, "after must not be negative")
+	}
+	run, err := r.ownRun(ctx, instanceID)
+	if err != nil {
+		return nil, err
+	}
+	from := 0
+	if after != nil {
+		from = *after
+	}
+	chunks := r.Replies.Subscribe(ctx, instanceID, from)
+	if run.Terminal() {
+		r.Replies.Finish(instanceID, toStatus(run.Status), deref(run.Reply), false)
+		return chunks, nil
+	}
+	// The turn's end comes fastest with its conversation event; reading the
+	// turn (one reader per turn, shared with chatRun) also ends the stream of
+	// a turn that failed or was stopped, or whose event this replica missed.
+	go func() {
+		for st := range r.Runs.Follow(ctx, *run) {
+			if st.Status != model.ChatStatusPending && st.Status != model.ChatStatusRunning && st.Status != model.ChatStatusSuspended {
+				r.Replies.Finish(instanceID, st.Status, deref(st.Reply), false)
+			}
+		}
+	}()
+	return chunks, nil
 }
 
 // Mutation returns MutationResolver implementation.

@@ -36,6 +36,9 @@ type Backend interface {
 	SendMessage(ctx context.Context, in ChatInput) (Reply, error)
 	StartChat(ctx context.Context, in ChatInput) (Run, error)
 	ChatRun(ctx context.Context, instanceID string) (*Run, error)
+	// CancelChat stops a turn (Dapr's terminate) and returns its state; nil
+	// for an unknown turn.
+	CancelChat(ctx context.Context, instanceID string) (*Run, error)
 	Health(ctx context.Context) Health
 }
 
@@ -245,6 +248,18 @@ func (c *Client) StartChat(ctx context.Context, in ChatInput) (Run, error) {
 func (c *Client) ChatRun(ctx context.Context, instanceID string) (*Run, error) {
 	var r Run
 	err := c.call(ctx, c.Timeout, contract.ChatApp, "chat/"+instanceID, http.MethodGet, nil, &r)
+	if apperr.CodeOf(err) == apperr.NotFound {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+func (c *Client) CancelChat(ctx context.Context, instanceID string) (*Run, error) {
+	var r Run
+	err := c.call(ctx, c.Timeout, contract.ChatApp, "chat/"+instanceID+"/cancel", http.MethodPost, nil, &r)
 	if apperr.CodeOf(err) == apperr.NotFound {
 		return nil, nil
 	}

@@ -50,6 +50,9 @@ func (s *Server) onConversation(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if ev.EventType == contract.EventConversationUpdated && ev.UserID != "" && ev.SessionID != "" {
+		// The turn's end for its chatStream subscribers (the CloudEvent id
+		// is the turn's instance id).
+		s.res.Replies.Finish(ce.ID, model.ChatStatusCompleted, ev.AssistantReply, true)
 		n := s.res.Conversations.Publish(&model.ConversationEvent{EventID: ce.ID, UserID: ev.UserID, SessionID: ev.SessionID,
 			UserMessage: ev.UserMessage, AssistantReply: ev.AssistantReply})
 		logging.From(r.Context(), s.log).Debug("conversation event fanned out", "cloudevent_id", ce.ID, "subscribers", n)
@@ -67,5 +70,20 @@ func (s *Server) onMemoryUpdate(w http.ResponseWriter, r *http.Request) {
 		n := s.res.Memories.Publish(&model.MemoryEvent{UserID: ev.UserID, SessionID: ev.SessionID, UserSummary: ev.UserSummary})
 		logging.From(r.Context(), s.log).Debug("memory event fanned out", "cloudevent_id", ce.ID, "subscribers", n)
 	}
+	httpx.JSON(w, http.StatusOK, map[string]string{"status": contract.DeliverySuccess})
+}
+
+// onChatStream takes a piece of a reply being written (chatStream).
+func (s *Server) onChatStream(w http.ResponseWriter, r *http.Request) {
+	var ev contract.ChatStreamed
+	if _, ok := s.readEvent(w, r, &ev); !ok {
+		return
+	}
+	if err := ev.Validate(); err != nil {
+		logging.From(r.Context(), s.log).Warn("piece of a reply dropped", "err", err)
+		httpx.JSON(w, http.StatusOK, map[string]string{"status": contract.DeliveryDrop})
+		return
+	}
+	s.res.Replies.Add(ev)
 	httpx.JSON(w, http.StatusOK, map[string]string{"status": contract.DeliverySuccess})
 }

@@ -114,6 +114,7 @@ func (s *Server) Handler() http.Handler {
 		r.Get("/dapr/subscribe", s.subscriptions)
 		r.Post("/events/"+contract.TopicConversations, s.onConversation)
 		r.Post("/events/"+contract.TopicMemoryUpdates, s.onMemoryUpdate)
+		r.Post("/events/"+contract.TopicChatStream, s.onChatStream)
 	})
 	return r
 }

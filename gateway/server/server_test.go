@@ -18,6 +18,7 @@ import (
 	"github.com/daca-go/daca/gateway/backend"
 	"github.com/daca-go/daca/gateway/backend/backendtest"
 	"github.com/daca-go/daca/gateway/fanout"
+	"github.com/daca-go/daca/gateway/replies"
 	"github.com/daca-go/daca/graph"
 	"github.com/daca-go/daca/graph/model"
 	"github.com/daca-go/daca/internal/apperr"
@@ -52,7 +53,8 @@ func newServer(f *backendtest.Fake, cfg Config, queue int, guard *auth.Guard) (*
 	res := &graph.Resolver{Backend: f, Log: log, Guard: guard,
 		Conversations: fanout.New[*model.ConversationEvent](queue, drop),
 		Memories:      fanout.New[*model.MemoryEvent](queue, drop),
-		Runs:          graph.NewRunWatch(f.ChatRun, 50*time.Millisecond, log)}
+		Runs:          graph.NewRunWatch(f.ChatRun, 50*time.Millisecond, log),
+		Replies:       replies.New(queue, drop)}
 	cfg.Guard = guard
 	s := &testServer{Server: New(cfg, res, log), res: res}
 	return s, s.Handler()

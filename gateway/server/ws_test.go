@@ -17,8 +17,10 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/daca-go/daca/gateway/auth"
+	"github.com/daca-go/daca/gateway/backend"
 	"github.com/daca-go/daca/gateway/backend/backendtest"
 	"github.com/daca-go/daca/graph/model"
+	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/dev/testkit"
 )
 
@@ -91,6 +93,86 @@ func TestSubscriptionFanOutAndCleanup(t *testing.T) {
 	}
 	ws.Close()
 	waitUntil(t, "s.res.Conversations.Len() == 0 && s.res.Memories.Len() == 0", func() bool { return s.res.Conversations.Len() == 0 && s.res.Memories.Len() == 0 })
+}
+
+// TestChatStream: pieces published by chat-service reach a chatStream
+// subscriber in order of seq (whatever order they came in), with the tool
+// call; the conversation event ends the stream with the reply; a
+// subscriber that joins late, or resumes with after, gets the text so far
+// first; another user's turn is not found.
+func TestChatStream(t *testing.T) {
+	f := backendtest.New()
+	f.Runs["chat-live"] = &backend.Run{InstanceID: "chat-live", Status: contract.RunRunning, UserID: "ana", SessionID: "s1"}
+	s, h := newServer(f, Config{}, 16, nil)
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	const q = `subscription($id: ID!, $after: Int) { chatStream(instanceId: $id, after: $after) { seq delta text status done restarted toolCall { name arguments result } } }`
+	piece := func(seq int, delta, text string, tool map[string]string) map[string]any {
+		p := map[string]any{"instance_id": "chat-live", "user_id": "ana", "execution": 1, "seq": seq, "delta": delta, "text": text}
+		if tool != nil {
+			p["tool_call"] = tool
+		}
+		return p
+	}
+	ws := wsDial(t, srv.URL, "graphql-transport-ws", nil)
+	ws.Await(5*time.Second, "connection_ack")
+	ws.Subscribe("1", q, map[string]any{"id": "chat-live"})
+	waitUntil(t, "one chatStream subscriber", func() bool { _, n := s.res.Replies.Len(); return n == 1 })
+	publishEvent(t, srv.URL, "chat-stream", "p1", piece(1, "Let me ", "Let me ", nil))
+	publishEvent(t, srv.URL, "chat-stream", "p3", piece(3, "It is now.", "Let me check. It is now.", nil))
+	publishEvent(t, srv.URL, "chat-stream", "p2", piece(2, "check. ", "Let me check. ", map[string]string{"name": "get_current_time", "arguments": "{}", "result": "now"}))
+	chunk := func(ws *testkit.WSClient, id string) map[string]any {
+		t.Helper()
+		return ws.Data(id, 5*time.Second)["chatStream"].(map[string]any)
+	}
+	var text string
+	for want := 1; want <= 3; want++ {
+		c := chunk(ws, "1")
+		if int(c["seq"].(float64)) != want || c["done"] != false || c["status"] != "RUNNING" {
+			t.Fatalf("chunk %d: %v", want, c)
+		}
+		text += c["delta"].(string)
+		if c["text"] != text {
+			t.Fatalf("text %q; the deltas make %q", c["text"], text)
+		}
+		if tc, _ := c["toolCall"].(map[string]any); (want == 2) != (tc != nil) || want == 2 && (tc["name"] != "get_current_time" || tc["result"] != "now") {
+			t.Fatalf("chunk %d tool call %v", want, c["toolCall"])
+		}
+	}
+	// A second subscriber resumes after 2: chunk 3 first.
+	late := wsDial(t, srv.URL, "graphql-transport-ws", nil)
+	late.Await(5*time.Second, "connection_ack")
+	late.Subscribe("r", q, map[string]any{"id": "chat-live", "after": 2})
+	if c := chunk(late, "r"); int(c["seq"].(float64)) != 3 || c["delta"] != "It is now." {
+		t.Fatalf("resumed after 2: %v", c)
+	}
+	// The turn's conversation event ends both streams with the reply.
+	f.Mu.Lock()
+	reply := "Let me check. It is now. Bye."
+	f.Runs["chat-live"] = &backend.Run{InstanceID: "chat-live", Status: contract.RunCompleted, UserID: "ana", SessionID: "s1", Reply: &reply}
+	f.Mu.Unlock()
+	publishEvent(t, srv.URL, "conversations", "chat-live", map[string]string{"user_id": "ana", "session_id": "s1", "event_type": "ConversationUpdated", "user_message": "time?", "assistant_reply": reply})
+	for _, c := range []struct {
+		ws *testkit.WSClient
+		id string
+	}{{ws, "1"}, {late, "r"}} {
+		end := chunk(c.ws, c.id)
+		if int(end["seq"].(float64)) != 4 || end["done"] != true || end["status"] != "COMPLETED" || end["delta"] != " Bye." || end["text"] != reply {
+			t.Fatalf("last chunk %v", end)
+		}
+		if m := c.ws.Await(5*time.Second, "complete"); m["id"] != c.id {
+			t.Fatalf("after the last chunk: %v", m)
+		}
+	}
+	// A finished turn streams its end at once; an unknown turn is NOT_FOUND.
+	ws.Subscribe("2", q, map[string]any{"id": "chat-1"})
+	if c := chunk(ws, "2"); c["done"] != true || c["text"] != "hi ana" {
+		t.Fatalf("finished turn: %v", c)
+	}
+	ws.Subscribe("3", q, map[string]any{"id": "chat-unknown"})
+	if m := ws.Await(5*time.Second, "error", "next"); m["id"] != "3" || !strings.Contains(fmt.Sprint(m), "NOT_FOUND") {
+		t.Fatalf("unknown turn: %v", m)
+	}
 }
 
 func TestThousandSubscribeCyclesBackToBaseline(t *testing.T) {

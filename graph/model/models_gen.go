@@ -18,6 +18,29 @@ type BackendHealth struct {
 	Status string `json:"status"`
 }
 
+// A piece of a reply as the agent writes it.
+type ChatChunk struct {
+	// The chat turn.
+	InstanceID string `json:"instanceId"`
+	// 1, 2, 3, … for this turn; a client that resumes with after: n gets n+1
+	// next. When the reply starts over (restarted), numbering continues in a
+	// higher range.
+	Seq int `json:"seq"`
+	// The text this chunk adds.
+	Delta string `json:"delta"`
+	// The reply so far: the join of every delta up to seq. Show this one when in doubt.
+	Text string `json:"text"`
+	// Set on the chunk where the agent called a tool (name, arguments, result).
+	ToolCall *ToolCall `json:"toolCall,omitempty"`
+	// RUNNING until the last chunk, which has the turn's end: COMPLETED, FAILED or TERMINATED.
+	Status ChatStatus `json:"status"`
+	// True on the last chunk.
+	Done bool `json:"done"`
+	// True when the reply starts over (the model was asked again after a
+	// failure): drop what was shown; text holds the new reply so far.
+	Restarted bool `json:"restarted"`
+}
+
 // The agent's answer to a message.
 type ChatReply struct {
 	// Who sent the message.
@@ -178,6 +201,16 @@ type Session struct {
 }
 
 type Subscription struct {
+}
+
+// A tool the agent called while writing a reply.
+type ToolCall struct {
+	// The tool, e.g. get_current_time.
+	Name string `json:"name"`
+	// Its arguments (JSON).
+	Arguments string `json:"arguments"`
+	// What it returned.
+	Result *string `json:"result,omitempty"`
 }
 
 // The state of a chat turn.

@@ -51,7 +51,10 @@ const (
 	// TopicMemoryUpdates carries MemoryUpdated (agent-memory-service → the
 	// gateway).
 	TopicMemoryUpdates = "memory-updates"
+	// TopicChatStream carries ChatStreamed: the pieces of a reply as the
+	// model writes it (chat-service → the gateway).
+	TopicChatStream = "chat-stream"
 )
 
 // Topics lists every topic, in a fixed order.
-var Topics = []string{TopicConversations, TopicMemoryUpdates}
+var Topics = []string{TopicConversations, TopicMemoryUpdates, TopicChatStream}

@@ -31,6 +31,9 @@ import (
 const (
 	DefaultBaseURL = "https://generativelanguage.googleapis.com/v1beta/openai/"
 	DefaultModel   = "gemini-2.5-flash"
+	// DefaultOfflineTokenDelay is the offline model's pause between streamed
+	// words.
+	DefaultOfflineTokenDelay = 20 * time.Millisecond
 )
 
 // Config configures the client.
@@ -41,17 +44,22 @@ type Config struct {
 	MaxToolRounds int           // LLM_MAX_TOOL_ROUNDS, default 4
 	MaxRetries    int           // on 429/5xx, LLM_MAX_RETRIES, default 3
 	OfflineDelay  time.Duration // offline model answers after this long (LLM_OFFLINE_DELAY)
+	// OfflineTokenDelay is the offline model's pause between the words of a
+	// streamed reply (LLM_OFFLINE_TOKEN_DELAY, default 20ms: a reply is seen
+	// being written).
+	OfflineTokenDelay time.Duration
 }
 
 // ConfigFromEnv reads the LLM_* variables.
 func ConfigFromEnv(r *env.Reader) Config {
 	return Config{
-		BaseURL:       r.String("LLM_BASE_URL", DefaultBaseURL),
-		Model:         r.String("LLM_MODEL", DefaultModel),
-		Timeout:       r.Duration("LLM_TIMEOUT", 30*time.Second),
-		MaxToolRounds: r.Int("LLM_MAX_TOOL_ROUNDS", 4, 1, 16),
-		MaxRetries:    r.Int("LLM_MAX_RETRIES", 3, 0, 10),
-		OfflineDelay:  r.Duration("LLM_OFFLINE_DELAY", 0),
+		BaseURL:           r.String("LLM_BASE_URL", DefaultBaseURL),
+		Model:             r.String("LLM_MODEL", DefaultModel),
+		Timeout:           r.Duration("LLM_TIMEOUT", 30*time.Second),
+		MaxToolRounds:     r.Int("LLM_MAX_TOOL_ROUNDS", 4, 1, 16),
+		MaxRetries:        r.Int("LLM_MAX_RETRIES", 3, 0, 10),
+		OfflineDelay:      r.Duration("LLM_OFFLINE_DELAY", 0),
+		OfflineTokenDelay: r.Duration("LLM_OFFLINE_TOKEN_DELAY", DefaultOfflineTokenDelay),
 	}
 }
 
@@ -95,7 +103,7 @@ func New(ctx context.Context, cfg Config, keys KeySource, log *slog.Logger) (*Cl
 			"(deterministic replies, no network). Put a real key in the secret store to use Gemini.")
 		c.mode = "offline"
 		oc.BaseURL = "http://offline.invalid/v1"
-		oc.HTTPClient = &http.Client{Transport: &Offline{Delay: cfg.OfflineDelay}}
+		oc.HTTPClient = &http.Client{Transport: &Offline{Delay: cfg.OfflineDelay, TokenDelay: cfg.OfflineTokenDelay}}
 	} else {
 		c.mode = "openai-compatible"
 		if strings.TrimRight(cfg.BaseURL, "/") == strings.TrimRight(DefaultBaseURL, "/") {
@@ -161,16 +169,31 @@ func (c *Client) Complete(ctx context.Context, system string, history []Message,
 	return c.loop(ctx, messages(system, history, user), false, nil)
 }
 
-// Stream is Chat with the reply delivered in pieces to onDelta as the model
-// produces it. It returns the whole reply.
-func (c *Client) Stream(ctx context.Context, system string, history []Message, user string, onDelta func(string)) (string, error) {
-	if onDelta == nil {
-		onDelta = func(string) {}
-	}
-	return c.loop(ctx, messages(system, history, user), true, onDelta)
+// Piece is what Stream reports while the model writes: text it added
+// (Delta), or a tool it called (Tool, with the tool's result).
+type Piece struct {
+	Delta string
+	Tool  *ToolUse
 }
 
-func (c *Client) loop(ctx context.Context, msgs []openai.ChatCompletionMessage, withTools bool, onDelta func(string)) (string, error) {
+// ToolUse is one call of a tool.
+type ToolUse struct {
+	Name, Arguments, Result string
+}
+
+// Stream is Chat with the reply streamed from the provider: on gets each
+// piece of text as it arrives and each tool call once its result is known.
+// The reply it returns is every piece of text joined, also text the model
+// wrote before it called a tool, so it equals what on was given.
+func (c *Client) Stream(ctx context.Context, system string, history []Message, user string, on func(Piece)) (string, error) {
+	if on == nil {
+		on = func(Piece) {}
+	}
+	return c.loop(ctx, messages(system, history, user), true, on)
+}
+
+func (c *Client) loop(ctx context.Context, msgs []openai.ChatCompletionMessage, withTools bool, on func(Piece)) (string, error) {
+	var streamed strings.Builder
 	for round := 0; round <= c.cfg.MaxToolRounds; round++ {
 		req := openai.ChatCompletionRequest{Model: c.cfg.Model, Messages: msgs}
 		if withTools && round < c.cfg.MaxToolRounds {
@@ -178,8 +201,11 @@ func (c *Client) loop(ctx context.Context, msgs []openai.ChatCompletionMessage, 
 		}
 		var msg openai.ChatCompletionMessage
 		var err error
-		if onDelta != nil {
-			msg, err = c.streamOnce(ctx, req, onDelta)
+		if on != nil {
+			msg, err = c.streamOnce(ctx, req, round, func(d string) {
+				streamed.WriteString(d)
+				on(Piece{Delta: d})
+			})
 		} else {
 			msg, err = c.once(ctx, req)
 		}
@@ -187,15 +213,22 @@ func (c *Client) loop(ctx context.Context, msgs []openai.ChatCompletionMessage, 
 			return "", err
 		}
 		if len(msg.ToolCalls) == 0 {
-			if strings.TrimSpace(msg.Content) == "" {
+			reply := msg.Content
+			if on != nil {
+				reply = streamed.String()
+			}
+			if strings.TrimSpace(reply) == "" {
 				return "", apperr.New(apperr.Unavailable, "the language model returned an empty reply")
 			}
-			return msg.Content, nil
+			return reply, nil
 		}
 		msgs = append(msgs, msg)
 		for _, tc := range msg.ToolCalls {
 			out := c.runTool(tc.Function.Name)
 			c.log.Debug("LLM tool call", "tool", tc.Function.Name)
+			if on != nil {
+				on(Piece{Tool: &ToolUse{Name: tc.Function.Name, Arguments: tc.Function.Arguments, Result: out}})
+			}
 			msgs = append(msgs, openai.ChatCompletionMessage{
 				Role: openai.ChatMessageRoleTool, Content: out, ToolCallID: tc.ID, Name: tc.Function.Name,
 			})
@@ -222,7 +255,13 @@ func (c *Client) once(ctx context.Context, req openai.ChatCompletionRequest) (op
 	return resp.Choices[0].Message, nil
 }
 
-func (c *Client) streamOnce(ctx context.Context, req openai.ChatCompletionRequest, onDelta func(string)) (openai.ChatCompletionMessage, error) {
+// streamOnce reads one streamed completion. It copes with what Gemini's
+// OpenAI-compatible endpoint does differently from OpenAI's: a tool call
+// whose chunk says finish_reason "stop" (the tool calls decide, not the
+// finish reason), tool calls without an index, and several calls that all
+// say index 0 (a call with another id is a new call). A call without an id
+// gets one, since the tool's answer must name it.
+func (c *Client) streamOnce(ctx context.Context, req openai.ChatCompletionRequest, round int, onDelta func(string)) (openai.ChatCompletionMessage, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
 	req.Stream = true
@@ -235,8 +274,8 @@ func (c *Client) streamOnce(ctx context.Context, req openai.ChatCompletionReques
 	defer st.Close()
 	msg := openai.ChatCompletionMessage{Role: openai.ChatMessageRoleAssistant}
 	var content strings.Builder
-	calls := map[int]*openai.ToolCall{}
-	var order []int
+	var calls []*openai.ToolCall
+	current := map[int]*openai.ToolCall{} // index → the call being assembled there
 	for {
 		chunk, err := st.Recv()
 		if errors.Is(err, io.EOF) {
@@ -258,11 +297,11 @@ func (c *Client) streamOnce(ctx context.Context, req openai.ChatCompletionReques
 			if tc.Index != nil {
 				i = *tc.Index
 			}
-			cur, ok := calls[i]
-			if !ok {
+			cur, ok := current[i]
+			if !ok || (tc.ID != "" && cur.ID != "" && tc.ID != cur.ID) || (tc.ID == "" && tc.Function.Name != "" && cur.Function.Name != "" && argsComplete(cur.Function.Arguments)) {
 				cur = &openai.ToolCall{Type: openai.ToolTypeFunction}
-				calls[i] = cur
-				order = append(order, i)
+				current[i] = cur
+				calls = append(calls, cur)
 			}
 			if tc.ID != "" {
 				cur.ID = tc.ID
@@ -272,10 +311,21 @@ func (c *Client) streamOnce(ctx context.Context, req openai.ChatCompletionReques
 		}
 	}
 	msg.Content = content.String()
-	for _, i := range order {
-		msg.ToolCalls = append(msg.ToolCalls, *calls[i])
+	for i, tc := range calls {
+		if tc.ID == "" {
+			tc.ID = fmt.Sprintf("call_%d_%d", round, i)
+		}
+		idx := i
+		tc.Index = &idx
+		msg.ToolCalls = append(msg.ToolCalls, *tc)
 	}
 	return msg, nil
+}
+
+// argsComplete reports whether a tool call's arguments so far are a whole
+// JSON value: a further chunk with a name then starts another call.
+func argsComplete(args string) bool {
+	return strings.TrimSpace(args) != "" && json.Valid([]byte(args))
 }
 
 // classify turns a go-openai error into an apperr without provider details

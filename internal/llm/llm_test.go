@@ -2,6 +2,7 @@ package llm
 
 import (
 	"context"
+	"fmt"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -47,8 +48,15 @@ func TestOfflineChat(t *testing.T) {
 				var got string
 				var err error
 				var pieces []string
+				var tools []ToolUse
 				if stream {
-					got, err = c.Stream(t.Context(), sys, tt.history, tt.user, func(s string) { pieces = append(pieces, s) })
+					got, err = c.Stream(t.Context(), sys, tt.history, tt.user, func(p Piece) {
+						if p.Tool != nil {
+							tools = append(tools, *p.Tool)
+						} else {
+							pieces = append(pieces, p.Delta)
+						}
+					})
 				} else {
 					got, err = c.Chat(t.Context(), sys, tt.history, tt.user)
 				}
@@ -62,6 +70,11 @@ func TestOfflineChat(t *testing.T) {
 				}
 				if stream && (len(pieces) < 2 || strings.Join(pieces, "") != got) {
 					t.Errorf("stream pieces %q do not make up the reply %q", pieces, got)
+				}
+				if wantTool := strings.Contains(tt.name, "tool"); stream && wantTool != (len(tools) == 1) {
+					t.Errorf("tool calls reported: %+v", tools)
+				} else if stream && wantTool && (tools[0].Name != "get_current_time" || tools[0].Result != "2026-11-29 03:04:05 UTC") {
+					t.Errorf("tool call %+v", tools[0])
 				}
 			}
 		})
@@ -228,5 +241,75 @@ func TestRedact(t *testing.T) {
 		if got := Redact(s); strings.Contains(got, "abcdef123456") || strings.Contains(got, "ABCDEF12345") {
 			t.Errorf("Redact(%q) = %q", s, got)
 		}
+	}
+}
+
+// TestStreamingQuirks: the tool loop over a streamed provider, as OpenAI
+// streams and with each of Gemini's quirks (finish_reason "stop" on a tool
+// call, no index, several calls all at index 0): every tool call is run
+// once and reported, the text streams in pieces, and the reply is the
+// pieces joined.
+func TestStreamingQuirks(t *testing.T) {
+	const key = "sk-live-0123456789abcdef"
+	twoCalls := func(_ context.Context, req llmtest.Request) (llmtest.Reply, bool) {
+		if req.Last().Role == "tool" {
+			tools := 0
+			for _, m := range req.Messages {
+				if m.Role == "tool" {
+					tools++
+				}
+			}
+			return llmtest.Reply{Content: fmt.Sprintf("I called %d tools and it is %s.", tools, req.Last().Content)}, true
+		}
+		return llmtest.Reply{ToolCalls: []string{"get_current_time", "get_current_time"}}, true
+	}
+	tests := []struct {
+		name      string
+		quirks    llmtest.Quirks
+		answer    func(context.Context, llmtest.Request) (llmtest.Reply, bool)
+		wantReply string
+		wantTools int
+	}{
+		{"openai", llmtest.Quirks{}, nil, "It is 2026-11-29 03:04:05 UTC.", 1},
+		{"finish_reason stop on the tool call", llmtest.Quirks{StopOnToolCall: true}, nil, "It is 2026-11-29 03:04:05 UTC.", 1},
+		{"no index", llmtest.Quirks{NoToolIndex: true, StopOnToolCall: true}, nil, "It is 2026-11-29 03:04:05 UTC.", 1},
+		{"two calls, as OpenAI", llmtest.Quirks{}, twoCalls, "I called 2 tools and it is 2026-11-29 03:04:05 UTC.", 2},
+		{"two calls, both index 0", llmtest.Quirks{ToolIndexZero: true, StopOnToolCall: true}, twoCalls, "I called 2 tools and it is 2026-11-29 03:04:05 UTC.", 2},
+		{"two calls, no index", llmtest.Quirks{NoToolIndex: true}, twoCalls, "I called 2 tools and it is 2026-11-29 03:04:05 UTC.", 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			prov := &llmtest.Provider{Key: key, Quirks: tt.quirks, Answer: tt.answer}
+			srv := httptest.NewServer(prov)
+			t.Cleanup(srv.Close)
+			c, err := New(t.Context(), Config{BaseURL: srv.URL + "/v1", Model: "m", Timeout: 10 * time.Second}, StaticKey(key), testkit.Quiet())
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.SetClock(func() time.Time { return fixed })
+			var deltas []string
+			var tools []ToolUse
+			got, err := c.Stream(t.Context(), "sys", nil, "What time is it?", func(p Piece) {
+				if p.Tool != nil {
+					tools = append(tools, *p.Tool)
+				} else {
+					deltas = append(deltas, p.Delta)
+				}
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tt.wantReply || strings.Join(deltas, "") != got || len(deltas) < 3 {
+				t.Fatalf("reply %q from %d pieces %q; want %q", got, len(deltas), deltas, tt.wantReply)
+			}
+			if len(tools) != tt.wantTools || prov.Calls() != 2 {
+				t.Fatalf("tools %+v, provider calls %d; want %d tools, 2 calls", tools, prov.Calls(), tt.wantTools)
+			}
+			for _, u := range tools {
+				if u.Name != "get_current_time" || u.Arguments != "{}" || u.Result != "2026-11-29 03:04:05 UTC" {
+					t.Fatalf("tool use %+v", u)
+				}
+			}
+		})
 	}
 }

@@ -44,7 +44,8 @@ var (
 // otherwise answers from its instructions, so tests can see that the name,
 // style, summary and recent history reached the prompt.
 type Offline struct {
-	Delay time.Duration // answer after this long (crash tests)
+	Delay      time.Duration // answer after this long (crash tests)
+	TokenDelay time.Duration // between the words of a streamed reply
 }
 
 func (o *Offline) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -153,22 +154,23 @@ func (o *Offline) answer(cr openai.ChatCompletionRequest) (openai.ChatCompletion
 	return reply(b.String())
 }
 
+// stream answers word by word as server-sent events, TokenDelay apart.
 func (o *Offline) stream(req *http.Request, cr openai.ChatCompletionRequest, msg openai.ChatCompletionMessage, finish openai.FinishReason) *http.Response {
-	var buf bytes.Buffer
 	id := "offline-" + fmt.Sprint(time.Now().UnixNano())
+	var events [][]byte
 	chunk := func(d openai.ChatCompletionStreamChoiceDelta, fr openai.FinishReason) {
 		b, _ := json.Marshal(openai.ChatCompletionStreamResponse{
 			ID: id, Object: "chat.completion.chunk", Created: time.Now().Unix(), Model: cr.Model,
 			Choices: []openai.ChatCompletionStreamChoice{{Index: 0, Delta: d, FinishReason: fr}},
 		})
-		buf.WriteString("data: ")
-		buf.Write(b)
-		buf.WriteString("\n\n")
+		events = append(events, []byte("data: "+string(b)+"\n\n"))
 	}
+	words := 0
 	if len(msg.ToolCalls) > 0 {
 		chunk(openai.ChatCompletionStreamChoiceDelta{Role: "assistant", ToolCalls: msg.ToolCalls}, "")
 	} else {
 		fields := strings.SplitAfter(msg.Content, " ")
+		words = len(fields)
 		for i, f := range fields {
 			d := openai.ChatCompletionStreamChoiceDelta{Content: f}
 			if i == 0 {
@@ -178,11 +180,32 @@ func (o *Offline) stream(req *http.Request, cr openai.ChatCompletionRequest, msg
 		}
 	}
 	chunk(openai.ChatCompletionStreamChoiceDelta{}, finish)
-	buf.WriteString("data: [DONE]\n\n")
+	events = append(events, []byte("data: [DONE]\n\n"))
+	var body io.ReadCloser
+	if o.TokenDelay <= 0 || words < 2 {
+		body = io.NopCloser(bytes.NewReader(bytes.Join(events, nil)))
+	} else {
+		pr, pw := io.Pipe()
+		go func() {
+			for i, e := range events {
+				if i > 0 && i < words { // a pause before each word but the first
+					if err := sleep(req.Context(), o.TokenDelay); err != nil {
+						pw.CloseWithError(err)
+						return
+					}
+				}
+				if _, err := pw.Write(e); err != nil {
+					return
+				}
+			}
+			pw.Close()
+		}()
+		body = pr
+	}
 	return &http.Response{
 		StatusCode: http.StatusOK, Status: "200 OK", Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 		Header:  http.Header{"Content-Type": []string{"text/event-stream"}},
-		Body:    io.NopCloser(&buf),
+		Body:    body,
 		Request: req,
 	}
 }

@@ -33,6 +33,7 @@ type Workflows interface {
 	ScheduleWorkflow(ctx context.Context, orchestrator string, opts ...workflow.NewWorkflowOptions) (string, error)
 	FetchWorkflowMetadata(ctx context.Context, id string, opts ...workflow.FetchWorkflowMetadataOptions) (*workflow.WorkflowMetadata, error)
 	WaitForWorkflowCompletion(ctx context.Context, id string, opts ...workflow.FetchWorkflowMetadataOptions) (*workflow.WorkflowMetadata, error)
+	TerminateWorkflow(ctx context.Context, id string, opts ...workflow.TerminateOptions) error
 }
 
 // Owners records who a session belongs to (agent-memory-service).
@@ -79,6 +80,7 @@ func (s *srv) routes() http.Handler {
 		r.Post("/chat/", s.chat)
 		r.Post("/chat/async", s.chatAsync)
 		r.Get("/chat/{instance_id}", s.chatStatus)
+		r.Post("/chat/{instance_id}/cancel", s.chatCancel)
 	})
 }
 
@@ -262,6 +264,51 @@ func (s *srv) chatStatus(w http.ResponseWriter, r *http.Request) {
 		}
 		httpx.Error(w, r, s.log, apperr.Wrap(apperr.Unavailable, err, "the workflow engine is unavailable"))
 		return
+	}
+	httpx.JSON(w, http.StatusOK, describe(id, meta).ChatRun)
+}
+
+// chatCancel stops a running turn (Dapr's terminate) and answers its state:
+// TERMINATED, or the state it had already ended in (a repeat is harmless).
+// What the turn had not published yet never reaches the history.
+func (s *srv) chatCancel(w http.ResponseWriter, r *http.Request) {
+	id := chi.URLParam(r, "instance_id")
+	if err := contract.CheckID("instance_id", id); err != nil {
+		httpx.Error(w, r, s.log, err)
+		return
+	}
+	wf := s.workflows()
+	fetch := func() (*workflow.WorkflowMetadata, bool) {
+		meta, err := wf.FetchWorkflowMetadata(r.Context(), id, workflow.WithFetchPayloads(true))
+		if err != nil {
+			if notFound(err) {
+				httpx.Error(w, r, s.log, apperr.New(apperr.NotFound, "chat turn %s not found", id))
+			} else {
+				httpx.Error(w, r, s.log, apperr.Wrap(apperr.Unavailable, err, "the workflow engine is unavailable"))
+			}
+			return nil, false
+		}
+		return meta, true
+	}
+	meta, ok := fetch()
+	if !ok {
+		return
+	}
+	if run := describe(id, meta); !run.Status.Terminal() {
+		if err := wf.TerminateWorkflow(r.Context(), id); err != nil && !notFound(err) {
+			httpx.Error(w, r, s.log, apperr.Wrap(apperr.Unavailable, err, "the workflow engine is unavailable"))
+			return
+		}
+		logging.From(r.Context(), s.log).Info("chat turn stopped", "workflow_instance_id", id)
+		// Terminate returns before the engine has recorded it: wait (briefly)
+		// for the end, so the answer says TERMINATED.
+		wctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		if m, err := wf.WaitForWorkflowCompletion(wctx, id, workflow.WithFetchPayloads(true)); err == nil {
+			meta = m
+		} else if meta, ok = fetch(); !ok {
+			return
+		}
 	}
 	httpx.JSON(w, http.StatusOK, describe(id, meta).ChatRun)
 }

@@ -27,9 +27,24 @@ import (
 // fakeWF is the workflow engine: it "runs" a scheduled turn to the outcome
 // configured (complete with a reply, fail, or never end).
 type fakeWF struct {
-	mu        sync.Mutex
-	scheduled map[string]turn.Input
-	outcome   string // completed | failed | stuck
+	mu         sync.Mutex
+	scheduled  map[string]turn.Input
+	outcome    string // completed | failed | stuck | terminated
+	terminates int
+}
+
+// TerminateWorkflow stops a stuck turn.
+func (f *fakeWF) TerminateWorkflow(_ context.Context, id string, _ ...workflow.TerminateOptions) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.scheduled[id]; !ok {
+		return api.ErrInstanceNotFound
+	}
+	f.terminates++
+	if f.outcome == "stuck" {
+		f.outcome = "terminated"
+	}
+	return nil
 }
 
 func (f *fakeWF) ScheduleWorkflow(_ context.Context, _ string, opts ...workflow.NewWorkflowOptions) (string, error) {
@@ -62,6 +77,8 @@ func (f *fakeWF) meta(id string) (*workflow.WorkflowMetadata, error) {
 		out, _ := json.Marshal(turn.Output{UserID: in.UserID, SessionID: in.SessionID, Reply: "re: " + in.Text, Timestamp: time.Unix(0, 0).UTC()})
 		m.RuntimeStatus = api.RUNTIME_STATUS_COMPLETED
 		m.Output = wrapperspb.String(string(out))
+	case "terminated":
+		m.RuntimeStatus = api.RUNTIME_STATUS_TERMINATED
 	case "failed":
 		m.RuntimeStatus = api.RUNTIME_STATUS_FAILED
 		m.FailureDetails = &protos.TaskFailureDetails{ErrorMessage: "chat turn failed while generating response"}
@@ -77,7 +94,10 @@ func (f *fakeWF) FetchWorkflowMetadata(_ context.Context, id string, _ ...workfl
 }
 
 func (f *fakeWF) WaitForWorkflowCompletion(ctx context.Context, id string, _ ...workflow.FetchWorkflowMetadataOptions) (*workflow.WorkflowMetadata, error) {
-	if f.outcome == "stuck" {
+	f.mu.Lock()
+	stuck := f.outcome == "stuck"
+	f.mu.Unlock()
+	if stuck {
 		<-ctx.Done()
 		return nil, ctx.Err()
 	}
@@ -233,4 +253,39 @@ func TestStatusOfATurn(t *testing.T) {
 		t.Fatalf("unknown: %d", r.Code)
 	}
 	_ = f
+}
+
+// TestCancel: a running turn is stopped and answered TERMINATED; a repeat,
+// or a turn that ended already, answers its end without stopping anything;
+// an unknown turn is 404.
+func TestCancel(t *testing.T) {
+	tests := []struct {
+		name, outcome, want string
+		terminates          int
+	}{
+		{"running", "stuck", `"status":"TERMINATED"`, 1},
+		{"completed already", "completed", `"status":"COMPLETED"`, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, f := newTestServer(tt.outcome, 50*time.Millisecond)
+			h := s.routes()
+			w := post(h, "/chat/async", `{"user_id":"u","text":"hello"}`)
+			var started contract.ChatStarted
+			json.Unmarshal(w.Body.Bytes(), &started)
+			for range 2 {
+				w = post(h, "/chat/"+started.InstanceID+"/cancel", "")
+				if w.Code != 200 || !strings.Contains(w.Body.String(), tt.want) || !strings.Contains(w.Body.String(), started.InstanceID) {
+					t.Fatalf("cancel: %d %s; want 200 with %s", w.Code, w.Body, tt.want)
+				}
+			}
+			if f.terminates != tt.terminates {
+				t.Fatalf("%d terminates; want %d", f.terminates, tt.terminates)
+			}
+		})
+	}
+	s, _ := newTestServer("stuck", time.Second)
+	if w := post(s.routes(), "/chat/chat-unknown/cancel", ""); w.Code != 404 {
+		t.Fatalf("unknown turn: %d %s", w.Code, w.Body)
+	}
 }

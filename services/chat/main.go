@@ -64,7 +64,7 @@ func run(ctx context.Context, cfg config) error {
 	log, dc := st.Log, st.Dapr
 	wf := workflow.NewClient(dc.GrpcClientConn())
 	reg := workflow.NewRegistry()
-	acts := &turn.Activities{Invoker: dc, Publisher: dc, Model: st.Model, Log: log}
+	acts := &turn.Activities{Invoker: dc, Publisher: dc, Model: st.Model, State: dc, Log: log}
 	if cfg.failpoints != "" {
 		log.Warn("FAILPOINTS_DIR is set: this process crashes itself at armed failpoints (fault tests only)", "dir", cfg.failpoints)
 		acts.Failpoint = crashAt(cfg.failpoints)

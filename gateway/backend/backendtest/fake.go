@@ -27,8 +27,9 @@ type Fake struct {
 	Err         error
 	ConvErr     error
 
-	LastIn  backend.ChatInput // the input of the last SendMessage
-	Batches [][]string        // the session ids of each Conversations call
+	LastIn    backend.ChatInput // the input of the last SendMessage
+	Batches   [][]string        // the session ids of each Conversations call
+	Cancelled []string          // the turns CancelChat stopped
 }
 
 var _ backend.Backend = (*Fake)(nil)
@@ -116,6 +117,22 @@ func (f *Fake) ChatRun(_ context.Context, id string) (*backend.Run, error) {
 	f.Mu.Lock()
 	defer f.Mu.Unlock()
 	return f.Runs[id], f.Err
+}
+
+// CancelChat marks a running turn TERMINATED (Cancelled records it).
+func (f *Fake) CancelChat(_ context.Context, id string) (*backend.Run, error) {
+	f.Mu.Lock()
+	defer f.Mu.Unlock()
+	r := f.Runs[id]
+	if r == nil || f.Err != nil {
+		return nil, f.Err
+	}
+	if !r.Terminal() {
+		r.Status = contract.RunTerminated
+		f.Cancelled = append(f.Cancelled, id)
+	}
+	cp := *r
+	return &cp, nil
 }
 
 func (f *Fake) Health(context.Context) backend.Health {

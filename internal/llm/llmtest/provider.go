@@ -26,6 +26,7 @@ type Request struct {
 	Model    string            `json:"model"`
 	Messages []Message         `json:"messages"`
 	Tools    []json.RawMessage `json:"tools"`
+	Stream   bool              `json:"stream"`
 }
 
 // System is the request's system prompt ("" without one).
@@ -44,10 +45,32 @@ func (r Request) Last() Message {
 	return r.Messages[len(r.Messages)-1]
 }
 
-// Reply is an answer: text, or a call of the tool ToolCall (no arguments).
+// Reply is an answer: text, or a call of the tool ToolCall (no arguments),
+// or several calls at once (ToolCalls).
 type Reply struct {
-	Content  string
-	ToolCall string
+	Content   string
+	ToolCall  string
+	ToolCalls []string
+}
+
+func (r Reply) calls() []string {
+	if r.ToolCall != "" {
+		return append([]string{r.ToolCall}, r.ToolCalls...)
+	}
+	return r.ToolCalls
+}
+
+// Quirks are what Gemini's OpenAI-compatible streaming does differently
+// from OpenAI's, reproduced when set.
+type Quirks struct {
+	// StopOnToolCall: finish_reason "stop" on a tool-call chunk instead of
+	// "tool_calls".
+	StopOnToolCall bool
+	// NoToolIndex: tool_calls[].index missing.
+	NoToolIndex bool
+	// ToolIndexZero: several calls in one answer, each its own chunk, all
+	// with index 0.
+	ToolIndexZero bool
 }
 
 // Default answers as a model that uses get_current_time: the tool's
@@ -78,6 +101,11 @@ type Provider struct {
 	// Answer decides the reply; nil is Default. ok false sends nothing (for
 	// an answer held until the caller goes away, return when ctx ends).
 	Answer func(ctx context.Context, req Request) (r Reply, ok bool)
+	// Streamed answers (requests with "stream": true) come as server-sent
+	// events: FirstTokenDelay before the first chunk, then one chunk per
+	// word TokenDelay apart.
+	FirstTokenDelay, TokenDelay time.Duration
+	Quirks                      Quirks
 
 	calls    atomic.Int32
 	mu       sync.Mutex
@@ -130,8 +158,21 @@ func (p *Provider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if req.Stream {
+		p.stream(r.Context(), w, n, req, reply)
+		return
+	}
 	w.Header().Set("Content-Type", "application/json")
 	model, _ := json.Marshal(req.Model)
+	if len(reply.calls()) > 1 {
+		var tcs []string
+		for i, c := range reply.calls() {
+			name, _ := json.Marshal(c)
+			tcs = append(tcs, fmt.Sprintf(`{"id":"call_%d_%d","type":"function","function":{"name":%s,"arguments":"{}"}}`, n, i, name))
+		}
+		fmt.Fprintf(w, `{"id":"c","object":"chat.completion","model":%s,"choices":[{"index":0,"finish_reason":"tool_calls","message":{"role":"assistant","content":"","tool_calls":[%s]}}]}`, model, strings.Join(tcs, ","))
+		return
+	}
 	if reply.ToolCall != "" {
 		name, _ := json.Marshal(reply.ToolCall)
 		fmt.Fprintf(w, `{"id":"c","object":"chat.completion","model":%s,"choices":[{"index":0,"finish_reason":"tool_calls","message":{"role":"assistant","content":"","tool_calls":[{"id":"call_%d","type":"function","function":{"name":%s,"arguments":"{}"}}]}}]}`, model, n, name)
@@ -139,4 +180,80 @@ func (p *Provider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	content, _ := json.Marshal(reply.Content)
 	fmt.Fprintf(w, `{"id":"c","object":"chat.completion","model":%s,"choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":%s}}],"usage":{"prompt_tokens":3,"completion_tokens":3,"total_tokens":6}}`, model, content)
+}
+
+// stream writes the answer as Chat Completions chunks (server-sent events),
+// with the configured delays and quirks.
+func (p *Provider) stream(ctx context.Context, w http.ResponseWriter, n int, req Request, reply Reply) {
+	w.Header().Set("Content-Type", "text/event-stream")
+	flusher, _ := w.(http.Flusher)
+	wait := func(d time.Duration) bool {
+		if d <= 0 {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(d):
+			return true
+		}
+	}
+	send := func(delta map[string]any, finish string) {
+		choice := map[string]any{"index": 0, "delta": delta}
+		if finish != "" {
+			choice["finish_reason"] = finish
+		}
+		b, _ := json.Marshal(map[string]any{"id": "c", "object": "chat.completion.chunk", "model": req.Model, "choices": []any{choice}})
+		fmt.Fprintf(w, "data: %s\n\n", b)
+		if flusher != nil {
+			flusher.Flush()
+		}
+	}
+	if !wait(p.FirstTokenDelay) {
+		return
+	}
+	if calls := reply.calls(); len(calls) > 0 {
+		finish := "tool_calls"
+		if p.Quirks.StopOnToolCall {
+			finish = "stop"
+		}
+		var tcs []map[string]any
+		for i, c := range calls {
+			tc := map[string]any{"id": fmt.Sprintf("call_%d_%d", n, i), "type": "function", "function": map[string]any{"name": c, "arguments": "{}"}}
+			switch {
+			case p.Quirks.NoToolIndex:
+			case p.Quirks.ToolIndexZero:
+				tc["index"] = 0
+			default:
+				tc["index"] = i
+			}
+			tcs = append(tcs, tc)
+		}
+		if p.Quirks.ToolIndexZero || p.Quirks.NoToolIndex { // Gemini: each call its own chunk, the last with the finish reason
+			for i, tc := range tcs {
+				f := ""
+				if i == len(tcs)-1 {
+					f = finish
+				}
+				send(map[string]any{"role": "assistant", "tool_calls": []any{tc}}, f)
+			}
+		} else {
+			send(map[string]any{"role": "assistant", "tool_calls": tcs}, "")
+			send(map[string]any{}, finish)
+		}
+	} else {
+		words := strings.SplitAfter(reply.Content, " ")
+		for i, wd := range words {
+			if i > 0 && !wait(p.TokenDelay) {
+				return
+			}
+			d := map[string]any{"content": wd}
+			if i == 0 {
+				d["role"] = "assistant"
+			}
+			send(d, "")
+		}
+		send(map[string]any{}, "stop")
+	}
+	io.WriteString(w, "data: [DONE]\n\n")
 }

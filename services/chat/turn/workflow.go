@@ -76,6 +76,7 @@ type fetchInput struct {
 
 type generateInput struct {
 	InstanceID string            `json:"instance_id"`
+	UserID     string            `json:"user_id,omitempty"`
 	Trace      map[string]string `json:"trace,omitempty"`
 	Context    Context           `json:"context"`
 	Text       string            `json:"text"`
@@ -135,7 +136,7 @@ func Workflow(ctx *workflow.WorkflowContext) (any, error) {
 
 	ctx.SetCustomStatus(contract.StageGenerate)
 	var reply string
-	if err := ctx.CallActivity(ActGenerate, workflow.WithActivityInput(generateInput{InstanceID: ctx.ID(), Trace: in.Trace, Context: c, Text: in.Text}),
+	if err := ctx.CallActivity(ActGenerate, workflow.WithActivityInput(generateInput{InstanceID: ctx.ID(), UserID: in.UserID, Trace: in.Trace, Context: c, Text: in.Text}),
 		workflow.WithActivityRetryPolicy(generateRetry())).Await(&reply); err != nil {
 		return fail(contract.StageGenerate, err)
 	}
@@ -159,9 +160,9 @@ type Publisher interface {
 	PublishEvent(ctx context.Context, pubsubName, topicName string, data interface{}, opts ...dapr.PublishEventOption) error
 }
 
-// Model generates replies.
+// Model generates replies, streamed piece by piece (llm.Client.Stream).
 type Model interface {
-	Chat(ctx context.Context, system string, history []llm.Message, user string) (string, error)
+	Stream(ctx context.Context, system string, history []llm.Message, user string, on func(llm.Piece)) (string, error)
 }
 
 // Activities holds what the activities need.
@@ -169,7 +170,10 @@ type Activities struct {
 	Invoker   Invoker
 	Publisher Publisher
 	Model     Model
-	Log       *slog.Logger
+	// State counts the executions of generate_response of a turn, which
+	// number the streamed pieces; nil: the reply is not streamed.
+	State State
+	Log   *slog.Logger
 	// Failpoint, when set, is called at the named points of the activities
 	// ("fetch_context", "after_publish") for the fault suite to crash the
 	// process exactly there (FAILPOINTS_DIR); nil in production.
@@ -241,7 +245,8 @@ func (a *Activities) FetchContext(ctx workflow.ActivityContext) (any, error) {
 	return c, nil
 }
 
-// GenerateResponse asks the LLM for the reply.
+// GenerateResponse asks the LLM for the reply and streams it on
+// contract.TopicChatStream as it is written.
 func (a *Activities) GenerateResponse(ctx workflow.ActivityContext) (any, error) {
 	var in generateInput
 	if err := ctx.GetInput(&in); err != nil {
@@ -255,8 +260,19 @@ func (a *Activities) GenerateResponse(ctx workflow.ActivityContext) (any, error)
 	sctx, sp := span(ctx, ActGenerate, in.InstanceID, in.Trace)
 	defer sp.End()
 	start := time.Now()
-	reply, err := a.Model.Chat(sctx, llm.ChatInstructions(p.Name, p.PreferredStyle, p.UserSummary), hist, in.Text)
 	log := a.logger(ctx, ActGenerate, in.InstanceID).With("trace_id", telemetry.TraceID(sctx))
+	var on func(llm.Piece)
+	if a.State != nil {
+		exec, err := nextExecution(sctx, a.State, in.InstanceID)
+		if err != nil {
+			log.Warn("counting this execution failed; the reply is not streamed", "err", err)
+		} else {
+			st := newStreamer(a.Publisher, log, in.InstanceID, in.UserID, exec)
+			defer st.close()
+			on = st.on
+		}
+	}
+	reply, err := a.Model.Stream(sctx, llm.ChatInstructions(p.Name, p.PreferredStyle, p.UserSummary), hist, in.Text, on)
 	if err != nil {
 		sp.SetStatus(codes.Error, "LLM failed")
 		log.Error("LLM failed", "code", apperr.CodeOf(err), "err", err)

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -94,10 +96,12 @@ func (m *memory) InvokeMethod(_ context.Context, app, method, verb string) ([]by
 	return nil, errors.New("unexpected method " + method)
 }
 
-// published records what save_conversation published.
+// published records what the activities published: save_conversation's
+// events and generate_response's pieces.
 type published struct {
 	mu     sync.Mutex
 	events []publishedEvent
+	pieces []contract.ChatStreamed
 }
 
 type publishedEvent struct {
@@ -112,7 +116,17 @@ func (p *published) PublishEvent(_ context.Context, pubsub, topic string, data a
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.events = append(p.events, publishedEvent{pubsub, topic, req.Metadata[contract.CloudEventIDMetadata], data.(contract.ConversationUpdated)})
+	switch ev := data.(type) {
+	case contract.ConversationUpdated:
+		p.events = append(p.events, publishedEvent{pubsub, topic, req.Metadata[contract.CloudEventIDMetadata], ev})
+	case contract.ChatStreamed:
+		if topic != contract.TopicChatStream || pubsub != contract.PubSub {
+			return errors.New("a piece on " + pubsub + "/" + topic)
+		}
+		p.pieces = append(p.pieces, ev)
+	default:
+		return errors.New("unexpected event")
+	}
 	return nil
 }
 
@@ -122,7 +136,44 @@ func (p *published) list() []publishedEvent {
 	return append([]publishedEvent(nil), p.events...)
 }
 
-// model replies "re: <text>" and records the history it was given, or fails.
+func (p *published) streamed() []contract.ChatStreamed {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]contract.ChatStreamed(nil), p.pieces...)
+}
+
+// state is an in-memory state store with ETags.
+type state struct {
+	mu   sync.Mutex
+	vals map[string]string
+	tags map[string]int
+}
+
+func (s *state) GetState(_ context.Context, store, key string, _ map[string]string) (*dapr.StateItem, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.vals[key] == "" {
+		return &dapr.StateItem{Key: key}, nil
+	}
+	return &dapr.StateItem{Key: key, Value: []byte(s.vals[key]), Etag: strconv.Itoa(s.tags[key])}, nil
+}
+
+func (s *state) SaveStateWithETag(_ context.Context, store, key string, data []byte, etag string, _ map[string]string, _ ...dapr.StateOption) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.vals == nil {
+		s.vals, s.tags = map[string]string{}, map[string]int{}
+	}
+	if etag != "" && etag != strconv.Itoa(s.tags[key]) {
+		return errors.New("etag mismatch")
+	}
+	s.vals[key] = string(data)
+	s.tags[key]++
+	return nil
+}
+
+// model replies "re: <text>" in two pieces and records the history it was
+// given, or writes "partial " and fails.
 type model struct {
 	mu      sync.Mutex
 	err     error
@@ -131,14 +182,21 @@ type model struct {
 	system  string
 }
 
-func (m *model) Chat(_ context.Context, system string, history []llm.Message, user string) (string, error) {
+func (m *model) Stream(_ context.Context, system string, history []llm.Message, user string, on func(llm.Piece)) (string, error) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	m.calls++
 	m.history, m.system = history, system
-	if m.err != nil {
-		return "", m.err
+	err := m.err
+	m.mu.Unlock()
+	if on == nil {
+		on = func(llm.Piece) {}
 	}
+	if err != nil {
+		on(llm.Piece{Delta: "partial "})
+		return "", err
+	}
+	on(llm.Piece{Delta: "re: "})
+	on(llm.Piece{Delta: user})
 	return "re: " + user, nil
 }
 
@@ -180,7 +238,7 @@ func TestChatWorkflow(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			pub, m, logs := &published{}, &model{err: tt.llmErr}, &syncBuffer{}
-			c := engine(t, &Activities{Invoker: tt.mem, Publisher: pub, Model: m, Log: slog.New(slog.NewJSONHandler(logs, nil))})
+			c := engine(t, &Activities{Invoker: tt.mem, Publisher: pub, Model: m, State: &state{}, Log: slog.New(slog.NewJSONHandler(logs, nil))})
 			in := Input{UserID: "ana", SessionID: "s1", Text: "hello"}
 			meta := run(t, c, "chat-test-1", in)
 			if got := meta.String(); got != tt.wantStatus {
@@ -203,11 +261,35 @@ func TestChatWorkflow(t *testing.T) {
 				if !strings.Contains(logs.String(), `"msg":"chat turn failed","workflow_instance_id":"chat-test-1"`) {
 					t.Fatalf("handle_error did not record the failure; logs:\n%s", logs.String())
 				}
+				// Each execution streamed its piece in its own block.
+				var seqs []int
+				for _, p := range pub.streamed() {
+					seqs = append(seqs, p.Seq)
+				}
+				if want := []int{1, contract.SeqBlock + 1, 2*contract.SeqBlock + 1}; !slices.Equal(seqs, want) {
+					t.Fatalf("pieces of the failed executions at %v; want %v", seqs, want)
+				}
 				return
 			}
 			want := contract.NewConversationUpdated("ana", "s1", "hello", "re: hello")
 			if e := events[0]; e.pubsub != contract.PubSub || e.topic != contract.TopicConversations || e.id != "chat-test-1" || e.ev != want {
 				t.Fatalf("published %+v; want %+v on %s/%s with CloudEvent id chat-test-1", e, want, contract.PubSub, contract.TopicConversations)
+			}
+			// The reply was streamed: the first piece at once, the second
+			// coalesced within StreamInterval; the pieces make up the reply.
+			pieces := pub.streamed()
+			if len(pieces) == 0 || pieces[0].Seq != 1 || pieces[len(pieces)-1].Text != "re: hello" || pieces[0].InstanceID != "chat-test-1" || pieces[0].UserID != "ana" {
+				t.Fatalf("streamed %+v", pieces)
+			}
+			var joined string
+			for i, p := range pieces {
+				if p.Seq != i+1 || p.Execution != 1 || p.Validate() != nil {
+					t.Fatalf("piece %d: %+v", i, p)
+				}
+				joined += p.Delta
+			}
+			if joined != "re: hello" {
+				t.Fatalf("deltas make %q", joined)
 			}
 			var out Output
 			if err := json.Unmarshal([]byte(meta.Output.GetValue()), &out); err != nil || out.Reply != "re: hello" || out.SessionID != "s1" {
