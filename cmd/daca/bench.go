@@ -74,7 +74,7 @@ func bench(ctx context.Context, args []string) error {
 		Root: rootDir, RunDir: runDir, SecretsFile: secrets, Progress: os.Stdout, LogLevel: "warn",
 		Apps: []stack.App{
 			stack.Memory.App("LOG_LEVEL=warn"),
-			stack.Chat.App("LOG_LEVEL=warn"),
+			stack.Chat.App("LOG_LEVEL=warn", "LLM_OFFLINE_TOKEN_DELAY=0"), // as before streaming: the turn rate compares
 			stack.Gateway.App("LOG_LEVEL=warn", "RATE_LIMIT_PER_MINUTE=0", "SUBSCRIBER_QUEUE=16", "PPROF_ADDR="+os.Getenv("DACA_BENCH_PPROF")),
 			stack.Gateway.Named("gateway-grpc", "LOG_LEVEL=warn", "RATE_LIMIT_PER_MINUTE=0", "BACKEND_INVOCATION=grpc"),
 		},

@@ -45,7 +45,7 @@ func TestMain(m *testing.M) {
 			stack.Memory.App(),
 			// A model that takes a while, so that a kill finds turns inside
 			// generate_response.
-			stack.Chat.App("LLM_OFFLINE_DELAY=300ms", "FAILPOINTS_DIR="+dir),
+			stack.Chat.App("LLM_OFFLINE_DELAY=300ms", "LLM_OFFLINE_TOKEN_DELAY=0", "FAILPOINTS_DIR="+dir),
 			// Two gateway replicas: subscribers of the one killed reconnect
 			// to the other.
 			stack.Gateway.App("RATE_LIMIT_PER_MINUTE=0"),

@@ -107,6 +107,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 			return fmt.Sprintf(`mutation { initializeMemory(userId: %q, input: {name: "Changed"}) { name } }`, d.user)
 		}, true, expect{"", "FORBIDDEN", ""}},
 		{"deleteConversation", func(d data) string { return fmt.Sprintf(`mutation { deleteConversation(sessionId: %q) }`, d.session) }, true, expect{"", "FORBIDDEN", ""}},
+		{"cancelChat", func(d data) string { return fmt.Sprintf(`mutation { cancelChat(instanceId: %q) { status } }`, d.instance) }, false, expect{"", "NOT_FOUND", ""}},
 		{"forgetUser", func(d data) string {
 			return fmt.Sprintf(`mutation { forgetUser(userId: %q) { sessionsDeleted } }`, d.user)
 		}, true, expect{"", "FORBIDDEN", ""}},
@@ -172,6 +173,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"conversationUpdated", fmt.Sprintf(`subscription { conversationUpdated(userId: %q) { eventId } }`, alice.user), expect{"", "FORBIDDEN", ""}},
 		{"chatRun", fmt.Sprintf(`subscription { chatRun(instanceId: %q) { status } }`, alice.instance), expect{"", "NOT_FOUND", ""}},
 		{"chatRun of an unknown turn", `subscription { chatRun(instanceId: "chat-unknown") { status } }`, expect{"NOT_FOUND", "NOT_FOUND", "NOT_FOUND"}},
+		{"chatStream", fmt.Sprintf(`subscription { chatStream(instanceId: %q) { done text } }`, alice.instance), expect{"", "NOT_FOUND", ""}},
+		{"chatStream of an unknown turn", `subscription { chatStream(instanceId: "chat-unknown") { done } }`, expect{"NOT_FOUND", "NOT_FOUND", "NOT_FOUND"}},
 	}
 	for _, s := range subs {
 		for _, c := range callers {
@@ -188,7 +191,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 				ws.Subscribe("1", s.query, nil)
 				want := map[string]string{"own": s.want.own, "other": s.want.other, "admin": s.want.admin}[c.class]
 				if want == "" {
-					if strings.HasPrefix(s.name, "chatRun") { // a finished turn: its final state at once
+					if strings.HasPrefix(s.name, "chat") { // a finished turn: its final state at once
 						if m := ws.Next(10*time.Second, "next", "error"); m["type"] != "next" {
 							t.Fatalf("got %v; want the turn's state", m)
 						}
