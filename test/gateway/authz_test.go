@@ -107,7 +107,9 @@ func TestAuthorizationMatrix(t *testing.T) {
 			return fmt.Sprintf(`mutation { initializeMemory(userId: %q, input: {name: "Changed"}) { name } }`, d.user)
 		}, true, expect{"", "FORBIDDEN", ""}},
 		{"deleteConversation", func(d data) string { return fmt.Sprintf(`mutation { deleteConversation(sessionId: %q) }`, d.session) }, true, expect{"", "FORBIDDEN", ""}},
-		{"cancelChat", func(d data) string { return fmt.Sprintf(`mutation { cancelChat(instanceId: %q) { status } }`, d.instance) }, false, expect{"", "NOT_FOUND", ""}},
+		{"cancelChat", func(d data) string {
+			return fmt.Sprintf(`mutation { cancelChat(instanceId: %q) { status } }`, d.instance)
+		}, false, expect{"", "NOT_FOUND", ""}},
 		{"forgetUser", func(d data) string {
 			return fmt.Sprintf(`mutation { forgetUser(userId: %q) { sessionsDeleted } }`, d.user)
 		}, true, expect{"", "FORBIDDEN", ""}},
