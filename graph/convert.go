@@ -2,6 +2,9 @@ package graph
 
 import (
 	"context"
+	"encoding/base64"
+	"strconv"
+	"strings"
 
 	"github.com/daca-go/daca/gateway/backend"
 	"github.com/daca-go/daca/graph/model"
@@ -41,7 +44,28 @@ func toMessage(e contract.Entry) *model.Message {
 	if e.Role == contract.RoleAssistant {
 		role = model.RoleAssistant
 	}
-	return &model.Message{Role: role, Content: e.Content, Timestamp: e.Timestamp}
+	return &model.Message{Role: role, Content: e.Content, Timestamp: e.Timestamp, Cursor: messageCursor(e.Seq)}
+}
+
+// cursorPrefix marks a history cursor (and its version).
+const cursorPrefix = "m1:"
+
+// messageCursor is the opaque cursor of the message numbered seq.
+func messageCursor(seq int) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(cursorPrefix + strconv.Itoa(seq)))
+}
+
+// parseMessageCursor returns the message number of a cursor.
+func parseMessageCursor(c string) (int, error) {
+	b, err := base64.RawURLEncoding.DecodeString(c)
+	if err == nil {
+		if n, ok := strings.CutPrefix(string(b), cursorPrefix); ok {
+			if seq, err := strconv.Atoi(n); err == nil && seq > 0 {
+				return seq, nil
+			}
+		}
+	}
+	return 0, apperr.New(apperr.Invalid, "before is not a cursor of this API (take it from a message's cursor)")
 }
 
 func toStatus(s contract.RunStatus) model.ChatStatus {

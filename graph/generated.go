@@ -77,8 +77,9 @@ type ComplexityRoot struct {
 	}
 
 	Conversation struct {
-		Messages  func(childComplexity int) int
-		SessionID func(childComplexity int) int
+		HasPrevious func(childComplexity int) int
+		Messages    func(childComplexity int) int
+		SessionID   func(childComplexity int) int
 	}
 
 	ConversationEvent struct {
@@ -118,6 +119,7 @@ type ComplexityRoot struct {
 
 	Message struct {
 		Content   func(childComplexity int) int
+		Cursor    func(childComplexity int) int
 		Role      func(childComplexity int) int
 		Timestamp func(childComplexity int) int
 	}
@@ -133,7 +135,7 @@ type ComplexityRoot struct {
 
 	Query struct {
 		ChatRun      func(childComplexity int, instanceID string) int
-		Conversation func(childComplexity int, sessionID string, last *int) int
+		Conversation func(childComplexity int, sessionID string, last *int, before *string) int
 		Health       func(childComplexity int) int
 		Memory       func(childComplexity int, userID string) int
 		Sessions     func(childComplexity int, userID string) int
@@ -175,7 +177,7 @@ type MutationResolver interface {
 }
 type QueryResolver interface {
 	Memory(ctx context.Context, userID string) (*model.Memory, error)
-	Conversation(ctx context.Context, sessionID string, last *int) (*model.Conversation, error)
+	Conversation(ctx context.Context, sessionID string, last *int, before *string) (*model.Conversation, error)
 	Sessions(ctx context.Context, userID string) ([]*model.Session, error)
 	ChatRun(ctx context.Context, instanceID string) (*model.ChatRun, error)
 	Health(ctx context.Context) (*model.Health, error)
@@ -356,6 +358,12 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 
 		return e.ComplexityRoot.ChatRun.UserID(childComplexity), true
 
+	case "Conversation.hasPrevious":
+		if e.ComplexityRoot.Conversation.HasPrevious == nil {
+			break
+		}
+
+		return e.ComplexityRoot.Conversation.HasPrevious(childComplexity), true
 	case "Conversation.messages":
 		if e.ComplexityRoot.Conversation.Messages == nil {
 			break
@@ -500,6 +508,12 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Message.Content(childComplexity), true
+	case "Message.cursor":
+		if e.ComplexityRoot.Message.Cursor == nil {
+			break
+		}
+
+		return e.ComplexityRoot.Message.Cursor(childComplexity), true
 	case "Message.role":
 		if e.ComplexityRoot.Message.Role == nil {
 			break
@@ -601,7 +615,7 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 			return 0, false
 		}
 
-		return e.ComplexityRoot.Query.Conversation(childComplexity, args["sessionId"].(string), args["last"].(*int)), true
+		return e.ComplexityRoot.Query.Conversation(childComplexity, args["sessionId"].(string), args["last"].(*int), args["before"].(*string)), true
 	case "Query.health":
 		if e.ComplexityRoot.Query.Health == nil {
 			break
@@ -933,6 +947,8 @@ func (ec *executionContext) childFields_Conversation(ctx context.Context, field 
 		return ec.fieldContext_Conversation_sessionId(ctx, field)
 	case "messages":
 		return ec.fieldContext_Conversation_messages(ctx, field)
+	case "hasPrevious":
+		return ec.fieldContext_Conversation_hasPrevious(ctx, field)
 	}
 	return nil, fmt.Errorf("no field named %q was found under type Conversation", field.Name)
 }
@@ -1015,6 +1031,8 @@ func (ec *executionContext) childFields_Message(ctx context.Context, field graph
 		return ec.fieldContext_Message_content(ctx, field)
 	case "timestamp":
 		return ec.fieldContext_Message_timestamp(ctx, field)
+	case "cursor":
+		return ec.fieldContext_Message_cursor(ctx, field)
 	}
 	return nil, fmt.Errorf("no field named %q was found under type Message", field.Name)
 }
@@ -1302,6 +1320,14 @@ func (ec *executionContext) field_Query_conversation_args(ctx context.Context, r
 		return nil, err
 	}
 	args["last"] = arg1
+	arg2, err := graphql.ProcessArgField(ctx, rawArgs, "before",
+		func(ctx context.Context, v any) (*string, error) {
+			return ec.unmarshalOString2ᚖstring(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["before"] = arg2
 	return args, nil
 }
 
@@ -2109,6 +2135,29 @@ func (ec *executionContext) fieldContext_Conversation_messages(_ context.Context
 	return fc, nil
 }
 
+func (ec *executionContext) _Conversation_hasPrevious(ctx context.Context, field graphql.CollectedField, obj *model.Conversation) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Conversation_hasPrevious(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.HasPrevious, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v bool) graphql.Marshaler {
+			return ec.marshalNBoolean2bool(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Conversation_hasPrevious(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("Conversation", field, false, false, "Boolean")
+}
+
 func (ec *executionContext) _ConversationEvent_eventId(ctx context.Context, field graphql.CollectedField, obj *model.ConversationEvent) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
@@ -2647,6 +2696,29 @@ func (ec *executionContext) fieldContext_Message_timestamp(_ context.Context, fi
 	return graphql.NewScalarFieldContext("Message", field, false, false, "Time")
 }
 
+func (ec *executionContext) _Message_cursor(ctx context.Context, field graphql.CollectedField, obj *model.Message) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Message_cursor(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Cursor, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v string) graphql.Marshaler {
+			return ec.marshalNString2string(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Message_cursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("Message", field, false, false, "String")
+}
+
 func (ec *executionContext) _Mutation_sendMessage(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
 	return graphql.ResolveField(
 		ctx,
@@ -2965,7 +3037,7 @@ func (ec *executionContext) _Query_conversation(ctx context.Context, field graph
 		},
 		func(ctx context.Context) (any, error) {
 			fc := graphql.GetFieldContext(ctx)
-			return ec.Resolvers.Query().Conversation(ctx, fc.Args["sessionId"].(string), fc.Args["last"].(*int))
+			return ec.Resolvers.Query().Conversation(ctx, fc.Args["sessionId"].(string), fc.Args["last"].(*int), fc.Args["before"].(*string))
 		},
 		nil,
 		func(ctx context.Context, selections ast.SelectionSet, v *model.Conversation) graphql.Marshaler {
@@ -5045,6 +5117,11 @@ func (ec *executionContext) _Conversation(ctx context.Context, sel ast.Selection
 			if out.Values[i] == graphql.Null {
 				out.Invalids++
 			}
+		case "hasPrevious":
+			out.Values[i] = ec._Conversation_hasPrevious(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
 		default:
 			panic("unknown field " + strconv.Quote(field.Name))
 		}
@@ -5325,6 +5402,11 @@ func (ec *executionContext) _Message(ctx context.Context, sel ast.SelectionSet, 
 			}
 		case "timestamp":
 			out.Values[i] = ec._Message_timestamp(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "cursor":
+			out.Values[i] = ec._Message_cursor(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
 				out.Invalids++
 			}

@@ -298,3 +298,57 @@ func TestAuthorisation(t *testing.T) {
 		}
 	}
 }
+
+// TestConversationPages: paging backwards with last and before, as an
+// infinite scroll does, gives every message once, oldest first within a
+// page, hasPrevious true until the first; cursors are stable when older
+// messages have been dropped (numbers start above 1); a bad cursor is
+// INVALID_ARGUMENT.
+func TestConversationPages(t *testing.T) {
+	f := backendtest.New()
+	var h []contract.Entry
+	for i := range 7 {
+		h = append(h, contract.Entry{Role: contract.RoleUser, Content: fmt.Sprint("m", i), Timestamp: backendtest.Time, Seq: 11 + i}) // 10 dropped
+	}
+	f.History["long"] = h
+	f.Owners["long"] = "ana"
+	c := execClient(resolver(f), DefaultLoaderWait)
+	type page struct {
+		Conversation struct {
+			Messages    []struct{ Content, Cursor string }
+			HasPrevious bool
+		}
+	}
+	var got []string
+	var before *string
+	var pages []bool
+	for range 10 {
+		var p page
+		if err := c.Post(`query($b: String) { conversation(sessionId: "long", last: 3, before: $b) { messages { content cursor } hasPrevious } }`, &p, client.Var("b", before)); err != nil {
+			t.Fatal(err)
+		}
+		var contents []string
+		for _, m := range p.Conversation.Messages {
+			contents = append(contents, m.Content)
+		}
+		got = append(contents, got...)
+		pages = append(pages, p.Conversation.HasPrevious)
+		if !p.Conversation.HasPrevious {
+			break
+		}
+		before = &p.Conversation.Messages[0].Cursor
+	}
+	if strings.Join(got, ",") != "m0,m1,m2,m3,m4,m5,m6" || fmt.Sprint(pages) != "[true true false]" {
+		t.Fatalf("pages gave %v (hasPrevious %v)", got, pages)
+	}
+	// The newest page again: the same cursors.
+	var p1, p2 page
+	c.MustPost(`{ conversation(sessionId: "long", last: 2) { messages { content cursor } hasPrevious } }`, &p1)
+	c.MustPost(`{ conversation(sessionId: "long", last: 2) { messages { content cursor } hasPrevious } }`, &p2)
+	if fmt.Sprint(p1) != fmt.Sprint(p2) || len(p1.Conversation.Messages) != 2 || p1.Conversation.Messages[1].Content != "m6" {
+		t.Fatalf("newest page %+v / %+v", p1, p2)
+	}
+	if code, _ := errOf(t, c, `{ conversation(sessionId: "long", last: 2, before: "not-a-cursor") { hasPrevious } }`); code != apperr.Invalid {
+		t.Fatalf("a bad cursor: %q", code)
+	}
+}

@@ -121,21 +121,38 @@ func (r *queryResolver) Memory(ctx context.Context, userID string) (*model.Memor
 }
 
 // Conversation is the resolver for the conversation field.
-func (r *queryResolver) Conversation(ctx context.Context, sessionID string, last *int) (*model.Conversation, error) {
+func (r *queryResolver) Conversation(ctx context.Context, sessionID string, last *int, before *string) (*model.Conversation, error) {
 	if err := r.forSession(ctx, sessionID); err != nil {
 		return nil, err
 	}
 	if last != nil && *last < 0 {
 		return nil, apperr.New(apperr.Invalid, "last must not be negative")
 	}
+	bound := 0
+	if before != nil {
+		var err error
+		if bound, err = parseMessageCursor(*before); err != nil {
+			return nil, err
+		}
+	}
 	h, err := r.Backend.Conversation(ctx, sessionID)
 	if err != nil {
 		return nil, err
 	}
-	if last != nil && len(h) > *last {
-		h = h[len(h)-*last:]
+	end := len(h)
+	if bound > 0 {
+		end = 0
+		for end < len(h) && h[end].Seq < bound {
+			end++
+		}
 	}
-	c := &model.Conversation{SessionID: sessionID, Messages: make([]*model.Message, len(h))}
+	start := 0
+	if last != nil && end > *last {
+		start = end - *last
+	}
+	hasPrevious := start > 0
+	h = h[start:end]
+	c := &model.Conversation{SessionID: sessionID, Messages: make([]*model.Message, len(h)), HasPrevious: hasPrevious}
 	for i, e := range h {
 		c.Messages[i] = toMessage(e)
 	}

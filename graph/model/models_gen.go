@@ -83,6 +83,8 @@ type Conversation struct {
 	SessionID string `json:"sessionId"`
 	// Its messages, oldest first.
 	Messages []*Message `json:"messages"`
+	// Whether older messages remain before the first of `messages`.
+	HasPrevious bool `json:"hasPrevious"`
 }
 
 // A turn added to a conversation.
@@ -163,6 +165,8 @@ type Message struct {
 	Content string `json:"content"`
 	// When it was remembered.
 	Timestamp time.Time `json:"timestamp"`
+	// Where it stands in its conversation: pass it as `before` to page back. Opaque, stable.
+	Cursor string `json:"cursor"`
 }
 
 type Mutation struct {

@@ -27,6 +27,10 @@ type Entry struct {
 	Role      string    `json:"role"` // RoleUser or RoleAssistant
 	Content   string    `json:"content"`
 	Timestamp time.Time `json:"timestamp"`
+	// Seq is the entry's place in its conversation: 1 for the first message
+	// ever written there, never renumbered when older entries are dropped
+	// (HISTORY_CAP). Set on what the memory service answers, not stored.
+	Seq int `json:"seq,omitempty"`
 }
 
 // SessionInfo is an entry of GET /users/{user_id}/sessions.

@@ -121,6 +121,24 @@ func TestChatStreamEndToEnd(t *testing.T) {
 		}
 		return nil
 	})
+	// History paged backwards: the reply, then the message before it.
+	page := func(before any) (msgs []any, hasPrevious bool) {
+		d, errs, _ := gql(t, gqlURL(st, "gateway"), `query($s: ID!, $b: String) { conversation(sessionId: $s, last: 1, before: $b) { messages { content cursor } hasPrevious } }`,
+			map[string]any{"s": session, "b": before})
+		if errs != nil {
+			t.Fatal(errs)
+		}
+		c := d["conversation"].(map[string]any)
+		return c["messages"].([]any), c["hasPrevious"] == true
+	}
+	newest, more := page(nil)
+	if len(newest) != 1 || newest[0].(map[string]any)["content"] != end["text"] || !more {
+		t.Fatalf("newest page %v (hasPrevious %v)", newest, more)
+	}
+	older, more := page(newest[0].(map[string]any)["cursor"])
+	if len(older) != 1 || older[0].(map[string]any)["content"] != "please stream a reply to me" || more {
+		t.Fatalf("page before the reply %v (hasPrevious %v)", older, more)
+	}
 }
 
 // TestChatStreamShowsTheToolCall: a question about the time streams the

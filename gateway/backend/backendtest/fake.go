@@ -64,8 +64,21 @@ func (f *Fake) InitializeMemory(_ context.Context, _ string, p contract.Profile)
 	return p, f.err()
 }
 
+// Conversation numbers the entries as the memory service does (Seq, from
+// 1 unless an entry has its own).
 func (f *Fake) Conversation(_ context.Context, s string) ([]contract.Entry, error) {
-	return f.History[s], f.err()
+	return numbered(f.History[s]), f.err()
+}
+
+func numbered(h []contract.Entry) []contract.Entry {
+	out := make([]contract.Entry, len(h))
+	for i, e := range h {
+		if e.Seq == 0 {
+			e.Seq = i + 1
+		}
+		out[i] = e
+	}
+	return out
 }
 
 func (f *Fake) Conversations(_ context.Context, ids []string, last int) (map[string][]contract.Entry, error) {
@@ -75,11 +88,11 @@ func (f *Fake) Conversations(_ context.Context, ids []string, last int) (map[str
 	f.Mu.Unlock()
 	out := map[string][]contract.Entry{}
 	for _, id := range ids {
-		h := f.History[id]
+		h := numbered(f.History[id])
 		if last > 0 && len(h) > last {
 			h = h[len(h)-last:]
 		}
-		out[id] = append([]contract.Entry{}, h...)
+		out[id] = h
 	}
 	if convErr != nil {
 		return nil, convErr

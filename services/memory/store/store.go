@@ -33,10 +33,13 @@ type State interface {
 // session is the stored document of a conversation (key session:{id}); its
 // "history" field is the tutorial's shape.
 type session struct {
-	History   []contract.Entry `json:"history"`
-	UserID    string           `json:"user_id,omitempty"`
-	Applied   []string         `json:"applied_events,omitempty"` // ids of the last events applied
-	UpdatedAt time.Time        `json:"updated_at"`
+	History []contract.Entry `json:"history"`
+	// Dropped counts the entries dropped from the front (HistoryCap): the
+	// first entry kept is number Dropped+1 (contract.Entry.Seq).
+	Dropped   int       `json:"dropped,omitempty"`
+	UserID    string    `json:"user_id,omitempty"`
+	Applied   []string  `json:"applied_events,omitempty"` // ids of the last events applied
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 type userDoc struct {
@@ -213,14 +216,21 @@ func (m *Memory) History(ctx context.Context, sessionID string, last int) ([]con
 	if err != nil {
 		return nil, err
 	}
-	h := s.History
-	if h == nil {
-		h = []contract.Entry{}
+	return s.entries(last), nil
+}
+
+// entries returns the session's entries numbered (Seq), the last `last` of
+// them when last > 0; never nil.
+func (s session) entries(last int) []contract.Entry {
+	h := make([]contract.Entry, len(s.History))
+	for i, e := range s.History {
+		e.Seq = s.Dropped + i + 1
+		h[i] = e
 	}
 	if last > 0 && len(h) > last {
 		h = h[len(h)-last:]
 	}
-	return h, nil
+	return h
 }
 
 // Histories returns the entries of several sessions (the last `last` of each
@@ -260,13 +270,7 @@ func (m *Memory) Histories(ctx context.Context, sessionIDs []string, last int) (
 		if err := json.Unmarshal(it.Value, &s); err != nil {
 			return nil, apperr.Wrap(apperr.Internal, fmt.Errorf("decode %s: %w", it.Key, err), "stored data is corrupt")
 		}
-		h := s.History
-		if last > 0 && len(h) > last {
-			h = h[len(h)-last:]
-		}
-		if h != nil {
-			out[id] = h
-		}
+		out[id] = s.entries(last)
 	}
 	return out, nil
 }
@@ -473,6 +477,7 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.Conversa
 		s.History = append(s.History, userEntry, botEntry)
 		if over := len(s.History) - m.cfg.HistoryCap; over > 0 {
 			s.History = slices.Delete(s.History, 0, over)
+			s.Dropped += over
 		}
 		s.Applied = append(s.Applied, eventID)
 		if over := len(s.Applied) - m.cfg.AppliedCap; over > 0 {

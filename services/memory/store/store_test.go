@@ -104,6 +104,13 @@ func TestHistoryCapAndLast(t *testing.T) {
 	if len(h) != 6 || h[0].Content != "m2" || h[5].Content != "re: m4" {
 		t.Fatalf("capped history = %+v", h)
 	}
+	// Entries keep their numbers when older ones are dropped (m2 was the 5th).
+	if h[0].Seq != 5 || h[5].Seq != 10 {
+		t.Fatalf("numbers %d…%d; want 5…10", h[0].Seq, h[5].Seq)
+	}
+	if b, _ := m.Histories(t.Context(), []string{"s"}, 1); len(b["s"]) != 1 || b["s"][0].Seq != 10 {
+		t.Fatalf("batch read: %+v", b)
+	}
 	if last := seen[len(seen)-1]; len(last) != 3 || last[2].Content != "re: m4" {
 		t.Fatalf("summary saw %+v; want the last 3 entries", last)
 	}
