@@ -22,6 +22,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/daca-go/daca/gateway/auth"
+	"github.com/daca-go/daca/gateway/chatpage"
 	"github.com/daca-go/daca/gateway/playground"
 	"github.com/daca-go/daca/graph"
 	"github.com/daca-go/daca/internal/apperr"
@@ -108,6 +109,8 @@ func (s *Server) Handler() http.Handler {
 	r.Handle("/metrics", s.obs.handler())
 	r.Handle("/", playground.Page("DACA Gateway", "/graphql"))
 	r.Handle(playground.AssetsPath+"*", playground.Assets())
+	r.Handle(chatpage.Path, chatpage.Handler())
+	r.Handle(chatpage.Path+"/*", chatpage.Handler())
 	r.Handle("/graphql", s.guardHTTP(withConnSlot(s.graphQL())))
 	r.Group(func(r chi.Router) {
 		r.Use(httpx.AppToken(s.cfg.AppToken))

@@ -6,9 +6,11 @@ package browser
 import (
 	"context"
 	_ "embed"
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -21,7 +23,11 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(stacktest.Run(m, stacktest.Options{Apps: stack.Apps()}))
+	// Words 80 ms apart: the chat page's test sees a reply being written,
+	// and its Stop lands while it is.
+	os.Exit(stacktest.Run(m, stacktest.Options{Apps: []stack.App{
+		stack.Memory.App(), stack.Chat.App("LLM_OFFLINE_TOKEN_DELAY=80ms"), stack.Gateway.App(),
+	}}))
 }
 
 func chromium(t *testing.T) context.Context {
@@ -238,4 +244,87 @@ func TestApolloPersistedQueries(t *testing.T) {
 	if fmt.Sprint(got.Requests) != fmt.Sprint(want) {
 		t.Fatalf("requests %+v; want %+v (hash, then the query; then the hash alone)", got.Requests, want)
 	}
+}
+
+// TestChatPage: the chat page at /chat, as a user drives it in the browser:
+// earlier history comes in pages as the conversation is scrolled up, a
+// message's reply is shown as it is written (several chunks, the last text
+// the reply), and Stop ends a reply being written with TERMINATED.
+func TestChatPage(t *testing.T) {
+	st := stacktest.Stack(t)
+	gw := st.App("gateway").AppURL()
+	user, session := fmt.Sprintf("page-%d", time.Now().UnixNano()), fmt.Sprintf("page-s-%d", time.Now().UnixNano())
+	for i := range 5 {
+		r := stacktest.Do(t, "POST", gw+"/graphql", map[string]any{
+			"query":     `mutation($in: SendMessageInput!) { sendMessage(input: $in) { reply } }`,
+			"variables": map[string]any{"in": map[string]any{"userId": user, "sessionId": session, "text": fmt.Sprint("earlier message ", i)}},
+		})
+		if !strings.Contains(string(r.Body), "earlier message") {
+			t.Fatalf("turn %d: %s", i, r.Body)
+		}
+	}
+	ctx := chromium(t)
+	poll := func(what, js string) string {
+		t.Helper()
+		got, err := chromedp.Run(ctx, chromedp.Poll[string](js, chromedp.WithPollingTimeout(30*time.Second)))
+		if err != nil {
+			html, _ := chromedp.Run(ctx, chromedp.OuterHTML("body"))
+			t.Fatalf("%s: %v\npage: %.3000s", what, err, html)
+		}
+		return got
+	}
+	if err := chromedp.Do(ctx,
+		chromedp.EmulateViewport(600, 400),
+		chromedp.Navigate(fmt.Sprintf("%s/chat?user=%s&session=%s&page=3", gw, user, session)),
+		chromedp.WaitVisible("#text"),
+	); err != nil {
+		t.Fatal(err)
+	}
+	// Scrolling up loads earlier pages until the first message.
+	poll("history paged back to the first message", `(() => {
+		const box = document.getElementById('messages');
+		box.scrollTop = 0; box.dispatchEvent(new Event('scroll'));
+		const msgs = box.querySelectorAll('.msg');
+		return msgs.length === 10 && box.dataset.hasPrevious === 'false' && msgs[0].textContent === 'earlier message 0' ? 'ok' : null })()`)
+
+	// A reply streams.
+	if err := chromedp.Do(ctx, chromedp.SendKeys("#text", "stream this reply please"), chromedp.Click("#send")); err != nil {
+		t.Fatal(err)
+	}
+	got := poll("the streamed reply", `(() => {
+		const b = [...document.querySelectorAll('.msg.assistant')].pop();
+		return b && b.dataset.status === 'COMPLETED' ? b.dataset.chunks + '|' + b.querySelector('.body').textContent : null })()`)
+	chunks, text, _ := strings.Cut(got, "|")
+	if n, _ := strconv.Atoi(chunks); n < 3 || !strings.Contains(text, "stream this reply please") {
+		t.Fatalf("reply %q in %s chunks; want it streamed in several", text, chunks)
+	}
+	d, errs := gqlQuery(t, gw, `query($s: ID!) { conversation(sessionId: $s, last: 1) { messages { content } } }`, map[string]any{"s": session})
+	if errs != nil || !strings.Contains(fmt.Sprint(d), text) {
+		t.Fatalf("the page showed %q; history has %v %v", text, d, errs)
+	}
+
+	// Stop a reply while it is written.
+	if err := chromedp.Do(ctx, chromedp.SendKeys("#text", "a long reply to stop"), chromedp.Click("#send")); err != nil {
+		t.Fatal(err)
+	}
+	poll("the turn started", `(() => { const b = [...document.querySelectorAll('.msg.assistant')].pop(); return b && b.dataset.instanceId && !document.getElementById('stop').hidden ? 'ok' : null })()`)
+	if err := chromedp.Do(ctx, chromedp.Click("#stop")); err != nil {
+		t.Fatal(err)
+	}
+	poll("the reply stopped", `(() => { const b = [...document.querySelectorAll('.msg.assistant')].pop();
+		return b && b.dataset.status === 'TERMINATED' && b.textContent.includes('Stopped.') ? 'ok' : null })()`)
+}
+
+// gqlQuery posts a GraphQL query to the gateway.
+func gqlQuery(t *testing.T, gw, query string, vars map[string]any) (map[string]any, []any) {
+	t.Helper()
+	r := stacktest.Do(t, "POST", gw+"/graphql", map[string]any{"query": query, "variables": vars})
+	var out struct {
+		Data   map[string]any
+		Errors []any
+	}
+	if err := json.Unmarshal(r.Body, &out); err != nil {
+		t.Fatalf("%v: %s", err, r.Body)
+	}
+	return out.Data, out.Errors
 }

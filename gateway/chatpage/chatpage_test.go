@@ -1,0 +1,32 @@
+package chatpage
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+func TestServes(t *testing.T) {
+	h := Handler()
+	tests := []struct {
+		path, wantType, wantBody string
+		status                   int
+	}{
+		{"/chat", "text/html", `<script src="/chat/assets/chat.js"`, 200},
+		{"/chat/", "text/html", `id="messages"`, 200},
+		{"/chat/assets/chat.js", "javascript", "chatStream(instanceId", 200},
+		{"/chat/assets/chat.css", "text/css", ".msg", 200},
+		{"/chat/assets/nope.js", "", "", 404},
+	}
+	for _, tt := range tests {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, tt.path, nil))
+		if w.Code != tt.status || !strings.Contains(w.Header().Get("Content-Type"), tt.wantType) || !strings.Contains(w.Body.String(), tt.wantBody) {
+			t.Errorf("%s: %d %q %.80q", tt.path, w.Code, w.Header().Get("Content-Type"), w.Body.String())
+		}
+		if csp := w.Header().Get("Content-Security-Policy"); !strings.Contains(csp, "script-src 'self'") {
+			t.Errorf("%s: CSP %q", tt.path, csp)
+		}
+	}
+}
