@@ -32,6 +32,11 @@ import (
 // for a larger heap.
 const gcPercent = 400
 
+// recentEvents is how many conversation events each replica remembers for
+// subscribers that resume (conversationUpdated with after): those published
+// but not yet in the memory service's history when the client comes back.
+const recentEvents = 1000
+
 // run is the gateway process: it connects to its sidecar, assembles the
 // resolver (backend client, guard, turn limit, brokers, turn watcher) and
 // serves the HTTP surface until ctx ends.
@@ -66,7 +71,7 @@ func run(ctx context.Context, cfg config) error {
 	drop := server.DropSlowSubscriber(cfg.subscriberQueue, log)
 	res := &graph.Resolver{
 		Backend:       b,
-		Conversations: fanout.New[*model.ConversationEvent](cfg.subscriberQueue, drop),
+		Conversations: fanout.New[*model.ConversationEvent](cfg.subscriberQueue, drop).KeepRecent(recentEvents),
 		Memories:      fanout.New[*model.MemoryEvent](cfg.subscriberQueue, drop),
 		Log:           log,
 		Guard:         guard,

@@ -84,6 +84,7 @@ type ComplexityRoot struct {
 
 	ConversationEvent struct {
 		AssistantReply func(childComplexity int) int
+		Cursor         func(childComplexity int) int
 		EventID        func(childComplexity int) int
 		SessionID      func(childComplexity int) int
 		UserID         func(childComplexity int) int
@@ -152,7 +153,7 @@ type ComplexityRoot struct {
 	Subscription struct {
 		ChatRun             func(childComplexity int, instanceID string) int
 		ChatStream          func(childComplexity int, instanceID string, after *int) int
-		ConversationUpdated func(childComplexity int, sessionID *string, userID *string) int
+		ConversationUpdated func(childComplexity int, sessionID *string, userID *string, after *string) int
 		MemoryUpdated       func(childComplexity int, userID string) int
 	}
 
@@ -186,7 +187,7 @@ type SessionResolver interface {
 	Messages(ctx context.Context, obj *model.Session, last *int) ([]*model.Message, error)
 }
 type SubscriptionResolver interface {
-	ConversationUpdated(ctx context.Context, sessionID *string, userID *string) (<-chan *model.ConversationEvent, error)
+	ConversationUpdated(ctx context.Context, sessionID *string, userID *string, after *string) (<-chan *model.ConversationEvent, error)
 	MemoryUpdated(ctx context.Context, userID string) (<-chan *model.MemoryEvent, error)
 	ChatRun(ctx context.Context, instanceID string) (<-chan *model.ChatRun, error)
 	ChatStream(ctx context.Context, instanceID string, after *int) (<-chan *model.ChatChunk, error)
@@ -383,6 +384,12 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.ConversationEvent.AssistantReply(childComplexity), true
+	case "ConversationEvent.cursor":
+		if e.ComplexityRoot.ConversationEvent.Cursor == nil {
+			break
+		}
+
+		return e.ComplexityRoot.ConversationEvent.Cursor(childComplexity), true
 	case "ConversationEvent.eventId":
 		if e.ComplexityRoot.ConversationEvent.EventID == nil {
 			break
@@ -714,7 +721,7 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 			return 0, false
 		}
 
-		return e.ComplexityRoot.Subscription.ConversationUpdated(childComplexity, args["sessionId"].(*string), args["userId"].(*string)), true
+		return e.ComplexityRoot.Subscription.ConversationUpdated(childComplexity, args["sessionId"].(*string), args["userId"].(*string), args["after"].(*string)), true
 	case "Subscription.memoryUpdated":
 		if e.ComplexityRoot.Subscription.MemoryUpdated == nil {
 			break
@@ -965,6 +972,8 @@ func (ec *executionContext) childFields_ConversationEvent(ctx context.Context, f
 		return ec.fieldContext_ConversationEvent_userMessage(ctx, field)
 	case "assistantReply":
 		return ec.fieldContext_ConversationEvent_assistantReply(ctx, field)
+	case "cursor":
+		return ec.fieldContext_ConversationEvent_cursor(ctx, field)
 	}
 	return nil, fmt.Errorf("no field named %q was found under type ConversationEvent", field.Name)
 }
@@ -1428,6 +1437,14 @@ func (ec *executionContext) field_Subscription_conversationUpdated_args(ctx cont
 		return nil, err
 	}
 	args["userId"] = arg1
+	arg2, err := graphql.ProcessArgField(ctx, rawArgs, "after",
+		func(ctx context.Context, v any) (*string, error) {
+			return ec.unmarshalOString2ᚖstring(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["after"] = arg2
 	return args, nil
 }
 
@@ -2270,6 +2287,29 @@ func (ec *executionContext) _ConversationEvent_assistantReply(ctx context.Contex
 	)
 }
 func (ec *executionContext) fieldContext_ConversationEvent_assistantReply(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("ConversationEvent", field, false, false, "String")
+}
+
+func (ec *executionContext) _ConversationEvent_cursor(ctx context.Context, field graphql.CollectedField, obj *model.ConversationEvent) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_ConversationEvent_cursor(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.Cursor, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v string) graphql.Marshaler {
+			return ec.marshalNString2string(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_ConversationEvent_cursor(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
 	return graphql.NewScalarFieldContext("ConversationEvent", field, false, false, "String")
 }
 
@@ -3422,7 +3462,7 @@ func (ec *executionContext) _Subscription_conversationUpdated(ctx context.Contex
 		},
 		func(ctx context.Context) (any, error) {
 			fc := graphql.GetFieldContext(ctx)
-			return ec.Resolvers.Subscription().ConversationUpdated(ctx, fc.Args["sessionId"].(*string), fc.Args["userId"].(*string))
+			return ec.Resolvers.Subscription().ConversationUpdated(ctx, fc.Args["sessionId"].(*string), fc.Args["userId"].(*string), fc.Args["after"].(*string))
 		},
 		nil,
 		func(ctx context.Context, selections ast.SelectionSet, v *model.ConversationEvent) graphql.Marshaler {
@@ -5172,6 +5212,11 @@ func (ec *executionContext) _ConversationEvent(ctx context.Context, sel ast.Sele
 			}
 		case "assistantReply":
 			out.Values[i] = ec._ConversationEvent_assistantReply(ctx, field, obj)
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "cursor":
+			out.Values[i] = ec._ConversationEvent_cursor(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
 				out.Invalids++
 			}

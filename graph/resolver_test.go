@@ -18,6 +18,8 @@ import (
 	"github.com/daca-go/daca/gateway/auth"
 	"github.com/daca-go/daca/gateway/backend"
 	"github.com/daca-go/daca/gateway/backend/backendtest"
+	"github.com/daca-go/daca/gateway/fanout"
+	"github.com/daca-go/daca/graph/model"
 	"github.com/daca-go/daca/gateway/ratelimit"
 	"github.com/daca-go/daca/gateway/replies"
 	"github.com/daca-go/daca/internal/apperr"
@@ -352,3 +354,80 @@ func TestConversationPages(t *testing.T) {
 		t.Fatalf("a bad cursor: %q", code)
 	}
 }
+
+// TestConversationUpdatedResumes: with after, the events the client missed
+// come first, in order, each once, from the memory's history and from the
+// replica's recent events (one not yet in the history); then live events,
+// without those replayed or older than the cursor. By user, the user's
+// sessions are read; a session that is not the caller's replays nothing.
+func TestConversationUpdatedResumes(t *testing.T) {
+	f := backendtest.New()
+	t0 := time.Date(2026, 12, 2, 6, 0, 0, 0, time.UTC)
+	at := func(i int) time.Time { return t0.Add(time.Duration(i) * time.Second) }
+	var h []contract.Entry
+	for i := 1; i <= 3; i++ {
+		id := fmt.Sprint("e", i)
+		h = append(h, contract.Entry{Role: contract.RoleUser, Content: "q" + id, EventID: id, EventAt: at(i)},
+			contract.Entry{Role: contract.RoleAssistant, Content: "a" + id, EventID: id, EventAt: at(i)})
+	}
+	f.History["s-r"] = h
+	f.Owners["s-r"] = "ana"
+	f.SessionList["ana"] = append([]contract.SessionInfo{{SessionID: "s-r", UpdatedAt: at(3)}}, f.SessionList["ana"]...)
+	r := resolver(f)
+	r.Conversations = fanout.New[*model.ConversationEvent](16, nil).KeepRecent(10)
+	ev := func(i int) *model.ConversationEvent {
+		id := fmt.Sprint("e", i)
+		return &model.ConversationEvent{EventID: id, UserID: "ana", SessionID: "s-r", UserMessage: "q" + id, AssistantReply: "a" + id, Cursor: EventCursor(at(i), id)}
+	}
+	r.Conversations.Publish(ev(3)) // seen live by this replica and in the history
+	r.Conversations.Publish(ev(4)) // not in the history yet
+	session, user := "s-r", "ana"
+	tests := []struct {
+		name          string
+		session, user *string
+		want          string
+	}{
+		{"by session", &session, nil, "e2 e3 e4 | e5"},
+		{"by user", nil, &user, "e2 e3 e4 | e5"},
+		{"another user's session", &session, ptr("bo"), " | "},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			ch, err := (&subscriptionResolver{r}).ConversationUpdated(ctx, tt.session, tt.user, ptr(EventCursor(at(1), "e1")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			take := func() {
+				for {
+					select {
+					case e := <-ch:
+						got = append(got, e.EventID)
+					case <-time.After(100 * time.Millisecond):
+						return
+					}
+				}
+			}
+			take()
+			got = append(got, "|")
+			r.Conversations.Publish(ev(4)) // a repeat of a replayed one
+			r.Conversations.Publish(ev(0)) // older than the cursor
+			r.Conversations.Publish(ev(5))
+			take()
+			if s := strings.Join(got, " "); strings.TrimSpace(s) != strings.TrimSpace(tt.want) {
+				t.Fatalf("got %q; want %q", s, tt.want)
+			}
+		})
+		// ev(5) is recent now: later rows see it replayed; drop it again.
+		r.Conversations = fanout.New[*model.ConversationEvent](16, nil).KeepRecent(10)
+		r.Conversations.Publish(ev(3))
+		r.Conversations.Publish(ev(4))
+	}
+	if _, err := (&subscriptionResolver{r}).ConversationUpdated(t.Context(), &session, nil, ptr("garbage")); apperr.CodeOf(err) != apperr.Invalid {
+		t.Fatalf("a bad cursor: %v", err)
+	}
+}
+
+func ptr(s string) *string { return &s }

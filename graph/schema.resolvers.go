@@ -236,7 +236,7 @@ func (r *sessionResolver) Messages(ctx context.Context, obj *model.Session, last
 }
 
 // ConversationUpdated is the resolver for the conversationUpdated field.
-func (r *subscriptionResolver) ConversationUpdated(ctx context.Context, sessionID *string, userID *string) (<-chan *model.ConversationEvent, error) {
+func (r *subscriptionResolver) ConversationUpdated(ctx context.Context, sessionID *string, userID *string, after *string) (<-chan *model.ConversationEvent, error) {
 	if sessionID == nil && userID == nil {
 		return nil, apperr.New(apperr.Invalid, "give sessionId, userId or both")
 	}
@@ -263,10 +263,17 @@ func (r *subscriptionResolver) ConversationUpdated(ctx context.Context, sessionI
 			userID = &own // a user only ever sees their own conversations
 		}
 	}
-	sub := r.Conversations.Subscribe(ctx, func(ev *model.ConversationEvent) bool {
+	match := func(ev *model.ConversationEvent) bool {
 		return (sessionID == nil || ev.SessionID == *sessionID) && (userID == nil || ev.UserID == *userID)
-	})
-	return sub.C, nil
+	}
+	if after != nil {
+		k, err := parseEventCursor(*after)
+		if err != nil {
+			return nil, err
+		}
+		return r.resumeConversations(ctx, k, sessionID, userID, match)
+	}
+	return r.Conversations.Subscribe(ctx, match).C, nil
 }
 
 // MemoryUpdated is the resolver for the memoryUpdated field.

@@ -22,6 +22,31 @@ type Broker[T any] struct {
 
 	delivered atomic.Uint64
 	dropped   atomic.Uint64
+
+	rmu    sync.Mutex
+	recent []T // the last keep events published, oldest first
+	keep   int
+}
+
+// KeepRecent makes the broker remember the last n events it publishes, for
+// Recent. It returns b; call it before the first Publish.
+func (b *Broker[T]) KeepRecent(n int) *Broker[T] {
+	b.keep = n
+	b.recent = make([]T, 0, n)
+	return b
+}
+
+// Recent returns the remembered events that match (nil: all), oldest first.
+func (b *Broker[T]) Recent(match func(T) bool) []T {
+	b.rmu.Lock()
+	defer b.rmu.Unlock()
+	var out []T
+	for _, ev := range b.recent {
+		if match == nil || match(ev) {
+			out = append(out, ev)
+		}
+	}
+	return out
 }
 
 type sub[T any] struct {
@@ -78,6 +103,14 @@ func (b *Broker[T]) remove(s *sub[T], slow bool) {
 // Publish delivers ev to every matching subscriber without waiting. It
 // returns how many subscribers got it.
 func (b *Broker[T]) Publish(ev T) int {
+	if b.keep > 0 {
+		b.rmu.Lock()
+		if len(b.recent) == b.keep {
+			b.recent = append(b.recent[:0], b.recent[1:]...)
+		}
+		b.recent = append(b.recent, ev)
+		b.rmu.Unlock()
+	}
 	var slow []*sub[T]
 	n := 0
 	b.mu.RLock()

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/daca-go/daca/graph"
 	"github.com/daca-go/daca/graph/model"
 	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/httpx"
@@ -53,8 +54,12 @@ func (s *Server) onConversation(w http.ResponseWriter, r *http.Request) {
 		// The turn's end for its chatStream subscribers (the CloudEvent id
 		// is the turn's instance id).
 		s.res.Replies.Finish(ce.ID, model.ChatStatusCompleted, ev.AssistantReply, true)
+		at := ev.SentAt
+		if at.IsZero() {
+			at = ce.Time
+		}
 		n := s.res.Conversations.Publish(&model.ConversationEvent{EventID: ce.ID, UserID: ev.UserID, SessionID: ev.SessionID,
-			UserMessage: ev.UserMessage, AssistantReply: ev.AssistantReply})
+			UserMessage: ev.UserMessage, AssistantReply: ev.AssistantReply, Cursor: graph.EventCursor(at, ce.ID)})
 		logging.From(r.Context(), s.log).Debug("conversation event fanned out", "cloudevent_id", ce.ID, "subscribers", n)
 	}
 	httpx.JSON(w, http.StatusOK, map[string]string{"status": contract.DeliverySuccess})

@@ -51,7 +51,7 @@ func newServer(f *backendtest.Fake, cfg Config, queue int, guard *auth.Guard) (*
 	log := testkit.Quiet()
 	drop := DropSlowSubscriber(queue, log)
 	res := &graph.Resolver{Backend: f, Log: log, Guard: guard,
-		Conversations: fanout.New[*model.ConversationEvent](queue, drop),
+		Conversations: fanout.New[*model.ConversationEvent](queue, drop).KeepRecent(100),
 		Memories:      fanout.New[*model.MemoryEvent](queue, drop),
 		Runs:          graph.NewRunWatch(f.ChatRun, 50*time.Millisecond, log),
 		Replies:       replies.New(queue, drop)}

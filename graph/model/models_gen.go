@@ -99,6 +99,8 @@ type ConversationEvent struct {
 	UserMessage string `json:"userMessage"`
 	// The agent's reply.
 	AssistantReply string `json:"assistantReply"`
+	// Where this event stands: pass it as `after` to resume. Opaque.
+	Cursor string `json:"cursor"`
 }
 
 // The result of forgetting a user.

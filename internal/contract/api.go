@@ -31,6 +31,11 @@ type Entry struct {
 	// ever written there, never renumbered when older entries are dropped
 	// (HISTORY_CAP). Set on what the memory service answers, not stored.
 	Seq int `json:"seq,omitempty"`
+	// EventID and EventAt are the conversation event that added the entry
+	// (its CloudEvent id, the turn's instance id, and its SentAt): the
+	// gateway replays the events a resuming subscriber missed from them.
+	EventID string    `json:"event_id,omitempty"`
+	EventAt time.Time `json:"event_at,omitzero"`
 }
 
 // SessionInfo is an entry of GET /users/{user_id}/sessions.

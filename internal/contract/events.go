@@ -20,6 +20,10 @@ type ConversationUpdated struct {
 	EventType      string `json:"event_type"`
 	UserMessage    string `json:"user_message"`
 	AssistantReply string `json:"assistant_reply"`
+	// SentAt is when the turn ended (the workflow's clock); with the
+	// CloudEvent id it orders the conversation events for a subscriber
+	// that resumes (the gateway's cursors). Absent in older events.
+	SentAt time.Time `json:"sent_at,omitzero"`
 }
 
 // NewConversationUpdated returns the event of a finished turn.

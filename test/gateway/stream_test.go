@@ -207,3 +207,48 @@ func TestCancelChat(t *testing.T) {
 		return nil
 	})
 }
+
+// TestConversationUpdatedResumesOnAnotherReplica: a client that saw the
+// first turn's event and went away comes back on the other replica with
+// that event's cursor: the two turns it missed come first, in order and
+// once, then the next turn live.
+func TestConversationUpdatedResumesOnAnotherReplica(t *testing.T) {
+	st := stacktest.Stack(t)
+	user, session := unique("resumer"), unique("resume-s")
+	const q = `subscription($s: ID, $after: String) { conversationUpdated(sessionId: $s, after: $after) { eventId userMessage cursor } }`
+	turn := func(text string) {
+		t.Helper()
+		if _, errs, _ := gql(t, gqlURL(st, "gateway"), sendMessage, map[string]any{"in": map[string]any{"userId": user, "text": text, "sessionId": session}}); errs != nil {
+			t.Fatal(errs)
+		}
+	}
+	event := func(ws *testkit.WSClient, id string) map[string]any {
+		t.Helper()
+		return ws.Data(id, 30*time.Second)["conversationUpdated"].(map[string]any)
+	}
+	first := testkit.DialWS(t, gqlURL(st, "gateway"), "graphql-transport-ws")
+	first.Init(nil)
+	first.Subscribe("1", q, map[string]any{"s": session})
+	waitSubscribers(t, st, "gateway", "conversations", 1)
+	turn("turn one")
+	seen := event(first, "1")
+	if seen["userMessage"] != "turn one" || seen["cursor"] == "" {
+		t.Fatalf("first event %v", seen)
+	}
+	first.Close()
+	turn("turn two")
+	turn("turn three")
+
+	again := testkit.DialWS(t, gqlURL(st, "gateway-2"), "graphql-transport-ws")
+	again.Init(nil)
+	again.Subscribe("2", q, map[string]any{"s": session, "after": seen["cursor"]})
+	var got []string
+	for range 2 {
+		got = append(got, event(again, "2")["userMessage"].(string))
+	}
+	turn("turn four")
+	got = append(got, event(again, "2")["userMessage"].(string))
+	if strings.Join(got, ", ") != "turn two, turn three, turn four" {
+		t.Fatalf("after resuming: %v", got)
+	}
+}

@@ -143,6 +143,7 @@ func Workflow(ctx *workflow.WorkflowContext) (any, error) {
 
 	ctx.SetCustomStatus(contract.StageSave)
 	ev := contract.NewConversationUpdated(in.UserID, in.SessionID, in.Text, reply)
+	ev.SentAt = ctx.CurrentTimeUTC() // the workflow's clock: the same on replay
 	if err := ctx.CallActivity(ActSave, workflow.WithActivityInput(saveInput{Event: ev, EventID: ctx.ID(), Trace: in.Trace}),
 		workflow.WithActivityRetryPolicy(saveRetry())).Await(nil); err != nil {
 		return fail(contract.StageSave, err)

@@ -272,6 +272,10 @@ func TestChatWorkflow(t *testing.T) {
 				return
 			}
 			want := contract.NewConversationUpdated("ana", "s1", "hello", "re: hello")
+			if e := events[0]; e.ev.SentAt.IsZero() || time.Since(e.ev.SentAt) > time.Minute {
+				t.Fatalf("SentAt %v; want the turn's time", e.ev.SentAt)
+			}
+			events[0].ev.SentAt = time.Time{}
 			if e := events[0]; e.pubsub != contract.PubSub || e.topic != contract.TopicConversations || e.id != "chat-test-1" || e.ev != want {
 				t.Fatalf("published %+v; want %+v on %s/%s with CloudEvent id chat-test-1", e, want, contract.PubSub, contract.TopicConversations)
 			}

@@ -438,8 +438,12 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.Conversa
 		return Result{}, err
 	}
 	now := m.now()
-	userEntry := contract.Entry{Role: contract.RoleUser, Content: ev.UserMessage, Timestamp: now}
-	botEntry := contract.Entry{Role: contract.RoleAssistant, Content: ev.AssistantReply, Timestamp: now}
+	at := ev.SentAt
+	if at.IsZero() {
+		at = now
+	}
+	userEntry := contract.Entry{Role: contract.RoleUser, Content: ev.UserMessage, Timestamp: now, EventID: eventID, EventAt: at}
+	botEntry := contract.Entry{Role: contract.RoleAssistant, Content: ev.AssistantReply, Timestamp: now, EventID: eventID, EventAt: at}
 	recent := append(slices.Clone(s.History), userEntry, botEntry)
 	if len(recent) > m.cfg.SummaryLast {
 		recent = recent[len(recent)-m.cfg.SummaryLast:]
