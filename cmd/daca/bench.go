@@ -32,7 +32,9 @@ func bench(ctx context.Context, args []string) error {
 	reads := fs.Int("reads", 4000, "memory reads per concurrency level")
 	subs := fs.Int("subscriptions", 10000, "open subscriptions for the fan-out measurement")
 	clients := fs.String("clients", "1,16,64", "concurrent clients of the gateway comparison, comma separated")
-	partsFlag := fs.String("parts", "turns,gateway,invocation", "what to measure, comma separated: turns (chat turns and the sidecar floor), gateway (the gateway against its sidecar, and the fan-out), invocation (the gateway's two paths to its sidecar)")
+	streamTurns := fs.Int("stream-turns", 30, "chat turns of the time-to-first-token measurement")
+	streamSubs := fs.Int("stream-subscribers", 1000, "subscribers of the one streamed turn")
+	partsFlag := fs.String("parts", "turns,gateway,invocation,stream", "what to measure, comma separated: turns (chat turns and the sidecar floor), gateway (the gateway against its sidecar, and the fan-out), invocation (the gateway's two paths to its sidecar), stream (time to first token and one turn streamed to many, on a stack of its own with a local provider)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -50,16 +52,30 @@ func bench(ctx context.Context, args []string) error {
 	parts := map[string]bool{}
 	for _, p := range strings.Split(*partsFlag, ",") {
 		switch p = strings.TrimSpace(p); p {
-		case "turns", "gateway", "invocation":
+		case "turns", "gateway", "invocation", "stream":
 			parts[p] = true
 		default:
-			return usageError("-parts: want turns, gateway or invocation, got " + strconv.Quote(p))
+			return usageError("-parts: want turns, gateway, invocation or stream, got " + strconv.Quote(p))
 		}
 	}
 	rootDir, err := filepath.Abs(*root)
 	if err != nil {
 		return err
 	}
+	if parts["turns"] || parts["gateway"] || parts["invocation"] {
+		if err := benchOffline(ctx, rootDir, parts, *turns, *reads, *subs, levels); err != nil {
+			return err
+		}
+	}
+	if parts["stream"] {
+		return benchStream(ctx, rootDir, *streamTurns, *streamSubs)
+	}
+	return nil
+}
+
+// benchOffline measures chat turns, the gateway and its invocation paths on
+// a private stack with the offline model.
+func benchOffline(ctx context.Context, rootDir string, parts map[string]bool, turns, reads, subs int, levels []int) error {
 	runDir, err := os.MkdirTemp("", "daca-bench-")
 	if err != nil {
 		return err
@@ -114,16 +130,16 @@ func bench(ctx context.Context, args []string) error {
 	}
 	readOnce := func() error { return call(http.MethodGet, memURL, nil) }
 
-	if err := benchTurns(ctx, parts["turns"], chatOnce, readOnce, &seq, *turns, *reads, st); err != nil {
+	if err := benchTurns(ctx, parts["turns"], chatOnce, readOnce, &seq, turns, reads, st); err != nil {
 		return err
 	}
 	if parts["gateway"] {
-		if err := benchGateway(ctx, st, call, *reads, *subs, levels); err != nil {
+		if err := benchGateway(ctx, st, call, reads, subs, levels); err != nil {
 			return err
 		}
 	}
 	if parts["invocation"] {
-		return benchInvocation(ctx, st, call, *reads, levels)
+		return benchInvocation(ctx, st, call, reads, levels)
 	}
 	return nil
 }

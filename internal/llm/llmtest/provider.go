@@ -110,6 +110,19 @@ type Provider struct {
 	calls    atomic.Int32
 	mu       sync.Mutex
 	arrivals []time.Time
+	streams  []StreamTimes
+}
+
+// StreamTimes are the moments of one streamed answer.
+type StreamTimes struct {
+	Arrived, FirstToken, LastToken time.Time
+}
+
+// Streams are the streamed answers so far, in the order they ended.
+func (p *Provider) Streams() []StreamTimes {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]StreamTimes(nil), p.streams...)
 }
 
 // Calls is how many requests arrived (refused ones included).
@@ -209,9 +222,16 @@ func (p *Provider) stream(ctx context.Context, w http.ResponseWriter, n int, req
 			flusher.Flush()
 		}
 	}
+	times := StreamTimes{Arrived: time.Now()}
+	defer func() {
+		p.mu.Lock()
+		p.streams = append(p.streams, times)
+		p.mu.Unlock()
+	}()
 	if !wait(p.FirstTokenDelay) {
 		return
 	}
+	times.FirstToken = time.Now()
 	if calls := reply.calls(); len(calls) > 0 {
 		finish := "tool_calls"
 		if p.Quirks.StopOnToolCall {
@@ -255,5 +275,6 @@ func (p *Provider) stream(ctx context.Context, w http.ResponseWriter, n int, req
 		}
 		send(map[string]any{}, "stop")
 	}
+	times.LastToken = time.Now()
 	io.WriteString(w, "data: [DONE]\n\n")
 }
