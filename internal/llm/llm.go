@@ -266,8 +266,8 @@ func (c *Client) streamOnce(ctx context.Context, req openai.ChatCompletionReques
 	defer cancel()
 	req.Stream = true
 	start := time.Now()
-	defer func() { callDuration.WithLabelValues(c.mode, "stream").Observe(time.Since(start).Seconds()) }()
 	st, err := c.oa.CreateChatCompletionStream(ctx, req)
+	defer func() { callDuration.WithLabelValues(c.mode, outcome(err)).Observe(time.Since(start).Seconds()) }()
 	if err != nil {
 		return openai.ChatCompletionMessage{}, c.classify(ctx, err)
 	}
@@ -277,12 +277,18 @@ func (c *Client) streamOnce(ctx context.Context, req openai.ChatCompletionReques
 	var calls []*openai.ToolCall
 	current := map[int]*openai.ToolCall{} // index → the call being assembled there
 	for {
-		chunk, err := st.Recv()
+		var chunk openai.ChatCompletionStreamResponse
+		chunk, err = st.Recv()
 		if errors.Is(err, io.EOF) {
+			err = nil
 			break
 		}
 		if err != nil {
 			return msg, c.classify(ctx, err)
+		}
+		if u := chunk.Usage; u != nil { // providers that report usage on a stream (OpenAI's last chunk)
+			tokens.WithLabelValues(c.mode, "prompt").Add(float64(u.PromptTokens))
+			tokens.WithLabelValues(c.mode, "completion").Add(float64(u.CompletionTokens))
 		}
 		if len(chunk.Choices) == 0 {
 			continue

@@ -165,12 +165,12 @@ func (o *Offline) stream(req *http.Request, cr openai.ChatCompletionRequest, msg
 		})
 		events = append(events, []byte("data: "+string(b)+"\n\n"))
 	}
-	words := 0
+	nWords := 0
 	if len(msg.ToolCalls) > 0 {
 		chunk(openai.ChatCompletionStreamChoiceDelta{Role: "assistant", ToolCalls: msg.ToolCalls}, "")
 	} else {
 		fields := strings.SplitAfter(msg.Content, " ")
-		words = len(fields)
+		nWords = len(fields)
 		for i, f := range fields {
 			d := openai.ChatCompletionStreamChoiceDelta{Content: f}
 			if i == 0 {
@@ -180,15 +180,19 @@ func (o *Offline) stream(req *http.Request, cr openai.ChatCompletionRequest, msg
 		}
 	}
 	chunk(openai.ChatCompletionStreamChoiceDelta{}, finish)
-	events = append(events, []byte("data: [DONE]\n\n"))
+	// The usage, as OpenAI sends it in a last chunk without choices.
+	usage, _ := json.Marshal(openai.ChatCompletionStreamResponse{ID: id, Object: "chat.completion.chunk", Created: time.Now().Unix(), Model: cr.Model,
+		Choices: []openai.ChatCompletionStreamChoice{},
+		Usage:   &openai.Usage{PromptTokens: words(cr.Messages), CompletionTokens: len(strings.Fields(msg.Content)), TotalTokens: words(cr.Messages) + len(strings.Fields(msg.Content))}})
+	events = append(events, []byte("data: "+string(usage)+"\n\n"), []byte("data: [DONE]\n\n"))
 	var body io.ReadCloser
-	if o.TokenDelay <= 0 || words < 2 {
+	if o.TokenDelay <= 0 || nWords < 2 {
 		body = io.NopCloser(bytes.NewReader(bytes.Join(events, nil)))
 	} else {
 		pr, pw := io.Pipe()
 		go func() {
 			for i, e := range events {
-				if i > 0 && i < words { // a pause before each word but the first
+				if i > 0 && i < nWords { // a pause before each word but the first
 					if err := sleep(req.Context(), o.TokenDelay); err != nil {
 						pw.CloseWithError(err)
 						return

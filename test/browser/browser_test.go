@@ -298,10 +298,13 @@ func TestChatPage(t *testing.T) {
 	if n, _ := strconv.Atoi(chunks); n < 3 || !strings.Contains(text, "stream this reply please") {
 		t.Fatalf("reply %q in %s chunks; want it streamed in several", text, chunks)
 	}
-	d, errs := gqlQuery(t, gw, `query($s: ID!) { conversation(sessionId: $s, last: 1) { messages { content } } }`, map[string]any{"s": session})
-	if errs != nil || !strings.Contains(fmt.Sprint(d), text) {
-		t.Fatalf("the page showed %q; history has %v %v", text, d, errs)
-	}
+	testkit.WaitFor(t, 30*time.Second, "the reply the page showed in the history", func() error {
+		d, errs := gqlQuery(t, gw, `query($s: ID!) { conversation(sessionId: $s, last: 1) { messages { content } } }`, map[string]any{"s": session})
+		if errs != nil || !strings.Contains(fmt.Sprint(d), text) {
+			return fmt.Errorf("the page showed %q; history has %v %v", text, d, errs)
+		}
+		return nil
+	})
 
 	// Stop a reply while it is written.
 	if err := chromedp.Do(ctx, chromedp.SendKeys("#text", "a long reply to stop"), chromedp.Click("#send")); err != nil {
