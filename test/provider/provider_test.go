@@ -7,6 +7,7 @@ package provider
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -46,7 +48,7 @@ func TestMain(m *testing.M) {
 	}
 	srv := &http.Server{Handler: prov, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
-	listener, err = stacktest.NewListener("provider-listener", "conversations", "memory-updates")
+	listener, err = stacktest.NewListener("provider-listener", "conversations", "memory-updates", "chat-stream")
 	if err != nil {
 		panic(err)
 	}
@@ -99,10 +101,9 @@ func answer(ctx context.Context, req llmtest.Request) (llmtest.Reply, bool) {
 		first := !held[last.Content]
 		held[last.Content] = true
 		heldMu.Unlock()
-		if first {
+		if first { // a few words streamed, then held until the chat service dies
 			arrived <- last.Content
-			<-ctx.Done() // held until the chat service dies
-			return llmtest.Reply{}, false
+			return llmtest.Reply{Content: "these words are lost", Hold: true}, true
 		}
 		return llmtest.Reply{Content: "survived: " + last.Content}, true
 	}
@@ -173,7 +174,14 @@ func TestCrashDuringGenerateResponse(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("generate_response never reached the provider")
 	}
-	// Kill the chat service while the workflow waits in generate_response.
+	// Kill the chat service while the workflow waits in generate_response,
+	// once the words it had streamed are out.
+	testkit.WaitFor(t, 30*time.Second, "the first execution's piece published", func() error {
+		if len(listener.Matching("chat-stream", id)) == 0 {
+			return fmt.Errorf("none yet")
+		}
+		return nil
+	})
 	if err := st.Kill(contract.ChatApp); err != nil {
 		t.Fatal(err)
 	}
@@ -199,6 +207,26 @@ func TestCrashDuringGenerateResponse(t *testing.T) {
 	})
 	if n := len(listener.Matching("conversations", session)); n != 1 {
 		t.Fatalf("ConversationUpdated published %d times; want exactly once", n)
+	}
+	// The reply was streamed twice: the killed execution's words in the
+	// first block of seq, the one after the restart in the next, ending
+	// with the reply; what readers show never mixes the two.
+	var first, second []contract.ChatStreamed
+	for _, e := range listener.Matching("chat-stream", id) {
+		var p contract.ChatStreamed
+		if err := json.Unmarshal(e.Data, &p); err != nil || p.InstanceID != id || p.Validate() != nil {
+			t.Fatalf("piece %s: %v", e.Data, err)
+		}
+		if p.Execution == 1 {
+			first = append(first, p)
+		} else {
+			second = append(second, p)
+		}
+	}
+	slices.SortFunc(second, func(a, b contract.ChatStreamed) int { return a.Seq - b.Seq })
+	if len(first) == 0 || !strings.HasPrefix("these words are lost", first[0].Text) || len(second) == 0 ||
+		second[0].Execution != 2 || second[0].Seq != contract.SeqBlock+1 || second[len(second)-1].Text != "survived: "+text {
+		t.Fatalf("pieces: first execution %+v, after the restart %+v", first, second)
 	}
 }
 

@@ -51,6 +51,10 @@ type Reply struct {
 	Content   string
 	ToolCall  string
 	ToolCalls []string
+	// Hold, on a streamed answer, sends Content's words and then holds the
+	// stream open, unfinished, until the caller goes away (a provider the
+	// caller dies waiting for).
+	Hold bool
 }
 
 func (r Reply) calls() []string {
@@ -272,6 +276,10 @@ func (p *Provider) stream(ctx context.Context, w http.ResponseWriter, n int, req
 				d["role"] = "assistant"
 			}
 			send(d, "")
+		}
+		if reply.Hold {
+			<-ctx.Done()
+			return
 		}
 		send(map[string]any{}, "stop")
 	}
