@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -103,7 +104,17 @@ type resiliency struct {
 	Spec       map[string]any    `json:"spec"`
 }
 
+// wfPolicy is a WorkflowAccessPolicy.
+type wfPolicy struct {
+	APIVersion string            `json:"apiVersion"`
+	Kind       string            `json:"kind"`
+	Metadata   metav1.ObjectMeta `json:"metadata"`
+	Scopes     []string          `json:"scopes"`
+	Spec       map[string]any    `json:"spec"`
+}
+
 type rendered struct {
+	wfPolicies    []wfPolicy
 	workloads     map[string]workload // Deployments and StatefulSets by name
 	services      map[string]corev1.Service
 	secrets       map[string]corev1.Secret
@@ -204,6 +215,10 @@ func render(t *testing.T, overlay string) rendered {
 			var x resiliency
 			decode(&x)
 			r.resiliency = append(r.resiliency, x)
+		case "WorkflowAccessPolicy":
+			var x wfPolicy
+			decode(&x)
+			r.wfPolicies = append(r.wfPolicies, x)
 		default:
 			t.Errorf("unexpected kind %s (%s)", res.GetKind(), res.GetName())
 		}
@@ -320,6 +335,10 @@ func TestKustomizeOverlays(t *testing.T) {
 			if k := r.workloads["gateway"].kind; k != "StatefulSet" {
 				t.Fatalf("gateway is a %s; want a StatefulSet (stable pod names for its consumer groups)", k)
 			}
+			// Only chat-service may drive its workflow (WorkflowAccessPolicy).
+			if len(r.wfPolicies) != 1 || !slices.Equal(r.wfPolicies[0].Scopes, []string{"chat-service"}) || fmt.Sprint(r.wfPolicies[0].Spec["rules"]) != "[map[activities:[map[name:*]] callers:[map[appID:chat-service]] workflows:[map[name:* operations:[schedule terminate raise pause resume purge get rerun]]]]]" {
+				t.Fatalf("workflow access policies %+v", r.wfPolicies)
+			}
 			if len(r.subscriptions) != 1 || !slices.Equal(r.subscriptions[0].Scopes, []string{"agent-memory-service"}) ||
 				r.subscriptions[0].Spec.Topic != "conversations" || r.subscriptions[0].Spec.Routes.Default != "/conversations" {
 				t.Fatalf("subscription %+v", r.subscriptions)
@@ -402,7 +421,7 @@ func TestResiliencyMatchesComponents(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var r resiliency
+		var r wfPolicy // a Resiliency's fields and scopes
 		if err := yaml.UnmarshalStrict(b, &r); err != nil {
 			t.Fatal(err)
 		}
@@ -410,5 +429,8 @@ func TestResiliencyMatchesComponents(t *testing.T) {
 	}
 	if a, b := read("components/resiliency.yaml"), read("deploy/k8s/base/dapr/resiliency.yaml"); !reflect.DeepEqual(a, b) {
 		t.Fatal("deploy/k8s/base/dapr/resiliency.yaml differs from components/resiliency.yaml; copy it over")
+	}
+	if a, b := read("components/workflowaccesspolicy.yaml"), read("deploy/k8s/base/dapr/workflowaccesspolicy.yaml"); !reflect.DeepEqual(a, b) {
+		t.Fatal("deploy/k8s/base/dapr/workflowaccesspolicy.yaml differs from components/workflowaccesspolicy.yaml; copy it over")
 	}
 }

@@ -35,6 +35,7 @@ func TestMain(m *testing.M) {
 		stack.Memory.App(),
 		stack.Chat.App("LLM_OFFLINE_TOKEN_DELAY=0"), // replies at once: many turns; streaming is tested in test/gateway
 		listener.App(),
+		{ID: intruderApp}, // a sidecar of another app (TestOnlyChatServiceDrivesItsWorkflow)
 	}})
 	listener.Close()
 	os.Exit(code)

@@ -1,0 +1,78 @@
+package services
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dapr/durabletask-go/workflow"
+	dapr "github.com/dapr/go-sdk/client"
+
+	"github.com/daca-go/daca/internal/contract"
+	"github.com/daca-go/daca/internal/dev/stacktest"
+	"github.com/daca-go/daca/internal/dev/testkit"
+)
+
+// intruderApp is another app of the stack: a sidecar whose workflows try to
+// drive chat-service's.
+const intruderApp = "intruder"
+
+// TestOnlyChatServiceDrivesItsWorkflow: components/workflowaccesspolicy.yaml
+// lets only chat-service schedule its workflow and run its activities.
+// Another app's workflow that calls chat_workflow as a child workflow on
+// chat-service, or its generate_response activity (a free LLM call), is
+// refused by chat-service's sidecar; chat-service's own turns run (every
+// other test).
+func TestOnlyChatServiceDrivesItsWorkflow(t *testing.T) {
+	st := stacktest.Stack(t)
+	c, err := dapr.NewClientWithAddress(st.App(intruderApp).SidecarGRPC())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.WithAuthToken(st.APIToken)
+	wf := workflow.NewClient(c.GrpcClientConn())
+	reg := workflow.NewRegistry()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(reg.AddWorkflowN("intrude_child", func(ctx *workflow.WorkflowContext) (any, error) {
+		var out any
+		err := ctx.CallChildWorkflow("chat_workflow", workflow.WithChildWorkflowAppID(contract.ChatApp),
+			workflow.WithChildWorkflowInput(map[string]string{"user_id": "intruder", "session_id": "intruder-s", "text": "free LLM call"})).Await(&out)
+		return out, err
+	}))
+	must(reg.AddWorkflowN("intrude_activity", func(ctx *workflow.WorkflowContext) (any, error) {
+		var out any
+		err := ctx.CallActivity("generate_response", workflow.WithActivityAppID(contract.ChatApp),
+			workflow.WithActivityInput(map[string]any{"instance_id": "x", "text": "free LLM call"})).Await(&out)
+		return out, err
+	}))
+	workerCtx, stop := context.WithCancel(context.Background())
+	defer stop()
+	must(wf.StartWorker(workerCtx, reg))
+	for _, name := range []string{"intrude_child", "intrude_activity"} {
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+			defer cancel()
+			var id string
+			testkit.WaitFor(t, 30*time.Second, "the intruder's workflow scheduled", func() error {
+				var err error
+				id, err = wf.ScheduleWorkflow(ctx, name)
+				return err
+			})
+			meta, err := wf.WaitForWorkflowCompletion(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if meta.RuntimeStatus != workflow.StatusFailed || meta.FailureDetails == nil ||
+				!strings.Contains(meta.FailureDetails.ErrorMessage, "denied by workflow access policy") {
+				t.Fatalf("%s ended %s (%v); want FAILED, denied by the workflow access policy", name, meta.String(), meta.FailureDetails)
+			}
+		})
+	}
+}
