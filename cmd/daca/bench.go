@@ -32,9 +32,11 @@ func bench(ctx context.Context, args []string) error {
 	reads := fs.Int("reads", 4000, "memory reads per concurrency level")
 	subs := fs.Int("subscriptions", 10000, "open subscriptions for the fan-out measurement")
 	clients := fs.String("clients", "1,16,64", "concurrent clients of the gateway comparison, comma separated")
+	fanoutRuns := fs.Int("fanout-runs", 5, "runs of the fan-out to -subscriptions")
+	fanoutLarge := fs.Int("fanout-large", 50000, "subscriptions of one more fan-out run on a fresh gateway process (0: none)")
 	streamTurns := fs.Int("stream-turns", 30, "chat turns of the time-to-first-token measurement")
 	streamSubs := fs.Int("stream-subscribers", 1000, "subscribers of the one streamed turn")
-	partsFlag := fs.String("parts", "turns,gateway,invocation,stream", "what to measure, comma separated: turns (chat turns and the sidecar floor), gateway (the gateway against its sidecar, and the fan-out), invocation (the gateway's two paths to its sidecar), stream (time to first token and one turn streamed to many, on a stack of its own with a local provider)")
+	partsFlag := fs.String("parts", "turns,gateway,fanout,invocation,stream", "what to measure, comma separated: turns (chat turns and the sidecar floor), gateway (the gateway against its sidecar), fanout (one event to many subscriptions), invocation (the gateway's two paths to its sidecar), stream (time to first token and one turn streamed to many, on a stack of its own with a local provider)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -52,18 +54,18 @@ func bench(ctx context.Context, args []string) error {
 	parts := map[string]bool{}
 	for _, p := range strings.Split(*partsFlag, ",") {
 		switch p = strings.TrimSpace(p); p {
-		case "turns", "gateway", "invocation", "stream":
+		case "turns", "gateway", "fanout", "invocation", "stream":
 			parts[p] = true
 		default:
-			return usageError("-parts: want turns, gateway, invocation or stream, got " + strconv.Quote(p))
+			return usageError("-parts: want turns, gateway, fanout, invocation or stream, got " + strconv.Quote(p))
 		}
 	}
 	rootDir, err := filepath.Abs(*root)
 	if err != nil {
 		return err
 	}
-	if parts["turns"] || parts["gateway"] || parts["invocation"] {
-		if err := benchOffline(ctx, rootDir, parts, *turns, *reads, *subs, levels); err != nil {
+	if parts["turns"] || parts["gateway"] || parts["fanout"] || parts["invocation"] {
+		if err := benchOffline(ctx, rootDir, parts, *turns, *reads, fanOutConfig{*subs, *fanoutRuns, *fanoutLarge}, levels); err != nil {
 			return err
 		}
 	}
@@ -73,9 +75,13 @@ func bench(ctx context.Context, args []string) error {
 	return nil
 }
 
+// fanOutConfig is the fan-out measurement: runs of subs subscriptions, then
+// one of large.
+type fanOutConfig struct{ subs, runs, large int }
+
 // benchOffline measures chat turns, the gateway and its invocation paths on
 // a private stack with the offline model.
-func benchOffline(ctx context.Context, rootDir string, parts map[string]bool, turns, reads, subs int, levels []int) error {
+func benchOffline(ctx context.Context, rootDir string, parts map[string]bool, turns, reads int, fan fanOutConfig, levels []int) error {
 	runDir, err := os.MkdirTemp("", "daca-bench-")
 	if err != nil {
 		return err
@@ -134,7 +140,12 @@ func benchOffline(ctx context.Context, rootDir string, parts map[string]bool, tu
 		return err
 	}
 	if parts["gateway"] {
-		if err := benchGateway(ctx, st, call, reads, subs, levels); err != nil {
+		if err := benchGateway(ctx, st, call, reads, levels); err != nil {
+			return err
+		}
+	}
+	if parts["fanout"] {
+		if err := benchFanOuts(ctx, st, call, fan.subs, fan.runs, fan.large); err != nil {
 			return err
 		}
 	}

@@ -111,13 +111,20 @@ func operation(ctx context.Context) (name, typ string) {
 }
 
 // InterceptOperation counts the operation and traces it: one span per
-// operation, ended with its (first) response; a subscription's span covers
-// its start.
+// operation, ended with its (first) response. A subscription's span covers
+// only its start, and is not the parent of what it does later: an idle
+// subscription holds no open span (memory per subscription).
 func (m *observer) InterceptOperation(ctx context.Context, next graphql.OperationHandler) graphql.ResponseHandler {
 	name, typ := operation(ctx)
 	m.requests.WithLabelValues(name, typ).Inc()
-	ctx, span := telemetry.Start(ctx, "graphql "+typ+" "+name,
-		attribute.String("graphql.operation.type", typ), attribute.String("graphql.operation.name", name))
+	attrs := []attribute.KeyValue{attribute.String("graphql.operation.type", typ), attribute.String("graphql.operation.name", name)}
+	if typ == string(ast.Subscription) {
+		_, span := telemetry.Start(ctx, "graphql "+typ+" "+name, attrs...)
+		rh := next(ctx)
+		span.End()
+		return rh
+	}
+	ctx, span := telemetry.Start(ctx, "graphql "+typ+" "+name, attrs...)
 	rh := next(ctx)
 	var once sync.Once
 	return func(ctx context.Context) *graphql.Response {
