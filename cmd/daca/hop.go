@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"time"
 
@@ -19,26 +20,44 @@ import (
 )
 
 // hop is the smallest gateway there can be: an HTTP server whose one handler
-// makes the gateway's backend call (go-sdk, the sidecar's gRPC API) and
-// writes back what it got. The benchmark runs it as its own process to show
-// what the extra process alone costs, GraphQL aside.
+// makes the gateway's backend call the way the gateway makes it by default
+// (the sidecar's HTTP invocation API; -grpc: the go-sdk over its gRPC API)
+// and writes back what it got. The benchmark runs it as its own process to
+// show what the extra process alone costs, GraphQL aside.
 func hop(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("daca hop", flag.ContinueOnError)
-	grpcAddr := fs.String("grpc", "", "the sidecar's gRPC API address")
+	grpcAddr := fs.String("grpc", "", "call the sidecar's gRPC API at this address (go-sdk) instead of its HTTP API")
+	httpPort := fs.Int("http-port", 0, "the sidecar's HTTP API port")
 	if err := fs.Parse(args); err != nil {
 		return usageError(err.Error())
 	}
-	sdk, err := daprc.Dial(ctx, *grpcAddr, os.Getenv("DACA_HOP_TOKEN"), slog.New(slog.DiscardHandler))
-	if err != nil {
-		return err
+	token := os.Getenv("DACA_HOP_TOKEN")
+	var invoke func(ctx context.Context, method string) ([]byte, error)
+	if *grpcAddr != "" {
+		sdk, err := daprc.Dial(ctx, *grpcAddr, token, slog.New(slog.DiscardHandler))
+		if err != nil {
+			return err
+		}
+		defer sdk.Close()
+		invoke = func(ctx context.Context, method string) ([]byte, error) {
+			return sdk.InvokeMethod(ctx, contract.MemoryApp, method, http.MethodGet)
+		}
+	} else {
+		sidecar := daprc.NewHTTP(*httpPort, token)
+		invoke = func(ctx context.Context, method string) ([]byte, error) {
+			status, b, err := sidecar.Invoke(ctx, contract.MemoryApp, method, http.MethodGet, nil, nil)
+			if err == nil && status != http.StatusOK {
+				err = fmt.Errorf("status %d", status)
+			}
+			return b, err
+		}
 	}
-	defer sdk.Close()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b, err := sdk.InvokeMethod(r.Context(), contract.MemoryApp, strings.TrimPrefix(r.URL.Path, "/"), http.MethodGet)
+		b, err := invoke(r.Context(), strings.TrimPrefix(r.URL.Path, "/"))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "daca hop:", err)
 			http.Error(w, "backend call failed", http.StatusBadGateway)
@@ -56,12 +75,12 @@ func hop(ctx context.Context, args []string) error {
 }
 
 // startHop runs `daca hop` as a child process and returns its base URL.
-func startHop(ctx context.Context, grpcAddr, token string) (string, *exec.Cmd, error) {
+func startHop(ctx context.Context, httpPort int, token string) (string, *exec.Cmd, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return "", nil, err
 	}
-	cmd := exec.CommandContext(ctx, self, "hop", "-grpc", grpcAddr)
+	cmd := exec.CommandContext(ctx, self, "hop", "-http-port", strconv.Itoa(httpPort))
 	cmd.Env = append(os.Environ(), "DACA_HOP_TOKEN="+token)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
