@@ -75,6 +75,21 @@ func bench(ctx context.Context, args []string) error {
 	return nil
 }
 
+// benchRunDir makes a private stack's run directory and its secret store
+// file, holding llmKey as the LLM key ("": the offline model).
+func benchRunDir(prefix, llmKey string) (dir, secrets string, err error) {
+	if dir, err = os.MkdirTemp("", prefix); err != nil {
+		return "", "", err
+	}
+	secrets = filepath.Join(dir, "secrets.json")
+	b, _ := json.Marshal(map[string]string{contract.SecretLLMKey: llmKey})
+	if err := os.WriteFile(secrets, b, 0o600); err != nil {
+		os.RemoveAll(dir)
+		return "", "", err
+	}
+	return dir, secrets, nil
+}
+
 // fanOutConfig is the fan-out measurement: runs of subs subscriptions, then
 // one of large.
 type fanOutConfig struct{ subs, runs, large int }
@@ -82,15 +97,11 @@ type fanOutConfig struct{ subs, runs, large int }
 // benchOffline measures chat turns, the gateway and its invocation paths on
 // a private stack with the offline model.
 func benchOffline(ctx context.Context, rootDir string, parts map[string]bool, turns, reads int, fan fanOutConfig, levels []int) error {
-	runDir, err := os.MkdirTemp("", "daca-bench-")
+	runDir, secrets, err := benchRunDir("daca-bench-", "")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(runDir)
-	secrets := filepath.Join(runDir, "secrets.json")
-	if err := os.WriteFile(secrets, []byte(`{"`+contract.SecretLLMKey+`": ""}`), 0o600); err != nil {
-		return err
-	}
 	fmt.Println("bench: starting a private stack (offline model, own Redis, random ports)")
 	st, err := stack.Start(ctx, stack.Config{
 		Root: rootDir, RunDir: runDir, SecretsFile: secrets, Progress: os.Stdout, LogLevel: "warn",

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -54,15 +53,11 @@ func benchStream(ctx context.Context, rootDir string, turns, subscribers int) er
 	defer srv.Close()
 	llmEnv := []string{"LOG_LEVEL=warn", "LLM_BASE_URL=http://" + ln.Addr().String() + "/v1", "LLM_MODEL=bench"}
 
-	runDir, err := os.MkdirTemp("", "daca-bench-stream-")
+	runDir, secrets, err := benchRunDir("daca-bench-stream-", key)
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(runDir)
-	secrets := filepath.Join(runDir, "secrets.json")
-	if err := os.WriteFile(secrets, []byte(`{"`+contract.SecretLLMKey+`": "`+key+`"}`), 0o600); err != nil {
-		return err
-	}
 	fmt.Println("\nbench: starting a private stack for streaming (a local provider: first token after", streamFirstToken, "then a word every", streamWordGap.String()+")")
 	st, err := stack.Start(ctx, stack.Config{
 		Root: rootDir, RunDir: runDir, SecretsFile: secrets, Progress: os.Stdout, LogLevel: "warn",

@@ -6,11 +6,25 @@ import (
 	"testing"
 	"time"
 
+	"github.com/daca-go/daca/internal/dev/stack"
 	"github.com/daca-go/daca/internal/dev/stacktest"
 	"github.com/daca-go/daca/internal/dev/testkit"
 )
 
 const chatStream = `subscription($id: ID!, $after: Int) { chatStream(instanceId: $id, after: $after) { instanceId seq delta text status done restarted toolCall { name arguments result } } }`
+
+// startTurn starts a chat turn of user with text through the first gateway
+// and returns its instance and session ids.
+func startTurn(t *testing.T, st *stack.Stack, user, text string) (id, session string) {
+	t.Helper()
+	d, errs, _ := gql(t, gqlURL(st, "gateway"), `mutation($u: ID!, $text: String!) { startChat(input: {userId: $u, text: $text}) { instanceId sessionId } }`,
+		map[string]any{"u": user, "text": text})
+	if errs != nil {
+		t.Fatal(errs)
+	}
+	run := d["startChat"].(map[string]any)
+	return run["instanceId"].(string), run["sessionId"].(string)
+}
 
 // streamed is what one chatStream subscriber received, until done.
 type streamed struct {
@@ -60,13 +74,7 @@ func follow(t *testing.T, ws *testkit.WSClient, id string, seen ...map[string]an
 // chunk gets only what follows.
 func TestChatStreamEndToEnd(t *testing.T) {
 	st := stacktest.Stack(t)
-	user := unique("streamer")
-	d, errs, _ := gql(t, gqlURL(st, "gateway"), `mutation($u: ID!) { startChat(input: {userId: $u, text: "please stream a reply to me"}) { instanceId sessionId } }`, map[string]any{"u": user})
-	if errs != nil {
-		t.Fatal(errs)
-	}
-	id := d["startChat"].(map[string]any)["instanceId"].(string)
-	session := d["startChat"].(map[string]any)["sessionId"].(string)
+	id, session := startTurn(t, st, unique("streamer"), "please stream a reply to me")
 
 	ws := testkit.DialWS(t, gqlURL(st, "gateway-2"), "graphql-transport-ws")
 	ws.Init(nil)
@@ -92,7 +100,7 @@ func TestChatStreamEndToEnd(t *testing.T) {
 	// workflow publishes just before it completes.
 	var run map[string]any
 	testkit.WaitFor(t, 10*time.Second, "chatRun COMPLETED", func() error {
-		d, errs, _ = gql(t, gqlURL(st, "gateway-2"), `query($id: ID!) { chatRun(instanceId: $id) { status reply } }`, map[string]any{"id": id})
+		d, errs, _ := gql(t, gqlURL(st, "gateway-2"), `query($id: ID!) { chatRun(instanceId: $id) { status reply } }`, map[string]any{"id": id})
 		if errs != nil {
 			return fmt.Errorf("%v", errs)
 		}
@@ -146,13 +154,10 @@ func TestChatStreamEndToEnd(t *testing.T) {
 // uses it.
 func TestChatStreamShowsTheToolCall(t *testing.T) {
 	st := stacktest.Stack(t)
-	d, errs, _ := gql(t, gqlURL(st, "gateway"), `mutation($u: ID!) { startChat(input: {userId: $u, text: "What time is it?"}) { instanceId } }`, map[string]any{"u": unique("timer")})
-	if errs != nil {
-		t.Fatal(errs)
-	}
+	id, _ := startTurn(t, st, unique("timer"), "What time is it?")
 	ws := testkit.DialWS(t, gqlURL(st, "gateway"), "graphql-transport-ws")
 	ws.Init(nil)
-	ws.Subscribe("t", chatStream, map[string]any{"id": d["startChat"].(map[string]any)["instanceId"]})
+	ws.Subscribe("t", chatStream, map[string]any{"id": id})
 	s := follow(t, ws, "t")
 	var tool map[string]any
 	for _, c := range s.chunks {
@@ -172,17 +177,12 @@ func TestChatStreamShowsTheToolCall(t *testing.T) {
 func TestCancelChat(t *testing.T) {
 	st := stacktest.Stack(t)
 	user := unique("stopper")
-	d, errs, _ := gql(t, gqlURL(st, "gateway"), `mutation($u: ID!) { startChat(input: {userId: $u, text: "a turn to stop"}) { instanceId sessionId } }`, map[string]any{"u": user})
-	if errs != nil {
-		t.Fatal(errs)
-	}
-	id := d["startChat"].(map[string]any)["instanceId"].(string)
-	session := d["startChat"].(map[string]any)["sessionId"].(string)
+	id, session := startTurn(t, st, user, "a turn to stop")
 	ws := testkit.DialWS(t, gqlURL(st, "gateway-2"), "graphql-transport-ws")
 	ws.Init(nil)
 	ws.Subscribe("c", chatStream, map[string]any{"id": id})
 	for range 2 {
-		d, errs, _ = gql(t, gqlURL(st, "gateway"), `mutation($id: ID!) { cancelChat(instanceId: $id) { instanceId status } }`, map[string]any{"id": id})
+		d, errs, _ := gql(t, gqlURL(st, "gateway"), `mutation($id: ID!) { cancelChat(instanceId: $id) { instanceId status } }`, map[string]any{"id": id})
 		if errs != nil || d["cancelChat"].(map[string]any)["status"] != "TERMINATED" {
 			t.Fatalf("cancelChat: %v %v", d, errs)
 		}
@@ -190,12 +190,12 @@ func TestCancelChat(t *testing.T) {
 	if end := follow(t, ws, "c").last(); end["status"] != "TERMINATED" || end["done"] != true {
 		t.Fatalf("the stream ended with %v", end)
 	}
-	d, _, _ = gql(t, gqlURL(st, "gateway-2"), `query($id: ID!) { chatRun(instanceId: $id) { status } }`, map[string]any{"id": id})
+	d, _, _ := gql(t, gqlURL(st, "gateway-2"), `query($id: ID!) { chatRun(instanceId: $id) { status } }`, map[string]any{"id": id})
 	if d["chatRun"].(map[string]any)["status"] != "TERMINATED" {
 		t.Fatalf("chatRun after cancel: %v", d)
 	}
 	// A later turn on the same session is remembered; the stopped one not.
-	if _, errs, _ = gql(t, gqlURL(st, "gateway"), sendMessage, map[string]any{"in": map[string]any{"userId": user, "text": "after the stop", "sessionId": session}}); errs != nil {
+	if _, errs, _ := gql(t, gqlURL(st, "gateway"), sendMessage, map[string]any{"in": map[string]any{"userId": user, "text": "after the stop", "sessionId": session}}); errs != nil {
 		t.Fatal(errs)
 	}
 	testkit.WaitFor(t, 30*time.Second, "the next turn in the history, the stopped one not", func() error {
