@@ -76,7 +76,7 @@ func run(ctx context.Context, cfg config) error {
 		Log:           log,
 		Guard:         guard,
 		Turns:         newTurnLimit(cfg, sidecar, log),
-		Runs:          graph.NewRunWatch(b.ChatRun, cfg.runPoll, log),
+		Runs:          graph.NewRunWatch(b.ReadChatRun, cfg.runPoll, log),
 		Replies:       replies.New(cfg.subscriberQueue, drop),
 	}
 	go res.Replies.Run(ctx, 10*time.Second)

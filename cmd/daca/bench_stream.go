@@ -116,12 +116,23 @@ func benchStream(ctx context.Context, rootDir string, turns, subscribers int) er
 					ID      string
 					Type    string
 					Payload struct {
-						Data struct{ ChatStream struct{ Done bool } }
+						Data   struct{ ChatStream struct{ Done bool } }
+						Errors []any
 					}
 				}
-				if json.Unmarshal(b, &m) == nil && m.Type == "next" {
+				if json.Unmarshal(b, &m) != nil {
+					continue
+				}
+				switch m.Type {
+				case "next":
+					if len(m.Payload.Errors) > 0 {
+						fmt.Fprintf(os.Stderr, "bench: chatStream subscription %s: %s\n", m.ID, b)
+						continue
+					}
 					sub, _ := strconv.Atoi(m.ID)
 					chunk(sub, m.Payload.Data.ChatStream.Done)
+				case "error":
+					fmt.Fprintf(os.Stderr, "bench: chatStream subscription %s: %s\n", m.ID, b)
 				}
 			}
 		}()

@@ -17,6 +17,7 @@ import (
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/contract"
 	"github.com/google/uuid"
+	"golang.org/x/sync/singleflight"
 )
 
 // Backend is what the resolvers call.
@@ -77,6 +78,11 @@ type Client struct {
 	Sidecar     Invocation
 	Timeout     time.Duration // per call (default 10s)
 	ChatTimeout time.Duration // sendMessage (default 75s)
+
+	// runs joins concurrent reads of one turn into one call: a thousand
+	// clients subscribing to the same turn at once ask chat-service (and
+	// its workflow engine) once.
+	runs singleflight.Group
 }
 
 func (c *Client) call(ctx context.Context, timeout time.Duration, app, method, verb string, in, out any) error {
@@ -245,9 +251,33 @@ func (c *Client) StartChat(ctx context.Context, in ChatInput) (Run, error) {
 	return Run{InstanceID: out.InstanceID, Status: contract.RunPending, UserID: in.UserID, SessionID: out.SessionID}, nil
 }
 
+// ChatRun reads a turn; concurrent reads of one turn share one call to
+// chat-service.
 func (c *Client) ChatRun(ctx context.Context, instanceID string) (*Run, error) {
+	ch := c.runs.DoChan(instanceID, func() (any, error) {
+		// The call is shared: it is not cut short when the caller that
+		// started it goes away (its own timeout still applies).
+		return c.ReadChatRun(context.WithoutCancel(ctx), instanceID)
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		run := res.Val.(*Run)
+		if run == nil {
+			return nil, nil
+		}
+		cp := *run // each caller its own copy
+		return &cp, nil
+	case <-ctx.Done():
+		return nil, apperr.Wrap(apperr.Timeout, ctx.Err(), "the request ended before chat-service answered")
+	}
+}
+
+func (c *Client) CancelChat(ctx context.Context, instanceID string) (*Run, error) {
 	var r Run
-	err := c.call(ctx, c.Timeout, contract.ChatApp, "chat/"+instanceID, http.MethodGet, nil, &r)
+	err := c.call(ctx, c.Timeout, contract.ChatApp, "chat/"+instanceID+"/cancel", http.MethodPost, nil, &r)
 	if apperr.CodeOf(err) == apperr.NotFound {
 		return nil, nil
 	}
@@ -257,9 +287,11 @@ func (c *Client) ChatRun(ctx context.Context, instanceID string) (*Run, error) {
 	return &r, nil
 }
 
-func (c *Client) CancelChat(ctx context.Context, instanceID string) (*Run, error) {
+// ReadChatRun reads a turn with a call of its own (a state read after the
+// call began, which a joined read may not be: the chatRun poller needs it).
+func (c *Client) ReadChatRun(ctx context.Context, instanceID string) (*Run, error) {
 	var r Run
-	err := c.call(ctx, c.Timeout, contract.ChatApp, "chat/"+instanceID+"/cancel", http.MethodPost, nil, &r)
+	err := c.call(ctx, c.Timeout, contract.ChatApp, "chat/"+instanceID, http.MethodGet, nil, &r)
 	if apperr.CodeOf(err) == apperr.NotFound {
 		return nil, nil
 	}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 
 	dapr "github.com/dapr/go-sdk/client"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -238,4 +239,60 @@ func TestClientOverHTTP(t *testing.T) {
 			t.Fatalf("startChat without a key sent Idempotency-Key %q; want a generated one", r.Header.Get(contract.IdempotencyHeader))
 		}
 	}
+}
+
+// gate is an Invocation whose calls wait until released, counting them.
+type gate struct {
+	mu      sync.Mutex
+	calls   int
+	release chan struct{}
+}
+
+func (g *gate) Invoke(ctx context.Context, r Request) ([]byte, error) {
+	g.mu.Lock()
+	g.calls++
+	g.mu.Unlock()
+	<-g.release
+	return []byte(`{"instance_id":"chat-1","status":"RUNNING","user_id":"ana"}`), nil
+}
+
+func (g *gate) Ping(context.Context) error { return nil }
+
+// TestChatRunReadsJoined: a hundred clients reading one turn at once make
+// one call to chat-service (a thousand subscribers of one turn once made its
+// workflow engine answer "unavailable"); each gets its own copy; a caller
+// that goes away does not cut the call short for the others; the chatRun
+// poller's read (ReadChatRun) is its own.
+func TestChatRunReadsJoined(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := &gate{release: make(chan struct{})}
+		c := &Client{Sidecar: g}
+		gone, cancel := context.WithCancel(t.Context())
+		first := make(chan error, 1)
+		go func() { _, err := c.ChatRun(gone, "chat-1"); first <- err }()
+		var wg sync.WaitGroup
+		runs := make([]*Run, 100)
+		for i := range runs {
+			wg.Add(1)
+			go func() { defer wg.Done(); runs[i], _ = c.ChatRun(t.Context(), "chat-1") }()
+		}
+		synctest.Wait() // every reader waits for the one call
+		if g.calls != 1 {
+			t.Fatalf("%d calls for 101 readers; want 1", g.calls)
+		}
+		cancel() // the first caller goes away; the call goes on for the others
+		if err := <-first; apperr.CodeOf(err) != apperr.Timeout {
+			t.Fatalf("the caller that went away got %v", err)
+		}
+		close(g.release)
+		wg.Wait()
+		for i, r := range runs {
+			if r == nil || r.Status != contract.RunRunning || i > 0 && r == runs[0] {
+				t.Fatalf("reader %d got %+v", i, r)
+			}
+		}
+		if _, err := c.ReadChatRun(t.Context(), "chat-1"); err != nil || g.calls != 2 {
+			t.Fatalf("ReadChatRun: %v, %d calls in all; want its own", err, g.calls)
+		}
+	})
 }
