@@ -256,7 +256,7 @@ func (s *srv) chatStatus(w http.ResponseWriter, r *http.Request) {
 		httpx.Error(w, r, s.log, err)
 		return
 	}
-	meta, err := s.workflows().FetchWorkflowMetadata(r.Context(), id, workflow.WithFetchPayloads(true))
+	meta, err := fetchRun(r.Context(), s.workflows(), id)
 	if err != nil {
 		if notFound(err) {
 			httpx.Error(w, r, s.log, apperr.New(apperr.NotFound, "chat turn %s not found", id))
@@ -279,7 +279,7 @@ func (s *srv) chatCancel(w http.ResponseWriter, r *http.Request) {
 	}
 	wf := s.workflows()
 	fetch := func() (*workflow.WorkflowMetadata, bool) {
-		meta, err := wf.FetchWorkflowMetadata(r.Context(), id, workflow.WithFetchPayloads(true))
+		meta, err := fetchRun(r.Context(), wf, id)
 		if err != nil {
 			if notFound(err) {
 				httpx.Error(w, r, s.log, apperr.New(apperr.NotFound, "chat turn %s not found", id))
@@ -311,4 +311,24 @@ func (s *srv) chatCancel(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	httpx.JSON(w, http.StatusOK, describe(id, meta).ChatRun)
+}
+
+// fetchRun reads a turn's workflow metadata. Read right after the turn was
+// scheduled, Dapr 1.18.2 sometimes fails with "inbox key … declared in
+// metadata but missing from state store" while the workflow's first state
+// is being saved: such a read is tried again, briefly.
+func fetchRun(ctx context.Context, wf Workflows, id string) (*workflow.WorkflowMetadata, error) {
+	var err error
+	for attempt, wait := 0, 20*time.Millisecond; attempt < 5; attempt, wait = attempt+1, wait*2 {
+		var meta *workflow.WorkflowMetadata
+		if meta, err = wf.FetchWorkflowMetadata(ctx, id, workflow.WithFetchPayloads(true)); err == nil || notFound(err) {
+			return meta, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(wait):
+		}
+	}
+	return nil, err
 }

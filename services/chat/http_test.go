@@ -31,6 +31,9 @@ type fakeWF struct {
 	scheduled  map[string]turn.Input
 	outcome    string // completed | failed | stuck | terminated
 	terminates int
+	// fetchFailures fail the first reads of a turn (as Dapr does right
+	// after scheduling: "inbox key … missing from state store").
+	fetchFailures int
 }
 
 // TerminateWorkflow stops a stuck turn.
@@ -90,6 +93,13 @@ func (f *fakeWF) meta(id string) (*workflow.WorkflowMetadata, error) {
 }
 
 func (f *fakeWF) FetchWorkflowMetadata(_ context.Context, id string, _ ...workflow.FetchWorkflowMetadataOptions) (*workflow.WorkflowMetadata, error) {
+	f.mu.Lock()
+	if f.fetchFailures > 0 {
+		f.fetchFailures--
+		f.mu.Unlock()
+		return nil, errors.New("workflow 'x': inbox key 'inbox-000000' declared in metadata (inboxLength=1) but missing from state store")
+	}
+	f.mu.Unlock()
 	return f.meta(id)
 }
 
@@ -287,5 +297,28 @@ func TestCancel(t *testing.T) {
 	s, _ := newTestServer("stuck", time.Second)
 	if w := post(s.routes(), "/chat/chat-unknown/cancel", ""); w.Code != 404 {
 		t.Fatalf("unknown turn: %d %s", w.Code, w.Body)
+	}
+}
+
+// TestStatusReadRetried: a read of a turn that fails right after it was
+// scheduled (Dapr's transient "missing from state store") is tried again;
+// one that keeps failing is 503.
+func TestStatusReadRetried(t *testing.T) {
+	for _, tt := range []struct {
+		failures, want int
+	}{{2, 200}, {50, 503}} {
+		s, f := newTestServer("stuck", time.Second)
+		h := s.routes()
+		w := post(h, "/chat/async", `{"user_id":"u","text":"hello"}`)
+		var started contract.ChatStarted
+		json.Unmarshal(w.Body.Bytes(), &started)
+		f.mu.Lock()
+		f.fetchFailures = tt.failures
+		f.mu.Unlock()
+		r := httptest.NewRecorder()
+		h.ServeHTTP(r, httptest.NewRequest(http.MethodGet, "/chat/"+started.InstanceID, nil))
+		if r.Code != tt.want {
+			t.Fatalf("%d failing reads: %d %s; want %d", tt.failures, r.Code, r.Body, tt.want)
+		}
 	}
 }

@@ -58,8 +58,8 @@ class Socket {
         const s = this.subs.get(m.id);
         if (!s) return;
         if (m.type === "next") {
-          if (m.payload.errors && !m.payload.data) { this.subs.delete(m.id); s.error(m.payload.errors[0].message); } else s.next(m.payload.data);
-        } else if (m.type === "error") { this.subs.delete(m.id); s.error((m.payload[0] || {}).message || "error"); }
+          if (m.payload.errors && !m.payload.data) { this.subs.delete(m.id); s.error(m.payload.errors[0]); } else s.next(m.payload.data);
+        } else if (m.type === "error") { this.subs.delete(m.id); s.error(m.payload[0] || { message: "error" }); }
         else if (m.type === "complete") { this.subs.delete(m.id); s.complete(); }
       };
       ws.onclose = (ev) => {
@@ -178,7 +178,16 @@ function follow(turn) {
   };
   const subscribeFrom = () => socket.subscribe(STREAM, { id: turn.instanceId, after: turn.lastSeq || null }, {
     next: onChunk,
-    error: (m) => finish(turn, "FAILED", m),
+    error: (e) => {
+      // A backend that is briefly unavailable: subscribe again (resuming
+      // after the last chunk shown), a few times.
+      const code = e.extensions && e.extensions.code;
+      if (code === "UNAVAILABLE" && (turn.retries = (turn.retries || 0) + 1) <= 3) {
+        setTimeout(() => subscribeFrom().then((u) => { turn.unsubscribe = u; }), 500 * turn.retries);
+        return;
+      }
+      finish(turn, "FAILED", e.message);
+    },
     complete: () => {},
     onReconnect: () => { if (current === turn) subscribeFrom().then((u) => { turn.unsubscribe = u; status("reconnected; resuming the reply"); }); },
   });
