@@ -311,7 +311,7 @@ func TestKustomizeOverlays(t *testing.T) {
 			// Components, their scopes, the per-replica consumer group.
 			wantScopes := map[string][]string{
 				"statestore": {"chat-service", "agent-memory-service"}, "pubsub": {"chat-service", "agent-memory-service"},
-				"gateway-pubsub": {"gateway"}, "gateway-state": {"gateway"}, "secretstore": {"chat-service", "agent-memory-service", "gateway"},
+				"gateway-pubsub": {"gateway"}, "stream-pubsub": {"chat-service"}, "gateway-state": {"gateway"}, "secretstore": {"chat-service", "agent-memory-service", "gateway"},
 			}
 			for name, scopes := range wantScopes {
 				c, ok := r.components[name]

@@ -24,6 +24,12 @@ const (
 	// a consumer group per replica (consumerID), so every replica receives
 	// every event.
 	GatewayPubSub = "gateway-pubsub"
+	// StreamPubSub is chat-service's component for the pieces of replies
+	// (TopicChatStream): the same broker, but pieces are short-lived and
+	// best effort — a small cap on Redis, transient messages without
+	// publisher confirms on RabbitMQ — so they never slow the turn nor
+	// crowd the events that must not be lost.
+	StreamPubSub = "stream-pubsub"
 	// StateStore holds profiles and history; it is also the workflow store.
 	StateStore = "statestore"
 	// GatewayStateStore is the gateway's own state store (the shared

@@ -219,7 +219,8 @@ func TestSubscriptionsBothProtocolsAndReplicas(t *testing.T) {
 func TestPubSubRunsOnTheChosenBroker(t *testing.T) {
 	st := stacktest.Stack(t)
 	want := "pubsub." + stacktest.Broker()
-	for _, name := range []string{"gateway", "gateway-2"} {
+	components := func(name string) map[string]string {
+		t.Helper()
 		r := stacktest.Do(t, http.MethodGet, st.App(name).SidecarURL()+"/v1.0/metadata", nil, "dapr-api-token", st.APIToken)
 		var md struct {
 			Components []struct{ Name, Type string } `json:"components"`
@@ -231,6 +232,13 @@ func TestPubSubRunsOnTheChosenBroker(t *testing.T) {
 		for _, c := range md.Components {
 			got[c.Name] = c.Type
 		}
+		return got
+	}
+	if got := components(contract.ChatApp); got[contract.PubSub] != want || got[contract.StreamPubSub] != want {
+		t.Fatalf("chat-service sidecar components %v; want %s and %s of type %s", got, contract.PubSub, contract.StreamPubSub, want)
+	}
+	for _, name := range []string{"gateway", "gateway-2"} {
+		got := components(name)
 		if got[contract.PubSub] != want || got[contract.GatewayPubSub] != want {
 			t.Fatalf("%s sidecar components %v; want %s and %s of type %s", name, got, contract.PubSub, contract.GatewayPubSub, want)
 		}

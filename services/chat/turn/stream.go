@@ -136,7 +136,7 @@ func (s *streamer) flushLocked(tool *contract.ToolCall) {
 	s.last = time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if err := s.pub.PublishEvent(ctx, contract.PubSub, contract.TopicChatStream, ev); err != nil {
+	if err := s.pub.PublishEvent(ctx, contract.StreamPubSub, contract.TopicChatStream, ev); err != nil {
 		s.log.Warn("publishing a piece of the reply failed; readers get it with the turn's end", "seq", ev.Seq, "err", err)
 	}
 }

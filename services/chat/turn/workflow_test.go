@@ -120,7 +120,7 @@ func (p *published) PublishEvent(_ context.Context, pubsub, topic string, data a
 	case contract.ConversationUpdated:
 		p.events = append(p.events, publishedEvent{pubsub, topic, req.Metadata[contract.CloudEventIDMetadata], ev})
 	case contract.ChatStreamed:
-		if topic != contract.TopicChatStream || pubsub != contract.PubSub {
+		if topic != contract.TopicChatStream || pubsub != contract.StreamPubSub {
 			return errors.New("a piece on " + pubsub + "/" + topic)
 		}
 		p.pieces = append(p.pieces, ev)
