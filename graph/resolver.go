@@ -30,6 +30,8 @@ type Resolver struct {
 	Runs *RunWatch
 	// Replies keeps the replies being written, for chatStream.
 	Replies *replies.Store
+
+	ends streamEnds // one watcher of a running turn's end per turn
 }
 
 // TurnLimiter limits chat turns per user (ratelimit.Limiter in one process,

@@ -431,3 +431,47 @@ func TestConversationUpdatedResumes(t *testing.T) {
 }
 
 func ptr(s string) *string { return &s }
+
+// TestChatStreamEndsWithTheTurn: however many clients stream a running
+// turn, one watcher reads it; when it fails, every stream ends with FAILED
+// and the text so far; the watcher goes with the last subscriber.
+func TestChatStreamEndsWithTheTurn(t *testing.T) {
+	f := backendtest.New()
+	f.Runs["chat-r"] = &backend.Run{InstanceID: "chat-r", Status: contract.RunRunning, UserID: "ana"}
+	r := resolver(f)
+	ctx, cancel := context.WithCancel(t.Context())
+	var streams []<-chan *model.ChatChunk
+	for range 3 {
+		ch, err := (&subscriptionResolver{r}).ChatStream(ctx, "chat-r", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		streams = append(streams, ch)
+	}
+	r.ends.mu.Lock()
+	watchers := len(r.ends.turns)
+	r.ends.mu.Unlock()
+	if watchers != 1 {
+		t.Fatalf("%d watchers for 3 streams of one turn; want 1", watchers)
+	}
+	testkit.WaitUntil(t, 5*time.Second, "the turn read by one poller", func() bool { return r.Runs.Polling() == 1 })
+	r.Replies.Add(contract.ChatStreamed{InstanceID: "chat-r", Execution: 1, Seq: 1, Delta: "half", Text: "half"})
+	f.Mu.Lock()
+	f.Runs["chat-r"] = &backend.Run{InstanceID: "chat-r", Status: contract.RunFailed, UserID: "ana"}
+	f.Mu.Unlock()
+	for i, ch := range streams {
+		var last *model.ChatChunk
+		for c := range ch {
+			last = c
+		}
+		if last == nil || !last.Done || last.Status != model.ChatStatusFailed || last.Text != "half" {
+			t.Fatalf("stream %d ended with %+v", i, last)
+		}
+	}
+	cancel()
+	testkit.WaitUntil(t, 5*time.Second, "the watcher gone with its subscribers", func() bool {
+		r.ends.mu.Lock()
+		defer r.ends.mu.Unlock()
+		return len(r.ends.turns) == 0 && r.Runs.Polling() == 0
+	})
+}

@@ -78,22 +78,29 @@ func (r *Resolver) resumeConversations(ctx context.Context, after eventKey, sess
 			missed = append(missed, ev)
 		}
 	}
-	slices.SortStableFunc(missed, func(a, b *model.ConversationEvent) int {
-		ka, kb := keyOf(a), keyOf(b)
+	type keyed struct {
+		k  eventKey
+		ev *model.ConversationEvent
+	}
+	order := make([]keyed, len(missed))
+	for i, ev := range missed {
+		order[i] = keyed{keyOf(ev), ev}
+	}
+	slices.SortStableFunc(order, func(a, b keyed) int {
 		switch {
-		case ka.less(kb):
+		case a.k.less(b.k):
 			return -1
-		case kb.less(ka):
+		case b.k.less(a.k):
 			return 1
 		}
 		return 0
 	})
 	replayed := map[string]bool{}
-	out := make(chan *model.ConversationEvent, len(missed)+1)
-	for _, ev := range missed {
-		if !replayed[ev.EventID] {
-			replayed[ev.EventID] = true
-			out <- ev
+	out := make(chan *model.ConversationEvent, len(order)+1)
+	for _, o := range order {
+		if !replayed[o.ev.EventID] {
+			replayed[o.ev.EventID] = true
+			out <- o.ev
 		}
 	}
 	go func() {

@@ -287,18 +287,9 @@ func (r *subscriptionResolver) MemoryUpdated(ctx context.Context, userID string)
 
 // ChatRun is the resolver for the chatRun field.
 func (r *subscriptionResolver) ChatRun(ctx context.Context, instanceID string) (<-chan *model.ChatRun, error) {
-	if err := contract.CheckID("instanceId", instanceID); err != nil {
-		return nil, err
-	}
-	first, err := r.Backend.ChatRun(ctx, instanceID)
+	first, err := r.ownRun(ctx, instanceID) // unknown, or another user's: the same NOT_FOUND
 	if err != nil {
 		return nil, err
-	}
-	if first, err = r.visibleRun(ctx, first); err != nil {
-		return nil, err
-	}
-	if first == nil { // unknown, or another user's: the same answer
-		return nil, apperr.New(apperr.NotFound, "chat turn %s not found", instanceID)
 	}
 	return r.Runs.Follow(ctx, *first), nil
 }
@@ -324,13 +315,7 @@ func (r *subscriptionResolver) ChatStream(ctx context.Context, instanceID string
 	// The turn's end comes fastest with its conversation event; reading the
 	// turn (one reader per turn, shared with chatRun) also ends the stream of
 	// a turn that failed or was stopped, or whose event this replica missed.
-	go func() {
-		for st := range r.Runs.Follow(ctx, *run) {
-			if st.Status != model.ChatStatusPending && st.Status != model.ChatStatusRunning && st.Status != model.ChatStatusSuspended {
-				r.Replies.Finish(instanceID, st.Status, deref(st.Reply), false)
-			}
-		}
-	}()
+	r.watchEnd(ctx, *run)
 	return chunks, nil
 }
 

@@ -24,7 +24,8 @@ type Broker[T any] struct {
 	dropped   atomic.Uint64
 
 	rmu    sync.Mutex
-	recent []T // the last keep events published, oldest first
+	recent []T // a ring of the last keep events published
+	next   int // where the next one goes once the ring is full
 	keep   int
 }
 
@@ -41,7 +42,8 @@ func (b *Broker[T]) Recent(match func(T) bool) []T {
 	b.rmu.Lock()
 	defer b.rmu.Unlock()
 	var out []T
-	for _, ev := range b.recent {
+	for i := range b.recent {
+		ev := b.recent[(b.next+i)%len(b.recent)] // oldest first
 		if match == nil || match(ev) {
 			out = append(out, ev)
 		}
@@ -105,10 +107,12 @@ func (b *Broker[T]) remove(s *sub[T], slow bool) {
 func (b *Broker[T]) Publish(ev T) int {
 	if b.keep > 0 {
 		b.rmu.Lock()
-		if len(b.recent) == b.keep {
-			b.recent = append(b.recent[:0], b.recent[1:]...)
+		if len(b.recent) < b.keep {
+			b.recent = append(b.recent, ev)
+		} else {
+			b.recent[b.next] = ev
+			b.next = (b.next + 1) % b.keep
 		}
-		b.recent = append(b.recent, ev)
 		b.rmu.Unlock()
 	}
 	var slow []*sub[T]

@@ -3,6 +3,7 @@ package fanout
 import (
 	"context"
 	"runtime"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -132,4 +133,31 @@ func TestConcurrentPublishAndCancel(t *testing.T) {
 		b.Publish(i)
 	}
 	wg.Wait()
+}
+
+// TestKeepRecent: the broker remembers the last n events published, oldest
+// first, whether anyone subscribed or not.
+func TestKeepRecent(t *testing.T) {
+	tests := []struct {
+		keep, published int
+		match           func(int) bool
+		want            []int
+	}{
+		{3, 2, nil, []int{1, 2}},
+		{3, 5, nil, []int{3, 4, 5}},
+		{3, 7, nil, []int{5, 6, 7}},
+		{4, 9, func(v int) bool { return v%2 == 0 }, []int{6, 8}},
+	}
+	for _, tt := range tests {
+		b := New[int](1, nil).KeepRecent(tt.keep)
+		for v := 1; v <= tt.published; v++ {
+			b.Publish(v)
+		}
+		if got := b.Recent(tt.match); !slices.Equal(got, tt.want) {
+			t.Errorf("keep %d, published %d: %v; want %v", tt.keep, tt.published, got, tt.want)
+		}
+	}
+	if got := New[int](1, nil).Recent(nil); got != nil {
+		t.Errorf("without KeepRecent: %v", got)
+	}
 }

@@ -109,8 +109,9 @@ func (s *Server) Handler() http.Handler {
 	r.Handle("/metrics", s.obs.handler())
 	r.Handle("/", playground.Page("DACA Gateway", "/graphql"))
 	r.Handle(playground.AssetsPath+"*", playground.Assets())
-	r.Handle(chatpage.Path, chatpage.Handler())
-	r.Handle(chatpage.Path+"/*", chatpage.Handler())
+	chat := chatpage.Handler()
+	r.Handle(chatpage.Path, chat)
+	r.Handle(chatpage.Path+"/*", chat)
 	r.Handle("/graphql", s.guardHTTP(withConnSlot(s.graphQL())))
 	r.Group(func(r chi.Router) {
 		r.Use(httpx.AppToken(s.cfg.AppToken))

@@ -125,7 +125,7 @@ func (s *srv) parse(w http.ResponseWriter, r *http.Request) (turn.Input, string,
 // idempotency key started.
 func (s *srv) start(ctx context.Context, wf Workflows, id string, in turn.Input, idempotent bool) error {
 	if idempotent {
-		if _, err := wf.FetchWorkflowMetadata(ctx, id); err == nil {
+		if _, err := fetchRun(ctx, wf, id); err == nil {
 			logging.From(ctx, s.log).Info("idempotent retry: returning the existing chat turn", "workflow_instance_id", id)
 			return nil
 		} else if !notFound(err) {

@@ -56,6 +56,18 @@ func chromium(t *testing.T) context.Context {
 	return ctx
 }
 
+// pollPage waits (30 s at most) until js, run in the page, returns a
+// string, and returns it; otherwise the test fails with the page's HTML.
+func pollPage(t *testing.T, ctx context.Context, what, js string) string {
+	t.Helper()
+	got, err := chromedp.Run(ctx, chromedp.Poll[string](js, chromedp.WithPollingTimeout(30*time.Second)))
+	if err != nil {
+		html, _ := chromedp.Run(ctx, chromedp.OuterHTML("body"))
+		t.Fatalf("%s: %v\npage: %.3000s", what, err, html)
+	}
+	return got
+}
+
 func TestPlaygroundRunsAQuery(t *testing.T) {
 	st := stacktest.Stack(t)
 	ctx := chromium(t)
@@ -63,21 +75,15 @@ func TestPlaygroundRunsAQuery(t *testing.T) {
 	query := fmt.Sprintf(`{ memory(userId: %q) { userId userSummary } health { llm } }`, user)
 	page := st.App("gateway").AppURL() + "/?query=" + url.QueryEscape(query)
 
-	err := chromedp.Do(ctx,
+	if err := chromedp.Do(ctx,
 		chromedp.Navigate(page),
 		chromedp.WaitVisible(`.graphiql-execute-button`),
 		chromedp.Click(`.graphiql-execute-button`),
-	)
-	var result string
-	if err == nil {
-		result, err = chromedp.Run(ctx, chromedp.Poll[string](
-			`(() => { const r = document.querySelector('.graphiql-response'); return r && r.innerText.includes('userSummary') ? r.innerText : null })()`,
-			chromedp.WithPollingTimeout(30*time.Second)))
+	); err != nil {
+		t.Fatal(err)
 	}
-	if err != nil {
-		html, _ := chromedp.Run(ctx, chromedp.OuterHTML("body"))
-		t.Fatalf("playground: %v\npage: %.2000s", err, html)
-	}
+	result := pollPage(t, ctx, "playground",
+		`(() => { const r = document.querySelector('.graphiql-response'); return r && r.innerText.includes('userSummary') ? r.innerText : null })()`)
 	for _, want := range []string{user + " is a new user.", `"llm": "offline"`} {
 		if !strings.Contains(result, want) {
 			t.Fatalf("result pane %q lacks %q", result, want)
@@ -116,19 +122,10 @@ func TestPlaygroundSubscriptionAndMutation(t *testing.T) {
 	); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := chromedp.Run(tab, chromedp.Poll[string](
-		`(() => { const r = document.querySelector('.graphiql-response'); return r && r.innerText.includes('hello from the browser') ? r.innerText : null })()`,
-		chromedp.WithPollingTimeout(30*time.Second))); err != nil {
-		t.Fatalf("mutation result: %v", err)
-	}
+	const sent = `(() => { const r = document.querySelector('.graphiql-response'); return r && r.innerText.includes('hello from the browser') ? r.innerText : null })()`
+	pollPage(t, tab, "mutation result", sent)
 	// The first tab shows the event.
-	got, err := chromedp.Run(ctx, chromedp.Poll[string](
-		`(() => { const r = document.querySelector('.graphiql-response'); return r && r.innerText.includes('hello from the browser') ? r.innerText : null })()`,
-		chromedp.WithPollingTimeout(30*time.Second)))
-	if err != nil {
-		html, _ := chromedp.Run(ctx, chromedp.OuterHTML("body"))
-		t.Fatalf("subscription result: %v\npage: %.1500s", err, html)
-	}
+	got := pollPage(t, ctx, "subscription result", sent)
 	if !strings.Contains(got, session) || !strings.Contains(got, "assistantReply") {
 		t.Fatalf("subscription pane = %q", got)
 	}
@@ -199,11 +196,7 @@ func TestPlaygroundDocsListTheSchema(t *testing.T) {
 		if (q) { q.click(); return null; }
 		return d.innerText.includes('memory') ? d.innerText : null;
 	})()`
-	got, err := chromedp.Run(ctx, chromedp.Poll[string](open, chromedp.WithPollingTimeout(30*time.Second)))
-	if err != nil {
-		html, _ := chromedp.Run(ctx, chromedp.OuterHTML("body"))
-		t.Fatalf("docs pane: %v\npage: %.3000s", err, html)
-	}
+	got := pollPage(t, ctx, "docs pane", open)
 	for _, want := range []string{"memory", "sessions", "chatRun"} {
 		if !strings.Contains(got, want) {
 			t.Fatalf("docs pane %q lacks %q", got, want)
@@ -264,15 +257,7 @@ func TestChatPage(t *testing.T) {
 		}
 	}
 	ctx := chromium(t)
-	poll := func(what, js string) string {
-		t.Helper()
-		got, err := chromedp.Run(ctx, chromedp.Poll[string](js, chromedp.WithPollingTimeout(30*time.Second)))
-		if err != nil {
-			html, _ := chromedp.Run(ctx, chromedp.OuterHTML("body"))
-			t.Fatalf("%s: %v\npage: %.3000s", what, err, html)
-		}
-		return got
-	}
+	poll := func(what, js string) string { t.Helper(); return pollPage(t, ctx, what, js) }
 	if err := chromedp.Do(ctx,
 		chromedp.EmulateViewport(600, 400),
 		chromedp.Navigate(fmt.Sprintf("%s/chat?user=%s&session=%s&page=3", gw, user, session)),
