@@ -56,9 +56,10 @@ type turn struct {
 }
 
 type sub struct {
-	ctx  context.Context
-	ch   chan *model.ChatChunk
-	once sync.Once
+	ctx   context.Context
+	ch    chan *model.ChatChunk
+	after int // the client has the chunks up to this seq
+	once  sync.Once
 }
 
 // New returns a store whose subscribers buffer up to buf chunks (beyond
@@ -192,6 +193,15 @@ func (s *Store) Finish(id string, status model.ChatStatus, reply string, known b
 
 func (s *Store) deliverLocked(t *turn, c *model.ChatChunk) {
 	for sb := range t.subs {
+		c := c
+		if c.Seq <= sb.after { // numbered as the client has it already (another replica's count)
+			if !c.Done {
+				continue
+			}
+			end := *c
+			end.Delta = ""
+			c = &end
+		}
 		select {
 		case sb.ch <- c:
 		default:
@@ -242,7 +252,7 @@ func (s *Store) Subscribe(ctx context.Context, id string, after int) <-chan *mod
 		close(ch)
 		return ch
 	}
-	sb := &sub{ctx: ctx, ch: ch}
+	sb := &sub{ctx: ctx, ch: ch, after: after}
 	t.subs[sb] = struct{}{}
 	context.AfterFunc(ctx, func() {
 		s.mu.Lock()

@@ -80,6 +80,10 @@ func TestOrderAndReplay(t *testing.T) {
 			[]got{{3, "w1 w2 w3 ", false, false}, {4, "w4 ", false, false}}},
 		{"resume after the end", 3, true, []contract.ChatStreamed{piece(1, 1), piece(1, 2)}, "w1 w2 ",
 			[]got{{3, "", true, false}}},
+		{"after ahead of this replica: only what follows it, and the end", 3, false, []contract.ChatStreamed{piece(1, 1), piece(1, 2), piece(1, 3), piece(1, 4)}, "w1 w2 w3 w4 ",
+			[]got{{4, "w4 ", false, false}, {5, "", true, false}}},
+		{"the end numbered below after", 9, false, []contract.ChatStreamed{piece(1, 1)}, "w1 ",
+			[]got{{2, "", true, false}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
