@@ -76,8 +76,12 @@ daca: dapr
 	@$(GO) build -o $(DACA) ./cmd/daca
 
 ## bench: chat turns and memory reads end to end on a private stack; prints a table.
+## BENCH_BASELINE is the revision measured beside today's code in the same run: its
+## gateway, and its apps on its own Dapr release (1.16.5 with the patched engine, built
+## once into .bin/baseline-<rev>, several minutes) and on today's. BENCH_BASELINE= skips it.
+BENCH_BASELINE ?= bedd00a
 bench: daca
-	@$(DACA) bench
+	@$(DACA) bench $(if $(BENCH_BASELINE),-baseline $(BENCH_BASELINE))
 
 ## images: the three container images (needs a Docker engine). Image names
 ## and the tag are set here; docker-compose.yml and deploy/k8s use the same

@@ -36,6 +36,7 @@ func bench(ctx context.Context, args []string) error {
 	fanoutLarge := fs.Int("fanout-large", 50000, "subscriptions of one more fan-out run on a fresh gateway process (0: none)")
 	streamTurns := fs.Int("stream-turns", 30, "chat turns of the time-to-first-token measurement")
 	streamSubs := fs.Int("stream-subscribers", 1000, "subscribers of the one streamed turn")
+	baseRev := fs.String("baseline", "", "a git revision of this repository measured beside today's code in the same rounds: its gateway in the gateway part, its apps on its own Dapr release and on today's in the turns part; \"\": none")
 	partsFlag := fs.String("parts", "turns,gateway,fanout,invocation,stream", "what to measure, comma separated: turns (chat turns and the sidecar floor), gateway (the gateway against its sidecar), fanout (one event to many subscriptions), invocation (the gateway's two paths to its sidecar), stream (time to first token and one turn streamed to many, on a stack of its own with a local provider)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -64,8 +65,14 @@ func bench(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	var base *baseline
+	if *baseRev != "" && (parts["turns"] || parts["gateway"]) {
+		if base, err = openBaseline(ctx, rootDir, *baseRev); err != nil {
+			return err
+		}
+	}
 	if parts["turns"] || parts["gateway"] || parts["fanout"] || parts["invocation"] {
-		if err := benchOffline(ctx, rootDir, parts, *turns, *reads, fanOutConfig{*subs, *fanoutRuns, *fanoutLarge}, levels); err != nil {
+		if err := benchOffline(ctx, rootDir, parts, *turns, *reads, fanOutConfig{*subs, *fanoutRuns, *fanoutLarge}, levels, base); err != nil {
 			return err
 		}
 	}
@@ -96,21 +103,30 @@ type fanOutConfig struct{ subs, runs, large int }
 
 // benchOffline measures chat turns, the gateway and its invocation paths on
 // a private stack with the offline model.
-func benchOffline(ctx context.Context, rootDir string, parts map[string]bool, turns, reads int, fan fanOutConfig, levels []int) error {
+func benchOffline(ctx context.Context, rootDir string, parts map[string]bool, turns, reads int, fan fanOutConfig, levels []int, base *baseline) error {
 	runDir, secrets, err := benchRunDir("daca-bench-", "")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(runDir)
+	apps := []stack.App{
+		stack.Memory.App("LOG_LEVEL=warn"),
+		stack.Chat.App("LOG_LEVEL=warn", "LLM_OFFLINE_TOKEN_DELAY=0", "PPROF_ADDR="+os.Getenv("DACA_BENCH_CHAT_PPROF")), // as before streaming: the turn rate compares
+		stack.Gateway.App("LOG_LEVEL=warn", "RATE_LIMIT_PER_MINUTE=0", "SUBSCRIBER_QUEUE=16", "PPROF_ADDR="+os.Getenv("DACA_BENCH_PPROF")),
+		stack.Gateway.Named("gateway-grpc", "LOG_LEVEL=warn", "RATE_LIMIT_PER_MINUTE=0", "BACKEND_INVOCATION=grpc"),
+	}
+	if base != nil && parts["gateway"] {
+		bin, err := base.gateway(ctx, filepath.Join(runDir, "bin"))
+		if err != nil {
+			return err
+		}
+		old := stack.Gateway.Named(baselineApp, "LOG_LEVEL=warn", "RATE_LIMIT_PER_MINUTE=0")
+		old.Command = []string{bin}
+		apps = append(apps, old)
+	}
 	fmt.Println("bench: starting a private stack (offline model, own Redis, random ports)")
 	st, err := stack.Start(ctx, stack.Config{
-		Root: rootDir, RunDir: runDir, SecretsFile: secrets, Progress: os.Stdout, LogLevel: "warn",
-		Apps: []stack.App{
-			stack.Memory.App("LOG_LEVEL=warn"),
-			stack.Chat.App("LOG_LEVEL=warn", "LLM_OFFLINE_TOKEN_DELAY=0"), // as before streaming: the turn rate compares
-			stack.Gateway.App("LOG_LEVEL=warn", "RATE_LIMIT_PER_MINUTE=0", "SUBSCRIBER_QUEUE=16", "PPROF_ADDR="+os.Getenv("DACA_BENCH_PPROF")),
-			stack.Gateway.Named("gateway-grpc", "LOG_LEVEL=warn", "RATE_LIMIT_PER_MINUTE=0", "BACKEND_INVOCATION=grpc"),
-		},
+		Root: rootDir, RunDir: runDir, SecretsFile: secrets, Progress: os.Stdout, LogLevel: "warn", Apps: apps,
 	})
 	if err != nil {
 		return err
@@ -149,6 +165,11 @@ func benchOffline(ctx context.Context, rootDir string, parts map[string]bool, tu
 
 	if err := benchTurns(ctx, parts["turns"], chatOnce, readOnce, &seq, turns, reads, st); err != nil {
 		return err
+	}
+	if parts["turns"] && base != nil {
+		if err := benchReleases(ctx, st, call, base, turns); err != nil {
+			return err
+		}
 	}
 	if parts["gateway"] {
 		if err := benchGateway(ctx, st, call, reads, levels); err != nil {

@@ -55,6 +55,22 @@ func benchGateway(ctx context.Context, st *stack.Stack, call func(method, url st
 		},
 		func() error { return call(http.MethodGet, hopURL, nil) },
 	}
+	// The baseline: the gateway of an older revision (daca bench -baseline),
+	// on a sidecar of its own, in the same rounds.
+	base := st.App(baselineApp)
+	if base != nil {
+		baseGQL := base.AppURL() + "/graphql"
+		paths = append(paths, func() error { return call(http.MethodPost, baseGQL, query) })
+	}
+	watch := func(p int) (int, int) {
+		switch p {
+		case 3:
+			return hopCmd.Process.Pid, gw.Daprd.Pid()
+		case 4:
+			return base.AppCmd.Pid(), base.Daprd.Pid()
+		}
+		return gw.AppCmd.Pid(), gw.Daprd.Pid()
+	}
 	// Warm every path (connections, pools, caches) before measuring any.
 	for _, p := range paths {
 		load(p, 500, 16)
@@ -62,27 +78,44 @@ func benchGateway(ctx context.Context, st *stack.Stack, call func(method, url st
 	fmt.Println()
 	fmt.Println("bench: memory(userId) through the gateway vs the same read through the gateway's sidecar (alternating rounds)")
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "clients\tgateway req/s\tsidecar req/s\tthroughput kept\tgateway p50\tsidecar p50\tp50 added\tgateway p99\tsidecar p99\tgo-sdk p50\tbare hop: kept\tbare hop: p50 added\tgateway over bare hop (p50)\tgateway CPU/req\ttargets\t")
+	head := "clients\tgateway req/s\tsidecar req/s\tthroughput kept\tgateway p50\tsidecar p50\tp50 added\tgateway p99\tsidecar p99\tgo-sdk p50\tbare hop: kept\tbare hop: p50 added\tgateway over bare hop (p50)\tbare hop CPU/req\tgateway CPU/req\t"
+	if base != nil {
+		head += "baseline req/s\tbaseline p50\tbaseline CPU/req\tCPU/req of baseline's\t"
+	}
+	fmt.Fprintln(tw, head+"targets\t")
 	for _, conc := range levels {
 		n := reads
 		if conc == 1 {
 			n = max(reads/4, 50)
 		}
-		m := interleaved(paths, n, conc, func(int) (int, int) { return gw.AppCmd.Pid(), gw.Daprd.Pid() })
+		m := interleaved(paths, n, conc, watch)
 		g, d, k, h := m[0], m[1], m[2], m[3]
 		if g.errs+d.errs+k.errs+h.errs > 0 {
 			return fmt.Errorf("bench: %d gateway, %d sidecar, %d go-sdk and %d bare-hop errors", g.errs, d.errs, k.errs, h.errs)
+		}
+		baseCols := ""
+		cpu := g.cpuPerReq(g.cpu)
+		third := true
+		if base != nil {
+			b := m[4]
+			if b.errs > 0 {
+				return fmt.Errorf("bench: %d errors of the baseline gateway", b.errs)
+			}
+			bcpu := b.cpuPerReq(b.cpu)
+			share := 100 * float64(cpu) / float64(max(bcpu, 1))
+			third = share <= 100.0/3
+			baseCols = fmt.Sprintf("%.0f\t%s\t%d µs\t%.0f%%\t", b.rate(), ms(pct(b.lat, 50)), bcpu.Microseconds(), share)
 		}
 		grate, drate := g.rate(), d.rate()
 		kept, added := 100*grate/drate, 100*(float64(pct(g.lat, 50))/float64(pct(d.lat, 50))-1)
 		verdict := "met"
 		overHop := pct(g.lat, 50) - pct(h.lat, 50)
-		if math.Round(kept) < 75 || math.Round(added) > 30 || overHop > hopTarget(conc) {
+		if math.Round(kept) < 75 || math.Round(added) > 30 || overHop > hopTarget(conc) || !third {
 			verdict = "missed"
 		}
-		fmt.Fprintf(tw, "%d\t%.0f\t%.0f\t%.0f%%\t%s\t%s\t%+.0f%%\t%s\t%s\t%s\t%.0f%%\t%+.0f%%\t%+d µs\t%d µs\t%s\t\n", conc, grate, drate, kept,
+		fmt.Fprintf(tw, "%d\t%.0f\t%.0f\t%.0f%%\t%s\t%s\t%+.0f%%\t%s\t%s\t%s\t%.0f%%\t%+.0f%%\t%+d µs\t%d µs\t%d µs\t%s%s\t\n", conc, grate, drate, kept,
 			ms(pct(g.lat, 50)), ms(pct(d.lat, 50)), added, ms(pct(g.lat, 99)), ms(pct(d.lat, 99)),
-			ms(pct(k.lat, 50)), 100*h.rate()/drate, 100*(float64(pct(h.lat, 50))/float64(pct(d.lat, 50))-1), overHop.Microseconds(), g.cpu.Microseconds()/int64(max(len(g.lat), 1)), verdict)
+			ms(pct(k.lat, 50)), 100*h.rate()/drate, 100*(float64(pct(h.lat, 50))/float64(pct(d.lat, 50))-1), overHop.Microseconds(), h.cpuPerReq(h.cpu).Microseconds(), cpu.Microseconds(), baseCols, verdict)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -92,7 +125,10 @@ func benchGateway(ctx context.Context, st *stack.Stack, call func(method, url st
 	fmt.Println("go-sdk p50: the go-sdk's call over the sidecar's gRPC API (BACKEND_INVOCATION=grpc) made straight from the load generator;")
 	fmt.Println("bare hop: a process that only makes the gateway's call (the sidecar's HTTP API) and writes back the answer (no GraphQL), against the sidecar path:")
 	fmt.Println("  what any separate gateway process costs on this machine; gateway over bare hop: what the gateway itself adds;")
-	fmt.Println("gateway CPU/req: CPU time of the gateway process per request")
+	fmt.Println("gateway CPU/req, bare hop CPU/req: CPU time of the process per request")
+	if base != nil {
+		fmt.Println("baseline: the gateway of the -baseline revision on a sidecar of its own, in the same rounds; CPU/req of baseline's: today's gateway CPU per request as a share of the baseline's (target ≤ 33%)")
+	}
 	return nil
 }
 

@@ -28,9 +28,13 @@ import (
 
 // Config describes a stack.
 type Config struct {
-	Root        string // repository root (tools/dapr, components/)
-	RunDir      string // logs, data, name-resolution database
-	Components  string // Dapr resources directory; default Root/components
+	Root       string // repository root (tools/dapr, components/)
+	RunDir     string // logs, data, name-resolution database
+	Components string // Dapr resources directory; default Root/components
+
+	// Bins are Dapr binaries to run instead of the project's release
+	// (built under Root/.bin when needed): another release, to compare.
+	Bins        *toolchain.Bins
 	SecretsFile string // local secret store file; default Root/secrets.json
 
 	RedisAddr    string // an existing Redis (host:port); "" starts one
@@ -153,11 +157,15 @@ func (c *Config) defaults() error {
 
 func (s *Stack) start(ctx context.Context) error {
 	c := &s.cfg
-	bins, err := toolchain.EnsureDapr(ctx, c.Root, c.Progress)
-	if err != nil {
-		return err
+	if c.Bins != nil {
+		s.Bins = *c.Bins
+	} else {
+		bins, err := toolchain.EnsureDapr(ctx, c.Root, c.Progress)
+		if err != nil {
+			return err
+		}
+		s.Bins = bins
 	}
-	s.Bins = bins
 	for _, d := range []string{c.RunDir, filepath.Join(c.RunDir, "logs")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err
@@ -206,6 +214,7 @@ func (s *Stack) start(ctx context.Context) error {
 			return err
 		}
 	}
+	var err error
 	if s.resources, err = c.resourcesDir(); err != nil {
 		return err
 	}

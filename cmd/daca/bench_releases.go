@@ -1,0 +1,119 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+
+	"github.com/daca-go/daca/internal/contract"
+	"github.com/daca-go/daca/internal/dev/stack"
+	"github.com/daca-go/daca/internal/dev/toolchain"
+)
+
+// benchReleases measures chat turns of today's apps on the project's Dapr
+// release (the stack st) against the baseline's apps on the baseline's own
+// Dapr release and on the project's, each on a stack of its own, in
+// alternating rounds: the first pair compares what a user sees, the second
+// separates what the runtime changed from what the apps did.
+func benchReleases(ctx context.Context, st *stack.Stack, call func(method, url string, body []byte) error, base *baseline, turns int) error {
+	oldBins, err := base.dapr(ctx)
+	if err != nil {
+		return err
+	}
+	type variant struct {
+		name string
+		st   *stack.Stack
+	}
+	variants := []variant{{"today's apps (" + daprdLabel(st.Bins.Daprd) + ")", st}}
+	for _, bins := range []toolchain.Bins{oldBins, st.Bins} {
+		runDir, secrets, err := benchRunDir("daca-bench-base-", "")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(runDir)
+		fmt.Printf("\nbench: starting the apps of %s on %s\n", base.rev, daprdLabel(bins.Daprd))
+		s, err := stack.Start(ctx, stack.Config{
+			Root: base.dir, RunDir: runDir, SecretsFile: secrets, Progress: os.Stdout, LogLevel: "warn", Bins: &bins, APIToken: st.APIToken,
+			Apps: []stack.App{stack.Memory.App("LOG_LEVEL=warn"), stack.Chat.App("LOG_LEVEL=warn")},
+		})
+		if err != nil {
+			return fmt.Errorf("bench: the apps of %s on %s: %w", base.rev, daprdLabel(bins.Daprd), err)
+		}
+		defer s.Stop()
+		variants = append(variants, variant{"apps of " + base.rev + " (" + daprdLabel(bins.Daprd) + ")", s})
+	}
+	var seq atomic.Int64
+	paths := make([]func() error, len(variants))
+	firstErr := make([]error, len(variants))
+	var errMu sync.Mutex
+	for i, v := range variants {
+		url := v.st.App(contract.ChatApp).SidecarURL() + "/v1.0/invoke/" + contract.ChatApp + "/method/chat"
+		paths[i] = func() error {
+			n := seq.Add(1)
+			b, _ := json.Marshal(map[string]any{"user_id": "bench-user", "text": fmt.Sprintf("hello %d", n),
+				"metadata": map[string]string{"session_id": fmt.Sprintf("release-%d", n%64)}})
+			err := call(http.MethodPost, url, b)
+			if err != nil {
+				errMu.Lock()
+				if firstErr[i] == nil {
+					firstErr[i] = err
+				}
+				errMu.Unlock()
+			}
+			return err
+		}
+		load(paths[i], 10, 4) // warm up
+	}
+	watch := func(p int) (int, int) {
+		c := variants[p].st.App(contract.ChatApp)
+		return c.AppCmd.Pid(), c.Daprd.Pid()
+	}
+	fmt.Println()
+	fmt.Println("bench: chat turns, today's apps and Dapr against the baseline's, alternating rounds")
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "apps (Dapr)\tclients\tturns\tper second\tp50\tp99\tchat-service CPU/turn\tits sidecar CPU/turn\terrors\t")
+	for _, conc := range []int{1, 16} {
+		n := turns
+		if conc == 1 {
+			n = max(turns/4, 32)
+		}
+		m := interleaved(paths, n, conc, watch)
+		for i, r := range m {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%s\t%s\t%d µs\t%d µs\t%d\t\n", variants[i].name, conc, len(r.lat), r.rate(),
+				ms(pct(r.lat, 50)), ms(pct(r.lat, 99)), r.cpuPerReq(r.cpu).Microseconds(), r.cpuPerReq(r.cpu2).Microseconds(), r.errs)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	tw.Flush()
+	for i, err := range firstErr {
+		if err != nil {
+			return fmt.Errorf("bench: %s: %w", variants[i].name, err)
+		}
+	}
+	fmt.Println("each on a stack of its own (Redis, placement, scheduler, two apps and their sidecars); the stacks not measured in a round sit idle")
+	return nil
+}
+
+// daprdLabel is "Dapr " and what daprd --version prints.
+func daprdLabel(daprd string) string {
+	return "Dapr " + daprdVersion(daprd)
+}
+
+// daprdVersion is what daprd --version prints ("?" when it does not run).
+func daprdVersion(daprd string) string {
+	out, err := exec.Command(daprd, "--version").Output()
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(string(bytes.SplitN(out, []byte("\n"), 2)[0]))
+}
