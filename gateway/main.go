@@ -33,7 +33,6 @@ type config struct {
 	chatTimeout     time.Duration
 	subscriberQueue int
 	runPoll         time.Duration
-	pprofAddr       string
 	apqStore        string        // APQ_STORE: where persisted queries are kept ("": this replica's memory)
 	apqTTL          time.Duration // APQ_TTL
 	http            server.Config
@@ -59,7 +58,6 @@ func loadConfig() (config, error) {
 		chatTimeout:     r.Duration("CHAT_TIMEOUT", 60*time.Second) + 15*time.Second,
 		subscriberQueue: r.Int("SUBSCRIBER_QUEUE", 64, 1, 100000),
 		runPoll:         250 * time.Millisecond,
-		pprofAddr:       r.String("PPROF_ADDR", ""),
 		apqStore:        r.String("APQ_STORE", contract.GatewayStateStore),
 		apqTTL:          r.Duration("APQ_TTL", 24*time.Hour),
 		http: server.Config{

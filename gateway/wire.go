@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
-	_ "net/http/pprof"
 	"time"
 
 	dapr "github.com/dapr/go-sdk/client"
@@ -87,12 +85,7 @@ func run(ctx context.Context, cfg config) error {
 	cfg.http.Ready = func(ctx context.Context) error { return ready(b.Health(ctx)) }
 	srv := server.New(cfg.http, res, log)
 
-	if cfg.pprofAddr != "" { // profiling, for operators; bind it to loopback
-		go func() {
-			log.Info("pprof listening", "addr", cfg.pprofAddr)
-			_ = http.ListenAndServe(cfg.pprofAddr, http.DefaultServeMux)
-		}()
-	}
+	service.ServePprof(cfg.PprofAddr, log)
 	log.Info("ready", "auth_mode", cfg.authMode, "backend_invocation", cfg.invocation, "graphql", fmt.Sprintf("http://%s/graphql", ln.Addr()))
 	return service.Serve(ctx, ln, srv.Handler(), 10*time.Second, log, srv.CloseWebsockets)
 }

@@ -46,7 +46,7 @@ type Config struct {
 	OfflineDelay  time.Duration // offline model answers after this long (LLM_OFFLINE_DELAY)
 	// OfflineTokenDelay is the offline model's pause between the words of a
 	// streamed reply (LLM_OFFLINE_TOKEN_DELAY, default 20ms: a reply is seen
-	// being written).
+	// being written; 0: the whole reply in one piece).
 	OfflineTokenDelay time.Duration
 }
 

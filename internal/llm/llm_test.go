@@ -18,7 +18,7 @@ var fixed = time.Date(2026, 11, 29, 3, 4, 5, 0, time.UTC)
 
 func offline(t *testing.T) *Client {
 	t.Helper()
-	c, err := New(t.Context(), Config{Model: "m"}, StaticKey(""), testkit.Quiet())
+	c, err := New(t.Context(), Config{Model: "m", OfflineTokenDelay: time.Microsecond}, StaticKey(""), testkit.Quiet())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,6 +78,20 @@ func TestOfflineChat(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestOfflineStreamWithoutDelay: with no pause between words, the reply
+// comes in one piece.
+func TestOfflineStreamWithoutDelay(t *testing.T) {
+	c, err := New(t.Context(), Config{Model: "m"}, StaticKey(""), testkit.Quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pieces []string
+	got, err := c.Stream(t.Context(), "be brief", nil, "Tell me a joke", func(p Piece) { pieces = append(pieces, p.Delta) })
+	if err != nil || len(pieces) != 1 || pieces[0] != got || !strings.Contains(got, "joke") {
+		t.Fatalf("reply %q, pieces %q, err %v; want the reply in one piece", got, pieces, err)
 	}
 }
 

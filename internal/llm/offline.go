@@ -154,7 +154,8 @@ func (o *Offline) answer(cr openai.ChatCompletionRequest) (openai.ChatCompletion
 	return reply(b.String())
 }
 
-// stream answers word by word as server-sent events, TokenDelay apart.
+// stream answers word by word as server-sent events, TokenDelay apart (in
+// one chunk without a delay).
 func (o *Offline) stream(req *http.Request, cr openai.ChatCompletionRequest, msg openai.ChatCompletionMessage, finish openai.FinishReason) *http.Response {
 	id := "offline-" + fmt.Sprint(time.Now().UnixNano())
 	var events [][]byte
@@ -169,7 +170,13 @@ func (o *Offline) stream(req *http.Request, cr openai.ChatCompletionRequest, msg
 	if len(msg.ToolCalls) > 0 {
 		chunk(openai.ChatCompletionStreamChoiceDelta{Role: "assistant", ToolCalls: msg.ToolCalls}, "")
 	} else {
-		fields := strings.SplitAfter(msg.Content, " ")
+		// A word per chunk, each after TokenDelay; without a delay every
+		// word is ready at once, and one chunk carries them all (as a server
+		// sends what it has), which spares the client a decode per word.
+		fields := []string{msg.Content}
+		if o.TokenDelay > 0 {
+			fields = strings.SplitAfter(msg.Content, " ")
+		}
 		nWords = len(fields)
 		for i, f := range fields {
 			d := openai.ChatCompletionStreamChoiceDelta{Content: f}

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strconv"
@@ -90,6 +91,7 @@ func Start(ctx context.Context, appID string, c Common, llmCfg llm.Config, grace
 		return nil, err
 	}
 	st := &Started{Log: log, closer: []func(){stopTracing}}
+	ServePprof(c.PprofAddr, log)
 	fail := func(err error) (*Started, error) {
 		st.Close()
 		return nil, err
@@ -205,6 +207,7 @@ type Common struct {
 	LogFormat string // LOG_FORMAT: json or text
 	LogLevel  string // LOG_LEVEL
 	AppToken  string // APP_API_TOKEN: only the sidecar may call the app
+	PprofAddr string // PPROF_ADDR: net/http/pprof on this address (operators; bind it to loopback); "": off
 }
 
 // ReadCommon reads the common configuration; defPort is the app's port.
@@ -215,7 +218,28 @@ func ReadCommon(r *env.Reader, defPort int) Common {
 		LogFormat: r.String("LOG_FORMAT", "json"),
 		LogLevel:  r.String("LOG_LEVEL", "info"),
 		AppToken:  r.String("APP_API_TOKEN", ""),
+		PprofAddr: r.String("PPROF_ADDR", ""),
 	}
+}
+
+// ServePprof serves net/http/pprof on addr until the process ends; "" does
+// nothing.
+func ServePprof(addr string, log *slog.Logger) {
+	if addr == "" {
+		return
+	}
+	go func() {
+		log.Info("pprof listening", "addr", addr)
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		if err := http.ListenAndServe(addr, mux); err != nil {
+			log.Warn("pprof stopped", "addr", addr, "err", err)
+		}
+	}()
 }
 
 // Addr is the address the app listens on.

@@ -64,7 +64,8 @@ func run(ctx context.Context, cfg config) error {
 	log, dc := st.Log, st.Dapr
 	wf := workflow.NewClient(dc.GrpcClientConn())
 	reg := workflow.NewRegistry()
-	acts := &turn.Activities{Invoker: dc, Publisher: dc, Model: st.Model, State: dc, Log: log}
+	sidecar := daprc.NewHTTP(cfg.daprHTTPPort, cfg.daprToken)
+	acts := &turn.Activities{Invoker: sidecar, Publisher: dc, Model: st.Model, State: dc, Log: log}
 	if cfg.failpoints != "" {
 		log.Warn("FAILPOINTS_DIR is set: this process crashes itself at armed failpoints (fault tests only)", "dir", cfg.failpoints)
 		acts.Failpoint = crashAt(cfg.failpoints)
@@ -86,7 +87,7 @@ func run(ctx context.Context, cfg config) error {
 	if err := turn.Warmup(st.Init, wf, 10*time.Second, log); err != nil {
 		return err
 	}
-	s.ready(wf, memoryOwners{daprc.NewHTTP(cfg.daprHTTPPort, cfg.daprToken)}, dc, st.Model.Mode())
+	s.ready(wf, newClaimCache(memoryOwners{sidecar}, claimTTL, maxClaims), dc, st.Model.Mode())
 	log.Info("ready", "llm", st.Model.Mode(), "chat_timeout", cfg.chatTimeout.String())
 	err = st.Wait()
 	stopWorker()

@@ -146,7 +146,14 @@ func (s *srv) getConversation(w http.ResponseWriter, r *http.Request) {
 		}
 		last = n
 	}
-	h, err := s.backends.Load().mem.History(r.Context(), sid, last)
+	user := r.URL.Query().Get("user_id") // set: only if that user owns the session
+	if user != "" {
+		if err := contract.CheckID("user_id", user); err != nil {
+			httpx.Error(w, r, s.log, err)
+			return
+		}
+	}
+	h, err := s.backends.Load().mem.History(r.Context(), sid, user, last)
 	if err != nil {
 		httpx.Error(w, r, s.log, err)
 		return

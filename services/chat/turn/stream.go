@@ -27,11 +27,18 @@ const executionTTL = "3600"
 
 // nextExecution counts the executions of generate_response of a turn (1 for
 // the first): a retry, or a run after chat-service crashed, is the next one,
-// and its pieces are numbered in the next block (contract.SeqBlock). Two
-// executions of one turn never run at once, so a read and a write (with the
-// ETag read) are enough.
+// and its pieces are numbered in the next block (contract.SeqBlock). The
+// first execution takes one call: a first-write save without an ETag, which
+// Dapr's state API refuses when the key exists. A later one reads the count
+// and writes the next with the ETag it read. Two executions of one turn
+// never count at once (an execution waits for its count before it ends).
 func nextExecution(ctx context.Context, st State, instanceID string) (int, error) {
 	key := "stream-execution|" + instanceID
+	meta := map[string]string{"ttlInSeconds": executionTTL}
+	firstWrite := dapr.WithConcurrency(dapr.StateConcurrencyFirstWrite)
+	if err := st.SaveStateWithETag(ctx, contract.StateStore, key, []byte("1"), "", meta, firstWrite); err == nil {
+		return 1, nil
+	}
 	item, err := st.GetState(ctx, contract.StateStore, key, nil)
 	if err != nil {
 		return 0, err
@@ -45,34 +52,53 @@ func nextExecution(ctx context.Context, st State, instanceID string) (int, error
 	if item != nil {
 		etag = item.Etag
 	}
-	err = st.SaveStateWithETag(ctx, contract.StateStore, key, []byte(strconv.Itoa(n)), etag, map[string]string{"ttlInSeconds": executionTTL})
-	return n, err
+	return n, st.SaveStateWithETag(ctx, contract.StateStore, key, []byte(strconv.Itoa(n)), etag, meta, firstWrite)
 }
 
 // streamer publishes a reply piece by piece on contract.TopicChatStream while
 // the model writes it: the first piece at once, then what was written in
 // each contract.StreamInterval, and a tool call as soon as its result is
-// known. Publishing is best effort: a failed publish is logged and the turn
-// goes on (readers get the whole reply when the turn ends).
+// known. The model never waits for the sidecar: a goroutine of the
+// streamer's own counts the execution (while the model starts) and
+// publishes the pieces in order; pieces that wait while it is busy go out
+// together. Publishing is best effort: a failed publish is logged and the
+// turn goes on (readers get the whole reply when the turn ends, whose last
+// chunk carries whatever a piece still on its way would have).
 type streamer struct {
 	pub      Publisher
 	log      *slog.Logger
 	interval time.Duration
 
 	mu      sync.Mutex
-	ev      contract.ChatStreamed // instance, user, execution; Seq of the last piece
-	first   int                   // Seq of the execution's first piece
-	text    strings.Builder
+	queue   []piece // cut, not yet published
 	pending strings.Builder
+	size    int // bytes cut so far
+	cut     bool
 	last    time.Time
 	timer   *time.Timer
-	stopped bool
+	stopped bool // no more input (closed, or over MaxStreamText)
+	closed  bool
+
+	wake    chan struct{} // cap 1: the queue grew, or the streamer closed
+	counted chan struct{} // the execution is known (or could not be counted)
+	done    chan struct{} // the sender published everything and ended
 }
 
-func newStreamer(pub Publisher, log *slog.Logger, instanceID, userID string, execution int) *streamer {
-	base := (execution - 1) * contract.SeqBlock
-	return &streamer{pub: pub, log: log, interval: contract.StreamInterval,
-		ev: contract.ChatStreamed{InstanceID: instanceID, UserID: userID, Execution: execution, Seq: base}, first: base + 1}
+// piece is what a cut of the reply publishes.
+type piece struct {
+	delta string
+	tool  *contract.ToolCall
+}
+
+// newStreamer starts the streamer of one execution of generate_response,
+// whose number count gives (nextExecution); ctx carries the trace (its
+// cancellation is not used: pieces still on their way go out after the
+// activity returned).
+func newStreamer(ctx context.Context, pub Publisher, log *slog.Logger, instanceID, userID string, count func(context.Context) (int, error)) *streamer {
+	s := &streamer{pub: pub, log: log, interval: contract.StreamInterval,
+		wake: make(chan struct{}, 1), counted: make(chan struct{}), done: make(chan struct{})}
+	go s.send(context.WithoutCancel(ctx), contract.ChatStreamed{InstanceID: instanceID, UserID: userID}, count)
+	return s
 }
 
 // on is the llm.Piece callback.
@@ -83,13 +109,13 @@ func (s *streamer) on(p llm.Piece) {
 		return
 	}
 	if p.Tool != nil {
-		s.flushLocked(&contract.ToolCall{Name: p.Tool.Name, Arguments: p.Tool.Arguments, Result: p.Tool.Result})
+		s.cutLocked(&contract.ToolCall{Name: p.Tool.Name, Arguments: p.Tool.Arguments, Result: p.Tool.Result})
 		return
 	}
 	s.pending.WriteString(p.Delta)
 	wait := s.interval - time.Since(s.last)
-	if s.ev.Seq < s.first || wait <= 0 {
-		s.flushLocked(nil)
+	if !s.cut || wait <= 0 {
+		s.cutLocked(nil)
 		return
 	}
 	if s.timer == nil {
@@ -98,45 +124,104 @@ func (s *streamer) on(p llm.Piece) {
 			defer s.mu.Unlock()
 			s.timer = nil
 			if !s.stopped {
-				s.flushLocked(nil)
+				s.cutLocked(nil)
 			}
 		})
 	}
 }
 
-// close publishes what is pending and stops.
+// close cuts what is pending and waits until the execution is counted (so
+// that the next execution of the turn counts after this one), not for the
+// pieces on their way.
 func (s *streamer) close() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.timer != nil {
 		s.timer.Stop()
 		s.timer = nil
 	}
 	if !s.stopped {
-		s.flushLocked(nil)
+		s.cutLocked(nil)
 	}
-	s.stopped = true
+	s.stopped, s.closed = true, true
+	s.mu.Unlock()
+	s.signal()
+	<-s.counted
 }
 
-func (s *streamer) flushLocked(tool *contract.ToolCall) {
+// wait waits until every piece cut has been published (or failed).
+func (s *streamer) wait() { <-s.done }
+
+func (s *streamer) cutLocked(tool *contract.ToolCall) {
 	if s.pending.Len() == 0 && tool == nil {
 		return
 	}
-	if s.text.Len()+s.pending.Len() > contract.MaxStreamText {
+	if s.size+s.pending.Len() > contract.MaxStreamText {
 		s.stopped = true // the rest comes with the turn's end
 		return
 	}
-	delta := s.pending.String()
+	p := piece{delta: s.pending.String(), tool: tool}
 	s.pending.Reset()
-	s.text.WriteString(delta)
-	ev := s.ev
-	ev.Seq++
-	ev.Delta, ev.Text, ev.ToolCall = delta, s.text.String(), tool
-	s.ev.Seq = ev.Seq
-	s.last = time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := s.pub.PublishEvent(ctx, contract.StreamPubSub, contract.TopicChatStream, ev); err != nil {
-		s.log.Warn("publishing a piece of the reply failed; readers get it with the turn's end", "seq", ev.Seq, "err", err)
+	s.size += len(p.delta)
+	s.cut, s.last = true, time.Now()
+	s.queue = append(s.queue, p)
+	s.signal()
+}
+
+func (s *streamer) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// send counts the execution, then publishes the pieces as they are cut,
+// until the streamer is closed and nothing is left.
+func (s *streamer) send(ctx context.Context, ev contract.ChatStreamed, count func(context.Context) (int, error)) {
+	defer close(s.done)
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	exec, err := count(cctx)
+	cancel()
+	close(s.counted)
+	if err != nil {
+		s.log.Warn("counting this execution failed; the reply is not streamed", "err", err)
+		s.mu.Lock()
+		s.stopped, s.queue = true, nil
+		s.mu.Unlock()
+		return
+	}
+	ev.Execution, ev.Seq = exec, (exec-1)*contract.SeqBlock
+	var text strings.Builder
+	for {
+		s.mu.Lock()
+		batch, closed := s.queue, s.closed
+		s.queue = nil
+		s.mu.Unlock()
+		for len(batch) > 0 {
+			// What waited goes out together, up to and with the first tool call.
+			p := piece{}
+			for len(batch) > 0 && p.tool == nil {
+				p.delta += batch[0].delta
+				p.tool = batch[0].tool
+				batch = batch[1:]
+			}
+			text.WriteString(p.delta)
+			ev.Seq++
+			ev.Delta, ev.Text, ev.ToolCall = p.delta, text.String(), p.tool
+			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			if err := s.pub.PublishEvent(pctx, contract.StreamPubSub, contract.TopicChatStream, ev); err != nil {
+				s.log.Warn("publishing a piece of the reply failed; readers get it with the turn's end", "seq", ev.Seq, "err", err)
+			}
+			cancel()
+		}
+		if closed {
+			s.mu.Lock()
+			left := len(s.queue)
+			s.mu.Unlock()
+			if left == 0 {
+				return
+			}
+			continue
+		}
+		<-s.wake
 	}
 }

@@ -1,6 +1,8 @@
 package turn
 
 import (
+	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -9,10 +11,10 @@ import (
 	"github.com/daca-go/daca/internal/llm"
 )
 
-// TestStreamerCoalesces: the first piece goes out at once, the words that
-// follow within the interval go out together, a tool call goes out at once
-// with what preceded it, and close sends the rest; every piece carries the
-// text so far, and a later execution numbers its pieces in its own block.
+// TestStreamerCoalesces: pieces cut while the sender is busy (here: still
+// counting the execution) go out together, up to and with the first tool
+// call; every piece carries the text so far, a later execution numbers its
+// pieces in its own block, and nothing is taken after close.
 func TestStreamerCoalesces(t *testing.T) {
 	tests := []struct {
 		name      string
@@ -21,36 +23,91 @@ func TestStreamerCoalesces(t *testing.T) {
 		want      []contract.ChatStreamed // Seq, Delta, Text, ToolCall
 	}{
 		{"words coalesce", 1, []llm.Piece{{Delta: "a "}, {Delta: "b "}, {Delta: "c"}},
-			[]contract.ChatStreamed{{Seq: 1, Delta: "a ", Text: "a "}, {Seq: 2, Delta: "b c", Text: "a b c"}}},
-		{"a tool call at once", 1, []llm.Piece{{Delta: "Let me see. "}, {Delta: "One"}, {Tool: &llm.ToolUse{Name: "get_current_time", Arguments: "{}", Result: "now"}}, {Delta: "It is now."}},
-			[]contract.ChatStreamed{{Seq: 1, Delta: "Let me see. ", Text: "Let me see. "},
-				{Seq: 2, Delta: "One", Text: "Let me see. One", ToolCall: &contract.ToolCall{Name: "get_current_time", Arguments: "{}", Result: "now"}},
-				{Seq: 3, Delta: "It is now.", Text: "Let me see. OneIt is now."}}},
+			[]contract.ChatStreamed{{Seq: 1, Delta: "a b c", Text: "a b c"}}},
+		{"a tool call ends a piece", 1, []llm.Piece{{Delta: "Let me see. "}, {Delta: "One"}, {Tool: &llm.ToolUse{Name: "get_current_time", Arguments: "{}", Result: "now"}}, {Delta: "It is now."}},
+			[]contract.ChatStreamed{
+				{Seq: 1, Delta: "Let me see. One", Text: "Let me see. One", ToolCall: &contract.ToolCall{Name: "get_current_time", Arguments: "{}", Result: "now"}},
+				{Seq: 2, Delta: "It is now.", Text: "Let me see. OneIt is now."}}},
 		{"a second execution", 2, []llm.Piece{{Delta: "x"}},
 			[]contract.ChatStreamed{{Seq: contract.SeqBlock + 1, Delta: "x", Text: "x"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			pub := &published{}
-			s := newStreamer(pub, testkit.Quiet(), "chat-1", "ana", tt.execution)
-			s.interval = time.Hour // nothing but the first piece, a tool call and close may publish
+			release := make(chan struct{})
+			s := newStreamer(t.Context(), pub, testkit.Quiet(), "chat-1", "ana", func(context.Context) (int, error) {
+				<-release
+				return tt.execution, nil
+			})
+			s.interval = time.Hour // nothing but the first piece, a tool call and close may cut
 			for _, p := range tt.feed {
 				s.on(p)
 			}
+			close(release)
 			s.close()
 			s.on(llm.Piece{Delta: "after close"})
-			got := pub.streamed()
-			if len(got) != len(tt.want) {
-				t.Fatalf("published %+v; want %+v", got, tt.want)
-			}
-			for i, w := range tt.want {
-				g := got[i]
-				if g.Seq != w.Seq || g.Delta != w.Delta || g.Text != w.Text || (g.ToolCall == nil) != (w.ToolCall == nil) ||
-					(w.ToolCall != nil && *g.ToolCall != *w.ToolCall) || g.Execution != tt.execution || g.InstanceID != "chat-1" || g.Validate() != nil {
-					t.Fatalf("piece %d = %+v; want %+v", i, g, w)
-				}
-			}
+			s.wait()
+			checkPieces(t, pub.streamed(), tt.want, tt.execution)
 		})
+	}
+}
+
+// TestStreamerFirstPieceAtOnce: the first piece and a tool call are
+// published without waiting for more of the reply or for close.
+func TestStreamerFirstPieceAtOnce(t *testing.T) {
+	pub := &published{}
+	s := newStreamer(t.Context(), pub, testkit.Quiet(), "chat-1", "ana", func(context.Context) (int, error) { return 1, nil })
+	s.interval = time.Hour
+	s.on(llm.Piece{Delta: "Let me see. "})
+	testkit.WaitUntil(t, 2*time.Second, "the first piece published", func() bool { return len(pub.streamed()) == 1 })
+	s.on(llm.Piece{Delta: "One"})
+	s.on(llm.Piece{Tool: &llm.ToolUse{Name: "get_current_time", Arguments: "{}", Result: "now"}})
+	testkit.WaitUntil(t, 2*time.Second, "the tool call published", func() bool { return len(pub.streamed()) == 2 })
+	s.on(llm.Piece{Delta: "It is now."})
+	s.close()
+	s.wait()
+	checkPieces(t, pub.streamed(), []contract.ChatStreamed{{Seq: 1, Delta: "Let me see. ", Text: "Let me see. "},
+		{Seq: 2, Delta: "One", Text: "Let me see. One", ToolCall: &contract.ToolCall{Name: "get_current_time", Arguments: "{}", Result: "now"}},
+		{Seq: 3, Delta: "It is now.", Text: "Let me see. OneIt is now."}}, 1)
+}
+
+// TestStreamerCountFails: an execution that cannot be counted streams
+// nothing, and close does not hang.
+func TestStreamerCountFails(t *testing.T) {
+	pub := &published{}
+	s := newStreamer(t.Context(), pub, testkit.Quiet(), "chat-1", "ana", func(context.Context) (int, error) { return 0, errors.New("state store down") })
+	s.on(llm.Piece{Delta: "a"})
+	s.close()
+	s.wait()
+	if p := pub.streamed(); len(p) != 0 {
+		t.Fatalf("published %+v; want nothing", p)
+	}
+}
+
+// TestNextExecution: the first execution of a turn counts with one write,
+// the next ones read and write; turns count apart.
+func TestNextExecution(t *testing.T) {
+	st := &state{}
+	for i, id := range []string{"chat-1", "chat-1", "chat-2", "chat-1"} {
+		want := []int{1, 2, 1, 3}[i]
+		n, err := nextExecution(t.Context(), st, id)
+		if err != nil || n != want {
+			t.Fatalf("call %d (%s): %d, %v; want %d", i, id, n, err, want)
+		}
+	}
+}
+
+func checkPieces(t *testing.T, got, want []contract.ChatStreamed, execution int) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("published %+v; want %+v", got, want)
+	}
+	for i, w := range want {
+		g := got[i]
+		if g.Seq != w.Seq || g.Delta != w.Delta || g.Text != w.Text || (g.ToolCall == nil) != (w.ToolCall == nil) ||
+			(w.ToolCall != nil && *g.ToolCall != *w.ToolCall) || g.Execution != execution || g.InstanceID != "chat-1" || g.Validate() != nil {
+			t.Fatalf("piece %d = %+v; want %+v", i, g, w)
+		}
 	}
 }
 
@@ -59,8 +116,18 @@ func TestStreamerCoalesces(t *testing.T) {
 // waiting for the next word.
 func TestStreamerInterval(t *testing.T) {
 	pub := &published{}
-	s := newStreamer(pub, testkit.Quiet(), "chat-1", "ana", 1)
-	for range 20 {
+	s := newStreamer(t.Context(), pub, testkit.Quiet(), "chat-1", "ana", func(context.Context) (int, error) { return 1, nil })
+	testkit.WaitUntil(t, 2*time.Second, "the execution counted", func() bool {
+		select {
+		case <-s.counted:
+			return true
+		default:
+			return false
+		}
+	})
+	s.on(llm.Piece{Delta: "w "})
+	testkit.WaitUntil(t, 2*time.Second, "the first word published", func() bool { return len(pub.streamed()) == 1 })
+	for range 19 {
 		s.on(llm.Piece{Delta: "w "})
 	}
 	testkit.WaitUntil(t, 2*time.Second, "the pending words published after a pause", func() bool {
@@ -68,6 +135,7 @@ func TestStreamerInterval(t *testing.T) {
 		return len(p) == 2 && p[1].Text == "w w w w w w w w w w w w w w w w w w w w "
 	})
 	s.close()
+	s.wait()
 	if n := len(pub.streamed()); n != 2 {
 		t.Fatalf("%d pieces after close; want 2", n)
 	}

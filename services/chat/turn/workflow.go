@@ -17,7 +17,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/dapr/durabletask-go/workflow"
@@ -151,9 +154,9 @@ func Workflow(ctx *workflow.WorkflowContext) (any, error) {
 	return Output{UserID: in.UserID, SessionID: in.SessionID, Reply: reply, Timestamp: ctx.CurrentTimeUTC()}, nil
 }
 
-// Invoker calls other apps through the sidecar.
+// Invoker calls other apps through the sidecar's HTTP API (daprc.HTTP).
 type Invoker interface {
-	InvokeMethod(ctx context.Context, appID, methodName, verb string) (out []byte, err error)
+	Invoke(ctx context.Context, app, method, verb string, body []byte, header http.Header) (int, []byte, error)
 }
 
 // Publisher publishes through the sidecar.
@@ -224,19 +227,30 @@ func (a *Activities) FetchContext(ctx workflow.ActivityContext) (any, error) {
 	c := Context{Profile: contract.DefaultProfile(in.UserID), History: []contract.Entry{}}
 	cctx, cancel := context.WithTimeout(sctx, 10*time.Second)
 	defer cancel()
-	if b, err := a.Invoker.InvokeMethod(cctx, contract.MemoryApp, "memories/"+in.UserID, http.MethodGet); err != nil {
-		log.Warn("memory unreachable; using the default profile", "err", err)
+	// The profile and the session's last entries, read at once; the history
+	// only of a session the turn's user owns (the memory answers an empty
+	// one otherwise).
+	var profile, history []byte
+	var perr, herr error
+	var wg sync.WaitGroup
+	wg.Go(func() { profile, perr = a.get(cctx, "memories/"+in.UserID) })
+	wg.Go(func() {
+		history, herr = a.get(cctx, "conversations/"+in.SessionID+"?last="+strconv.Itoa(contract.ContextEntries)+"&user_id="+url.QueryEscape(in.UserID))
+	})
+	wg.Wait()
+	if perr != nil {
+		log.Warn("memory unreachable; using the default profile", "err", perr)
 		c.Degraded = true
-	} else if err := json.Unmarshal(b, &c.Profile); err != nil {
+	} else if err := json.Unmarshal(profile, &c.Profile); err != nil {
 		log.Warn("memory answered an unreadable profile; using the default", "err", err)
 		c.Profile, c.Degraded = contract.DefaultProfile(in.UserID), true
 	}
-	if b, err := a.Invoker.InvokeMethod(cctx, contract.MemoryApp, "conversations/"+in.SessionID, http.MethodGet); err != nil {
-		log.Warn("memory unreachable; continuing without history", "err", err)
+	if herr != nil {
+		log.Warn("memory unreachable; continuing without history", "err", herr)
 		c.Degraded = true
 	} else {
 		var h contract.HistoryReply
-		if err := json.Unmarshal(b, &h); err == nil && h.History != nil {
+		if err := json.Unmarshal(history, &h); err == nil && h.History != nil {
 			c.History = h.History
 		}
 	}
@@ -244,6 +258,19 @@ func (a *Activities) FetchContext(ctx workflow.ActivityContext) (any, error) {
 		c.History = c.History[len(c.History)-contract.ContextEntries:]
 	}
 	return c, nil
+}
+
+// get reads method of the memory service; an answer other than 200 is an
+// error.
+func (a *Activities) get(ctx context.Context, method string) ([]byte, error) {
+	status, out, err := a.Invoker.Invoke(ctx, contract.MemoryApp, method, http.MethodGet, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	if status != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: HTTP %d: %.200s", strings.SplitN(method, "?", 2)[0], status, out)
+	}
+	return out, nil
 }
 
 // GenerateResponse asks the LLM for the reply and streams it on
@@ -264,14 +291,11 @@ func (a *Activities) GenerateResponse(ctx workflow.ActivityContext) (any, error)
 	log := a.logger(ctx, ActGenerate, in.InstanceID).With("trace_id", telemetry.TraceID(sctx))
 	var on func(llm.Piece)
 	if a.State != nil {
-		exec, err := nextExecution(sctx, a.State, in.InstanceID)
-		if err != nil {
-			log.Warn("counting this execution failed; the reply is not streamed", "err", err)
-		} else {
-			st := newStreamer(a.Publisher, log, in.InstanceID, in.UserID, exec)
-			defer st.close()
-			on = st.on
-		}
+		st := newStreamer(sctx, a.Publisher, log, in.InstanceID, in.UserID, func(ctx context.Context) (int, error) {
+			return nextExecution(ctx, a.State, in.InstanceID)
+		})
+		defer st.close()
+		on = st.on
 	}
 	reply, err := a.Model.Stream(sctx, llm.ChatInstructions(p.Name, p.PreferredStyle, p.UserSummary), hist, in.Text, on)
 	if err != nil {

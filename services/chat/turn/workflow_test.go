@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/contract"
+	"github.com/daca-go/daca/internal/dev/testkit"
 	"github.com/daca-go/daca/internal/llm"
 )
 
@@ -80,20 +82,30 @@ type memory struct {
 	history []contract.Entry
 }
 
-func (m *memory) InvokeMethod(_ context.Context, app, method, verb string) ([]byte, error) {
+func (m *memory) Invoke(_ context.Context, app, method, verb string, body []byte, _ http.Header) (int, []byte, error) {
 	if m.down {
-		return nil, errors.New("connection refused")
+		return 0, nil, errors.New("connection refused")
 	}
-	if app != contract.MemoryApp || verb != http.MethodGet {
-		return nil, errors.New("unexpected call " + app + " " + verb + " " + method)
+	if app != contract.MemoryApp || verb != http.MethodGet || body != nil {
+		return 0, nil, errors.New("unexpected call " + app + " " + verb + " " + method)
 	}
 	switch {
 	case strings.HasPrefix(method, "memories/"):
-		return json.Marshal(contract.Profile{Name: "Ana", PreferredStyle: "formal", UserSummary: "likes Go"})
+		b, _ := json.Marshal(contract.Profile{Name: "Ana", PreferredStyle: "formal", UserSummary: "likes Go"})
+		return http.StatusOK, b, nil
 	case strings.HasPrefix(method, "conversations/"):
-		return json.Marshal(contract.HistoryReply{History: m.history})
+		u, err := url.Parse(method)
+		if err != nil || u.Query().Get("user_id") != "ana" || u.Query().Get("last") != strconv.Itoa(contract.ContextEntries) {
+			return http.StatusBadRequest, []byte(`{"detail":"want last and user_id"}`), nil
+		}
+		h := m.history
+		if len(h) > contract.ContextEntries {
+			h = h[len(h)-contract.ContextEntries:]
+		}
+		b, _ := json.Marshal(contract.HistoryReply{History: h})
+		return http.StatusOK, b, nil
 	}
-	return nil, errors.New("unexpected method " + method)
+	return http.StatusNotFound, nil, nil
 }
 
 // published records what the activities published: save_conversation's
@@ -158,14 +170,23 @@ func (s *state) GetState(_ context.Context, store, key string, _ map[string]stri
 	return &dapr.StateItem{Key: key, Value: []byte(s.vals[key]), Etag: strconv.Itoa(s.tags[key])}, nil
 }
 
-func (s *state) SaveStateWithETag(_ context.Context, store, key string, data []byte, etag string, _ map[string]string, _ ...dapr.StateOption) error {
+// SaveStateWithETag checks the ETag as Dapr does; first-write concurrency
+// without an ETag writes only a key that does not exist.
+func (s *state) SaveStateWithETag(_ context.Context, store, key string, data []byte, etag string, _ map[string]string, opts ...dapr.StateOption) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.vals == nil {
 		s.vals, s.tags = map[string]string{}, map[string]int{}
 	}
+	var so dapr.StateOptions
+	for _, o := range opts {
+		o(&so)
+	}
 	if etag != "" && etag != strconv.Itoa(s.tags[key]) {
 		return errors.New("etag mismatch")
+	}
+	if etag == "" && so.Concurrency == dapr.StateConcurrencyFirstWrite && s.tags[key] > 0 {
+		return errors.New("failed to set key: it exists")
 	}
 	s.vals[key] = string(data)
 	s.tags[key]++
@@ -263,10 +284,13 @@ func TestChatWorkflow(t *testing.T) {
 				}
 				// Each execution streamed its piece in its own block.
 				var seqs []int
+				want := []int{1, contract.SeqBlock + 1, 2*contract.SeqBlock + 1}
+				testkit.WaitUntil(t, 5*time.Second, "a piece of each execution", func() bool { return len(pub.streamed()) == len(want) })
 				for _, p := range pub.streamed() {
 					seqs = append(seqs, p.Seq)
 				}
-				if want := []int{1, contract.SeqBlock + 1, 2*contract.SeqBlock + 1}; !slices.Equal(seqs, want) {
+				slices.Sort(seqs) // each execution's pieces go out on their own
+				if !slices.Equal(seqs, want) {
 					t.Fatalf("pieces of the failed executions at %v; want %v", seqs, want)
 				}
 				return
@@ -279,9 +303,13 @@ func TestChatWorkflow(t *testing.T) {
 			if e := events[0]; e.pubsub != contract.PubSub || e.topic != contract.TopicConversations || e.id != "chat-test-1" || e.ev != want {
 				t.Fatalf("published %+v; want %+v on %s/%s with CloudEvent id chat-test-1", e, want, contract.PubSub, contract.TopicConversations)
 			}
-			// The reply was streamed: the first piece at once, the second
-			// coalesced within StreamInterval; the pieces make up the reply.
-			pieces := pub.streamed()
+			// The reply was streamed (the pieces go out on their own, after
+			// the activity may have returned); the pieces make up the reply.
+			var pieces []contract.ChatStreamed
+			testkit.WaitUntil(t, 5*time.Second, "the reply streamed", func() bool {
+				pieces = pub.streamed()
+				return len(pieces) > 0 && pieces[len(pieces)-1].Text == "re: hello"
+			})
 			if len(pieces) == 0 || pieces[0].Seq != 1 || pieces[len(pieces)-1].Text != "re: hello" || pieces[0].InstanceID != "chat-test-1" || pieces[0].UserID != "ana" {
 				t.Fatalf("streamed %+v", pieces)
 			}

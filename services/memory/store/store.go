@@ -209,12 +209,17 @@ func (m *Memory) Initialize(ctx context.Context, userID string, p contract.Profi
 	return p, err
 }
 
-// History returns a session's entries, the last `last` of them when last > 0.
-func (m *Memory) History(ctx context.Context, sessionID string, last int) ([]contract.Entry, error) {
+// History returns a session's entries, the last `last` of them when last > 0;
+// with userID set, only when that user owns the session (an empty list
+// otherwise, as for an unknown session).
+func (m *Memory) History(ctx context.Context, sessionID, userID string, last int) ([]contract.Entry, error) {
 	var s session
 	_, _, err := m.get(ctx, sessionKey(sessionID), &s)
 	if err != nil {
 		return nil, err
+	}
+	if userID != "" && s.UserID != userID {
+		return []contract.Entry{}, nil // another user's session reads as an unknown one
 	}
 	return s.entries(last), nil
 }

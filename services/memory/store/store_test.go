@@ -65,7 +65,7 @@ func TestApplyConcurrentNoLostUpdates(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	h, _ := m.History(t.Context(), "s", 0)
+	h, _ := m.History(t.Context(), "s", "", 0)
 	if len(h) != 100 {
 		t.Fatalf("history has %d entries; want 100", len(h))
 	}
@@ -83,7 +83,7 @@ func TestApplyOncePerEventID(t *testing.T) {
 			t.Fatalf("delivery %d: %+v, %v", i, res, err)
 		}
 	}
-	if h, _ := m.History(t.Context(), "s", 0); len(h) != 2 {
+	if h, _ := m.History(t.Context(), "s", "", 0); len(h) != 2 {
 		t.Fatalf("history = %d entries", len(h))
 	}
 }
@@ -100,7 +100,7 @@ func TestHistoryCapAndLast(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	h, _ := m.History(t.Context(), "s", 0)
+	h, _ := m.History(t.Context(), "s", "", 0)
 	if len(h) != 6 || h[0].Content != "m2" || h[5].Content != "re: m4" {
 		t.Fatalf("capped history = %+v", h)
 	}
@@ -114,7 +114,7 @@ func TestHistoryCapAndLast(t *testing.T) {
 	if last := seen[len(seen)-1]; len(last) != 3 || last[2].Content != "re: m4" {
 		t.Fatalf("summary saw %+v; want the last 3 entries", last)
 	}
-	if h, _ := m.History(t.Context(), "s", 2); len(h) != 2 || h[1].Content != "re: m4" {
+	if h, _ := m.History(t.Context(), "s", "", 2); len(h) != 2 || h[1].Content != "re: m4" {
 		t.Fatalf("last 2 = %+v", h)
 	}
 	if list, _ := m.Sessions(t.Context(), "u"); len(list) != 1 || list[0].MessageCount != 6 {
@@ -132,7 +132,7 @@ func TestRedeliveryAfterCrashBeforeIndex(t *testing.T) {
 	if _, err := m.Apply(t.Context(), "e1", ev("u", "s", "hi"), fixedSummary("x")); apperr.CodeOf(err) != apperr.Unavailable {
 		t.Fatalf("first delivery: %v; want Unavailable", err)
 	}
-	if h, _ := m.History(t.Context(), "s", 0); len(h) != 2 {
+	if h, _ := m.History(t.Context(), "s", "", 0); len(h) != 2 {
 		t.Fatalf("history after the crash = %+v; want the 2 entries", h)
 	}
 	st.FailWritesTo("", nil)
@@ -297,7 +297,7 @@ func TestSessionOwner(t *testing.T) {
 		if err != nil || owner != st.wantOwner {
 			t.Fatalf("%s: owner %q (%v); want %q", st.name, owner, err, st.wantOwner)
 		}
-		if h, _ := m.History(ctx, "s1", 0); len(h) != st.wantLen {
+		if h, _ := m.History(ctx, "s1", "", 0); len(h) != st.wantLen {
 			t.Fatalf("%s: %d history entries; want %d", st.name, len(h), st.wantLen)
 		}
 	}
@@ -306,5 +306,14 @@ func TestSessionOwner(t *testing.T) {
 	}
 	if list, _ := m.Sessions(ctx, "bob"); len(list) != 1 || list[0].SessionID != "s2" {
 		t.Fatalf("bob's sessions %+v; want only s2 (never ana's s1)", list)
+	}
+	// Read for a user (chat-service's context): only the owner's own.
+	for _, c := range []struct {
+		user string
+		want int
+	}{{"ana", 2}, {"bob", 0}, {"", 2}} {
+		if h, err := m.History(ctx, "s1", c.user, 0); err != nil || h == nil || len(h) != c.want {
+			t.Fatalf("s1's history read for %q: %d entries (%v); want %d", c.user, len(h), err, c.want)
+		}
 	}
 }
