@@ -158,7 +158,7 @@ func benchOffline(ctx context.Context, rootDir string, parts map[string]bool, tu
 	chatOnce := func() error {
 		n := seq.Add(1)
 		b, _ := json.Marshal(map[string]any{"user_id": "bench-user", "text": fmt.Sprintf("hello %d", n),
-			"metadata": map[string]string{"session_id": fmt.Sprintf("bench-%d", n%64)}})
+			"metadata": map[string]string{"session_id": fmt.Sprintf("bench-%d", n%benchSessions)}})
 		return call(http.MethodPost, chatURL, b)
 	}
 	readOnce := func() error { return call(http.MethodGet, memURL, nil) }
@@ -167,7 +167,7 @@ func benchOffline(ctx context.Context, rootDir string, parts map[string]bool, tu
 		return err
 	}
 	if parts["turns"] && base != nil {
-		if err := benchReleases(ctx, st, call, base, turns); err != nil {
+		if err := benchReleases(ctx, rootDir, st, call, base, turns); err != nil {
 			return err
 		}
 	}
@@ -187,11 +187,16 @@ func benchOffline(ctx context.Context, rootDir string, parts map[string]bool, tu
 	return nil
 }
 
+// benchSessions is how many sessions the measured chat turns rotate over.
+const benchSessions = 64
+
 // benchTurns measures chat turns and the sidecar floor (when measure), then
 // waits until the memory service has applied the turns' events.
 func benchTurns(ctx context.Context, measure bool, chatOnce, readOnce func() error, seq *atomic.Int64, turns, reads int, st *stack.Stack) error {
-	// Warm up.
-	for range 5 {
+	// Warm up: a turn in each of the 64 sessions the turns rotate over, so
+	// that what follows is the steady state (a session's first turn also
+	// claims the session at agent-memory-service; its later turns do not).
+	for range benchSessions {
 		if err := chatOnce(); err != nil {
 			return err
 		}

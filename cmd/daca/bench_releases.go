@@ -19,11 +19,12 @@ import (
 )
 
 // benchReleases measures chat turns of today's apps on the project's Dapr
-// release (the stack st) against the baseline's apps on the baseline's own
-// Dapr release and on the project's, each on a stack of its own, in
-// alternating rounds: the first pair compares what a user sees, the second
-// separates what the runtime changed from what the apps did.
-func benchReleases(ctx context.Context, st *stack.Stack, call func(method, url string, body []byte) error, base *baseline, turns int) error {
+// release against the baseline's apps on the baseline's own Dapr release
+// and on the project's, each on a stack of its own with only the two
+// services (no gateway subscribed to their events), in alternating rounds:
+// the first pair compares what a user sees, the second separates what the
+// runtime changed from what the apps did.
+func benchReleases(ctx context.Context, rootDir string, st *stack.Stack, call func(method, url string, body []byte) error, base *baseline, turns int) error {
 	oldBins, err := base.dapr(ctx)
 	if err != nil {
 		return err
@@ -32,23 +33,32 @@ func benchReleases(ctx context.Context, st *stack.Stack, call func(method, url s
 		name string
 		st   *stack.Stack
 	}
-	variants := []variant{{"today's apps (" + daprdLabel(st.Bins.Daprd) + ")", st}}
-	for _, bins := range []toolchain.Bins{oldBins, st.Bins} {
-		runDir, secrets, err := benchRunDir("daca-bench-base-", "")
+	var variants []variant
+	for _, v := range []struct {
+		root, apps string
+		bins       toolchain.Bins
+		env        []string
+	}{
+		{rootDir, "today's apps", st.Bins, []string{"LLM_OFFLINE_TOKEN_DELAY=0"}},
+		{base.dir, "apps of " + base.rev, oldBins, nil},
+		{base.dir, "apps of " + base.rev, st.Bins, nil},
+	} {
+		runDir, secrets, err := benchRunDir("daca-bench-release-", "")
 		if err != nil {
 			return err
 		}
 		defer os.RemoveAll(runDir)
-		fmt.Printf("\nbench: starting the apps of %s on %s\n", base.rev, daprdLabel(bins.Daprd))
+		name := v.apps + " (" + daprdLabel(v.bins.Daprd) + ")"
+		fmt.Printf("\nbench: starting %s\n", name)
 		s, err := stack.Start(ctx, stack.Config{
-			Root: base.dir, RunDir: runDir, SecretsFile: secrets, Progress: os.Stdout, LogLevel: "warn", Bins: &bins, APIToken: st.APIToken,
-			Apps: []stack.App{stack.Memory.App("LOG_LEVEL=warn"), stack.Chat.App("LOG_LEVEL=warn")},
+			Root: v.root, RunDir: runDir, SecretsFile: secrets, Progress: os.Stdout, LogLevel: "warn", Bins: &v.bins, APIToken: st.APIToken,
+			Apps: []stack.App{stack.Memory.App("LOG_LEVEL=warn"), stack.Chat.App(append([]string{"LOG_LEVEL=warn"}, v.env...)...)},
 		})
 		if err != nil {
-			return fmt.Errorf("bench: the apps of %s on %s: %w", base.rev, daprdLabel(bins.Daprd), err)
+			return fmt.Errorf("bench: %s: %w", name, err)
 		}
 		defer s.Stop()
-		variants = append(variants, variant{"apps of " + base.rev + " (" + daprdLabel(bins.Daprd) + ")", s})
+		variants = append(variants, variant{name, s})
 	}
 	var seq atomic.Int64
 	paths := make([]func() error, len(variants))
@@ -59,7 +69,7 @@ func benchReleases(ctx context.Context, st *stack.Stack, call func(method, url s
 		paths[i] = func() error {
 			n := seq.Add(1)
 			b, _ := json.Marshal(map[string]any{"user_id": "bench-user", "text": fmt.Sprintf("hello %d", n),
-				"metadata": map[string]string{"session_id": fmt.Sprintf("release-%d", n%64)}})
+				"metadata": map[string]string{"session_id": fmt.Sprintf("release-%d", n%benchSessions)}})
 			err := call(http.MethodPost, url, b)
 			if err != nil {
 				errMu.Lock()
@@ -70,7 +80,13 @@ func benchReleases(ctx context.Context, st *stack.Stack, call func(method, url s
 			}
 			return err
 		}
-		load(paths[i], 10, 4) // warm up
+	}
+	for i := range paths { // warm up: a turn in every session (see benchTurns)
+		for range benchSessions {
+			if err := paths[i](); err != nil {
+				return fmt.Errorf("bench: %s: %w", variants[i].name, err)
+			}
+		}
 	}
 	watch := func(p int) (int, int) {
 		c := variants[p].st.App(contract.ChatApp)
