@@ -51,7 +51,7 @@ func (s *Server) graphQL() http.Handler {
 		srv.Use(extension.Introspection{})
 	}
 	srv.Use(extension.AutomaticPersistedQuery{Cache: s.cfg.PersistedQueries})
-	srv.Use(extension.FixedComplexityLimit(s.cfg.MaxComplexity))
+	srv.Use(&complexityLimit{max: s.cfg.MaxComplexity})
 	srv.Use(depthLimit{max: s.cfg.MaxDepth})
 	srv.Use(websocketSubscriptions{})
 	srv.Use(s.obs)

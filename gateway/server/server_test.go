@@ -294,3 +294,30 @@ func TestCSRFRule(t *testing.T) {
 		})
 	}
 }
+
+// TestComplexityLimit: an operation over GRAPHQL_MAX_COMPLEXITY is refused
+// with gqlgen's code; one within it runs.
+func TestComplexityLimit(t *testing.T) {
+	many := func(n int) string {
+		var b strings.Builder
+		b.WriteString("{")
+		for i := range n {
+			fmt.Fprintf(&b, ` a%d: memory(userId: "ana") { name }`, i)
+		}
+		return b.String() + " }"
+	}
+	tests := []struct {
+		name, query, wantCode string
+	}{
+		{"within the limit", many(2), ""},
+		{"over the limit", many(30), "COMPLEXITY_LIMIT_EXCEEDED"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, h := newServer(backendtest.New(), Config{MaxComplexity: 20}, 0, nil)
+			if code, _, msg := errCode(t, h, tt.query); code != tt.wantCode {
+				t.Fatalf("code %q (%s); want %q", code, msg, tt.wantCode)
+			}
+		})
+	}
+}

@@ -1,0 +1,53 @@
+package server
+
+import (
+	"fmt"
+	"net/http/httptest"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/daca-go/daca/gateway/backend/backendtest"
+	"github.com/daca-go/daca/internal/dev/testkit"
+)
+
+// BenchmarkIdleSubscription reports the gateway's memory per open, idle
+// subscription (as `make bench`'s fan-out opens them: 100 per websocket):
+// goroutine stacks and live heap, after a GC. b.N is ignored beyond one
+// round of subscriptions.
+func BenchmarkIdleSubscription(b *testing.B) {
+	const sockets, perSocket = 20, 100
+	s, h := newServer(backendtest.New(), Config{}, 16, nil)
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	var clients []*testkit.WSClient
+	for i := range sockets {
+		ws := testkit.DialWS(b, srv.URL+"/graphql", "graphql-transport-ws")
+		ws.Send(map[string]any{"type": "connection_init", "payload": nil})
+		ws.Await(5*time.Second, "connection_ack")
+		for j := range perSocket {
+			ws.Send(map[string]any{"id": fmt.Sprint(j), "type": "subscribe", "payload": map[string]any{
+				"query": `subscription($s: ID) { conversationUpdated(sessionId: $s) { eventId } }`, "variables": map[string]string{"s": fmt.Sprintf("s-%d-%d", i, j)}}})
+		}
+		clients = append(clients, ws)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for s.res.Conversations.Len() < sockets*perSocket {
+		if time.Now().After(deadline) {
+			b.Fatalf("%d subscriptions open; want %d", s.res.Conversations.Len(), sockets*perSocket)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	n := float64(sockets * perSocket)
+	b.ReportMetric(float64(after.StackInuse-before.StackInuse)/n, "stack-B/sub")
+	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "heap-B/sub")
+	for _, ws := range clients {
+		ws.Close()
+	}
+}
