@@ -237,94 +237,86 @@ func (r *sessionResolver) Messages(ctx context.Context, obj *model.Session, last
 
 // ConversationUpdated is the resolver for the conversationUpdated field.
 func (r *subscriptionResolver) ConversationUpdated(ctx context.Context, sessionID *string, userID *string, after *string) (<-chan *model.ConversationEvent, error) {
-	return onItsOwnStack(func() (<-chan *model.ConversationEvent, error) {
-		if sessionID == nil && userID == nil {
-			return nil, apperr.New(apperr.Invalid, "give sessionId, userId or both")
+	if sessionID == nil && userID == nil {
+		return nil, apperr.New(apperr.Invalid, "give sessionId, userId or both")
+	}
+	if sessionID != nil {
+		if err := contract.CheckID("sessionId", *sessionID); err != nil {
+			return nil, err
 		}
-		if sessionID != nil {
-			if err := contract.CheckID("sessionId", *sessionID); err != nil {
-				return nil, err
+	}
+	if userID != nil {
+		if err := contract.CheckID("userId", *userID); err != nil {
+			return nil, err
+		}
+	}
+	if r.Guard.Enabled() {
+		id, err := r.Guard.Require(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if !id.Admin {
+			if userID != nil && *userID != id.Subject {
+				return nil, apperr.New(apperr.Forbidden, "you may only access your own memory and sessions")
 			}
+			own := id.Subject
+			userID = &own // a user only ever sees their own conversations
 		}
-		if userID != nil {
-			if err := contract.CheckID("userId", *userID); err != nil {
-				return nil, err
-			}
+	}
+	match := func(ev *model.ConversationEvent) bool {
+		return (sessionID == nil || ev.SessionID == *sessionID) && (userID == nil || ev.UserID == *userID)
+	}
+	if after != nil {
+		k, err := parseEventCursor(*after)
+		if err != nil {
+			return nil, err
 		}
-		if r.Guard.Enabled() {
-			id, err := r.Guard.Require(ctx)
-			if err != nil {
-				return nil, err
-			}
-			if !id.Admin {
-				if userID != nil && *userID != id.Subject {
-					return nil, apperr.New(apperr.Forbidden, "you may only access your own memory and sessions")
-				}
-				own := id.Subject
-				userID = &own // a user only ever sees their own conversations
-			}
-		}
-		match := func(ev *model.ConversationEvent) bool {
-			return (sessionID == nil || ev.SessionID == *sessionID) && (userID == nil || ev.UserID == *userID)
-		}
-		if after != nil {
-			k, err := parseEventCursor(*after)
-			if err != nil {
-				return nil, err
-			}
-			return r.resumeConversations(ctx, k, sessionID, userID, match)
-		}
-		return r.Conversations.Subscribe(ctx, match).C, nil
-	})
+		return r.resumeConversations(ctx, k, sessionID, userID, match)
+	}
+	return r.Conversations.Subscribe(ctx, match).C, nil
 }
 
 // MemoryUpdated is the resolver for the memoryUpdated field.
 func (r *subscriptionResolver) MemoryUpdated(ctx context.Context, userID string) (<-chan *model.MemoryEvent, error) {
-	return onItsOwnStack(func() (<-chan *model.MemoryEvent, error) {
-		if err := r.forUser(ctx, userID); err != nil {
-			return nil, err
-		}
-		sub := r.Memories.Subscribe(ctx, func(ev *model.MemoryEvent) bool { return ev.UserID == userID })
-		return sub.C, nil
-	})
+	if err := r.forUser(ctx, userID); err != nil {
+		return nil, err
+	}
+	sub := r.Memories.Subscribe(ctx, func(ev *model.MemoryEvent) bool { return ev.UserID == userID })
+	return sub.C, nil
 }
 
 // ChatRun is the resolver for the chatRun field.
 func (r *subscriptionResolver) ChatRun(ctx context.Context, instanceID string) (<-chan *model.ChatRun, error) {
-	return onItsOwnStack(func() (<-chan *model.ChatRun, error) {
-		first, err := r.ownRun(ctx, instanceID) // unknown, or another user's: the same NOT_FOUND
-		if err != nil {
-			return nil, err
-		}
-		return r.Runs.Follow(ctx, *first), nil
-	})
+	first, err := r.ownRun(ctx, instanceID) // unknown, or another user's: the same NOT_FOUND
+	if err != nil {
+		return nil, err
+	}
+	return r.Runs.Follow(ctx, *first), nil
 }
 
 // ChatStream is the resolver for the chatStream field.
 func (r *subscriptionResolver) ChatStream(ctx context.Context, instanceID string, after *int) (<-chan *model.ChatChunk, error) {
-	return onItsOwnStack(func() (<-chan *model.ChatChunk, error) {
-		if after != nil && *after < 0 {
-			return nil, apperr.New(apperr.Invalid, "after must not be negative")
-		}
-		run, err := r.ownRun(ctx, instanceID)
-		if err != nil {
-			return nil, err
-		}
-		from := 0
-		if after != nil {
-			from = *after
-		}
-		chunks := r.Replies.Subscribe(ctx, instanceID, from)
-		if run.Terminal() {
-			r.Replies.Finish(instanceID, toStatus(run.Status), deref(run.Reply), false)
-			return chunks, nil
-		}
-		// The turn's end comes fastest with its conversation event; reading the
-		// turn (one reader per turn, shared with chatRun) also ends the stream of
-		// a turn that failed or was stopped, or whose event this replica missed.
-		r.watchEnd(ctx, *run)
+	if after != nil && *after < 0 {
+		return nil, apperr.New(apperr.Invalid, "after must not be negative")
+	}
+	run, err := r.ownRun(ctx, instanceID)
+	if err != nil {
+		return nil, err
+	}
+	from := 0
+	if after != nil {
+		from = *after
+	}
+	chunks := r.Replies.Subscribe(ctx, instanceID, from)
+	if run.Terminal() {
+		r.Replies.Finish(instanceID, toStatus(run.Status), deref(run.Reply), false)
 		return chunks, nil
-	})
+	}
+	// The turn's end comes fastest with its conversation event; reading the
+	// turn (one reader per turn, shared with chatRun) also ends the stream of
+	// a turn that failed or was stopped, or whose event this replica missed.
+	r.watchEnd(ctx, *run)
+	return chunks, nil
 }
 
 // Mutation returns MutationResolver implementation.

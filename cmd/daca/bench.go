@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -109,11 +110,21 @@ func benchOffline(ctx context.Context, rootDir string, parts map[string]bool, tu
 		return err
 	}
 	defer os.RemoveAll(runDir)
+	// The gateways' pprof endpoints (the fan-out forces a GC through them
+	// to read live memory); DACA_BENCH_PPROF chooses the first's address.
+	pprof := map[string]string{"gateway": os.Getenv("DACA_BENCH_PPROF"), "gateway-grpc": ""}
+	for name, addr := range pprof {
+		if addr == "" {
+			if pprof[name], err = freeLoopbackAddr(); err != nil {
+				return err
+			}
+		}
+	}
 	apps := []stack.App{
 		stack.Memory.App("LOG_LEVEL=warn"),
 		stack.Chat.App("LOG_LEVEL=warn", "LLM_OFFLINE_TOKEN_DELAY=0", "PPROF_ADDR="+os.Getenv("DACA_BENCH_CHAT_PPROF")), // as before streaming: the turn rate compares
-		stack.Gateway.App("LOG_LEVEL=warn", "RATE_LIMIT_PER_MINUTE=0", "SUBSCRIBER_QUEUE=16", "PPROF_ADDR="+os.Getenv("DACA_BENCH_PPROF")),
-		stack.Gateway.Named("gateway-grpc", "LOG_LEVEL=warn", "RATE_LIMIT_PER_MINUTE=0", "BACKEND_INVOCATION=grpc"),
+		stack.Gateway.App("LOG_LEVEL=warn", "RATE_LIMIT_PER_MINUTE=0", "SUBSCRIBER_QUEUE=16", "PPROF_ADDR="+pprof["gateway"]),
+		stack.Gateway.Named("gateway-grpc", "LOG_LEVEL=warn", "RATE_LIMIT_PER_MINUTE=0", "BACKEND_INVOCATION=grpc", "PPROF_ADDR="+pprof["gateway-grpc"]),
 	}
 	if base != nil && parts["gateway"] {
 		bin, err := base.gateway(ctx, filepath.Join(runDir, "bin"))
@@ -177,7 +188,7 @@ func benchOffline(ctx context.Context, rootDir string, parts map[string]bool, tu
 		}
 	}
 	if parts["fanout"] {
-		if err := benchFanOuts(ctx, st, call, fan.subs, fan.runs, fan.large); err != nil {
+		if err := benchFanOuts(ctx, st, call, pprof, fan.subs, fan.runs, fan.large); err != nil {
 			return err
 		}
 	}
@@ -185,6 +196,16 @@ func benchOffline(ctx context.Context, rootDir string, parts map[string]bool, tu
 		return benchInvocation(ctx, st, call, reads, levels)
 	}
 	return nil
+}
+
+// freeLoopbackAddr is a loopback address with a port free right now.
+func freeLoopbackAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
 }
 
 // benchSessions is how many sessions the measured chat turns rotate over.

@@ -9,14 +9,22 @@ import (
 
 	"github.com/daca-go/daca/gateway/backend/backendtest"
 	"github.com/daca-go/daca/internal/dev/testkit"
+	"github.com/daca-go/daca/internal/telemetry"
+	"go.opentelemetry.io/otel"
 )
 
 // BenchmarkIdleSubscription reports the gateway's memory per open, idle
 // subscription (as `make bench`'s fan-out opens them: 100 per websocket):
-// goroutine stacks and live heap, after a GC. b.N is ignored beyond one
-// round of subscriptions.
+// goroutine stacks, live heap and heap in use, after a GC, with the tracer
+// provider the gateway runs with (its spans deepen a subscription's
+// goroutine). b.N is ignored beyond one round of subscriptions.
 func BenchmarkIdleSubscription(b *testing.B) {
 	const sockets, perSocket = 20, 100
+	prev := otel.GetTracerProvider()
+	defer otel.SetTracerProvider(prev)
+	if _, err := telemetry.Setup(b.Context(), "gateway", testkit.Quiet()); err != nil { // the tracer provider as in production
+		b.Fatal(err)
+	}
 	s, h := newServer(backendtest.New(), Config{}, 16, nil)
 	srv := httptest.NewServer(h)
 	defer srv.Close()
@@ -47,6 +55,7 @@ func BenchmarkIdleSubscription(b *testing.B) {
 	n := float64(sockets * perSocket)
 	b.ReportMetric(float64(after.StackInuse-before.StackInuse)/n, "stack-B/sub")
 	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "heap-B/sub")
+	b.ReportMetric(float64(after.HeapInuse-before.HeapInuse)/n, "heapinuse-B/sub")
 	for _, ws := range clients {
 		ws.Close()
 	}
