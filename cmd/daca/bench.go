@@ -8,7 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -115,9 +114,11 @@ func benchOffline(ctx context.Context, rootDir string, parts map[string]bool, tu
 	pprof := map[string]string{"gateway": os.Getenv("DACA_BENCH_PPROF"), "gateway-grpc": ""}
 	for name, addr := range pprof {
 		if addr == "" {
-			if pprof[name], err = freeLoopbackAddr(); err != nil {
+			port, err := stack.FreePort() // one the stack will not hand out too
+			if err != nil {
 				return err
 			}
+			pprof[name] = fmt.Sprintf("127.0.0.1:%d", port)
 		}
 	}
 	apps := []stack.App{
@@ -167,10 +168,7 @@ func benchOffline(ctx context.Context, rootDir string, parts map[string]bool, tu
 	}
 	var seq atomic.Int64
 	chatOnce := func() error {
-		n := seq.Add(1)
-		b, _ := json.Marshal(map[string]any{"user_id": "bench-user", "text": fmt.Sprintf("hello %d", n),
-			"metadata": map[string]string{"session_id": fmt.Sprintf("bench-%d", n%benchSessions)}})
-		return call(http.MethodPost, chatURL, b)
+		return call(http.MethodPost, chatURL, chatRequest(seq.Add(1), "bench"))
 	}
 	readOnce := func() error { return call(http.MethodGet, memURL, nil) }
 
@@ -196,16 +194,6 @@ func benchOffline(ctx context.Context, rootDir string, parts map[string]bool, tu
 		return benchInvocation(ctx, st, call, reads, levels)
 	}
 	return nil
-}
-
-// freeLoopbackAddr is a loopback address with a port free right now.
-func freeLoopbackAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
 }
 
 // benchSessions is how many sessions the measured chat turns rotate over.
@@ -269,7 +257,8 @@ func waitEventsApplied(ctx context.Context, metricsURL string, want int) error {
 	fmt.Printf("\nbench: waiting for agent-memory-service to apply the %d conversation events of the chat turns\n", want)
 	got := 0
 	err := waitMetric(ctx, metricsURL, 3*time.Minute, func(text string) bool {
-		got = int(metricSum(text, "daca_pubsub_events_total", `topic="conversations"`))
+		n, _ := metricSum(text, "daca_pubsub_events_total", `topic="conversations"`)
+		got = int(n)
 		return got >= want
 	})
 	if err != nil {
@@ -301,17 +290,25 @@ func waitMetric(ctx context.Context, url string, timeout time.Duration, done fun
 	}
 }
 
-// metricSum adds the samples of metric whose labels contain label.
-func metricSum(text, metric, label string) float64 {
-	sum := 0.0
+// metricSum adds the samples of metric whose labels contain label (""
+// takes an unlabelled metric too); found says whether there was any.
+func metricSum(text, metric, label string) (sum float64, found bool) {
 	for _, l := range strings.Split(text, "\n") {
-		if strings.HasPrefix(l, metric+"{") && strings.Contains(l, label) {
+		if (strings.HasPrefix(l, metric+"{") || strings.HasPrefix(l, metric+" ")) && strings.Contains(l, label) {
 			f := strings.Fields(l)
 			n, _ := strconv.ParseFloat(f[len(f)-1], 64)
-			sum += n
+			sum, found = sum+n, true
 		}
 	}
-	return sum
+	return sum, found
+}
+
+// chatRequest is the body of the n-th chat turn of the benchmark, in one of
+// benchSessions sessions named with prefix.
+func chatRequest(n int64, prefix string) []byte {
+	b, _ := json.Marshal(map[string]any{"user_id": "bench-user", "text": fmt.Sprintf("hello %d", n),
+		"metadata": map[string]string{"session_id": fmt.Sprintf("%s-%d", prefix, n%benchSessions)}})
+	return b
 }
 
 func load(op func() error, n, conc int) ([]time.Duration, int, time.Duration) {

@@ -77,6 +77,14 @@ func benchGateway(ctx context.Context, st *stack.Stack, call func(method, url st
 	if err != nil {
 		return err
 	}
+	// The paths, in this order (the indexes below).
+	const (
+		viaGateway = iota
+		viaSidecar
+		viaGoSDK
+		viaHop
+		viaBaseline
+	)
 	paths := []func() error{
 		gwPath,
 		directPath,
@@ -98,9 +106,9 @@ func benchGateway(ctx context.Context, st *stack.Stack, call func(method, url st
 	}
 	watch := func(p int) (int, int) {
 		switch p {
-		case 3:
+		case viaHop:
 			return hopCmd.Process.Pid, gw.Daprd.Pid()
-		case 4:
+		case viaBaseline:
 			return base.AppCmd.Pid(), base.Daprd.Pid()
 		}
 		return gw.AppCmd.Pid(), gw.Daprd.Pid()
@@ -123,7 +131,7 @@ func benchGateway(ctx context.Context, st *stack.Stack, call func(method, url st
 			n = max(reads/4, 50)
 		}
 		m := interleaved(paths, n, conc, watch)
-		g, d, k, h := m[0], m[1], m[2], m[3]
+		g, d, k, h := m[viaGateway], m[viaSidecar], m[viaGoSDK], m[viaHop]
 		if g.errs+d.errs+k.errs+h.errs > 0 {
 			return fmt.Errorf("bench: %d gateway, %d sidecar, %d go-sdk and %d bare-hop errors", g.errs, d.errs, k.errs, h.errs)
 		}
@@ -131,7 +139,7 @@ func benchGateway(ctx context.Context, st *stack.Stack, call func(method, url st
 		cpu := g.cpuPerReq(g.cpu)
 		third := true
 		if base != nil {
-			b := m[4]
+			b := m[viaBaseline]
 			if b.errs > 0 {
 				return fmt.Errorf("bench: %d errors of the baseline gateway", b.errs)
 			}
@@ -378,7 +386,8 @@ func benchFanOut(ctx context.Context, st *stack.Stack, name string, call func(me
 	}
 	// Wait until every subscription is open.
 	if err := waitMetric(ctx, gw.AppURL()+"/metrics", 5*time.Minute, func(text string) bool {
-		return int(metricSum(text, "daca_gateway_open_subscriptions", `topic="conversations"`)) == conns*perConn
+		n, _ := metricSum(text, "daca_gateway_open_subscriptions", `topic="conversations"`)
+		return int(n) == conns*perConn
 	}); err != nil {
 		return fanOutRun{}, fmt.Errorf("bench: subscriptions did not all open: %w", err)
 	}
@@ -403,7 +412,8 @@ func benchFanOut(ctx context.Context, st *stack.Stack, name string, call func(me
 	sockets = nil
 	// The gateway forgets the subscriptions before the next run.
 	if err := waitMetric(ctx, gw.AppURL()+"/metrics", time.Minute, func(text string) bool {
-		return metricSum(text, "daca_gateway_open_subscriptions", `topic="conversations"`) == 0
+		n, _ := metricSum(text, "daca_gateway_open_subscriptions", `topic="conversations"`)
+		return n == 0
 	}); err != nil {
 		return fanOutRun{}, fmt.Errorf("bench: subscriptions not freed after the run: %w", err)
 	}
@@ -445,20 +455,9 @@ func liveMemory(appURL, pprofAddr string) (int64, bool) {
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	heap, hok := metricValue(string(b), "go_memstats_heap_inuse_bytes")
-	stack, sok := metricValue(string(b), "go_memstats_stack_inuse_bytes")
+	heap, hok := metricSum(string(b), "go_memstats_heap_inuse_bytes", "")
+	stack, sok := metricSum(string(b), "go_memstats_stack_inuse_bytes", "")
 	return int64(heap + stack), hok && sok
-}
-
-// metricValue is the value of an unlabelled metric in Prometheus text.
-func metricValue(text, metric string) (float64, bool) {
-	for _, l := range strings.Split(text, "\n") {
-		if v, ok := strings.CutPrefix(l, metric+" "); ok {
-			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			return f, err == nil
-		}
-	}
-	return 0, false
 }
 
 // benchInvocation compares the gateway's two ways to its sidecar

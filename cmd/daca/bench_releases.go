@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -67,10 +66,7 @@ func benchReleases(ctx context.Context, rootDir string, st *stack.Stack, call fu
 	for i, v := range variants {
 		url := v.st.App(contract.ChatApp).SidecarURL() + "/v1.0/invoke/" + contract.ChatApp + "/method/chat"
 		paths[i] = func() error {
-			n := seq.Add(1)
-			b, _ := json.Marshal(map[string]any{"user_id": "bench-user", "text": fmt.Sprintf("hello %d", n),
-				"metadata": map[string]string{"session_id": fmt.Sprintf("release-%d", n%benchSessions)}})
-			err := call(http.MethodPost, url, b)
+			err := call(http.MethodPost, url, chatRequest(seq.Add(1), "release"))
 			if err != nil {
 				errMu.Lock()
 				if firstErr[i] == nil {

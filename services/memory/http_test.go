@@ -178,6 +178,8 @@ func TestRoutes(t *testing.T) {
 		{"GET", "/owners/s-own", "", 200, `{"session_id":"s-own","user_id":"ana"}`},
 		{"PUT", "/owners/s-own", `{"user_id":"a||b"}`, 400, "user_id must match"},
 		{"GET", "/conversations/s-own", "", 200, `"history":[]`},
+		{"GET", "/conversations/s-own?user_id=ana&last=10", "", 200, `"history":[]`},
+		{"GET", "/conversations/s-own?user_id=a%7C%7Cb", "", 400, "user_id must match"},
 	}
 	for _, tt := range tests {
 		w := httptest.NewRecorder()

@@ -34,6 +34,16 @@ type streamed struct {
 
 func (s streamed) last() map[string]any { return s.chunks[len(s.chunks)-1] }
 
+// subscribed opens a websocket to the named gateway replica and starts
+// subscription id of query on it.
+func subscribed(t *testing.T, st *stack.Stack, replica, id, query string, vars map[string]any) *testkit.WSClient {
+	t.Helper()
+	ws := testkit.DialWS(t, gqlURL(st, replica), "graphql-transport-ws")
+	ws.Init(nil)
+	ws.Subscribe(id, query, vars)
+	return ws
+}
+
 // follow reads chunks of subscription id until the done chunk, checking as
 // it goes that seq grows and that text is always the deltas joined (after
 // the chunks seen already: text so far, last seq).
@@ -76,17 +86,11 @@ func TestChatStreamEndToEnd(t *testing.T) {
 	st := stacktest.Stack(t)
 	id, session := startTurn(t, st, unique("streamer"), "please stream a reply to me")
 
-	ws := testkit.DialWS(t, gqlURL(st, "gateway-2"), "graphql-transport-ws")
-	ws.Init(nil)
-	ws.Subscribe("s", chatStream, map[string]any{"id": id})
+	ws := subscribed(t, st, "gateway-2", "s", chatStream, map[string]any{"id": id})
 	first := ws.Data("s", 60*time.Second)["chatStream"].(map[string]any)
 	// Joining now, on the first replica: the text so far first.
-	late := testkit.DialWS(t, gqlURL(st, "gateway"), "graphql-transport-ws")
-	late.Init(nil)
-	late.Subscribe("l", chatStream, map[string]any{"id": id})
-	resumed := testkit.DialWS(t, gqlURL(st, "gateway"), "graphql-transport-ws")
-	resumed.Init(nil)
-	resumed.Subscribe("r", chatStream, map[string]any{"id": id, "after": 1})
+	late := subscribed(t, st, "gateway", "l", chatStream, map[string]any{"id": id})
+	resumed := subscribed(t, st, "gateway", "r", chatStream, map[string]any{"id": id, "after": 1})
 
 	all := follow(t, ws, "s", first)
 	end := all.last()
@@ -155,9 +159,7 @@ func TestChatStreamEndToEnd(t *testing.T) {
 func TestChatStreamShowsTheToolCall(t *testing.T) {
 	st := stacktest.Stack(t)
 	id, _ := startTurn(t, st, unique("timer"), "What time is it?")
-	ws := testkit.DialWS(t, gqlURL(st, "gateway"), "graphql-transport-ws")
-	ws.Init(nil)
-	ws.Subscribe("t", chatStream, map[string]any{"id": id})
+	ws := subscribed(t, st, "gateway", "t", chatStream, map[string]any{"id": id})
 	s := follow(t, ws, "t")
 	var tool map[string]any
 	for _, c := range s.chunks {
@@ -178,9 +180,7 @@ func TestCancelChat(t *testing.T) {
 	st := stacktest.Stack(t)
 	user := unique("stopper")
 	id, session := startTurn(t, st, user, "a turn to stop")
-	ws := testkit.DialWS(t, gqlURL(st, "gateway-2"), "graphql-transport-ws")
-	ws.Init(nil)
-	ws.Subscribe("c", chatStream, map[string]any{"id": id})
+	ws := subscribed(t, st, "gateway-2", "c", chatStream, map[string]any{"id": id})
 	for range 2 {
 		d, errs, _ := gql(t, gqlURL(st, "gateway"), `mutation($id: ID!) { cancelChat(instanceId: $id) { instanceId status } }`, map[string]any{"id": id})
 		if errs != nil || d["cancelChat"].(map[string]any)["status"] != "TERMINATED" {
@@ -226,9 +226,7 @@ func TestConversationUpdatedResumesOnAnotherReplica(t *testing.T) {
 		t.Helper()
 		return ws.Data(id, 30*time.Second)["conversationUpdated"].(map[string]any)
 	}
-	first := testkit.DialWS(t, gqlURL(st, "gateway"), "graphql-transport-ws")
-	first.Init(nil)
-	first.Subscribe("1", q, map[string]any{"s": session})
+	first := subscribed(t, st, "gateway", "1", q, map[string]any{"s": session})
 	waitSubscribers(t, st, "gateway", "conversations", 1)
 	turn("turn one")
 	seen := event(first, "1")
@@ -239,9 +237,7 @@ func TestConversationUpdatedResumesOnAnotherReplica(t *testing.T) {
 	turn("turn two")
 	turn("turn three")
 
-	again := testkit.DialWS(t, gqlURL(st, "gateway-2"), "graphql-transport-ws")
-	again.Init(nil)
-	again.Subscribe("2", q, map[string]any{"s": session, "after": seen["cursor"]})
+	again := subscribed(t, st, "gateway-2", "2", q, map[string]any{"s": session, "after": seen["cursor"]})
 	var got []string
 	for range 2 {
 		got = append(got, event(again, "2")["userMessage"].(string))

@@ -213,14 +213,8 @@ func (s *streamer) send(ctx context.Context, ev contract.ChatStreamed, count fun
 			}
 			cancel()
 		}
-		if closed {
-			s.mu.Lock()
-			left := len(s.queue)
-			s.mu.Unlock()
-			if left == 0 {
-				return
-			}
-			continue
+		if closed { // close cut the last piece before it set closed: nothing follows
+			return
 		}
 		<-s.wake
 	}
