@@ -67,7 +67,7 @@ const replayWindow = time.Minute
 func (r *Resolver) resumeConversations(ctx context.Context, after eventKey, sessionID, userID *string,
 	match func(*model.ConversationEvent) bool) (<-chan *model.ConversationEvent, error) {
 	ctx, cancel := context.WithCancel(ctx)
-	live := r.Conversations.Subscribe(ctx, match)
+	live := r.Conversations.Subscribe(ctx, match, nil) // read by the replay goroutine
 	missed, err := r.missedEvents(ctx, after, sessionID, userID)
 	if err != nil {
 		cancel()

@@ -8,6 +8,7 @@ package graph
 import (
 	"context"
 
+	"github.com/daca-go/daca/gateway/wstransport"
 	"github.com/daca-go/daca/graph/model"
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/contract"
@@ -273,7 +274,7 @@ func (r *subscriptionResolver) ConversationUpdated(ctx context.Context, sessionI
 		}
 		return r.resumeConversations(ctx, k, sessionID, userID, match)
 	}
-	return r.Conversations.Subscribe(ctx, match).C, nil
+	return r.Conversations.Subscribe(ctx, match, wstransport.Waker(ctx)).C, nil
 }
 
 // MemoryUpdated is the resolver for the memoryUpdated field.
@@ -281,7 +282,7 @@ func (r *subscriptionResolver) MemoryUpdated(ctx context.Context, userID string)
 	if err := r.forUser(ctx, userID); err != nil {
 		return nil, err
 	}
-	sub := r.Memories.Subscribe(ctx, func(ev *model.MemoryEvent) bool { return ev.UserID == userID })
+	sub := r.Memories.Subscribe(ctx, func(ev *model.MemoryEvent) bool { return ev.UserID == userID }, wstransport.Waker(ctx))
 	return sub.C, nil
 }
 

@@ -55,6 +55,7 @@ type sub[T any] struct {
 	ctx   context.Context
 	ch    chan T
 	match func(T) bool
+	wake  func() // called after each value sent on ch and after ch is closed; may be nil
 	once  sync.Once
 }
 
@@ -77,9 +78,12 @@ type Subscription[T any] struct {
 }
 
 // Subscribe registers a subscriber for events that match (nil: all) until
-// ctx ends.
-func (b *Broker[T]) Subscribe(ctx context.Context, match func(T) bool) Subscription[T] {
-	s := &sub[T]{ctx: ctx, ch: make(chan T, b.buf), match: match}
+// ctx ends. wake, if not nil, is called after each event queued on the
+// subscription's channel and once after the channel is closed (the
+// websocket transport's Waker: the subscription then needs no goroutine of
+// its own to wait for events).
+func (b *Broker[T]) Subscribe(ctx context.Context, match func(T) bool, wake func()) Subscription[T] {
+	s := &sub[T]{ctx: ctx, ch: make(chan T, b.buf), match: match, wake: wake}
 	b.mu.Lock()
 	b.subs[s] = struct{}{}
 	b.mu.Unlock()
@@ -99,6 +103,9 @@ func (b *Broker[T]) remove(s *sub[T], slow bool) {
 			}
 		}
 		close(s.ch)
+		if s.wake != nil {
+			s.wake()
+		}
 	})
 }
 
@@ -125,6 +132,9 @@ func (b *Broker[T]) Publish(ev T) int {
 		select {
 		case s.ch <- ev:
 			n++
+			if s.wake != nil {
+				s.wake()
+			}
 		default:
 			slow = append(slow, s)
 		}

@@ -17,8 +17,8 @@ func TestFiltersAndDelivery(t *testing.T) {
 	b := New[int](8, nil)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	even := b.Subscribe(ctx, func(v int) bool { return v%2 == 0 })
-	all := b.Subscribe(ctx, nil)
+	even := b.Subscribe(ctx, func(v int) bool { return v%2 == 0 }, nil)
+	all := b.Subscribe(ctx, nil, nil)
 	for i := range 4 {
 		b.Publish(i)
 	}
@@ -41,6 +41,54 @@ func TestFiltersAndDelivery(t *testing.T) {
 	}
 }
 
+// TestWakeOncePerQueuedEventAndClose: wake counts exactly what a reader may
+// take without blocking: each event queued (not those filtered out or
+// dropped for a full buffer), then the close.
+func TestWakeOncePerQueuedEventAndClose(t *testing.T) {
+	tests := []struct {
+		name      string
+		match     func(int) bool
+		publish   int
+		wantWakes int
+		wantRead  []int
+	}{
+		{"every event, then the close", nil, 3, 4, []int{0, 1, 2}},
+		{"filtered events do not wake", func(v int) bool { return v == 1 }, 3, 2, []int{1}},
+		{"a full buffer drops the subscriber: the close wakes once", nil, 6, 5, []int{0, 1, 2, 3}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := New[int](4, nil)
+			ctx, cancel := context.WithCancel(t.Context())
+			woken := make(chan struct{}, 16)
+			sub := b.Subscribe(ctx, tt.match, func() { woken <- struct{}{} })
+			for i := range tt.publish {
+				b.Publish(i)
+			}
+			cancel()
+			var read []int
+			for v := range sub.C { // ends: the channel is closed on cancel or drop
+				read = append(read, v)
+			}
+			if !slices.Equal(read, tt.wantRead) {
+				t.Fatalf("read %v; want %v", read, tt.wantRead)
+			}
+			// The close's wake may follow the close itself: wait for it.
+			deadline := time.After(5 * time.Second)
+			for i := range tt.wantWakes {
+				select {
+				case <-woken:
+				case <-deadline:
+					t.Fatalf("%d wakes; want %d", i, tt.wantWakes)
+				}
+			}
+			if n := len(woken); n != 0 {
+				t.Fatalf("%d wakes more than %d", n, tt.wantWakes)
+			}
+		})
+	}
+}
+
 func TestSlowSubscriberDroppedOthersServed(t *testing.T) {
 	type key struct{}
 	drops := 0
@@ -54,8 +102,8 @@ func TestSlowSubscriberDroppedOthersServed(t *testing.T) {
 			t.Errorf("drop reported while the subscriber is still registered")
 		}
 	})
-	slow := b.Subscribe(context.WithValue(t.Context(), key{}, "slow"), nil) // never reads
-	fast := b.Subscribe(t.Context(), nil)
+	slow := b.Subscribe(context.WithValue(t.Context(), key{}, "slow"), nil, nil) // never reads
+	fast := b.Subscribe(t.Context(), nil, nil)
 	got := make(chan int)
 	go func() {
 		for v := range fast.C {
@@ -92,7 +140,7 @@ func TestThousandCyclesFreeEverything(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 1000 {
 		ctx, cancel := context.WithCancel(context.Background())
-		s := b.Subscribe(ctx, nil)
+		s := b.Subscribe(ctx, nil, nil)
 		b.Publish(1)
 		wg.Add(1)
 		go func() {
@@ -120,7 +168,7 @@ func TestConcurrentPublishAndCancel(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 50 {
 		ctx, cancel := context.WithCancel(context.Background())
-		s := b.Subscribe(ctx, nil)
+		s := b.Subscribe(ctx, nil, nil)
 		wg.Add(2)
 		go func() {
 			defer wg.Done()

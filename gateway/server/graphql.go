@@ -18,6 +18,7 @@ import (
 	"github.com/vektah/gqlparser/v2/ast"
 
 	"github.com/daca-go/daca/gateway/auth"
+	"github.com/daca-go/daca/gateway/wstransport"
 	"github.com/daca-go/daca/graph"
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/logging"
@@ -28,7 +29,7 @@ import (
 // dataloaders, metrics and traces, and error presentation.
 func (s *Server) graphQL() http.Handler {
 	srv := handler.New(graph.NewExecutableSchema(graph.Config{Resolvers: s.res}))
-	srv.AddTransport(transport.Websocket{
+	srv.AddTransport(wstransport.Websocket{
 		Implementation: protocolGuard{initTimeout: s.cfg.InitTimeout, open: s.sockets, inner: transport.CoderWebsocketImplementation{AcceptOptions: websocket.AcceptOptions{
 			Subprotocols:   []string{"graphql-transport-ws", "graphql-ws"},
 			OriginPatterns: originPatterns(s.cfg.AllowedOrigins),
@@ -96,8 +97,8 @@ func (s *Server) wsInit(ctx context.Context, p transport.InitPayload) (context.C
 	}
 	forbidden := func(err error) (context.Context, *transport.InitPayload, error) {
 		logging.From(ctx, s.log).Info("websocket refused", "err", err)
-		ctx = transport.WithWebsocketCloseCode(ctx, closeForbidden)
-		ctx = transport.AppendCloseReason(ctx, "Forbidden")
+		ctx = wstransport.WithWebsocketCloseCode(ctx, closeForbidden)
+		ctx = wstransport.AppendCloseReason(ctx, "Forbidden")
 		return ctx, nil, errors.New("Forbidden")
 	}
 	if raw == "" {

@@ -205,6 +205,39 @@ func TestThousandSubscribeCyclesBackToBaseline(t *testing.T) {
 	ws.Close()
 }
 
+// TestIdleSubscriptionsHoldNoGoroutine: conversationUpdated and
+// memoryUpdated wake the websocket transport (wstransport.Waker), so open
+// subscriptions hold no goroutine each, and one event still reaches all.
+func TestIdleSubscriptionsHoldNoGoroutine(t *testing.T) {
+	const n = 100
+	s, h := newServer(backendtest.New(), Config{}, 0, nil)
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	ws := wsDial(t, srv.URL, "graphql-transport-ws", nil)
+	defer ws.Close()
+	ws.Await(5*time.Second, "connection_ack")
+	before := settledGoroutines()
+	for i := range n {
+		q := `subscription { conversationUpdated(sessionId: "s1") { userMessage } }`
+		if i%2 == 1 {
+			q = `subscription { memoryUpdated(userId: "ana") { userSummary } }`
+		}
+		ws.Subscribe(fmt.Sprint(i), q, nil)
+	}
+	waitUntil(t, "all subscribed", func() bool { return s.res.Conversations.Len()+s.res.Memories.Len() == n })
+	if d := settledGoroutines() - before; d > 10 {
+		t.Fatalf("%d idle subscriptions added %d goroutines", n, d)
+	}
+	publishEvent(t, srv.URL, "conversations", "e1", map[string]string{"user_id": "ana", "session_id": "s1", "event_type": "ConversationUpdated", "user_message": "hello", "assistant_reply": "r"})
+	publishEvent(t, srv.URL, "memory-updates", "m1", map[string]string{"user_id": "ana", "session_id": "s1", "user_summary": "likes tea"})
+	for i := range n {
+		d := fmt.Sprint(ws.Data(fmt.Sprint(i), 5*time.Second))
+		if want := map[bool]string{true: "hello", false: "likes tea"}[i%2 == 0]; !strings.Contains(d, want) {
+			t.Fatalf("subscription %d got %s; want %q", i, d, want)
+		}
+	}
+}
+
 // settledGoroutines returns the goroutine count once it has not changed for
 // 200 ms (goroutines of earlier tests may still be winding down).
 func settledGoroutines() int {
