@@ -1,7 +1,6 @@
 package contract
 
 import (
-	"regexp"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -30,10 +29,23 @@ const (
 // "a||b") is accepted.
 const IDPattern = `^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$`
 
-var idRE = regexp.MustCompile(IDPattern)
-
-// ValidID reports whether s matches IDPattern.
-func ValidID(s string) bool { return idRE.MatchString(s) }
+// ValidID reports whether s matches IDPattern (a loop over the bytes: every
+// gateway request checks an id or two, and the regexp was a few µs each).
+func ValidID(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case i > 0 && (c == '_' || c == '.' || c == '@' || c == ':' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
+}
 
 // CheckID returns an Invalid error naming field (as the caller's API spells
 // it: user_id, userId) when id does not match IDPattern.

@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -27,21 +26,6 @@ import (
 
 // MaxBody is the largest request body a service reads.
 const MaxBody = 1 << 20
-
-var idRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$`)
-
-// ValidID reports whether s is a valid user or session id: letters, digits
-// and _.@:- , starting with a letter or digit, at most 128 characters. State
-// keys are built from ids, so nothing else (such as "a||b") is accepted.
-func ValidID(s string) bool { return idRE.MatchString(s) }
-
-// CheckID returns an Invalid error naming the field when id is not valid.
-func CheckID(field, id string) error {
-	if !ValidID(id) {
-		return apperr.New(apperr.Invalid, "%s must match ^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$", field)
-	}
-	return nil
-}
 
 // Decode reads a JSON body of at most MaxBody bytes into v.
 func Decode(w http.ResponseWriter, r *http.Request, v any) error {

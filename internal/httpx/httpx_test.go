@@ -11,31 +11,6 @@ import (
 	"github.com/daca-go/daca/internal/dev/testkit"
 )
 
-func TestValidID(t *testing.T) {
-	tests := []struct {
-		id   string
-		want bool
-	}{
-		{"junaid", true},
-		{"user@example.com", true},
-		{"a:b-c_d.e", true},
-		{"9", true},
-		{strings.Repeat("a", 128), true},
-		{strings.Repeat("a", 129), false},
-		{"", false},
-		{"a||b", false},
-		{"-leading", false},
-		{"../etc", false},
-		{"a b", false},
-		{"ünï", false},
-	}
-	for _, tt := range tests {
-		if got := ValidID(tt.id); got != tt.want {
-			t.Errorf("ValidID(%q) = %v; want %v", tt.id, got, tt.want)
-		}
-	}
-}
-
 func TestDecode(t *testing.T) {
 	tests := []struct {
 		name, body string
