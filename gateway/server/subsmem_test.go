@@ -16,8 +16,8 @@ import (
 // BenchmarkIdleSubscription reports the gateway's memory per open, idle
 // subscription (as `make bench`'s fan-out opens them: 100 per websocket):
 // goroutine stacks, live heap and heap in use, after a GC, with the tracer
-// provider the gateway runs with (its spans deepen a subscription's
-// goroutine). b.N is ignored beyond one round of subscriptions.
+// provider the gateway runs with (its spans are part of a subscription's
+// setup). b.N is ignored beyond one round of subscriptions.
 func BenchmarkIdleSubscription(b *testing.B) {
 	const sockets, perSocket = 20, 100
 	prev := otel.GetTracerProvider()

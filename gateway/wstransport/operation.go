@@ -28,15 +28,15 @@ type operation struct {
 	cancel context.CancelFunc
 	push   atomic.Bool // a source took the waker
 
-	// Set before dispatched, read by the delivery goroutine after.
+	// Guarded by c.dmu until set (responses set: dispatched); read without
+	// it by the delivery goroutine, which gets the operation after they were.
 	ctx       context.Context
 	responses graphql.ResponseHandler
 
 	// Guarded by c.dmu.
-	pending    int  // wakes not yet delivered
-	dispatched bool // ctx and responses are set
-	queued     bool // in c.ready, or being drained
-	done       bool // ended: wakes are ignored
+	pending int  // wakes not yet delivered
+	queued  bool // in c.ready, or being drained
+	done    bool // ended: wakes are ignored
 }
 
 type operationKey struct{}
@@ -81,7 +81,7 @@ func (op *operation) run(ctx context.Context) {
 	}
 	c := op.c
 	c.dmu.Lock()
-	op.ctx, op.responses, op.dispatched = ctx, responses, true
+	op.ctx, op.responses = ctx, responses
 	signal := op.enqueueLocked()
 	c.dmu.Unlock()
 	if signal {
@@ -104,7 +104,7 @@ func (op *operation) wake() {
 // enqueueLocked puts the operation in the connection's ready list if it
 // has something to deliver and is not there yet. c.dmu is held.
 func (op *operation) enqueueLocked() bool {
-	if !op.dispatched || op.queued || op.done || op.pending == 0 {
+	if op.responses == nil || op.queued || op.done || op.pending == 0 {
 		return false
 	}
 	op.queued = true
@@ -151,23 +151,28 @@ func (op *operation) drain() {
 		}
 		op.pending--
 		c.dmu.Unlock()
-		response, p := op.next()
-		if p != nil || response == nil {
+		if ended, p := op.deliverOne(); ended {
 			op.finish(op.ctx, p)
 			return
 		}
-		c.sendResponse(op.id, response)
 	}
 }
 
-// next calls the response handler once; a panic in it is returned.
-func (op *operation) next() (response *graphql.Response, panicked any) {
+// deliverOne calls the response handler once and sends what it answered.
+// It reports whether the operation ended (no response, or a panic, which
+// it returns, as gqlgen's goroutine recovers one in either).
+func (op *operation) deliverOne() (ended bool, panicked any) {
 	defer func() {
 		if r := recover(); r != nil {
-			response, panicked = nil, r
+			ended, panicked = true, r
 		}
 	}()
-	return op.responses(op.ctx), nil
+	response := op.responses(op.ctx)
+	if response == nil {
+		return true, nil
+	}
+	op.c.sendResponse(op.id, response)
+	return false, nil
 }
 
 // finish ends the operation as gqlgen's transport does: an error for a

@@ -99,6 +99,9 @@ func (e executor) DispatchOperation(ctx context.Context, rc *graphql.OperationCo
 			if v == "panic" {
 				panic("boom")
 			}
+			if v == "badjson" { // the transport's json.Marshal of the response panics
+				return &graphql.Response{Data: json.RawMessage(`{"v":`)}
+			}
 			return &graphql.Response{Data: json.RawMessage(`{"v":"` + v + `"}`)}
 		case <-ctx.Done():
 			return nil
@@ -183,7 +186,8 @@ func TestIdleSubscriptionsHoldNoGoroutine(t *testing.T) {
 }
 
 // TestOperationEnds: a source that closes completes its subscription; a
-// panic while delivering is an error, then complete; a source that does not
+// panic while delivering (in the response handler, or sending what it
+// answered) is an error, then complete; a source that does not
 // wake, and a query, are answered on a goroutine of their own as in gqlgen.
 func TestOperationEnds(t *testing.T) {
 	e := executor{sources: make(chan *source, 8)}
@@ -207,6 +211,15 @@ func TestOperationEnds(t *testing.T) {
 		t.Fatalf("after a panic: %v", m)
 	}
 	if m := ws.Await(5*time.Second, "complete"); m["id"] != "panics" {
+		t.Fatalf("complete for %v", m["id"])
+	}
+
+	ws.Subscribe("badjson", "subscription { s }", nil)
+	(<-e.sources).send("badjson")
+	if m := ws.Await(5*time.Second, "error"); m["id"] != "badjson" || !strings.Contains(fmt.Sprint(m["payload"]), "internal system error") {
+		t.Fatalf("after a response that cannot be sent: %v", m)
+	}
+	if m := ws.Await(5*time.Second, "complete"); m["id"] != "badjson" {
 		t.Fatalf("complete for %v", m["id"])
 	}
 
