@@ -296,27 +296,35 @@ func TestCSRFRule(t *testing.T) {
 }
 
 // TestComplexityLimit: an operation over GRAPHQL_MAX_COMPLEXITY is refused
-// with gqlgen's code; one within it runs.
+// with gqlgen's code; one within it runs. Each is sent three times to one
+// server: the complexity of an operation without variables is remembered
+// after the first, and must decide the same.
 func TestComplexityLimit(t *testing.T) {
-	many := func(n int) string {
+	many := func(head, user string, n int) string {
 		var b strings.Builder
-		b.WriteString("{")
+		b.WriteString(head + "{")
 		for i := range n {
-			fmt.Fprintf(&b, ` a%d: memory(userId: "ana") { name }`, i)
+			fmt.Fprintf(&b, ` a%d: memory(userId: %s) { name }`, i, user)
 		}
 		return b.String() + " }"
 	}
 	tests := []struct {
 		name, query, wantCode string
+		opts                  []client.Option
 	}{
-		{"within the limit", many(2), ""},
-		{"over the limit", many(30), "COMPLEXITY_LIMIT_EXCEEDED"},
+		{"within the limit", many("", `"ana"`, 2), "", nil},
+		{"over the limit", many("", `"ana"`, 30), "COMPLEXITY_LIMIT_EXCEEDED", nil},
+		{"named, over the limit", many("query Q ", `"ana"`, 30), "COMPLEXITY_LIMIT_EXCEEDED", []client.Option{client.Operation("Q")}},
+		{"with variables, within", many("query($u: ID!) ", "$u", 2), "", []client.Option{client.Var("u", "ana")}},
+		{"with variables, over", many("query($u: ID!) ", "$u", 30), "COMPLEXITY_LIMIT_EXCEEDED", []client.Option{client.Var("u", "ana")}},
 	}
+	_, h := newServer(backendtest.New(), Config{MaxComplexity: 20}, 0, nil)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, h := newServer(backendtest.New(), Config{MaxComplexity: 20}, 0, nil)
-			if code, _, msg := errCode(t, h, tt.query); code != tt.wantCode {
-				t.Fatalf("code %q (%s); want %q", code, msg, tt.wantCode)
+			for i := range 3 {
+				if code, _, msg := errCode(t, h, tt.query, tt.opts...); code != tt.wantCode {
+					t.Fatalf("request %d: code %q (%s); want %q", i+1, code, msg, tt.wantCode)
+				}
 			}
 		})
 	}

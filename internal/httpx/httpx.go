@@ -7,10 +7,12 @@ package httpx
 import (
 	"bufio"
 	"crypto/subtle"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"strconv"
@@ -98,7 +100,7 @@ func RequestID(base *slog.Logger) func(http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			id := r.Header.Get("X-Request-Id")
 			if id == "" || len(id) > 128 {
-				id = uuid.NewString()
+				id = newRequestID()
 			}
 			w.Header().Set("X-Request-Id", id)
 			args := []any{"request_id", id}
@@ -113,6 +115,18 @@ func RequestID(base *slog.Logger) func(http.Handler) http.Handler {
 			next.ServeHTTP(w, r.WithContext(ctx))
 		})
 	}
+}
+
+// newRequestID is a random (version 4) UUID from the runtime's fast
+// random source: a request id must be unique, not secret, and crypto/rand
+// cost a system call per request.
+func newRequestID() string {
+	var u uuid.UUID
+	binary.LittleEndian.PutUint64(u[:8], rand.Uint64())
+	binary.LittleEndian.PutUint64(u[8:], rand.Uint64())
+	u[6] = u[6]&0x0f | 0x40 // version 4
+	u[8] = u[8]&0x3f | 0x80 // RFC 4122 variant
+	return u.String()
 }
 
 // TraceID returns the trace id of a W3C traceparent header, or "".
@@ -180,18 +194,18 @@ func Log(base *slog.Logger) func(http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			start := time.Now()
 			sw := NewStatusWriter(w)
-			log := logging.From(r.Context(), base)
 			defer func() {
 				if p := recover(); p != nil {
-					log.Error("panic", "panic", p, "method", r.Method, "path", r.URL.Path)
+					logging.From(r.Context(), base).Error("panic", "panic", p, "method", r.Method, "path", r.URL.Path)
 					if sw.status == 0 {
 						JSON(sw, http.StatusInternalServerError, map[string]any{"detail": "internal error", "code": "internal"})
 					}
 				}
-				if IsProbe(r.URL.Path) {
+				// The request's logger is built only for a line that is written.
+				if IsProbe(r.URL.Path) || !base.Enabled(r.Context(), slog.LevelInfo) {
 					return
 				}
-				log.Info("http", "method", r.Method, "path", r.URL.Path, "status", sw.status,
+				logging.From(r.Context(), base).Info("http", "method", r.Method, "path", r.URL.Path, "status", sw.status,
 					"duration_ms", time.Since(start).Milliseconds())
 			}()
 			next.ServeHTTP(sw, r)

@@ -2,10 +2,13 @@ package httpx
 
 import (
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/google/uuid"
 
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/dev/testkit"
@@ -66,5 +69,40 @@ func TestAppToken(t *testing.T) {
 		if w.Code != tt.want {
 			t.Errorf("%s with %q: %d; want %d", tt.path, tt.token, w.Code, tt.want)
 		}
+	}
+}
+
+func TestRequestID(t *testing.T) {
+	tests := []struct {
+		name, header string
+		keep         bool // the caller's id is echoed
+	}{
+		{"caller's id", "abc-123", true},
+		{"none", "", false},
+		{"too long", strings.Repeat("x", 129), false},
+	}
+	seen := map[string]bool{}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := RequestID(slog.New(slog.DiscardHandler))(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+			r := httptest.NewRequest(http.MethodGet, "/", nil)
+			if tt.header != "" {
+				r.Header.Set("X-Request-Id", tt.header)
+			}
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, r)
+			got := w.Header().Get("X-Request-Id")
+			if tt.keep {
+				if got != tt.header {
+					t.Fatalf("X-Request-Id %q, want the caller's %q", got, tt.header)
+				}
+				return
+			}
+			u, err := uuid.Parse(got)
+			if err != nil || u.Version() != 4 || u.Variant() != uuid.RFC4122 || seen[got] {
+				t.Fatalf("X-Request-Id %q: %v, version %d, variant %v, seen before %v; want a new random UUID", got, err, u.Version(), u.Variant(), seen[got])
+			}
+			seen[got] = true
+		})
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"sync/atomic"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -52,15 +53,37 @@ func Setup(ctx context.Context, service string, log *slog.Logger) (func(context.
 	opts = append(opts, sdktrace.WithResource(res), sdktrace.WithSampler(sampler))
 	tp := sdktrace.NewTracerProvider(opts...)
 	otel.SetTracerProvider(tp)
+	t := tp.Tracer(instrumentation)
+	tracer.Store(&t)
 	return tp.Shutdown, nil
 }
 
-// Tracer returns the project's tracer.
-func Tracer() trace.Tracer { return otel.Tracer(instrumentation) }
+// tracer is the tracer of the provider Setup installed last.
+var tracer atomic.Pointer[trace.Tracer]
 
-// Start starts a span.
+// Tracer returns the project's tracer (looked up in the global provider,
+// which costs a lock and a map, only before Setup).
+func Tracer() trace.Tracer {
+	if t := tracer.Load(); t != nil {
+		return *t
+	}
+	return otel.Tracer(instrumentation)
+}
+
+// Start starts a span as a child of the span in ctx. A child of a span
+// that is not sampled is not made: with Setup's samplers (parent-based) it
+// would not be sampled either, and an unrecorded span only carries its
+// parent's trace id, so the parent is returned (its End does nothing).
 func Start(ctx context.Context, name string, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
+	if p := trace.SpanFromContext(ctx); unsampled(p) {
+		return ctx, p
+	}
 	return Tracer().Start(ctx, name, trace.WithAttributes(attrs...))
+}
+
+func unsampled(s trace.Span) bool {
+	sc := s.SpanContext()
+	return sc.IsValid() && !sc.IsSampled() && !s.IsRecording()
 }
 
 // TraceID returns the trace id of ctx, or "".
