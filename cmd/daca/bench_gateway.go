@@ -3,12 +3,14 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"math"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -171,6 +173,89 @@ func benchGateway(ctx context.Context, st *stack.Stack, call func(method, url st
 	if base != nil {
 		fmt.Println("baseline: the gateway of the -baseline revision on a sidecar of its own, in the same rounds; CPU/req of baseline's: today's gateway CPU per request as a share of the baseline's (target ≤ 33%)")
 	}
+	if slices.Contains(levels, 1) {
+		hop, err := url.Parse(hopURL)
+		if err != nil {
+			return err
+		}
+		hopPort, _ := strconv.Atoi(hop.Port())
+		proxies := []proxy{
+			{"gateway", paths[viaGateway], gw.AppPort, gw.HTTPPort},
+			{"bare hop", paths[viaHop], hopPort, gw.HTTPPort},
+		}
+		if base != nil {
+			proxies = append(proxies, proxy{"baseline gateway", paths[viaBaseline], base.AppPort, base.HTTPPort})
+		}
+		return benchOwnTime(ctx, max(reads/4, 50), proxies)
+	}
+	return nil
+}
+
+// proxy is a process of the own-time measurement.
+type proxy struct {
+	name        string
+	do          func() error // one request to it
+	front, back int          // the port its clients call, the port of its sidecar
+}
+
+// benchOwnTime measures what the gateway and the bare hop add by themselves
+// to requests of one client (ownTime), in alternating rounds of n requests
+// in all per path.
+func benchOwnTime(ctx context.Context, n int, proxies []proxy) error {
+	own := make([]ownTime, len(proxies))
+	rounds := benchRounds / 2
+	for i := range rounds {
+		k := n / rounds
+		for r := range proxies {
+			j := (i + r) % len(proxies) // alternate which goes first
+			p := proxies[j]
+			var errs int
+			lines, err := capture(ctx, []int{p.front, p.back}, func() { _, errs, _ = load(p.do, k, 1) })
+			if errors.Is(err, errNoCapture) {
+				fmt.Println()
+				fmt.Println("bench: own time of the gateway and the bare hop skipped:", err)
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if errs > 0 {
+				return fmt.Errorf("bench: own time: %d errors of the %s", errs, p.name)
+			}
+			o := ownTimes(strings.NewReader(lines), p.front, p.back)
+			own[j].before = append(own[j].before, o.before...)
+			own[j].after = append(own[j].after, o.after...)
+			own[j].total = append(own[j].total, o.total...)
+		}
+	}
+	for i := range own {
+		slices.Sort(own[i].before)
+		slices.Sort(own[i].after)
+		slices.Sort(own[i].total)
+		if len(own[i].total) < n/2 {
+			return fmt.Errorf("bench: own time: %d of %d requests of the %s found in the packets", len(own[i].total), n, proxies[i].name)
+		}
+	}
+	us := func(d time.Duration) string { return fmt.Sprintf("%d µs", d.Microseconds()) }
+	fmt.Println()
+	fmt.Println("bench: what the gateway and the bare hop add by themselves, one client (loopback packets' timestamps, tcpdump; alternating rounds)")
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "process\trequests\town time p25\town time p50\town time p75\tbefore the call p50\tafter the call p50\t")
+	for i, p := range proxies {
+		o := own[i]
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t\n", p.name, len(o.total), us(pct(o.total, 25)), us(pct(o.total, 50)), us(pct(o.total, 75)), us(pct(o.before, 50)), us(pct(o.after, 50)))
+	}
+	tw.Flush()
+	over := pct(own[0].total, 50) - pct(own[1].total, 50)
+	verdict := "met"
+	if over > hopTarget(1) {
+		verdict = "missed"
+	}
+	fmt.Printf("gateway over bare hop, own time p50: %+d µs (target ≤ %d µs): %s\n", over.Microseconds(), hopTarget(1).Microseconds(), verdict)
+	if len(proxies) > 2 {
+		fmt.Println("baseline gateway: the -baseline revision's, on a sidecar of its own")
+	}
+	fmt.Println("own time: from the last packet of the request to the first of the call to the sidecar (before), and from the last packet of the sidecar's answer to the first of the answer (after)")
 	return nil
 }
 
