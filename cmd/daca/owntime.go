@@ -26,11 +26,12 @@ type ownTime struct {
 }
 
 // ownTimes parses `tcpdump -nn -tt -q` lines of one proxy's traffic: its
-// clients on port front, its calls to port back. Requests are matched in
+// clients on port front, its calls to any of the ports back (its sidecar's
+// HTTP and gRPC APIs). Requests are matched in
 // sequence (one client, one request at a time); packets without payload
 // are ignored, and so is a request of another peer (the sidecar delivering
 // an event to the gateway) that never reaches the sidecar.
-func ownTimes(r io.Reader, front, back int) ownTime {
+func ownTimes(r io.Reader, front int, back ...int) ownTime {
 	const (
 		idle = iota
 		request
@@ -64,9 +65,9 @@ func ownTimes(r io.Reader, front, back int) ownTime {
 				continue
 			}
 			state, peer, tReq = request, src, t // the request's last packet so far
-		case dp == back && state == request:
+		case slices.Contains(back, dp) && state == request:
 			state, tCall = call, t
-		case sp == back && (state == call || state == answer):
+		case slices.Contains(back, sp) && (state == call || state == answer):
 			state, tReply = answer, t // the answer's last packet so far
 		case sp == front && state == answer && dst == peer:
 			before, after := seconds(tCall-tReq), seconds(t-tReply)

@@ -50,6 +50,12 @@ func TestOwnTimes(t *testing.T) {
 			pkt("102.001000", sc, out, "150"),
 			pkt("102.001300", gw, c, "180"),
 		}, []time.Duration{us(100), us(200)}, []time.Duration{us(300), us(500)}, []time.Duration{us(500), us(600)}},
+		{"a call to the sidecar's gRPC port", []string{
+			pkt("100.000000", c, gw, "120"),
+			pkt("100.000100", out, "127.0.0.1.50003", "90"),
+			pkt("100.002000", "127.0.0.1.50003", out, "60"),
+			pkt("100.002200", gw, c, "180"),
+		}, []time.Duration{us(100)}, []time.Duration{us(200)}, []time.Duration{us(300)}},
 		{"a request without an answer counts nothing", []string{
 			pkt("100.000000", c, gw, "120"),
 			pkt("100.000300", out, sc, "200"),
@@ -69,7 +75,7 @@ func TestOwnTimes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			o := ownTimes(strings.NewReader(strings.Join(tt.lines, "\n")), 8080, 3502)
+			o := ownTimes(strings.NewReader(strings.Join(tt.lines, "\n")), 8080, 3502, 50003)
 			if !near(o.before, tt.before) || !near(o.after, tt.after) || !near(o.total, tt.tot) {
 				t.Fatalf("before %v, after %v, total %v; want %v, %v, %v", o.before, o.after, o.total, tt.before, tt.after, tt.tot)
 			}
