@@ -204,6 +204,11 @@ type proxy struct {
 // to requests of one client (ownTime), in alternating rounds of n requests
 // in all per path.
 func benchOwnTime(ctx context.Context, n int, proxies []proxy) error {
+	if _, err := stack.EnsureDebianPackage(ctx, "tcpdump", "tcpdump", func(s string) { fmt.Println("bench:", s) }); err != nil {
+		fmt.Println()
+		fmt.Println("bench: own time of the gateway and the bare hop skipped:", err)
+		return nil
+	}
 	own := make([]ownTime, len(proxies))
 	rounds := benchRounds / 2
 	for i := range rounds {
