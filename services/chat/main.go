@@ -76,61 +76,20 @@ func run(ctx context.Context, cfg config) error {
 	if err := turn.RegisterWarmup(reg); err != nil {
 		return err
 	}
-	// The worker starts here and runs until shutdown (the warm-up may
-	// connect it again while the engine is not ready). On shutdown the HTTP
-	// server drains first; activities still running when the worker stops
-	// are handed back to Dapr, which runs them again on restart.
-	worker := &workerConn{wf: wf, reg: reg, ctx: context.WithoutCancel(ctx)}
-	defer worker.stop()
-	if err := worker.start(); err != nil {
+	// The worker starts once, here, and runs until shutdown. On shutdown the
+	// HTTP server drains first; activities still running when the worker
+	// stops are handed back to Dapr, which runs them again on restart.
+	workerCtx, stopWorker := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWorker()
+	if err := wf.StartWorker(workerCtx, reg); err != nil {
 		return fmt.Errorf("starting the workflow worker: %w", err)
 	}
-	if err := turn.Warmup(st.Init, wf, 10*time.Second, worker.reconnect, log); err != nil {
+	if err := turn.Warmup(st.Init, wf, 10*time.Second, log); err != nil {
 		return err
 	}
 	s.ready(wf, newClaimCache(memoryOwners{sidecar}, claimTTL, maxClaims), dc, st.Model.Mode())
 	log.Info("ready", "llm", st.Model.Mode(), "chat_timeout", cfg.chatTimeout.String())
 	err = st.Wait()
-	worker.stop()
+	stopWorker()
 	return err
-}
-
-// workerConn is the workflow worker's connection to the sidecar.
-type workerConn struct {
-	wf     *workflow.Client
-	reg    *workflow.Registry
-	ctx    context.Context
-	cancel context.CancelFunc
-}
-
-func (w *workerConn) start() error {
-	ctx, cancel := context.WithCancel(w.ctx)
-	w.cancel = cancel
-	if err := w.wf.StartWorker(ctx, w.reg); err != nil {
-		cancel()
-		return err
-	}
-	return nil
-}
-
-func (w *workerConn) stop() {
-	if w.cancel != nil {
-		w.cancel()
-	}
-}
-
-// workerReconnectPause lets the sidecar finish dropping the closed worker's
-// actor types (it waits up to 2 s for in-flight lock claims) before the new
-// worker registers them.
-const workerReconnectPause = 5 * time.Second
-
-// reconnect closes the worker's stream and opens a new one (turn.Warmup).
-func (w *workerConn) reconnect(ctx context.Context) error {
-	w.stop()
-	select {
-	case <-time.After(workerReconnectPause):
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	return w.start()
 }

@@ -13,6 +13,7 @@ package faults
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -92,6 +93,7 @@ type row struct {
 	// reconnecting to the other replica, of the completed turns' events.
 	subscriberSaw, subscriberReconnects int
 	uninterrupted                       bool // turns completed while the process was down
+	sidecarRestarted                    bool // chat-service's sidecar restarted too (stuck; README, Known issues)
 }
 
 var (
@@ -112,6 +114,9 @@ func TestFaults(t *testing.T) {
 	st := stacktest.Stack(t)
 	for i, f := range faults {
 		t.Run(f.name, func(t *testing.T) {
+			if err := stacktest.Lost(); err != nil {
+				t.Fatalf("not run: a process died unexpectedly in an earlier row: %.300v", err)
+			}
 			r := runFault(t, st, fmt.Sprintf("f%d-%d", i, time.Now().UnixNano()%1e6), f)
 			rowsMu.Lock()
 			rows = append(rows, r)
@@ -175,6 +180,11 @@ func runFault(t *testing.T, st *stack.Stack, prefix string, f fault) row {
 		restarted, err = st.RestartAfter(ctx, f.process, f.down)
 	} else {
 		restarted, err = crashAtFailpoint(ctx, st, f)
+	}
+	if err != nil && f.process == contract.ChatApp && stuckWorkflowTypes(st) {
+		r.sidecarRestarted = true
+		t.Logf("chat-service not ready after its restart and its sidecar never took in the workflow actor types (Dapr 1.18.2): restarting both")
+		err = restartChatWithSidecar(ctx, st)
 	}
 	if err != nil {
 		r.problems = append(r.problems, "restart: "+err.Error())
@@ -349,6 +359,9 @@ func printTable(t *testing.T) {
 		}
 		fmt.Fprintf(&b, "faults| %-55s | %d | %d | %d | %d | %s | %d | %d of %d | %s |\n", r.name, r.started, r.completed, r.failed, r.stuck,
 			ev, r.strayEvents, r.sessionsOK, r.sessions, rec)
+		if r.sidecarRestarted {
+			fmt.Fprintf(&b, "faults|   chat-service's sidecar never took in the new worker's workflow actor types (Dapr 1.18.2, see README): chat-service restarted with its sidecar; the figures include that\n")
+		}
 		if r.subscriberReconnects > 0 || r.subscriberSaw > 0 {
 			fmt.Fprintf(&b, "faults|   its subscriber reconnected %d time(s) to the other gateway and saw %d of the %d turns' events (no replay of those it was away for)\n",
 				r.subscriberReconnects, r.subscriberSaw, r.completed)
@@ -463,6 +476,7 @@ func (s *subscriber) stop() (seen, reconnects int) {
 // row's downtime.
 func crashAtFailpoint(ctx context.Context, st *stack.Stack, f fault) (time.Time, error) {
 	app := st.App(contract.ChatApp).AppCmd
+	app.ExpectExit() // the crash below is this row's fault, not a process lost
 	if err := os.WriteFile(filepath.Join(failpoints, f.failpoint+".armed"), nil, 0o644); err != nil {
 		return time.Time{}, err
 	}
@@ -480,4 +494,30 @@ func crashAtFailpoint(ctx context.Context, st *stack.Stack, f fault) (time.Time,
 	}
 	at := time.Now()
 	return at, st.Restart(ctx, f.process)
+}
+
+// stuckWorkflowTypes reports whether chat-service's sidecar logged that the
+// workflow actor type is not registered: Dapr 1.18.2 sometimes never takes
+// in the actor types of a worker that connects right after the app's
+// previous process was killed (README, Known issues).
+func stuckWorkflowTypes(st *stack.Stack) bool {
+	d := st.App(contract.ChatApp).Daprd
+	if d == nil {
+		return false
+	}
+	b, err := os.ReadFile(d.Spec.LogFile)
+	return err == nil && strings.Contains(string(b), "actor type dapr.internal.default."+contract.ChatApp+".workflow not registered")
+}
+
+// restartChatWithSidecar is the remedy: chat-service and its sidecar
+// restarted together (the sidecar waits for the app's port, the app for the
+// sidecar's workflow engine).
+func restartChatWithSidecar(ctx context.Context, st *stack.Stack) error {
+	if err := st.Kill(contract.ChatApp); err != nil {
+		return err
+	}
+	sidecar := make(chan error, 1)
+	go func() { sidecar <- st.Restart(ctx, contract.ChatApp+"-dapr") }()
+	err := st.Restart(ctx, contract.ChatApp)
+	return errors.Join(err, <-sidecar)
 }

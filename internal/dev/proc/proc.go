@@ -165,6 +165,14 @@ func (p *Process) Stop(grace time.Duration) {
 	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 }
 
+// ExpectExit marks an exit the caller is about to provoke (a crash test's
+// failpoint) as expected, so that it is not reported as unexpected.
+func (p *Process) ExpectExit() {
+	p.mu.Lock()
+	p.stopping = true
+	p.mu.Unlock()
+}
+
 // Kill kills the process group at once (used by crash tests).
 func (p *Process) Kill() {
 	p.mu.Lock()

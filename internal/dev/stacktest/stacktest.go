@@ -67,6 +67,7 @@ var (
 	mu      sync.Mutex
 	current *stack.Stack
 	failed  bool
+	lost    error // the first process of the stack that died unexpectedly
 )
 
 // Run starts the stack, runs the tests and stops the stack. It returns the
@@ -149,6 +150,11 @@ func Run(m *testing.M, opts Options) int {
 				return
 			}
 			fmt.Fprintf(os.Stderr, "stacktest: %v\n", err)
+			mu.Lock()
+			if lost == nil {
+				lost = err
+			}
+			mu.Unlock()
 		}
 	}()
 
@@ -255,4 +261,14 @@ func RepoRoot() (string, error) {
 		}
 		dir = parent
 	}
+}
+
+// Lost returns the error of the first process of the stack that died
+// unexpectedly during the tests, or nil. A test of several steps checks it
+// between them, so that the rest fail at once instead of waiting on a
+// process that is gone.
+func Lost() error {
+	mu.Lock()
+	defer mu.Unlock()
+	return lost
 }

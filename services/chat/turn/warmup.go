@@ -43,15 +43,7 @@ func RegisterWarmup(r *workflow.Registry) error {
 // activities (the sidecar connects to placement and takes in the app's
 // actor types after the worker connects). A warm-up that does not complete
 // in perTry is terminated and tried again.
-//
-// After every ReconnectAfter failed attempts in a row, reconnect (when not
-// nil) connects the worker again: Dapr 1.18.2 sometimes never takes in the
-// actor types of a worker that connects while the sidecar is still
-// dropping those of the app's previous process ("actor type
-// dapr.internal.default.chat-service.workflow not registered" for as long
-// as the new worker stays connected; seen when the app was killed mid-load
-// and restarted within a second).
-func Warmup(ctx context.Context, c WarmupClient, perTry time.Duration, reconnect func(context.Context) error, log *slog.Logger) error {
+func Warmup(ctx context.Context, c WarmupClient, perTry time.Duration, log *slog.Logger) error {
 	for attempt := 1; ; attempt++ {
 		id := "warmup-" + uuid.NewString()
 		err := func() error {
@@ -85,15 +77,5 @@ func Warmup(ctx context.Context, c WarmupClient, perTry time.Duration, reconnect
 			return fmt.Errorf("workflow engine not ready: %w", ctx.Err())
 		}
 		log.Warn("workflow warm-up did not complete; trying again", "attempt", attempt, "err", err)
-		if reconnect != nil && attempt%ReconnectAfter == 0 {
-			log.Warn("workflow engine still not ready: connecting the workflow worker again", "attempts", attempt)
-			if err := reconnect(ctx); err != nil {
-				return fmt.Errorf("workflow engine not ready: reconnecting the worker: %w", err)
-			}
-		}
 	}
 }
-
-// ReconnectAfter is how many failed warm-ups in a row make Warmup connect
-// the worker again.
-const ReconnectAfter = 3
