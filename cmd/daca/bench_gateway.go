@@ -204,10 +204,13 @@ type proxy struct {
 // to requests of one client (ownTime), in alternating rounds of n requests
 // in all per path.
 func benchOwnTime(ctx context.Context, n int, proxies []proxy) error {
-	if _, err := stack.EnsureDebianPackage(ctx, "tcpdump", "tcpdump", func(s string) { fmt.Println("bench:", s) }); err != nil {
+	skipped := func(err error) error {
 		fmt.Println()
 		fmt.Println("bench: own time of the gateway and the bare hop skipped:", err)
 		return nil
+	}
+	if _, err := stack.EnsureDebianPackage(ctx, "tcpdump", "tcpdump", func(s string) { fmt.Println("bench:", s) }); err != nil {
+		return skipped(err)
 	}
 	own := make([]ownTime, len(proxies))
 	rounds := benchRounds / 2
@@ -219,9 +222,7 @@ func benchOwnTime(ctx context.Context, n int, proxies []proxy) error {
 			var errs int
 			lines, err := capture(ctx, append([]int{p.front}, p.back...), func() { _, errs, _ = load(p.do, k, 1) })
 			if errors.Is(err, errNoCapture) {
-				fmt.Println()
-				fmt.Println("bench: own time of the gateway and the bare hop skipped:", err)
-				return nil
+				return skipped(err)
 			}
 			if err != nil {
 				return err

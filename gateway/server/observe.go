@@ -29,27 +29,6 @@ type observer struct {
 	requests *prometheus.CounterVec
 	errors   *prometheus.CounterVec
 	duration *prometheus.HistogramVec
-	byOp     sync.Map // opKey → *opMetrics: the series of an operation, looked up once
-}
-
-// opKey is an operation's labels: its first root field (bounded by the
-// schema, since only valid operations are counted) and its type.
-type opKey struct{ name, typ string }
-
-type opMetrics struct {
-	requests prometheus.Counter
-	duration prometheus.Observer
-}
-
-func (m *observer) op(k opKey) *opMetrics {
-	if v, ok := m.byOp.Load(k); ok {
-		return v.(*opMetrics)
-	}
-	v, _ := m.byOp.LoadOrStore(k, &opMetrics{
-		requests: m.requests.WithLabelValues(k.name, k.typ),
-		duration: m.duration.WithLabelValues(k.name, k.typ),
-	})
-	return v.(*opMetrics)
 }
 
 var (
@@ -137,7 +116,7 @@ func operation(ctx context.Context) (name, typ string) {
 // subscription holds no open span (memory per subscription).
 func (m *observer) InterceptOperation(ctx context.Context, next graphql.OperationHandler) graphql.ResponseHandler {
 	name, typ := operation(ctx)
-	m.op(opKey{name, typ}).requests.Inc()
+	m.requests.WithLabelValues(name, typ).Inc()
 	attrs := []attribute.KeyValue{attribute.String("graphql.operation.type", typ), attribute.String("graphql.operation.name", name)}
 	if typ == string(ast.Subscription) {
 		_, span := telemetry.Start(ctx, "graphql "+typ+" "+name, attrs...)
@@ -165,7 +144,7 @@ func (m *observer) InterceptResponse(ctx context.Context, next graphql.ResponseH
 	resp := next(ctx)
 	name, typ := operation(ctx)
 	if typ != string(ast.Subscription) {
-		m.op(opKey{name, typ}).duration.Observe(time.Since(start).Seconds())
+		m.duration.WithLabelValues(name, typ).Observe(time.Since(start).Seconds())
 	}
 	if resp != nil {
 		for _, e := range resp.Errors {
