@@ -35,6 +35,7 @@ type config struct {
 	runPoll         time.Duration
 	apqStore        string        // APQ_STORE: where persisted queries are kept ("": this replica's memory)
 	apqTTL          time.Duration // APQ_TTL
+	pubsub          string        // GATEWAY_PUBSUB: the component the gateway subscribes with
 	http            server.Config
 }
 
@@ -60,13 +61,13 @@ func loadConfig() (config, error) {
 		runPoll:         250 * time.Millisecond,
 		apqStore:        r.String("APQ_STORE", contract.GatewayStateStore),
 		apqTTL:          r.Duration("APQ_TTL", 24*time.Hour),
+		pubsub:          r.String("GATEWAY_PUBSUB", contract.GatewayPubSub),
 		http: server.Config{
 			MaxDepth:      r.Int("GRAPHQL_MAX_DEPTH", 12, 2, 100),
 			MaxComplexity: r.Int("GRAPHQL_MAX_COMPLEXITY", 500, 10, 100000),
 			Introspection: r.Bool("GRAPHQL_INTROSPECTION", true),
 			KeepAlive:     r.Duration("WS_KEEPALIVE", 10*time.Second),
 			InitTimeout:   r.Duration("WS_INIT_TIMEOUT", 10*time.Second),
-			PubSub:        r.String("GATEWAY_PUBSUB", contract.GatewayPubSub),
 			Suggestions:   r.Bool("GRAPHQL_SUGGESTIONS", true),
 		},
 	}

@@ -11,13 +11,12 @@ import (
 
 	"github.com/daca-go/daca/gateway/auth"
 	"github.com/daca-go/daca/gateway/backend"
-	"github.com/daca-go/daca/gateway/fanout"
+	"github.com/daca-go/daca/gateway/live"
 	"github.com/daca-go/daca/gateway/persisted"
 	"github.com/daca-go/daca/gateway/ratelimit"
-	"github.com/daca-go/daca/gateway/replies"
 	"github.com/daca-go/daca/gateway/server"
+	"github.com/daca-go/daca/gateway/wstransport"
 	"github.com/daca-go/daca/graph"
-	"github.com/daca-go/daca/graph/model"
 	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/daprc"
 	"github.com/daca-go/daca/internal/service"
@@ -36,7 +35,8 @@ const gcPercent = 400
 const recentEvents = 1000
 
 // run is the gateway process: it connects to its sidecar, assembles the
-// resolver (backend client, guard, turn limit, brokers, turn watcher) and
+// resolver from its ports (backend client, guard, turn limit, the live
+// hub's feeds, turn watcher, websocket waker) and
 // serves the HTTP surface until ctx ends.
 func run(ctx context.Context, cfg config) error {
 	log, stopTracing, err := service.Observe(ctx, contract.GatewayApp, cfg.LogFormat, cfg.LogLevel)
@@ -57,7 +57,7 @@ func run(ctx context.Context, cfg config) error {
 	}
 	defer sidecar.Close()
 
-	var invocation backend.Invocation = backend.NewHTTP(cfg.daprHTTPPort, cfg.daprToken)
+	var invocation backend.Sidecar = daprc.NewHTTP(cfg.daprHTTPPort, cfg.daprToken)
 	if cfg.invocation == "grpc" {
 		invocation = backend.GRPC{Client: sidecar}
 	}
@@ -66,19 +66,23 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	drop := server.DropSlowSubscriber(cfg.subscriberQueue, log)
+	hub := live.New(live.Config{Queue: cfg.subscriberQueue, Recent: recentEvents, PubSub: cfg.pubsub}, server.DropSlowSubscriber(cfg.subscriberQueue, log), log)
+	go hub.Run(ctx, 10*time.Second)
+	turns, fallbacks := newTurnLimit(cfg, sidecar, log)
 	res := &graph.Resolver{
 		Backend:       b,
-		Conversations: fanout.New[*model.ConversationEvent](cfg.subscriberQueue, drop).KeepRecent(recentEvents),
-		Memories:      fanout.New[*model.MemoryEvent](cfg.subscriberQueue, drop),
+		Conversations: hub.Conversations,
+		Memories:      hub.Memories,
+		Replies:       hub.Replies,
 		Log:           log,
-		Guard:         guard,
-		Turns:         newTurnLimit(cfg, sidecar, log),
+		Callers:       guard,
+		Turns:         turns,
 		Runs:          graph.NewRunWatch(b.ReadChatRun, cfg.runPoll, log),
-		Replies:       replies.New(cfg.subscriberQueue, drop),
+		Waker:         wstransport.Waker,
 	}
-	go res.Replies.Run(ctx, 10*time.Second)
 	cfg.http.Guard = guard
+	cfg.http.Live = hub
+	cfg.http.TurnLimitFallbacks = fallbacks
 	if cfg.apqStore != "" { // every replica knows the queries any of them was sent
 		cfg.http.PersistedQueries = persisted.New(sidecar, cfg.apqStore, cfg.apqTTL, 1000, log)
 	}
@@ -106,7 +110,7 @@ func newGuard(ctx context.Context, cfg config, sidecar dapr.Client, log *slog.Lo
 		if err != nil {
 			return nil, fmt.Errorf("AUTH_MODE=jwt: reading %s from the secret store: %w", contract.SecretJWT, err)
 		}
-		v, err := hs256(m[contract.SecretJWT], cfg.jwtOpts)
+		v, err := auth.NewHS256(m[contract.SecretJWT], cfg.jwtOpts)
 		if err != nil {
 			return nil, err
 		}
@@ -116,31 +120,20 @@ func newGuard(ctx context.Context, cfg config, sidecar dapr.Client, log *slog.Lo
 	return guard, nil
 }
 
-// minSecret is the shortest HS256 signing secret the gateway accepts.
-const minSecret = 32
-
-// hs256 is the verifier of tokens signed with secret, at least minSecret
-// bytes long.
-func hs256(secret string, opts auth.Options) (auth.HS256, error) {
-	if len(secret) < minSecret {
-		return auth.HS256{}, fmt.Errorf("AUTH_MODE=jwt: the secret %s must hold at least %d bytes, it holds %d (or set JWT_JWKS_URL for RS256)",
-			contract.SecretJWT, minSecret, len(secret))
-	}
-	return auth.HS256{Secret: []byte(secret), Opts: opts}, nil
-}
-
 // newTurnLimit returns the per-user chat-turn limit: one limit across every
 // replica, kept in the gateway's state store (RATE_LIMIT_STORE), or this
-// replica's own when RATE_LIMIT_STORE is empty.
-func newTurnLimit(cfg config, sidecar dapr.Client, log *slog.Logger) graph.TurnLimiter {
+// replica's own when RATE_LIMIT_STORE is empty; and, for the shared limit,
+// the count of turns it counted locally because the store failed.
+func newTurnLimit(cfg config, sidecar dapr.Client, log *slog.Logger) (graph.TurnLimiter, func() int64) {
 	if cfg.rateStore == "" {
-		return ratelimit.New(cfg.ratePerMinute, cfg.rateBurst)
+		return ratelimit.New(cfg.ratePerMinute, cfg.rateBurst), nil
 	}
-	return ratelimit.NewShared(backend.LimitStore{Sidecar: sidecar, Store: cfg.rateStore, Prefix: "turns|"}, cfg.ratePerMinute, cfg.rateBurst, log)
+	shared := ratelimit.NewShared(ratelimit.DaprStore{Sidecar: sidecar, Store: cfg.rateStore, Prefix: "turns|"}, cfg.ratePerMinute, cfg.rateBurst, log)
+	return shared, shared.FellBack
 }
 
 // ready is /readyz: the sidecar answers and no backend is unavailable.
-func ready(h backend.Health) error {
+func ready(h graph.BackendHealth) error {
 	if h.Sidecar != "ok" {
 		return errors.New("sidecar unavailable")
 	}

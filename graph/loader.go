@@ -7,7 +7,6 @@ import (
 
 	"github.com/vikstrous/dataloadgen"
 
-	"github.com/daca-go/daca/gateway/backend"
 	"github.com/daca-go/daca/internal/contract"
 )
 
@@ -16,7 +15,7 @@ import (
 // so nothing is cached across requests or users. Each loader is built on its
 // first use: most operations never fan out.
 type loaders struct {
-	b           backend.Backend
+	b           Backend
 	wait        time.Duration
 	historyOnce sync.Once
 	history     *dataloadgen.Loader[historyKey, []contract.Entry]
@@ -37,11 +36,11 @@ const DefaultLoaderWait = 2 * time.Millisecond
 // WithLoaders returns ctx with fresh loaders over b that gather keys for
 // wait (0: DefaultLoaderWait). The server calls it once per operation
 // (handler.AroundOperations).
-func WithLoaders(ctx context.Context, b backend.Backend, wait time.Duration) context.Context {
+func WithLoaders(ctx context.Context, b Backend, wait time.Duration) context.Context {
 	return context.WithValue(ctx, loadersKey{}, newLoaders(b, wait))
 }
 
-func newLoaders(b backend.Backend, wait time.Duration) *loaders {
+func newLoaders(b Backend, wait time.Duration) *loaders {
 	if wait <= 0 {
 		wait = DefaultLoaderWait
 	}
@@ -69,7 +68,7 @@ func (r *Resolver) loadersFrom(ctx context.Context) *loaders {
 
 // fetchHistories reads the histories of a batch: one backend call per
 // distinct `last` (in practice one call).
-func fetchHistories(ctx context.Context, b backend.Backend, keys []historyKey) ([][]contract.Entry, []error) {
+func fetchHistories(ctx context.Context, b Backend, keys []historyKey) ([][]contract.Entry, []error) {
 	byLast := map[int][]string{}
 	for _, k := range keys {
 		byLast[k.last] = append(byLast[k.last], k.sessionID)

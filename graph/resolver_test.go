@@ -1,4 +1,4 @@
-package graph
+package graph_test
 
 import (
 	"context"
@@ -16,11 +16,11 @@ import (
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
 	"github.com/daca-go/daca/gateway/auth"
-	"github.com/daca-go/daca/gateway/backend"
-	"github.com/daca-go/daca/gateway/backend/backendtest"
 	"github.com/daca-go/daca/gateway/fanout"
 	"github.com/daca-go/daca/gateway/ratelimit"
 	"github.com/daca-go/daca/gateway/replies"
+	"github.com/daca-go/daca/graph"
+	"github.com/daca-go/daca/graph/graphtest"
 	"github.com/daca-go/daca/graph/model"
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/contract"
@@ -31,11 +31,11 @@ import (
 // per-operation loaders (wait long enough that batches do not depend on
 // this machine's speed) and errors that carry their apperr code as
 // extensions.code (gateway/server maps those to GraphQL codes).
-func execClient(r *Resolver, wait time.Duration) *client.Client {
-	srv := handler.New(NewExecutableSchema(Config{Resolvers: r}))
+func execClient(r *graph.Resolver, wait time.Duration) *client.Client {
+	srv := handler.New(graph.NewExecutableSchema(graph.Config{Resolvers: r}))
 	srv.AddTransport(transport.POST{})
 	srv.AroundOperations(func(ctx context.Context, next graphql.OperationHandler) graphql.ResponseHandler {
-		return next(WithLoaders(ctx, r.Backend, wait))
+		return next(graph.WithLoaders(ctx, r.Backend, wait))
 	})
 	srv.SetErrorPresenter(func(ctx context.Context, err error) *gqlerror.Error {
 		g := graphql.DefaultErrorPresenter(ctx, err)
@@ -49,9 +49,9 @@ func execClient(r *Resolver, wait time.Duration) *client.Client {
 	return client.New(srv)
 }
 
-func resolver(f *backendtest.Fake) *Resolver {
+func resolver(f *graphtest.Fake) *graph.Resolver {
 	log := testkit.Quiet()
-	return &Resolver{Backend: f, Log: log, Runs: NewRunWatch(f.ChatRun, 10*time.Millisecond, log), Replies: replies.New(8, nil)}
+	return &graph.Resolver{Backend: f, Log: log, Runs: graph.NewRunWatch(f.ChatRun, 10*time.Millisecond, log), Replies: replies.New(8, nil)}
 }
 
 // as makes the request the caller's (what the gateway's bearer guard does).
@@ -78,8 +78,8 @@ func errOf(t *testing.T, c *client.Client, query string, opts ...client.Option) 
 }
 
 func TestResolvers(t *testing.T) {
-	f := backendtest.New()
-	c := execClient(resolver(f), DefaultLoaderWait)
+	f := graphtest.New()
+	c := execClient(resolver(f), graph.DefaultLoaderWait)
 	tests := []struct {
 		name, query string
 		want        string
@@ -133,8 +133,8 @@ func TestResolvers(t *testing.T) {
 // read in one backend call per operation (no N+1), and that a failing batch
 // fails each field with the backend's code.
 func TestSessionMessagesBatched(t *testing.T) {
-	f := backendtest.New()
-	ts := backendtest.Time
+	f := graphtest.New()
+	ts := graphtest.Time
 	const n = 40
 	for i := range n {
 		id := fmt.Sprintf("s%d", i+10)
@@ -198,9 +198,9 @@ func TestSessionMessagesBatched(t *testing.T) {
 // TestInputValidation: the resolvers refuse bad arguments before any
 // backend call, with the same rules (contract) and words as the services.
 func TestInputValidation(t *testing.T) {
-	f := backendtest.New()
+	f := graphtest.New()
 	f.Err = errors.New("the backend must not be called")
-	c := execClient(resolver(f), DefaultLoaderWait)
+	c := execClient(resolver(f), graph.DefaultLoaderWait)
 	tests := []struct {
 		name, query string
 		code        apperr.Code
@@ -227,9 +227,9 @@ func TestInputValidation(t *testing.T) {
 }
 
 func TestTurnLimit(t *testing.T) {
-	r := resolver(backendtest.New())
+	r := resolver(graphtest.New())
 	r.Turns = ratelimit.New(1, 2)
-	c := execClient(r, DefaultLoaderWait)
+	c := execClient(r, graph.DefaultLoaderWait)
 	q := `mutation { sendMessage(input: {userId: "ana", text: "x"}) { reply } }`
 	for i := range 2 {
 		if code, _ := errOf(t, c, q); code != "" {
@@ -247,11 +247,11 @@ func TestTurnLimit(t *testing.T) {
 // TestAuthorisation: with AUTH_MODE=jwt every argument that names a user,
 // session or turn is checked against the caller.
 func TestAuthorisation(t *testing.T) {
-	f := backendtest.New()
-	f.Runs["chat-bo"] = &backend.Run{InstanceID: "chat-bo", Status: contract.RunRunning, UserID: "bo", SessionID: "s-of-bo"}
+	f := graphtest.New()
+	f.Runs["chat-bo"] = &contract.ChatRun{InstanceID: "chat-bo", Status: contract.RunRunning, UserID: "bo", SessionID: "s-of-bo"}
 	r := resolver(f)
-	r.Guard = &auth.Guard{Mode: "jwt"}
-	c := execClient(r, DefaultLoaderWait)
+	r.Callers = &auth.Guard{Mode: "jwt"}
+	c := execClient(r, graph.DefaultLoaderWait)
 	ana, admin := as(auth.Identity{Subject: "ana"}), as(auth.Identity{Subject: "root", Admin: true})
 	tests := []struct {
 		name, query string
@@ -301,20 +301,59 @@ func TestAuthorisation(t *testing.T) {
 	}
 }
 
+// TestConversationUpdatedAuthorisation: conversationUpdated answers a
+// session as the conversation query does (it once accepted another user's
+// session and then delivered nothing, forever).
+func TestConversationUpdatedAuthorisation(t *testing.T) {
+	t.Parallel()
+	r := resolver(graphtest.New())
+	r.Callers = &auth.Guard{Mode: "jwt"}
+	r.Conversations = fanout.New[*model.ConversationEvent](4, nil)
+	anon := context.Background()
+	ana := auth.WithIdentity(anon, auth.Identity{Subject: "ana"})
+	admin := auth.WithIdentity(anon, auth.Identity{Subject: "root", Admin: true})
+	tests := []struct {
+		name          string
+		ctx           context.Context
+		session, user *string
+		code          apperr.Code
+	}{
+		{"her own session", ana, ptr("s1"), nil, ""},
+		{"her own user", ana, nil, ptr("ana"), ""},
+		{"another user's session", ana, ptr("s-of-bo"), nil, apperr.Forbidden},
+		{"an unknown session looks like another user's", ana, ptr("s-none"), nil, apperr.Forbidden},
+		{"another user", ana, nil, ptr("bo"), apperr.Forbidden},
+		{"another user's session as her own user", ana, ptr("s-of-bo"), ptr("ana"), apperr.Forbidden},
+		{"an admin: any session", admin, ptr("s-of-bo"), nil, ""},
+		{"anonymous", anon, ptr("s1"), nil, apperr.Unauthenticated},
+		{"neither argument", ana, nil, nil, apperr.Invalid},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(tt.ctx)
+			defer cancel()
+			_, err := r.Subscription().ConversationUpdated(ctx, tt.session, tt.user, nil)
+			if apperr.CodeOf(err) != tt.code {
+				t.Fatalf("code %q (%v); want %q", apperr.CodeOf(err), err, tt.code)
+			}
+		})
+	}
+}
+
 // TestConversationPages: paging backwards with last and before, as an
 // infinite scroll does, gives every message once, oldest first within a
 // page, hasPrevious true until the first; cursors are stable when older
 // messages have been dropped (numbers start above 1); a bad cursor is
 // INVALID_ARGUMENT.
 func TestConversationPages(t *testing.T) {
-	f := backendtest.New()
+	f := graphtest.New()
 	var h []contract.Entry
 	for i := range 7 {
-		h = append(h, contract.Entry{Role: contract.RoleUser, Content: fmt.Sprint("m", i), Timestamp: backendtest.Time, Seq: 11 + i}) // 10 dropped
+		h = append(h, contract.Entry{Role: contract.RoleUser, Content: fmt.Sprint("m", i), Timestamp: graphtest.Time, Seq: 11 + i}) // 10 dropped
 	}
 	f.History["long"] = h
 	f.Owners["long"] = "ana"
-	c := execClient(resolver(f), DefaultLoaderWait)
+	c := execClient(resolver(f), graph.DefaultLoaderWait)
 	type page struct {
 		Conversation struct {
 			Messages    []struct{ Content, Cursor string }
@@ -361,7 +400,7 @@ func TestConversationPages(t *testing.T) {
 // without those replayed or older than the cursor. By user, the user's
 // sessions are read; a session that is not the caller's replays nothing.
 func TestConversationUpdatedResumes(t *testing.T) {
-	f := backendtest.New()
+	f := graphtest.New()
 	t0 := time.Date(2026, 12, 2, 6, 0, 0, 0, time.UTC)
 	at := func(i int) time.Time { return t0.Add(time.Duration(i) * time.Second) }
 	var h []contract.Entry
@@ -374,13 +413,14 @@ func TestConversationUpdatedResumes(t *testing.T) {
 	f.Owners["s-r"] = "ana"
 	f.SessionList["ana"] = append([]contract.SessionInfo{{SessionID: "s-r", UpdatedAt: at(3)}}, f.SessionList["ana"]...)
 	r := resolver(f)
-	r.Conversations = fanout.New[*model.ConversationEvent](16, nil).KeepRecent(10)
+	b := fanout.New[*model.ConversationEvent](16, nil).KeepRecent(10)
+	r.Conversations = b
 	ev := func(i int) *model.ConversationEvent {
 		id := fmt.Sprint("e", i)
-		return &model.ConversationEvent{EventID: id, UserID: "ana", SessionID: "s-r", UserMessage: "q" + id, AssistantReply: "a" + id, Cursor: EventCursor(at(i), id)}
+		return &model.ConversationEvent{EventID: id, UserID: "ana", SessionID: "s-r", UserMessage: "q" + id, AssistantReply: "a" + id, Cursor: graph.EventCursor(at(i), id)}
 	}
-	r.Conversations.Publish(ev(3)) // seen live by this replica and in the history
-	r.Conversations.Publish(ev(4)) // not in the history yet
+	b.Publish(ev(3)) // seen live by this replica and in the history
+	b.Publish(ev(4)) // not in the history yet
 	session, user := "s-r", "ana"
 	tests := []struct {
 		name          string
@@ -395,7 +435,7 @@ func TestConversationUpdatedResumes(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
-			ch, err := (&subscriptionResolver{r}).ConversationUpdated(ctx, tt.session, tt.user, ptr(EventCursor(at(1), "e1")))
+			ch, err := r.Subscription().ConversationUpdated(ctx, tt.session, tt.user, ptr(graph.EventCursor(at(1), "e1")))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -412,20 +452,21 @@ func TestConversationUpdatedResumes(t *testing.T) {
 			}
 			take()
 			got = append(got, "|")
-			r.Conversations.Publish(ev(4)) // a repeat of a replayed one
-			r.Conversations.Publish(ev(0)) // older than the cursor
-			r.Conversations.Publish(ev(5))
+			b.Publish(ev(4)) // a repeat of a replayed one
+			b.Publish(ev(0)) // older than the cursor
+			b.Publish(ev(5))
 			take()
 			if s := strings.Join(got, " "); strings.TrimSpace(s) != strings.TrimSpace(tt.want) {
 				t.Fatalf("got %q; want %q", s, tt.want)
 			}
 		})
 		// ev(5) is recent now: later rows see it replayed; drop it again.
-		r.Conversations = fanout.New[*model.ConversationEvent](16, nil).KeepRecent(10)
-		r.Conversations.Publish(ev(3))
-		r.Conversations.Publish(ev(4))
+		b = fanout.New[*model.ConversationEvent](16, nil).KeepRecent(10)
+		r.Conversations = b
+		b.Publish(ev(3))
+		b.Publish(ev(4))
 	}
-	if _, err := (&subscriptionResolver{r}).ConversationUpdated(t.Context(), &session, nil, ptr("garbage")); apperr.CodeOf(err) != apperr.Invalid {
+	if _, err := r.Subscription().ConversationUpdated(t.Context(), &session, nil, ptr("garbage")); apperr.CodeOf(err) != apperr.Invalid {
 		t.Fatalf("a bad cursor: %v", err)
 	}
 }
@@ -436,28 +477,28 @@ func ptr(s string) *string { return &s }
 // turn, one watcher reads it; when it fails, every stream ends with FAILED
 // and the text so far; the watcher goes with the last subscriber.
 func TestChatStreamEndsWithTheTurn(t *testing.T) {
-	f := backendtest.New()
-	f.Runs["chat-r"] = &backend.Run{InstanceID: "chat-r", Status: contract.RunRunning, UserID: "ana"}
+	f := graphtest.New()
+	f.Runs["chat-r"] = &contract.ChatRun{InstanceID: "chat-r", Status: contract.RunRunning, UserID: "ana"}
 	r := resolver(f)
+	store := replies.New(8, nil)
+	r.Replies = store
 	ctx, cancel := context.WithCancel(t.Context())
 	var streams []<-chan *model.ChatChunk
 	for range 3 {
-		ch, err := (&subscriptionResolver{r}).ChatStream(ctx, "chat-r", nil)
+		ch, err := r.Subscription().ChatStream(ctx, "chat-r", nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		streams = append(streams, ch)
 	}
-	r.ends.mu.Lock()
-	watchers := len(r.ends.turns)
-	r.ends.mu.Unlock()
+	watchers := r.EndWatchers()
 	if watchers != 1 {
 		t.Fatalf("%d watchers for 3 streams of one turn; want 1", watchers)
 	}
 	testkit.WaitUntil(t, 5*time.Second, "the turn read by one poller", func() bool { return r.Runs.Polling() == 1 })
-	r.Replies.Add(contract.ChatStreamed{InstanceID: "chat-r", Execution: 1, Seq: 1, Delta: "half", Text: "half"})
+	store.Add(contract.ChatStreamed{InstanceID: "chat-r", Execution: 1, Seq: 1, Delta: "half", Text: "half"})
 	f.Mu.Lock()
-	f.Runs["chat-r"] = &backend.Run{InstanceID: "chat-r", Status: contract.RunFailed, UserID: "ana"}
+	f.Runs["chat-r"] = &contract.ChatRun{InstanceID: "chat-r", Status: contract.RunFailed, UserID: "ana"}
 	f.Mu.Unlock()
 	for i, ch := range streams {
 		var last *model.ChatChunk
@@ -470,8 +511,6 @@ func TestChatStreamEndsWithTheTurn(t *testing.T) {
 	}
 	cancel()
 	testkit.WaitUntil(t, 5*time.Second, "the watcher gone with its subscribers", func() bool {
-		r.ends.mu.Lock()
-		defer r.ends.mu.Unlock()
-		return len(r.ends.turns) == 0 && r.Runs.Polling() == 0
+		return r.EndWatchers() == 0 && r.Runs.Polling() == 0
 	})
 }

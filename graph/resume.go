@@ -110,7 +110,7 @@ func (r *Resolver) resumeConversations(ctx context.Context, after eventKey, sess
 			select {
 			case <-ctx.Done():
 				return
-			case ev, ok := <-live.C:
+			case ev, ok := <-live:
 				if !ok {
 					return // dropped as too slow: the socket is being closed
 				}

@@ -8,7 +8,6 @@ package graph
 import (
 	"context"
 
-	"github.com/daca-go/daca/gateway/wstransport"
 	"github.com/daca-go/daca/graph/model"
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/contract"
@@ -27,8 +26,7 @@ func (r *mutationResolver) SendMessage(ctx context.Context, input model.SendMess
 	if err != nil {
 		return nil, err
 	}
-	return &model.ChatReply{UserID: rep.UserID, SessionID: rep.SessionID, Reply: rep.Reply, InstanceID: rep.InstanceID,
-		Status: toStatus(rep.Status), Timestamp: rep.Timestamp}, nil
+	return toReply(rep), nil
 }
 
 // StartChat is the resolver for the startChat field.
@@ -238,31 +236,9 @@ func (r *sessionResolver) Messages(ctx context.Context, obj *model.Session, last
 
 // ConversationUpdated is the resolver for the conversationUpdated field.
 func (r *subscriptionResolver) ConversationUpdated(ctx context.Context, sessionID *string, userID *string, after *string) (<-chan *model.ConversationEvent, error) {
-	if sessionID == nil && userID == nil {
-		return nil, apperr.New(apperr.Invalid, "give sessionId, userId or both")
-	}
-	if sessionID != nil {
-		if err := contract.CheckID("sessionId", *sessionID); err != nil {
-			return nil, err
-		}
-	}
-	if userID != nil {
-		if err := contract.CheckID("userId", *userID); err != nil {
-			return nil, err
-		}
-	}
-	if r.Guard.Enabled() {
-		id, err := r.Guard.Require(ctx)
-		if err != nil {
-			return nil, err
-		}
-		if !id.Admin {
-			if userID != nil && *userID != id.Subject {
-				return nil, apperr.New(apperr.Forbidden, "you may only access your own memory and sessions")
-			}
-			own := id.Subject
-			userID = &own // a user only ever sees their own conversations
-		}
+	userID, err := r.conversationFilter(ctx, sessionID, userID)
+	if err != nil {
+		return nil, err
 	}
 	match := func(ev *model.ConversationEvent) bool {
 		return (sessionID == nil || ev.SessionID == *sessionID) && (userID == nil || ev.UserID == *userID)
@@ -274,7 +250,7 @@ func (r *subscriptionResolver) ConversationUpdated(ctx context.Context, sessionI
 		}
 		return r.resumeConversations(ctx, k, sessionID, userID, match)
 	}
-	return r.Conversations.Subscribe(ctx, match, wstransport.Waker(ctx)).C, nil
+	return r.Conversations.Subscribe(ctx, match, r.waker(ctx)), nil
 }
 
 // MemoryUpdated is the resolver for the memoryUpdated field.
@@ -282,8 +258,7 @@ func (r *subscriptionResolver) MemoryUpdated(ctx context.Context, userID string)
 	if err := r.forUser(ctx, userID); err != nil {
 		return nil, err
 	}
-	sub := r.Memories.Subscribe(ctx, func(ev *model.MemoryEvent) bool { return ev.UserID == userID }, wstransport.Waker(ctx))
-	return sub.C, nil
+	return r.Memories.Subscribe(ctx, func(ev *model.MemoryEvent) bool { return ev.UserID == userID }, r.waker(ctx)), nil
 }
 
 // ChatRun is the resolver for the chatRun field.

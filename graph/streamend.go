@@ -4,8 +4,8 @@ import (
 	"context"
 	"sync"
 
-	"github.com/daca-go/daca/gateway/backend"
 	"github.com/daca-go/daca/graph/model"
+	"github.com/daca-go/daca/internal/contract"
 )
 
 // streamEnds ends the chatStream of a running turn when the turn ends as
@@ -24,7 +24,7 @@ type endWatcher struct {
 
 // watchEnd counts a subscriber of run's stream until ctx ends, starting the
 // turn's watcher with the first.
-func (r *Resolver) watchEnd(ctx context.Context, run backend.Run) {
+func (r *Resolver) watchEnd(ctx context.Context, run contract.ChatRun) {
 	e := &r.ends
 	id := run.InstanceID
 	e.mu.Lock()

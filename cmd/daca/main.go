@@ -4,7 +4,10 @@
 //	            scheduler, and every app with its own daprd sidecar; wait
 //	            until all are ready; stop everything on Ctrl-C
 //	daca dapr   build the Dapr binaries (daprd, placement, scheduler) once
+//	daca bench  measure the stack (internal/dev/bench)
 //
+// main only parses and dispatches: up.go and dapr.go call internal/dev/stack
+// and internal/dev/toolchain, bench is internal/dev/bench.
 // Every flag of `daca up` can also be set by the environment variable named
 // in its help text.
 package main
@@ -17,6 +20,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/daca-go/daca/internal/dev/bench"
 	"github.com/daca-go/daca/internal/dev/toolchain"
 )
 
@@ -26,8 +30,9 @@ func main() {
 	stop()
 	if err != nil {
 		var ue usageError
-		if errors.As(err, &ue) {
-			fmt.Fprintln(os.Stderr, ue.Error())
+		var be bench.UsageError
+		if errors.As(err, &ue) || errors.As(err, &be) {
+			fmt.Fprintln(os.Stderr, err.Error())
 			os.Exit(2)
 		}
 		fmt.Fprintln(os.Stderr, "daca:", err)
@@ -58,9 +63,9 @@ func run(ctx context.Context, args []string) error {
 	case "dapr":
 		return dapr(ctx, args[1:])
 	case "bench":
-		return bench(ctx, args[1:])
+		return bench.Run(ctx, args[1:])
 	case "hop": // started by bench; not for people
-		return hop(ctx, args[1:])
+		return bench.Hop(ctx, args[1:])
 	case "-h", "--help", "help":
 		fmt.Println(usage)
 		return nil

@@ -1,4 +1,6 @@
-// Package auth authenticates gateway clients and decides what they may do.
+// Package auth authenticates gateway clients: who the caller is
+// (graph.Callers). What a caller may do is decided by the resolvers' access
+// rules (graph/access.go).
 //
 // AUTH_MODE=jwt validates a bearer token (HTTP Authorization header, or the
 // connection_init payload on a websocket): HS256 with a signing secret from
@@ -22,7 +24,9 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/daca-go/daca/graph"
 	"github.com/daca-go/daca/internal/apperr"
+	"github.com/daca-go/daca/internal/contract"
 )
 
 // Identity is an authenticated caller.
@@ -88,6 +92,19 @@ func unauthenticated(err error) error {
 type HS256 struct {
 	Secret []byte
 	Opts   Options
+}
+
+// MinSecret is the shortest HS256 signing secret accepted.
+const MinSecret = 32
+
+// NewHS256 is the verifier of tokens signed with secret (the secret store's
+// gateway-jwt-secret), at least MinSecret bytes long.
+func NewHS256(secret string, opts Options) (HS256, error) {
+	if len(secret) < MinSecret {
+		return HS256{}, fmt.Errorf("AUTH_MODE=jwt: the secret %s must hold at least %d bytes, it holds %d (or set JWT_JWKS_URL for RS256)",
+			contract.SecretJWT, MinSecret, len(secret))
+	}
+	return HS256{Secret: []byte(secret), Opts: opts}, nil
 }
 
 func (h HS256) Verify(_ context.Context, raw string) (Identity, error) {
@@ -247,17 +264,9 @@ func (g *Guard) Require(ctx context.Context) (Identity, error) {
 	return id, nil
 }
 
-// MayActAs checks that the caller may act for userID: itself, or an admin.
-func (g *Guard) MayActAs(ctx context.Context, userID string) error {
-	if !g.Enabled() {
-		return nil
-	}
+// Caller implements graph.Callers: the operation's caller, or
+// UNAUTHENTICATED.
+func (g *Guard) Caller(ctx context.Context) (graph.Caller, error) {
 	id, err := g.Require(ctx)
-	if err != nil {
-		return err
-	}
-	if id.Admin || id.Subject == userID {
-		return nil
-	}
-	return apperr.New(apperr.Forbidden, "you may only access your own memory and sessions")
+	return graph.Caller{Subject: id.Subject, Admin: id.Admin}, err
 }

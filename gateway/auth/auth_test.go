@@ -9,11 +9,13 @@ import (
 	"math/big"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/daca-go/daca/graph"
 	"github.com/daca-go/daca/internal/apperr"
 )
 
@@ -109,28 +111,78 @@ func TestJWKS(t *testing.T) {
 	}
 }
 
-func TestGuardUser(t *testing.T) {
+func TestGuardCaller(t *testing.T) {
+	t.Parallel()
 	g := &Guard{Mode: "jwt"}
-	ana := WithIdentity(context.Background(), Identity{Subject: "ana"})
-	admin := WithIdentity(context.Background(), Identity{Subject: "root", Admin: true})
 	tests := []struct {
 		name string
 		g    *Guard
 		ctx  context.Context
-		user string
-		want apperr.Code
+		want graph.Caller
+		code apperr.Code
 	}{
-		{"none mode trusts arguments", &Guard{Mode: "none"}, context.Background(), "bo", ""},
-		{"nil guard", nil, context.Background(), "bo", ""},
-		{"own data", g, ana, "ana", ""},
-		{"someone else", g, ana, "bo", apperr.Forbidden},
-		{"admin", g, admin, "bo", ""},
-		{"anonymous", g, context.Background(), "ana", apperr.Unauthenticated},
+		{"a user", g, WithIdentity(context.Background(), Identity{Subject: "ana"}), graph.Caller{Subject: "ana"}, ""},
+		{"an admin", g, WithIdentity(context.Background(), Identity{Subject: "root", Admin: true}), graph.Caller{Subject: "root", Admin: true}, ""},
+		{"anonymous", g, context.Background(), graph.Caller{}, apperr.Unauthenticated},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := apperr.CodeOf(tt.g.MayActAs(tt.ctx, tt.user)); got != tt.want {
-				t.Fatalf("code %q; want %q", got, tt.want)
+			t.Parallel()
+			got, err := tt.g.Caller(tt.ctx)
+			if apperr.CodeOf(err) != tt.code || got != tt.want {
+				t.Fatalf("Caller = %+v, %v; want %+v, code %q", got, err, tt.want, tt.code)
+			}
+		})
+	}
+	for _, g := range []*Guard{nil, {Mode: "none"}} {
+		if g.Enabled() {
+			t.Errorf("guard %+v is enabled", g)
+		}
+	}
+	if !g.Enabled() {
+		t.Error("jwt guard is not enabled")
+	}
+}
+
+// TestNewHS256: the signing secret must hold at least 32 bytes (the
+// gateway does not start otherwise, and says why without the secret), and
+// JWT_ISSUER and JWT_AUDIENCE are checked when set.
+func TestNewHS256(t *testing.T) {
+	t.Parallel()
+	for _, n := range []int{0, 16, 31} {
+		secret := strings.Repeat("s", n)
+		if _, err := NewHS256(secret, Options{}); err == nil || (n > 0 && strings.Contains(err.Error(), secret)) {
+			t.Fatalf("a %d-byte secret: %v; want refused, without the secret in the message", n, err)
+		}
+	}
+	secret := strings.Repeat("k", 32)
+	v, err := NewHS256(secret, Options{Issuer: "iss-1", Audience: "aud-1", Leeway: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sign := func(c jwt.MapClaims) string {
+		s, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString([]byte(secret))
+		return s
+	}
+	exp := time.Now().Add(time.Hour).Unix()
+	tests := []struct {
+		name   string
+		claims jwt.MapClaims
+		ok     bool
+	}{
+		{"issuer and audience", jwt.MapClaims{"sub": "ana", "exp": exp, "iss": "iss-1", "aud": "aud-1"}, true},
+		{"audience in a list", jwt.MapClaims{"sub": "ana", "exp": exp, "iss": "iss-1", "aud": []string{"other", "aud-1"}}, true},
+		{"wrong audience", jwt.MapClaims{"sub": "ana", "exp": exp, "iss": "iss-1", "aud": "aud-2"}, false},
+		{"no audience", jwt.MapClaims{"sub": "ana", "exp": exp, "iss": "iss-1"}, false},
+		{"wrong issuer", jwt.MapClaims{"sub": "ana", "exp": exp, "iss": "iss-2", "aud": "aud-1"}, false},
+		{"no exp", jwt.MapClaims{"sub": "ana", "iss": "iss-1", "aud": "aud-1"}, false},
+		{"no sub", jwt.MapClaims{"exp": exp, "iss": "iss-1", "aud": "aud-1"}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			id, err := v.Verify(t.Context(), sign(tt.claims))
+			if (err == nil) != tt.ok || (tt.ok && id.Subject != "ana") {
+				t.Fatalf("Verify = %+v, %v; want ok %v", id, err, tt.ok)
 			}
 		})
 	}

@@ -18,8 +18,11 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/daca-go/daca/graph"
+	"github.com/daca-go/daca/internal/api"
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/contract"
+	"github.com/daca-go/daca/internal/daprc"
 )
 
 // appAnswered is the error Dapr's gRPC invocation returns when the app
@@ -106,8 +109,8 @@ func TestClientOverGRPC(t *testing.T) {
 	c := &Client{Sidecar: GRPC{Client: sc}}
 	ctx := t.Context()
 
-	rep, err := c.SendMessage(ctx, ChatInput{UserID: "ana", Text: "hello", SessionID: "s1", IdempotencyKey: "key-1"})
-	if err != nil || rep.Reply != "hi" || rep.SessionID != "s1" || rep.Status != contract.RunCompleted || rep.InstanceID != "chat-1" {
+	rep, err := c.SendMessage(ctx, graph.ChatInput{UserID: "ana", Text: "hello", SessionID: "s1", IdempotencyKey: "key-1"})
+	if err != nil || rep.Reply != "hi" || rep.Metadata.SessionID != "s1" || rep.Status != contract.RunCompleted || rep.InstanceID != "chat-1" {
 		t.Fatalf("SendMessage = %+v, %v", rep, err)
 	}
 	if got := sc.md.Get(strings.ToLower(contract.IdempotencyHeader)); len(got) != 1 || got[0] != "key-1" {
@@ -116,7 +119,7 @@ func TestClientOverGRPC(t *testing.T) {
 	if want := `POST chat-service/chat {"user_id":"ana","text":"hello","metadata":{"session_id":"s1"}}`; sc.calls[0] != want {
 		t.Fatalf("call %s; want %s", sc.calls[0], want)
 	}
-	run, err := c.StartChat(ctx, ChatInput{UserID: "ana", Text: "hello"})
+	run, err := c.StartChat(ctx, graph.ChatInput{UserID: "ana", Text: "hello"})
 	if err != nil || run.InstanceID != "chat-2" || run.Status != contract.RunPending || run.SessionID != "s2" {
 		t.Fatalf("StartChat = %+v, %v", run, err)
 	}
@@ -185,11 +188,11 @@ func TestClientOverHTTP(t *testing.T) {
 	srv := httptest.NewServer(f)
 	defer srv.Close()
 	port, _ := strconv.Atoi(srv.URL[strings.LastIndex(srv.URL, ":")+1:])
-	h := NewHTTP(port, "tok")
+	h := daprc.NewHTTP(port, "tok")
 	c := &Client{Sidecar: h}
 	ctx := t.Context()
 
-	rep, err := c.SendMessage(ctx, ChatInput{UserID: "ana", Text: "hello", SessionID: "s1", IdempotencyKey: "key-1"})
+	rep, err := c.SendMessage(ctx, graph.ChatInput{UserID: "ana", Text: "hello", SessionID: "s1", IdempotencyKey: "key-1"})
 	if err != nil || rep.Reply != "hi" || rep.InstanceID != "chat-1" {
 		t.Fatalf("SendMessage = %+v, %v", rep, err)
 	}
@@ -207,18 +210,26 @@ func TestClientOverHTTP(t *testing.T) {
 		wantCode apperr.Code
 		wantMsg  string
 	}{
-		{"the app's detail whole", func() error { _, err := c.StartChat(ctx, ChatInput{UserID: "ana", Text: "x"}); return err },
+		{"the app's detail whole", func() error { _, err := c.StartChat(ctx, graph.ChatInput{UserID: "ana", Text: "x"}); return err },
 			apperr.Invalid, "Idempotency-Key must be 1 to 255 printable characters, and this one is not"},
 		{"the app's 500 hides its detail", func() error { _, err := c.ChatRun(ctx, "chat-500"); return err }, apperr.Internal, "internal error"},
-		{"Dapr could not reach the app", func() error { return c.call(ctx, 0, "nobody", "health", http.MethodGet, nil, nil) },
+		{"Dapr could not reach the app", func() error {
+			_, err := h.Call(ctx, api.Request{App: "nobody", Method: "health", Verb: http.MethodGet})
+			return err
+		},
 			apperr.Unavailable, "nobody is unavailable"},
-		{"an access policy refused the call", func() error { return c.call(ctx, 0, contract.MemoryApp, "health", http.MethodGet, nil, nil) },
+		{"an access policy refused the call", func() error {
+			_, err := h.Call(ctx, api.Request{App: contract.MemoryApp, Method: "health", Verb: http.MethodGet})
+			return err
+		},
 			apperr.Forbidden, "forbidden"},
 		{"our token refused", func() error {
-			return (&Client{Sidecar: NewHTTP(port, "wrong")}).call(ctx, 0, contract.ChatApp, "chat", http.MethodPost, map[string]string{}, nil)
+			_, err := (&Client{Sidecar: daprc.NewHTTP(port, "wrong")}).SendMessage(ctx, graph.ChatInput{UserID: "ana"})
+			return err
 		}, apperr.Internal, "internal error"},
 		{"the sidecar is down", func() error {
-			return (&Client{Sidecar: NewHTTP(1, "tok")}).call(ctx, 0, contract.ChatApp, "chat", http.MethodPost, nil, nil)
+			_, err := (&Client{Sidecar: daprc.NewHTTP(1, "tok")}).SendMessage(ctx, graph.ChatInput{UserID: "ana"})
+			return err
 		}, apperr.Unavailable, "chat-service is unavailable"},
 	}
 	for _, tt := range tests {
@@ -241,14 +252,14 @@ func TestClientOverHTTP(t *testing.T) {
 	}
 }
 
-// gate is an Invocation whose calls wait until released, counting them.
+// gate is a Sidecar whose calls wait until released, counting them.
 type gate struct {
 	mu      sync.Mutex
 	calls   int
 	release chan struct{}
 }
 
-func (g *gate) Invoke(ctx context.Context, r Request) ([]byte, error) {
+func (g *gate) Call(ctx context.Context, r api.Request) ([]byte, error) {
 	g.mu.Lock()
 	g.calls++
 	g.mu.Unlock()
@@ -271,7 +282,7 @@ func TestChatRunReadsJoined(t *testing.T) {
 		first := make(chan error, 1)
 		go func() { _, err := c.ChatRun(gone, "chat-1"); first <- err }()
 		var wg sync.WaitGroup
-		runs := make([]*Run, 100)
+		runs := make([]*contract.ChatRun, 100)
 		for i := range runs {
 			wg.Add(1)
 			go func() { defer wg.Done(); runs[i], _ = c.ChatRun(t.Context(), "chat-1") }()

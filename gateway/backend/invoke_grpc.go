@@ -13,26 +13,10 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/daca-go/daca/internal/api"
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/contract"
 )
-
-// Request is one service invocation.
-type Request struct {
-	App, Method, Verb string
-	Body              []byte // JSON; nil for none
-	IdempotencyKey    string // sent as the Idempotency-Key header when set
-}
-
-// Invocation is a way to reach the apps through the gateway's sidecar.
-// Invoke returns the app's answer, or an apperr-coded error: the app's own
-// status and detail when it answered, Unavailable or Timeout when it could
-// not be reached.
-type Invocation interface {
-	Invoke(ctx context.Context, r Request) ([]byte, error)
-	// Ping reports whether the sidecar answers.
-	Ping(ctx context.Context) error
-}
 
 // Invoker is the part of the go-sdk client GRPC uses.
 type Invoker interface {
@@ -49,8 +33,8 @@ type Invoker interface {
 // dropping other metadata (such as Idempotency-Key).
 type GRPC struct{ Client Invoker }
 
-// Invoke implements Invocation.
-func (g GRPC) Invoke(ctx context.Context, r Request) ([]byte, error) {
+// Call implements api.Caller.
+func (g GRPC) Call(ctx context.Context, r api.Request) ([]byte, error) {
 	if r.IdempotencyKey != "" { // Dapr passes gRPC metadata to the app as HTTP headers
 		ctx = metadata.AppendToOutgoingContext(ctx, strings.ToLower(contract.IdempotencyHeader), r.IdempotencyKey)
 	}
@@ -67,7 +51,7 @@ func (g GRPC) Invoke(ctx context.Context, r Request) ([]byte, error) {
 	return out, nil
 }
 
-// Ping implements Invocation.
+// Ping implements Sidecar.
 func (g GRPC) Ping(ctx context.Context) error {
 	_, err := g.Client.GetMetadata(ctx)
 	return err
@@ -91,7 +75,7 @@ func invokeError(app, method string, err, ctxErr error) error {
 			continue
 		}
 		code, _ := strconv.Atoi(info.GetMetadata()["http.code"])
-		return appError(app, code, []byte(info.GetMetadata()["http.error_message"]), cause)
+		return api.AppError(app, code, []byte(info.GetMetadata()["http.error_message"]), cause)
 	}
 	switch st.Code() {
 	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted, codes.ResourceExhausted:

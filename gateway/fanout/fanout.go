@@ -70,25 +70,20 @@ func New[T any](buf int, onDrop func(ctx context.Context)) *Broker[T] {
 	return &Broker[T]{buf: buf, onDrop: onDrop, subs: map[*sub[T]]struct{}{}}
 }
 
-// Subscription is a subscriber's view.
-type Subscription[T any] struct {
-	// C delivers the matching events; it is closed when ctx ends or the
-	// subscriber is dropped (reported to the broker's onDrop).
-	C <-chan T
-}
-
 // Subscribe registers a subscriber for events that match (nil: all) until
-// ctx ends. wake, if not nil, is called after each event queued on the
+// ctx ends (graph.Feed). The channel delivers the matching events; it is
+// closed when ctx ends or the subscriber is dropped (reported to the
+// broker's onDrop). wake, if not nil, is called after each event queued on the
 // subscription's channel and once after the channel is closed (the
 // websocket transport's Waker: the subscription then needs no goroutine of
 // its own to wait for events).
-func (b *Broker[T]) Subscribe(ctx context.Context, match func(T) bool, wake func()) Subscription[T] {
+func (b *Broker[T]) Subscribe(ctx context.Context, match func(T) bool, wake func()) <-chan T {
 	s := &sub[T]{ctx: ctx, ch: make(chan T, b.buf), match: match, wake: wake}
 	b.mu.Lock()
 	b.subs[s] = struct{}{}
 	b.mu.Unlock()
 	context.AfterFunc(ctx, func() { b.remove(s, false) })
-	return Subscription[T]{C: s.ch}
+	return s.ch
 }
 
 func (b *Broker[T]) remove(s *sub[T], slow bool) {

@@ -24,17 +24,17 @@ func TestFiltersAndDelivery(t *testing.T) {
 	}
 	tests := []struct {
 		name string
-		sub  Subscription[int]
+		sub  <-chan int
 		want []int
 	}{{"even", even, []int{0, 2}}, {"all", all, []int{0, 1, 2, 3}}}
 	for _, tt := range tests {
 		for _, w := range tt.want {
-			if got := <-tt.sub.C; got != w {
+			if got := <-tt.sub; got != w {
 				t.Fatalf("%s: got %d; want %d", tt.name, got, w)
 			}
 		}
 		select {
-		case v := <-tt.sub.C:
+		case v := <-tt.sub:
 			t.Fatalf("%s: unexpected %d", tt.name, v)
 		default:
 		}
@@ -67,7 +67,7 @@ func TestWakeOncePerQueuedEventAndClose(t *testing.T) {
 			}
 			cancel()
 			var read []int
-			for v := range sub.C { // ends: the channel is closed on cancel or drop
+			for v := range sub { // ends: the channel is closed on cancel or drop
 				read = append(read, v)
 			}
 			if !slices.Equal(read, tt.wantRead) {
@@ -106,7 +106,7 @@ func TestSlowSubscriberDroppedOthersServed(t *testing.T) {
 	fast := b.Subscribe(t.Context(), nil, nil)
 	got := make(chan int)
 	go func() {
-		for v := range fast.C {
+		for v := range fast {
 			got <- v
 		}
 		close(got)
@@ -126,7 +126,7 @@ func TestSlowSubscriberDroppedOthersServed(t *testing.T) {
 		t.Fatalf("%d drops reported; want the slow subscriber's", drops)
 	}
 	n := 0
-	for range slow.C { // its buffered events, then closed
+	for range slow { // its buffered events, then closed
 		n++
 	}
 	if n != 2 || drops != 1 || b.Len() != 1 {
@@ -145,7 +145,7 @@ func TestThousandCyclesFreeEverything(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for range s.C {
+			for range s {
 			}
 		}()
 		cancel()
@@ -172,7 +172,7 @@ func TestConcurrentPublishAndCancel(t *testing.T) {
 		wg.Add(2)
 		go func() {
 			defer wg.Done()
-			for range s.C {
+			for range s {
 			}
 		}()
 		go func() { defer wg.Done(); cancel() }()

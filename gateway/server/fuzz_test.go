@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/daca-go/daca/gateway/backend/backendtest"
+	"github.com/daca-go/daca/graph/graphtest"
 )
 
 // FuzzGraphQLRequest: whatever a client sends to /graphql, the gateway
@@ -45,7 +45,7 @@ func FuzzGraphQLRequest(f *testing.F) {
 	} {
 		f.Add(s.get, s.contentType, []byte(s.body))
 	}
-	_, h := newServer(backendtest.New(), Config{}, 0, nil)
+	_, h := newServer(graphtest.New(), Config{}, 0, nil)
 	f.Fuzz(func(t *testing.T, get bool, contentType string, body []byte) {
 		var req *http.Request
 		if get {
@@ -90,7 +90,7 @@ func FuzzGraphQLRequest(f *testing.F) {
 // request is answered at once with an error (it used to hang until the first
 // event, holding a subscriber), and holds nothing.
 func TestSubscriptionOverHTTPRefused(t *testing.T) {
-	s, h := newServer(backendtest.New(), Config{}, 0, nil)
+	s, h := newServer(graphtest.New(), Config{}, 0, nil)
 	q := `subscription { memoryUpdated(userId: "ana") { userId } }`
 	for name, req := range map[string]*http.Request{
 		"POST": httptest.NewRequest(http.MethodPost, "/graphql", strings.NewReader(`{"query":`+strconv.Quote(q)+`}`)),
@@ -115,7 +115,7 @@ func TestSubscriptionOverHTTPRefused(t *testing.T) {
 		if len(resp.Errors) != 1 || resp.Errors[0].Extensions["code"] != "BAD_REQUEST" || !strings.Contains(resp.Errors[0].Message, "websocket") {
 			t.Fatalf("%s: %d %s", name, w.Code, w.Body)
 		}
-		if n := s.res.Memories.Len(); n != 0 {
+		if n := s.hub.Memories.Len(); n != 0 {
 			t.Fatalf("%s: %d subscribers left in the broker", name, n)
 		}
 	}
@@ -148,7 +148,7 @@ func FuzzWebsocketFrame(f *testing.F) {
 	} {
 		f.Add(s.legacy, s.init, []byte(s.frame))
 	}
-	_, h := newServer(backendtest.New(), Config{InitTimeout: time.Second}, 0, nil)
+	_, h := newServer(graphtest.New(), Config{InitTimeout: time.Second}, 0, nil)
 	srv := httptest.NewServer(h)
 	f.Cleanup(srv.Close)
 	f.Fuzz(func(t *testing.T, legacy, init bool, frame []byte) {

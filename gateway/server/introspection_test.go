@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/daca-go/daca/gateway/backend/backendtest"
+	"github.com/daca-go/daca/graph/graphtest"
 )
 
 // TestStandardIntrospectionQuery: the introspection query graphql-js
@@ -19,7 +19,7 @@ import (
 // is answered with the schema; a hostile deep __type stays bounded, and so
 // do deep queries of the API.
 func TestStandardIntrospectionQuery(t *testing.T) {
-	_, h := newServer(backendtest.New(), Config{Introspection: true}, 0, nil)
+	_, h := newServer(graphtest.New(), Config{Introspection: true}, 0, nil)
 	post := func(query string) (int, map[string]any, []map[string]any) {
 		body, _ := json.Marshal(map[string]string{"query": query})
 		req := httptest.NewRequest(http.MethodPost, "/graphql", strings.NewReader(string(body)))

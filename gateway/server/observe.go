@@ -37,7 +37,7 @@ var (
 	_ graphql.ResponseInterceptor  = (*observer)(nil)
 )
 
-func newObserver(res *graph.Resolver) *observer {
+func newObserver(runs *graph.RunWatch, live Live, fallbacks func() int64) *observer {
 	m := &observer{
 		reg: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -51,38 +51,48 @@ func newObserver(res *graph.Resolver) *observer {
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 		}, []string{"operation", "type"}),
 	}
-	gauge := func(name, help, topic string, f func() float64) prometheus.Collector {
-		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help, ConstLabels: prometheus.Labels{"topic": topic}}, f)
-	}
-	counter := func(name, help, topic string, f func() float64) prometheus.Collector {
-		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: prometheus.Labels{"topic": topic}}, f)
-	}
-	cd := func() float64 { d, _ := res.Conversations.Stats(); return float64(d) }
-	cx := func() float64 { _, x := res.Conversations.Stats(); return float64(x) }
-	md := func() float64 { d, _ := res.Memories.Stats(); return float64(d) }
-	mx := func() float64 { _, x := res.Memories.Stats(); return float64(x) }
 	m.reg.MustRegister(m.requests, m.errors, m.duration,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		gauge("daca_gateway_open_subscriptions", "Open GraphQL subscriptions fed by pub/sub.", contract.TopicConversations, func() float64 { return float64(res.Conversations.Len()) }),
-		gauge("daca_gateway_open_subscriptions", "Open GraphQL subscriptions fed by pub/sub.", contract.TopicMemoryUpdates, func() float64 { return float64(res.Memories.Len()) }),
-		counter("daca_gateway_events_fanned_out_total", "Events delivered to subscribers.", contract.TopicConversations, cd),
-		counter("daca_gateway_events_fanned_out_total", "Events delivered to subscribers.", contract.TopicMemoryUpdates, md),
-		counter("daca_gateway_subscribers_dropped_total", "Subscribers dropped for being too slow.", contract.TopicConversations, cx),
-		counter("daca_gateway_subscribers_dropped_total", "Subscribers dropped for being too slow.", contract.TopicMemoryUpdates, mx),
-		gauge("daca_gateway_open_subscriptions", "Open GraphQL subscriptions fed by pub/sub.", contract.TopicChatStream, func() float64 { _, n := res.Replies.Len(); return float64(n) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "daca_gateway_streamed_turns",
-			Help: "Chat turns whose reply this replica keeps for chatStream (while they run, and a minute after)."},
-			func() float64 { n, _ := res.Replies.Len(); return float64(n) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "daca_gateway_followed_turns",
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if runs != nil {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "daca_gateway_followed_turns",
 			Help: "Chat turns read from chat-service for chatRun subscribers (one reader per turn)."},
-			func() float64 { return float64(res.Runs.Polling()) }),
-	)
-	if l, ok := res.Turns.(interface{ FellBack() int64 }); ok {
+			func() float64 { return float64(runs.Polling()) }))
+	}
+	if fallbacks != nil {
 		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "daca_gateway_turn_limit_fallbacks_total",
 			Help: "Chat turns counted by this replica's own limit because the shared limit's state store failed."},
-			func() float64 { return float64(l.FellBack()) }))
+			func() float64 { return float64(fallbacks()) }))
+	}
+	if live != nil {
+		m.reg.MustRegister(liveCollectors(live)...)
 	}
 	return m
+}
+
+// liveCollectors report the pub/sub side: open subscriptions per topic,
+// events fanned out and slow subscribers dropped (conversations and memory
+// updates), and the turns whose replies are kept for chatStream.
+func liveCollectors(live Live) []prometheus.Collector {
+	var cs []prometheus.Collector
+	for _, topic := range contract.Topics {
+		labels := prometheus.Labels{"topic": topic}
+		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "daca_gateway_open_subscriptions",
+			Help: "Open GraphQL subscriptions fed by pub/sub.", ConstLabels: labels},
+			func() float64 { n, _, _ := live.Topic(topic); return float64(n) }))
+		if topic == contract.TopicChatStream {
+			continue
+		}
+		cs = append(cs,
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "daca_gateway_events_fanned_out_total",
+				Help: "Events delivered to subscribers.", ConstLabels: labels},
+				func() float64 { _, d, _ := live.Topic(topic); return float64(d) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "daca_gateway_subscribers_dropped_total",
+				Help: "Subscribers dropped for being too slow.", ConstLabels: labels},
+				func() float64 { _, _, x := live.Topic(topic); return float64(x) }))
+	}
+	return append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "daca_gateway_streamed_turns",
+		Help: "Chat turns whose reply this replica keeps for chatStream (while they run, and a minute after)."},
+		func() float64 { return float64(live.StreamedTurns()) }))
 }
 
 func (m *observer) handler() http.Handler {

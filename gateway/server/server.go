@@ -1,13 +1,14 @@
 // Package server is the gateway's HTTP surface around an assembled
 // resolver (graph.Resolver): GraphQL over HTTP (POST, GET for queries) and
 // websocket (graphql-transport-ws and legacy graphql-ws) on /graphql, the
-// GraphiQL playground on /, health on /healthz and /readyz, metrics on
-// /metrics, and the pub/sub routes its Dapr sidecar delivers events to.
+// GraphiQL playground on / and the chat page on /chat (gateway/web), health
+// on /healthz and /readyz, metrics on /metrics, and the pub/sub intake
+// (gateway/live) its Dapr sidecar delivers events to.
 //
 // Files by job: graphql.go builds the GraphQL handler and its transports,
 // errors.go presents errors, httpguard.go holds the HTTP guards of /graphql
 // (CORS, CSRF, body limit, bearer token), wsproto.go the websocket protocol
-// guard, events.go the pub/sub intake, observe.go metrics and traces,
+// guard, observe.go metrics and traces,
 // depth.go and subscriptions.go two operation rules.
 package server
 
@@ -22,11 +23,9 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/daca-go/daca/gateway/auth"
-	"github.com/daca-go/daca/gateway/chatpage"
-	"github.com/daca-go/daca/gateway/playground"
+	"github.com/daca-go/daca/gateway/web"
 	"github.com/daca-go/daca/graph"
 	"github.com/daca-go/daca/internal/apperr"
-	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/httpx"
 	"github.com/daca-go/daca/internal/logging"
 	"github.com/daca-go/daca/internal/telemetry"
@@ -43,13 +42,30 @@ type Config struct {
 	InitTimeout    time.Duration // websocket connection_init timeout, default 10s
 	LoaderWait     time.Duration // how long a dataloader gathers keys, default graph.DefaultLoaderWait
 	AppToken       string        // APP_API_TOKEN: required on the pub/sub routes
-	PubSub         string        // pub/sub component the gateway subscribes with, default contract.GatewayPubSub
 	Suggestions    bool          // "did you mean" in validation errors (GRAPHQL_SUGGESTIONS)
 	Guard          *auth.Guard   // authentication of bearer tokens and websocket connection_init
 	// PersistedQueries are the automatic persisted queries (APQ) by hash;
 	// nil keeps them in this replica's memory.
 	PersistedQueries graphql.Cache[string]
 	Ready            func(context.Context) error // /readyz: the sidecar and the backends answer
+	// Live is the pub/sub intake, mounted behind the app token, and its
+	// figures for /metrics (gateway/live.Hub); nil: none.
+	Live Live
+	// TurnLimitFallbacks counts the turns the shared turn limit counted
+	// locally because its state store failed; nil: not reported.
+	TurnLimitFallbacks func() int64
+}
+
+// Live is the pub/sub side of the gateway as the server sees it
+// (gateway/live.Hub).
+type Live interface {
+	// Mount adds the routes the sidecar delivers events to.
+	Mount(r chi.Router)
+	// Topic reports a topic's open subscriptions, the events delivered to
+	// subscribers and the slow subscribers dropped.
+	Topic(topic string) (subscribers int, delivered, dropped uint64)
+	// StreamedTurns is how many turns' replies are kept for chatStream.
+	StreamedTurns() int
 }
 
 func (c *Config) defaults() {
@@ -68,9 +84,6 @@ func (c *Config) defaults() {
 	if c.InitTimeout == 0 {
 		c.InitTimeout = 10 * time.Second
 	}
-	if c.PubSub == "" {
-		c.PubSub = contract.GatewayPubSub
-	}
 	if c.PersistedQueries == nil {
 		c.PersistedQueries = lru.New[string](256)
 	}
@@ -84,17 +97,15 @@ type Server struct {
 	cfg     Config
 	log     *slog.Logger
 	res     *graph.Resolver
-	started time.Time
 	obs     *observer
 	sockets *sockets
 }
 
-// New returns the HTTP surface of the resolver res, whose brokers it feeds
-// from the pub/sub routes.
+// New returns the HTTP surface of the resolver res.
 func New(cfg Config, res *graph.Resolver, log *slog.Logger) *Server {
 	cfg.defaults()
-	s := &Server{cfg: cfg, log: log, res: res, started: time.Now(), sockets: newSockets()}
-	s.obs = newObserver(res)
+	s := &Server{cfg: cfg, log: log, res: res, sockets: newSockets()}
+	s.obs = newObserver(res.Runs, cfg.Live, cfg.TurnLimitFallbacks)
 	return s
 }
 
@@ -107,19 +118,14 @@ func (s *Server) Handler() http.Handler {
 	})
 	r.Get("/readyz", s.readyz)
 	r.Handle("/metrics", s.obs.handler())
-	r.Handle("/", playground.Page("DACA Gateway", "/graphql"))
-	r.Handle(playground.AssetsPath+"*", playground.Assets())
-	chat := chatpage.Handler()
-	r.Handle(chatpage.Path, chat)
-	r.Handle(chatpage.Path+"/*", chat)
+	web.Mount(r, "DACA Gateway", "/graphql")
 	r.Handle("/graphql", s.guardHTTP(withConnSlot(s.graphQL())))
-	r.Group(func(r chi.Router) {
-		r.Use(httpx.AppToken(s.cfg.AppToken))
-		r.Get("/dapr/subscribe", s.subscriptions)
-		r.Post("/events/"+contract.TopicConversations, s.onConversation)
-		r.Post("/events/"+contract.TopicMemoryUpdates, s.onMemoryUpdate)
-		r.Post("/events/"+contract.TopicChatStream, s.onChatStream)
-	})
+	if s.cfg.Live != nil {
+		r.Group(func(r chi.Router) {
+			r.Use(httpx.AppToken(s.cfg.AppToken))
+			s.cfg.Live.Mount(r)
+		})
+	}
 	return r
 }
 

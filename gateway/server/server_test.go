@@ -15,12 +15,10 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/daca-go/daca/gateway/auth"
-	"github.com/daca-go/daca/gateway/backend"
-	"github.com/daca-go/daca/gateway/backend/backendtest"
-	"github.com/daca-go/daca/gateway/fanout"
-	"github.com/daca-go/daca/gateway/replies"
+	"github.com/daca-go/daca/gateway/live"
+	"github.com/daca-go/daca/gateway/wstransport"
 	"github.com/daca-go/daca/graph"
-	"github.com/daca-go/daca/graph/model"
+	"github.com/daca-go/daca/graph/graphtest"
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/dev/testkit"
 )
@@ -39,24 +37,23 @@ func TestMain(m *testing.M) {
 // testServer is a Server over f, assembled as the gateway's run does.
 type testServer struct {
 	*Server
-	res *graph.Resolver
+	hub *live.Hub
 }
 
-// newServer returns the server and its handler; queue is the brokers'
-// buffer per subscriber (0: 64), guard the authentication (nil: none).
-func newServer(f *backendtest.Fake, cfg Config, queue int, guard *auth.Guard) (*testServer, http.Handler) {
+// newServer returns the server and its handler; queue is the feeds' buffer
+// per subscriber (0: 64), guard the authentication (nil: none).
+func newServer(f *graphtest.Fake, cfg Config, queue int, guard *auth.Guard) (*testServer, http.Handler) {
 	if queue == 0 {
 		queue = 64
 	}
 	log := testkit.Quiet()
-	drop := DropSlowSubscriber(queue, log)
-	res := &graph.Resolver{Backend: f, Log: log, Guard: guard,
-		Conversations: fanout.New[*model.ConversationEvent](queue, drop).KeepRecent(100),
-		Memories:      fanout.New[*model.MemoryEvent](queue, drop),
-		Runs:          graph.NewRunWatch(f.ChatRun, 50*time.Millisecond, log),
-		Replies:       replies.New(queue, drop)}
+	hub := live.New(live.Config{Queue: queue, Recent: 100}, DropSlowSubscriber(queue, log), log)
+	res := &graph.Resolver{Backend: f, Log: log, Callers: guard,
+		Conversations: hub.Conversations, Memories: hub.Memories, Replies: hub.Replies,
+		Runs: graph.NewRunWatch(f.ChatRun, 50*time.Millisecond, log), Waker: wstransport.Waker}
 	cfg.Guard = guard
-	s := &testServer{Server: New(cfg, res, log), res: res}
+	cfg.Live = hub
+	s := &testServer{Server: New(cfg, res, log), hub: hub}
 	return s, s.Handler()
 }
 
@@ -99,7 +96,7 @@ func TestErrorMapping(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			f := backendtest.New()
+			f := graphtest.New()
 			f.Err = tt.err
 			_, h := newServer(f, Config{}, 0, nil)
 			code, ext, msg := errCode(t, h, `{ memory(userId: "ana") { name } }`)
@@ -117,7 +114,7 @@ func TestErrorMapping(t *testing.T) {
 // resolver runs.
 func TestBearerTokenRefused(t *testing.T) {
 	g := &auth.Guard{Mode: "jwt", Verifier: staticVerifier{"tok-ana": {Subject: "ana"}}}
-	_, h := newServer(backendtest.New(), Config{}, 0, g)
+	_, h := newServer(graphtest.New(), Config{}, 0, g)
 	req := httptest.NewRequest(http.MethodPost, "/graphql", strings.NewReader(`{"query":"{ health { status } }"}`))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer forged")
@@ -138,7 +135,7 @@ func (v staticVerifier) Verify(_ context.Context, raw string) (auth.Identity, er
 }
 
 func TestMetrics(t *testing.T) {
-	f := backendtest.New()
+	f := graphtest.New()
 	_, h := newServer(f, Config{}, 0, nil)
 	c := client.New(h, client.Path("/graphql"))
 	c.RawPost(`{ memory(userId: "ana") { name } }`)
@@ -163,7 +160,7 @@ func TestMetrics(t *testing.T) {
 // GraphQL over HTTP: the media type the client asks for, and the spec's
 // status codes for it.
 func TestGraphQLOverHTTP(t *testing.T) {
-	f := backendtest.New()
+	f := graphtest.New()
 	_, h := newServer(f, Config{}, 0, nil)
 	tests := []struct {
 		name, method, body, accept, ctype string
@@ -206,7 +203,7 @@ func TestGraphQLOverHTTP(t *testing.T) {
 // BenchmarkMemoryQuery measures the gateway's own cost of a query (HTTP,
 // parsing, validation, limits, metrics, resolver) with the backend faked.
 func BenchmarkMemoryQuery(b *testing.B) {
-	_, h := newServer(backendtest.New(), Config{}, 0, nil)
+	_, h := newServer(graphtest.New(), Config{}, 0, nil)
 	body := `{"query":"{ memory(userId: \"ana\") { name preferredStyle userSummary } }"}`
 	b.ReportAllocs()
 	for b.Loop() {
@@ -231,7 +228,7 @@ func TestBodyErrorNeverQuotesTheBody(t *testing.T) {
 		{`{"query":"` + strings.Repeat("x", 2<<20) + `"}`, 413, "larger than the limit", "BAD_REQUEST"},
 		{"chunked" + `{"query":"` + strings.Repeat("x", 2<<20) + `"}`, 413, "larger than the limit", "BAD_REQUEST"},
 	}
-	_, h := newServer(backendtest.New(), Config{}, 0, nil)
+	_, h := newServer(graphtest.New(), Config{}, 0, nil)
 	for _, tt := range tests {
 		body, chunked := strings.CutPrefix(tt.body, "chunked")
 		req := httptest.NewRequest(http.MethodPost, "/graphql", strings.NewReader(body))
@@ -260,7 +257,7 @@ func TestBodyErrorNeverQuotesTheBody(t *testing.T) {
 // unless it carries a header that forces a preflight (Apollo-Require-
 // Preflight, X-Apollo-Operation-Name), as Apollo's CSRF prevention does.
 func TestCSRFRule(t *testing.T) {
-	f := backendtest.New()
+	f := graphtest.New()
 	_, h := newServer(f, Config{}, 0, nil)
 	mutation := `{"query":"mutation { sendMessage(input: {userId: \"ana\", text: \"csrf\"}) { reply } }"}`
 	tests := []struct {
@@ -276,7 +273,7 @@ func TestCSRFRule(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			f.LastIn = backend.ChatInput{}
+			f.LastIn = graph.ChatInput{}
 			req := httptest.NewRequest(http.MethodPost, "/graphql", strings.NewReader(mutation))
 			req.Header.Set("Content-Type", tt.ctype)
 			if tt.header != "" {
@@ -318,7 +315,7 @@ func TestComplexityLimit(t *testing.T) {
 		{"with variables, within", many("query($u: ID!) ", "$u", 2), "", []client.Option{client.Var("u", "ana")}},
 		{"with variables, over", many("query($u: ID!) ", "$u", 30), "COMPLEXITY_LIMIT_EXCEEDED", []client.Option{client.Var("u", "ana")}},
 	}
-	_, h := newServer(backendtest.New(), Config{MaxComplexity: 20}, 0, nil)
+	_, h := newServer(graphtest.New(), Config{MaxComplexity: 20}, 0, nil)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			for i := range 3 {

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/daca-go/daca/gateway/backend/backendtest"
+	"github.com/daca-go/daca/graph/graphtest"
 	"github.com/daca-go/daca/internal/dev/testkit"
 	"github.com/daca-go/daca/internal/telemetry"
 	"go.opentelemetry.io/otel"
@@ -25,7 +25,7 @@ func BenchmarkIdleSubscription(b *testing.B) {
 	if _, err := telemetry.Setup(b.Context(), "gateway", testkit.Quiet()); err != nil { // the tracer provider as in production
 		b.Fatal(err)
 	}
-	s, h := newServer(backendtest.New(), Config{}, 16, nil)
+	s, h := newServer(graphtest.New(), Config{}, 16, nil)
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 	var before, after runtime.MemStats
@@ -43,9 +43,9 @@ func BenchmarkIdleSubscription(b *testing.B) {
 		clients = append(clients, ws)
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for s.res.Conversations.Len() < sockets*perSocket {
+	for s.hub.Conversations.Len() < sockets*perSocket {
 		if time.Now().After(deadline) {
-			b.Fatalf("%d subscriptions open; want %d", s.res.Conversations.Len(), sockets*perSocket)
+			b.Fatalf("%d subscriptions open; want %d", s.hub.Conversations.Len(), sockets*perSocket)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

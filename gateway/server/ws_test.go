@@ -17,8 +17,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/daca-go/daca/gateway/auth"
-	"github.com/daca-go/daca/gateway/backend"
-	"github.com/daca-go/daca/gateway/backend/backendtest"
+	"github.com/daca-go/daca/graph/graphtest"
 	"github.com/daca-go/daca/graph/model"
 	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/dev/testkit"
@@ -55,7 +54,7 @@ func publishEvent(t *testing.T, url, topic, id string, data any) {
 }
 
 func TestSubscriptionFanOutAndCleanup(t *testing.T) {
-	f := backendtest.New()
+	f := graphtest.New()
 	s, h := newServer(f, Config{}, 4, nil)
 	srv := httptest.NewServer(h)
 	defer srv.Close()
@@ -68,7 +67,7 @@ func TestSubscriptionFanOutAndCleanup(t *testing.T) {
 	if m := ws.Await(5*time.Second, "error", "next"); m["id"] != "3" || !strings.Contains(fmt.Sprint(m), "give sessionId") {
 		t.Fatalf("unfiltered subscription: %v", m)
 	}
-	waitUntil(t, "s.res.Conversations.Len() == 1 && s.res.Memories.Len() == 1", func() bool { return s.res.Conversations.Len() == 1 && s.res.Memories.Len() == 1 })
+	waitUntil(t, "s.hub.Conversations.Len() == 1 && s.hub.Memories.Len() == 1", func() bool { return s.hub.Conversations.Len() == 1 && s.hub.Memories.Len() == 1 })
 	publishEvent(t, srv.URL, "conversations", "e0", map[string]string{"user_id": "bo", "session_id": "x", "event_type": "ConversationUpdated", "user_message": "not for ana", "assistant_reply": "r"})
 	publishEvent(t, srv.URL, "conversations", "e1", map[string]string{"user_id": "ana", "session_id": "s1", "event_type": "ConversationUpdated", "user_message": "for ana", "assistant_reply": "r"})
 	publishEvent(t, srv.URL, "memory-updates", "m1", map[string]string{"user_id": "ana", "session_id": "s1", "user_summary": "new summary"})
@@ -92,7 +91,7 @@ func TestSubscriptionFanOutAndCleanup(t *testing.T) {
 		t.Fatalf("after a stale event got %v", m)
 	}
 	ws.Close()
-	waitUntil(t, "s.res.Conversations.Len() == 0 && s.res.Memories.Len() == 0", func() bool { return s.res.Conversations.Len() == 0 && s.res.Memories.Len() == 0 })
+	waitUntil(t, "s.hub.Conversations.Len() == 0 && s.hub.Memories.Len() == 0", func() bool { return s.hub.Conversations.Len() == 0 && s.hub.Memories.Len() == 0 })
 }
 
 // TestChatStream: pieces published by chat-service reach a chatStream
@@ -101,8 +100,8 @@ func TestSubscriptionFanOutAndCleanup(t *testing.T) {
 // subscriber that joins late, or resumes with after, gets the text so far
 // first; another user's turn is not found.
 func TestChatStream(t *testing.T) {
-	f := backendtest.New()
-	f.Runs["chat-live"] = &backend.Run{InstanceID: "chat-live", Status: contract.RunRunning, UserID: "ana", SessionID: "s1"}
+	f := graphtest.New()
+	f.Runs["chat-live"] = &contract.ChatRun{InstanceID: "chat-live", Status: contract.RunRunning, UserID: "ana", SessionID: "s1"}
 	s, h := newServer(f, Config{}, 16, nil)
 	srv := httptest.NewServer(h)
 	defer srv.Close()
@@ -117,7 +116,7 @@ func TestChatStream(t *testing.T) {
 	ws := wsDial(t, srv.URL, "graphql-transport-ws", nil)
 	ws.Await(5*time.Second, "connection_ack")
 	ws.Subscribe("1", q, map[string]any{"id": "chat-live"})
-	waitUntil(t, "one chatStream subscriber", func() bool { _, n := s.res.Replies.Len(); return n == 1 })
+	waitUntil(t, "one chatStream subscriber", func() bool { _, n := s.hub.Replies.Len(); return n == 1 })
 	publishEvent(t, srv.URL, "chat-stream", "p1", piece(1, "Let me ", "Let me ", nil))
 	publishEvent(t, srv.URL, "chat-stream", "p3", piece(3, "It is now.", "Let me check. It is now.", nil))
 	publishEvent(t, srv.URL, "chat-stream", "p2", piece(2, "check. ", "Let me check. ", map[string]string{"name": "get_current_time", "arguments": "{}", "result": "now"}))
@@ -149,7 +148,7 @@ func TestChatStream(t *testing.T) {
 	// The turn's conversation event ends both streams with the reply.
 	f.Mu.Lock()
 	reply := "Let me check. It is now. Bye."
-	f.Runs["chat-live"] = &backend.Run{InstanceID: "chat-live", Status: contract.RunCompleted, UserID: "ana", SessionID: "s1", Reply: &reply}
+	f.Runs["chat-live"] = &contract.ChatRun{InstanceID: "chat-live", Status: contract.RunCompleted, UserID: "ana", SessionID: "s1", Reply: &reply}
 	f.Mu.Unlock()
 	publishEvent(t, srv.URL, "conversations", "chat-live", map[string]string{"user_id": "ana", "session_id": "s1", "event_type": "ConversationUpdated", "user_message": "time?", "assistant_reply": reply})
 	for _, c := range []struct {
@@ -176,7 +175,7 @@ func TestChatStream(t *testing.T) {
 }
 
 func TestThousandSubscribeCyclesBackToBaseline(t *testing.T) {
-	s, h := newServer(backendtest.New(), Config{}, 0, nil)
+	s, h := newServer(graphtest.New(), Config{}, 0, nil)
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 	ws := wsDial(t, srv.URL, "graphql-transport-ws", nil)
@@ -188,17 +187,17 @@ func TestThousandSubscribeCyclesBackToBaseline(t *testing.T) {
 		ws.Send(map[string]any{"id": id, "type": "complete"})
 	}
 	cycle(0)
-	waitUntil(t, "s.res.Memories.Len() == 0", func() bool { return s.res.Memories.Len() == 0 })
+	waitUntil(t, "s.hub.Memories.Len() == 0", func() bool { return s.hub.Memories.Len() == 0 })
 	before := settledGoroutines()
 	for i := 1; i <= 1000; i++ {
 		cycle(i)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for s.res.Memories.Len() != 0 || runtime.NumGoroutine() > before {
+	for s.hub.Memories.Len() != 0 || runtime.NumGoroutine() > before {
 		if time.Now().After(deadline) {
 			buf := make([]byte, 1<<20)
 			n := runtime.Stack(buf, true)
-			t.Fatalf("after 1,000 cycles: %d subscribers, %d goroutines (baseline %d)\n%s", s.res.Memories.Len(), runtime.NumGoroutine(), before, buf[:n])
+			t.Fatalf("after 1,000 cycles: %d subscribers, %d goroutines (baseline %d)\n%s", s.hub.Memories.Len(), runtime.NumGoroutine(), before, buf[:n])
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -210,7 +209,7 @@ func TestThousandSubscribeCyclesBackToBaseline(t *testing.T) {
 // subscriptions hold no goroutine each, and one event still reaches all.
 func TestIdleSubscriptionsHoldNoGoroutine(t *testing.T) {
 	const n = 100
-	s, h := newServer(backendtest.New(), Config{}, 0, nil)
+	s, h := newServer(graphtest.New(), Config{}, 0, nil)
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 	ws := wsDial(t, srv.URL, "graphql-transport-ws", nil)
@@ -224,7 +223,7 @@ func TestIdleSubscriptionsHoldNoGoroutine(t *testing.T) {
 		}
 		ws.Subscribe(fmt.Sprint(i), q, nil)
 	}
-	waitUntil(t, "all subscribed", func() bool { return s.res.Conversations.Len()+s.res.Memories.Len() == n })
+	waitUntil(t, "all subscribed", func() bool { return s.hub.Conversations.Len()+s.hub.Memories.Len() == n })
 	if d := settledGoroutines() - before; d > 10 {
 		t.Fatalf("%d idle subscriptions added %d goroutines", n, d)
 	}
@@ -255,7 +254,7 @@ func settledGoroutines() int {
 
 func TestWebsocketAuth(t *testing.T) {
 	g := &auth.Guard{Mode: "jwt", Verifier: staticVerifier{"tok-ana": {Subject: "ana"}}}
-	_, h := newServer(backendtest.New(), Config{}, 0, g)
+	_, h := newServer(graphtest.New(), Config{}, 0, g)
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 	tests := []struct {
@@ -305,7 +304,7 @@ func closeCode(t *testing.T, c *websocket.Conn) websocket.StatusCode {
 }
 
 func TestWebsocketProtocolClosures(t *testing.T) {
-	_, h := newServer(backendtest.New(), Config{KeepAlive: 200 * time.Millisecond, InitTimeout: 300 * time.Millisecond}, 0, nil)
+	_, h := newServer(graphtest.New(), Config{KeepAlive: 200 * time.Millisecond, InitTimeout: 300 * time.Millisecond}, 0, nil)
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 	t.Run("second connection_init closes with 4429", func(t *testing.T) {
@@ -353,7 +352,7 @@ func TestSlowSubscriberClosedWithReason(t *testing.T) {
 		{"graphql-ws", "start", "data"},
 	} {
 		t.Run(tt.proto, func(t *testing.T) {
-			s, h := newServer(backendtest.New(), Config{}, 4, nil)
+			s, h := newServer(graphtest.New(), Config{}, 4, nil)
 			srv := httptest.NewServer(h)
 			defer srv.Close()
 			sub := func() *testkit.WSClient {
@@ -365,7 +364,7 @@ func TestSlowSubscriberClosedWithReason(t *testing.T) {
 			slow, fast := sub(), sub()
 			defer slow.Conn().CloseNow()
 			defer fast.Conn().CloseNow()
-			waitUntil(t, "s.res.Conversations.Len() == 2", func() bool { return s.res.Conversations.Len() == 2 })
+			waitUntil(t, "s.hub.Conversations.Len() == 2", func() bool { return s.hub.Conversations.Len() == 2 })
 			got := make(chan struct{})
 			go func() {
 				for {
@@ -380,11 +379,11 @@ func TestSlowSubscriberClosedWithReason(t *testing.T) {
 			}()
 			big := strings.Repeat("x", 64<<10) // fills the slow client's TCP buffers quickly
 			sent := 0
-			for _, dropped := s.res.Conversations.Stats(); dropped == 0; _, dropped = s.res.Conversations.Stats() {
+			for _, dropped := s.hub.Conversations.Stats(); dropped == 0; _, dropped = s.hub.Conversations.Stats() {
 				if sent == 5000 {
 					t.Fatal("the slow subscriber was never dropped")
 				}
-				s.res.Conversations.Publish(&model.ConversationEvent{EventID: fmt.Sprint(sent), UserID: "ana", SessionID: "s", UserMessage: big, AssistantReply: "r"})
+				s.hub.Conversations.Publish(&model.ConversationEvent{EventID: fmt.Sprint(sent), UserID: "ana", SessionID: "s", UserMessage: big, AssistantReply: "r"})
 				sent++
 				select { // the reading client keeps up, event by event
 				case <-got:
@@ -392,7 +391,7 @@ func TestSlowSubscriberClosedWithReason(t *testing.T) {
 					t.Fatalf("the reading client did not get event %d", sent)
 				}
 			}
-			if n := s.res.Conversations.Len(); n != 1 {
+			if n := s.hub.Conversations.Len(); n != 1 {
 				t.Fatalf("%d subscribers after the drop; want the reading one", n)
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -410,7 +409,7 @@ func TestSlowSubscriberClosedWithReason(t *testing.T) {
 					t.Fatalf("slow client got %.80s before the close; want events and keepalives only", b)
 				}
 			}
-			s.res.Conversations.Publish(&model.ConversationEvent{EventID: "after", UserID: "ana", SessionID: "s", UserMessage: "after", AssistantReply: "r"})
+			s.hub.Conversations.Publish(&model.ConversationEvent{EventID: "after", UserID: "ana", SessionID: "s", UserMessage: "after", AssistantReply: "r"})
 			select {
 			case <-got:
 			case <-time.After(10 * time.Second):
@@ -424,7 +423,7 @@ func TestSlowSubscriberClosedWithReason(t *testing.T) {
 // protocol, is closed with 1001 and a reason, and CloseWebsockets returns
 // once their handlers are done.
 func TestShutdownClosesWebsockets(t *testing.T) {
-	s, h := newServer(backendtest.New(), Config{}, 0, nil)
+	s, h := newServer(graphtest.New(), Config{}, 0, nil)
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 	var clients []*testkit.WSClient
@@ -435,7 +434,7 @@ func TestShutdownClosesWebsockets(t *testing.T) {
 		ws.Send(map[string]any{"id": "1", "type": p.subscribe, "payload": map[string]any{"query": `subscription { memoryUpdated(userId: "ana") { userSummary } }`}})
 		clients = append(clients, ws)
 	}
-	waitUntil(t, "s.res.Memories.Len() == 2", func() bool { return s.res.Memories.Len() == 2 })
+	waitUntil(t, "s.hub.Memories.Len() == 2", func() bool { return s.hub.Memories.Len() == 2 })
 	done := make(chan struct{})
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -455,14 +454,14 @@ func TestShutdownClosesWebsockets(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("CloseWebsockets did not return")
 	}
-	waitUntil(t, "s.res.Memories.Len() == 0", func() bool { return s.res.Memories.Len() == 0 })
+	waitUntil(t, "s.hub.Memories.Len() == 0", func() bool { return s.hub.Memories.Len() == 0 })
 	s.CloseWebsockets(t.Context()) // nothing open: returns at once
 }
 
 // TestSocketsForgottenWhenClosed: every way a websocket ends removes it from
 // the set that shutdown closes (no leak per connection).
 func TestSocketsForgottenWhenClosed(t *testing.T) {
-	s, h := newServer(backendtest.New(), Config{InitTimeout: 200 * time.Millisecond}, 0, nil)
+	s, h := newServer(graphtest.New(), Config{InitTimeout: 200 * time.Millisecond}, 0, nil)
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 	for i := range 10 {
@@ -492,7 +491,7 @@ func TestSocketsForgottenWhenClosed(t *testing.T) {
 // it — the graphql-transport-ws close code the protocol names, or the
 // message it must answer with — not merely "some" code or silence.
 func TestWebsocketFrameAnswers(t *testing.T) {
-	_, h := newServer(backendtest.New(), Config{InitTimeout: 2 * time.Second}, 0, nil)
+	_, h := newServer(graphtest.New(), Config{InitTimeout: 2 * time.Second}, 0, nil)
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 	const query = `{"id":"1","type":"subscribe","payload":{"query":"{ health { status } }"}}`
@@ -556,7 +555,7 @@ func TestWebsocketFrameAnswers(t *testing.T) {
 // and everything it held is freed when the client goes away.
 func TestSubscriptionOverSSE(t *testing.T) {
 	g := &auth.Guard{Mode: "jwt", Verifier: staticVerifier{"tok-ana": {Subject: "ana"}}}
-	s, h := newServer(backendtest.New(), Config{}, 0, g)
+	s, h := newServer(graphtest.New(), Config{}, 0, g)
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 	open := func(ctx context.Context, tok string) *http.Response {
@@ -580,7 +579,7 @@ func TestSubscriptionOverSSE(t *testing.T) {
 	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
 		t.Fatalf("Content-Type %q", resp.Header.Get("Content-Type"))
 	}
-	waitUntil(t, "the SSE subscription is open", func() bool { return s.res.Conversations.Len() == 1 })
+	waitUntil(t, "the SSE subscription is open", func() bool { return s.hub.Conversations.Len() == 1 })
 	lines := make(chan string, 16)
 	go func() {
 		defer close(lines)
@@ -589,7 +588,7 @@ func TestSubscriptionOverSSE(t *testing.T) {
 			lines <- sc.Text()
 		}
 	}()
-	s.res.Conversations.Publish(&model.ConversationEvent{EventID: "e1", UserID: "ana", SessionID: "s1", UserMessage: "over SSE", AssistantReply: "r"})
+	s.hub.Conversations.Publish(&model.ConversationEvent{EventID: "e1", UserID: "ana", SessionID: "s1", UserMessage: "over SSE", AssistantReply: "r"})
 	var got []string
 	for l := range lines {
 		got = append(got, l)
@@ -601,5 +600,5 @@ func TestSubscriptionOverSSE(t *testing.T) {
 		t.Fatalf("stream %q; want an event next with the data", got)
 	}
 	cancel()
-	waitUntil(t, "the SSE subscriber freed", func() bool { return s.res.Conversations.Len() == 0 })
+	waitUntil(t, "the SSE subscriber freed", func() bool { return s.hub.Conversations.Len() == 0 })
 }

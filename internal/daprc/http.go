@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +14,10 @@ import (
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
+
+	"github.com/daca-go/daca/internal/api"
+	"github.com/daca-go/daca/internal/apperr"
+	"github.com/daca-go/daca/internal/contract"
 )
 
 // maxAnswer is the largest answer read from an app.
@@ -78,6 +83,50 @@ func (h *HTTP) Invoke(ctx context.Context, app, method, verb string, body []byte
 		return 0, nil, fmt.Errorf("invoke %s/%s: reading the answer: %w", app, method, err)
 	}
 	return resp.StatusCode, out, nil
+}
+
+// Call implements api.Caller: Invoke, with the answer mapped to an
+// apperr-coded error unless it is a 2xx.
+func (h *HTTP) Call(ctx context.Context, r api.Request) ([]byte, error) {
+	var header http.Header
+	if r.IdempotencyKey != "" {
+		header = http.Header{contract.IdempotencyHeader: {r.IdempotencyKey}}
+	}
+	status, out, err := h.Invoke(ctx, r.App, r.Method, r.Verb, r.Body, header)
+	if err != nil {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, apperr.Wrap(apperr.Timeout, err, "%s did not answer in time", r.App)
+		}
+		return nil, apperr.Wrap(apperr.Unavailable, err, "%s is unavailable", r.App)
+	}
+	if status/100 == 2 {
+		return out, nil
+	}
+	return nil, AnswerError(r.App, r.Method, status, out, ctx.Err())
+}
+
+// AnswerError maps a non-2xx answer of the sidecar's HTTP API. The
+// sidecar's own errors (the app could not be reached, a policy refused the
+// call, our token was refused) are told apart from the app's answers
+// ({"detail"}), which keep their status and detail (api.AppError); the
+// sidecar's wrap api.ErrSidecar.
+func AnswerError(app, method string, status int, body []byte, ctxErr error) error {
+	cause := fmt.Errorf("invoke %s/%s: HTTP %d: %.300s", app, method, status, body)
+	if errors.Is(ctxErr, context.DeadlineExceeded) {
+		return apperr.Wrap(apperr.Timeout, cause, "%s did not answer in time", app)
+	}
+	if IsDaprError(body) {
+		cause = fmt.Errorf("%w: %w", api.ErrSidecar, cause)
+		switch status {
+		case http.StatusUnauthorized:
+			return apperr.Wrap(apperr.Internal, cause, "internal error") // our own sidecar refused our token
+		case http.StatusForbidden:
+			return apperr.Wrap(apperr.Forbidden, cause, "forbidden")
+		default:
+			return apperr.Wrap(apperr.Unavailable, cause, "%s is unavailable", app)
+		}
+	}
+	return api.AppError(app, status, body, cause)
 }
 
 // Ping asks the sidecar's health endpoint.

@@ -23,6 +23,7 @@ import (
 	dapr "github.com/dapr/go-sdk/client"
 	"github.com/go-chi/chi/v5"
 
+	"github.com/daca-go/daca/internal/api"
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/daprc"
 	"github.com/daca-go/daca/internal/env"
@@ -161,7 +162,7 @@ func (b *Base) Router(mount func(r chi.Router)) http.Handler {
 	r.Get("/", func(w http.ResponseWriter, r *http.Request) {
 		httpx.JSON(w, http.StatusOK, map[string]string{"message": b.Welcome})
 	})
-	r.Get("/health", b.health)
+	r.Method(api.Health.Verb, api.Health.Pattern, http.HandlerFunc(b.health))
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) { // live: the process answers
 		httpx.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

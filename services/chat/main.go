@@ -1,5 +1,7 @@
 // Command chat is the Chat Service (Dapr app id chat-service): each chat
-// turn runs as the Dapr Workflow chat_workflow (see internal/chat).
+// turn runs as the Dapr Workflow chat_workflow (package turn); http.go is
+// its HTTP API (internal/api: api.ChatService), owners.go the first lock of
+// a session.
 package main
 
 import (
@@ -11,6 +13,7 @@ import (
 
 	"github.com/dapr/durabletask-go/workflow"
 
+	"github.com/daca-go/daca/internal/api"
 	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/daprc"
 	"github.com/daca-go/daca/internal/env"
@@ -64,8 +67,8 @@ func run(ctx context.Context, cfg config) error {
 	log, dc := st.Log, st.Dapr
 	wf := workflow.NewClient(dc.GrpcClientConn())
 	reg := workflow.NewRegistry()
-	sidecar := daprc.NewHTTP(cfg.daprHTTPPort, cfg.daprToken)
-	acts := &turn.Activities{Invoker: sidecar, Publisher: dc, Model: st.Model, State: dc, Log: log}
+	memory := api.Memory{Caller: daprc.NewHTTP(cfg.daprHTTPPort, cfg.daprToken)}
+	acts := &turn.Activities{Memory: memory, Publisher: dc, Model: st.Model, State: dc, Log: log}
 	if cfg.failpoints != "" {
 		log.Warn("FAILPOINTS_DIR is set: this process crashes itself at armed failpoints (fault tests only)", "dir", cfg.failpoints)
 		acts.Failpoint = crashAt(cfg.failpoints)
@@ -87,7 +90,7 @@ func run(ctx context.Context, cfg config) error {
 	if err := turn.Warmup(st.Init, wf, 10*time.Second, log); err != nil {
 		return err
 	}
-	s.ready(wf, newClaimCache(memoryOwners{sidecar}, claimTTL, maxClaims), dc, st.Model.Mode())
+	s.ready(wf, newClaimCache(memoryOwners{memory}, claimTTL, maxClaims), dc, st.Model.Mode())
 	log.Info("ready", "llm", st.Model.Mode(), "chat_timeout", cfg.chatTimeout.String())
 	err = st.Wait()
 	stopWorker()

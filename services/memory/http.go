@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -13,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
+	"github.com/daca-go/daca/internal/api"
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/httpx"
@@ -62,221 +62,207 @@ func (s *srv) ready(mem *store.Memory, pub interface {
 
 func (s *srv) routes() http.Handler {
 	return s.Router(func(r chi.Router) {
-		r.Get("/memories/{user_id}", s.getMemory)
-		r.Post("/memories/{user_id}/initialize", s.initialize)
-		r.Delete("/memories/{user_id}", s.forgetUser)
-		r.Get("/conversations/{session_id}", s.getConversation)
-		r.Post("/conversations/batch", s.getConversations)
-		r.Delete("/conversations/{session_id}", s.deleteConversation)
-		r.Get("/owners/{session_id}", s.owner)
-		r.Put("/owners/{session_id}", s.claim)
-		r.Get("/users/{user_id}/sessions", s.sessions)
-		r.Post("/conversations", s.onConversation)
+		for _, rt := range []struct {
+			route api.Route
+			h     httpx.HandlerFunc
+		}{
+			{api.GetMemory, s.getMemory},
+			{api.InitializeMemory, s.initialize},
+			{api.ForgetUser, s.forgetUser},
+			{api.GetConversation, s.getConversation},
+			{api.GetConversations, s.getConversations},
+			{api.DeleteConversation, s.deleteConversation},
+			{api.GetOwner, s.owner},
+			{api.ClaimSession, s.claim},
+			{api.ListSessions, s.sessions},
+		} {
+			r.Method(rt.route.Verb, rt.route.Pattern, httpx.Handle(s.log, rt.h))
+		}
+		r.Method(api.ConversationEvents.Verb, api.ConversationEvents.Pattern, httpx.Events(s.log, countEvent, s.onConversation))
 	})
 }
 
-func (s *srv) getMemory(w http.ResponseWriter, r *http.Request) {
-	uid := chi.URLParam(r, "user_id")
-	if err := contract.CheckID("user_id", uid); err != nil {
-		httpx.Error(w, r, s.log, err)
-		return
+func (s *srv) getMemory(w http.ResponseWriter, r *http.Request) error {
+	uid, err := httpx.PathID(r, api.ParamUserID)
+	if err != nil {
+		return err
 	}
 	p, err := s.backends.Load().mem.Profile(r.Context(), uid)
 	if err != nil {
-		httpx.Error(w, r, s.log, err)
-		return
+		return err
 	}
 	httpx.JSON(w, http.StatusOK, p)
+	return nil
 }
 
-func (s *srv) initialize(w http.ResponseWriter, r *http.Request) {
-	uid := chi.URLParam(r, "user_id")
-	if err := contract.CheckID("user_id", uid); err != nil {
-		httpx.Error(w, r, s.log, err)
-		return
+func (s *srv) initialize(w http.ResponseWriter, r *http.Request) error {
+	uid, err := httpx.PathID(r, api.ParamUserID)
+	if err != nil {
+		return err
 	}
 	var p contract.Profile
 	if err := httpx.Decode(w, r, &p); err != nil {
-		httpx.Error(w, r, s.log, err)
-		return
+		return err
 	}
 	for _, f := range []struct {
 		name, v string
 		max     int
 	}{{"name", p.Name, contract.MaxName}, {"preferred_style", p.PreferredStyle, contract.MaxStyle}, {"user_summary", p.UserSummary, contract.MaxSummary}} {
 		if len(f.v) > f.max {
-			httpx.Error(w, r, s.log, apperr.New(apperr.Invalid, "%s is longer than %d bytes", f.name, f.max))
-			return
+			return apperr.New(apperr.Invalid, "%s is longer than %d bytes", f.name, f.max)
 		}
 	}
-	p, err := s.backends.Load().mem.Initialize(r.Context(), uid, p)
-	if err != nil {
-		httpx.Error(w, r, s.log, err)
-		return
+	if p, err = s.backends.Load().mem.Initialize(r.Context(), uid, p); err != nil {
+		return err
 	}
 	httpx.JSON(w, http.StatusOK, contract.InitializeReply{Status: "success", UserID: uid, Metadata: p})
+	return nil
 }
 
-func (s *srv) forgetUser(w http.ResponseWriter, r *http.Request) {
-	uid := chi.URLParam(r, "user_id")
-	if err := contract.CheckID("user_id", uid); err != nil {
-		httpx.Error(w, r, s.log, err)
-		return
+func (s *srv) forgetUser(w http.ResponseWriter, r *http.Request) error {
+	uid, err := httpx.PathID(r, api.ParamUserID)
+	if err != nil {
+		return err
 	}
 	n, err := s.backends.Load().mem.ForgetUser(r.Context(), uid)
 	if err != nil {
-		httpx.Error(w, r, s.log, err)
-		return
+		return err
 	}
 	httpx.JSON(w, http.StatusOK, contract.ForgetReply{Status: "success", UserID: uid, SessionsDeleted: n})
+	return nil
 }
 
-func (s *srv) getConversation(w http.ResponseWriter, r *http.Request) {
-	sid := chi.URLParam(r, "session_id")
-	if err := contract.CheckID("session_id", sid); err != nil {
-		httpx.Error(w, r, s.log, err)
-		return
+func (s *srv) getConversation(w http.ResponseWriter, r *http.Request) error {
+	sid, err := httpx.PathID(r, api.ParamSessionID)
+	if err != nil {
+		return err
 	}
 	last := 0
-	if v := r.URL.Query().Get("last"); v != "" {
+	if v := r.URL.Query().Get(api.QueryLast); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 0 {
-			httpx.Error(w, r, s.log, apperr.New(apperr.Invalid, "last must be a non-negative integer"))
-			return
+			return apperr.New(apperr.Invalid, "last must be a non-negative integer")
 		}
 		last = n
 	}
-	user := r.URL.Query().Get("user_id") // set: only if that user owns the session
+	user := r.URL.Query().Get(api.QueryUserID) // set: only if that user owns the session
 	if user != "" {
-		if err := contract.CheckID("user_id", user); err != nil {
-			httpx.Error(w, r, s.log, err)
-			return
+		if err := contract.CheckID(api.QueryUserID, user); err != nil {
+			return err
 		}
 	}
 	h, err := s.backends.Load().mem.History(r.Context(), sid, user, last)
 	if err != nil {
-		httpx.Error(w, r, s.log, err)
-		return
+		return err
 	}
 	httpx.JSON(w, http.StatusOK, contract.HistoryReply{History: h})
+	return nil
 }
 
 // getConversations returns the history of several sessions in one answer,
 // in the order asked: {"conversations":[{"session_id","history"}]}.
-func (s *srv) getConversations(w http.ResponseWriter, r *http.Request) {
+func (s *srv) getConversations(w http.ResponseWriter, r *http.Request) error {
 	var in contract.ConversationsRequest
 	if err := httpx.Decode(w, r, &in); err != nil {
-		httpx.Error(w, r, s.log, err)
-		return
+		return err
 	}
 	if len(in.SessionIDs) == 0 || len(in.SessionIDs) > contract.MaxBatch {
-		httpx.Error(w, r, s.log, apperr.New(apperr.Invalid, "session_ids must hold 1 to %d ids", contract.MaxBatch))
-		return
+		return apperr.New(apperr.Invalid, "session_ids must hold 1 to %d ids", contract.MaxBatch)
 	}
 	for _, id := range in.SessionIDs {
 		if err := contract.CheckID("session_ids", id); err != nil {
-			httpx.Error(w, r, s.log, err)
-			return
+			return err
 		}
 	}
 	if in.Last < 0 {
-		httpx.Error(w, r, s.log, apperr.New(apperr.Invalid, "last must be a non-negative integer"))
-		return
+		return apperr.New(apperr.Invalid, "last must be a non-negative integer")
 	}
 	hs, err := s.backends.Load().mem.Histories(r.Context(), in.SessionIDs, in.Last)
 	if err != nil {
-		httpx.Error(w, r, s.log, err)
-		return
+		return err
 	}
 	out := contract.ConversationsReply{Conversations: make([]contract.Conversation, len(in.SessionIDs))}
 	for i, id := range in.SessionIDs {
 		out.Conversations[i] = contract.Conversation{SessionID: id, History: hs[id]}
 	}
 	httpx.JSON(w, http.StatusOK, out)
+	return nil
 }
 
-func (s *srv) deleteConversation(w http.ResponseWriter, r *http.Request) {
-	sid := chi.URLParam(r, "session_id")
-	if err := contract.CheckID("session_id", sid); err != nil {
-		httpx.Error(w, r, s.log, err)
-		return
+func (s *srv) deleteConversation(w http.ResponseWriter, r *http.Request) error {
+	sid, err := httpx.PathID(r, api.ParamSessionID)
+	if err != nil {
+		return err
 	}
 	found, err := s.backends.Load().mem.DeleteConversation(r.Context(), sid)
 	if err != nil {
-		httpx.Error(w, r, s.log, err)
-		return
+		return err
 	}
 	if !found {
-		httpx.Error(w, r, s.log, apperr.New(apperr.NotFound, "session %s not found", sid))
-		return
+		return apperr.New(apperr.NotFound, "session %s not found", sid)
 	}
 	httpx.JSON(w, http.StatusOK, contract.DeletedReply{Status: "success", SessionID: sid})
+	return nil
 }
 
 // owner answers whom a session belongs to (404 for a session nobody has
 // started): the gateway's one lookup before it lets a caller at a session.
-func (s *srv) owner(w http.ResponseWriter, r *http.Request) {
-	sid := chi.URLParam(r, "session_id")
-	if err := contract.CheckID("session_id", sid); err != nil {
-		httpx.Error(w, r, s.log, err)
-		return
+func (s *srv) owner(w http.ResponseWriter, r *http.Request) error {
+	sid, err := httpx.PathID(r, api.ParamSessionID)
+	if err != nil {
+		return err
 	}
 	uid, err := s.backends.Load().mem.Owner(r.Context(), sid)
 	if err != nil {
-		httpx.Error(w, r, s.log, err)
-		return
+		return err
 	}
 	if uid == "" {
-		httpx.Error(w, r, s.log, apperr.New(apperr.NotFound, "session %s not found", sid))
-		return
+		return apperr.New(apperr.NotFound, "session %s not found", sid)
 	}
 	httpx.JSON(w, http.StatusOK, contract.Owner{SessionID: sid, UserID: uid})
+	return nil
 }
 
 // claim records the user who starts a session as its owner (chat-service,
 // before a turn's workflow starts); another user's claim gets 403.
-func (s *srv) claim(w http.ResponseWriter, r *http.Request) {
-	sid := chi.URLParam(r, "session_id")
-	if err := contract.CheckID("session_id", sid); err != nil {
-		httpx.Error(w, r, s.log, err)
-		return
+func (s *srv) claim(w http.ResponseWriter, r *http.Request) error {
+	sid, err := httpx.PathID(r, api.ParamSessionID)
+	if err != nil {
+		return err
 	}
 	var in contract.Owner
 	if err := httpx.Decode(w, r, &in); err != nil {
-		httpx.Error(w, r, s.log, err)
-		return
+		return err
 	}
 	if err := contract.CheckID("user_id", in.UserID); err != nil {
-		httpx.Error(w, r, s.log, err)
-		return
+		return err
 	}
 	if err := s.backends.Load().mem.Claim(r.Context(), sid, in.UserID); err != nil {
 		if apperr.CodeOf(err) == apperr.Forbidden {
 			foreignClaims.Inc()
 			logging.From(r.Context(), s.log).Warn("session claim refused: another user owns the session", "session_id", sid, "user_id", in.UserID)
 		}
-		httpx.Error(w, r, s.log, err)
-		return
+		return err
 	}
 	httpx.JSON(w, http.StatusOK, contract.Owner{SessionID: sid, UserID: in.UserID})
+	return nil
 }
 
 var foreignClaims = promauto.NewCounter(prometheus.CounterOpts{
 	Name: "daca_memory_foreign_session_claims_total", Help: "Turns refused because another user owns their session.",
 })
 
-func (s *srv) sessions(w http.ResponseWriter, r *http.Request) {
-	uid := chi.URLParam(r, "user_id")
-	if err := contract.CheckID("user_id", uid); err != nil {
-		httpx.Error(w, r, s.log, err)
-		return
+func (s *srv) sessions(w http.ResponseWriter, r *http.Request) error {
+	uid, err := httpx.PathID(r, api.ParamUserID)
+	if err != nil {
+		return err
 	}
 	list, err := s.backends.Load().mem.Sessions(r.Context(), uid)
 	if err != nil {
-		httpx.Error(w, r, s.log, err)
-		return
+		return err
 	}
 	httpx.JSON(w, http.StatusOK, contract.SessionsReply{UserID: uid, Sessions: list})
+	return nil
 }
 
 var foreignEvents = promauto.NewCounter(prometheus.CounterOpts{
@@ -287,49 +273,23 @@ var eventsHandled = promauto.NewCounterVec(prometheus.CounterOpts{
 	Name: "daca_pubsub_events_total", Help: "Pub/sub events handled, by topic and the status answered to Dapr.",
 }, []string{"topic", "status"})
 
-// onConversation is the route of the declarative subscription to topic
-// conversations. It answers SUCCESS when the event is applied (or was
-// already), DROP for an event it can never apply, and RETRY when the state
+func countEvent(status string) {
+	eventsHandled.WithLabelValues(contract.TopicConversations, status).Inc()
+}
+
+// onConversation applies a ConversationUpdated (the declarative
+// subscription to topic conversations): nil when the event is applied (or
+// was already), Drop for an event it can never apply, Retry when the state
 // store or the LLM is unavailable.
-func (s *srv) onConversation(w http.ResponseWriter, r *http.Request) {
-	log := logging.From(r.Context(), s.log)
-	answer := func(status, why string, err error) {
-		eventsHandled.WithLabelValues(contract.TopicConversations, status).Inc()
-		switch status {
-		case contract.DeliveryDrop:
-			log.Warn("conversation event dropped", "reason", why, "err", err)
-		case contract.DeliveryRetry:
-			log.Warn("conversation event will be retried", "reason", why, "err", err)
-		}
-		httpx.JSON(w, http.StatusOK, map[string]string{"status": status})
-	}
+func (s *srv) onConversation(ctx context.Context, ce contract.CloudEvent, ev *contract.ConversationUpdated) error {
 	b := s.backends.Load()
 	if b == nil {
-		answer(contract.DeliveryRetry, "service starting", nil)
-		return
+		return httpx.Retry("service starting", nil)
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, contract.MaxEventBody))
-	if err != nil {
-		answer(contract.DeliveryDrop, "body unreadable or larger than 1 MiB", err)
-		return
-	}
-	var ev contract.ConversationUpdated
-	ce, err := contract.DecodeCloudEvent(body, &ev)
-	if ce.ID != "" {
-		log = log.With("cloudevent_id", ce.ID)
-	}
-	if err != nil {
-		answer(contract.DeliveryDrop, "not a ConversationUpdated CloudEvent", err)
-		return
-	}
-	if tid := httpx.TraceID(ce.Traceparent); tid != "" {
-		log = log.With("trace_id", tid)
-	}
-	ctx := logging.With(r.Context(), log)
 	if err := ev.Validate(); err != nil {
-		answer(contract.DeliveryDrop, err.Error(), nil)
-		return
+		return httpx.Drop(err.Error(), nil)
 	}
+	log := logging.From(ctx, s.log)
 	summarize := func(ctx context.Context, p contract.Profile, recent []contract.Entry) (string, error) {
 		hist := make([]llm.Message, len(recent))
 		for i, e := range recent {
@@ -337,23 +297,21 @@ func (s *srv) onConversation(w http.ResponseWriter, r *http.Request) {
 		}
 		return b.model.Complete(ctx, llm.SummaryInstructions(p.Name, p.UserSummary), hist, llm.SummaryRequest)
 	}
-	res, err := b.mem.Apply(ctx, ce.ID, ev, summarize)
+	res, err := b.mem.Apply(ctx, ce.ID, *ev, summarize)
 	if err != nil {
 		switch apperr.CodeOf(err) {
 		case apperr.Forbidden: // the second lock: never another user's history
 			foreignEvents.Inc()
-			answer(contract.DeliveryDrop, "the event's user does not own the session", err)
+			return httpx.Drop("the event's user does not own the session", err)
 		case apperr.Unavailable, apperr.Timeout, apperr.RateLimited:
-			answer(contract.DeliveryRetry, "a dependency is unavailable", err)
+			return httpx.Retry("a dependency is unavailable", err)
 		default:
-			answer(contract.DeliveryDrop, "cannot be applied", err)
+			return httpx.Drop("cannot be applied", err)
 		}
-		return
 	}
 	if res.Duplicate {
 		log.Info("duplicate conversation event ignored (already applied)", "session_id", ev.SessionID)
-		answer(contract.DeliverySuccess, "", nil)
-		return
+		return nil
 	}
 	log.Info("conversation event applied", "user_id", ev.UserID, "session_id", ev.SessionID, "entries", res.Entries)
 	up := contract.MemoryUpdated{UserID: ev.UserID, SessionID: ev.SessionID, UserSummary: res.UserSummary}
@@ -362,5 +320,5 @@ func (s *srv) onConversation(w http.ResponseWriter, r *http.Request) {
 		// The memory itself is updated; only the live notification is lost.
 		log.Error("publishing MemoryUpdated failed", "err", err)
 	}
-	answer(contract.DeliverySuccess, "", nil)
+	return nil
 }

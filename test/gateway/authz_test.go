@@ -173,6 +173,10 @@ func TestAuthorizationMatrix(t *testing.T) {
 	}{
 		{"memoryUpdated", fmt.Sprintf(`subscription { memoryUpdated(userId: %q) { userId } }`, alice.user), expect{"", "FORBIDDEN", ""}},
 		{"conversationUpdated", fmt.Sprintf(`subscription { conversationUpdated(userId: %q) { eventId } }`, alice.user), expect{"", "FORBIDDEN", ""}},
+		// A session answered as the conversation query answers it (once
+		// accepted, then silent forever for another user).
+		{"conversationUpdated of a session", fmt.Sprintf(`subscription { conversationUpdated(sessionId: %q) { eventId } }`, alice.session), expect{"", "FORBIDDEN", ""}},
+		{"conversationUpdated of an unknown session", `subscription { conversationUpdated(sessionId: "s-unknown") { eventId } }`, expect{"FORBIDDEN", "FORBIDDEN", ""}},
 		{"chatRun", fmt.Sprintf(`subscription { chatRun(instanceId: %q) { status } }`, alice.instance), expect{"", "NOT_FOUND", ""}},
 		{"chatRun of an unknown turn", `subscription { chatRun(instanceId: "chat-unknown") { status } }`, expect{"NOT_FOUND", "NOT_FOUND", "NOT_FOUND"}},
 		{"chatStream", fmt.Sprintf(`subscription { chatStream(instanceId: %q) { done text } }`, alice.instance), expect{"", "NOT_FOUND", ""}},

@@ -96,6 +96,9 @@ func TestDependencies(t *testing.T) {
 		forbidden []string // path prefixes
 	}{
 		{"the gateway never imports a service's code", []string{"./gateway/...", "./graph/..."}, []string{"services/"}},
+		// graph declares the ports it needs (graph/ports.go); gateway/
+		// implements and wires them: the dependency points one way.
+		{"graph imports nothing under gateway/", []string{"./graph/..."}, []string{"gateway"}},
 		{"chat-service never imports agent-memory-service's code", []string{"./services/chat/..."}, []string{"services/memory", "gateway", "graph"}},
 		{"agent-memory-service never imports chat-service's code", []string{"./services/memory/..."}, []string{"services/chat", "gateway", "graph"}},
 		{"no app imports the development tooling", []string{"./gateway", "./services/chat", "./services/memory"}, []string{"internal/dev/"}},
@@ -114,6 +117,61 @@ func TestDependencies(t *testing.T) {
 	}
 }
 
+// TestRoutesDefinedOnce: a service's routes are spelled only in
+// internal/api (each service's typed client and its Route values, which the
+// services mount). A Go string literal elsewhere that starts like one of
+// them ("memories/"+id) is a second spelling waiting to drift.
+func TestRoutesDefinedOnce(t *testing.T) {
+	prefixes := []string{"memories/", "conversations/", "owners/", "users/", "chat/", "/memories", "/conversations", "/owners", "/users/", "/chat/async"}
+	eachLiteral(t, filepath.Join("internal", "api"), func(pos token.Position, s string) {
+		for _, p := range prefixes {
+			if strings.HasPrefix(s, p) {
+				t.Errorf("%s: %q: a route of a service; use internal/api's Route", pos, s)
+			}
+		}
+	})
+}
+
+// eachLiteral calls f with every Go string literal of the module's own
+// code outside skip (tests, generated code and the tool modules left out).
+func eachLiteral(t *testing.T, skip string, f func(token.Position, string)) {
+	t.Helper()
+	dir := root(t)
+	fset := token.NewFileSet()
+	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, path)
+		if d.IsDir() {
+			switch rel {
+			case ".git", ".bin", ".run", "tools", "deploy", "node_modules", skip:
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") || strings.HasSuffix(path, "generated.go") {
+			return nil
+		}
+		file, err := parser.ParseFile(fset, path, nil, parser.SkipObjectResolution)
+		if err != nil {
+			return err
+		}
+		ast.Inspect(file, func(n ast.Node) bool {
+			if lit, ok := n.(*ast.BasicLit); ok && lit.Kind == token.STRING {
+				if s, err := strconv.Unquote(lit.Value); err == nil {
+					f(fset.Position(lit.Pos()), s)
+				}
+			}
+			return true
+		})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // crossApp are the names that travel between the apps. Outside
 // internal/contract a Go string literal equal to one of them is a second
 // definition waiting to drift; use the contract's constant.
@@ -124,44 +182,13 @@ var crossApp = []string{
 }
 
 func TestCrossAppNamesDefinedOnce(t *testing.T) {
-	dir := root(t)
 	want := map[string]bool{}
 	for _, n := range crossApp {
 		want[n] = true
 	}
-	fset := token.NewFileSet()
-	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
-		if err != nil {
-			return err
+	eachLiteral(t, filepath.Join("internal", "contract"), func(pos token.Position, s string) {
+		if want[s] {
+			t.Errorf("%s: %q: use the constant of internal/contract", pos, s)
 		}
-		rel, _ := filepath.Rel(dir, path)
-		if d.IsDir() {
-			switch rel {
-			case ".git", ".bin", ".run", "tools", "deploy", "node_modules", filepath.Join("internal", "contract"):
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") || strings.HasSuffix(path, "generated.go") {
-			return nil
-		}
-		f, err := parser.ParseFile(fset, path, nil, parser.SkipObjectResolution)
-		if err != nil {
-			return err
-		}
-		ast.Inspect(f, func(n ast.Node) bool {
-			lit, ok := n.(*ast.BasicLit)
-			if !ok || lit.Kind != token.STRING {
-				return true
-			}
-			if s, err := strconv.Unquote(lit.Value); err == nil && want[s] {
-				t.Errorf("%s: %q: use the constant of internal/contract", fset.Position(lit.Pos()), s)
-			}
-			return true
-		})
-		return nil
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 }

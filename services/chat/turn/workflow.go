@@ -5,34 +5,21 @@
 // instance id). On failure handle_error records it and the workflow ends
 // failed with a clear, client-safe error.
 //
-// The workflow function is deterministic: no I/O, no clock but the
-// workflow's own, no randomness. All I/O lives in activities, each with an
-// explicit retry policy.
+// Files by job, as Temporal's samples split them: workflow.go is the
+// workflow function and what it passes around, deterministic (no I/O, no
+// clock but the workflow's own, no randomness); activities.go holds all
+// I/O, each activity with an explicit retry policy set here; client.go is
+// how chat-service's HTTP handlers start, read, wait for and stop turns.
 package turn
 
 import (
-	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"log/slog"
-	"net/http"
-	"net/url"
-	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/dapr/durabletask-go/workflow"
-	dapr "github.com/dapr/go-sdk/client"
 
-	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/contract"
-	"github.com/daca-go/daca/internal/llm"
-	"github.com/daca-go/daca/internal/telemetry"
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/trace"
 )
 
 // Names of the workflow and its activities.
@@ -63,8 +50,8 @@ type Output struct {
 	Timestamp time.Time `json:"timestamp"`
 }
 
-// Context is what fetch_context returns.
-type Context struct {
+// Recalled is what fetch_context recalls from agent-memory-service.
+type Recalled struct {
 	Profile  contract.Profile `json:"profile"`
 	History  []contract.Entry `json:"history"`
 	Degraded bool             `json:"degraded,omitempty"` // memory unreachable: defaults used
@@ -81,7 +68,7 @@ type generateInput struct {
 	InstanceID string            `json:"instance_id"`
 	UserID     string            `json:"user_id,omitempty"`
 	Trace      map[string]string `json:"trace,omitempty"`
-	Context    Context           `json:"context"`
+	Context    Recalled          `json:"context"`
 	Text       string            `json:"text"`
 }
 
@@ -131,7 +118,7 @@ func Workflow(ctx *workflow.WorkflowContext) (any, error) {
 	}
 
 	ctx.SetCustomStatus(contract.StageContext)
-	var c Context
+	var c Recalled
 	if err := ctx.CallActivity(ActFetchContext, workflow.WithActivityInput(fetchInput{InstanceID: ctx.ID(), Trace: in.Trace, UserID: in.UserID, SessionID: in.SessionID}),
 		workflow.WithActivityRetryPolicy(contextRetry())).Await(&c); err != nil {
 		return fail(contract.StageContext, err)
@@ -152,191 +139,4 @@ func Workflow(ctx *workflow.WorkflowContext) (any, error) {
 		return fail(contract.StageSave, err)
 	}
 	return Output{UserID: in.UserID, SessionID: in.SessionID, Reply: reply, Timestamp: ctx.CurrentTimeUTC()}, nil
-}
-
-// Invoker calls other apps through the sidecar's HTTP API (daprc.HTTP).
-type Invoker interface {
-	Invoke(ctx context.Context, app, method, verb string, body []byte, header http.Header) (int, []byte, error)
-}
-
-// Publisher publishes through the sidecar.
-type Publisher interface {
-	PublishEvent(ctx context.Context, pubsubName, topicName string, data interface{}, opts ...dapr.PublishEventOption) error
-}
-
-// Model generates replies, streamed piece by piece (llm.Client.Stream).
-type Model interface {
-	Stream(ctx context.Context, system string, history []llm.Message, user string, on func(llm.Piece)) (string, error)
-}
-
-// Activities holds what the activities need.
-type Activities struct {
-	Invoker   Invoker
-	Publisher Publisher
-	Model     Model
-	// State counts the executions of generate_response of a turn, which
-	// number the streamed pieces; nil: the reply is not streamed.
-	State State
-	Log   *slog.Logger
-	// Failpoint, when set, is called at the named points of the activities
-	// ("fetch_context", "after_publish") for the fault suite to crash the
-	// process exactly there (FAILPOINTS_DIR); nil in production.
-	Failpoint func(name string)
-}
-
-func (a *Activities) failpoint(name string) {
-	if a.Failpoint != nil {
-		a.Failpoint(name)
-	}
-}
-
-// Register adds the workflow and its activities to r.
-func (a *Activities) Register(r *workflow.Registry) error {
-	return errors.Join(
-		r.AddWorkflowN(WorkflowName, Workflow),
-		r.AddActivityN(ActFetchContext, a.FetchContext),
-		r.AddActivityN(ActGenerate, a.GenerateResponse),
-		r.AddActivityN(ActSave, a.SaveConversation),
-		r.AddActivityN(ActHandleError, a.HandleError),
-	)
-}
-
-func (a *Activities) logger(ctx workflow.ActivityContext, activity, instanceID string) *slog.Logger {
-	return a.Log.With("workflow_instance_id", instanceID, "activity", activity, "task_execution_id", ctx.GetTaskExecutionID())
-}
-
-// span continues the turn's trace in an activity.
-func span(actx workflow.ActivityContext, activity, instanceID string, carrier map[string]string) (context.Context, trace.Span) {
-	ctx := telemetry.FromCarrier(actx.Context(), carrier)
-	return telemetry.Start(ctx, "activity "+activity,
-		attribute.String("workflow.instance_id", instanceID), attribute.String("workflow.activity", activity))
-}
-
-// FetchContext reads the user's profile and the session's recent history
-// from agent-memory-service. When memory cannot be reached it answers with
-// the defaults (the turn goes on) and says so in the log.
-func (a *Activities) FetchContext(ctx workflow.ActivityContext) (any, error) {
-	var in fetchInput
-	if err := ctx.GetInput(&in); err != nil {
-		return nil, err
-	}
-	a.failpoint("fetch_context")
-	sctx, sp := span(ctx, ActFetchContext, in.InstanceID, in.Trace)
-	defer sp.End()
-	log := a.logger(ctx, ActFetchContext, in.InstanceID).With("user_id", in.UserID, "session_id", in.SessionID, "trace_id", telemetry.TraceID(sctx))
-	c := Context{Profile: contract.DefaultProfile(in.UserID), History: []contract.Entry{}}
-	cctx, cancel := context.WithTimeout(sctx, 10*time.Second)
-	defer cancel()
-	// The profile and the session's last entries, read at once; the history
-	// only of a session the turn's user owns (the memory answers an empty
-	// one otherwise).
-	var profile, history []byte
-	var perr, herr error
-	var wg sync.WaitGroup
-	wg.Go(func() { profile, perr = a.get(cctx, "memories/"+in.UserID) })
-	wg.Go(func() {
-		history, herr = a.get(cctx, "conversations/"+in.SessionID+"?last="+strconv.Itoa(contract.ContextEntries)+"&user_id="+url.QueryEscape(in.UserID))
-	})
-	wg.Wait()
-	if perr != nil {
-		log.Warn("memory unreachable; using the default profile", "err", perr)
-		c.Degraded = true
-	} else if err := json.Unmarshal(profile, &c.Profile); err != nil {
-		log.Warn("memory answered an unreadable profile; using the default", "err", err)
-		c.Profile, c.Degraded = contract.DefaultProfile(in.UserID), true
-	}
-	if herr != nil {
-		log.Warn("memory unreachable; continuing without history", "err", herr)
-		c.Degraded = true
-	} else {
-		var h contract.HistoryReply
-		if err := json.Unmarshal(history, &h); err == nil && h.History != nil {
-			c.History = h.History
-		}
-	}
-	if len(c.History) > contract.ContextEntries {
-		c.History = c.History[len(c.History)-contract.ContextEntries:]
-	}
-	return c, nil
-}
-
-// get reads method of the memory service; an answer other than 200 is an
-// error.
-func (a *Activities) get(ctx context.Context, method string) ([]byte, error) {
-	status, out, err := a.Invoker.Invoke(ctx, contract.MemoryApp, method, http.MethodGet, nil, nil)
-	if err != nil {
-		return nil, err
-	}
-	if status != http.StatusOK {
-		return nil, fmt.Errorf("GET %s: HTTP %d: %.200s", strings.SplitN(method, "?", 2)[0], status, out)
-	}
-	return out, nil
-}
-
-// GenerateResponse asks the LLM for the reply and streams it on
-// contract.TopicChatStream as it is written.
-func (a *Activities) GenerateResponse(ctx workflow.ActivityContext) (any, error) {
-	var in generateInput
-	if err := ctx.GetInput(&in); err != nil {
-		return nil, err
-	}
-	p := in.Context.Profile
-	hist := make([]llm.Message, 0, len(in.Context.History))
-	for _, e := range in.Context.History {
-		hist = append(hist, llm.Message{Role: e.Role, Content: e.Content})
-	}
-	sctx, sp := span(ctx, ActGenerate, in.InstanceID, in.Trace)
-	defer sp.End()
-	start := time.Now()
-	log := a.logger(ctx, ActGenerate, in.InstanceID).With("trace_id", telemetry.TraceID(sctx))
-	var on func(llm.Piece)
-	if a.State != nil {
-		st := newStreamer(sctx, a.Publisher, log, in.InstanceID, in.UserID, func(ctx context.Context) (int, error) {
-			return nextExecution(ctx, a.State, in.InstanceID)
-		})
-		defer st.close()
-		on = st.on
-	}
-	reply, err := a.Model.Stream(sctx, llm.ChatInstructions(p.Name, p.PreferredStyle, p.UserSummary), hist, in.Text, on)
-	if err != nil {
-		sp.SetStatus(codes.Error, "LLM failed")
-		log.Error("LLM failed", "code", apperr.CodeOf(err), "err", err)
-		return nil, err
-	}
-	log.Info("reply generated", "duration_ms", time.Since(start).Milliseconds(), "history_entries", len(hist))
-	return reply, nil
-}
-
-// SaveConversation publishes ConversationUpdated with the workflow instance
-// id as CloudEvent id, so a retried publish is applied once by the memory.
-func (a *Activities) SaveConversation(ctx workflow.ActivityContext) (any, error) {
-	var in saveInput
-	if err := ctx.GetInput(&in); err != nil {
-		return nil, err
-	}
-	sctx, sp := span(ctx, ActSave, in.EventID, in.Trace)
-	defer sp.End()
-	pctx, cancel := context.WithTimeout(sctx, 10*time.Second)
-	defer cancel()
-	if err := a.Publisher.PublishEvent(pctx, contract.PubSub, contract.TopicConversations, in.Event,
-		dapr.PublishEventWithMetadata(map[string]string{contract.CloudEventIDMetadata: in.EventID})); err != nil {
-		a.logger(ctx, ActSave, in.EventID).Error("publish ConversationUpdated failed", "err", err)
-		return nil, err
-	}
-	a.failpoint("after_publish") // the window where a crash makes the publish repeat
-	a.logger(ctx, ActSave, in.EventID).Info("ConversationUpdated published", "cloudevent_id", in.EventID, "session_id", in.Event.SessionID, "trace_id", telemetry.TraceID(sctx))
-	return nil, nil
-}
-
-// HandleError records a failed turn.
-func (a *Activities) HandleError(ctx workflow.ActivityContext) (any, error) {
-	var in errorInput
-	if err := ctx.GetInput(&in); err != nil {
-		return nil, err
-	}
-	sctx, sp := span(ctx, ActHandleError, in.InstanceID, in.Trace)
-	defer sp.End()
-	sp.SetStatus(codes.Error, "chat turn failed while "+in.Stage)
-	a.logger(ctx, ActHandleError, in.InstanceID).Error("chat turn failed", "stage", in.Stage, "err", llm.Redact(in.Error), "trace_id", telemetry.TraceID(sctx))
-	return nil, nil
 }

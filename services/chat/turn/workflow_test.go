@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/daca-go/daca/internal/api"
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/dev/testkit"
@@ -82,30 +83,28 @@ type memory struct {
 	history []contract.Entry
 }
 
-func (m *memory) Invoke(_ context.Context, app, method, verb string, body []byte, _ http.Header) (int, []byte, error) {
+func (m *memory) Call(_ context.Context, r api.Request) ([]byte, error) {
 	if m.down {
-		return 0, nil, errors.New("connection refused")
+		return nil, apperr.New(apperr.Unavailable, "connection refused")
 	}
-	if app != contract.MemoryApp || verb != http.MethodGet || body != nil {
-		return 0, nil, errors.New("unexpected call " + app + " " + verb + " " + method)
+	if r.App != contract.MemoryApp || r.Verb != http.MethodGet || r.Body != nil {
+		return nil, errors.New("unexpected call " + r.App + " " + r.Verb + " " + r.Method)
 	}
 	switch {
-	case strings.HasPrefix(method, "memories/"):
-		b, _ := json.Marshal(contract.Profile{Name: "Ana", PreferredStyle: "formal", UserSummary: "likes Go"})
-		return http.StatusOK, b, nil
-	case strings.HasPrefix(method, "conversations/"):
-		u, err := url.Parse(method)
+	case strings.HasPrefix(r.Method, "memories/"):
+		return json.Marshal(contract.Profile{Name: "Ana", PreferredStyle: "formal", UserSummary: "likes Go"})
+	case strings.HasPrefix(r.Method, "conversations/"):
+		u, err := url.Parse(r.Method)
 		if err != nil || u.Query().Get("user_id") != "ana" || u.Query().Get("last") != strconv.Itoa(contract.ContextEntries) {
-			return http.StatusBadRequest, []byte(`{"detail":"want last and user_id"}`), nil
+			return nil, apperr.New(apperr.Invalid, "want last and user_id")
 		}
 		h := m.history
 		if len(h) > contract.ContextEntries {
 			h = h[len(h)-contract.ContextEntries:]
 		}
-		b, _ := json.Marshal(contract.HistoryReply{History: h})
-		return http.StatusOK, b, nil
+		return json.Marshal(contract.HistoryReply{History: h})
 	}
-	return http.StatusNotFound, nil, nil
+	return nil, apperr.New(apperr.NotFound, "not found")
 }
 
 // published records what the activities published: save_conversation's
@@ -259,7 +258,7 @@ func TestChatWorkflow(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			pub, m, logs := &published{}, &model{err: tt.llmErr}, &syncBuffer{}
-			c := engine(t, &Activities{Invoker: tt.mem, Publisher: pub, Model: m, State: &state{}, Log: slog.New(slog.NewJSONHandler(logs, nil))})
+			c := engine(t, &Activities{Memory: api.Memory{Caller: tt.mem}, Publisher: pub, Model: m, State: &state{}, Log: slog.New(slog.NewJSONHandler(logs, nil))})
 			in := Input{UserID: "ana", SessionID: "s1", Text: "hello"}
 			meta := run(t, c, "chat-test-1", in)
 			if got := meta.String(); got != tt.wantStatus {

@@ -1,4 +1,4 @@
-package playground
+package web
 
 import (
 	"crypto/sha256"
@@ -18,9 +18,9 @@ func TestAssetsMatchTheirIntegrityHashes(t *testing.T) {
 		{"react.production.min.js", reactSRI, "javascript"},
 		{"react-dom.production.min.js", reactDOMSRI, "javascript"},
 	}
-	h := Assets()
+	h := PlaygroundAssets()
 	page := httptest.NewRecorder()
-	Page("t", "/graphql").ServeHTTP(page, httptest.NewRequest(http.MethodGet, "/", nil))
+	Playground("t", "/graphql").ServeHTTP(page, httptest.NewRequest(http.MethodGet, "/", nil))
 	for _, tt := range tests {
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, AssetsPath+tt.file, nil))

@@ -1,13 +1,14 @@
-// Package backendtest is an in-memory backend.Backend for the gateway's
-// tests: the resolvers' (graph) and the HTTP surface's (gateway/server).
-package backendtest
+// Package graphtest holds fakes of the resolvers' ports for the gateway's
+// tests (the resolvers' in graph, the HTTP surface's in gateway/server):
+// Fake is an in-memory graph.Backend.
+package graphtest
 
 import (
 	"context"
 	"sync"
 	"time"
 
-	"github.com/daca-go/daca/gateway/backend"
+	"github.com/daca-go/daca/graph"
 	"github.com/daca-go/daca/internal/contract"
 )
 
@@ -22,17 +23,17 @@ type Fake struct {
 	Profiles    map[string]contract.Profile
 	History     map[string][]contract.Entry
 	SessionList map[string][]contract.SessionInfo
-	Runs        map[string]*backend.Run
+	Runs        map[string]*contract.ChatRun
 	Owners      map[string]string // session id → the user it belongs to
 	Err         error
 	ConvErr     error
 
-	LastIn    backend.ChatInput // the input of the last SendMessage
-	Batches   [][]string        // the session ids of each Conversations call
-	Cancelled []string          // the turns CancelChat stopped
+	LastIn    graph.ChatInput // the input of the last SendMessage
+	Batches   [][]string      // the session ids of each Conversations call
+	Cancelled []string        // the turns CancelChat stopped
 }
 
-var _ backend.Backend = (*Fake)(nil)
+var _ graph.Backend = (*Fake)(nil)
 
 // New returns a fake with one user, ana (profile, session s1 with two
 // messages), and one completed turn chat-1 of hers.
@@ -46,7 +47,7 @@ func New() *Fake {
 		SessionList: map[string][]contract.SessionInfo{"ana": {{SessionID: "s1", UpdatedAt: ts, MessageCount: 2,
 			LastMessage: &contract.Entry{Role: contract.RoleAssistant, Content: "a", Timestamp: ts}}}},
 		Owners: map[string]string{"s1": "ana", "s-of-bo": "bo"},
-		Runs: map[string]*backend.Run{"chat-1": {InstanceID: "chat-1", Status: contract.RunCompleted, UserID: "ana", SessionID: "s1",
+		Runs: map[string]*contract.ChatRun{"chat-1": {InstanceID: "chat-1", Status: contract.RunCompleted, UserID: "ana", SessionID: "s1",
 			Reply: &reply, Timestamp: &ts}},
 	}
 }
@@ -114,26 +115,26 @@ func (f *Fake) ForgetUser(context.Context, string) (int, error) { return 1, f.er
 
 func (f *Fake) DeleteConversation(context.Context, string) (bool, error) { return true, f.err() }
 
-func (f *Fake) SendMessage(_ context.Context, in backend.ChatInput) (backend.Reply, error) {
+func (f *Fake) SendMessage(_ context.Context, in graph.ChatInput) (contract.ChatReply, error) {
 	f.Mu.Lock()
 	f.LastIn = in
 	f.Mu.Unlock()
-	return backend.Reply{UserID: in.UserID, SessionID: "s9", Reply: "re: " + in.Text, InstanceID: "chat-9",
-		Status: contract.RunCompleted, Timestamp: Time}, f.err()
+	return contract.ChatReply{UserID: in.UserID, Reply: "re: " + in.Text, InstanceID: "chat-9", Status: contract.RunCompleted,
+		Metadata: contract.ReplyMetadata{SessionID: "s9", Timestamp: Time}}, f.err()
 }
 
-func (f *Fake) StartChat(_ context.Context, in backend.ChatInput) (backend.Run, error) {
-	return backend.Run{InstanceID: "chat-2", Status: contract.RunPending, UserID: in.UserID, SessionID: "s2"}, f.err()
+func (f *Fake) StartChat(_ context.Context, in graph.ChatInput) (contract.ChatRun, error) {
+	return contract.ChatRun{InstanceID: "chat-2", Status: contract.RunPending, UserID: in.UserID, SessionID: "s2"}, f.err()
 }
 
-func (f *Fake) ChatRun(_ context.Context, id string) (*backend.Run, error) {
+func (f *Fake) ChatRun(_ context.Context, id string) (*contract.ChatRun, error) {
 	f.Mu.Lock()
 	defer f.Mu.Unlock()
 	return f.Runs[id], f.Err
 }
 
 // CancelChat marks a running turn TERMINATED (Cancelled records it).
-func (f *Fake) CancelChat(_ context.Context, id string) (*backend.Run, error) {
+func (f *Fake) CancelChat(_ context.Context, id string) (*contract.ChatRun, error) {
 	f.Mu.Lock()
 	defer f.Mu.Unlock()
 	r := f.Runs[id]
@@ -148,6 +149,6 @@ func (f *Fake) CancelChat(_ context.Context, id string) (*backend.Run, error) {
 	return &cp, nil
 }
 
-func (f *Fake) Health(context.Context) backend.Health {
-	return backend.Health{Sidecar: "ok", Apps: map[string]string{contract.ChatApp: "ok", contract.MemoryApp: "ok"}, LLM: "offline"}
+func (f *Fake) Health(context.Context) graph.BackendHealth {
+	return graph.BackendHealth{Sidecar: "ok", Apps: map[string]string{contract.ChatApp: "ok", contract.MemoryApp: "ok"}, LLM: "offline"}
 }

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bufio"
@@ -19,17 +19,17 @@ import (
 	"github.com/daca-go/daca/internal/daprc"
 )
 
-// hop is the smallest gateway there can be: an HTTP server whose one handler
+// Hop is the smallest gateway there can be: an HTTP server whose one handler
 // makes the gateway's backend call the way the gateway makes it by default
 // (the sidecar's HTTP invocation API; -grpc: the go-sdk over its gRPC API)
 // and writes back what it got. The benchmark runs it as its own process to
 // show what the extra process alone costs, GraphQL aside.
-func hop(ctx context.Context, args []string) error {
+func Hop(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("daca hop", flag.ContinueOnError)
 	grpcAddr := fs.String("grpc", "", "call the sidecar's gRPC API at this address (go-sdk) instead of its HTTP API")
 	httpPort := fs.Int("http-port", 0, "the sidecar's HTTP API port")
 	if err := fs.Parse(args); err != nil {
-		return usageError(err.Error())
+		return UsageError(err.Error())
 	}
 	token := os.Getenv("DACA_HOP_TOKEN")
 	var invoke func(ctx context.Context, method string) ([]byte, error)

@@ -1,22 +1,19 @@
-// Package playground serves GraphiQL (gqlgen's page) with its scripts and
-// styles from the gateway itself, so the playground works without internet
-// access. The files are the npm packages graphiql@4.1.2, react@18.2.0 and
-// react-dom@18.2.0 (MIT, licences beside them); the browser checks each
-// against the Subresource Integrity hash gqlgen pins for its CDN copy.
-package playground
+package web
 
 import (
-	"embed"
 	"io/fs"
 	"net/http"
 
 	gqlplayground "github.com/99designs/gqlgen/graphql/playground"
 )
 
-//go:embed assets
-var assets embed.FS
+// The playground is GraphiQL (gqlgen's page) with its scripts and styles
+// served from the gateway itself, so it works without internet access. The
+// files (playground/) are the npm packages graphiql@4.1.2, react@18.2.0 and
+// react-dom@18.2.0 (MIT, licences beside them); the browser checks each
+// against the Subresource Integrity hash gqlgen pins for its CDN copy.
 
-// AssetsPath is where the files are served.
+// AssetsPath is where the playground's files are served.
 const AssetsPath = "/playground/assets/"
 
 // Subresource Integrity hashes of the embedded files (the same as gqlgen's).
@@ -27,9 +24,9 @@ const (
 	reactDOMSRI    = "sha256-IXWO0ITNDjfnNXIu5POVfqlgYoop36bDzhodR6LW5Pc="
 )
 
-// Page is the GraphiQL page for the GraphQL endpoint. The editor state
+// Playground is the GraphiQL page for the GraphQL endpoint. The editor state
 // (query, variables) is kept in the URL, so a link opens a ready query.
-func Page(title, endpoint string) http.Handler {
+func Playground(title, endpoint string) http.Handler {
 	return gqlplayground.Handler(title, endpoint,
 		gqlplayground.WithGraphiqlVersion(AssetsPath+"graphiql.min.js", AssetsPath+"graphiql.min.css", graphiqlJSSRI, graphiqlCSSSRI),
 		gqlplayground.WithGraphiqlReactVersion(AssetsPath+"react.production.min.js", AssetsPath+"react-dom.production.min.js", reactSRI, reactDOMSRI),
@@ -38,9 +35,9 @@ func Page(title, endpoint string) http.Handler {
 	)
 }
 
-// Assets serves the embedded files under AssetsPath.
-func Assets() http.Handler {
-	sub, err := fs.Sub(assets, "assets")
+// PlaygroundAssets serves the playground's files under AssetsPath.
+func PlaygroundAssets() http.Handler {
+	sub, err := fs.Sub(files, "playground")
 	if err != nil {
 		panic(err)
 	}

@@ -6,15 +6,15 @@ import (
 	"sync"
 	"time"
 
-	"github.com/daca-go/daca/gateway/backend"
 	"github.com/daca-go/daca/graph/model"
+	"github.com/daca-go/daca/internal/contract"
 )
 
 // RunWatch follows chat turns for the chatRun subscription: one poller per
 // turn, however many subscribers follow it, which stops when the turn ends
 // or its last subscriber leaves.
 type RunWatch struct {
-	fetch func(ctx context.Context, instanceID string) (*backend.Run, error)
+	fetch func(ctx context.Context, instanceID string) (*contract.ChatRun, error)
 	poll  time.Duration
 	log   *slog.Logger
 
@@ -32,12 +32,12 @@ type turnWatch struct {
 
 // polled is one state of a turn and when the read that got it started.
 type polled struct {
-	run backend.Run
+	run contract.ChatRun
 	at  time.Time
 }
 
 // NewRunWatch polls fetch every poll (default 250 ms).
-func NewRunWatch(fetch func(ctx context.Context, instanceID string) (*backend.Run, error), poll time.Duration, log *slog.Logger) *RunWatch {
+func NewRunWatch(fetch func(ctx context.Context, instanceID string) (*contract.ChatRun, error), poll time.Duration, log *slog.Logger) *RunWatch {
 	if poll <= 0 {
 		poll = 250 * time.Millisecond
 	}
@@ -56,7 +56,7 @@ func (w *RunWatch) Polling() int {
 // returned channel. A state never follows a newer one: reads that started
 // before the call are skipped (they may be older than first), except the
 // final state.
-func (w *RunWatch) Follow(ctx context.Context, first backend.Run) <-chan *model.ChatRun {
+func (w *RunWatch) Follow(ctx context.Context, first contract.ChatRun) <-chan *model.ChatRun {
 	since := time.Now()
 	out := make(chan *model.ChatRun, 1)
 	if first.Terminal() {
@@ -68,7 +68,7 @@ func (w *RunWatch) Follow(ctx context.Context, first backend.Run) <-chan *model.
 	go func() {
 		defer close(out)
 		defer w.unsubscribe(first.InstanceID, updates)
-		send := func(run backend.Run) bool {
+		send := func(run contract.ChatRun) bool {
 			select {
 			case out <- toRun(run):
 				return true

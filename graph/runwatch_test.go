@@ -10,8 +10,8 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/daca-go/daca/gateway/backend"
 	"github.com/daca-go/daca/graph/model"
+	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/dev/testkit"
 )
 
@@ -19,19 +19,19 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // script is a turn that moves one state further every `every` reads.
 type script struct {
-	states []backend.Run
+	states []contract.ChatRun
 	every  int
 	reads  atomic.Int64
 }
 
-func (s *script) fetch(_ context.Context, id string) (*backend.Run, error) {
+func (s *script) fetch(_ context.Context, id string) (*contract.ChatRun, error) {
 	n := int(s.reads.Add(1)) - 1
 	r := s.states[min(n/s.every, len(s.states)-1)]
 	r.InstanceID = id
 	return &r, nil
 }
 
-var turn = []backend.Run{
+var turn = []contract.ChatRun{
 	{Status: "RUNNING", Stage: "fetching_context"},
 	{Status: "RUNNING", Stage: "generating_response"},
 	{Status: "RUNNING", Stage: "saving_conversation"},
@@ -136,8 +136,8 @@ func TestRunWatchStopsWhenTheLastSubscriberLeaves(t *testing.T) {
 func TestRunWatchNeverSendsAnOlderState(t *testing.T) {
 	// The poller's read starts, then a subscriber arrives with a newer state
 	// than that read will return.
-	started, release := make(chan struct{}), make(chan backend.Run)
-	fetch := func(ctx context.Context, id string) (*backend.Run, error) {
+	started, release := make(chan struct{}), make(chan contract.ChatRun)
+	fetch := func(ctx context.Context, id string) (*contract.ChatRun, error) {
 		select {
 		case started <- struct{}{}:
 		case <-ctx.Done():
@@ -192,11 +192,11 @@ func TestRunWatchSlowSubscriberGetsTheFinalState(t *testing.T) {
 }
 
 func TestRunWatchEndedTurn(t *testing.T) {
-	w := NewRunWatch(func(context.Context, string) (*backend.Run, error) {
+	w := NewRunWatch(func(context.Context, string) (*contract.ChatRun, error) {
 		t.Fatal("an ended turn is not polled")
 		return nil, nil
 	}, time.Millisecond, testkit.Quiet())
-	got := drain(t, w.Follow(context.Background(), backend.Run{InstanceID: "wf-4", Status: "FAILED", Error: "boom"}))
+	got := drain(t, w.Follow(context.Background(), contract.ChatRun{InstanceID: "wf-4", Status: "FAILED", Error: "boom"}))
 	if len(got) != 1 || got[0].Status != model.ChatStatusFailed || w.Polling() != 0 {
 		t.Fatalf("got %d states, %d turns polled", len(got), w.Polling())
 	}

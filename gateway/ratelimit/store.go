@@ -1,4 +1,4 @@
-package backend
+package ratelimit
 
 import (
 	"context"
@@ -11,28 +11,26 @@ import (
 	dapr "github.com/dapr/go-sdk/client"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-
-	"github.com/daca-go/daca/gateway/ratelimit"
 )
 
-// StateClient is the part of the Dapr client LimitStore uses.
+// StateClient is the part of the Dapr client DaprStore uses.
 type StateClient interface {
 	GetState(ctx context.Context, storeName, key string, meta map[string]string) (*dapr.StateItem, error)
 	SaveStateWithETag(ctx context.Context, storeName, key string, data []byte, etag string, meta map[string]string, so ...dapr.StateOption) error
 }
 
-// LimitStore is the ratelimit.Store of the chat-turn limit shared by all
+// DaprStore is the Store of the chat-turn limit shared by all
 // gateway replicas: a Dapr state store of the gateway's own (Store), written
 // first-write-wins on the ETag. Keys are Prefix + the limiter's key (Dapr
 // adds the app id in front).
-type LimitStore struct {
+type DaprStore struct {
 	Sidecar StateClient
 	Store   string
 	Prefix  string
 }
 
-// Get implements ratelimit.Store.
-func (s LimitStore) Get(ctx context.Context, key string) ([]byte, string, error) {
+// Get implements Store.
+func (s DaprStore) Get(ctx context.Context, key string) ([]byte, string, error) {
 	key = s.Prefix + key
 	item, err := s.Sidecar.GetState(ctx, s.Store, key, nil)
 	if err != nil {
@@ -44,8 +42,8 @@ func (s LimitStore) Get(ctx context.Context, key string) ([]byte, string, error)
 	return item.Value, item.Etag, nil
 }
 
-// Put implements ratelimit.Store.
-func (s LimitStore) Put(ctx context.Context, key string, value []byte, etag string, ttl time.Duration) error {
+// Put implements Store.
+func (s DaprStore) Put(ctx context.Context, key string, value []byte, etag string, ttl time.Duration) error {
 	key = s.Prefix + key
 	meta := map[string]string{"ttlInSeconds": strconv.Itoa(int(math.Ceil(ttl.Seconds())))}
 	err := s.Sidecar.SaveStateWithETag(ctx, s.Store, key, value, etag, meta,
@@ -54,7 +52,7 @@ func (s LimitStore) Put(ctx context.Context, key string, value []byte, etag stri
 		return nil
 	}
 	if isETagMismatch(err) {
-		return ratelimit.ErrConflict
+		return ErrConflict
 	}
 	return fmt.Errorf("state store %s: save %s: %w", s.Store, key, err)
 }

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -21,6 +21,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/daca-go/daca/internal/api"
 	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/daprc"
 	"github.com/daca-go/daca/internal/dev/stack"
@@ -45,7 +46,7 @@ func benchGateway(ctx context.Context, st *stack.Stack, call func(method, url st
 		return err
 	}
 	defer func() { hopCmd.Process.Kill(); hopCmd.Wait() }()
-	hopURL += "/memories/bench-user"
+	hopURL += "/" + api.GetMemory.Path("bench-user")
 	if err := call(http.MethodGet, hopURL, nil); err != nil {
 		return fmt.Errorf("bench: bare hop: %w", err)
 	}
@@ -91,7 +92,7 @@ func benchGateway(ctx context.Context, st *stack.Stack, call func(method, url st
 		gwPath,
 		directPath,
 		func() error {
-			_, err := sdk.InvokeMethod(ctx, contract.MemoryApp, "memories/bench-user", http.MethodGet)
+			_, err := sdk.InvokeMethod(ctx, contract.MemoryApp, api.GetMemory.Path("bench-user"), http.MethodGet)
 			return err
 		},
 		hopPath,

@@ -1,4 +1,11 @@
-package main
+// Package bench is `daca bench` (make bench): it starts private stacks
+// (own Redis, random ports, offline model) and measures chat turns end to
+// end, the gateway against its sidecar and a bare hop (hop.go, run as
+// `daca hop`), fan-out to many subscriptions, the gateway's two paths to
+// its sidecar and streamed replies; with -baseline, an older revision
+// beside today's code in the same rounds (baseline.go, releases.go). It
+// prints tables; docs/benchmark.md keeps a run's.
+package bench
 
 import (
 	"bytes"
@@ -23,9 +30,15 @@ import (
 	"github.com/daca-go/daca/internal/dev/stack"
 )
 
-// bench starts a private stack (own Redis, random ports, offline model) and
-// measures chat turns end to end and a bare memory read through the sidecar.
-func bench(ctx context.Context, args []string) error {
+// UsageError is a bad command line: the caller prints it with the usage.
+type UsageError string
+
+func (u UsageError) Error() string { return string(u) }
+
+// Run is `daca bench`: it starts a private stack (own Redis, random ports,
+// offline model) and measures chat turns end to end and a bare memory read
+// through the sidecar.
+func Run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("daca bench", flag.ContinueOnError)
 	root := fs.String("root", ".", "repository root")
 	turns := fs.Int("turns", 200, "chat turns per concurrency level")
@@ -42,13 +55,13 @@ func bench(ctx context.Context, args []string) error {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
-		return usageError(err.Error())
+		return UsageError(err.Error())
 	}
 	var levels []int
 	for _, f := range strings.Split(*clients, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n < 1 {
-			return usageError("-clients: want positive integers separated by commas, got " + strconv.Quote(*clients))
+			return UsageError("-clients: want positive integers separated by commas, got " + strconv.Quote(*clients))
 		}
 		levels = append(levels, n)
 	}
@@ -58,7 +71,7 @@ func bench(ctx context.Context, args []string) error {
 		case "turns", "gateway", "fanout", "invocation", "stream":
 			parts[p] = true
 		default:
-			return usageError("-parts: want turns, gateway, fanout, invocation or stream, got " + strconv.Quote(p))
+			return UsageError("-parts: want turns, gateway, fanout, invocation or stream, got " + strconv.Quote(p))
 		}
 	}
 	rootDir, err := filepath.Abs(*root)

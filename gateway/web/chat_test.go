@@ -1,4 +1,4 @@
-package chatpage
+package web
 
 import (
 	"net/http"
@@ -7,8 +7,8 @@ import (
 	"testing"
 )
 
-func TestServes(t *testing.T) {
-	h := Handler()
+func TestChatServes(t *testing.T) {
+	h := Chat()
 	tests := []struct {
 		path, wantType, wantBody string
 		status                   int

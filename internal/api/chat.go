@@ -1,0 +1,64 @@
+package api
+
+import (
+	"context"
+	"net/http"
+
+	"github.com/daca-go/daca/internal/apperr"
+	"github.com/daca-go/daca/internal/contract"
+)
+
+// chat-service's routes.
+var (
+	Chat       = Route{http.MethodPost, "/chat"} // waits for the reply
+	ChatAsync  = Route{http.MethodPost, "/chat/async"}
+	GetChatRun = Route{http.MethodGet, "/chat/{instance_id}"}
+	CancelChat = Route{http.MethodPost, "/chat/{instance_id}/cancel"}
+)
+
+// ChatService is chat-service's API.
+type ChatService struct{ Caller Caller }
+
+// Send is POST /chat: it starts a turn and waits for its reply. key, when
+// set, is the Idempotency-Key: a request repeated with it joins the first
+// one's turn.
+func (c ChatService) Send(ctx context.Context, in contract.ChatRequest, key string) (contract.ChatReply, error) {
+	var out contract.ChatReply
+	err := call(ctx, c.Caller, contract.ChatApp, Chat, Chat.Path(), key, in, &out)
+	return out, err
+}
+
+// Start is POST /chat/async: it starts a turn and answers at once.
+func (c ChatService) Start(ctx context.Context, in contract.ChatRequest, key string) (contract.ChatStarted, error) {
+	var out contract.ChatStarted
+	err := call(ctx, c.Caller, contract.ChatApp, ChatAsync, ChatAsync.Path(), key, in, &out)
+	return out, err
+}
+
+// Run is GET /chat/{instance_id}; nil for an unknown turn.
+func (c ChatService) Run(ctx context.Context, instanceID string) (*contract.ChatRun, error) {
+	return c.run(ctx, GetChatRun, instanceID)
+}
+
+// Cancel is POST /chat/{instance_id}/cancel: it stops the turn and answers
+// its state; nil for an unknown turn.
+func (c ChatService) Cancel(ctx context.Context, instanceID string) (*contract.ChatRun, error) {
+	return c.run(ctx, CancelChat, instanceID)
+}
+
+func (c ChatService) run(ctx context.Context, route Route, instanceID string) (*contract.ChatRun, error) {
+	var r contract.ChatRun
+	err := call(ctx, c.Caller, contract.ChatApp, route, route.Path(instanceID), "", nil, &r)
+	if apperr.CodeOf(err) == apperr.NotFound {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// Health is chat-service's GET /health.
+func (c ChatService) Health(ctx context.Context) (contract.Health, error) {
+	return health(ctx, c.Caller, contract.ChatApp)
+}

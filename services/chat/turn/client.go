@@ -1,0 +1,172 @@
+package turn
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/dapr/durabletask-go/api"
+	"github.com/dapr/durabletask-go/workflow"
+
+	"github.com/daca-go/daca/internal/apperr"
+	"github.com/daca-go/daca/internal/contract"
+	"github.com/daca-go/daca/internal/logging"
+	"github.com/daca-go/daca/internal/telemetry"
+)
+
+// Workflows is the part of the workflow client (Dapr's, through the
+// sidecar) that Client uses.
+type Workflows interface {
+	ScheduleWorkflow(ctx context.Context, orchestrator string, opts ...workflow.NewWorkflowOptions) (string, error)
+	FetchWorkflowMetadata(ctx context.Context, id string, opts ...workflow.FetchWorkflowMetadataOptions) (*workflow.WorkflowMetadata, error)
+	WaitForWorkflowCompletion(ctx context.Context, id string, opts ...workflow.FetchWorkflowMetadataOptions) (*workflow.WorkflowMetadata, error)
+	TerminateWorkflow(ctx context.Context, id string, opts ...workflow.TerminateOptions) error
+}
+
+// Client starts, reads, waits for and stops chat turns (chat_workflow
+// instances). Its errors are apperr-coded: NotFound for an unknown turn,
+// Unavailable when the workflow engine cannot be asked.
+type Client struct {
+	Workflows Workflows
+	Log       *slog.Logger
+}
+
+// Run is a turn as GET /chat/{instance_id} shows it, with its output.
+type Run struct {
+	contract.ChatRun
+	Output Output // of a COMPLETED turn
+}
+
+func unavailable(err error) error {
+	return apperr.Wrap(apperr.Unavailable, err, "the workflow engine is unavailable")
+}
+
+// Start schedules the turn id with in, or, when idempotent, finds the one
+// an earlier request with the same idempotency key started.
+func (c Client) Start(ctx context.Context, id string, in Input, idempotent bool) error {
+	if idempotent {
+		if _, err := c.fetch(ctx, id); err == nil {
+			logging.From(ctx, c.Log).Info("idempotent retry: returning the existing chat turn", "workflow_instance_id", id)
+			return nil
+		} else if !notFound(err) {
+			return unavailable(err)
+		}
+	}
+	in.Trace = telemetry.Carrier(ctx)
+	if _, err := c.Workflows.ScheduleWorkflow(ctx, WorkflowName, workflow.WithInstanceID(id), workflow.WithInput(in)); err != nil {
+		if idempotent && strings.Contains(strings.ToLower(err.Error()), "already exists") {
+			return nil // a concurrent request with the same key won the race
+		}
+		return unavailable(err)
+	}
+	logging.From(ctx, c.Log).Info("chat turn started", "workflow_instance_id", id, "user_id", in.UserID, "session_id", in.SessionID)
+	return nil
+}
+
+// Get reads a turn.
+func (c Client) Get(ctx context.Context, id string) (Run, error) {
+	meta, err := c.fetch(ctx, id)
+	if err != nil {
+		if notFound(err) {
+			return Run{}, apperr.New(apperr.NotFound, "chat turn %s not found", id)
+		}
+		return Run{}, unavailable(err)
+	}
+	return describe(id, meta), nil
+}
+
+// Wait waits until the turn ends or ctx does (then it returns ctx's
+// error, unwrapped).
+func (c Client) Wait(ctx context.Context, id string) (Run, error) {
+	meta, err := c.Workflows.WaitForWorkflowCompletion(ctx, id, workflow.WithFetchPayloads(true))
+	if err != nil {
+		if ctx.Err() != nil {
+			return Run{}, ctx.Err()
+		}
+		return Run{}, unavailable(err)
+	}
+	return describe(id, meta), nil
+}
+
+// Cancel stops a running turn (Dapr's terminate) and returns its state:
+// TERMINATED, or the state it had already ended in (a repeat is harmless).
+// What the turn had not published yet never reaches the history.
+func (c Client) Cancel(ctx context.Context, id string) (Run, error) {
+	run, err := c.Get(ctx, id)
+	if err != nil || run.Status.Terminal() {
+		return run, err
+	}
+	if err := c.Workflows.TerminateWorkflow(ctx, id); err != nil && !notFound(err) {
+		return Run{}, unavailable(err)
+	}
+	logging.From(ctx, c.Log).Info("chat turn stopped", "workflow_instance_id", id)
+	// Terminate returns before the engine has recorded it: wait (briefly)
+	// for the end, so the answer says TERMINATED.
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if run, err := c.Wait(wctx, id); err == nil {
+		return run, nil
+	}
+	return c.Get(ctx, id)
+}
+
+// notFound reports an unknown instance: the engine's error, or its text as
+// it crossed the sidecar.
+func notFound(err error) bool {
+	if errors.Is(err, api.ErrInstanceNotFound) {
+		return true
+	}
+	m := strings.ToLower(err.Error())
+	return strings.Contains(m, "not found") || strings.Contains(m, "no such instance")
+}
+
+// fetch reads a turn's workflow metadata. Read right after the turn was
+// scheduled, Dapr 1.18.2 sometimes fails with "inbox key … declared in
+// metadata but missing from state store" while the workflow's first state
+// is being saved: such a read is tried again, briefly.
+func (c Client) fetch(ctx context.Context, id string) (*workflow.WorkflowMetadata, error) {
+	var err error
+	for attempt, wait := 0, 20*time.Millisecond; attempt < 5; attempt, wait = attempt+1, wait*2 {
+		var meta *workflow.WorkflowMetadata
+		if meta, err = c.Workflows.FetchWorkflowMetadata(ctx, id, workflow.WithFetchPayloads(true)); err == nil || notFound(err) {
+			return meta, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(wait):
+		}
+	}
+	return nil, err
+}
+
+// describe is the turn of its workflow's metadata.
+func describe(id string, meta *workflow.WorkflowMetadata) Run {
+	run := Run{ChatRun: contract.ChatRun{InstanceID: id, Status: contract.RunStatus(meta.String())}}
+	if meta.CustomStatus != nil && run.Status == contract.RunRunning {
+		run.Stage = meta.CustomStatus.GetValue()
+	}
+	var in Input
+	if meta.Input != nil && json.Unmarshal([]byte(meta.Input.GetValue()), &in) == nil {
+		run.UserID, run.SessionID = in.UserID, in.SessionID
+	}
+	switch run.Status {
+	case contract.RunCompleted:
+		if meta.Output != nil && json.Unmarshal([]byte(meta.Output.GetValue()), &run.Output) == nil {
+			run.Reply = &run.Output.Reply
+			ts := run.Output.Timestamp
+			run.Timestamp = &ts
+		}
+	case contract.RunFailed:
+		run.Error = "the chat turn failed"
+		if fd := meta.FailureDetails; fd != nil && strings.HasPrefix(fd.ErrorMessage, "chat turn failed") {
+			run.Error = fd.ErrorMessage // our own, client-safe message
+		}
+	case contract.RunTerminated, contract.RunCanceled:
+		run.Error = "the chat turn was stopped"
+	}
+	return run
+}
