@@ -66,18 +66,12 @@ func errOf(t *testing.T, c *client.Client, query string, opts ...client.Option) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	var errs []struct {
-		Message    string         `json:"message"`
-		Extensions map[string]any `json:"extensions"`
-	}
-	json.Unmarshal(resp.Errors, &errs)
-	if len(errs) == 0 {
-		return "", ""
-	}
-	return apperr.Code(fmt.Sprint(errs[0].Extensions["code"])), errs[0].Message
+	code, _, msg := testkit.FirstError(resp.Errors)
+	return apperr.Code(code), msg
 }
 
 func TestResolvers(t *testing.T) {
+	t.Parallel()
 	f := graphtest.New()
 	c := execClient(resolver(f), graph.DefaultLoaderWait)
 	tests := []struct {
@@ -133,6 +127,7 @@ func TestResolvers(t *testing.T) {
 // read in one backend call per operation (no N+1), and that a failing batch
 // fails each field with the backend's code.
 func TestSessionMessagesBatched(t *testing.T) {
+	t.Parallel()
 	f := graphtest.New()
 	ts := graphtest.Time
 	const n = 40
@@ -198,6 +193,7 @@ func TestSessionMessagesBatched(t *testing.T) {
 // TestInputValidation: the resolvers refuse bad arguments before any
 // backend call, with the same rules (contract) and words as the services.
 func TestInputValidation(t *testing.T) {
+	t.Parallel()
 	f := graphtest.New()
 	f.Err = errors.New("the backend must not be called")
 	c := execClient(resolver(f), graph.DefaultLoaderWait)
@@ -227,6 +223,7 @@ func TestInputValidation(t *testing.T) {
 }
 
 func TestTurnLimit(t *testing.T) {
+	t.Parallel()
 	r := resolver(graphtest.New())
 	r.Turns = ratelimit.New(1, 2)
 	c := execClient(r, graph.DefaultLoaderWait)
@@ -247,6 +244,7 @@ func TestTurnLimit(t *testing.T) {
 // TestAuthorisation: with AUTH_MODE=jwt every argument that names a user,
 // session or turn is checked against the caller.
 func TestAuthorisation(t *testing.T) {
+	t.Parallel()
 	f := graphtest.New()
 	f.Runs["chat-bo"] = &contract.ChatRun{InstanceID: "chat-bo", Status: contract.RunRunning, UserID: "bo", SessionID: "s-of-bo"}
 	r := resolver(f)
@@ -346,6 +344,7 @@ func TestConversationUpdatedAuthorisation(t *testing.T) {
 // messages have been dropped (numbers start above 1); a bad cursor is
 // INVALID_ARGUMENT.
 func TestConversationPages(t *testing.T) {
+	t.Parallel()
 	f := graphtest.New()
 	var h []contract.Entry
 	for i := range 7 {
@@ -400,6 +399,7 @@ func TestConversationPages(t *testing.T) {
 // without those replayed or older than the cursor. By user, the user's
 // sessions are read; a session that is not the caller's replays nothing.
 func TestConversationUpdatedResumes(t *testing.T) {
+	t.Parallel()
 	f := graphtest.New()
 	t0 := time.Date(2026, 12, 2, 6, 0, 0, 0, time.UTC)
 	at := func(i int) time.Time { return t0.Add(time.Duration(i) * time.Second) }
@@ -477,6 +477,7 @@ func ptr(s string) *string { return &s }
 // turn, one watcher reads it; when it fails, every stream ends with FAILED
 // and the text so far; the watcher goes with the last subscriber.
 func TestChatStreamEndsWithTheTurn(t *testing.T) {
+	t.Parallel()
 	f := graphtest.New()
 	f.Runs["chat-r"] = &contract.ChatRun{InstanceID: "chat-r", Status: contract.RunRunning, UserID: "ana"}
 	r := resolver(f)

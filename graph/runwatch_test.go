@@ -67,16 +67,16 @@ func drain(t *testing.T, ch <-chan *model.ChatRun) []*model.ChatRun {
 
 func waitPolling(t *testing.T, w *RunWatch, want int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for w.Polling() != want {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d turns polled; want %d", w.Polling(), want)
+	testkit.WaitFor(t, 5*time.Second, "the pollers", func() error {
+		if n := w.Polling(); n != want {
+			return fmt.Errorf("%d turns polled; want %d", n, want)
 		}
-		time.Sleep(time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func TestRunWatchSharesOnePollerPerTurn(t *testing.T) {
+	t.Parallel()
 	s := &script{states: turn, every: 3}
 	w := NewRunWatch(s.fetch, time.Millisecond, testkit.Quiet())
 	const subs = 50
@@ -124,9 +124,7 @@ func TestRunWatchStopsWhenTheLastSubscriberLeaves(t *testing.T) {
 		t.Fatal("the poller stopped while a subscriber still follows the turn")
 	}
 	reads := s.reads.Load()
-	for s.reads.Load() < reads+3 { // still polled for the other subscriber
-		time.Sleep(time.Millisecond)
-	}
+	testkit.WaitUntil(t, 5*time.Second, "the turn still polled for the other subscriber", func() bool { return s.reads.Load() >= reads+3 })
 	cancel2()
 	drain(t, ch2)
 	waitPolling(t, w, 0)
@@ -134,6 +132,7 @@ func TestRunWatchStopsWhenTheLastSubscriberLeaves(t *testing.T) {
 }
 
 func TestRunWatchNeverSendsAnOlderState(t *testing.T) {
+	t.Parallel()
 	// The poller's read starts, then a subscriber arrives with a newer state
 	// than that read will return.
 	started, release := make(chan struct{}), make(chan contract.ChatRun)
@@ -175,6 +174,7 @@ func TestRunWatchNeverSendsAnOlderState(t *testing.T) {
 }
 
 func TestRunWatchSlowSubscriberGetsTheFinalState(t *testing.T) {
+	t.Parallel()
 	s := &script{states: turn, every: 1}
 	w := NewRunWatch(s.fetch, time.Millisecond, testkit.Quiet())
 	first := turn[0]
@@ -192,6 +192,7 @@ func TestRunWatchSlowSubscriberGetsTheFinalState(t *testing.T) {
 }
 
 func TestRunWatchEndedTurn(t *testing.T) {
+	t.Parallel()
 	w := NewRunWatch(func(context.Context, string) (*contract.ChatRun, error) {
 		t.Fatal("an ended turn is not polled")
 		return nil, nil

@@ -31,6 +31,7 @@ func hs(t *testing.T, c jwt.MapClaims, method jwt.SigningMethod, key any) string
 }
 
 func TestHS256(t *testing.T) {
+	t.Parallel()
 	v := HS256{Secret: secret, Opts: Options{Issuer: "daca"}}
 	exp := time.Now().Add(time.Hour).Unix()
 	tests := []struct {
@@ -63,6 +64,7 @@ func TestHS256(t *testing.T) {
 }
 
 func TestJWKS(t *testing.T) {
+	t.Parallel()
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		t.Fatal(err)
@@ -189,6 +191,7 @@ func TestNewHS256(t *testing.T) {
 }
 
 func TestBearerToken(t *testing.T) {
+	t.Parallel()
 	for in, want := range map[string]string{"Bearer abc": "abc", "bearer  abc ": "abc", "Basic abc": "", "": "", "Bearer": ""} {
 		if got := BearerToken(in); got != want {
 			t.Errorf("BearerToken(%q) = %q; want %q", in, got, want)

@@ -34,6 +34,7 @@ func appAnswered(code, body string) error {
 }
 
 func TestInvokeError(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name     string
 		err      error
@@ -97,6 +98,7 @@ func (s *sidecar) GetMetadata(context.Context) (*dapr.GetMetadataResponse, error
 }
 
 func TestClientOverGRPC(t *testing.T) {
+	t.Parallel()
 	sc := &sidecar{
 		answers: map[string]string{
 			"chat":       `{"user_id":"ana","reply":"hi","status":"COMPLETED","instance_id":"chat-1","metadata":{"session_id":"s1","timestamp":"2026-11-29T03:00:00Z"}}`,
@@ -184,6 +186,7 @@ func (f *fakeSidecar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func TestClientOverHTTP(t *testing.T) {
+	t.Parallel()
 	f := &fakeSidecar{}
 	srv := httptest.NewServer(f)
 	defer srv.Close()

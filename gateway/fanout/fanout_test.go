@@ -14,6 +14,7 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestFiltersAndDelivery(t *testing.T) {
+	t.Parallel()
 	b := New[int](8, nil)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
@@ -45,6 +46,7 @@ func TestFiltersAndDelivery(t *testing.T) {
 // take without blocking: each event queued (not those filtered out or
 // dropped for a full buffer), then the close.
 func TestWakeOncePerQueuedEventAndClose(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name      string
 		match     func(int) bool
@@ -90,6 +92,7 @@ func TestWakeOncePerQueuedEventAndClose(t *testing.T) {
 }
 
 func TestSlowSubscriberDroppedOthersServed(t *testing.T) {
+	t.Parallel()
 	type key struct{}
 	drops := 0
 	var b *Broker[int]
@@ -135,6 +138,7 @@ func TestSlowSubscriberDroppedOthersServed(t *testing.T) {
 }
 
 func TestThousandCyclesFreeEverything(t *testing.T) {
+	t.Parallel()
 	b := New[int](4, nil)
 	before := runtime.NumGoroutine()
 	var wg sync.WaitGroup
@@ -164,6 +168,7 @@ func TestThousandCyclesFreeEverything(t *testing.T) {
 }
 
 func TestConcurrentPublishAndCancel(t *testing.T) {
+	t.Parallel()
 	b := New[int](1, nil)
 	var wg sync.WaitGroup
 	for range 50 {
@@ -186,6 +191,7 @@ func TestConcurrentPublishAndCancel(t *testing.T) {
 // TestKeepRecent: the broker remembers the last n events published, oldest
 // first, whether anyone subscribed or not.
 func TestKeepRecent(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		keep, published int
 		match           func(int) bool

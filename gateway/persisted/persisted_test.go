@@ -46,6 +46,7 @@ func (s *state) SaveState(_ context.Context, _, key string, data []byte, meta ma
 func hash(q string) string { h := sha256.Sum256([]byte(q)); return hex.EncodeToString(h[:]) }
 
 func TestQueries(t *testing.T) {
+	t.Parallel()
 	st := &state{kv: map[string][]byte{}, meta: map[string]map[string]string{}}
 	a := New(st, "gateway-state", 24*time.Hour, 10, testkit.Quiet())
 	b := New(st, "gateway-state", 24*time.Hour, 10, testkit.Quiet()) // another replica

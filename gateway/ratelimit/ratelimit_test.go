@@ -7,6 +7,7 @@ import (
 )
 
 func TestBucket(t *testing.T) {
+	t.Parallel()
 	now := time.Unix(0, 0)
 	l := New(60, 3) // one per second, burst 3
 	l.now = func() time.Time { return now }

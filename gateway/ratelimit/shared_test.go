@@ -61,6 +61,7 @@ func (m *memStore) Put(_ context.Context, key string, value []byte, etag string,
 }
 
 func TestSharedLimit(t *testing.T) {
+	t.Parallel()
 	now := time.Unix(1000, 0)
 	store := newMemStore()
 	// Two replicas sharing one store: one per second, burst 3.
@@ -101,6 +102,7 @@ func TestSharedLimit(t *testing.T) {
 }
 
 func TestSharedRetriesConflicts(t *testing.T) {
+	t.Parallel()
 	store := newMemStore()
 	l := NewShared(store, 60, 1, testkit.Quiet())
 	store.conflict.Store(casTries - 1) // another replica wins all but the last try
@@ -113,6 +115,7 @@ func TestSharedRetriesConflicts(t *testing.T) {
 }
 
 func TestSharedConcurrentReplicas(t *testing.T) {
+	t.Parallel()
 	store := newMemStore()
 	const burst = 10
 	replicas := []*Shared{NewShared(store, 1, burst, nil), NewShared(store, 1, burst, nil), NewShared(store, 1, burst, nil)}
@@ -140,6 +143,7 @@ func TestSharedConcurrentReplicas(t *testing.T) {
 }
 
 func TestSharedFallsBackWhenTheStoreFails(t *testing.T) {
+	t.Parallel()
 	store := newMemStore()
 	store.fail = errors.New("connection refused")
 	l := NewShared(store, 60, 2, testkit.Quiet())

@@ -53,6 +53,7 @@ func drain(ch <-chan *model.ChatChunk) []got {
 // of seq; a subscriber joining late gets what was written so far; one that
 // resumes gets only what follows; the end carries what the pieces did not.
 func TestOrderAndReplay(t *testing.T) {
+	t.Parallel()
 	b := 1<<20 + 1 // the first seq of execution 2
 	tests := []struct {
 		name   string
@@ -114,6 +115,7 @@ func TestOrderAndReplay(t *testing.T) {
 // TestGapSkipped: a piece that never comes holds the others back only until
 // maxPending later ones have arrived; the text stays whole.
 func TestGapSkipped(t *testing.T) {
+	t.Parallel()
 	s := New(64, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -131,6 +133,7 @@ func TestGapSkipped(t *testing.T) {
 // TestSlowSubscriberDropped: a subscriber that does not read is dropped and
 // told (onDrop), the others go on; an ended context frees its subscriber.
 func TestSlowSubscriberDropped(t *testing.T) {
+	t.Parallel()
 	var dropped []context.Context
 	s := New(2, func(ctx context.Context) { dropped = append(dropped, ctx) })
 	slowCtx, cancelSlow := context.WithCancel(context.Background())
@@ -162,6 +165,7 @@ func TestSlowSubscriberDropped(t *testing.T) {
 // TestForgetting: a finished turn is forgotten after Keep, an idle one
 // after Idle, and never more than Max turns are kept.
 func TestForgetting(t *testing.T) {
+	t.Parallel()
 	now := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
 	s := New(4, nil)
 	s.now = func() time.Time { return now }
@@ -194,6 +198,7 @@ func TestForgetting(t *testing.T) {
 
 // TestRunStops: Run ends with its context.
 func TestRunStops(t *testing.T) {
+	t.Parallel()
 	s := New(1, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

@@ -68,15 +68,7 @@ func errCode(t *testing.T, h http.Handler, query string, opts ...client.Option) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	var errs []struct {
-		Message    string         `json:"message"`
-		Extensions map[string]any `json:"extensions"`
-	}
-	json.Unmarshal(resp.Errors, &errs)
-	if len(errs) == 0 {
-		return "", nil, ""
-	}
-	return fmt.Sprint(errs[0].Extensions["code"]), errs[0].Extensions, errs[0].Message
+	return testkit.FirstError(resp.Errors)
 }
 
 func TestErrorMapping(t *testing.T) {

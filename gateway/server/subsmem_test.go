@@ -42,13 +42,12 @@ func BenchmarkIdleSubscription(b *testing.B) {
 		}
 		clients = append(clients, ws)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for s.hub.Conversations.Len() < sockets*perSocket {
-		if time.Now().After(deadline) {
-			b.Fatalf("%d subscriptions open; want %d", s.hub.Conversations.Len(), sockets*perSocket)
+	testkit.WaitFor(b, 30*time.Second, "every subscription open", func() error {
+		if n := s.hub.Conversations.Len(); n < sockets*perSocket {
+			return fmt.Errorf("%d subscriptions open; want %d", n, sockets*perSocket)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 	runtime.GC()
 	runtime.GC()
 	runtime.ReadMemStats(&after)

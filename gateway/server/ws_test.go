@@ -192,15 +192,14 @@ func TestThousandSubscribeCyclesBackToBaseline(t *testing.T) {
 	for i := 1; i <= 1000; i++ {
 		cycle(i)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for s.hub.Memories.Len() != 0 || runtime.NumGoroutine() > before {
-		if time.Now().After(deadline) {
+	testkit.WaitFor(t, 10*time.Second, "every subscription and its goroutines gone", func() error {
+		if s.hub.Memories.Len() != 0 || runtime.NumGoroutine() > before {
 			buf := make([]byte, 1<<20)
 			n := runtime.Stack(buf, true)
-			t.Fatalf("after 1,000 cycles: %d subscribers, %d goroutines (baseline %d)\n%s", s.hub.Memories.Len(), runtime.NumGoroutine(), before, buf[:n])
+			return fmt.Errorf("after 1,000 cycles: %d subscribers, %d goroutines (baseline %d)\n%s", s.hub.Memories.Len(), runtime.NumGoroutine(), before, buf[:n])
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 	ws.Close()
 }
 

@@ -9,6 +9,7 @@ import (
 // TestValidIDIsIDPattern: the byte loop accepts exactly what IDPattern,
 // the documented rule, matches.
 func TestValidIDIsIDPattern(t *testing.T) {
+	t.Parallel()
 	re := regexp.MustCompile(IDPattern)
 	tests := []struct {
 		id   string

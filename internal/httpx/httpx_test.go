@@ -15,6 +15,7 @@ import (
 )
 
 func TestDecode(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name, body string
 		code       apperr.Code
@@ -38,6 +39,7 @@ func TestDecode(t *testing.T) {
 }
 
 func TestErrorHidesInternals(t *testing.T) {
+	t.Parallel()
 	log := testkit.Quiet()
 	w := httptest.NewRecorder()
 	err := apperr.Wrap(apperr.Unavailable, io.ErrUnexpectedEOF, "the state store is unavailable")
@@ -49,6 +51,7 @@ func TestErrorHidesInternals(t *testing.T) {
 }
 
 func TestAppToken(t *testing.T) {
+	t.Parallel()
 	h := AppToken("secret")(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	tests := []struct {
 		path, token string
@@ -73,6 +76,7 @@ func TestAppToken(t *testing.T) {
 }
 
 func TestRequestID(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name, header string
 		keep         bool // the caller's id is echoed

@@ -27,6 +27,7 @@ func offline(t *testing.T) *Client {
 }
 
 func TestOfflineChat(t *testing.T) {
+	t.Parallel()
 	c := offline(t)
 	if c.Mode() != "offline" {
 		t.Fatalf("mode = %s", c.Mode())
@@ -84,6 +85,7 @@ func TestOfflineChat(t *testing.T) {
 // TestOfflineStreamWithoutDelay: with no pause between words, the reply
 // comes in one piece.
 func TestOfflineStreamWithoutDelay(t *testing.T) {
+	t.Parallel()
 	c, err := New(t.Context(), Config{Model: "m"}, StaticKey(""), testkit.Quiet())
 	if err != nil {
 		t.Fatal(err)
@@ -96,6 +98,7 @@ func TestOfflineStreamWithoutDelay(t *testing.T) {
 }
 
 func TestOfflineSummary(t *testing.T) {
+	t.Parallel()
 	c := offline(t)
 	got, err := c.Complete(t.Context(), SummaryInstructions("Ana", "Ana is new."),
 		[]Message{{"user", "I love hiking"}, {"assistant", "Nice"}}, "")
@@ -108,6 +111,7 @@ func TestOfflineSummary(t *testing.T) {
 }
 
 func TestOfflineDelayHonoursContext(t *testing.T) {
+	t.Parallel()
 	c, err := New(t.Context(), Config{OfflineDelay: time.Hour, Timeout: 50 * time.Millisecond}, StaticKey(""), testkit.Quiet())
 	if err != nil {
 		t.Fatal(err)
@@ -142,6 +146,7 @@ func (r *rotatingKey) Refresh(context.Context) (string, error) {
 }
 
 func TestProviderRetriesAndKeyRotation(t *testing.T) {
+	t.Parallel()
 	const key = "sk-live-0123456789abcdef"
 	tests := []struct {
 		name       string
@@ -197,6 +202,7 @@ func TestProviderRetriesAndKeyRotation(t *testing.T) {
 // workflow's retry policy then runs generate_response again), after one
 // call.
 func TestProviderFaults(t *testing.T) {
+	t.Parallel()
 	const key = "sk-live-0123456789abcdef"
 	t.Run("429 with Retry-After: 2", func(t *testing.T) {
 		prov := &llmtest.Provider{Key: key, Failures: []int{429}, RetryAfter: "2"}
@@ -234,6 +240,7 @@ func TestProviderFaults(t *testing.T) {
 }
 
 func TestRedactURL(t *testing.T) {
+	t.Parallel()
 	tests := []struct{ in, want string }{
 		{"https://generativelanguage.googleapis.com/v1beta/openai/", "https://generativelanguage.googleapis.com/v1beta/openai/"},
 		{"https://llm.example/v1?key=AIzaSyABCDEF12345&x=1", "https://llm.example/v1?key=REDACTED&x=REDACTED"},
@@ -251,6 +258,7 @@ func TestRedactURL(t *testing.T) {
 }
 
 func TestRedact(t *testing.T) {
+	t.Parallel()
 	for _, s := range []string{"Authorization: Bearer sk-abcdef123456", "url?key=AIzaSyABCDEF12345", `api_key: "sk-abcdef123456"`} {
 		if got := Redact(s); strings.Contains(got, "abcdef123456") || strings.Contains(got, "ABCDEF12345") {
 			t.Errorf("Redact(%q) = %q", s, got)
@@ -264,6 +272,7 @@ func TestRedact(t *testing.T) {
 // once and reported, the text streams in pieces, and the reply is the
 // pieces joined.
 func TestStreamingQuirks(t *testing.T) {
+	t.Parallel()
 	const key = "sk-live-0123456789abcdef"
 	twoCalls := func(_ context.Context, req llmtest.Request) (llmtest.Reply, bool) {
 		if req.Last().Role == "tool" {

@@ -25,6 +25,7 @@ func (h countingHandler) WithAttrs(as []slog.Attr) slog.Handler {
 }
 
 func TestWithCarriesAttributesAndIsBuiltOnFirstUse(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name   string
 		scopes [][]any // With calls, outermost first
@@ -67,6 +68,7 @@ func TestWithCarriesAttributesAndIsBuiltOnFirstUse(t *testing.T) {
 
 // TestFromIsSafeConcurrently: goroutines of one request share its logger.
 func TestFromIsSafeConcurrently(t *testing.T) {
+	t.Parallel()
 	var buf bytes.Buffer
 	var mu sync.Mutex
 	base := slog.New(slog.NewTextHandler(&lockedWriter{w: &buf, mu: &mu}, nil))

@@ -219,17 +219,15 @@ func runFault(t *testing.T, st *stack.Stack, prefix string, f fault) row {
 	// processing timeout, 60 s).
 	deadline := time.Now().Add(100 * time.Second)
 	for s, n := range perSession {
-		for {
-			got := historyLen(t, st, s)
-			if got == 2*n {
-				r.sessionsOK++
-				break
-			}
-			if got > 2*n || time.Now().After(deadline) {
-				r.problems = append(r.problems, fmt.Sprintf("session %s: %d history entries for %d completed turns", s, got, n))
-				break
-			}
-			time.Sleep(250 * time.Millisecond) // the memory applies events on its own schedule
+		var got int
+		full := testkit.Eventually(time.Until(deadline), func() bool { // the memory applies events on its own schedule
+			got = historyLen(t, st, s)
+			return got >= 2*n
+		})
+		if full && got == 2*n {
+			r.sessionsOK++
+		} else {
+			r.problems = append(r.problems, fmt.Sprintf("session %s: %d history entries for %d completed turns", s, got, n))
 		}
 	}
 	r.sessions = len(perSession)
@@ -238,9 +236,7 @@ func runFault(t *testing.T, st *stack.Stack, prefix string, f fault) row {
 		// not replayed (re-query after a reconnect); the others arrive.
 		// Wait for every event, but not for ever: one published while the
 		// subscriber was away never comes.
-		for deadline := time.Now().Add(10 * time.Second); sub.seen() < r.completed && time.Now().Before(deadline); {
-			time.Sleep(50 * time.Millisecond) // polling a count with a deadline
-		}
+		testkit.Eventually(10*time.Second, func() bool { return sub.seen() >= r.completed })
 		r.subscriberSaw, r.subscriberReconnects = sub.stop()
 	}
 	// Events on the stream itself, by CloudEvent id (the turn's instance id).

@@ -6,6 +6,7 @@ import "testing"
 // read whole, a longer name with the same prefix is not taken, and a
 // missing metric says so.
 func TestMetricSum(t *testing.T) {
+	t.Parallel()
 	text := `# HELP x
 daca_gateway_open_subscriptions{topic="conversations"} 3
 daca_gateway_open_subscriptions{topic="memory-updates"} 5

@@ -7,6 +7,7 @@ import (
 )
 
 func TestOwnTimes(t *testing.T) {
+	t.Parallel()
 	const (
 		c   = "127.0.0.1.40000" // the load generator
 		gw  = "127.0.0.1.8080"

@@ -13,6 +13,7 @@ import (
 // chunked ones, keeps its connections, sends the body and headers it was
 // given, and reports a non-2xx answer as an error.
 func TestRawHTTP(t *testing.T) {
+	t.Parallel()
 	var conns atomic.Int32
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("dapr-api-token") != "tok" {

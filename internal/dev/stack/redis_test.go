@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/daca-go/daca/internal/contract"
+	"github.com/daca-go/daca/internal/dev/testkit"
 )
 
 func TestReadReply(t *testing.T) {
@@ -64,13 +65,7 @@ func TestPruneGatewayGroups(t *testing.T) {
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	deadline := time.Now().Add(10 * time.Second)
-	for redisPing(addr) != nil {
-		if time.Now().After(deadline) {
-			t.Fatal("redis-server did not answer")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.WaitFor(t, 10*time.Second, "redis-server to answer", func() error { return redisPing(addr) })
 	if n, err := pruneGatewayGroups(addr); err != nil || n != 0 {
 		t.Fatalf("empty Redis: %d, %v", n, err)
 	}

@@ -4,7 +4,9 @@
 package testkit
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"testing"
@@ -35,6 +37,25 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() error
 	}
 }
 
+// Eventually polls cond as WaitFor does until it holds or the timeout
+// passes, and reports whether it held: for a caller that records a
+// condition that never came rather than failing at once.
+func Eventually(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for poll := 5 * time.Millisecond; ; {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(poll)
+		if poll < 100*time.Millisecond {
+			poll *= 2
+		}
+	}
+}
+
 // WaitUntil is WaitFor with a boolean condition.
 func WaitUntil(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
@@ -47,3 +68,21 @@ func WaitUntil(t testing.TB, timeout time.Duration, what string, cond func() boo
 }
 
 var errNotYet = errors.New("condition not met")
+
+// FirstError is the first error of a GraphQL response's "errors" (raw
+// JSON): its extensions.code, its extensions and its message; empty when
+// there is none.
+func FirstError(errs json.RawMessage) (code string, ext map[string]any, message string) {
+	var list []struct {
+		Message    string         `json:"message"`
+		Extensions map[string]any `json:"extensions"`
+	}
+	if json.Unmarshal(errs, &list) != nil || len(list) == 0 {
+		return "", nil, ""
+	}
+	e := list[0]
+	if c, ok := e.Extensions["code"]; ok {
+		code = fmt.Sprint(c)
+	}
+	return code, e.Extensions, e.Message
+}

@@ -22,6 +22,7 @@ func ev(user, session, msg string) contract.ConversationUpdated {
 }
 
 func TestProfileDefaultsAndInitialize(t *testing.T) {
+	t.Parallel()
 	m := New(storetest.New(), Config{}, testkit.Quiet())
 	ctx := t.Context()
 	p, err := m.Profile(ctx, "ana")
@@ -46,6 +47,7 @@ func TestProfileDefaultsAndInitialize(t *testing.T) {
 }
 
 func TestApplyConcurrentNoLostUpdates(t *testing.T) {
+	t.Parallel()
 	f := storetest.New()
 	m := New(f, Config{}, testkit.Quiet())
 	var wg sync.WaitGroup
@@ -76,6 +78,7 @@ func TestApplyConcurrentNoLostUpdates(t *testing.T) {
 }
 
 func TestApplyOncePerEventID(t *testing.T) {
+	t.Parallel()
 	m := New(storetest.New(), Config{}, testkit.Quiet())
 	for i, wantDup := range []bool{false, true, true} {
 		res, err := m.Apply(t.Context(), "same-id", ev("u", "s", "hi"), fixedSummary("sum"))
@@ -89,6 +92,7 @@ func TestApplyOncePerEventID(t *testing.T) {
 }
 
 func TestHistoryCapAndLast(t *testing.T) {
+	t.Parallel()
 	m := New(storetest.New(), Config{HistoryCap: 6, SummaryLast: 3}, testkit.Quiet())
 	var seen [][]contract.Entry
 	sum := func(_ context.Context, _ contract.Profile, recent []contract.Entry) (string, error) {
@@ -126,6 +130,7 @@ func TestHistoryCapAndLast(t *testing.T) {
 // append and before the session list is updated; the event comes again. The
 // list is repaired, and counts the messages once.
 func TestRedeliveryAfterCrashBeforeIndex(t *testing.T) {
+	t.Parallel()
 	st := storetest.New()
 	m := New(st, Config{MaxCASTries: 3}, testkit.Quiet())
 	st.FailWritesTo("sessions:", errors.New("killed"))
@@ -153,6 +158,7 @@ func TestRedeliveryAfterCrashBeforeIndex(t *testing.T) {
 }
 
 func TestApplyFailures(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name     string
 		setup    func(*storetest.State)
@@ -184,6 +190,7 @@ func TestApplyFailures(t *testing.T) {
 }
 
 func TestForgetAndDelete(t *testing.T) {
+	t.Parallel()
 	f := storetest.New()
 	m := New(f, Config{}, testkit.Quiet())
 	ctx := t.Context()
@@ -211,6 +218,7 @@ func TestForgetAndDelete(t *testing.T) {
 }
 
 func TestHistoriesOneRead(t *testing.T) {
+	t.Parallel()
 	st := storetest.New()
 	m := New(st, Config{}, testkit.Quiet())
 	for i, s := range []string{"a", "a", "b"} {
@@ -267,6 +275,7 @@ func TestHistoriesOneRead(t *testing.T) {
 // once and never changed; another user's claim and events are refused and
 // change nothing.
 func TestSessionOwner(t *testing.T) {
+	t.Parallel()
 	m := New(storetest.New(), Config{}, testkit.Quiet())
 	ctx := t.Context()
 	steps := []struct {

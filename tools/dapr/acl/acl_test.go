@@ -62,7 +62,8 @@ func TestAccessControlPolicies(t *testing.T) {
 		addr[app] = serve(t, ca.svid(t, td, "daca", app), ca.bundle(td), list)
 	}
 
-	// Every call the code makes (gateway/backend, internal/chat), and some
+	// Every call the code makes (the routes of internal/api, called by the
+	// gateway's backend and chat-service's activities), and some
 	// it must not be able to make.
 	for _, c := range []struct {
 		ns, caller, callee, method, verb string
