@@ -38,6 +38,7 @@ func TestUpConfig(t *testing.T) {
 	}
 	want := map[string][3]int{
 		stack.Memory.ID:  {8001, 3501, 50002},
+		stack.Tools.ID:   {8020, 3503, 50004},
 		stack.Chat.ID:    {9010, 3500, 50001},
 		stack.Gateway.ID: {9080, 3502, 51003},
 	}

@@ -14,6 +14,25 @@ const (
 	ChatApp    = "chat-service"
 	MemoryApp  = "agent-memory-service"
 	GatewayApp = "gateway"
+	// ToolApp is the reference tool server: an MCP server (services/tools)
+	// that chat-service's sidecar calls through Dapr's MCP workflows.
+	ToolApp = "tool-server"
+)
+
+// MCP: the reference tool server as chat-service's sidecar knows it.
+const (
+	// ToolServer is the name of its MCPServer resource
+	// (components/mcpserver-tools.yaml): its tools are the workflows
+	// dapr.internal.mcp.tools.CallTool.<tool>.
+	ToolServer = "tools"
+	// ToolPath is where it serves MCP (streamable HTTP).
+	ToolPath = "/mcp"
+	// ToolTokenHeader carries SecretToolToken on every MCP request.
+	ToolTokenHeader = "X-Tool-Token"
+	// ToolUserArg is the argument in which chat-service passes the turn's
+	// user to a tool that acts for a user: set by chat-service, never taken
+	// from the model's arguments.
+	ToolUserArg = "_user_id"
 )
 
 // Dapr components (components/*.yaml) the apps name in code.
@@ -47,6 +66,10 @@ const (
 	SecretLLMKey = "gemini-api-key"
 	// SecretJWT is the gateway's HS256 signing secret (AUTH_MODE=jwt).
 	SecretJWT = "gateway-jwt-secret"
+	// SecretToolToken is the bearer token chat-service's sidecar sends the
+	// tool server (the MCPServer resource's header) and the tool server
+	// checks: only who holds it may call the tools.
+	SecretToolToken = "tool-server-token"
 )
 
 // Topics.

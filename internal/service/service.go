@@ -70,7 +70,7 @@ func Observe(ctx context.Context, appID, format, level string) (*slog.Logger, fu
 
 // Started is a service that Start has set up: it serves HTTP already (its
 // routes answer 503 until the service calls SetReady), and has its logger,
-// its sidecar client and its LLM.
+// its sidecar client and its LLM (nil for a service without one).
 type Started struct {
 	Log   *slog.Logger
 	Dapr  dapr.Client
@@ -83,10 +83,11 @@ type Started struct {
 
 // Start observes (logging, tracing), listens on c.Addr() and serves the
 // handler that routes makes with the logger, at once; then it connects to
-// the Dapr sidecar and sets up the LLM (its key from the secret store). It
+// the Dapr sidecar and sets up the LLM (its key from the secret store; none
+// when llmCfg is nil). It
 // returns when those are done; the caller finishes its own start-up, calls
 // SetReady, then Wait. Close releases what Start holds.
-func Start(ctx context.Context, appID string, c Common, llmCfg llm.Config, grace time.Duration, routes func(*slog.Logger) http.Handler) (*Started, error) {
+func Start(ctx context.Context, appID string, c Common, llmCfg *llm.Config, grace time.Duration, routes func(*slog.Logger) http.Handler) (*Started, error) {
 	log, stopTracing, err := Observe(ctx, appID, c.LogFormat, c.LogLevel)
 	if err != nil {
 		return nil, err
@@ -112,7 +113,10 @@ func Start(ctx context.Context, appID string, c Common, llmCfg llm.Config, grace
 		return fail(err)
 	}
 	st.closer = append(st.closer, st.Dapr.Close)
-	if st.Model, err = llm.New(initCtx, llmCfg, &llm.SecretKey{Client: st.Dapr, Log: log}, log); err != nil {
+	if llmCfg == nil {
+		return st, nil
+	}
+	if st.Model, err = llm.New(initCtx, *llmCfg, &llm.SecretKey{Client: st.Dapr, Log: log}, log); err != nil {
 		return fail(err)
 	}
 	return st, nil

@@ -56,7 +56,7 @@ func main() {
 
 func run(ctx context.Context, cfg config) error {
 	var s *srv
-	st, err := service.Start(ctx, appID, cfg.Common, cfg.llm, cfg.chatTimeout+5*time.Second, func(log *slog.Logger) http.Handler {
+	st, err := service.Start(ctx, appID, cfg.Common, &cfg.llm, cfg.chatTimeout+5*time.Second, func(log *slog.Logger) http.Handler {
 		s = newServer(log, cfg.AppToken, cfg.chatTimeout)
 		return s.routes()
 	})

@@ -43,7 +43,7 @@ func main() {
 func run(ctx context.Context, cfg config) error {
 	var srv *srv
 	// Serve at once (health says "starting"); connect to Dapr meanwhile.
-	st, err := service.Start(ctx, appID, cfg.Common, cfg.llm, 15*time.Second, func(log *slog.Logger) http.Handler {
+	st, err := service.Start(ctx, appID, cfg.Common, &cfg.llm, 15*time.Second, func(log *slog.Logger) http.Handler {
 		srv = newServer(log, cfg.AppToken)
 		return srv.routes()
 	})

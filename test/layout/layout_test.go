@@ -178,7 +178,7 @@ func eachLiteral(t *testing.T, skip string, f func(token.Position, string)) {
 var crossApp = []string{
 	"chat-service", "agent-memory-service", "pubsub", "gateway-pubsub", "statestore", "gateway-state", "secretstore",
 	"gemini-api-key", "gateway-jwt-secret", "conversations", "memory-updates", "ConversationUpdated", "Idempotency-Key",
-	"cloudevent.id",
+	"cloudevent.id", "tool-server", "tool-server-token", "X-Tool-Token",
 }
 
 func TestCrossAppNamesDefinedOnce(t *testing.T) {

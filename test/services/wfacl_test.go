@@ -19,7 +19,8 @@ import (
 const intruderApp = "intruder"
 
 // TestOnlyChatServiceDrivesItsWorkflow: components/workflowaccesspolicy.yaml
-// lets only chat-service schedule its workflow and run its activities.
+// lets only chat-service schedule its workflow and run its activities, and
+// start the MCP tool workflows its sidecar runs (the tool server's tools).
 // Another app's workflow that calls chat_workflow as a child workflow on
 // chat-service, or its generate_response activity (a free LLM call), is
 // refused by chat-service's sidecar; chat-service's own turns run (every
@@ -52,10 +53,16 @@ func TestOnlyChatServiceDrivesItsWorkflow(t *testing.T) {
 			workflow.WithActivityInput(map[string]any{"instance_id": "x", "text": "free LLM call"})).Await(&out)
 		return out, err
 	}))
+	must(reg.AddWorkflowN("intrude_mcp", func(ctx *workflow.WorkflowContext) (any, error) {
+		var out any
+		err := ctx.CallChildWorkflow("dapr.internal.mcp."+contract.ToolServer+".CallTool.create_note", workflow.WithChildWorkflowAppID(contract.ChatApp),
+			workflow.WithChildWorkflowInput(map[string]any{"arguments": map[string]any{contract.ToolUserArg: "victim", "text": "planted"}})).Await(&out)
+		return out, err
+	}))
 	workerCtx, stop := context.WithCancel(context.Background())
 	defer stop()
 	must(wf.StartWorker(workerCtx, reg))
-	for _, name := range []string{"intrude_child", "intrude_activity"} {
+	for _, name := range []string{"intrude_child", "intrude_activity", "intrude_mcp"} {
 		t.Run(name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 			defer cancel()

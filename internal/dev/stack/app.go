@@ -37,6 +37,10 @@ type App struct {
 	Secrets []string
 	// DaprdArgs are extra daprd flags.
 	DaprdArgs []string
+	// WaitReady: the stack waits until the app and its sidecar are ready
+	// before it starts the next app (the tool server, whose tools
+	// chat-service's sidecar discovers when it starts).
+	WaitReady bool
 }
 
 // RunningApp is an app of a started stack, with its resolved ports.

@@ -10,6 +10,8 @@ type Def struct {
 	Dir     string // its main package, from the repository root
 	Health  string // its health path
 	Secrets []string
+	// WaitReady: started and ready before the next app starts (App.WaitReady).
+	WaitReady bool
 
 	// The ports of `daca up` (the tutorial's): app, sidecar HTTP, sidecar gRPC.
 	Port, HTTPPort, GRPCPort int
@@ -19,19 +21,23 @@ type Def struct {
 var (
 	Memory = Def{ID: contract.MemoryApp, Short: "memory", Dir: "services/memory", Health: "/health",
 		Secrets: []string{contract.SecretLLMKey}, Port: 8001, HTTPPort: 3501, GRPCPort: 50002}
+	// Tools is the reference tool server (MCP), up before chat-service's
+	// sidecar discovers its tools.
+	Tools = Def{ID: contract.ToolApp, Short: "tools", Dir: "services/tools", Health: "/health",
+		Secrets: []string{contract.SecretToolToken}, WaitReady: true, Port: 8020, HTTPPort: 3503, GRPCPort: 50004}
 	Chat = Def{ID: contract.ChatApp, Short: "chat", Dir: "services/chat", Health: "/health",
-		Secrets: []string{contract.SecretLLMKey}, Port: 8010, HTTPPort: 3500, GRPCPort: 50001}
+		Secrets: []string{contract.SecretLLMKey, contract.SecretToolToken}, Port: 8010, HTTPPort: 3500, GRPCPort: 50001}
 	Gateway = Def{ID: contract.GatewayApp, Short: "gateway", Dir: "gateway", Health: "/healthz",
 		Secrets: []string{contract.SecretJWT}, Port: 8080, HTTPPort: 3502, GRPCPort: 50003}
 
 	// System is every app, in start order.
-	System = []Def{Memory, Chat, Gateway}
+	System = []Def{Memory, Tools, Chat, Gateway}
 )
 
 // App is the app built from its package, on free ports, with env added to
 // its environment.
 func (d Def) App(env ...string) App {
-	return App{ID: d.ID, Build: "./" + d.Dir, HealthPath: d.Health, Secrets: d.Secrets, Env: env}
+	return App{ID: d.ID, Build: "./" + d.Dir, HealthPath: d.Health, Secrets: d.Secrets, Env: env, WaitReady: d.WaitReady}
 }
 
 // Named is App under another name: a second replica of the same app id.

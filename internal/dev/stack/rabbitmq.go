@@ -30,50 +30,6 @@ var Brokers = []string{BrokerRedis, BrokerRabbitMQ}
 // /usr/sbin wrapper switches to the rabbitmq user and the system's node).
 const rabbitmqServer = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 
-// resourcesDir returns the Dapr resources directory of the run: the
-// components directory itself for Redis; for another broker a directory in
-// the run directory with a link to every file of components/, where the
-// broker's files (components/brokers/<broker>/*.yaml) replace those of the
-// same name.
-func (c *Config) resourcesDir() (string, error) {
-	if c.Broker == BrokerRedis {
-		return c.Components, nil
-	}
-	over := filepath.Join(c.Components, "brokers", c.Broker)
-	overrides, err := filepath.Glob(filepath.Join(over, "*.yaml"))
-	if err != nil || len(overrides) == 0 {
-		return "", fmt.Errorf("broker %s: no component files in %s", c.Broker, over)
-	}
-	dir := filepath.Join(c.RunDir, "resources-"+c.Broker)
-	if err := os.RemoveAll(dir); err != nil {
-		return "", err
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", err
-	}
-	base, err := filepath.Glob(filepath.Join(c.Components, "*.yaml"))
-	if err != nil {
-		return "", err
-	}
-	files := map[string]string{}
-	for _, f := range base {
-		files[filepath.Base(f)] = f
-	}
-	for _, f := range overrides {
-		files[filepath.Base(f)] = f
-	}
-	for name, f := range files {
-		abs, err := filepath.Abs(f)
-		if err != nil {
-			return "", err
-		}
-		if err := os.Symlink(abs, filepath.Join(dir, name)); err != nil {
-			return "", err
-		}
-	}
-	return dir, nil
-}
-
 // startRabbitMQ starts a RabbitMQ node of its own for the run: its own
 // Erlang port mapper (epmd) on a free port, data and credentials, listening
 // on loopback only; with RedisPersist (make run) its queues and messages

@@ -14,6 +14,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/daca-go/daca/internal/contract"
 	"io"
 	"os"
 	"path/filepath"
@@ -215,7 +216,18 @@ func (s *Stack) start(ctx context.Context) error {
 		}
 	}
 	var err error
-	if s.resources, err = c.resourcesDir(); err != nil {
+	toolPort := 0
+	for _, a := range c.Apps {
+		if a.ID == contract.ToolApp {
+			toolPort = a.AppPort
+			if wrote, err := ensureToolToken(c.SecretsFile); err != nil {
+				return err
+			} else if wrote {
+				fmt.Fprintf(c.Progress, "stack: added a random %s to %s\n", contract.SecretToolToken, c.SecretsFile)
+			}
+		}
+	}
+	if s.resources, err = c.resourcesDir(toolPort); err != nil {
 		return err
 	}
 
@@ -243,6 +255,11 @@ func (s *Stack) start(ctx context.Context) error {
 		a := &RunningApp{App: c.Apps[i]}
 		if err := s.startApp(a, nrDB); err != nil {
 			return err
+		}
+		if a.WaitReady { // the next apps' sidecars need it up (the tool server: chat-service's MCP discovery)
+			if err := s.waitApp(ctx, a); err != nil {
+				return err
+			}
 		}
 		if i == 0 {
 			// The first sidecar creates the name-resolution database. Sidecars

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/daca-go/daca/internal/contract"
 )
 
 func TestSecretsYAML(t *testing.T) {
@@ -176,20 +178,21 @@ func TestResourcesDir(t *testing.T) {
 	write(filepath.Join(comp, "pubsub.yaml"), "redis")
 	write(filepath.Join(comp, "statestore.yaml"), "state")
 	write(filepath.Join(comp, "brokers", "rabbitmq", "pubsub.yaml"), "rabbitmq")
+	write(filepath.Join(comp, mcpServerFile), "url: http://"+toolAddr+"/mcp")
 
 	tests := []struct {
 		broker string
 		want   map[string]string // file: content; nil: the components directory itself
 		err    string
 	}{
-		{BrokerRedis, nil, ""},
-		{BrokerRabbitMQ, map[string]string{"pubsub.yaml": "rabbitmq", "statestore.yaml": "state"}, ""},
+		{BrokerRedis, map[string]string{"pubsub.yaml": "redis", "statestore.yaml": "state", mcpServerFile: "url: http://127.0.0.1:9123/mcp"}, ""},
+		{BrokerRabbitMQ, map[string]string{"pubsub.yaml": "rabbitmq", "statestore.yaml": "state", mcpServerFile: "url: http://127.0.0.1:9123/mcp"}, ""},
 		{"nats", nil, "no component files"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.broker, func(t *testing.T) {
 			c := Config{Components: comp, RunDir: t.TempDir(), Broker: tt.broker}
-			dir, err := c.resourcesDir()
+			dir, err := c.resourcesDir(9123) // the stack's tool server on 9123
 			if tt.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.err) {
 					t.Fatalf("err = %v; want %q", err, tt.err)
@@ -198,12 +201,6 @@ func TestResourcesDir(t *testing.T) {
 			}
 			if err != nil {
 				t.Fatal(err)
-			}
-			if tt.want == nil {
-				if dir != comp {
-					t.Fatalf("dir = %s; want %s", dir, comp)
-				}
-				return
 			}
 			entries, _ := os.ReadDir(dir)
 			got := map[string]string{}
@@ -252,5 +249,50 @@ func TestRabbitDefinitions(t *testing.T) {
 	}
 	if strings.Contains(string(b), "secret") {
 		t.Fatal("the password is in the definitions")
+	}
+}
+
+// TestResourcesWithoutToolServer: a stack without the tool server gives
+// chat-service's sidecar no MCPServer to discover.
+func TestResourcesWithoutToolServer(t *testing.T) {
+	t.Parallel()
+	comp := t.TempDir()
+	os.WriteFile(filepath.Join(comp, "pubsub.yaml"), []byte("redis"), 0o644)
+	os.WriteFile(filepath.Join(comp, mcpServerFile), []byte("url: http://"+toolAddr+"/mcp"), 0o644)
+	c := Config{Components: comp, RunDir: t.TempDir(), Broker: BrokerRedis}
+	dir, err := c.resourcesDir(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, mcpServerFile)); !os.IsNotExist(err) {
+		t.Fatalf("%s in a stack without the tool server: %v", mcpServerFile, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "pubsub.yaml")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestEnsureToolToken: a secrets file without a tool token gets a random
+// one, keeping its other secrets; one with a token is left alone.
+func TestEnsureToolToken(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "secrets.json")
+	os.WriteFile(path, []byte(`{"gemini-api-key": "k", "tool-server-token": ""}`), 0o600)
+	wrote, err := ensureToolToken(path)
+	if err != nil || !wrote {
+		t.Fatalf("ensureToolToken = %v, %v; want a token written", wrote, err)
+	}
+	var got map[string]string
+	b, _ := os.ReadFile(path)
+	json.Unmarshal(b, &got)
+	if got["gemini-api-key"] != "k" || len(got[contract.SecretToolToken]) < 16 {
+		t.Fatalf("secrets %v", got)
+	}
+	if wrote, err = ensureToolToken(path); err != nil || wrote {
+		t.Fatalf("second call: %v, %v; want nothing written", wrote, err)
+	}
+	b2, _ := os.ReadFile(path)
+	if string(b2) != string(b) {
+		t.Fatal("the token changed")
 	}
 }

@@ -1,0 +1,107 @@
+package services
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dapr/durabletask-go/workflow"
+	dapr "github.com/dapr/go-sdk/client"
+
+	"github.com/daca-go/daca/internal/contract"
+	"github.com/daca-go/daca/internal/dev/stacktest"
+	"github.com/daca-go/daca/internal/dev/testkit"
+)
+
+// TestToolsThroughDapr: chat-service's sidecar knows the reference tool
+// server as the MCPServer "tools" (components/mcpserver-tools.yaml): Dapr's
+// ListTools workflow lists its tools with their annotations, and each tool
+// runs as the CallTool workflow, through the token from the secret store,
+// with notes kept per user in the tool server's state.
+func TestToolsThroughDapr(t *testing.T) {
+	st := stacktest.Stack(t)
+	c, err := dapr.NewClientWithAddress(st.App(contract.ChatApp).SidecarGRPC())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.WithAuthToken(st.APIToken)
+	wf := workflow.NewClient(c.GrpcClientConn())
+	run := func(t *testing.T, name string, in any, out any) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+		defer cancel()
+		var id string
+		testkit.WaitFor(t, 30*time.Second, name+" scheduled", func() error {
+			var err error
+			id, err = wf.ScheduleWorkflow(ctx, name, workflow.WithInput(in))
+			return err
+		})
+		meta, err := wf.WaitForWorkflowCompletion(ctx, id, workflow.WithFetchPayloads(true))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if meta.RuntimeStatus != workflow.StatusCompleted {
+			t.Fatalf("%s ended %s (%v)", name, meta.String(), meta.FailureDetails)
+		}
+		if err := json.Unmarshal([]byte(meta.Output.GetValue()), out); err != nil {
+			t.Fatalf("%s output %s: %v", name, meta.Output.GetValue(), err)
+		}
+	}
+	prefix := "dapr.internal.mcp." + contract.ToolServer + "."
+	var list struct {
+		Tools []struct {
+			Name        string         `json:"name"`
+			Description string         `json:"description"`
+			InputSchema map[string]any `json:"inputSchema"`
+			Annotations struct {
+				ReadOnlyHint bool `json:"readOnlyHint"`
+			} `json:"annotations"`
+		} `json:"tools"`
+	}
+	run(t, prefix+"ListTools", nil, &list)
+	readOnly := map[string]bool{}
+	for _, tool := range list.Tools {
+		readOnly[tool.Name] = tool.Annotations.ReadOnlyHint
+		if tool.Description == "" || tool.InputSchema == nil {
+			t.Errorf("%s: no description or schema", tool.Name)
+		}
+	}
+	if len(readOnly) != 5 || !readOnly["convert_units"] || readOnly["create_note"] || readOnly["delete_note"] {
+		t.Fatalf("tools %v", readOnly)
+	}
+
+	type result struct {
+		Content []struct {
+			Text string `json:"text"`
+		} `json:"content"`
+		IsError bool `json:"isError"`
+	}
+	text := func(r result) string {
+		var b strings.Builder
+		for _, c := range r.Content {
+			b.WriteString(c.Text)
+		}
+		return b.String()
+	}
+	call := func(tool string, args map[string]any) result {
+		var r result
+		run(t, prefix+"CallTool."+tool, map[string]any{"arguments": args}, &r)
+		return r
+	}
+	if r := call("convert_units", map[string]any{"value": 5, "from": "km", "to": "m"}); r.IsError || text(r) != "5 km = 5000 m" {
+		t.Fatalf("convert_units: %+v", r)
+	}
+	user := unique("tools-user")
+	if r := call("create_note", map[string]any{contract.ToolUserArg: user, "text": "water the plants"}); r.IsError {
+		t.Fatalf("create_note: %+v", r)
+	}
+	if r := call("list_notes", map[string]any{contract.ToolUserArg: user}); r.IsError || !strings.Contains(text(r), "water the plants") {
+		t.Fatalf("list_notes: %+v", r)
+	}
+	if r := call("create_note", map[string]any{"text": "no user"}); !r.IsError {
+		t.Fatalf("create_note without a user: %+v; want isError", r)
+	}
+}
