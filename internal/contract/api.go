@@ -112,6 +112,7 @@ func (s RunStatus) Terminal() bool {
 const (
 	StageContext  = "fetching_context"
 	StageGenerate = "generating_response"
+	StageTool     = "calling_tool" // a tool call of the turn runs
 	StageSave     = "saving_conversation"
 )
 

@@ -65,9 +65,16 @@ func ConfigFromEnv(r *env.Reader) Config {
 
 // Message is a turn of the conversation given as context.
 type Message struct {
-	Role    string // "user" or "assistant"
+	Role    string // "user", "assistant" or RoleTool
 	Content string
+	// ToolCalls are the tools an assistant message called (Round).
+	ToolCalls []ToolCall
+	// ToolCallID and Name are the call a RoleTool message answers.
+	ToolCallID, Name string
 }
+
+// RoleTool is the role of a tool's result in the conversation.
+const RoleTool = "tool"
 
 // Client generates replies.
 type Client struct {

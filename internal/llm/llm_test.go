@@ -33,7 +33,7 @@ func TestOfflineChat(t *testing.T) {
 		t.Fatalf("mode = %s", c.Mode())
 	}
 	sys := ChatInstructions("Junaid", "formal", "Junaid likes Go.")
-	history := []Message{{"user", "Hi, I am Junaid"}, {"assistant", "Hello Junaid"}}
+	history := []Message{{Role: "user", Content: "Hi, I am Junaid"}, {Role: "assistant", Content: "Hello Junaid"}}
 	tests := []struct {
 		name, user string
 		history    []Message
@@ -101,7 +101,7 @@ func TestOfflineSummary(t *testing.T) {
 	t.Parallel()
 	c := offline(t)
 	got, err := c.Complete(t.Context(), SummaryInstructions("Ana", "Ana is new."),
-		[]Message{{"user", "I love hiking"}, {"assistant", "Nice"}}, "")
+		[]Message{{Role: "user", Content: "I love hiking"}, {Role: "assistant", Content: "Nice"}}, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -36,6 +36,11 @@ var (
 	nameRE    = regexp.MustCompile(`The user's name is (.+?)\.( |$)`)
 	summaryRE = regexp.MustCompile(`(?s)(?:User summary|Current summary): (.*?)(?: Using the conversation above|$)`)
 	timeRE    = regexp.MustCompile(`(?i)\b(time|clock|what day|date)\b`)
+	// What the offline model calls the tools for (nextCall).
+	convertRE = regexp.MustCompile(`(?i)\bconvert\s+(-?[0-9.]+)\s*([a-z]+)\s+(?:to|in|into)\s+([a-z]+)`)
+	calcRE    = regexp.MustCompile(`(?i)\b(?:calculate|compute|what is)\s+([0-9(][0-9+\-*/^(). ]*[0-9)])`)
+	noteRE    = regexp.MustCompile(`(?i)\b(?:remind me (?:to |of |about )?|take a note:?|note that|note:)\s*(.+?)(?:[.!]|$|\s+and\s+(?:convert|calculate|what))`)
+	listRE    = regexp.MustCompile(`(?i)\b(?:list|show) (?:my )?(?:notes|reminders)\b`)
 )
 
 // Offline is the built-in deterministic model. It speaks the Chat
@@ -105,10 +110,6 @@ func (o *Offline) answer(cr openai.ChatCompletionRequest) (openai.ChatCompletion
 	style := find(styleRE, system, "casual")
 	summary := strings.TrimSpace(find(summaryRE, system, ""))
 
-	// A tool result: answer with it.
-	if last.Role == openai.ChatMessageRoleTool {
-		return reply(fmt.Sprintf("[offline model] %s, the current time is %s.", name, last.Content))
-	}
 	// Summary request.
 	if strings.Contains(system, "maintain a short summary") {
 		var lastUser string
@@ -121,22 +122,24 @@ func (o *Offline) answer(cr openai.ChatCompletionRequest) (openai.ChatCompletion
 		}
 		return reply(fmt.Sprintf("%s has sent %d message(s) in this conversation; most recently: %q.", name, n, clip(lastUser, 120)))
 	}
-	// Asked for the time and the tool is offered: call it.
-	hasTool := false
-	for _, t := range cr.Tools {
-		if t.Function != nil && t.Function.Name == "get_current_time" {
-			hasTool = true
-		}
-	}
-	if last.Role == openai.ChatMessageRoleUser && hasTool && timeRE.MatchString(last.Content) {
+	// Tools: what the user's last message asks for, one call per round, in
+	// the order asked; once every call has its result, a reply with them.
+	asked, results := afterLastUser(convo)
+	if call, ok := nextCall(asked.Content, cr.Tools, results); ok {
 		idx := 0
-		return openai.ChatCompletionMessage{
-			Role: openai.ChatMessageRoleAssistant,
-			ToolCalls: []openai.ToolCall{{
-				Index: &idx, ID: "call_offline_time", Type: openai.ToolTypeFunction,
-				Function: openai.FunctionCall{Name: "get_current_time", Arguments: "{}"},
-			}},
-		}, openai.FinishReasonToolCalls
+		call.Index = &idx
+		return openai.ChatCompletionMessage{Role: openai.ChatMessageRoleAssistant, ToolCalls: []openai.ToolCall{call}}, openai.FinishReasonToolCalls
+	}
+	if len(results) > 0 {
+		parts := make([]string, len(results))
+		for i, r := range results {
+			if r.Name == TimeTool.Name {
+				parts[i] = "the current time is " + r.Content
+			} else {
+				parts[i] = fmt.Sprintf("%s answered: %s", r.Name, r.Content)
+			}
+		}
+		return reply(fmt.Sprintf("[offline model] %s, %s.", name, strings.Join(parts, "; ")))
 	}
 	// Otherwise: answer from the instructions and the history.
 	earlier := len(convo) - 1
@@ -246,4 +249,71 @@ func jsonResponse(req *http.Request, status int, v any) *http.Response {
 		ContentLength: int64(len(b)),
 		Request:       req,
 	}
+}
+
+// afterLastUser returns the last user message and the tool results that
+// followed it.
+func afterLastUser(convo []openai.ChatCompletionMessage) (openai.ChatCompletionMessage, []openai.ChatCompletionMessage) {
+	for i := len(convo) - 1; i >= 0; i-- {
+		if convo[i].Role == openai.ChatMessageRoleUser {
+			var results []openai.ChatCompletionMessage
+			for _, m := range convo[i+1:] {
+				if m.Role == openai.ChatMessageRoleTool {
+					results = append(results, m)
+				}
+			}
+			return convo[i], results
+		}
+	}
+	return openai.ChatCompletionMessage{}, nil
+}
+
+// nextCall is the next tool call the user's text asks for, given the
+// results so far: the time (get_current_time), a unit conversion, a
+// calculation, a note to keep, the notes to list — each when a tool of that
+// name is offered (an MCP tool under its server's prefix too), in that
+// order.
+func nextCall(text string, tools []openai.Tool, results []openai.ChatCompletionMessage) (openai.ToolCall, bool) {
+	offered := func(tool string) string {
+		for _, t := range tools {
+			if t.Function != nil && (t.Function.Name == tool || strings.HasSuffix(t.Function.Name, "_"+tool)) {
+				return t.Function.Name
+			}
+		}
+		return ""
+	}
+	type want struct{ tool, args string }
+	var wants []want
+	if timeRE.MatchString(text) {
+		wants = append(wants, want{TimeTool.Name, "{}"})
+	}
+	if m := convertRE.FindStringSubmatch(text); m != nil {
+		args, _ := json.Marshal(map[string]any{"value": json.Number(m[1]), "from": m[2], "to": m[3]})
+		wants = append(wants, want{"convert_units", string(args)})
+	}
+	if m := calcRE.FindStringSubmatch(text); m != nil {
+		args, _ := json.Marshal(map[string]string{"expression": strings.TrimSpace(m[1])})
+		wants = append(wants, want{"calculate", string(args)})
+	}
+	if m := noteRE.FindStringSubmatch(text); m != nil {
+		args, _ := json.Marshal(map[string]string{"text": strings.TrimSpace(m[1])})
+		wants = append(wants, want{"create_note", string(args)})
+	}
+	if listRE.MatchString(text) {
+		wants = append(wants, want{"list_notes", "{}"})
+	}
+	done := 0
+	for _, w := range wants {
+		name := offered(w.tool)
+		if name == "" {
+			continue
+		}
+		if done < len(results) {
+			done++
+			continue
+		}
+		return openai.ToolCall{ID: fmt.Sprintf("call_offline_%d", done+1), Type: openai.ToolTypeFunction,
+			Function: openai.FunctionCall{Name: name, Arguments: w.args}}, true
+	}
+	return openai.ToolCall{}, false
 }

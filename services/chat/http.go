@@ -43,6 +43,7 @@ type srv struct {
 	service.Base
 	log         *slog.Logger
 	chatTimeout time.Duration
+	limits      turn.Input // the agent's limits (MaxSteps, ToolResultMax) every turn gets
 	run         atomic.Pointer[running]
 }
 
@@ -93,7 +94,7 @@ func (s *srv) parse(w http.ResponseWriter, r *http.Request) (turn.Input, string,
 	if err := contract.CheckMessage(req.Text, req.Tags); err != nil {
 		return turn.Input{}, "", false, err
 	}
-	in := turn.Input{UserID: req.UserID, Text: req.Text, Tags: req.Tags}
+	in := turn.Input{UserID: req.UserID, Text: req.Text, Tags: req.Tags, MaxSteps: s.limits.MaxSteps, ToolResultMax: s.limits.ToolResultMax}
 	if req.Metadata != nil && req.Metadata.SessionID != "" {
 		if err := contract.CheckID("session_id", req.Metadata.SessionID); err != nil {
 			return turn.Input{}, "", false, err

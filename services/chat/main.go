@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"time"
 
+	runtimev1pb "github.com/dapr/dapr/pkg/proto/runtime/v1"
 	"github.com/dapr/durabletask-go/workflow"
 
 	"github.com/daca-go/daca/internal/api"
@@ -34,17 +35,22 @@ type config struct {
 	// <dir>/<name>.armed there makes the process kill itself (SIGKILL) the
 	// next time a turn reaches failpoint <name>, once. Unset in production.
 	failpoints string
+	// The agent's limits, given to every turn (turn.Input).
+	maxSteps      int // AGENT_MAX_STEPS: rounds of the model per turn
+	toolResultMax int // TOOL_RESULT_MAX: bytes of a tool result the model gets
 }
 
 func loadConfig() (config, error) {
 	r := env.New()
 	c := config{
-		Common:       service.ReadCommon(r, 8010),
-		chatTimeout:  r.Duration("CHAT_TIMEOUT", 60*time.Second),
-		llm:          llm.ConfigFromEnv(r),
-		daprHTTPPort: r.Int("DAPR_HTTP_PORT", 3500, 1, 65535),
-		daprToken:    r.String("DAPR_API_TOKEN", ""),
-		failpoints:   r.String("FAILPOINTS_DIR", ""),
+		Common:        service.ReadCommon(r, 8010),
+		chatTimeout:   r.Duration("CHAT_TIMEOUT", 60*time.Second),
+		llm:           llm.ConfigFromEnv(r),
+		daprHTTPPort:  r.Int("DAPR_HTTP_PORT", 3500, 1, 65535),
+		daprToken:     r.String("DAPR_API_TOKEN", ""),
+		failpoints:    r.String("FAILPOINTS_DIR", ""),
+		maxSteps:      r.Int("AGENT_MAX_STEPS", turn.DefaultMaxSteps, 1, 64),
+		toolResultMax: r.Int("TOOL_RESULT_MAX", turn.DefaultToolResultMax, 256, 1<<20),
 	}
 	return c, r.Err()
 }
@@ -58,6 +64,7 @@ func run(ctx context.Context, cfg config) error {
 	var s *srv
 	st, err := service.Start(ctx, appID, cfg.Common, &cfg.llm, cfg.chatTimeout+5*time.Second, func(log *slog.Logger) http.Handler {
 		s = newServer(log, cfg.AppToken, cfg.chatTimeout)
+		s.limits = turn.Input{MaxSteps: cfg.maxSteps, ToolResultMax: cfg.toolResultMax}
 		return s.routes()
 	})
 	if err != nil {
@@ -68,7 +75,21 @@ func run(ctx context.Context, cfg config) error {
 	wf := workflow.NewClient(dc.GrpcClientConn())
 	reg := workflow.NewRegistry()
 	memory := api.Memory{Caller: daprc.NewHTTP(cfg.daprHTTPPort, cfg.daprToken)}
-	acts := &turn.Activities{Memory: memory, Publisher: dc, Model: st.Model, State: dc, Log: log}
+	// Every tool of every MCPServer of the sidecar (components/mcpserver-*.yaml),
+	// listed through Dapr's ListTools workflows.
+	runtime := runtimev1pb.NewDaprClient(dc.GrpcClientConn())
+	tools := &turn.Catalog{Workflows: wf, Log: log, Servers: func(ctx context.Context) ([]string, error) {
+		md, err := runtime.GetMetadata(daprc.Outgoing(ctx, cfg.daprToken), &runtimev1pb.GetMetadataRequest{})
+		if err != nil {
+			return nil, err
+		}
+		var names []string
+		for _, m := range md.GetMcpServers() {
+			names = append(names, m.GetName())
+		}
+		return names, nil
+	}}
+	acts := &turn.Activities{Memory: memory, Publisher: dc, Model: st.Model, State: dc, Tools: tools, Log: log}
 	if cfg.failpoints != "" {
 		log.Warn("FAILPOINTS_DIR is set: this process crashes itself at armed failpoints (fault tests only)", "dir", cfg.failpoints)
 		acts.Failpoint = crashAt(cfg.failpoints)
@@ -90,8 +111,9 @@ func run(ctx context.Context, cfg config) error {
 	if err := turn.Warmup(st.Init, wf, 10*time.Second, log); err != nil {
 		return err
 	}
+	offered := tools.Tools(st.Init)
 	s.ready(wf, newClaimCache(memoryOwners{memory}, claimTTL, maxClaims), dc, st.Model.Mode())
-	log.Info("ready", "llm", st.Model.Mode(), "chat_timeout", cfg.chatTimeout.String())
+	log.Info("ready", "llm", st.Model.Mode(), "chat_timeout", cfg.chatTimeout.String(), "tools", len(offered), "agent_max_steps", cfg.maxSteps)
 	err = st.Wait()
 	stopWorker()
 	return err

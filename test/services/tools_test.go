@@ -3,6 +3,7 @@ package services
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -103,5 +104,50 @@ func TestToolsThroughDapr(t *testing.T) {
 	}
 	if r := call("create_note", map[string]any{"text": "no user"}); !r.IsError {
 		t.Fatalf("create_note without a user: %+v; want isError", r)
+	}
+}
+
+// TestTurnCallsTools: a chat turn whose message asks for two tools calls
+// them in two rounds — each a step of the turn's workflow, the MCP tool run
+// by Dapr on the tool server — and its reply has both results; the note was
+// kept for the turn's user (the one chat-service passed, not the model).
+func TestTurnCallsTools(t *testing.T) {
+	st := stacktest.Stack(t)
+	user := unique("tool-turn")
+	r := stacktest.Do(t, http.MethodPost, chatURL(st, "chat"),
+		map[string]any{"user_id": user, "text": "Please convert 5 km to mi and remind me to buy milk"}, token(st)...)
+	if r.Status != http.StatusOK {
+		t.Fatalf("chat: %d %s", r.Status, r.Body)
+	}
+	reply, _ := r.JSON["reply"].(string)
+	for _, want := range []string{"tools_convert_units answered: 5 km = 3.106856 mi", "tools_create_note answered: noted"} {
+		if !strings.Contains(reply, want) {
+			t.Errorf("reply %q lacks %q", reply, want)
+		}
+	}
+	// The turn's workflow record keeps both calls, in order.
+	id, _ := r.JSON["instance_id"].(string)
+	run := stacktest.Do(t, http.MethodGet, chatURL(st, "chat/"+id), nil, token(st)...)
+	if run.Status != http.StatusOK {
+		t.Fatalf("chat run: %d %s", run.Status, run.Body)
+	}
+	// The note is the turn's user's.
+	c, err := dapr.NewClientWithAddress(st.App(contract.ChatApp).SidecarGRPC())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.WithAuthToken(st.APIToken)
+	wf := workflow.NewClient(c.GrpcClientConn())
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	wid, err := wf.ScheduleWorkflow(ctx, "dapr.internal.mcp."+contract.ToolServer+".CallTool.list_notes",
+		workflow.WithInput(map[string]any{"arguments": map[string]any{contract.ToolUserArg: user}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta, err := wf.WaitForWorkflowCompletion(ctx, wid, workflow.WithFetchPayloads(true))
+	if err != nil || !strings.Contains(meta.Output.GetValue(), "buy milk") {
+		t.Fatalf("notes of %s: %v %v", user, meta, err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -27,9 +28,15 @@ type Publisher interface {
 	PublishEvent(ctx context.Context, pubsubName, topicName string, data interface{}, opts ...dapr.PublishEventOption) error
 }
 
-// Model generates replies, streamed piece by piece (llm.Client.Stream).
+// Model answers one round of a turn, its text streamed piece by piece
+// (llm.Client.Round).
 type Model interface {
-	Stream(ctx context.Context, system string, history []llm.Message, user string, on func(llm.Piece)) (string, error)
+	Round(ctx context.Context, system string, msgs []llm.Message, tools []llm.ToolSpec, on func(string)) (llm.Answer, error)
+}
+
+// Tools lists the tools offered to the model (Catalog).
+type Tools interface {
+	Tools(ctx context.Context) []Tool
 }
 
 // Activities holds what the activities need.
@@ -38,6 +45,10 @@ type Activities struct {
 	Memory    api.Memory
 	Publisher Publisher
 	Model     Model
+	// Tools are the tools offered to the model; nil: the built-in one only.
+	Tools Tools
+	// Now is the built-in tool's clock; nil: time.Now.
+	Now func() time.Time
 	// State counts the executions of generate_response of a turn, which
 	// number the streamed pieces; nil: the reply is not streamed.
 	State State
@@ -62,6 +73,7 @@ func (a *Activities) Register(r *workflow.Registry) error {
 		r.AddActivityN(ActGenerate, a.GenerateResponse),
 		r.AddActivityN(ActSave, a.SaveConversation),
 		r.AddActivityN(ActHandleError, a.HandleError),
+		r.AddActivityN(ActRunTool, a.RunTool),
 	)
 }
 
@@ -121,38 +133,94 @@ func (a *Activities) FetchContext(ctx workflow.ActivityContext) (any, error) {
 	return c, nil
 }
 
-// GenerateResponse asks the LLM for the reply and streams it on
-// contract.TopicChatStream as it is written.
+// GenerateResponse is one round of the model: the conversation so far
+// (history, the user's message, the turn's earlier rounds with their tools'
+// results) with the tools it may call. Its text is streamed on
+// contract.TopicChatStream as it is written, after the reply so far; the
+// earlier round's tool results and this round's calls go out as pieces of
+// their own. The calls come back resolved (Prepare): the workflow runs each
+// as a step of its own.
 func (a *Activities) GenerateResponse(ctx workflow.ActivityContext) (any, error) {
 	var in generateInput
 	if err := ctx.GetInput(&in); err != nil {
 		return nil, err
 	}
 	p := in.Context.Profile
-	hist := make([]llm.Message, 0, len(in.Context.History))
+	msgs := make([]llm.Message, 0, len(in.Context.History)+1+2*len(in.Steps))
 	for _, e := range in.Context.History {
-		hist = append(hist, llm.Message{Role: e.Role, Content: e.Content})
+		msgs = append(msgs, llm.Message{Role: e.Role, Content: e.Content})
+	}
+	msgs = append(msgs, llm.Message{Role: contract.RoleUser, Content: in.Text})
+	var soFar strings.Builder
+	for _, st := range in.Steps {
+		soFar.WriteString(st.Text)
+		am := llm.Message{Role: contract.RoleAssistant, Content: st.Text}
+		for _, c := range st.Calls {
+			am.ToolCalls = append(am.ToolCalls, llm.ToolCall{ID: c.ID, Name: c.Name, Arguments: c.Arguments})
+		}
+		msgs = append(msgs, am)
+		for _, c := range st.Calls {
+			msgs = append(msgs, llm.Message{Role: llm.RoleTool, Content: c.Result, ToolCallID: c.ID, Name: c.Name})
+		}
 	}
 	sctx, sp := span(ctx, ActGenerate, in.InstanceID, in.Trace)
 	defer sp.End()
 	start := time.Now()
-	log := a.logger(ctx, ActGenerate, in.InstanceID).With("trace_id", telemetry.TraceID(sctx))
-	var on func(llm.Piece)
+	log := a.logger(ctx, ActGenerate, in.InstanceID).With("trace_id", telemetry.TraceID(sctx), "round", len(in.Steps)+1)
+	tools := []Tool{Builtin}
+	if a.Tools != nil {
+		tools = a.Tools.Tools(sctx)
+	}
+	var on func(string)
+	var st *streamer
 	if a.State != nil {
-		st := newStreamer(sctx, a.Publisher, log, in.InstanceID, in.UserID, func(ctx context.Context) (int, error) {
+		st = newStreamer(sctx, a.Publisher, log, in.InstanceID, in.UserID, soFar.String(), func(ctx context.Context) (int, error) {
 			return nextExecution(ctx, a.State, in.InstanceID)
 		})
 		defer st.close()
-		on = st.on
+		if n := len(in.Steps); n > 0 {
+			for _, c := range in.Steps[n-1].Calls {
+				st.tool(c)
+			}
+		}
+		on = st.text
 	}
-	reply, err := a.Model.Stream(sctx, llm.ChatInstructions(p.Name, p.PreferredStyle, p.UserSummary), hist, in.Text, on)
+	ans, err := a.Model.Round(sctx, llm.ChatInstructions(p.Name, p.PreferredStyle, p.UserSummary), msgs, Specs(tools), on)
 	if err != nil {
 		sp.SetStatus(codes.Error, "LLM failed")
 		log.Error("LLM failed", "code", apperr.CodeOf(err), "err", err)
 		return nil, err
 	}
-	log.Info("reply generated", "duration_ms", time.Since(start).Milliseconds(), "history_entries", len(hist))
-	return reply, nil
+	out := Round{Text: ans.Text}
+	for _, tc := range ans.ToolCalls {
+		c := Prepare(tools, tc, in.UserID)
+		out.Calls = append(out.Calls, c)
+		if st != nil {
+			st.tool(c)
+		}
+	}
+	log.Info("model answered", "duration_ms", time.Since(start).Milliseconds(), "history_entries", len(in.Context.History), "tool_calls", len(out.Calls))
+	return out, nil
+}
+
+// RunTool runs the built-in tool (get_current_time). Its result is not
+// logged at info level (no tool's is).
+func (a *Activities) RunTool(ctx workflow.ActivityContext) (any, error) {
+	var in toolInput
+	if err := ctx.GetInput(&in); err != nil {
+		return nil, err
+	}
+	_, sp := span(ctx, ActRunTool, in.InstanceID, in.Trace)
+	defer sp.End()
+	if in.Call.Tool != Builtin.Tool {
+		return "error: unknown built-in tool " + in.Call.Tool, nil
+	}
+	now := time.Now
+	if a.Now != nil {
+		now = a.Now
+	}
+	a.logger(ctx, ActRunTool, in.InstanceID).Debug("built-in tool called", "tool", in.Call.Tool)
+	return now().UTC().Format(llm.TimeFormat), nil
 }
 
 // SaveConversation publishes ConversationUpdated with the workflow instance

@@ -94,25 +94,42 @@ type piece struct {
 // whose number count gives (nextExecution); ctx carries the trace (its
 // cancellation is not used: pieces still on their way go out after the
 // activity returned).
-func newStreamer(ctx context.Context, pub Publisher, log *slog.Logger, instanceID, userID string, count func(context.Context) (int, error)) *streamer {
-	s := &streamer{pub: pub, log: log, interval: contract.StreamInterval,
+// The text of its pieces follows prefix, the reply so far (the turn's
+// earlier rounds).
+func newStreamer(ctx context.Context, pub Publisher, log *slog.Logger, instanceID, userID, prefix string, count func(context.Context) (int, error)) *streamer {
+	s := &streamer{pub: pub, log: log, interval: contract.StreamInterval, size: len(prefix),
 		wake: make(chan struct{}, 1), counted: make(chan struct{}), done: make(chan struct{})}
-	go s.send(context.WithoutCancel(ctx), contract.ChatStreamed{InstanceID: instanceID, UserID: userID}, count)
+	go s.send(context.WithoutCancel(ctx), contract.ChatStreamed{InstanceID: instanceID, UserID: userID}, prefix, count)
 	return s
 }
 
 // on is the llm.Piece callback.
 func (s *streamer) on(p llm.Piece) {
+	if p.Tool != nil {
+		s.tool(ToolCall{Name: p.Tool.Name, Arguments: p.Tool.Arguments, Result: p.Tool.Result})
+		return
+	}
+	s.text(p.Delta)
+}
+
+// tool publishes a tool call (with its result once it has one) as a piece
+// of its own.
+func (s *streamer) tool(c ToolCall) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.stopped {
+		s.cutLocked(&contract.ToolCall{Name: c.Name, Arguments: c.Arguments, Result: c.Result})
+	}
+}
+
+// text is the callback of the model's text as it is written.
+func (s *streamer) text(delta string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopped {
 		return
 	}
-	if p.Tool != nil {
-		s.cutLocked(&contract.ToolCall{Name: p.Tool.Name, Arguments: p.Tool.Arguments, Result: p.Tool.Result})
-		return
-	}
-	s.pending.WriteString(p.Delta)
+	s.pending.WriteString(delta)
 	wait := s.interval - time.Since(s.last)
 	if !s.cut || wait <= 0 {
 		s.cutLocked(nil)
@@ -176,7 +193,7 @@ func (s *streamer) signal() {
 
 // send counts the execution, then publishes the pieces as they are cut,
 // until the streamer is closed and nothing is left.
-func (s *streamer) send(ctx context.Context, ev contract.ChatStreamed, count func(context.Context) (int, error)) {
+func (s *streamer) send(ctx context.Context, ev contract.ChatStreamed, prefix string, count func(context.Context) (int, error)) {
 	defer close(s.done)
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	exec, err := count(cctx)
@@ -191,6 +208,7 @@ func (s *streamer) send(ctx context.Context, ev contract.ChatStreamed, count fun
 	}
 	ev.Execution, ev.Seq = exec, (exec-1)*contract.SeqBlock
 	var text strings.Builder
+	text.WriteString(prefix)
 	for {
 		s.mu.Lock()
 		batch, closed := s.queue, s.closed

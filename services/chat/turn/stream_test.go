@@ -35,7 +35,7 @@ func TestStreamerCoalesces(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			pub := &published{}
 			release := make(chan struct{})
-			s := newStreamer(t.Context(), pub, testkit.Quiet(), "chat-1", "ana", func(context.Context) (int, error) {
+			s := newStreamer(t.Context(), pub, testkit.Quiet(), "chat-1", "ana", "", func(context.Context) (int, error) {
 				<-release
 				return tt.execution, nil
 			})
@@ -56,7 +56,7 @@ func TestStreamerCoalesces(t *testing.T) {
 // published without waiting for more of the reply or for close.
 func TestStreamerFirstPieceAtOnce(t *testing.T) {
 	pub := &published{}
-	s := newStreamer(t.Context(), pub, testkit.Quiet(), "chat-1", "ana", func(context.Context) (int, error) { return 1, nil })
+	s := newStreamer(t.Context(), pub, testkit.Quiet(), "chat-1", "ana", "", func(context.Context) (int, error) { return 1, nil })
 	s.interval = time.Hour
 	s.on(llm.Piece{Delta: "Let me see. "})
 	testkit.WaitUntil(t, 2*time.Second, "the first piece published", func() bool { return len(pub.streamed()) == 1 })
@@ -75,7 +75,7 @@ func TestStreamerFirstPieceAtOnce(t *testing.T) {
 // nothing, and close does not hang.
 func TestStreamerCountFails(t *testing.T) {
 	pub := &published{}
-	s := newStreamer(t.Context(), pub, testkit.Quiet(), "chat-1", "ana", func(context.Context) (int, error) { return 0, errors.New("state store down") })
+	s := newStreamer(t.Context(), pub, testkit.Quiet(), "chat-1", "ana", "", func(context.Context) (int, error) { return 0, errors.New("state store down") })
 	s.on(llm.Piece{Delta: "a"})
 	s.close()
 	s.wait()
@@ -116,7 +116,7 @@ func checkPieces(t *testing.T, got, want []contract.ChatStreamed, execution int)
 // waiting for the next word.
 func TestStreamerInterval(t *testing.T) {
 	pub := &published{}
-	s := newStreamer(t.Context(), pub, testkit.Quiet(), "chat-1", "ana", func(context.Context) (int, error) { return 1, nil })
+	s := newStreamer(t.Context(), pub, testkit.Quiet(), "chat-1", "ana", "", func(context.Context) (int, error) { return 1, nil })
 	testkit.WaitUntil(t, 2*time.Second, "the execution counted", func() bool {
 		select {
 		case <-s.counted:

@@ -13,9 +13,11 @@
 package turn
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/dapr/durabletask-go/workflow"
 
@@ -29,6 +31,7 @@ const (
 	ActGenerate     = "generate_response"
 	ActSave         = "save_conversation"
 	ActHandleError  = "handle_error"
+	ActRunTool      = "run_tool" // the built-in tool
 )
 
 // Input of chat_workflow.
@@ -40,7 +43,19 @@ type Input struct {
 	// Trace is the W3C trace context of the request that started the turn;
 	// the activities continue that trace.
 	Trace map[string]string `json:"trace,omitempty"`
+	// MaxSteps is how many rounds the model gets (AGENT_MAX_STEPS, set when
+	// the turn starts); 0: DefaultMaxSteps.
+	MaxSteps int `json:"max_steps,omitempty"`
+	// ToolResultMax is the longest tool result given to the model
+	// (TOOL_RESULT_MAX); 0: DefaultToolResultMax.
+	ToolResultMax int `json:"tool_result_max,omitempty"`
 }
+
+// Defaults of Input.
+const (
+	DefaultMaxSteps      = 8
+	DefaultToolResultMax = 16 << 10
+)
 
 // Output of chat_workflow.
 type Output struct {
@@ -48,6 +63,49 @@ type Output struct {
 	SessionID string    `json:"session_id"`
 	Reply     string    `json:"reply"`
 	Timestamp time.Time `json:"timestamp"`
+	// ToolCalls are the turn's tool calls, in order.
+	ToolCalls []ToolCall `json:"tool_calls,omitempty"`
+}
+
+// ToolCall is one tool call of a turn: what the model asked for, where it
+// ran, what it answered.
+type ToolCall struct {
+	ID        string `json:"id"`
+	Name      string `json:"name"`             // as the model knows it
+	Arguments string `json:"arguments"`        // as the model wrote them
+	Server    string `json:"server,omitempty"` // the MCPServer; "" for the built-in tool
+	Tool      string `json:"tool,omitempty"`   // the server's own name of it
+	// Args are what is sent: the model's arguments, with the turn's user for
+	// a tool that acts for one.
+	Args map[string]any `json:"args,omitempty"`
+	// Refused says why the call was not sent (an unknown tool, arguments
+	// that do not match its schema).
+	Refused string `json:"refused,omitempty"`
+	Result  string `json:"result,omitempty"`
+	Failed  bool   `json:"failed,omitempty"`
+}
+
+// Step is one round of the model's: its text, and the tools it called.
+type Step struct {
+	Text  string     `json:"text,omitempty"`
+	Calls []ToolCall `json:"calls,omitempty"`
+}
+
+// Round is what one generate_response execution answers.
+type Round struct {
+	Text  string     `json:"text"`
+	Calls []ToolCall `json:"calls,omitempty"`
+}
+
+// UnmarshalJSON also reads the plain reply that generate_response answered
+// before the tool loop was durable (turns in flight across the upgrade).
+func (r *Round) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		*r = Round{}
+		return json.Unmarshal(b, &r.Text)
+	}
+	type plain Round
+	return json.Unmarshal(b, (*plain)(r))
 }
 
 // Recalled is what fetch_context recalls from agent-memory-service.
@@ -70,6 +128,28 @@ type generateInput struct {
 	Trace      map[string]string `json:"trace,omitempty"`
 	Context    Recalled          `json:"context"`
 	Text       string            `json:"text"`
+	// Steps are the earlier rounds of this turn, with their tools' results.
+	Steps []Step `json:"steps,omitempty"`
+}
+
+type toolInput struct {
+	InstanceID string            `json:"instance_id"`
+	Trace      map[string]string `json:"trace,omitempty"`
+	Call       ToolCall          `json:"call"`
+}
+
+// mcpInput and mcpResult are the input and output of an MCP tool's workflow.
+type mcpInput struct {
+	Arguments map[string]any `json:"arguments,omitempty"`
+}
+
+type mcpResult struct {
+	Content []struct {
+		Type string `json:"type"`
+		Text string `json:"text"`
+	} `json:"content"`
+	StructuredContent json.RawMessage `json:"structuredContent,omitempty"`
+	IsError           bool            `json:"isError"`
 }
 
 type saveInput struct {
@@ -101,6 +181,10 @@ func saveRetry() *workflow.RetryPolicy {
 	return &workflow.RetryPolicy{MaxAttempts: 5, InitialRetryInterval: 500 * time.Millisecond, BackoffCoefficient: 2, MaxRetryInterval: 5 * time.Second}
 }
 
+func toolRetry() *workflow.RetryPolicy {
+	return &workflow.RetryPolicy{MaxAttempts: 3, InitialRetryInterval: 200 * time.Millisecond, BackoffCoefficient: 2, MaxRetryInterval: 2 * time.Second}
+}
+
 func errorRetry() *workflow.RetryPolicy {
 	return &workflow.RetryPolicy{MaxAttempts: 2, InitialRetryInterval: 200 * time.Millisecond, BackoffCoefficient: 2}
 }
@@ -124,11 +208,37 @@ func Workflow(ctx *workflow.WorkflowContext) (any, error) {
 		return fail(contract.StageContext, err)
 	}
 
-	ctx.SetCustomStatus(contract.StageGenerate)
+	// The tool loop: each round of the model is an activity, each tool call
+	// a step of its own (the built-in tool an activity, an MCP tool the
+	// workflow Dapr runs it as), so a restart never repeats a step that had
+	// completed and never loses one that had not.
+	maxSteps := in.MaxSteps
+	if maxSteps <= 0 {
+		maxSteps = DefaultMaxSteps
+	}
+	var steps []Step
 	var reply string
-	if err := ctx.CallActivity(ActGenerate, workflow.WithActivityInput(generateInput{InstanceID: ctx.ID(), UserID: in.UserID, Trace: in.Trace, Context: c, Text: in.Text}),
-		workflow.WithActivityRetryPolicy(generateRetry())).Await(&reply); err != nil {
-		return fail(contract.StageGenerate, err)
+	var calls []ToolCall
+	for round := 1; ; round++ {
+		if round > maxSteps {
+			reply += fmt.Sprintf("\n\n(I stopped after %d steps without finishing; please ask again, perhaps in smaller parts.)", maxSteps)
+			break
+		}
+		ctx.SetCustomStatus(contract.StageGenerate)
+		var r Round
+		if err := ctx.CallActivity(ActGenerate, workflow.WithActivityInput(generateInput{InstanceID: ctx.ID(), UserID: in.UserID, Trace: in.Trace,
+			Context: c, Text: in.Text, Steps: steps}), workflow.WithActivityRetryPolicy(generateRetry())).Await(&r); err != nil {
+			return fail(contract.StageGenerate, err)
+		}
+		reply += r.Text
+		if len(r.Calls) == 0 {
+			break
+		}
+		for i := range r.Calls {
+			r.Calls[i] = callTool(ctx, in, r.Calls[i], fmt.Sprintf("%s-r%d-t%d", ctx.ID(), round, i+1))
+		}
+		calls = append(calls, r.Calls...)
+		steps = append(steps, Step{Text: r.Text, Calls: r.Calls})
 	}
 
 	ctx.SetCustomStatus(contract.StageSave)
@@ -138,5 +248,64 @@ func Workflow(ctx *workflow.WorkflowContext) (any, error) {
 		workflow.WithActivityRetryPolicy(saveRetry())).Await(nil); err != nil {
 		return fail(contract.StageSave, err)
 	}
-	return Output{UserID: in.UserID, SessionID: in.SessionID, Reply: reply, Timestamp: ctx.CurrentTimeUTC()}, nil
+	return Output{UserID: in.UserID, SessionID: in.SessionID, Reply: reply, Timestamp: ctx.CurrentTimeUTC(), ToolCalls: calls}, nil
+}
+
+// callTool runs one tool call as a step of the turn and returns it with its
+// result: a refused call's reason, the built-in tool's answer (activity
+// ActRunTool), or an MCP tool's (the workflow of Dapr's MCP engine, as a
+// child workflow with a fixed id). A tool that fails gives the model an
+// error result; the turn goes on. A result longer than the turn's
+// ToolResultMax is cut, and the cut is marked.
+func callTool(ctx *workflow.WorkflowContext, in Input, c ToolCall, childID string) ToolCall {
+	switch {
+	case c.Refused != "":
+		c.Result, c.Failed = "error: "+c.Refused, true
+	case c.Server == "":
+		ctx.SetCustomStatus(contract.StageTool)
+		if err := ctx.CallActivity(ActRunTool, workflow.WithActivityInput(toolInput{InstanceID: ctx.ID(), Trace: in.Trace, Call: c}),
+			workflow.WithActivityRetryPolicy(toolRetry())).Await(&c.Result); err != nil {
+			c.Result, c.Failed = "error: the tool failed", true
+		}
+	default:
+		ctx.SetCustomStatus(contract.StageTool)
+		var res mcpResult
+		if err := ctx.CallChildWorkflow(MCPCallTool(c.Server, c.Tool), workflow.WithChildWorkflowInput(mcpInput{Arguments: c.Args}),
+			workflow.WithChildWorkflowInstanceID(childID)).Await(&res); err != nil {
+			c.Result, c.Failed = "error: the tool could not be run (its server may be unavailable)", true
+			break
+		}
+		var b strings.Builder
+		for _, part := range res.Content {
+			if part.Type == "text" || part.Type == "" {
+				b.WriteString(part.Text)
+			}
+		}
+		if b.Len() == 0 && len(res.StructuredContent) > 0 {
+			b.Write(res.StructuredContent)
+		}
+		c.Result, c.Failed = b.String(), res.IsError
+		if c.Failed && !strings.HasPrefix(c.Result, "error") {
+			c.Result = "error: " + c.Result
+		}
+	}
+	max := in.ToolResultMax
+	if max <= 0 {
+		max = DefaultToolResultMax
+	}
+	c.Result = cut(c.Result, max)
+	return c
+}
+
+// cut shortens s to at most max bytes (on a UTF-8 boundary) and says so.
+func cut(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	const mark = "\n[cut: the result was longer than %d bytes]"
+	n := max
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + fmt.Sprintf(mark, max)
 }

@@ -34,7 +34,7 @@ import (
 // engine runs chat_workflow on durabletask-go's own engine in this process
 // (in-memory SQLite backend, the gRPC executor daprd also serves), with the
 // activities over a, and returns its client.
-func engine(t *testing.T, a *Activities) *workflow.Client {
+func engine(t *testing.T, a *Activities, extra ...func(*workflow.Registry) error) *workflow.Client {
 	t.Helper()
 	logger := backend.DefaultLogger()
 	be := sqlite.NewSqliteBackend(sqlite.NewSqliteOptions(""), logger)
@@ -61,6 +61,11 @@ func engine(t *testing.T, a *Activities) *workflow.Client {
 	reg := workflow.NewRegistry()
 	if err := a.Register(reg); err != nil {
 		t.Fatal(err)
+	}
+	for _, f := range extra {
+		if err := f(reg); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := c.StartWorker(ctx, reg); err != nil {
 		t.Fatal(err)
@@ -202,22 +207,23 @@ type model struct {
 	system  string
 }
 
-func (m *model) Stream(_ context.Context, system string, history []llm.Message, user string, on func(llm.Piece)) (string, error) {
+func (m *model) Round(_ context.Context, system string, msgs []llm.Message, _ []llm.ToolSpec, on func(string)) (llm.Answer, error) {
 	m.mu.Lock()
 	m.calls++
-	m.history, m.system = history, system
+	m.history, m.system = msgs[:len(msgs)-1], system
 	err := m.err
 	m.mu.Unlock()
 	if on == nil {
-		on = func(llm.Piece) {}
+		on = func(string) {}
 	}
 	if err != nil {
-		on(llm.Piece{Delta: "partial "})
-		return "", err
+		on("partial ")
+		return llm.Answer{}, err
 	}
-	on(llm.Piece{Delta: "re: "})
-	on(llm.Piece{Delta: user})
-	return "re: " + user, nil
+	user := msgs[len(msgs)-1].Content
+	on("re: ")
+	on(user)
+	return llm.Answer{Text: "re: " + user}, nil
 }
 
 func run(t *testing.T, c *workflow.Client, id string, in Input) *workflow.WorkflowMetadata {

@@ -1,0 +1,276 @@
+package turn
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dapr/durabletask-go/workflow"
+	"github.com/google/jsonschema-go/jsonschema"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/daca-go/daca/internal/contract"
+	"github.com/daca-go/daca/internal/llm"
+)
+
+// Tool is a tool the model may call: the built-in get_current_time, or a
+// tool of an MCP server that chat-service's sidecar runs (Dapr's MCPServer).
+type Tool struct {
+	Name        string // as the model knows it: unique, ^[a-zA-Z0-9_-]{1,64}$
+	Server      string // the MCPServer; "" for the built-in tool
+	Tool        string // the server's own name of the tool
+	Description string
+	Schema      json.RawMessage // the arguments the model gives (without contract.ToolUserArg)
+	ReadOnly    bool            // MCP's readOnlyHint
+	ForUser     bool            // chat-service passes the turn's user (contract.ToolUserArg)
+
+	resolved *jsonschema.Resolved // Schema, for checking arguments; nil: not checked
+}
+
+// Builtin is the built-in tool (run by the activity ActRunTool).
+var Builtin = Tool{Name: llm.TimeTool.Name, Tool: llm.TimeTool.Name, Description: llm.TimeTool.Description,
+	Schema: llm.TimeTool.Parameters, ReadOnly: true}
+
+// MCPCallTool is the workflow of Dapr's MCP engine that calls tool of
+// server (its input {"arguments": …}, its output MCP's CallToolResult).
+func MCPCallTool(server, tool string) string {
+	return "dapr.internal.mcp." + server + ".CallTool." + tool
+}
+
+func mcpListTools(server string) string { return "dapr.internal.mcp." + server + ".ListTools" }
+
+// Catalog is what chat-service offers the model: the built-in tool and every
+// tool of every MCPServer of its sidecar, listed through Dapr (the
+// ListTools workflow) at start and again when the list is older than
+// Refresh. A server that cannot be listed has no tools (said in the log once
+// until it lists again), and never fails a turn.
+type Catalog struct {
+	// Servers names the MCPServers of the sidecar (its metadata).
+	Servers func(ctx context.Context) ([]string, error)
+	// Workflows runs the ListTools workflows.
+	Workflows interface {
+		ScheduleWorkflow(ctx context.Context, orchestrator string, opts ...workflow.NewWorkflowOptions) (string, error)
+		WaitForWorkflowCompletion(ctx context.Context, id string, opts ...workflow.FetchWorkflowMetadataOptions) (*workflow.WorkflowMetadata, error)
+		PurgeWorkflowState(ctx context.Context, id string, opts ...workflow.PurgeOptions) error
+	}
+	Refresh time.Duration // default a minute
+	Log     *slog.Logger
+
+	once  singleflight.Group
+	mu    sync.Mutex
+	tools []Tool
+	at    time.Time
+	down  map[string]bool // servers whose listing failed (logged once)
+}
+
+// Tools returns the tools, listed again first when the list is older than
+// Refresh (one listing at a time; the others wait for it).
+func (c *Catalog) Tools(ctx context.Context) []Tool {
+	refresh := c.Refresh
+	if refresh == 0 {
+		refresh = time.Minute
+	}
+	c.mu.Lock()
+	fresh, tools := time.Since(c.at) < refresh, c.tools
+	c.mu.Unlock()
+	if fresh || c.Servers == nil {
+		return append([]Tool{Builtin}, tools...)
+	}
+	v, _, _ := c.once.Do("list", func() (any, error) { return c.list(context.WithoutCancel(ctx)), nil })
+	return append([]Tool{Builtin}, v.([]Tool)...)
+}
+
+// list lists every server's tools and keeps them.
+func (c *Catalog) list(ctx context.Context) []Tool {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	servers, err := c.Servers(ctx)
+	if err != nil {
+		c.Log.Warn("the sidecar's MCP servers could not be read; keeping the tools listed before", "err", err)
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.at = time.Now()
+		return c.tools
+	}
+	slices.Sort(servers)
+	var tools []Tool
+	taken := map[string]bool{Builtin.Name: true}
+	down := map[string]bool{}
+	for _, s := range servers {
+		listed, err := c.listServer(ctx, s)
+		if err != nil {
+			down[s] = true
+			c.mu.Lock()
+			known := c.down[s]
+			c.mu.Unlock()
+			if !known {
+				c.Log.Warn("MCP server unavailable: its tools are not offered until it lists again", "mcp_server", s, "err", err)
+			}
+			continue
+		}
+		for _, t := range listed {
+			t.Name = uniqueName(s, t.Tool, taken)
+			tools = append(tools, t)
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for s := range c.down {
+		if !down[s] {
+			c.Log.Info("MCP server available again", "mcp_server", s)
+		}
+	}
+	c.tools, c.at, c.down = tools, time.Now(), down
+	return tools
+}
+
+// mcpTool is a tool as MCP's ListTools result describes it.
+type mcpTool struct {
+	Name        string         `json:"name"`
+	Description string         `json:"description"`
+	InputSchema map[string]any `json:"inputSchema"`
+	Annotations *struct {
+		ReadOnlyHint bool `json:"readOnlyHint"`
+	} `json:"annotations"`
+}
+
+// listServer runs server's ListTools workflow.
+func (c *Catalog) listServer(ctx context.Context, server string) ([]Tool, error) {
+	id, err := c.Workflows.ScheduleWorkflow(ctx, mcpListTools(server))
+	if err != nil {
+		return nil, err
+	}
+	defer c.Workflows.PurgeWorkflowState(context.WithoutCancel(ctx), id)
+	meta, err := c.Workflows.WaitForWorkflowCompletion(ctx, id, workflow.WithFetchPayloads(true))
+	if err != nil {
+		return nil, err
+	}
+	if meta.RuntimeStatus != workflow.StatusCompleted || meta.Output == nil {
+		return nil, fmt.Errorf("ListTools ended %s", meta.String())
+	}
+	var res struct {
+		Tools []mcpTool `json:"tools"`
+	}
+	if err := json.Unmarshal([]byte(meta.Output.GetValue()), &res); err != nil {
+		return nil, fmt.Errorf("ListTools answered something unreadable: %w", err)
+	}
+	out := make([]Tool, 0, len(res.Tools))
+	for _, mt := range res.Tools {
+		t, err := fromMCP(server, mt)
+		if err != nil {
+			c.Log.Warn("MCP tool left out", "mcp_server", server, "tool", mt.Name, "err", err)
+			continue
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+// fromMCP is the tool as the model gets it: its schema without the user
+// argument, which chat-service fills in.
+func fromMCP(server string, mt mcpTool) (Tool, error) {
+	t := Tool{Server: server, Tool: mt.Name, Description: mt.Description, ReadOnly: mt.Annotations != nil && mt.Annotations.ReadOnlyHint}
+	schema := mt.InputSchema
+	if schema == nil {
+		schema = map[string]any{"type": "object", "properties": map[string]any{}}
+	}
+	if props, ok := schema["properties"].(map[string]any); ok {
+		if _, ok := props[contract.ToolUserArg]; ok {
+			t.ForUser = true
+			props = maps(props)
+			delete(props, contract.ToolUserArg)
+			schema = maps(schema)
+			schema["properties"] = props
+			if req, ok := schema["required"].([]any); ok {
+				schema["required"] = slices.DeleteFunc(slices.Clone(req), func(v any) bool { return v == contract.ToolUserArg })
+			}
+		}
+	}
+	raw, err := json.Marshal(schema)
+	if err != nil {
+		return Tool{}, err
+	}
+	t.Schema = raw
+	var s jsonschema.Schema
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return Tool{}, fmt.Errorf("input schema: %w", err)
+	}
+	if t.resolved, err = s.Resolve(nil); err != nil {
+		return Tool{}, fmt.Errorf("input schema: %w", err)
+	}
+	return t, nil
+}
+
+func maps(m map[string]any) map[string]any {
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+var unsafeName = regexp.MustCompile(`[^a-zA-Z0-9_-]`)
+
+// uniqueName is the model's name of server's tool: what the OpenAI-compatible
+// API accepts (^[a-zA-Z0-9_-]{1,64}$), not taken yet.
+func uniqueName(server, tool string, taken map[string]bool) string {
+	base := unsafeName.ReplaceAllString(server+"_"+tool, "_")
+	if len(base) > 60 {
+		base = base[:60]
+	}
+	name := base
+	for i := 2; taken[name]; i++ {
+		name = fmt.Sprintf("%s_%d", base, i)
+	}
+	taken[name] = true
+	return name
+}
+
+// Specs are the tools as the model is offered them.
+func Specs(tools []Tool) []llm.ToolSpec {
+	out := make([]llm.ToolSpec, len(tools))
+	for i, t := range tools {
+		out[i] = llm.ToolSpec{Name: t.Name, Description: t.Description, Parameters: t.Schema}
+	}
+	return out
+}
+
+// Prepare resolves a call the model made against the tools: where it runs,
+// and what is sent — the model's arguments, checked against the tool's
+// schema, with the turn's user for a tool that acts for one. A call that
+// cannot be sent says why in Refused (named field, unknown tool).
+func Prepare(tools []Tool, tc llm.ToolCall, userID string) ToolCall {
+	c := ToolCall{ID: tc.ID, Name: tc.Name, Arguments: tc.Arguments}
+	i := slices.IndexFunc(tools, func(t Tool) bool { return t.Name == tc.Name })
+	if i < 0 {
+		c.Refused = fmt.Sprintf("unknown tool %q", tc.Name)
+		return c
+	}
+	t := tools[i]
+	c.Server, c.Tool = t.Server, t.Tool
+	args := map[string]any{}
+	if strings.TrimSpace(tc.Arguments) != "" {
+		if err := json.Unmarshal([]byte(tc.Arguments), &args); err != nil {
+			c.Refused = "the arguments are not a JSON object"
+			return c
+		}
+	}
+	delete(args, contract.ToolUserArg) // never the model's
+	if t.resolved != nil {
+		if err := t.resolved.Validate(args); err != nil {
+			c.Refused = "the arguments do not match the tool's input schema: " + err.Error()
+			return c
+		}
+	}
+	if t.ForUser {
+		args[contract.ToolUserArg] = userID
+	}
+	c.Args = args
+	return c
+}
