@@ -42,7 +42,11 @@ func toMessage(e contract.Entry) *model.Message {
 	if e.Role == contract.RoleAssistant {
 		role = model.RoleAssistant
 	}
-	return &model.Message{Role: role, Content: e.Content, Timestamp: e.Timestamp, Cursor: messageCursor(e.Seq)}
+	m := &model.Message{Role: role, Content: e.Content, Timestamp: e.Timestamp, Cursor: messageCursor(e.Seq), ToolCalls: make([]*model.ToolCall, len(e.ToolCalls))}
+	for i, c := range e.ToolCalls {
+		m.ToolCalls[i] = model.ToolCallOf(c)
+	}
+	return m
 }
 
 // cursorPrefix marks a history cursor (and its version).
@@ -101,4 +105,8 @@ func deref(s *string) string {
 		return ""
 	}
 	return *s
+}
+
+func toTool(t contract.ToolInfo) *model.Tool {
+	return &model.Tool{Name: t.Name, Server: opt(t.Server), Description: t.Description, ReadOnly: t.ReadOnly}
 }

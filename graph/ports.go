@@ -37,6 +37,8 @@ type Backend interface {
 	// for an unknown turn.
 	CancelChat(ctx context.Context, instanceID string) (*contract.ChatRun, error)
 	Health(ctx context.Context) BackendHealth
+	// Tools are the tools the agent can use now.
+	Tools(ctx context.Context) ([]contract.ToolInfo, error)
 }
 
 // ChatInput is a checked message to the agent.

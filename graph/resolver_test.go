@@ -73,6 +73,10 @@ func errOf(t *testing.T, c *client.Client, query string, opts ...client.Option) 
 func TestResolvers(t *testing.T) {
 	t.Parallel()
 	f := graphtest.New()
+	f.History["s-tools"] = []contract.Entry{{Role: contract.RoleUser, Content: "convert", Timestamp: graphtest.Time},
+		{Role: contract.RoleAssistant, Content: "done", Timestamp: graphtest.Time, ToolCalls: []contract.ToolCall{
+			{ID: "c1", Name: "tools_convert_units", Server: "tools", Arguments: `{"value":5}`, Result: "5 km = 5000 m", Status: contract.ToolCompleted},
+			{ID: "c2", Name: "get_current_time", Arguments: "{}", Result: "error: x", Status: contract.ToolFailed}}}}
 	c := execClient(resolver(f), graph.DefaultLoaderWait)
 	tests := []struct {
 		name, query string
@@ -90,6 +94,10 @@ func TestResolvers(t *testing.T) {
 		{"chatRun", `{ chatRun(instanceId: "chat-1") { instanceId status reply sessionId } }`,
 			`{"chatRun":{"instanceId":"chat-1","status":"COMPLETED","reply":"hi ana","sessionId":"s1"}}`},
 		{"unknown chatRun", `{ chatRun(instanceId: "chat-x") { status } }`, `{"chatRun":null}`},
+		{"tools", `{ tools { name server readOnly } }`,
+			`{"tools":[{"name":"get_current_time","server":null,"readOnly":true},{"name":"tools_create_note","server":"tools","readOnly":false}]}`},
+		{"a message with its tool calls", `{ conversation(sessionId: "s-tools") { messages { role toolCalls { id name server arguments result status } } } }`,
+			`{"conversation":{"messages":[{"role":"USER","toolCalls":[]},{"role":"ASSISTANT","toolCalls":[{"id":"c1","name":"tools_convert_units","server":"tools","arguments":"{\"value\":5}","result":"5 km = 5000 m","status":"COMPLETED"},{"id":"c2","name":"get_current_time","server":null,"arguments":"{}","result":"error: x","status":"FAILED"}]}]}}`},
 		{"health", `{ health { status gateway sidecar llm authMode backends { appId status } } }`,
 			`{"health":{"status":"ok","gateway":"ok","sidecar":"ok","llm":"offline","authMode":"none","backends":[{"appId":"chat-service","status":"ok"},{"appId":"agent-memory-service","status":"ok"}]}}`},
 		{"sendMessage", `mutation { sendMessage(input: {userId: "ana", text: "hello", idempotencyKey: "k"}) { reply instanceId sessionId status timestamp } }`,

@@ -212,6 +212,22 @@ func (r *queryResolver) Health(ctx context.Context) (*model.Health, error) {
 	return out, nil
 }
 
+// Tools is the resolver for the tools field.
+func (r *queryResolver) Tools(ctx context.Context) ([]*model.Tool, error) {
+	if _, _, err := r.caller(ctx); err != nil {
+		return nil, err
+	}
+	list, err := r.Backend.Tools(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*model.Tool, len(list))
+	for i, t := range list {
+		out[i] = toTool(t)
+	}
+	return out, nil
+}
+
 // Messages is the resolver for the messages field.
 func (r *sessionResolver) Messages(ctx context.Context, obj *model.Session, last *int) ([]*model.Message, error) {
 	n := 0

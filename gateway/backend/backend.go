@@ -174,6 +174,12 @@ func (c *Client) CancelChat(ctx context.Context, instanceID string) (*contract.C
 	return c.chat().Cancel(ctx, instanceID)
 }
 
+func (c *Client) Tools(ctx context.Context) ([]contract.ToolInfo, error) {
+	ctx, cancel := c.limit(ctx, 0)
+	defer cancel()
+	return c.chat().Tools(ctx)
+}
+
 // ReadChatRun reads a turn with a call of its own (a state read after the
 // call began, which a joined read may not be: the chatRun poller needs it).
 func (c *Client) ReadChatRun(ctx context.Context, instanceID string) (*contract.ChatRun, error) {

@@ -143,10 +143,7 @@ func (s *Store) emitLocked(t *turn, ev contract.ChatStreamed) {
 	}
 	c := &model.ChatChunk{InstanceID: t.id, Seq: ev.Seq, Delta: delta, Text: ev.Text, Status: model.ChatStatusRunning, Restarted: t.restarted}
 	if tc := ev.ToolCall; tc != nil {
-		c.ToolCall = &model.ToolCall{Name: tc.Name, Arguments: tc.Arguments}
-		if tc.Result != "" {
-			c.ToolCall.Result = &tc.Result
-		}
+		c.ToolCall = model.ToolCallOf(*tc)
 	}
 	t.restarted = false
 	t.text, t.next = ev.Text, ev.Seq+1

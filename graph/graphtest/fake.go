@@ -152,3 +152,9 @@ func (f *Fake) CancelChat(_ context.Context, id string) (*contract.ChatRun, erro
 func (f *Fake) Health(context.Context) graph.BackendHealth {
 	return graph.BackendHealth{Sidecar: "ok", Apps: map[string]string{contract.ChatApp: "ok", contract.MemoryApp: "ok"}, LLM: "offline"}
 }
+
+// Tools answers the built-in tool and one MCP tool.
+func (f *Fake) Tools(context.Context) ([]contract.ToolInfo, error) {
+	return []contract.ToolInfo{{Name: "get_current_time", Description: "Returns the current date and time in UTC.", ReadOnly: true},
+		{Name: "tools_create_note", Server: "tools", Description: "Keep a note."}}, f.err()
+}

@@ -169,6 +169,8 @@ type Message struct {
 	Timestamp time.Time `json:"timestamp"`
 	// Where it stands in its conversation: pass it as `before` to page back. Opaque, stable.
 	Cursor string `json:"cursor"`
+	// The tools the agent called before it wrote this (an assistant's message), in order.
+	ToolCalls []*ToolCall `json:"toolCalls"`
 }
 
 type Mutation struct {
@@ -209,14 +211,32 @@ type Session struct {
 type Subscription struct {
 }
 
+// A tool the agent can use.
+type Tool struct {
+	// Its name as the agent knows it.
+	Name string `json:"name"`
+	// The MCP server that runs it; null for the built-in tool.
+	Server *string `json:"server,omitempty"`
+	// What it does.
+	Description string `json:"description"`
+	// True when it changes nothing (MCP's readOnlyHint).
+	ReadOnly bool `json:"readOnly"`
+}
+
 // A tool the agent called while writing a reply.
 type ToolCall struct {
-	// The tool, e.g. get_current_time.
+	// The call's id, as the model named it.
+	ID *string `json:"id,omitempty"`
+	// The tool as the agent knows it, e.g. get_current_time or tools_convert_units.
 	Name string `json:"name"`
+	// The MCP server that runs it; null for the built-in tool.
+	Server *string `json:"server,omitempty"`
 	// Its arguments (JSON).
 	Arguments string `json:"arguments"`
-	// What it returned.
+	// What it returned (an error starts with error:); null while it runs.
 	Result *string `json:"result,omitempty"`
+	// Where it stands.
+	Status ToolCallStatus `json:"status"`
 }
 
 // The state of a chat turn.
@@ -342,6 +362,67 @@ func (e *Role) UnmarshalJSON(b []byte) error {
 }
 
 func (e Role) MarshalJSON() ([]byte, error) {
+	var buf bytes.Buffer
+	e.MarshalGQL(&buf)
+	return buf.Bytes(), nil
+}
+
+// Where a tool call stands.
+type ToolCallStatus string
+
+const (
+	// Asked for; not answered yet.
+	ToolCallStatusRunning ToolCallStatus = "RUNNING"
+	// Answered.
+	ToolCallStatusCompleted ToolCallStatus = "COMPLETED"
+	// Failed, or not run (an unknown tool, arguments against its schema): the agent got an error result.
+	ToolCallStatusFailed ToolCallStatus = "FAILED"
+)
+
+var AllToolCallStatus = []ToolCallStatus{
+	ToolCallStatusRunning,
+	ToolCallStatusCompleted,
+	ToolCallStatusFailed,
+}
+
+func (e ToolCallStatus) IsValid() bool {
+	switch e {
+	case ToolCallStatusRunning, ToolCallStatusCompleted, ToolCallStatusFailed:
+		return true
+	}
+	return false
+}
+
+func (e ToolCallStatus) String() string {
+	return string(e)
+}
+
+func (e *ToolCallStatus) UnmarshalGQL(v any) error {
+	str, ok := v.(string)
+	if !ok {
+		return fmt.Errorf("enums must be strings")
+	}
+
+	*e = ToolCallStatus(str)
+	if !e.IsValid() {
+		return fmt.Errorf("%s is not a valid ToolCallStatus", str)
+	}
+	return nil
+}
+
+func (e ToolCallStatus) MarshalGQL(w io.Writer) {
+	_, _ = fmt.Fprint(w, strconv.Quote(e.String()))
+}
+
+func (e *ToolCallStatus) UnmarshalJSON(b []byte) error {
+	s, err := strconv.Unquote(string(b))
+	if err != nil {
+		return err
+	}
+	return e.UnmarshalGQL(s)
+}
+
+func (e ToolCallStatus) MarshalJSON() ([]byte, error) {
 	var buf bytes.Buffer
 	e.MarshalGQL(&buf)
 	return buf.Bytes(), nil

@@ -14,6 +14,7 @@ var (
 	ChatAsync  = Route{http.MethodPost, "/chat/async"}
 	GetChatRun = Route{http.MethodGet, "/chat/{instance_id}"}
 	CancelChat = Route{http.MethodPost, "/chat/{instance_id}/cancel"}
+	ListTools  = Route{http.MethodGet, "/tools"}
 )
 
 // ChatService is chat-service's API.
@@ -56,6 +57,13 @@ func (c ChatService) run(ctx context.Context, route Route, instanceID string) (*
 		return nil, err
 	}
 	return &r, nil
+}
+
+// Tools is GET /tools: the tools the agent can use now.
+func (c ChatService) Tools(ctx context.Context) ([]contract.ToolInfo, error) {
+	var out contract.ToolsReply
+	err := call(ctx, c.Caller, contract.ChatApp, ListTools, ListTools.Path(), "", nil, &out)
+	return out.Tools, err
 }
 
 // Health is chat-service's GET /health.

@@ -36,6 +36,9 @@ type Entry struct {
 	// gateway replays the events a resuming subscriber missed from them.
 	EventID string    `json:"event_id,omitempty"`
 	EventAt time.Time `json:"event_at,omitzero"`
+	// ToolCalls are the tools the turn called before this reply (an
+	// assistant entry's).
+	ToolCalls []ToolCall `json:"tool_calls,omitempty"`
 }
 
 // SessionInfo is an entry of GET /users/{user_id}/sessions.

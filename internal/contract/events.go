@@ -24,6 +24,8 @@ type ConversationUpdated struct {
 	// CloudEvent id it orders the conversation events for a subscriber
 	// that resumes (the gateway's cursors). Absent in older events.
 	SentAt time.Time `json:"sent_at,omitzero"`
+	// ToolCalls are the tools the turn called, in order, with their results.
+	ToolCalls []ToolCall `json:"tool_calls,omitempty"`
 }
 
 // NewConversationUpdated returns the event of a finished turn.

@@ -25,11 +25,39 @@ type ChatStreamed struct {
 	ToolCall   *ToolCall `json:"tool_call,omitempty"`
 }
 
-// ToolCall is a tool the model called while writing a reply.
+// ToolCall is a tool the model called while writing a reply: in a piece
+// of the stream (RUNNING, then with its result), in the turn's
+// ConversationUpdated and in the history (on the assistant's entry).
 type ToolCall struct {
-	Name      string `json:"name"`
-	Arguments string `json:"arguments"`
-	Result    string `json:"result,omitempty"`
+	ID        string         `json:"id,omitempty"`
+	Name      string         `json:"name"`             // as the model knows it
+	Server    string         `json:"server,omitempty"` // the MCP server; "" for the built-in tool
+	Arguments string         `json:"arguments"`
+	Result    string         `json:"result,omitempty"`
+	Status    ToolCallStatus `json:"status,omitempty"`
+}
+
+// ToolCallStatus is where a tool call stands.
+type ToolCallStatus string
+
+// Tool call statuses.
+const (
+	ToolRunning   ToolCallStatus = "RUNNING"
+	ToolCompleted ToolCallStatus = "COMPLETED"
+	ToolFailed    ToolCallStatus = "FAILED"
+)
+
+// ToolInfo is a tool the agent can use now (chat-service's GET /tools).
+type ToolInfo struct {
+	Name        string `json:"name"`             // as the model knows it
+	Server      string `json:"server,omitempty"` // the MCP server; "" for the built-in tool
+	Description string `json:"description"`
+	ReadOnly    bool   `json:"read_only"` // changes nothing (MCP's readOnlyHint)
+}
+
+// ToolsReply answers chat-service's GET /tools.
+type ToolsReply struct {
+	Tools []ToolInfo `json:"tools"`
 }
 
 // SeqBlock is the range of Seq one execution of generate_response uses.

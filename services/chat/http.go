@@ -35,10 +35,11 @@ type Owners interface {
 type running struct {
 	turns  turn.Client
 	owners Owners
+	tools  turn.Tools
 }
 
 // srv is chat-service's HTTP API (api.Chat, api.ChatAsync, api.GetChatRun,
-// api.CancelChat); the turns themselves are turn.Client's.
+// api.CancelChat, api.ListTools); the turns themselves are turn.Client's.
 type srv struct {
 	service.Base
 	log         *slog.Logger
@@ -54,8 +55,8 @@ func newServer(log *slog.Logger, appToken string, chatTimeout time.Duration) *sr
 
 // ready hands over the workflow client and the session owners; the chat
 // routes answer from then on.
-func (s *srv) ready(wf turn.Workflows, owners Owners, sidecar service.Sidecar, llmMode string) {
-	s.run.Store(&running{turns: turn.Client{Workflows: wf, Log: s.log}, owners: owners})
+func (s *srv) ready(wf turn.Workflows, owners Owners, tools turn.Tools, sidecar service.Sidecar, llmMode string) {
+	s.run.Store(&running{turns: turn.Client{Workflows: wf, Log: s.log}, owners: owners, tools: tools})
 	s.SetReady(sidecar, llmMode)
 }
 
@@ -76,6 +77,7 @@ func (s *srv) routes() http.Handler {
 			{api.ChatAsync, s.chatAsync},
 			{api.GetChatRun, s.chatStatus},
 			{api.CancelChat, s.chatCancel},
+			{api.ListTools, s.tools},
 		} {
 			r.Method(rt.route.Verb, rt.route.Pattern, httpx.Handle(s.log, rt.h))
 		}
@@ -191,6 +193,17 @@ func (s *srv) chatStatus(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	httpx.JSON(w, http.StatusOK, run.ChatRun)
+	return nil
+}
+
+// tools answers the tools the agent can use now (turn.Catalog).
+func (s *srv) tools(w http.ResponseWriter, r *http.Request) error {
+	list := s.run.Load().tools.Tools(r.Context())
+	out := contract.ToolsReply{Tools: make([]contract.ToolInfo, len(list))}
+	for i, t := range list {
+		out.Tools[i] = contract.ToolInfo{Name: t.Name, Server: t.Server, Description: t.Description, ReadOnly: t.ReadOnly}
+	}
+	httpx.JSON(w, http.StatusOK, out)
 	return nil
 }
 

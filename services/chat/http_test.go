@@ -142,7 +142,7 @@ func (o *owners) Claim(_ context.Context, sessionID, userID string) error {
 func newTestServer(outcome string, timeout time.Duration) (*srv, *fakeWF) {
 	f := &fakeWF{scheduled: map[string]turn.Input{}, outcome: outcome}
 	s := newServer(testkit.Quiet(), "", timeout)
-	s.ready(f, &owners{}, okSidecar{}, "offline")
+	s.ready(f, &owners{}, builtinOnly{}, okSidecar{}, "offline")
 	return s, f
 }
 
@@ -322,3 +322,7 @@ func TestStatusReadRetried(t *testing.T) {
 		}
 	}
 }
+
+type builtinOnly struct{}
+
+func (builtinOnly) Tools(context.Context) []turn.Tool { return []turn.Tool{turn.Builtin} }

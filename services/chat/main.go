@@ -112,7 +112,7 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	offered := tools.Tools(st.Init)
-	s.ready(wf, newClaimCache(memoryOwners{memory}, claimTTL, maxClaims), dc, st.Model.Mode())
+	s.ready(wf, newClaimCache(memoryOwners{memory}, claimTTL, maxClaims), tools, dc, st.Model.Mode())
 	log.Info("ready", "llm", st.Model.Mode(), "chat_timeout", cfg.chatTimeout.String(), "tools", len(offered), "agent_max_steps", cfg.maxSteps)
 	err = st.Wait()
 	stopWorker()

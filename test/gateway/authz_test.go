@@ -97,6 +97,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"conversation", func(d data) string { return fmt.Sprintf(`{ conversation(sessionId: %q) { sessionId } }`, d.session) }, false, expect{"", "FORBIDDEN", ""}},
 		{"chatRun", func(d data) string { return fmt.Sprintf(`{ chatRun(instanceId: %q) { status } }`, d.instance) }, false, expect{"", "null", ""}},
 		{"health", func(data) string { return `{ health { status } }` }, false, expect{"", "", ""}},
+		{"tools", func(data) string { return `{ tools { name } }` }, false, expect{"", "", ""}},
 		{"sendMessage", func(d data) string {
 			return fmt.Sprintf(`mutation { sendMessage(input: {userId: %q, text: "hi", sessionId: %q}) { reply } }`, d.user, d.session)
 		}, false, expect{"", "FORBIDDEN", ""}},

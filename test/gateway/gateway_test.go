@@ -34,6 +34,7 @@ func TestMain(m *testing.M) {
 	ws := []string{"WS_INIT_TIMEOUT=2s", "WS_KEEPALIVE=1s"}
 	os.Exit(stacktest.Run(m, stacktest.Options{Apps: []stack.App{
 		stack.Memory.App(),
+		stack.Tools.App(),
 		stack.Chat.App("LLM_OFFLINE_DELAY=700ms"), // a slow model, so a turn is seen RUNNING
 		stack.Gateway.App(ws...),
 		stack.Gateway.Named("gateway-2", ws...),

@@ -11,7 +11,7 @@ import (
 	"github.com/daca-go/daca/internal/dev/testkit"
 )
 
-const chatStream = `subscription($id: ID!, $after: Int) { chatStream(instanceId: $id, after: $after) { instanceId seq delta text status done restarted toolCall { name arguments result } } }`
+const chatStream = `subscription($id: ID!, $after: Int) { chatStream(instanceId: $id, after: $after) { instanceId seq delta text status done restarted toolCall { id name server arguments result status } } }`
 
 // startTurn starts a chat turn of user with text through the first gateway
 // and returns its instance and session ids.
@@ -170,6 +170,46 @@ func TestChatStreamShowsTheToolCall(t *testing.T) {
 	if tool == nil || tool["name"] != "get_current_time" || tool["arguments"] != "{}" || tool["result"] == nil ||
 		!strings.Contains(s.last()["text"].(string), tool["result"].(string)) {
 		t.Fatalf("tool call %v in %v", tool, s.chunks)
+	}
+}
+
+// TestChatStreamShowsMCPToolCalls: a turn that calls a tool of the MCP
+// tool server streams the call as it happens — RUNNING with its server and
+// arguments, then COMPLETED with its result — and the tools query lists
+// what the agent can use.
+func TestChatStreamShowsMCPToolCalls(t *testing.T) {
+	st := stacktest.Stack(t)
+	d, errs, _ := gql(t, gqlURL(st, "gateway"), `{ tools { name server description readOnly } }`, nil)
+	if len(errs) != 0 {
+		t.Fatalf("tools: %v", errs)
+	}
+	offered := map[string]bool{}
+	for _, tl := range d["tools"].([]any) {
+		m := tl.(map[string]any)
+		offered[fmt.Sprint(m["name"], "@", m["server"], " ro=", m["readOnly"])] = true
+	}
+	for _, want := range []string{"get_current_time@<nil> ro=true", "tools_convert_units@tools ro=true", "tools_create_note@tools ro=false"} {
+		if !offered[want] {
+			t.Fatalf("tools %v lack %s", offered, want)
+		}
+	}
+	id, _ := startTurn(t, st, unique("converter"), "convert 5 km to mi, please")
+	ws := subscribed(t, st, "gateway", "m", chatStream, map[string]any{"id": id})
+	s := follow(t, ws, "m")
+	var states []string
+	for _, c := range s.chunks {
+		if tc, ok := c["toolCall"].(map[string]any); ok {
+			if tc["name"] != "tools_convert_units" || tc["server"] != "tools" || tc["id"] == nil {
+				t.Fatalf("tool call %v", tc)
+			}
+			states = append(states, fmt.Sprint(tc["status"]))
+			if tc["status"] == "COMPLETED" && tc["result"] != "5 km = 3.106856 mi" {
+				t.Fatalf("result %v", tc["result"])
+			}
+		}
+	}
+	if strings.Join(states, ",") != "RUNNING,COMPLETED" || !strings.Contains(s.last()["text"].(string), "3.106856 mi") {
+		t.Fatalf("tool call states %v; reply %q", states, s.last()["text"])
 	}
 }
 

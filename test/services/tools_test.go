@@ -125,11 +125,18 @@ func TestTurnCallsTools(t *testing.T) {
 			t.Errorf("reply %q lacks %q", reply, want)
 		}
 	}
-	// The turn's workflow record keeps both calls, in order.
-	id, _ := r.JSON["instance_id"].(string)
-	run := stacktest.Do(t, http.MethodGet, chatURL(st, "chat/"+id), nil, token(st)...)
-	if run.Status != http.StatusOK {
-		t.Fatalf("chat run: %d %s", run.Status, run.Body)
+	// The history keeps both calls, in order, on the assistant's entry.
+	session, _ := r.JSON["metadata"].(map[string]any)["session_id"].(string)
+	h := waitHistory(t, st, session, 2)
+	calls, _ := h[1]["tool_calls"].([]any)
+	if len(calls) != 2 {
+		t.Fatalf("the reply's entry has tool calls %v; want 2", h[1]["tool_calls"])
+	}
+	for i, name := range []string{"tools_convert_units", "tools_create_note"} {
+		c, _ := calls[i].(map[string]any)
+		if c["name"] != name || c["server"] != contract.ToolServer || c["status"] != string(contract.ToolCompleted) || c["result"] == "" {
+			t.Errorf("tool call %d: %v; want %s on %s, completed with a result", i+1, c, name, contract.ToolServer)
+		}
 	}
 	// The note is the turn's user's.
 	c, err := dapr.NewClientWithAddress(st.App(contract.ChatApp).SidecarGRPC())

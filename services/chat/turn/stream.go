@@ -118,7 +118,8 @@ func (s *streamer) tool(c ToolCall) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.stopped {
-		s.cutLocked(&contract.ToolCall{Name: c.Name, Arguments: c.Arguments, Result: c.Result})
+		w := c.Wire()
+		s.cutLocked(&w)
 	}
 }
 

@@ -26,7 +26,7 @@ func TestStreamerCoalesces(t *testing.T) {
 			[]contract.ChatStreamed{{Seq: 1, Delta: "a b c", Text: "a b c"}}},
 		{"a tool call ends a piece", 1, []llm.Piece{{Delta: "Let me see. "}, {Delta: "One"}, {Tool: &llm.ToolUse{Name: "get_current_time", Arguments: "{}", Result: "now"}}, {Delta: "It is now."}},
 			[]contract.ChatStreamed{
-				{Seq: 1, Delta: "Let me see. One", Text: "Let me see. One", ToolCall: &contract.ToolCall{Name: "get_current_time", Arguments: "{}", Result: "now"}},
+				{Seq: 1, Delta: "Let me see. One", Text: "Let me see. One", ToolCall: &contract.ToolCall{Name: "get_current_time", Arguments: "{}", Result: "now", Status: contract.ToolCompleted}},
 				{Seq: 2, Delta: "It is now.", Text: "Let me see. OneIt is now."}}},
 		{"a second execution", 2, []llm.Piece{{Delta: "x"}},
 			[]contract.ChatStreamed{{Seq: contract.SeqBlock + 1, Delta: "x", Text: "x"}}},
@@ -67,7 +67,7 @@ func TestStreamerFirstPieceAtOnce(t *testing.T) {
 	s.close()
 	s.wait()
 	checkPieces(t, pub.streamed(), []contract.ChatStreamed{{Seq: 1, Delta: "Let me see. ", Text: "Let me see. "},
-		{Seq: 2, Delta: "One", Text: "Let me see. One", ToolCall: &contract.ToolCall{Name: "get_current_time", Arguments: "{}", Result: "now"}},
+		{Seq: 2, Delta: "One", Text: "Let me see. One", ToolCall: &contract.ToolCall{Name: "get_current_time", Arguments: "{}", Result: "now", Status: contract.ToolCompleted}},
 		{Seq: 3, Delta: "It is now.", Text: "Let me see. OneIt is now."}}, 1)
 }
 

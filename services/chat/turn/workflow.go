@@ -85,6 +85,19 @@ type ToolCall struct {
 	Failed  bool   `json:"failed,omitempty"`
 }
 
+// Wire is the call as clients see it (stream, event, history): RUNNING
+// until it has a result.
+func (c ToolCall) Wire() contract.ToolCall {
+	w := contract.ToolCall{ID: c.ID, Name: c.Name, Server: c.Server, Arguments: c.Arguments, Result: c.Result, Status: contract.ToolCompleted}
+	switch {
+	case c.Failed:
+		w.Status = contract.ToolFailed
+	case c.Result == "":
+		w.Status = contract.ToolRunning
+	}
+	return w
+}
+
 // Step is one round of the model's: its text, and the tools it called.
 type Step struct {
 	Text  string     `json:"text,omitempty"`
@@ -244,6 +257,9 @@ func Workflow(ctx *workflow.WorkflowContext) (any, error) {
 	ctx.SetCustomStatus(contract.StageSave)
 	ev := contract.NewConversationUpdated(in.UserID, in.SessionID, in.Text, reply)
 	ev.SentAt = ctx.CurrentTimeUTC() // the workflow's clock: the same on replay
+	for _, c := range calls {
+		ev.ToolCalls = append(ev.ToolCalls, c.Wire())
+	}
 	if err := ctx.CallActivity(ActSave, workflow.WithActivityInput(saveInput{Event: ev, EventID: ctx.ID(), Trace: in.Trace}),
 		workflow.WithActivityRetryPolicy(saveRetry())).Await(nil); err != nil {
 		return fail(contract.StageSave, err)

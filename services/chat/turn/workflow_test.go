@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -305,7 +306,7 @@ func TestChatWorkflow(t *testing.T) {
 				t.Fatalf("SentAt %v; want the turn's time", e.ev.SentAt)
 			}
 			events[0].ev.SentAt = time.Time{}
-			if e := events[0]; e.pubsub != contract.PubSub || e.topic != contract.TopicConversations || e.id != "chat-test-1" || e.ev != want {
+			if e := events[0]; e.pubsub != contract.PubSub || e.topic != contract.TopicConversations || e.id != "chat-test-1" || !reflect.DeepEqual(e.ev, want) {
 				t.Fatalf("published %+v; want %+v on %s/%s with CloudEvent id chat-test-1", e, want, contract.PubSub, contract.TopicConversations)
 			}
 			// The reply was streamed (the pieces go out on their own, after

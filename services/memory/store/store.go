@@ -448,7 +448,7 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.Conversa
 		at = now
 	}
 	userEntry := contract.Entry{Role: contract.RoleUser, Content: ev.UserMessage, Timestamp: now, EventID: eventID, EventAt: at}
-	botEntry := contract.Entry{Role: contract.RoleAssistant, Content: ev.AssistantReply, Timestamp: now, EventID: eventID, EventAt: at}
+	botEntry := contract.Entry{Role: contract.RoleAssistant, Content: ev.AssistantReply, Timestamp: now, EventID: eventID, EventAt: at, ToolCalls: ev.ToolCalls}
 	recent := append(slices.Clone(s.History), userEntry, botEntry)
 	if len(recent) > m.cfg.SummaryLast {
 		recent = recent[len(recent)-m.cfg.SummaryLast:]
