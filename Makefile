@@ -83,7 +83,7 @@ BENCH_BASELINE ?= bedd00a
 bench: daca
 	@$(DACA) bench $(if $(BENCH_BASELINE),-baseline $(BENCH_BASELINE))
 
-## images: the three container images (needs a Docker engine). Image names
+## images: the four container images (needs a Docker engine). Image names
 ## and the tag are set here; docker-compose.yml and deploy/k8s use the same
 ## names (daca/<app id>), the overlays set the tag.
 IMAGE_PREFIX ?= daca
@@ -92,6 +92,7 @@ images:
 	docker build --build-arg APP=gateway         -t $(IMAGE_PREFIX)/gateway:$(IMAGE_TAG) .
 	docker build --build-arg APP=services/chat   -t $(IMAGE_PREFIX)/chat-service:$(IMAGE_TAG) .
 	docker build --build-arg APP=services/memory -t $(IMAGE_PREFIX)/agent-memory-service:$(IMAGE_TAG) .
+	docker build --build-arg APP=services/tools  -t $(IMAGE_PREFIX)/tool-server:$(IMAGE_TAG) .
 
 ## k8s-secrets: the secret files of the local Kubernetes overlay (random tokens,
 ## empty Gemini key = offline model). Never committed.
@@ -102,6 +103,7 @@ k8s-secrets:
 	@[ -f $(K8S_SECRETS)/app-api-token.env ] || echo "token=$$(openssl rand -hex 24)" > $(K8S_SECRETS)/app-api-token.env
 	@[ -f $(K8S_SECRETS)/gemini-api-key.env ] || echo "gemini-api-key=" > $(K8S_SECRETS)/gemini-api-key.env
 	@[ -f $(K8S_SECRETS)/gateway-jwt-secret.env ] || echo "gateway-jwt-secret=$$(openssl rand -hex 32)" > $(K8S_SECRETS)/gateway-jwt-secret.env
+	@[ -f $(K8S_SECRETS)/tool-server-token.env ] || echo "tool-server-token=$$(openssl rand -hex 24)" > $(K8S_SECRETS)/tool-server-token.env
 	@chmod 600 $(K8S_SECRETS)/*.env
 	@echo "wrote $(K8S_SECRETS)/*.env (put a real key in gemini-api-key.env to use Gemini)"
 

@@ -22,7 +22,8 @@ var apps = map[string]struct {
 	public  bool
 }{
 	"agent-memory-service": {"8001", `["gemini-api-key"]`, false},
-	"chat-service":         {"8010", `["gemini-api-key"]`, false},
+	"tool-server":          {"8020", `["tool-server-token"]`, false},
+	"chat-service":         {"8010", `["gemini-api-key", "tool-server-token"]`, false},
 	"gateway":              {"8080", `["gateway-jwt-secret"]`, true},
 }
 
@@ -200,5 +201,29 @@ func TestComposeHasNoInlineSecrets(t *testing.T) {
 	di, err := os.ReadFile(filepath.Join(root(t), ".dockerignore"))
 	if err != nil || !slices.Contains(strings.Fields(string(di)), "secrets.json") {
 		t.Error(".dockerignore must exclude secrets.json")
+	}
+}
+
+// TestComposeMCPServer: compose's MCPServer (mounted over the components'
+// one in chat-service's sidecar) differs from make run's only in the tool
+// server's address.
+func TestComposeMCPServer(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(root(t), "deploy", "compose", "mcpserver-tools.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	if err := yaml.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	checkMCPServer(t, got, "http://tool-server:8020/mcp")
+	mounted := false
+	for _, v := range loadCompose(t).Services["chat-service-dapr"].Volumes {
+		if v.Target == "/components/mcpserver-tools.yaml" && v.Source != "" && strings.HasSuffix(v.Source, "deploy/compose/mcpserver-tools.yaml") {
+			mounted = true
+		}
+	}
+	if !mounted {
+		t.Fatal("chat-service's sidecar does not mount deploy/compose/mcpserver-tools.yaml over the components' one")
 	}
 }

@@ -126,6 +126,7 @@ type rendered struct {
 	subscriptions []subscription
 	resiliency    []resiliency
 	namespaces    []string
+	mcpServers    []map[string]any
 }
 
 // render builds an overlay (from a copy of deploy/k8s, with the local
@@ -139,7 +140,7 @@ func render(t *testing.T, overlay string) rendered {
 	secrets := filepath.Join(tmp, "overlays", "local", "secrets")
 	os.MkdirAll(secrets, 0o700)
 	for f, kv := range map[string]string{"dapr-api-token.env": "token=t1", "app-api-token.env": "token=t2",
-		"gemini-api-key.env": "gemini-api-key=", "gateway-jwt-secret.env": "gateway-jwt-secret=s"} {
+		"gemini-api-key.env": "gemini-api-key=", "gateway-jwt-secret.env": "gateway-jwt-secret=s", "tool-server-token.env": "tool-server-token=t3"} {
 		if err := os.WriteFile(filepath.Join(secrets, f), []byte(kv+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -219,6 +220,12 @@ func render(t *testing.T, overlay string) rendered {
 			var x wfPolicy
 			decode(&x)
 			r.wfPolicies = append(r.wfPolicies, x)
+		case "MCPServer":
+			var x map[string]any
+			if err := yaml.Unmarshal(b, &x); err != nil {
+				t.Fatal(err)
+			}
+			r.mcpServers = append(r.mcpServers, x)
 		default:
 			t.Errorf("unexpected kind %s (%s)", res.GetKind(), res.GetName())
 		}
@@ -310,8 +317,8 @@ func TestKustomizeOverlays(t *testing.T) {
 			}
 			// Components, their scopes, the per-replica consumer group.
 			wantScopes := map[string][]string{
-				"statestore": {"chat-service", "agent-memory-service"}, "pubsub": {"chat-service", "agent-memory-service"},
-				"gateway-pubsub": {"gateway"}, "stream-pubsub": {"chat-service"}, "gateway-state": {"gateway"}, "secretstore": {"chat-service", "agent-memory-service", "gateway"},
+				"statestore": {"chat-service", "tool-server", "agent-memory-service"}, "pubsub": {"chat-service", "agent-memory-service"},
+				"gateway-pubsub": {"gateway"}, "stream-pubsub": {"chat-service"}, "gateway-state": {"gateway"}, "secretstore": {"chat-service", "tool-server", "agent-memory-service", "gateway"},
 			}
 			for name, scopes := range wantScopes {
 				c, ok := r.components[name]
@@ -339,6 +346,12 @@ func TestKustomizeOverlays(t *testing.T) {
 			if len(r.wfPolicies) != 1 || !slices.Equal(r.wfPolicies[0].Scopes, []string{"chat-service"}) || fmt.Sprint(r.wfPolicies[0].Spec["rules"]) != "[map[activities:[map[name:*]] callers:[map[appID:chat-service]] workflows:[map[name:* operations:[schedule terminate raise pause resume purge get rerun]]]]]" {
 				t.Fatalf("workflow access policies %+v", r.wfPolicies)
 			}
+			// The tool server is chat-service's MCP server, as make run's
+			// (components/mcpserver-tools.yaml), at its Service's address.
+			if len(r.mcpServers) != 1 {
+				t.Fatalf("%d MCPServers; want the tool server's", len(r.mcpServers))
+			}
+			checkMCPServer(t, r.mcpServers[0], "http://tool-server.daca.svc.cluster.local:8020/mcp")
 			if len(r.subscriptions) != 1 || !slices.Equal(r.subscriptions[0].Scopes, []string{"agent-memory-service"}) ||
 				r.subscriptions[0].Spec.Topic != "conversations" || r.subscriptions[0].Spec.Routes.Default != "/conversations" {
 				t.Fatalf("subscription %+v", r.subscriptions)
@@ -382,7 +395,7 @@ func TestKustomizeOverlays(t *testing.T) {
 
 func checkSecret(t *testing.T, r rendered, overlay, name string) {
 	t.Helper()
-	documented := []string{"daca-dapr-api-token", "daca-app-api-token", "gemini-api-key", "gateway-jwt-secret", "redis"}
+	documented := []string{"daca-dapr-api-token", "daca-app-api-token", "gemini-api-key", "gateway-jwt-secret", "tool-server-token", "redis"}
 	if overlay == "local" {
 		if _, ok := r.secrets[name]; !ok {
 			t.Fatalf("Secret %s is referenced but not rendered", name)
@@ -432,5 +445,36 @@ func TestResiliencyMatchesComponents(t *testing.T) {
 	}
 	if a, b := read("components/workflowaccesspolicy.yaml"), read("deploy/k8s/base/dapr/workflowaccesspolicy.yaml"); !reflect.DeepEqual(a, b) {
 		t.Fatal("deploy/k8s/base/dapr/workflowaccesspolicy.yaml differs from components/workflowaccesspolicy.yaml; copy it over")
+	}
+}
+
+// checkMCPServer: an MCPServer of a deployment is components/mcpserver-tools.yaml
+// (one source) but for its URL, the tool server's address there.
+func checkMCPServer(t *testing.T, got map[string]any, wantURL string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(root(t), "components", "mcpserver-tools.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want map[string]any
+	if err := yaml.Unmarshal(b, &want); err != nil {
+		t.Fatal(err)
+	}
+	url := func(m map[string]any) *any {
+		h := m["spec"].(map[string]any)["endpoint"].(map[string]any)["streamableHTTP"].(map[string]any)
+		v := h["url"]
+		delete(h, "url")
+		return &v
+	}
+	if u := *url(got); u != wantURL {
+		t.Fatalf("MCPServer url %v; want %s", u, wantURL)
+	}
+	url(want)
+	if md, ok := got["metadata"].(map[string]any); ok {
+		delete(md, "namespace")
+		delete(md, "labels")
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("MCPServer %v\ndiffers from components/mcpserver-tools.yaml %v (but for its url)", got, want)
 	}
 }

@@ -214,7 +214,7 @@ func ensureSecretsFile(root, path string, say func(string, ...any)) error {
 // passThroughPrefixes are the apps' own settings that `daca up` hands on
 // from its environment (README, Configuration), e.g. LLM_BASE_URL=... make run.
 var passThroughPrefixes = []string{"LLM_", "CHAT_TIMEOUT", "HISTORY_CAP", "SUMMARY_LAST", "LOG_LEVEL",
-	"AUTH_MODE", "JWT_", "GRAPHQL_", "CORS_ORIGINS", "RATE_LIMIT_", "WS_", "SUBSCRIBER_QUEUE", "BACKEND_TIMEOUT", "OTEL_", "PPROF_ADDR", "BACKEND_INVOCATION"}
+	"AUTH_MODE", "JWT_", "GRAPHQL_", "CORS_ORIGINS", "RATE_LIMIT_", "WS_", "SUBSCRIBER_QUEUE", "BACKEND_TIMEOUT", "OTEL_", "PPROF_ADDR", "BACKEND_INVOCATION", "AGENT_", "TOOL_RESULT_MAX"}
 
 func passThrough(environ []string) []string {
 	var out []string
