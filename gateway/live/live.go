@@ -94,7 +94,9 @@ func (h *Hub) onConversation(ctx context.Context, ce contract.CloudEvent, ev *co
 		return nil
 	}
 	// The turn's end for its chatStream subscribers (the CloudEvent id is
-	// the turn's instance id).
+	// the turn's instance id), with the final state of any tool call whose
+	// piece did not arrive.
+	h.Replies.Tools(ce.ID, ev.ToolCalls)
 	h.Replies.Finish(ce.ID, model.ChatStatusCompleted, ev.AssistantReply, true)
 	at := ev.SentAt
 	if at.IsZero() {

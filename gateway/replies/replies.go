@@ -51,6 +51,7 @@ type turn struct {
 	pending   map[int]contract.ChatStreamed
 	restarted bool // the next chunk starts the reply over
 	done      bool
+	shown     map[string]contract.ToolCallStatus // tool call id → the last status handed on
 	touched   time.Time
 	subs      map[*sub]struct{}
 }
@@ -144,11 +145,49 @@ func (s *Store) emitLocked(t *turn, ev contract.ChatStreamed) {
 	c := &model.ChatChunk{InstanceID: t.id, Seq: ev.Seq, Delta: delta, Text: ev.Text, Status: model.ChatStatusRunning, Restarted: t.restarted}
 	if tc := ev.ToolCall; tc != nil {
 		c.ToolCall = model.ToolCallOf(*tc)
+		t.showLocked(*tc)
 	}
 	t.restarted = false
 	t.text, t.next = ev.Text, ev.Seq+1
 	t.chunks = append(t.chunks, c)
 	s.deliverLocked(t, c)
+}
+
+func (t *turn) showLocked(c contract.ToolCall) {
+	if c.ID == "" {
+		return
+	}
+	if t.shown == nil {
+		t.shown = map[string]contract.ToolCallStatus{}
+	}
+	t.shown[c.ID] = c.Status
+}
+
+// Tools hands on the final state of a turn's tool calls (its conversation
+// event's) that its stream has not shown: a piece that came late or was
+// lost (pieces are best effort). One chunk per call, before the turn's end.
+func (s *Store) Tools(id string, calls []contract.ToolCall) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.turns[id]
+	if !ok || t.done {
+		return
+	}
+	for _, tc := range calls {
+		if tc.ID == "" || t.shown[tc.ID] == tc.Status {
+			continue
+		}
+		seq := t.next
+		if seq == 0 {
+			seq = 1
+		}
+		c := &model.ChatChunk{InstanceID: id, Seq: seq, Text: t.text, Status: model.ChatStatusRunning, ToolCall: model.ToolCallOf(tc), Restarted: t.restarted}
+		t.restarted = false
+		t.showLocked(tc)
+		t.next = seq + 1
+		t.chunks = append(t.chunks, c)
+		s.deliverLocked(t, c)
+	}
 }
 
 // Finish ends a turn's stream with its end state: the last chunk (done) has

@@ -206,3 +206,29 @@ func TestRunStops(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// TestToolsFillWhatThePiecesMissed: the final state of a tool call whose
+// piece never came (best effort) reaches subscribers from the turn's
+// event, once, before the end; one the pieces showed is not repeated.
+func TestToolsFillWhatThePiecesMissed(t *testing.T) {
+	t.Parallel()
+	s := New(8, nil)
+	ch := s.Subscribe(t.Context(), "chat-t", 0)
+	running := contract.ToolCall{ID: "c1", Name: "tools_convert_units", Server: "tools", Arguments: "{}", Status: contract.ToolRunning}
+	s.Add(contract.ChatStreamed{InstanceID: "chat-t", Execution: 1, Seq: 1, ToolCall: &running})
+	done := contract.ToolCall{ID: "c2", Name: "get_current_time", Arguments: "{}", Result: "now", Status: contract.ToolCompleted}
+	s.Add(contract.ChatStreamed{InstanceID: "chat-t", Execution: 1, Seq: 2, ToolCall: &done})
+	completed := running
+	completed.Result, completed.Status = "5 km = 3.1 mi", contract.ToolCompleted
+	s.Tools("chat-t", []contract.ToolCall{completed, done})
+	s.Finish("chat-t", model.ChatStatusCompleted, "the reply", true)
+	var got []string
+	for c := range ch {
+		if c.ToolCall != nil {
+			got = append(got, *c.ToolCall.ID+"="+string(c.ToolCall.Status))
+		}
+	}
+	if strings.Join(got, ",") != "c1=RUNNING,c2=COMPLETED,c1=COMPLETED" {
+		t.Fatalf("tool chunks %v", got)
+	}
+}

@@ -33,6 +33,11 @@ const (
 	// user to a tool that acts for a user: set by chat-service, never taken
 	// from the model's arguments.
 	ToolUserArg = "_user_id"
+	// ToolCallArg is the argument in which chat-service passes the call's
+	// id to a tool that takes it: the same for every attempt of one call
+	// (the turn, its round and the call's place), so a tool can make a
+	// repeated attempt harmless.
+	ToolCallArg = "_call_id"
 )
 
 // Dapr components (components/*.yaml) the apps name in code.

@@ -42,6 +42,7 @@ type Note struct {
 	ID      string    `json:"id"`
 	Text    string    `json:"text"`
 	Created time.Time `json:"created"`
+	CallID  string    `json:"call_id,omitempty"` // the tool call that made it
 }
 
 func key(user string) string { return "notes|" + user }
@@ -91,8 +92,9 @@ func (n *notes) change(ctx context.Context, user string, f func([]Note) ([]Note,
 }
 
 type createIn struct {
-	User string `json:"_user_id" jsonschema:"set by chat-service: the user the note is for"`
-	Text string `json:"text" jsonschema:"what to note or remind of"`
+	User   string `json:"_user_id" jsonschema:"set by chat-service: the user the note is for"`
+	CallID string `json:"_call_id,omitempty" jsonschema:"set by chat-service: the call, the same for every attempt"`
+	Text   string `json:"text" jsonschema:"what to note or remind of"`
 }
 
 func (n *notes) create(ctx context.Context, _ *mcp.CallToolRequest, in createIn) (*mcp.CallToolResult, any, error) {
@@ -107,7 +109,13 @@ func (n *notes) create(ctx context.Context, _ *mcp.CallToolRequest, in createIn)
 	id := make([]byte, noteIDLength/2)
 	rand.Read(id)
 	note := Note{ID: hex.EncodeToString(id), Text: t, Created: time.Now().UTC()}
+	note.CallID = in.CallID
 	res, err := n.change(ctx, u, func(list []Note) ([]Note, *mcp.CallToolResult) {
+		for _, old := range list {
+			if in.CallID != "" && old.CallID == in.CallID { // a repeated attempt of one call: nothing more
+				return list, text("noted (id %s): %s", old.ID, old.Text)
+			}
+		}
 		if len(list) >= maxNotes {
 			return nil, failed("the user has %d notes, the most there may be: delete one first", maxNotes)
 		}

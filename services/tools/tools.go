@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"math"
@@ -18,6 +19,7 @@ import (
 // destructiveHint), which the approval of tool calls goes by.
 func newMCPServer(n *notes, log *slog.Logger) *mcp.Server {
 	s := mcp.NewServer(&mcp.Implementation{Name: "daca-tools", Version: "v1"}, &mcp.ServerOptions{Logger: log})
+	s.AddReceivingMiddleware(executions(log))
 	no := false
 	yes := true
 	mcp.AddTool(s, &mcp.Tool{Name: "convert_units", Title: "Convert units",
@@ -27,7 +29,7 @@ func newMCPServer(n *notes, log *slog.Logger) *mcp.Server {
 		Description: "Evaluate an arithmetic expression with + - * / ^ and parentheses, e.g. (2+3)*4.",
 		Annotations: &mcp.ToolAnnotations{ReadOnlyHint: true, OpenWorldHint: &no}}, calculate)
 	mcp.AddTool(s, &mcp.Tool{Name: "create_note", Title: "Create a note",
-		Description: "Keep a note (or reminder) for the user.",
+		Description: "Keep a note (or reminder) for the user. A repeated attempt of one call keeps it once.",
 		Annotations: &mcp.ToolAnnotations{DestructiveHint: &no, OpenWorldHint: &no}}, n.create)
 	mcp.AddTool(s, &mcp.Tool{Name: "list_notes", Title: "List notes",
 		Description: "List the user's notes, oldest first, with their ids.",
@@ -36,6 +38,24 @@ func newMCPServer(n *notes, log *slog.Logger) *mcp.Server {
 		Description: "Delete one of the user's notes by its id.",
 		Annotations: &mcp.ToolAnnotations{DestructiveHint: &yes, IdempotentHint: true, OpenWorldHint: &no}}, n.delete)
 	return s
+}
+
+// executions logs every tool call the server executes, with its call id
+// when chat-service passed one (contract.ToolCallArg), never its arguments
+// or result: the fault suite counts them from the log, by call id.
+func executions(log *slog.Logger) mcp.Middleware {
+	return func(next mcp.MethodHandler) mcp.MethodHandler {
+		return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
+			if r, ok := req.(*mcp.CallToolRequest); ok && r.Params != nil {
+				var args struct {
+					CallID string `json:"_call_id"`
+				}
+				_ = json.Unmarshal(r.Params.Arguments, &args)
+				log.Info("tool executed", "tool", r.Params.Name, "call_id", args.CallID)
+			}
+			return next(ctx, method, req)
+		}
+	}
 }
 
 // text is a tool's answer as one text block.

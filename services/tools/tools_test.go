@@ -226,6 +226,15 @@ func TestNotes(t *testing.T) {
 	if got, _ = call(t, cs, "list_notes", map[string]any{u: "ana"}); strings.Contains(got, "buy milk") || !strings.Contains(got, "call mum") {
 		t.Fatalf("after delete: %q", got)
 	}
+	// A repeated attempt of one call (the same _call_id) keeps the note once.
+	for range 2 {
+		if got, isErr = call(t, cs, "create_note", map[string]any{u: "cy", contract.ToolCallArg: "chat-1-r1-t1", "text": "once"}); isErr {
+			t.Fatalf("create_note with a call id = %q", got)
+		}
+	}
+	if got, _ = call(t, cs, "list_notes", map[string]any{u: "cy"}); strings.Count(got, "once") != 1 {
+		t.Fatalf("a repeated call kept %q", got)
+	}
 	if got, isErr = call(t, cs, "create_note", map[string]any{u: "", "text": "x"}); !isErr || !strings.Contains(got, "acts for a user") {
 		t.Fatalf("without a user: %q, %v", got, isErr)
 	}

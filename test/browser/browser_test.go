@@ -26,7 +26,7 @@ func TestMain(m *testing.M) {
 	// Words 80 ms apart: the chat page's test sees a reply being written,
 	// and its Stop lands while it is.
 	os.Exit(stacktest.Run(m, stacktest.Options{Apps: []stack.App{
-		stack.Memory.App(), stack.Chat.App("LLM_OFFLINE_TOKEN_DELAY=80ms"), stack.Gateway.App(),
+		stack.Memory.App(), stack.Tools.App(), stack.Chat.App("LLM_OFFLINE_TOKEN_DELAY=80ms"), stack.Gateway.App(),
 	}}))
 }
 
@@ -240,9 +240,12 @@ func TestApolloPersistedQueries(t *testing.T) {
 }
 
 // TestChatPage: the chat page at /chat, as a user drives it in the browser:
-// earlier history comes in pages as the conversation is scrolled up, a
-// message's reply is shown as it is written (several chunks, the last text
-// the reply), and Stop ends a reply being written with TERMINATED.
+// earlier history comes in pages as the conversation is scrolled up, the
+// user's sessions are listed beside it, a message's reply is shown as it is
+// written (several chunks, the last text the reply), a tool call shows as it
+// runs and with its result, Stop ends a reply being written with
+// TERMINATED, and a returning user (no session in the address) picks a
+// session from the list.
 func TestChatPage(t *testing.T) {
 	st := stacktest.Stack(t)
 	gw := st.App("gateway").AppURL()
@@ -271,6 +274,8 @@ func TestChatPage(t *testing.T) {
 		box.scrollTop = 0; box.dispatchEvent(new Event('scroll'));
 		const msgs = box.querySelectorAll('.msg');
 		return msgs.length === 10 && box.dataset.hasPrevious === 'false' && msgs[0].textContent === 'earlier message 0' ? 'ok' : null })()`)
+	poll("the session in the list, current", fmt.Sprintf(`(() => { const b = document.querySelector('#session-list button[data-session=%q]');
+		return b && b.classList.contains('current') && b.title.includes('10 messages') ? 'ok' : null })()`, session))
 
 	// A reply streams.
 	if err := chromedp.Do(ctx, chromedp.SendKeys("#text", "stream this reply please"), chromedp.Click("#send")); err != nil {
@@ -291,6 +296,16 @@ func TestChatPage(t *testing.T) {
 		return nil
 	})
 
+	// A tool call shows while it runs, then with its result.
+	if err := chromedp.Do(ctx, chromedp.SendKeys("#text", "convert 5 km to mi"), chromedp.Click("#send")); err != nil {
+		t.Fatal(err)
+	}
+	poll("the tool call and the reply", `(() => {
+		const b = [...document.querySelectorAll('.msg.assistant')].pop();
+		const tool = b && b.querySelector('.tool[data-tool="tools_convert_units"]');
+		return b && b.dataset.status === 'COMPLETED' && tool && tool.dataset.status === 'COMPLETED' && tool.textContent.includes('3.106856 mi') &&
+			b.querySelector('.body').textContent.includes('3.106856 mi') ? 'ok' : null })()`)
+
 	// Stop a reply while it is written.
 	if err := chromedp.Do(ctx, chromedp.SendKeys("#text", "a long reply to stop"), chromedp.Click("#send")); err != nil {
 		t.Fatal(err)
@@ -301,6 +316,17 @@ func TestChatPage(t *testing.T) {
 	}
 	poll("the reply stopped", `(() => { const b = [...document.querySelectorAll('.msg.assistant')].pop();
 		return b && b.dataset.status === 'TERMINATED' && b.textContent.includes('Stopped.') ? 'ok' : null })()`)
+
+	// A returning user opens /chat with only their id: the sessions are
+	// listed; picking one shows its conversation, with its tool calls.
+	if err := chromedp.Do(ctx, chromedp.Navigate(fmt.Sprintf("%s/chat?user=%s", gw, user)), chromedp.WaitVisible("#new-chat")); err != nil {
+		t.Fatal(err)
+	}
+	poll("the session listed for a returning user", fmt.Sprintf(`(() => { const b = document.querySelector('#session-list button[data-session=%q]');
+		if (!b) return null; b.click(); return 'ok' })()`, session))
+	poll("the picked session's conversation", `(() => {
+		const tool = document.querySelector('#messages .tool[data-tool="tools_convert_units"]');
+		return tool && tool.dataset.status === 'COMPLETED' && document.getElementById('session').value !== '' ? 'ok' : null })()`)
 }
 
 // gqlQuery posts a GraphQL query to the gateway.

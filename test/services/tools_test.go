@@ -3,6 +3,7 @@ package services
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -157,4 +158,38 @@ func TestTurnCallsTools(t *testing.T) {
 	if err != nil || !strings.Contains(meta.Output.GetValue(), "buy milk") {
 		t.Fatalf("notes of %s: %v %v", user, meta, err)
 	}
+}
+
+// TestToolServerDown: with the tool server down, a turn that calls one of
+// its tools still completes — the model gets an error result and says so —
+// and once the server is back, its tools work again without a restart of
+// chat-service or its sidecar.
+func TestToolServerDown(t *testing.T) {
+	st := stacktest.Stack(t)
+	ask := func(text string) string {
+		t.Helper()
+		r := stacktest.Do(t, http.MethodPost, chatURL(st, "chat"), map[string]any{"user_id": unique("down"), "text": text}, token(st)...)
+		if r.Status != http.StatusOK {
+			t.Fatalf("chat: %d %s", r.Status, r.Body)
+		}
+		reply, _ := r.JSON["reply"].(string)
+		return reply
+	}
+	if err := st.Kill(contract.ToolApp); err != nil {
+		t.Fatal(err)
+	}
+	if reply := ask("convert 2 km to m"); !strings.Contains(reply, "tools_convert_units answered: error") {
+		t.Fatalf("with the tool server down: %q; want the tool's error in the reply", reply)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	if err := st.Restart(ctx, contract.ToolApp); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 30*time.Second, "the tool answering again", func() error {
+		if reply := ask("convert 2 km to m"); !strings.Contains(reply, "2 km = 2000 m") {
+			return fmt.Errorf("reply %q", reply)
+		}
+		return nil
+	})
 }

@@ -2,8 +2,10 @@
 // No build step and no third-party code: queries and mutations with fetch,
 // subscriptions over the graphql-transport-ws protocol on a WebSocket.
 // Replies stream with chatStream (resumed with `after` when the socket
-// drops), earlier history pages load on scroll (conversation with `before`),
-// and Stop calls cancelChat.
+// drops), with the agent's tool calls as they run; earlier history pages
+// load on scroll (conversation with `before`), and Stop calls cancelChat.
+// The user's sessions are listed beside the conversation (sessions, newest
+// first, kept current by conversationUpdated); "New chat" starts a session.
 "use strict";
 
 const params = new URLSearchParams(location.search);
@@ -89,22 +91,43 @@ class Socket {
 
 const socket = new Socket();
 
-function bubble(role, text, atTop) {
+function bubble(role, text, atTop, toolCalls) {
   const el = document.createElement("div");
   el.className = "msg " + (role === "USER" ? "user" : "assistant");
   const body = document.createElement("span");
   body.className = "body";
   body.textContent = text;
   el.append(body);
+  (toolCalls || []).forEach((c) => showTool(el, c));
   const box = $("messages");
   if (atTop) box.prepend(el); else box.append(el);
   return el;
 }
 
+// showTool shows a tool call above the reply it led to, one line per call
+// (by id), updated as it runs: RUNNING, then COMPLETED or FAILED with its result.
+function showTool(el, c) {
+  const key = c.id || c.name;
+  let t = [...el.querySelectorAll(".tool")].find((x) => x.dataset.call === key);
+  if (!t) {
+    t = document.createElement("span");
+    t.className = "tool";
+    t.dataset.call = key;
+    const body = el.querySelector(".body");
+    el.insertBefore(t, body);
+  }
+  t.dataset.status = c.status || "COMPLETED";
+  t.dataset.tool = c.name;
+  const where = c.server ? " @" + c.server : "";
+  const mark = { RUNNING: "⏳", COMPLETED: "🔧", FAILED: "⚠️" }[t.dataset.status] || "🔧";
+  t.textContent = mark + " " + c.name + where + "(" + c.arguments + ") → " + (c.result || "…");
+}
+
 function scrollToEnd() { const box = $("messages"); box.scrollTop = box.scrollHeight; }
 
 const HISTORY = `query($s: ID!, $last: Int, $before: String) {
-  conversation(sessionId: $s, last: $last, before: $before) { hasPrevious messages { role content cursor } } }`;
+  conversation(sessionId: $s, last: $last, before: $before) { hasPrevious messages { role content cursor
+    toolCalls { id name server arguments result status } } } }`;
 
 async function loadHistory(before) {
   const d = await gql(HISTORY, { s: sessionId, last: PAGE, before });
@@ -122,7 +145,7 @@ async function loadOlder() {
   const fromBottom = box.scrollHeight - box.scrollTop;
   try {
     const msgs = await loadHistory(oldestCursor);
-    for (let i = msgs.length - 1; i >= 0; i--) bubble(msgs[i].role, msgs[i].content, true);
+    for (let i = msgs.length - 1; i >= 0; i--) bubble(msgs[i].role, msgs[i].content, true, msgs[i].toolCalls);
     box.scrollTop = box.scrollHeight - fromBottom; // keep what the reader looked at in place
     status(hasPrevious ? "scroll up for earlier messages" : "the beginning of the conversation");
   } catch (e) {
@@ -136,6 +159,7 @@ async function open() {
   userId = $("user").value.trim();
   sessionId = $("session").value.trim() || randomId("s-");
   token = $("token").value.trim();
+  watchSessions();
   $("session").value = sessionId;
   const url = new URL(location.href);
   url.searchParams.set("user", userId);
@@ -145,7 +169,8 @@ async function open() {
   oldestCursor = null;
   try {
     const msgs = await loadHistory(null);
-    msgs.forEach((m) => bubble(m.role, m.content));
+    msgs.forEach((m) => bubble(m.role, m.content, false, m.toolCalls));
+    markCurrentSession();
     scrollToEnd();
     status(msgs.length ? "session " + sessionId : "new session " + sessionId);
     // A short page may not fill the box: load more until it scrolls.
@@ -156,7 +181,7 @@ async function open() {
 }
 
 const STREAM = `subscription($id: ID!, $after: Int) {
-  chatStream(instanceId: $id, after: $after) { seq delta text status done restarted toolCall { name arguments result } } }`;
+  chatStream(instanceId: $id, after: $after) { seq delta text status done restarted toolCall { id name server arguments result status } } }`;
 
 function follow(turn) {
   const body = turn.bubble.querySelector(".body");
@@ -166,12 +191,7 @@ function follow(turn) {
     turn.lastSeq = c.seq;
     turn.chunks++;
     turn.bubble.dataset.chunks = String(turn.chunks);
-    if (c.toolCall) {
-      const t = document.createElement("span");
-      t.className = "tool";
-      t.textContent = "🔧 " + c.toolCall.name + "(" + c.toolCall.arguments + ") → " + (c.toolCall.result || "…");
-      turn.bubble.prepend(t);
-    }
+    if (c.toolCall) showTool(turn.bubble, c.toolCall);
     body.textContent = c.text; // the reply so far (a restarted reply replaces it)
     scrollToEnd();
     if (c.done) finish(turn, c.status);
@@ -236,6 +256,60 @@ async function send(ev) {
   }
 }
 
+// The user's sessions, newest first, with their last message; clicking one
+// opens it. Kept current by conversationUpdated for the user.
+const SESSIONS = `query($u: ID!) { sessions(userId: $u) { sessionId updatedAt messageCount lastMessage { role content } } }`;
+let sessionsUser = "";
+let sessionsUnsubscribe = null;
+
+async function loadSessions() {
+  if (!userId) return;
+  try {
+    const d = await gql(SESSIONS, { u: userId });
+    const list = $("session-list");
+    list.replaceChildren();
+    for (const s of d.sessions) {
+      const li = document.createElement("li");
+      const b = document.createElement("button");
+      b.type = "button";
+      b.dataset.session = s.sessionId;
+      const last = s.lastMessage ? s.lastMessage.content : "";
+      b.textContent = (last.length > 60 ? last.slice(0, 60) + "…" : last) || s.sessionId;
+      b.title = s.sessionId + " · " + s.messageCount + " messages · " + new Date(s.updatedAt).toLocaleString();
+      b.addEventListener("click", () => { if (!current) { $("session").value = s.sessionId; open(); } });
+      li.append(b);
+      list.append(li);
+    }
+    markCurrentSession();
+  } catch (e) {
+    status("sessions: " + e.message);
+  }
+}
+
+function markCurrentSession() {
+  for (const b of document.querySelectorAll("#session-list button")) b.classList.toggle("current", b.dataset.session === sessionId);
+}
+
+function watchSessions() {
+  if (!userId || sessionsUser === userId) return;
+  sessionsUser = userId;
+  if (sessionsUnsubscribe) sessionsUnsubscribe();
+  loadSessions();
+  const resubscribe = () => socket.subscribe(`subscription($u: ID) { conversationUpdated(userId: $u) { eventId sessionId } }`, { u: userId }, {
+    next: () => loadSessions(),
+    error: () => {},
+    complete: () => {},
+    onReconnect: () => { loadSessions(); resubscribe().then((u) => { sessionsUnsubscribe = u; }); },
+  });
+  resubscribe().then((u) => { sessionsUnsubscribe = u; }).catch(() => {});
+}
+
+function newChat() {
+  if (current) return;
+  $("session").value = randomId("s-");
+  open();
+}
+
 async function stop() {
   const turn = current;
   if (!turn) return;
@@ -254,6 +328,7 @@ window.addEventListener("DOMContentLoaded", () => {
   $("user").value = params.get("user") || randomId("user-");
   $("session").value = params.get("session") || "";
   $("open").addEventListener("click", open);
+  $("new-chat").addEventListener("click", newChat);
   $("composer").addEventListener("submit", send);
   $("stop").addEventListener("click", stop);
   $("text").addEventListener("keydown", (e) => {
@@ -261,4 +336,5 @@ window.addEventListener("DOMContentLoaded", () => {
   });
   $("messages").addEventListener("scroll", () => { if ($("messages").scrollTop < 40) loadOlder(); });
   if (params.get("session")) open();
+  else if (params.get("user")) { userId = $("user").value.trim(); watchSessions(); status("pick a session, or write to start a new one"); }
 });

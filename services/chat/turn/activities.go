@@ -192,8 +192,8 @@ func (a *Activities) GenerateResponse(ctx workflow.ActivityContext) (any, error)
 		return nil, err
 	}
 	out := Round{Text: ans.Text}
-	for _, tc := range ans.ToolCalls {
-		c := Prepare(tools, tc, in.UserID)
+	for i, tc := range ans.ToolCalls {
+		c := Prepare(tools, tc, in.UserID, CallID(in.InstanceID, len(in.Steps)+1, i+1))
 		out.Calls = append(out.Calls, c)
 		if st != nil {
 			st.tool(c)

@@ -3,6 +3,7 @@ package turn
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -48,7 +49,8 @@ func echoTool(t *testing.T) Tool {
 	t.Helper()
 	tool, err := fromMCP("tools", mcpTool{Name: "echo", Description: "echoes",
 		InputSchema: map[string]any{"type": "object", "required": []any{"text", contract.ToolUserArg},
-			"properties": map[string]any{"text": map[string]any{"type": "string"}, contract.ToolUserArg: map[string]any{"type": "string"}}}})
+			"properties": map[string]any{"text": map[string]any{"type": "string"}, contract.ToolUserArg: map[string]any{"type": "string"},
+				contract.ToolCallArg: map[string]any{"type": "string"}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,6 +71,9 @@ func mcpEcho(runs *atomic.Int32, long bool) func(*workflow.Registry) error {
 				runs.Add(1)
 			}
 			text := "echo " + in.Arguments["text"].(string) + " for " + in.Arguments[contract.ToolUserArg].(string)
+			if id, _ := in.Arguments[contract.ToolCallArg].(string); id != ctx.ID() {
+				return nil, fmt.Errorf("call id %q; want the workflow's own, %s", id, ctx.ID())
+			}
 			if long {
 				text += strings.Repeat("é", 400)
 			}
@@ -89,7 +94,7 @@ func TestToolLoop(t *testing.T) {
 	m := &scripted{script: []llm.Answer{
 		{Text: "Let me look. ", ToolCalls: []llm.ToolCall{
 			{ID: "c1", Name: "get_current_time", Arguments: "{}"},
-			{ID: "c2", Name: "tools_echo", Arguments: `{"text":"hi","_user_id":"mallory"}`},
+			{ID: "c2", Name: "tools_echo", Arguments: `{"text":"hi","_user_id":"mallory","_call_id":"forged"}`},
 			{ID: "c3", Name: "tools_echo", Arguments: `{"text":7}`},
 			{ID: "c4", Name: "rm_rf", Arguments: `{}`},
 		}},
@@ -146,7 +151,7 @@ func TestToolLoop(t *testing.T) {
 		t.Fatalf("the second round got the results %v", results)
 	}
 	for _, spec := range m.tools[0] {
-		if spec.Name == "tools_echo" && strings.Contains(string(spec.Parameters), contract.ToolUserArg) {
+		if spec.Name == "tools_echo" && (strings.Contains(string(spec.Parameters), contract.ToolUserArg) || strings.Contains(string(spec.Parameters), contract.ToolCallArg)) {
 			t.Fatalf("the model is offered the user argument: %s", spec.Parameters)
 		}
 	}

@@ -29,6 +29,7 @@ type Tool struct {
 	Schema      json.RawMessage // the arguments the model gives (without contract.ToolUserArg)
 	ReadOnly    bool            // MCP's readOnlyHint
 	ForUser     bool            // chat-service passes the turn's user (contract.ToolUserArg)
+	ForCall     bool            // chat-service passes the call's id (contract.ToolCallArg)
 
 	resolved *jsonschema.Resolved // Schema, for checking arguments; nil: not checked
 }
@@ -180,16 +181,25 @@ func fromMCP(server string, mt mcpTool) (Tool, error) {
 	if schema == nil {
 		schema = map[string]any{"type": "object", "properties": map[string]any{}}
 	}
-	if props, ok := schema["properties"].(map[string]any); ok {
-		if _, ok := props[contract.ToolUserArg]; ok {
-			t.ForUser = true
-			props = maps(props)
-			delete(props, contract.ToolUserArg)
-			schema = maps(schema)
-			schema["properties"] = props
-			if req, ok := schema["required"].([]any); ok {
-				schema["required"] = slices.DeleteFunc(slices.Clone(req), func(v any) bool { return v == contract.ToolUserArg })
-			}
+	// The arguments chat-service sets are not the model's to see.
+	for _, reserved := range []struct {
+		name string
+		flag *bool
+	}{{contract.ToolUserArg, &t.ForUser}, {contract.ToolCallArg, &t.ForCall}} {
+		props, ok := schema["properties"].(map[string]any)
+		if !ok {
+			break
+		}
+		if _, ok := props[reserved.name]; !ok {
+			continue
+		}
+		*reserved.flag = true
+		props = maps(props)
+		delete(props, reserved.name)
+		schema = maps(schema)
+		schema["properties"] = props
+		if req, ok := schema["required"].([]any); ok {
+			schema["required"] = slices.DeleteFunc(slices.Clone(req), func(v any) bool { return v == reserved.name })
 		}
 	}
 	raw, err := json.Marshal(schema)
@@ -243,9 +253,10 @@ func Specs(tools []Tool) []llm.ToolSpec {
 
 // Prepare resolves a call the model made against the tools: where it runs,
 // and what is sent — the model's arguments, checked against the tool's
-// schema, with the turn's user for a tool that acts for one. A call that
-// cannot be sent says why in Refused (named field, unknown tool).
-func Prepare(tools []Tool, tc llm.ToolCall, userID string) ToolCall {
+// schema, with the turn's user for a tool that acts for one and the call's
+// id (CallID) for a tool that takes it. A call that cannot be sent says why
+// in Refused (named field, unknown tool).
+func Prepare(tools []Tool, tc llm.ToolCall, userID, callID string) ToolCall {
 	c := ToolCall{ID: tc.ID, Name: tc.Name, Arguments: tc.Arguments}
 	i := slices.IndexFunc(tools, func(t Tool) bool { return t.Name == tc.Name })
 	if i < 0 {
@@ -262,6 +273,7 @@ func Prepare(tools []Tool, tc llm.ToolCall, userID string) ToolCall {
 		}
 	}
 	delete(args, contract.ToolUserArg) // never the model's
+	delete(args, contract.ToolCallArg)
 	if t.resolved != nil {
 		if err := t.resolved.Validate(args); err != nil {
 			c.Refused = "the arguments do not match the tool's input schema: " + err.Error()
@@ -270,6 +282,9 @@ func Prepare(tools []Tool, tc llm.ToolCall, userID string) ToolCall {
 	}
 	if t.ForUser {
 		args[contract.ToolUserArg] = userID
+	}
+	if t.ForCall {
+		args[contract.ToolCallArg] = callID
 	}
 	c.Args = args
 	return c

@@ -248,7 +248,7 @@ func Workflow(ctx *workflow.WorkflowContext) (any, error) {
 			break
 		}
 		for i := range r.Calls {
-			r.Calls[i] = callTool(ctx, in, r.Calls[i], fmt.Sprintf("%s-r%d-t%d", ctx.ID(), round, i+1))
+			r.Calls[i] = callTool(ctx, in, r.Calls[i], CallID(ctx.ID(), round, i+1))
 		}
 		calls = append(calls, r.Calls...)
 		steps = append(steps, Step{Text: r.Text, Calls: r.Calls})
@@ -265,6 +265,13 @@ func Workflow(ctx *workflow.WorkflowContext) (any, error) {
 		return fail(contract.StageSave, err)
 	}
 	return Output{UserID: in.UserID, SessionID: in.SessionID, Reply: reply, Timestamp: ctx.CurrentTimeUTC(), ToolCalls: calls}, nil
+}
+
+// CallID is the id of the n-th tool call of a turn's round: its MCP
+// workflow's instance id, and what a tool that takes contract.ToolCallArg
+// gets; the same for every attempt of the call.
+func CallID(instanceID string, round, n int) string {
+	return fmt.Sprintf("%s-r%d-t%d", instanceID, round, n)
 }
 
 // callTool runs one tool call as a step of the turn and returns it with its
