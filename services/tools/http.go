@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync/atomic"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -22,6 +23,9 @@ const minToken = 16
 type srv struct {
 	service.Base
 	log   *slog.Logger
+	// delay and executions are the fault suite's knobs (config).
+	delay      time.Duration
+	executions string
 	token atomic.Pointer[string]
 	mcp   atomic.Pointer[http.Handler]
 }
@@ -33,7 +37,10 @@ func newServer(log *slog.Logger, appToken string) *srv {
 // ready hands over the token and the notes; MCP requests are answered from
 // then on.
 func (s *srv) ready(token string, n *notes, sidecar service.Sidecar) {
-	h := http.Handler(mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return newMCPServer(n, s.log) },
+	if s.delay > 0 || s.executions != "" {
+		s.log.Warn("TOOLS_DELAY or TOOLS_EXECUTIONS_FILE is set: for the fault suite only", "delay", s.delay.String(), "executions", s.executions)
+	}
+	h := http.Handler(mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return newMCPServer(n, s.log, s.delay, s.executions) },
 		&mcp.StreamableHTTPOptions{Stateless: true, Logger: s.log}))
 	s.mcp.Store(&h)
 	s.token.Store(&token)

@@ -31,11 +31,18 @@ const appID = contract.ToolApp
 
 type config struct {
 	service.Common
+	// For the fault suite only (unset in production): every tool call
+	// waits delay first (TOOLS_DELAY), and every executed call is appended
+	// to executions (TOOLS_EXECUTIONS_FILE) as "<call id> <tool>", a count
+	// read from outside that survives the server's own restarts.
+	delay      time.Duration
+	executions string
 }
 
 func loadConfig() (config, error) {
 	r := env.New()
-	c := config{Common: service.ReadCommon(r, 8020)}
+	c := config{Common: service.ReadCommon(r, 8020),
+		delay: r.Duration("TOOLS_DELAY", 0), executions: r.String("TOOLS_EXECUTIONS_FILE", "")}
 	return c, r.Err()
 }
 
@@ -48,6 +55,7 @@ func run(ctx context.Context, cfg config) error {
 	var s *srv
 	st, err := service.Start(ctx, appID, cfg.Common, nil, 10*time.Second, func(log *slog.Logger) http.Handler {
 		s = newServer(log, cfg.AppToken)
+		s.delay, s.executions = cfg.delay, cfg.executions
 		return s.routes()
 	})
 	if err != nil {

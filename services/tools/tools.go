@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"os"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
@@ -17,9 +20,9 @@ import (
 // The tools and their annotations: read-only ones (readOnlyHint) never
 // change anything; the others do (create_note adds, delete_note destroys:
 // destructiveHint), which the approval of tool calls goes by.
-func newMCPServer(n *notes, log *slog.Logger) *mcp.Server {
+func newMCPServer(n *notes, log *slog.Logger, delay time.Duration, executionsFile string) *mcp.Server {
 	s := mcp.NewServer(&mcp.Implementation{Name: "daca-tools", Version: "v1"}, &mcp.ServerOptions{Logger: log})
-	s.AddReceivingMiddleware(executions(log))
+	s.AddReceivingMiddleware(executions(log, delay, executionsFile))
 	no := false
 	yes := true
 	mcp.AddTool(s, &mcp.Tool{Name: "convert_units", Title: "Convert units",
@@ -40,20 +43,44 @@ func newMCPServer(n *notes, log *slog.Logger) *mcp.Server {
 	return s
 }
 
-// executions logs every tool call the server executes, with its call id
+// executions logs every tool call the server executed, with its call id
 // when chat-service passed one (contract.ToolCallArg), never its arguments
-// or result: the fault suite counts them from the log, by call id.
-func executions(log *slog.Logger) mcp.Middleware {
+// or result; with a file (the fault suite's), it also appends
+// "<call id> <tool>" there. delay (the fault suite's) holds every call
+// first, so that a kill finds calls in flight.
+func executions(log *slog.Logger, delay time.Duration, file string) mcp.Middleware {
+	var mu sync.Mutex
 	return func(next mcp.MethodHandler) mcp.MethodHandler {
 		return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
-			if r, ok := req.(*mcp.CallToolRequest); ok && r.Params != nil {
-				var args struct {
-					CallID string `json:"_call_id"`
-				}
-				_ = json.Unmarshal(r.Params.Arguments, &args)
-				log.Info("tool executed", "tool", r.Params.Name, "call_id", args.CallID)
+			r, ok := req.(*mcp.CallToolRequest)
+			if !ok || r.Params == nil {
+				return next(ctx, method, req)
 			}
-			return next(ctx, method, req)
+			if delay > 0 {
+				select {
+				case <-time.After(delay):
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				}
+			}
+			res, err := next(ctx, method, req)
+			if err != nil {
+				return res, err
+			}
+			var args struct {
+				CallID string `json:"_call_id"`
+			}
+			_ = json.Unmarshal(r.Params.Arguments, &args)
+			log.Info("tool executed", "tool", r.Params.Name, "call_id", args.CallID)
+			if file != "" {
+				mu.Lock()
+				if f, ferr := os.OpenFile(file, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); ferr == nil {
+					fmt.Fprintf(f, "%s %s\n", args.CallID, r.Params.Name)
+					f.Close()
+				}
+				mu.Unlock()
+			}
+			return res, nil
 		}
 	}
 }

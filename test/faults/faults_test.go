@@ -35,15 +35,23 @@ import (
 // to crash chat-service exactly at a point of a turn.
 var failpoints string
 
+// executions is the tool server's TOOLS_EXECUTIONS_FILE: every tool call it
+// executed, "<call id> <tool>" a line, appended across its restarts.
+var executions string
+
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "daca-failpoints-")
 	if err != nil {
 		panic(err)
 	}
 	failpoints = dir
+	executions = filepath.Join(dir, "tool-executions")
 	code := stacktest.Run(m, stacktest.Options{
 		Apps: []stack.App{
 			stack.Memory.App(),
+			// Every tool call takes a second, so that a kill finds calls in
+			// flight (the tool rows' turns each call create_note once).
+			stack.Tools.App("TOOLS_DELAY=1s", "TOOLS_EXECUTIONS_FILE="+executions),
 			// A model that takes a while, so that a kill finds turns inside
 			// generate_response.
 			stack.Chat.App("LLM_OFFLINE_DELAY=300ms", "LLM_OFFLINE_TOKEN_DELAY=0", "FAILPOINTS_DIR="+dir),
@@ -65,19 +73,27 @@ type fault struct {
 	name, process string
 	down          time.Duration
 	failpoint     string
+	// tool: each turn asks for a note (create_note on the tool server), and
+	// the row counts the tool's executions by call id. inFlight: a call in
+	// flight may run twice (README, Agent tools); otherwise exactly once.
+	tool, twice bool
 }
 
 var faults = []fault{
-	{"chat-service killed (turns inside generate_response)", "chat-service", time.Second, ""},
-	{"chat-service crashes inside fetch_context", "chat-service", time.Second, "fetch_context"},
-	{"chat-service crashes after its publish, before the workflow records it", "chat-service", time.Second, "after_publish"},
-	{"chat-service's daprd killed", "chat-service-dapr", time.Second, ""},
-	{"agent-memory-service killed (while applying events)", "agent-memory-service", time.Second, ""},
-	{"agent-memory-service's daprd killed", "agent-memory-service-dapr", time.Second, ""},
-	{"Redis killed, restarted on its data", "redis", time.Second, ""},
-	{"placement killed", "placement", time.Second, ""},
-	{"scheduler killed", "scheduler", time.Second, ""},
-	{"one of two gateways killed under subscribers (they reconnect to the other)", "gateway", time.Second, ""},
+	{"chat-service killed (turns inside generate_response)", "chat-service", time.Second, "", false, false},
+	{"chat-service crashes inside fetch_context", "chat-service", time.Second, "fetch_context", false, false},
+	{"chat-service crashes after its publish, before the workflow records it", "chat-service", time.Second, "after_publish", false, false},
+	{"chat-service's daprd killed", "chat-service-dapr", time.Second, "", false, false},
+	{"agent-memory-service killed (while applying events)", "agent-memory-service", time.Second, "", false, false},
+	{"agent-memory-service's daprd killed", "agent-memory-service-dapr", time.Second, "", false, false},
+	{"Redis killed, restarted on its data", "redis", time.Second, "", false, false},
+	{"placement killed", "placement", time.Second, "", false, false},
+	{"scheduler killed", "scheduler", time.Second, "", false, false},
+	{"one of two gateways killed under subscribers (they reconnect to the other)", "gateway", time.Second, "", false, false},
+	{"chat-service killed while tool calls run", "chat-service", time.Second, "", true, false},
+	{"chat-service crashes right after a tool call completed", "chat-service", time.Second, "after_tool", true, false},
+	{"chat-service's daprd killed while tool calls run", "chat-service-dapr", time.Second, "", true, true},
+	{"the tool server killed while tool calls run", contract.ToolApp, time.Second, "", true, true},
 }
 
 // row is what one fault's run counted.
@@ -94,6 +110,9 @@ type row struct {
 	subscriberSaw, subscriberReconnects int
 	uninterrupted                       bool // turns completed while the process was down
 	sidecarRestarted                    bool // chat-service's sidecar restarted too (stuck; README, Known issues)
+	// Tool rows: the completed turns' tool calls that answered, the most
+	// executions of one of them, and the notes they left (one per call).
+	toolCalls, maxExecutions, notes int
 }
 
 var (
@@ -133,6 +152,7 @@ func TestFaults(t *testing.T) {
 type outcome struct {
 	session, instance string
 	status            string // COMPLETED, FAILED, or "" (stuck)
+	reply             string
 	at                time.Time
 	problem           string
 }
@@ -156,7 +176,7 @@ func runFault(t *testing.T, st *stack.Stack, prefix string, f fault) row {
 			defer wg.Done()
 			session := fmt.Sprintf("%s-s%d", prefix, c)
 			for i := range turnsPerClient() {
-				o := turn(ctx, st, chatURL, session, fmt.Sprintf("%s-c%d-t%d", prefix, c, i))
+				o := turn(ctx, st, chatURL, session, fmt.Sprintf("%s-c%d-t%d", prefix, c, i), f.tool)
 				mu.Lock()
 				outcomes = append(outcomes, o)
 				mu.Unlock()
@@ -231,6 +251,9 @@ func runFault(t *testing.T, st *stack.Stack, prefix string, f fault) row {
 		}
 	}
 	r.sessions = len(perSession)
+	if f.tool {
+		countTools(t, st, &r, outcomes)
+	}
 	if sub != nil {
 		// Events of turns that completed while the subscriber was away are
 		// not replayed (re-query after a reconnect); the others arrive.
@@ -261,15 +284,19 @@ func runFault(t *testing.T, st *stack.Stack, prefix string, f fault) row {
 // until chat-service answers with the turn's end: COMPLETED, or FAILED with
 // a clear error. Anything else (a transport error, 503 while a process is
 // down, 504) is retried.
-func turn(ctx context.Context, st *stack.Stack, url, session, key string) outcome {
+func turn(ctx context.Context, st *stack.Stack, url, session, key string, tool bool) outcome {
 	o := outcome{session: session}
 	body := map[string]any{"user_id": "fault-user", "text": "hello " + key, "metadata": map[string]string{"session_id": session}}
+	if tool { // the offline model calls create_note, then replies with its result
+		body["user_id"], body["text"] = toolUser(session), "remind me to water the plants "+key
+	}
 	for ctx.Err() == nil {
 		resp, err := stacktest.Call(ctx, http.MethodPost, url, body, "dapr-api-token", st.APIToken, contract.IdempotencyHeader, key)
 		switch {
 		case err != nil:
 		case resp.Status == http.StatusOK && resp.JSON["status"] == string(contract.RunCompleted):
 			o.status, o.instance, o.at = string(contract.RunCompleted), fmt.Sprint(resp.JSON["instance_id"]), time.Now()
+			o.reply = fmt.Sprint(resp.JSON["reply"])
 			return o
 		case resp.JSON["status"] == string(contract.RunFailed):
 			o.status, o.instance = string(contract.RunFailed), fmt.Sprint(resp.JSON["instance_id"])
@@ -288,6 +315,63 @@ func turn(ctx context.Context, st *stack.Stack, url, session, key string) outcom
 	}
 	o.problem = "stuck: " + key
 	return o
+}
+
+// toolUser is the user of a tool row's session: its notes are the row's.
+func toolUser(session string) string { return "tools-" + session }
+
+// countTools counts, for every completed turn whose create_note answered,
+// how often the tool server executed that call (its executions file, by the
+// call's id: the turn's first round, first call) and how many notes with
+// that call id the user has (the tool keeps one per call id).
+func countTools(t *testing.T, st *stack.Stack, r *row, outcomes []outcome) {
+	b, _ := os.ReadFile(executions)
+	runs := map[string]int{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if id, _, ok := strings.Cut(line, " "); ok {
+			runs[id]++
+		}
+	}
+	notes := map[string]map[string]int{} // user → call id → notes
+	for _, o := range outcomes {
+		if o.status != string(contract.RunCompleted) || !strings.Contains(o.reply, "create_note answered: noted") {
+			continue
+		}
+		user := toolUser(o.session)
+		if notes[user] == nil {
+			notes[user] = map[string]int{}
+			v, err := st.RedisDo("HGET", contract.ToolApp+"||notes|"+user, "data")
+			if err != nil {
+				r.problems = append(r.problems, "reading the notes: "+err.Error())
+				continue
+			}
+			var list []struct {
+				CallID string `json:"call_id"`
+			}
+			if s, ok := v.(string); ok {
+				json.Unmarshal([]byte(s), &list)
+			} else if b, ok := v.([]byte); ok {
+				json.Unmarshal(b, &list)
+			}
+			for _, n := range list {
+				notes[user][n.CallID]++
+			}
+		}
+		id := o.instance + "-r1-t1"
+		r.toolCalls++
+		r.maxExecutions = max(r.maxExecutions, runs[id])
+		r.notes += notes[user][id]
+		limit := 1
+		if r.twice {
+			limit = 2
+		}
+		if runs[id] < 1 || runs[id] > limit || notes[user][id] != 1 {
+			r.problems = append(r.problems, fmt.Sprintf("tool call %s: executed %d times (at most %d), %d notes (want 1)", id, runs[id], limit, notes[user][id]))
+		}
+	}
+	if r.toolCalls == 0 {
+		r.problems = append(r.problems, "no turn's tool call answered")
+	}
 }
 
 func historyLen(t *testing.T, st *stack.Stack, session string) int {
@@ -357,6 +441,9 @@ func printTable(t *testing.T) {
 			ev, r.strayEvents, r.sessionsOK, r.sessions, rec)
 		if r.sidecarRestarted {
 			fmt.Fprintf(&b, "faults|   chat-service's sidecar never took in the new worker's workflow actor types (Dapr 1.18.2, see README): chat-service restarted with its sidecar; the figures include that\n")
+		}
+		if r.tool {
+			fmt.Fprintf(&b, "faults|   tool calls answered: %d, each executed at most %d time(s) at the tool server, %d notes (one per call)\n", r.toolCalls, r.maxExecutions, r.notes)
 		}
 		if r.subscriberReconnects > 0 || r.subscriberSaw > 0 {
 			fmt.Fprintf(&b, "faults|   its subscriber reconnected %d time(s) to the other gateway and saw %d of the %d turns' events (no replay of those it was away for)\n",

@@ -54,7 +54,7 @@ type Activities struct {
 	State State
 	Log   *slog.Logger
 	// Failpoint, when set, is called at the named points of the activities
-	// ("fetch_context", "after_publish") for the fault suite to crash the
+	// ("fetch_context", "after_tool", "after_publish") for the fault suite to crash the
 	// process exactly there (FAILPOINTS_DIR); nil in production.
 	Failpoint func(name string)
 }
@@ -144,6 +144,9 @@ func (a *Activities) GenerateResponse(ctx workflow.ActivityContext) (any, error)
 	var in generateInput
 	if err := ctx.GetInput(&in); err != nil {
 		return nil, err
+	}
+	if len(in.Steps) > 0 {
+		a.failpoint("after_tool") // the turn's tool calls have completed; their results are in its history
 	}
 	p := in.Context.Profile
 	msgs := make([]llm.Message, 0, len(in.Context.History)+1+2*len(in.Steps))
