@@ -50,7 +50,7 @@ func Run(ctx context.Context, args []string) error {
 	streamTurns := fs.Int("stream-turns", 30, "chat turns of the time-to-first-token measurement")
 	streamSubs := fs.Int("stream-subscribers", 1000, "subscribers of the one streamed turn")
 	baseRev := fs.String("baseline", "", "a git revision of this repository measured beside today's code in the same rounds: its gateway in the gateway part, its apps on its own Dapr release and on today's in the turns part; \"\": none")
-	partsFlag := fs.String("parts", "turns,gateway,fanout,invocation,stream", "what to measure, comma separated: turns (chat turns and the sidecar floor), gateway (the gateway against its sidecar), fanout (one event to many subscriptions), invocation (the gateway's two paths to its sidecar), stream (time to first token and one turn streamed to many, on a stack of its own with a local provider)")
+	partsFlag := fs.String("parts", "turns,gateway,fanout,invocation,stream,tools", "what to measure, comma separated: turns (chat turns and the sidecar floor), gateway (the gateway against its sidecar), fanout (one event to many subscriptions), invocation (the gateway's two paths to its sidecar), stream (time to first token and one turn streamed to many, on a stack of its own with a local provider), tools (a turn with one MCP tool call beside a plain turn)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -68,10 +68,10 @@ func Run(ctx context.Context, args []string) error {
 	parts := map[string]bool{}
 	for _, p := range strings.Split(*partsFlag, ",") {
 		switch p = strings.TrimSpace(p); p {
-		case "turns", "gateway", "fanout", "invocation", "stream":
+		case "turns", "gateway", "fanout", "invocation", "stream", "tools":
 			parts[p] = true
 		default:
-			return UsageError("-parts: want turns, gateway, fanout, invocation or stream, got " + strconv.Quote(p))
+			return UsageError("-parts: want turns, gateway, fanout, invocation, stream or tools, got " + strconv.Quote(p))
 		}
 	}
 	rootDir, err := filepath.Abs(*root)
@@ -84,7 +84,7 @@ func Run(ctx context.Context, args []string) error {
 			return err
 		}
 	}
-	if parts["turns"] || parts["gateway"] || parts["fanout"] || parts["invocation"] {
+	if parts["turns"] || parts["gateway"] || parts["fanout"] || parts["invocation"] || parts["tools"] {
 		if err := benchOffline(ctx, rootDir, parts, *turns, *reads, fanOutConfig{*subs, *fanoutRuns, *fanoutLarge}, levels, base); err != nil {
 			return err
 		}
@@ -140,6 +140,9 @@ func benchOffline(ctx context.Context, rootDir string, parts map[string]bool, tu
 		stack.Gateway.App("LOG_LEVEL=warn", "RATE_LIMIT_PER_MINUTE=0", "SUBSCRIBER_QUEUE=16", "PPROF_ADDR="+pprof["gateway"]),
 		stack.Gateway.Named("gateway-grpc", "LOG_LEVEL=warn", "RATE_LIMIT_PER_MINUTE=0", "BACKEND_INVOCATION=grpc", "PPROF_ADDR="+pprof["gateway-grpc"]),
 	}
+	if parts["tools"] { // before chat-service: its sidecar discovers the tools when it starts
+		apps = append([]stack.App{stack.Tools.App("LOG_LEVEL=warn")}, apps...)
+	}
 	if base != nil && parts["gateway"] {
 		bin, err := base.gateway(ctx, filepath.Join(runDir, "bin"))
 		if err != nil {
@@ -190,6 +193,11 @@ func benchOffline(ctx context.Context, rootDir string, parts map[string]bool, tu
 	}
 	if parts["turns"] && base != nil {
 		if err := benchReleases(ctx, rootDir, st, call, base, turns); err != nil {
+			return err
+		}
+	}
+	if parts["tools"] {
+		if err := benchTools(ctx, call, chatURL); err != nil {
 			return err
 		}
 	}

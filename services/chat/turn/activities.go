@@ -178,7 +178,7 @@ func (a *Activities) GenerateResponse(ctx workflow.ActivityContext) (any, error)
 	var st *streamer
 	if a.State != nil {
 		st = newStreamer(sctx, a.Publisher, log, in.InstanceID, in.UserID, soFar.String(), func(ctx context.Context) (int, error) {
-			return nextExecution(ctx, a.State, in.InstanceID)
+			return nextExecution(ctx, a.State, in.InstanceID, len(in.Steps) == 0)
 		})
 		defer st.close()
 		if n := len(in.Steps); n > 0 {

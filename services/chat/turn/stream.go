@@ -26,18 +26,24 @@ type State interface {
 const executionTTL = "3600"
 
 // nextExecution counts the executions of generate_response of a turn (1 for
-// the first): a retry, or a run after chat-service crashed, is the next one,
-// and its pieces are numbered in the next block (contract.SeqBlock). The
-// first execution takes one call: a first-write save without an ETag, which
-// Dapr's state API refuses when the key exists. A later one reads the count
-// and writes the next with the ETag it read. Two executions of one turn
-// never count at once (an execution waits for its count before it ends).
-func nextExecution(ctx context.Context, st State, instanceID string) (int, error) {
+// the first): a later round of the tool loop, a retry, or a run after
+// chat-service crashed is the next one, and its pieces are numbered in the
+// next block (contract.SeqBlock). The turn's first round (first) tries one
+// call: a first-write save without an ETag, which Dapr's state API refuses
+// when the key exists. Otherwise — or when that was refused — it reads the
+// count and writes the next with the ETag it read: a later round never
+// tries the first write, whose refusal the state store's resiliency policy
+// would retry for about a second before it failed. Two executions of one
+// turn never count at once (an execution waits for its count before it
+// ends).
+func nextExecution(ctx context.Context, st State, instanceID string, first bool) (int, error) {
 	key := "stream-execution|" + instanceID
 	meta := map[string]string{"ttlInSeconds": executionTTL}
 	firstWrite := dapr.WithConcurrency(dapr.StateConcurrencyFirstWrite)
-	if err := st.SaveStateWithETag(ctx, contract.StateStore, key, []byte("1"), "", meta, firstWrite); err == nil {
-		return 1, nil
+	if first {
+		if err := st.SaveStateWithETag(ctx, contract.StateStore, key, []byte("1"), "", meta, firstWrite); err == nil {
+			return 1, nil
+		}
 	}
 	item, err := st.GetState(ctx, contract.StateStore, key, nil)
 	if err != nil {

@@ -85,14 +85,23 @@ func TestStreamerCountFails(t *testing.T) {
 }
 
 // TestNextExecution: the first execution of a turn counts with one write,
-// the next ones read and write; turns count apart.
+// the next ones read and write; a later round of the tool loop (first
+// false) never tries the first write, which the state store would refuse;
+// turns count apart.
 func TestNextExecution(t *testing.T) {
 	st := &state{}
-	for i, id := range []string{"chat-1", "chat-1", "chat-2", "chat-1"} {
-		want := []int{1, 2, 1, 3}[i]
-		n, err := nextExecution(t.Context(), st, id)
-		if err != nil || n != want {
-			t.Fatalf("call %d (%s): %d, %v; want %d", i, id, n, err, want)
+	for i, c := range []struct {
+		id    string
+		first bool
+		want  int
+	}{{"chat-1", true, 1}, {"chat-1", true, 2}, {"chat-2", true, 1}, {"chat-1", false, 3}, {"chat-3", false, 1}} {
+		before := st.refused
+		n, err := nextExecution(t.Context(), st, c.id, c.first)
+		if err != nil || n != c.want {
+			t.Fatalf("call %d (%s): %d, %v; want %d", i, c.id, n, err, c.want)
+		}
+		if !c.first && st.refused != before {
+			t.Fatalf("call %d (%s): a later round tried the first write", i, c.id)
 		}
 	}
 }

@@ -161,9 +161,10 @@ func (p *published) streamed() []contract.ChatStreamed {
 
 // state is an in-memory state store with ETags.
 type state struct {
-	mu   sync.Mutex
-	vals map[string]string
-	tags map[string]int
+	mu      sync.Mutex
+	vals    map[string]string
+	tags    map[string]int
+	refused int // writes refused (as Dapr's state API would: after its resiliency retries)
 }
 
 func (s *state) GetState(_ context.Context, store, key string, _ map[string]string) (*dapr.StateItem, error) {
@@ -188,9 +189,11 @@ func (s *state) SaveStateWithETag(_ context.Context, store, key string, data []b
 		o(&so)
 	}
 	if etag != "" && etag != strconv.Itoa(s.tags[key]) {
+		s.refused++
 		return errors.New("etag mismatch")
 	}
 	if etag == "" && so.Concurrency == dapr.StateConcurrencyFirstWrite && s.tags[key] > 0 {
+		s.refused++
 		return errors.New("failed to set key: it exists")
 	}
 	s.vals[key] = string(data)
