@@ -22,12 +22,12 @@ const minToken = 16
 
 type srv struct {
 	service.Base
-	log   *slog.Logger
+	log *slog.Logger
 	// delay and executions are the fault suite's knobs (config).
 	delay      time.Duration
 	executions string
-	token atomic.Pointer[string]
-	mcp   atomic.Pointer[http.Handler]
+	token      atomic.Pointer[string]
+	mcp        atomic.Pointer[http.Handler]
 }
 
 func newServer(log *slog.Logger, appToken string) *srv {
