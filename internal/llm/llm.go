@@ -1,7 +1,8 @@
 // Package llm talks to any OpenAI-compatible Chat Completions endpoint
-// (Gemini by default) with go-openai: a tool-calling loop with the
-// get_current_time tool, a per-call timeout, retries on 429 and 5xx that
-// honour Retry-After, and streaming.
+// (Gemini by default) with go-openai: one round of the model at a time
+// (Round: its text streamed, the tools it asks for; the tool loop itself is
+// the chat workflow's, durable per step), a per-call timeout, retries on 429
+// and 5xx that honour Retry-After.
 //
 // The API key comes only from the Dapr secret store (see SecretKey). When
 // the stored key is empty the client runs a built-in deterministic model
@@ -16,6 +17,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -38,12 +40,11 @@ const (
 
 // Config configures the client.
 type Config struct {
-	BaseURL       string        // LLM_BASE_URL
-	Model         string        // LLM_MODEL
-	Timeout       time.Duration // per call (LLM_TIMEOUT, default 30s)
-	MaxToolRounds int           // LLM_MAX_TOOL_ROUNDS, default 4
-	MaxRetries    int           // on 429/5xx, LLM_MAX_RETRIES, default 3
-	OfflineDelay  time.Duration // offline model answers after this long (LLM_OFFLINE_DELAY)
+	BaseURL      string        // LLM_BASE_URL
+	Model        string        // LLM_MODEL
+	Timeout      time.Duration // per call (LLM_TIMEOUT, default 30s)
+	MaxRetries   int           // on 429/5xx, LLM_MAX_RETRIES, default 3
+	OfflineDelay time.Duration // offline model answers after this long (LLM_OFFLINE_DELAY)
 	// OfflineTokenDelay is the offline model's pause between the words of a
 	// streamed reply (LLM_OFFLINE_TOKEN_DELAY, default 20ms: a reply is seen
 	// being written; 0: the whole reply in one piece).
@@ -56,7 +57,6 @@ func ConfigFromEnv(r *env.Reader) Config {
 		BaseURL:           r.String("LLM_BASE_URL", DefaultBaseURL),
 		Model:             r.String("LLM_MODEL", DefaultModel),
 		Timeout:           r.Duration("LLM_TIMEOUT", 30*time.Second),
-		MaxToolRounds:     r.Int("LLM_MAX_TOOL_ROUNDS", 4, 1, 16),
 		MaxRetries:        r.Int("LLM_MAX_RETRIES", 3, 0, 10),
 		OfflineDelay:      r.Duration("LLM_OFFLINE_DELAY", 0),
 		OfflineTokenDelay: r.Duration("LLM_OFFLINE_TOKEN_DELAY", DefaultOfflineTokenDelay),
@@ -82,7 +82,6 @@ type Client struct {
 	oa   *openai.Client
 	mode string
 	log  *slog.Logger
-	now  func() time.Time
 	keys KeySource
 }
 
@@ -96,14 +95,11 @@ func New(ctx context.Context, cfg Config, keys KeySource, log *slog.Logger) (*Cl
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 30 * time.Second
 	}
-	if cfg.MaxToolRounds == 0 {
-		cfg.MaxToolRounds = 4
-	}
 	key, err := keys.Key(ctx)
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{cfg: cfg, log: log, now: time.Now, keys: keys}
+	c := &Client{cfg: cfg, log: log, keys: keys}
 	oc := openai.DefaultConfig("")
 	if key == "" {
 		log.Warn("LLM: the secret gemini-api-key is empty; using the built-in offline model " +
@@ -126,122 +122,17 @@ func New(ctx context.Context, cfg Config, keys KeySource, log *slog.Logger) (*Cl
 	return c, nil
 }
 
-// SetClock replaces the clock of the get_current_time tool (tests).
-func (c *Client) SetClock(now func() time.Time) { c.now = now }
-
-// TimeFormat is the format of get_current_time.
+// TimeFormat is the format of the built-in get_current_time tool's answer.
 const TimeFormat = "2006-01-02 15:04:05 UTC"
 
-var tools = []openai.Tool{{
-	Type: openai.ToolTypeFunction,
-	Function: &openai.FunctionDefinition{
-		Name:        "get_current_time",
-		Description: "Returns the current date and time in UTC.",
-		Parameters:  json.RawMessage(`{"type":"object","properties":{}}`),
-	},
-}}
-
-func (c *Client) runTool(name string) string {
-	switch name {
-	case "get_current_time":
-		return c.now().UTC().Format(TimeFormat)
-	default:
-		return fmt.Sprintf("error: unknown tool %q", name)
-	}
-}
-
-func messages(system string, history []Message, user string) []openai.ChatCompletionMessage {
-	msgs := []openai.ChatCompletionMessage{{Role: openai.ChatMessageRoleSystem, Content: system}}
-	for _, m := range history {
-		role := openai.ChatMessageRoleUser
-		if m.Role == "assistant" {
-			role = openai.ChatMessageRoleAssistant
-		}
-		msgs = append(msgs, openai.ChatCompletionMessage{Role: role, Content: m.Content})
-	}
-	if user != "" {
-		msgs = append(msgs, openai.ChatCompletionMessage{Role: openai.ChatMessageRoleUser, Content: user})
-	}
-	return msgs
-}
-
-// Chat answers user given the instructions and the recent history, running
-// the get_current_time tool when the model asks for it.
-func (c *Client) Chat(ctx context.Context, system string, history []Message, user string) (string, error) {
-	return c.loop(ctx, messages(system, history, user), true, nil)
-}
-
-// Complete answers without tools (used for summaries).
+// Complete answers without tools (used for summaries): one round.
 func (c *Client) Complete(ctx context.Context, system string, history []Message, user string) (string, error) {
-	return c.loop(ctx, messages(system, history, user), false, nil)
-}
-
-// Piece is what Stream reports while the model writes: text it added
-// (Delta), or a tool it called (Tool, with the tool's result).
-type Piece struct {
-	Delta string
-	Tool  *ToolUse
-}
-
-// ToolUse is one call of a tool.
-type ToolUse struct {
-	Name, Arguments, Result string
-}
-
-// Stream is Chat with the reply streamed from the provider: on gets each
-// piece of text as it arrives and each tool call once its result is known.
-// The reply it returns is every piece of text joined, also text the model
-// wrote before it called a tool, so it equals what on was given.
-func (c *Client) Stream(ctx context.Context, system string, history []Message, user string, on func(Piece)) (string, error) {
-	if on == nil {
-		on = func(Piece) {}
+	msgs := history
+	if user != "" {
+		msgs = append(slices.Clip(history), Message{Role: "user", Content: user})
 	}
-	return c.loop(ctx, messages(system, history, user), true, on)
-}
-
-func (c *Client) loop(ctx context.Context, msgs []openai.ChatCompletionMessage, withTools bool, on func(Piece)) (string, error) {
-	var streamed strings.Builder
-	for round := 0; round <= c.cfg.MaxToolRounds; round++ {
-		req := openai.ChatCompletionRequest{Model: c.cfg.Model, Messages: msgs}
-		if withTools && round < c.cfg.MaxToolRounds {
-			req.Tools = tools
-		}
-		var msg openai.ChatCompletionMessage
-		var err error
-		if on != nil {
-			msg, err = c.streamOnce(ctx, req, round, func(d string) {
-				streamed.WriteString(d)
-				on(Piece{Delta: d})
-			})
-		} else {
-			msg, err = c.once(ctx, req)
-		}
-		if err != nil {
-			return "", err
-		}
-		if len(msg.ToolCalls) == 0 {
-			reply := msg.Content
-			if on != nil {
-				reply = streamed.String()
-			}
-			if strings.TrimSpace(reply) == "" {
-				return "", apperr.New(apperr.Unavailable, "the language model returned an empty reply")
-			}
-			return reply, nil
-		}
-		msgs = append(msgs, msg)
-		for _, tc := range msg.ToolCalls {
-			out := c.runTool(tc.Function.Name)
-			c.log.Debug("LLM tool call", "tool", tc.Function.Name)
-			if on != nil {
-				on(Piece{Tool: &ToolUse{Name: tc.Function.Name, Arguments: tc.Function.Arguments, Result: out}})
-			}
-			msgs = append(msgs, openai.ChatCompletionMessage{
-				Role: openai.ChatMessageRoleTool, Content: out, ToolCallID: tc.ID, Name: tc.Function.Name,
-			})
-		}
-	}
-	return "", apperr.New(apperr.Unavailable, "the language model kept calling tools (more than %d rounds)", c.cfg.MaxToolRounds)
+	a, err := c.Round(ctx, system, msgs, nil, nil)
+	return a.Text, err
 }
 
 func (c *Client) once(ctx context.Context, req openai.ChatCompletionRequest) (openai.ChatCompletionMessage, error) {

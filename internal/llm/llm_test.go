@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -22,8 +23,33 @@ func offline(t *testing.T) *Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.SetClock(func() time.Time { return fixed })
 	return c
+}
+
+// converse runs what the chat workflow runs, in the test: rounds of the
+// model with get_current_time offered, answering its calls with the fixed
+// time, until it replies (at most 4 rounds). It returns the reply (the text
+// of every round), the calls made and the provider-facing text pieces.
+func converse(ctx context.Context, c *Client, system string, history []Message, user string, on func(string)) (string, []ToolCall, error) {
+	msgs := append(slices.Clip(history), Message{Role: "user", Content: user})
+	var reply strings.Builder
+	var calls []ToolCall
+	for range 4 {
+		a, err := c.Round(ctx, system, msgs, []ToolSpec{TimeTool}, on)
+		if err != nil {
+			return "", calls, err
+		}
+		reply.WriteString(a.Text)
+		if len(a.ToolCalls) == 0 {
+			return reply.String(), calls, nil
+		}
+		msgs = append(msgs, Message{Role: "assistant", Content: a.Text, ToolCalls: a.ToolCalls})
+		for _, tc := range a.ToolCalls {
+			calls = append(calls, tc)
+			msgs = append(msgs, Message{Role: RoleTool, Content: fixed.Format(TimeFormat), ToolCallID: tc.ID, Name: tc.Name})
+		}
+	}
+	return "", calls, fmt.Errorf("the model kept calling tools")
 }
 
 func TestOfflineChat(t *testing.T) {
@@ -49,17 +75,11 @@ func TestOfflineChat(t *testing.T) {
 				var got string
 				var err error
 				var pieces []string
-				var tools []ToolUse
+				var tools []ToolCall
 				if stream {
-					got, err = c.Stream(t.Context(), sys, tt.history, tt.user, func(p Piece) {
-						if p.Tool != nil {
-							tools = append(tools, *p.Tool)
-						} else {
-							pieces = append(pieces, p.Delta)
-						}
-					})
+					got, tools, err = converse(t.Context(), c, sys, tt.history, tt.user, func(d string) { pieces = append(pieces, d) })
 				} else {
-					got, err = c.Chat(t.Context(), sys, tt.history, tt.user)
+					got, tools, err = converse(t.Context(), c, sys, tt.history, tt.user, nil)
 				}
 				if err != nil {
 					t.Fatalf("stream=%v: %v", stream, err)
@@ -72,9 +92,9 @@ func TestOfflineChat(t *testing.T) {
 				if stream && (len(pieces) < 2 || strings.Join(pieces, "") != got) {
 					t.Errorf("stream pieces %q do not make up the reply %q", pieces, got)
 				}
-				if wantTool := strings.Contains(tt.name, "tool"); stream && wantTool != (len(tools) == 1) {
-					t.Errorf("tool calls reported: %+v", tools)
-				} else if stream && wantTool && (tools[0].Name != "get_current_time" || tools[0].Result != "2026-11-29 03:04:05 UTC") {
+				if wantTool := strings.Contains(tt.name, "tool"); wantTool != (len(tools) == 1) {
+					t.Errorf("tool calls: %+v", tools)
+				} else if wantTool && (tools[0].Name != "get_current_time" || tools[0].Arguments != "{}" || tools[0].ID == "") {
 					t.Errorf("tool call %+v", tools[0])
 				}
 			}
@@ -91,7 +111,7 @@ func TestOfflineStreamWithoutDelay(t *testing.T) {
 		t.Fatal(err)
 	}
 	var pieces []string
-	got, err := c.Stream(t.Context(), "be brief", nil, "Tell me a joke", func(p Piece) { pieces = append(pieces, p.Delta) })
+	got, _, err := converse(t.Context(), c, "be brief", nil, "Tell me a joke", func(d string) { pieces = append(pieces, d) })
 	if err != nil || len(pieces) != 1 || pieces[0] != got || !strings.Contains(got, "joke") {
 		t.Fatalf("reply %q, pieces %q, err %v; want the reply in one piece", got, pieces, err)
 	}
@@ -116,7 +136,7 @@ func TestOfflineDelayHonoursContext(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = c.Chat(t.Context(), "x", nil, "hi")
+	_, _, err = converse(t.Context(), c, "x", nil, "hi", nil)
 	if apperr.CodeOf(err) != apperr.Timeout {
 		t.Fatalf("err = %v; want a timeout", err)
 	}
@@ -177,8 +197,7 @@ func TestProviderRetriesAndKeyRotation(t *testing.T) {
 			if c.Mode() != "openai-compatible" {
 				t.Fatalf("mode = %s", c.Mode())
 			}
-			c.SetClock(func() time.Time { return fixed })
-			got, err := c.Chat(t.Context(), "sys", nil, "What time is it?")
+			got, _, err := converse(t.Context(), c, "sys", nil, "What time is it?", nil)
 			if apperr.CodeOf(err) != tt.wantCode {
 				t.Fatalf("err = %v; want code %q", err, tt.wantCode)
 			}
@@ -212,7 +231,7 @@ func TestProviderFaults(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := c.Chat(t.Context(), "sys", nil, "hello"); err != nil {
+		if _, _, err := converse(t.Context(), c, "sys", nil, "hello", nil); err != nil {
 			t.Fatal(err)
 		}
 		at := prov.Arrivals()
@@ -232,7 +251,7 @@ func TestProviderFaults(t *testing.T) {
 			t.Fatal(err)
 		}
 		start := time.Now()
-		_, err = c.Chat(t.Context(), "sys", nil, "hello")
+		_, _, err = converse(t.Context(), c, "sys", nil, "hello", nil)
 		if apperr.CodeOf(err) != apperr.Timeout || time.Since(start) > 5*time.Second || prov.Calls() != 1 {
 			t.Fatalf("err %v after %s and %d calls; want Timeout at LLM_TIMEOUT after 1 call", err, time.Since(start), prov.Calls())
 		}
@@ -266,11 +285,11 @@ func TestRedact(t *testing.T) {
 	}
 }
 
-// TestStreamingQuirks: the tool loop over a streamed provider, as OpenAI
-// streams and with each of Gemini's quirks (finish_reason "stop" on a tool
-// call, no index, several calls all at index 0): every tool call is run
-// once and reported, the text streams in pieces, and the reply is the
-// pieces joined.
+// TestStreamingQuirks: rounds over a streamed provider, as OpenAI streams
+// and with each of Gemini's quirks (finish_reason "stop" on a tool call, no
+// index, several calls all at index 0): every tool call comes back once,
+// with an id, the text streams in pieces, and the reply is the pieces
+// joined.
 func TestStreamingQuirks(t *testing.T) {
 	t.Parallel()
 	const key = "sk-live-0123456789abcdef"
@@ -309,16 +328,8 @@ func TestStreamingQuirks(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			c.SetClock(func() time.Time { return fixed })
 			var deltas []string
-			var tools []ToolUse
-			got, err := c.Stream(t.Context(), "sys", nil, "What time is it?", func(p Piece) {
-				if p.Tool != nil {
-					tools = append(tools, *p.Tool)
-				} else {
-					deltas = append(deltas, p.Delta)
-				}
-			})
+			got, tools, err := converse(t.Context(), c, "sys", nil, "What time is it?", func(d string) { deltas = append(deltas, d) })
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -328,10 +339,12 @@ func TestStreamingQuirks(t *testing.T) {
 			if len(tools) != tt.wantTools || prov.Calls() != 2 {
 				t.Fatalf("tools %+v, provider calls %d; want %d tools, 2 calls", tools, prov.Calls(), tt.wantTools)
 			}
+			ids := map[string]bool{}
 			for _, u := range tools {
-				if u.Name != "get_current_time" || u.Arguments != "{}" || u.Result != "2026-11-29 03:04:05 UTC" {
-					t.Fatalf("tool use %+v", u)
+				if u.Name != "get_current_time" || u.Arguments != "{}" || u.ID == "" || ids[u.ID] {
+					t.Fatalf("tool call %+v (ids so far %v); want get_current_time with an id of its own", u, ids)
 				}
+				ids[u.ID] = true
 			}
 		})
 	}

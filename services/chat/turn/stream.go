@@ -11,7 +11,6 @@ import (
 	dapr "github.com/dapr/go-sdk/client"
 
 	"github.com/daca-go/daca/internal/contract"
-	"github.com/daca-go/daca/internal/llm"
 )
 
 // State is the part of the sidecar's state API the stream uses: the count
@@ -107,15 +106,6 @@ func newStreamer(ctx context.Context, pub Publisher, log *slog.Logger, instanceI
 		wake: make(chan struct{}, 1), counted: make(chan struct{}), done: make(chan struct{})}
 	go s.send(context.WithoutCancel(ctx), contract.ChatStreamed{InstanceID: instanceID, UserID: userID}, prefix, count)
 	return s
-}
-
-// on is the llm.Piece callback.
-func (s *streamer) on(p llm.Piece) {
-	if p.Tool != nil {
-		s.tool(ToolCall{Name: p.Tool.Name, Arguments: p.Tool.Arguments, Result: p.Tool.Result})
-		return
-	}
-	s.text(p.Delta)
 }
 
 // tool publishes a tool call (with its result once it has one) as a piece

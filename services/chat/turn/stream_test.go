@@ -8,7 +8,6 @@ import (
 
 	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/dev/testkit"
-	"github.com/daca-go/daca/internal/llm"
 )
 
 // TestStreamerCoalesces: pieces cut while the sender is busy (here: still
@@ -19,16 +18,16 @@ func TestStreamerCoalesces(t *testing.T) {
 	tests := []struct {
 		name      string
 		execution int
-		feed      []llm.Piece
+		feed      []any // text (string) or a tool call (ToolCall)
 		want      []contract.ChatStreamed // Seq, Delta, Text, ToolCall
 	}{
-		{"words coalesce", 1, []llm.Piece{{Delta: "a "}, {Delta: "b "}, {Delta: "c"}},
+		{"words coalesce", 1, []any{"a ", "b ", "c"},
 			[]contract.ChatStreamed{{Seq: 1, Delta: "a b c", Text: "a b c"}}},
-		{"a tool call ends a piece", 1, []llm.Piece{{Delta: "Let me see. "}, {Delta: "One"}, {Tool: &llm.ToolUse{Name: "get_current_time", Arguments: "{}", Result: "now"}}, {Delta: "It is now."}},
+		{"a tool call ends a piece", 1, []any{"Let me see. ", "One", ToolCall{Name: "get_current_time", Arguments: "{}", Result: "now"}, "It is now."},
 			[]contract.ChatStreamed{
 				{Seq: 1, Delta: "Let me see. One", Text: "Let me see. One", ToolCall: &contract.ToolCall{Name: "get_current_time", Arguments: "{}", Result: "now", Status: contract.ToolCompleted}},
 				{Seq: 2, Delta: "It is now.", Text: "Let me see. OneIt is now."}}},
-		{"a second execution", 2, []llm.Piece{{Delta: "x"}},
+		{"a second execution", 2, []any{"x"},
 			[]contract.ChatStreamed{{Seq: contract.SeqBlock + 1, Delta: "x", Text: "x"}}},
 	}
 	for _, tt := range tests {
@@ -41,11 +40,15 @@ func TestStreamerCoalesces(t *testing.T) {
 			})
 			s.interval = time.Hour // nothing but the first piece, a tool call and close may cut
 			for _, p := range tt.feed {
-				s.on(p)
+				if c, ok := p.(ToolCall); ok {
+					s.tool(c)
+				} else {
+					s.text(p.(string))
+				}
 			}
 			close(release)
 			s.close()
-			s.on(llm.Piece{Delta: "after close"})
+			s.text("after close")
 			s.wait()
 			checkPieces(t, pub.streamed(), tt.want, tt.execution)
 		})
@@ -58,12 +61,12 @@ func TestStreamerFirstPieceAtOnce(t *testing.T) {
 	pub := &published{}
 	s := newStreamer(t.Context(), pub, testkit.Quiet(), "chat-1", "ana", "", func(context.Context) (int, error) { return 1, nil })
 	s.interval = time.Hour
-	s.on(llm.Piece{Delta: "Let me see. "})
+	s.text("Let me see. ")
 	testkit.WaitUntil(t, 2*time.Second, "the first piece published", func() bool { return len(pub.streamed()) == 1 })
-	s.on(llm.Piece{Delta: "One"})
-	s.on(llm.Piece{Tool: &llm.ToolUse{Name: "get_current_time", Arguments: "{}", Result: "now"}})
+	s.text("One")
+	s.tool(ToolCall{Name: "get_current_time", Arguments: "{}", Result: "now"})
 	testkit.WaitUntil(t, 2*time.Second, "the tool call published", func() bool { return len(pub.streamed()) == 2 })
-	s.on(llm.Piece{Delta: "It is now."})
+	s.text("It is now.")
 	s.close()
 	s.wait()
 	checkPieces(t, pub.streamed(), []contract.ChatStreamed{{Seq: 1, Delta: "Let me see. ", Text: "Let me see. "},
@@ -76,7 +79,7 @@ func TestStreamerFirstPieceAtOnce(t *testing.T) {
 func TestStreamerCountFails(t *testing.T) {
 	pub := &published{}
 	s := newStreamer(t.Context(), pub, testkit.Quiet(), "chat-1", "ana", "", func(context.Context) (int, error) { return 0, errors.New("state store down") })
-	s.on(llm.Piece{Delta: "a"})
+	s.text("a")
 	s.close()
 	s.wait()
 	if p := pub.streamed(); len(p) != 0 {
@@ -134,10 +137,10 @@ func TestStreamerInterval(t *testing.T) {
 			return false
 		}
 	})
-	s.on(llm.Piece{Delta: "w "})
+	s.text("w ")
 	testkit.WaitUntil(t, 2*time.Second, "the first word published", func() bool { return len(pub.streamed()) == 1 })
 	for range 19 {
-		s.on(llm.Piece{Delta: "w "})
+		s.text("w ")
 	}
 	testkit.WaitUntil(t, 2*time.Second, "the pending words published after a pause", func() bool {
 		p := pub.streamed()
