@@ -43,65 +43,59 @@ type Client struct {
 
 var _ graph.Backend = (*Client)(nil)
 
-func (c *Client) memory() api.Memory    { return api.Memory{Caller: c.Sidecar} }
-func (c *Client) chat() api.ChatService { return api.ChatService{Caller: c.Sidecar} }
+// timed bounds every call of a Caller by a timeout.
+type timed struct {
+	api.Caller
+	d time.Duration
+}
 
-// limit bounds a call by d (0: the default timeout).
-func (c *Client) limit(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
-	if d == 0 {
-		d = c.Timeout
+func (t timed) Call(ctx context.Context, r api.Request) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, t.d)
+	defer cancel()
+	return t.Caller.Call(ctx, r)
+}
+
+func (c *Client) timeout() time.Duration {
+	if c.Timeout == 0 {
+		return 10 * time.Second
 	}
-	if d == 0 {
-		d = 10 * time.Second
-	}
-	return context.WithTimeout(ctx, d)
+	return c.Timeout
+}
+
+func (c *Client) memory() api.Memory { return api.Memory{Caller: timed{c.Sidecar, c.timeout()}} }
+func (c *Client) chat() api.ChatService {
+	return api.ChatService{Caller: timed{c.Sidecar, c.timeout()}}
 }
 
 func (c *Client) Memory(ctx context.Context, userID string) (contract.Profile, error) {
-	ctx, cancel := c.limit(ctx, 0)
-	defer cancel()
 	return c.memory().Profile(ctx, userID)
 }
 
 func (c *Client) InitializeMemory(ctx context.Context, userID string, p contract.Profile) (contract.Profile, error) {
-	ctx, cancel := c.limit(ctx, 0)
-	defer cancel()
 	return c.memory().Initialize(ctx, userID, p)
 }
 
 func (c *Client) Conversation(ctx context.Context, sessionID string) ([]contract.Entry, error) {
-	ctx, cancel := c.limit(ctx, 0)
-	defer cancel()
 	return c.memory().History(ctx, sessionID, api.HistoryOptions{})
 }
 
 func (c *Client) Conversations(ctx context.Context, sessionIDs []string, last int) (map[string][]contract.Entry, error) {
-	ctx, cancel := c.limit(ctx, 0)
-	defer cancel()
 	return c.memory().Histories(ctx, sessionIDs, last)
 }
 
 func (c *Client) Sessions(ctx context.Context, userID string) ([]contract.SessionInfo, error) {
-	ctx, cancel := c.limit(ctx, 0)
-	defer cancel()
 	return c.memory().Sessions(ctx, userID)
 }
 
 func (c *Client) SessionOwner(ctx context.Context, sessionID string) (string, error) {
-	ctx, cancel := c.limit(ctx, 0)
-	defer cancel()
 	return c.memory().Owner(ctx, sessionID)
 }
 
 func (c *Client) ForgetUser(ctx context.Context, userID string) (int, error) {
-	ctx, cancel := c.limit(ctx, 0)
-	defer cancel()
 	return c.memory().Forget(ctx, userID)
 }
 
 func (c *Client) DeleteConversation(ctx context.Context, sessionID string) (bool, error) {
-	ctx, cancel := c.limit(ctx, 0)
-	defer cancel()
 	return c.memory().DeleteConversation(ctx, sessionID)
 }
 
@@ -129,14 +123,10 @@ func (c *Client) SendMessage(ctx context.Context, in graph.ChatInput) (contract.
 	if t == 0 {
 		t = 75 * time.Second
 	}
-	ctx, cancel := c.limit(ctx, t)
-	defer cancel()
-	return c.chat().Send(ctx, request(in), turnKey(in))
+	return api.ChatService{Caller: timed{c.Sidecar, t}}.Send(ctx, request(in), turnKey(in))
 }
 
 func (c *Client) StartChat(ctx context.Context, in graph.ChatInput) (contract.ChatRun, error) {
-	ctx, cancel := c.limit(ctx, 0)
-	defer cancel()
 	out, err := c.chat().Start(ctx, request(in), turnKey(in))
 	if err != nil {
 		return contract.ChatRun{}, err
@@ -169,22 +159,16 @@ func (c *Client) ChatRun(ctx context.Context, instanceID string) (*contract.Chat
 }
 
 func (c *Client) CancelChat(ctx context.Context, instanceID string) (*contract.ChatRun, error) {
-	ctx, cancel := c.limit(ctx, 0)
-	defer cancel()
 	return c.chat().Cancel(ctx, instanceID)
 }
 
 func (c *Client) Tools(ctx context.Context) ([]contract.ToolInfo, error) {
-	ctx, cancel := c.limit(ctx, 0)
-	defer cancel()
 	return c.chat().Tools(ctx)
 }
 
 // ReadChatRun reads a turn with a call of its own (a state read after the
 // call began, which a joined read may not be: the chatRun poller needs it).
 func (c *Client) ReadChatRun(ctx context.Context, instanceID string) (*contract.ChatRun, error) {
-	ctx, cancel := c.limit(ctx, 0)
-	defer cancel()
 	return c.chat().Run(ctx, instanceID)
 }
 

@@ -349,3 +349,52 @@ func TestStreamingQuirks(t *testing.T) {
 		})
 	}
 }
+
+// TestOfflineCallsTools: the offline model calls the tools the user's text
+// asks for, one per round in the order asked, only when offered (an MCP
+// tool under its server's prefix too), then replies with every result.
+func TestOfflineCallsTools(t *testing.T) {
+	t.Parallel()
+	c := offline(t)
+	offered := []ToolSpec{TimeTool,
+		{Name: "tools_convert_units", Parameters: []byte(`{"type":"object"}`)},
+		{Name: "tools_calculate", Parameters: []byte(`{"type":"object"}`)},
+		{Name: "tools_create_note", Parameters: []byte(`{"type":"object"}`)},
+		{Name: "tools_list_notes", Parameters: []byte(`{"type":"object"}`)}}
+	tests := []struct {
+		text  string
+		tools []ToolSpec
+		want  []string // name and arguments of each call, in order
+	}{
+		{"convert 5 km to mi and remind me to buy milk", offered,
+			[]string{`tools_convert_units {"from":"km","to":"mi","value":5}`, `tools_create_note {"text":"buy milk"}`}},
+		{"what is (2+3)*4?", offered, []string{`tools_calculate {"expression":"(2+3)*4"}`}},
+		{"list my notes", offered, []string{`tools_list_notes {}`}},
+		{"what time is it", offered, []string{`get_current_time {}`}},
+		{"convert 5 km to mi", []ToolSpec{TimeTool}, nil}, // not offered: a plain reply
+		{"tell me a joke", offered, nil},
+	}
+	for _, tt := range tests {
+		msgs := []Message{{Role: "user", Content: tt.text}}
+		var got []string
+		for range 5 {
+			a, err := c.Round(t.Context(), "sys", msgs, tt.tools, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(a.ToolCalls) == 0 {
+				if len(tt.want) > 0 && !strings.Contains(a.Text, "answered: result") && !strings.Contains(a.Text, "time is result") {
+					t.Errorf("%q: reply %q lacks the results", tt.text, a.Text)
+				}
+				break
+			}
+			tc := a.ToolCalls[0]
+			got = append(got, tc.Name+" "+tc.Arguments)
+			msgs = append(msgs, Message{Role: "assistant", ToolCalls: a.ToolCalls},
+				Message{Role: RoleTool, Content: "result", ToolCallID: tc.ID, Name: tc.Name})
+		}
+		if strings.Join(got, "|") != strings.Join(tt.want, "|") {
+			t.Errorf("%q: calls %q; want %q", tt.text, got, tt.want)
+		}
+	}
+}

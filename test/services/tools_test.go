@@ -13,6 +13,7 @@ import (
 	dapr "github.com/dapr/go-sdk/client"
 
 	"github.com/daca-go/daca/internal/contract"
+	"github.com/daca-go/daca/internal/dev/stack"
 	"github.com/daca-go/daca/internal/dev/stacktest"
 	"github.com/daca-go/daca/internal/dev/testkit"
 )
@@ -24,34 +25,7 @@ import (
 // with notes kept per user in the tool server's state.
 func TestToolsThroughDapr(t *testing.T) {
 	st := stacktest.Stack(t)
-	c, err := dapr.NewClientWithAddress(st.App(contract.ChatApp).SidecarGRPC())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.WithAuthToken(st.APIToken)
-	wf := workflow.NewClient(c.GrpcClientConn())
-	run := func(t *testing.T, name string, in any, out any) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-		defer cancel()
-		var id string
-		testkit.WaitFor(t, 30*time.Second, name+" scheduled", func() error {
-			var err error
-			id, err = wf.ScheduleWorkflow(ctx, name, workflow.WithInput(in))
-			return err
-		})
-		meta, err := wf.WaitForWorkflowCompletion(ctx, id, workflow.WithFetchPayloads(true))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if meta.RuntimeStatus != workflow.StatusCompleted {
-			t.Fatalf("%s ended %s (%v)", name, meta.String(), meta.FailureDetails)
-		}
-		if err := json.Unmarshal([]byte(meta.Output.GetValue()), out); err != nil {
-			t.Fatalf("%s output %s: %v", name, meta.Output.GetValue(), err)
-		}
-	}
+	run := func(t *testing.T, name string, in any, out any) { t.Helper(); runWorkflow(t, st, name, in, out) }
 	prefix := "dapr.internal.mcp." + contract.ToolServer + "."
 	var list struct {
 		Tools []struct {
@@ -140,23 +114,15 @@ func TestTurnCallsTools(t *testing.T) {
 		}
 	}
 	// The note is the turn's user's.
-	c, err := dapr.NewClientWithAddress(st.App(contract.ChatApp).SidecarGRPC())
-	if err != nil {
-		t.Fatal(err)
+	var notes struct {
+		Content []struct {
+			Text string `json:"text"`
+		} `json:"content"`
 	}
-	defer c.Close()
-	c.WithAuthToken(st.APIToken)
-	wf := workflow.NewClient(c.GrpcClientConn())
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	wid, err := wf.ScheduleWorkflow(ctx, "dapr.internal.mcp."+contract.ToolServer+".CallTool.list_notes",
-		workflow.WithInput(map[string]any{"arguments": map[string]any{contract.ToolUserArg: user}}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	meta, err := wf.WaitForWorkflowCompletion(ctx, wid, workflow.WithFetchPayloads(true))
-	if err != nil || !strings.Contains(meta.Output.GetValue(), "buy milk") {
-		t.Fatalf("notes of %s: %v %v", user, meta, err)
+	runWorkflow(t, st, "dapr.internal.mcp."+contract.ToolServer+".CallTool.list_notes",
+		map[string]any{"arguments": map[string]any{contract.ToolUserArg: user}}, &notes)
+	if len(notes.Content) == 0 || !strings.Contains(notes.Content[0].Text, "buy milk") {
+		t.Fatalf("notes of %s: %+v", user, notes)
 	}
 }
 
@@ -192,4 +158,36 @@ func TestToolServerDown(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// runWorkflow runs the workflow name with in on chat-service's sidecar (as
+// chat-service's own call: Dapr's MCP workflows live there), waits until it
+// completes and decodes its output into out.
+func runWorkflow(t *testing.T, st *stack.Stack, name string, in, out any) {
+	t.Helper()
+	c, err := dapr.NewClientWithAddress(st.App(contract.ChatApp).SidecarGRPC())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.WithAuthToken(st.APIToken)
+	wf := workflow.NewClient(c.GrpcClientConn())
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	var id string
+	testkit.WaitFor(t, 30*time.Second, name+" scheduled", func() error {
+		var err error
+		id, err = wf.ScheduleWorkflow(ctx, name, workflow.WithInput(in))
+		return err
+	})
+	meta, err := wf.WaitForWorkflowCompletion(ctx, id, workflow.WithFetchPayloads(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if meta.RuntimeStatus != workflow.StatusCompleted {
+		t.Fatalf("%s ended %s (%v)", name, meta.String(), meta.FailureDetails)
+	}
+	if err := json.Unmarshal([]byte(meta.Output.GetValue()), out); err != nil {
+		t.Fatalf("%s output %s: %v", name, meta.Output.GetValue(), err)
+	}
 }

@@ -26,6 +26,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/daca-go/daca/internal/api"
 	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/dev/stack"
 )
@@ -163,7 +164,7 @@ func benchOffline(ctx context.Context, rootDir string, parts map[string]bool, tu
 
 	client := &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{MaxIdleConnsPerHost: 128}}
 	chatURL := st.App(contract.ChatApp).SidecarURL() + "/v1.0/invoke/" + contract.ChatApp + "/method/chat"
-	memURL := st.App(contract.MemoryApp).SidecarURL() + "/v1.0/invoke/" + contract.MemoryApp + "/method/memories/bench-user"
+	memURL := st.App(contract.MemoryApp).SidecarURL() + "/v1.0/invoke/" + contract.MemoryApp + "/method/" + api.GetMemory.Path("bench-user")
 	call := func(method, url string, body []byte) error {
 		req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
 		if err != nil {

@@ -33,7 +33,7 @@ import (
 func benchGateway(ctx context.Context, st *stack.Stack, call func(method, url string, body []byte) error, reads int, levels []int) error {
 	gw := st.App("gateway")
 	gql := gw.AppURL() + "/graphql"
-	direct := gw.SidecarURL() + "/v1.0/invoke/agent-memory-service/method/memories/bench-user"
+	direct := gw.SidecarURL() + "/v1.0/invoke/" + contract.MemoryApp + "/method/" + api.GetMemory.Path("bench-user")
 	query, _ := json.Marshal(map[string]string{"query": `{ memory(userId: "bench-user") { name preferredStyle userSummary } }`})
 	// The call the gateway itself makes: the go-sdk over the sidecar's gRPC API.
 	sdk, err := daprc.Dial(ctx, gw.SidecarGRPC(), st.APIToken, slog.New(slog.DiscardHandler))

@@ -18,7 +18,7 @@ func TestStreamerCoalesces(t *testing.T) {
 	tests := []struct {
 		name      string
 		execution int
-		feed      []any // text (string) or a tool call (ToolCall)
+		feed      []any                   // text (string) or a tool call (ToolCall)
 		want      []contract.ChatStreamed // Seq, Delta, Text, ToolCall
 	}{
 		{"words coalesce", 1, []any{"a ", "b ", "c"},

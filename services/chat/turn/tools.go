@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
 	"regexp"
 	"slices"
 	"strings"
@@ -70,21 +71,26 @@ type Catalog struct {
 	down  map[string]bool // servers whose listing failed (logged once)
 }
 
-// Tools returns the tools, listed again first when the list is older than
-// Refresh (one listing at a time; the others wait for it).
+// Tools returns the tools. The first call lists them (one listing at a
+// time; the others wait for it); when the list is older than Refresh, it
+// is listed again in the background and the call answers the list it has,
+// so no turn waits for a listing.
 func (c *Catalog) Tools(ctx context.Context) []Tool {
 	refresh := c.Refresh
 	if refresh == 0 {
 		refresh = time.Minute
 	}
 	c.mu.Lock()
-	fresh, tools := time.Since(c.at) < refresh, c.tools
+	listed, fresh, tools := !c.at.IsZero(), time.Since(c.at) < refresh, c.tools
 	c.mu.Unlock()
-	if fresh || c.Servers == nil {
+	if c.Servers == nil || fresh {
 		return append([]Tool{Builtin}, tools...)
 	}
-	v, _, _ := c.once.Do("list", func() (any, error) { return c.list(context.WithoutCancel(ctx)), nil })
-	return append([]Tool{Builtin}, v.([]Tool)...)
+	list := c.once.DoChan("list", func() (any, error) { return c.list(context.WithoutCancel(ctx)), nil })
+	if listed {
+		return append([]Tool{Builtin}, tools...)
+	}
+	return append([]Tool{Builtin}, (<-list).Val.([]Tool)...)
 }
 
 // list lists every server's tools and keeps them.
@@ -194,9 +200,9 @@ func fromMCP(server string, mt mcpTool) (Tool, error) {
 			continue
 		}
 		*reserved.flag = true
-		props = maps(props)
+		props = maps.Clone(props)
 		delete(props, reserved.name)
-		schema = maps(schema)
+		schema = maps.Clone(schema)
 		schema["properties"] = props
 		if req, ok := schema["required"].([]any); ok {
 			schema["required"] = slices.DeleteFunc(slices.Clone(req), func(v any) bool { return v == reserved.name })
@@ -215,14 +221,6 @@ func fromMCP(server string, mt mcpTool) (Tool, error) {
 		return Tool{}, fmt.Errorf("input schema: %w", err)
 	}
 	return t, nil
-}
-
-func maps(m map[string]any) map[string]any {
-	out := make(map[string]any, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
 }
 
 var unsafeName = regexp.MustCompile(`[^a-zA-Z0-9_-]`)

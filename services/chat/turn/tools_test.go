@@ -1,0 +1,117 @@
+package turn
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dapr/durabletask-go/workflow"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/daca-go/daca/internal/dev/testkit"
+)
+
+// lister answers ListTools workflows from a table of servers: their tools'
+// JSON, or down.
+type lister struct {
+	mu     sync.Mutex
+	tools  map[string]string
+	down   map[string]bool
+	lists  int
+	purged int
+}
+
+func (l *lister) ScheduleWorkflow(_ context.Context, name string, _ ...workflow.NewWorkflowOptions) (string, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lists++
+	server := strings.TrimSuffix(strings.TrimPrefix(name, "dapr.internal.mcp."), ".ListTools")
+	if l.down[server] {
+		return "", errors.New("workflow not registered")
+	}
+	return server, nil
+}
+
+func (l *lister) WaitForWorkflowCompletion(_ context.Context, id string, _ ...workflow.FetchWorkflowMetadataOptions) (*workflow.WorkflowMetadata, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return &workflow.WorkflowMetadata{RuntimeStatus: workflow.StatusCompleted, Output: wrapperspb.String(l.tools[id])}, nil
+}
+
+func (l *lister) PurgeWorkflowState(context.Context, string, ...workflow.PurgeOptions) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.purged++
+	return nil
+}
+
+func (l *lister) set(server, tools string, down bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.tools[server], l.down[server] = tools, down
+}
+
+func names(tools []Tool) string {
+	var out []string
+	for _, t := range tools {
+		out = append(out, t.Name)
+	}
+	return strings.Join(out, ",")
+}
+
+// TestCatalog: every server's tools are offered beside the built-in one,
+// named <server>_<tool>; a server that cannot be listed has none, and the
+// turn goes on; a stale list is answered at once and listed again in the
+// background, so a new tool shows on a later call.
+func TestCatalog(t *testing.T) {
+	t.Parallel()
+	l := &lister{tools: map[string]string{}, down: map[string]bool{}}
+	l.set("tools", `{"tools":[{"name":"convert","description":"c","inputSchema":{"type":"object"},"annotations":{"readOnlyHint":true}}]}`, false)
+	l.set("weather", "", true)
+	c := &Catalog{Workflows: l, Log: testkit.Quiet(), Refresh: time.Hour,
+		Servers: func(context.Context) ([]string, error) { return []string{"weather", "tools"}, nil }}
+	if got := names(c.Tools(t.Context())); got != "get_current_time,tools_convert" {
+		t.Fatalf("tools %s", got)
+	}
+	if tools := c.Tools(t.Context()); !tools[1].ReadOnly || tools[1].Server != "tools" || tools[1].Tool != "convert" {
+		t.Fatalf("tool %+v", tools[1])
+	}
+	if l.lists != 2 || l.purged != 1 {
+		t.Fatalf("%d listings, %d purged; want 2 (one per server, once) and the listed one purged", l.lists, l.purged)
+	}
+	// Stale: the next call answers at once, the listing runs behind it.
+	l.set("tools", `{"tools":[{"name":"convert"},{"name":"notes"}]}`, false)
+	c.mu.Lock()
+	c.at = time.Now().Add(-2 * time.Hour)
+	c.mu.Unlock()
+	if got := names(c.Tools(t.Context())); got != "get_current_time,tools_convert" {
+		t.Fatalf("a stale list answered %s; want the one it had", got)
+	}
+	testkit.WaitUntil(t, 5*time.Second, "the new tool listed", func() bool {
+		return names(c.Tools(t.Context())) == "get_current_time,tools_convert,tools_notes"
+	})
+}
+
+// TestUniqueName: names fit ^[a-zA-Z0-9_-]{1,64}$ and never repeat.
+func TestUniqueName(t *testing.T) {
+	t.Parallel()
+	taken := map[string]bool{Builtin.Name: true}
+	long := strings.Repeat("x", 80)
+	tests := []struct{ server, tool, want string }{
+		{"tools", "convert", "tools_convert"},
+		{"my.server", "do it/now", "my_server_do_it_now"},
+		{"tools", "convert", "tools_convert_2"},
+		{"tools", "convert", "tools_convert_3"},
+		{"s", long, "s_" + long[:58]},
+		{"s", long, "s_" + long[:58] + "_2"},
+	}
+	for _, tt := range tests {
+		got := uniqueName(tt.server, tt.tool, taken)
+		if got != tt.want || len(got) > 64 || unsafeName.MatchString(got) {
+			t.Errorf("uniqueName(%q, %q) = %q; want %q", tt.server, tt.tool, got, tt.want)
+		}
+	}
+}
