@@ -373,6 +373,10 @@ func TestOfflineCallsTools(t *testing.T) {
 		{"what time is it", offered, []string{`get_current_time {}`}},
 		{"convert 5 km to mi", []ToolSpec{TimeTool}, nil}, // not offered: a plain reply
 		{"tell me a joke", offered, nil},
+		{`use tools_convert_units with {"value":"five"}`, offered, []string{`tools_convert_units {"value":"five"}`}},
+		{`use convert_units with {"value":1}`, offered, nil}, // by its full name only
+		{`use tools_list_notes with {} and use get_current_time with {"zone":"UTC"}`, offered,
+			[]string{`tools_list_notes {}`, `get_current_time {"zone":"UTC"}`}},
 	}
 	for _, tt := range tests {
 		msgs := []Message{{Role: "user", Content: tt.text}}

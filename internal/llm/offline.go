@@ -41,6 +41,10 @@ var (
 	calcRE    = regexp.MustCompile(`(?i)\b(?:calculate|compute|what is)\s+([0-9(][0-9+\-*/^(). ]*[0-9)])`)
 	noteRE    = regexp.MustCompile(`(?i)\b(?:remind me (?:to |of |about )?|take a note:?|note that|note:)\s*(.+?)(?:[.!]|$|\s+and\s+(?:convert|calculate|what))`)
 	listRE    = regexp.MustCompile(`(?i)\b(?:list|show) (?:my )?(?:notes|reminders)\b`)
+	// "use <tool> with {json}" (several joined by "and", at the end of the
+	// message): any offered tool by its full name, with those arguments as
+	// they are (demos, and tests of bad arguments).
+	useRE = regexp.MustCompile(`(?i)\buse (?:the tool )?([a-zA-Z0-9_-]{1,64}) with (\{.*?\})(?:\s+and\s|\s*$)`)
 )
 
 // Offline is the built-in deterministic model. It speaks the Chat
@@ -271,8 +275,9 @@ func afterLastUser(convo []openai.ChatCompletionMessage) (openai.ChatCompletionM
 // nextCall is the next tool call the user's text asks for, given the
 // results so far: the time (get_current_time), a unit conversion, a
 // calculation, a note to keep, the notes to list — each when a tool of that
-// name is offered (an MCP tool under its server's prefix too), in that
-// order.
+// name is offered (an MCP tool under its server's prefix too) — and then
+// every "use <tool> with {json}" whose tool is offered under that name, in
+// that order.
 func nextCall(text string, tools []openai.Tool, results []openai.ChatCompletionMessage) (openai.ToolCall, bool) {
 	offered := func(tool string) string {
 		for _, t := range tools {
@@ -302,9 +307,20 @@ func nextCall(text string, tools []openai.Tool, results []openai.ChatCompletionM
 	if listRE.MatchString(text) {
 		wants = append(wants, want{"list_notes", "{}"})
 	}
+	for _, m := range useRE.FindAllStringSubmatch(text, -1) {
+		wants = append(wants, want{"=" + m[1], m[2]})
+	}
 	done := 0
 	for _, w := range wants {
 		name := offered(w.tool)
+		if exact, ok := strings.CutPrefix(w.tool, "="); ok {
+			name = ""
+			for _, t := range tools {
+				if t.Function != nil && t.Function.Name == exact {
+					name = exact
+				}
+			}
+		}
 		if name == "" {
 			continue
 		}

@@ -38,6 +38,9 @@ type config struct {
 	// The agent's limits, given to every turn (turn.Input).
 	maxSteps      int // AGENT_MAX_STEPS: rounds of the model per turn
 	toolResultMax int // TOOL_RESULT_MAX: bytes of a tool result the model gets
+	// toolsRefresh is TOOLS_REFRESH: a list of the MCP servers' tools older
+	// than this is listed again (turn.Catalog.Refresh).
+	toolsRefresh time.Duration
 }
 
 func loadConfig() (config, error) {
@@ -51,6 +54,7 @@ func loadConfig() (config, error) {
 		failpoints:    r.String("FAILPOINTS_DIR", ""),
 		maxSteps:      r.Int("AGENT_MAX_STEPS", turn.DefaultMaxSteps, 1, 64),
 		toolResultMax: r.Int("TOOL_RESULT_MAX", turn.DefaultToolResultMax, 256, 1<<20),
+		toolsRefresh:  r.Duration("TOOLS_REFRESH", time.Minute),
 	}
 	return c, r.Err()
 }
@@ -78,7 +82,7 @@ func run(ctx context.Context, cfg config) error {
 	// Every tool of every MCPServer of the sidecar (components/mcpserver-*.yaml),
 	// listed through Dapr's ListTools workflows.
 	runtime := runtimev1pb.NewDaprClient(dc.GrpcClientConn())
-	tools := &turn.Catalog{Workflows: wf, Log: log, Servers: func(ctx context.Context) ([]string, error) {
+	tools := &turn.Catalog{Workflows: wf, Log: log, Refresh: cfg.toolsRefresh, Servers: func(ctx context.Context) ([]string, error) {
 		md, err := runtime.GetMetadata(daprc.Outgoing(ctx, cfg.daprToken), &runtimev1pb.GetMetadataRequest{})
 		if err != nil {
 			return nil, err

@@ -34,7 +34,9 @@ func TestMain(m *testing.M) {
 	code := stacktest.Run(m, stacktest.Options{Apps: []stack.App{
 		stack.Memory.App(),
 		stack.Tools.App(),
-		stack.Chat.App("LLM_OFFLINE_TOKEN_DELAY=0"), // replies at once: many turns; streaming is tested in test/gateway
+		// replies at once: many turns (streaming is tested in test/gateway);
+		// tools listed again after a second (TestToolsChangeWhileRunning)
+		stack.Chat.App("LLM_OFFLINE_TOKEN_DELAY=0", "TOOLS_REFRESH=1s"),
 		listener.App(),
 		{ID: intruderApp}, // a sidecar of another app (TestOnlyChatServiceDrivesItsWorkflow)
 	}})

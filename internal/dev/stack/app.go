@@ -41,6 +41,9 @@ type App struct {
 	// before it starts the next app (the tool server, whose tools
 	// chat-service's sidecar discovers when it starts).
 	WaitReady bool
+	// HotReload: the sidecar loads resources added or changed in the
+	// stack's resources directory (ResourcesDir) without a restart.
+	HotReload bool
 }
 
 // RunningApp is an app of a started stack, with its resolved ports.
@@ -141,6 +144,7 @@ func (s *Stack) startApp(a *RunningApp, nrDB string) error {
 		"DACA_LLM_MAX_CONCURRENT=" + strconv.Itoa(c.LLMMaxConcurrent),
 		"DAPR_HOST_IP=127.0.0.1",
 		"DAPR_API_TOKEN=" + s.APIToken,
+		"DACA_HOT_RELOAD=" + strconv.FormatBool(a.HotReload),
 	}
 	if s.AppToken != "" {
 		env = append(env, "APP_API_TOKEN="+s.AppToken)
@@ -175,6 +179,7 @@ func (s *Stack) AppEnv(a *RunningApp) []string {
 		"DAPR_HTTP_PORT=" + strconv.Itoa(a.HTTPPort),
 		"DAPR_GRPC_PORT=" + strconv.Itoa(a.GRPCPort),
 		"DAPR_API_TOKEN=" + s.APIToken,
+		"DACA_HOT_RELOAD=" + strconv.FormatBool(a.HotReload),
 	}
 	if s.AppToken != "" {
 		env = append(env, "APP_API_TOKEN="+s.AppToken)

@@ -12,6 +12,9 @@ type Def struct {
 	Secrets []string
 	// WaitReady: started and ready before the next app starts (App.WaitReady).
 	WaitReady bool
+	// HotReload: its sidecar loads changed resources without a restart
+	// (DACA_HOT_RELOAD in components/config.yaml): chat-service's, for MCPServers.
+	HotReload bool
 
 	// The ports of `daca up` (the tutorial's): app, sidecar HTTP, sidecar gRPC.
 	Port, HTTPPort, GRPCPort int
@@ -26,7 +29,7 @@ var (
 	Tools = Def{ID: contract.ToolApp, Short: "tools", Dir: "services/tools", Health: "/health",
 		Secrets: []string{contract.SecretToolToken}, WaitReady: true, Port: 8020, HTTPPort: 3503, GRPCPort: 50004}
 	Chat = Def{ID: contract.ChatApp, Short: "chat", Dir: "services/chat", Health: "/health",
-		Secrets: []string{contract.SecretLLMKey, contract.SecretToolToken}, Port: 8010, HTTPPort: 3500, GRPCPort: 50001}
+		Secrets: []string{contract.SecretLLMKey, contract.SecretToolToken}, HotReload: true, Port: 8010, HTTPPort: 3500, GRPCPort: 50001}
 	Gateway = Def{ID: contract.GatewayApp, Short: "gateway", Dir: "gateway", Health: "/healthz",
 		Secrets: []string{contract.SecretJWT}, Port: 8080, HTTPPort: 3502, GRPCPort: 50003}
 
@@ -37,7 +40,7 @@ var (
 // App is the app built from its package, on free ports, with env added to
 // its environment.
 func (d Def) App(env ...string) App {
-	return App{ID: d.ID, Build: "./" + d.Dir, HealthPath: d.Health, Secrets: d.Secrets, Env: env, WaitReady: d.WaitReady}
+	return App{ID: d.ID, Build: "./" + d.Dir, HealthPath: d.Health, Secrets: d.Secrets, Env: env, WaitReady: d.WaitReady, HotReload: d.HotReload}
 }
 
 // Named is App under another name: a second replica of the same app id.

@@ -282,6 +282,11 @@ func (s *Stack) start(ctx context.Context) error {
 }
 
 // App returns the running app with the name (by default its id), or nil.
+// ResourcesDir is the Dapr resources directory of every sidecar of the
+// stack: a resource written there reaches the sidecars with HotReload
+// without a restart.
+func (s *Stack) ResourcesDir() string { return s.resources }
+
 func (s *Stack) App(name string) *RunningApp {
 	s.mu.Lock()
 	defer s.mu.Unlock()
