@@ -2,15 +2,14 @@ package ratelimit
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"strconv"
 	"time"
 
 	dapr "github.com/dapr/go-sdk/client"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
+
+	"github.com/daca-go/daca/internal/daprc"
 )
 
 // StateClient is the part of the Dapr client DaprStore uses.
@@ -51,15 +50,8 @@ func (s DaprStore) Put(ctx context.Context, key string, value []byte, etag strin
 	if err == nil {
 		return nil
 	}
-	if isETagMismatch(err) {
+	if daprc.IsETagMismatch(err) {
 		return ErrConflict
 	}
 	return fmt.Errorf("state store %s: save %s: %w", s.Store, key, err)
-}
-
-// isETagMismatch reports whether Dapr refused a write for its ETag: gRPC
-// Aborted (the ETag no longer matches, or first-write on an existing key).
-func isETagMismatch(err error) bool {
-	var se interface{ GRPCStatus() *status.Status }
-	return errors.As(err, &se) && se.GRPCStatus().Code() == codes.Aborted
 }

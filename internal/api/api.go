@@ -60,6 +60,7 @@ const (
 	ParamUserID     = "user_id"
 	ParamSessionID  = "session_id"
 	ParamInstanceID = "instance_id"
+	ParamApprovalID = "approval_id"
 )
 
 // Health is every app's GET /health.

@@ -15,6 +15,10 @@ var (
 	GetChatRun = Route{http.MethodGet, "/chat/{instance_id}"}
 	CancelChat = Route{http.MethodPost, "/chat/{instance_id}/cancel"}
 	ListTools  = Route{http.MethodGet, "/tools"}
+	// The requests of tool calls that wait for a user's decision.
+	PendingApprovals = Route{http.MethodGet, "/approvals/pending/{user_id}"}
+	GetApproval      = Route{http.MethodGet, "/approvals/{approval_id}"}
+	DecideApproval   = Route{http.MethodPost, "/approvals/{approval_id}/decision"}
 )
 
 // ChatService is chat-service's API.
@@ -64,6 +68,36 @@ func (c ChatService) Tools(ctx context.Context) ([]contract.ToolInfo, error) {
 	var out contract.ToolsReply
 	err := call(ctx, c.Caller, contract.ChatApp, ListTools, ListTools.Path(), "", nil, &out)
 	return out.Tools, err
+}
+
+// PendingApprovals are the user's requests that wait for a decision,
+// oldest first.
+func (c ChatService) PendingApprovals(ctx context.Context, userID string) ([]contract.Approval, error) {
+	var out contract.ApprovalsReply
+	err := call(ctx, c.Caller, contract.ChatApp, PendingApprovals, PendingApprovals.Path(userID), "", nil, &out)
+	return out.Approvals, err
+}
+
+// Approval reads a request; nil for an unknown one.
+func (c ChatService) Approval(ctx context.Context, id string) (*contract.Approval, error) {
+	var a contract.Approval
+	err := call(ctx, c.Caller, contract.ChatApp, GetApproval, GetApproval.Path(id), "", nil, &a)
+	if apperr.CodeOf(err) == apperr.NotFound {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &a, nil
+}
+
+// Decide records a decision on a request and answers the request: the
+// first decision when it had one already; an Invalid error when it expired
+// or its turn was stopped.
+func (c ChatService) Decide(ctx context.Context, id string, d contract.Decision) (contract.Approval, error) {
+	var a contract.Approval
+	err := call(ctx, c.Caller, contract.ChatApp, DecideApproval, DecideApproval.Path(id), "", d, &a)
+	return a, err
 }
 
 // Health is chat-service's GET /health.

@@ -100,6 +100,9 @@ const (
 	RunCanceled   RunStatus = "CANCELED"
 	RunSuspended  RunStatus = "SUSPENDED"
 	RunStalled    RunStatus = "STALLED"
+	// RunAwaitingApproval is a running turn whose tool call waits for a
+	// user's decision (its Stage: StageApproval + ":" + the tool's name).
+	RunAwaitingApproval RunStatus = "AWAITING_APPROVAL"
 )
 
 // Terminal reports whether a turn in this status has ended.
@@ -117,6 +120,7 @@ const (
 	StageGenerate = "generating_response"
 	StageTool     = "calling_tool" // a tool call of the turn runs
 	StageSave     = "saving_conversation"
+	StageApproval = "awaiting_approval" // StageApproval:<tool>: a tool call waits for a decision
 )
 
 // ChatRun is a chat turn as GET /chat/{instance_id} describes it.

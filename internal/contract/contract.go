@@ -88,7 +88,10 @@ const (
 	// TopicChatStream carries ChatStreamed: the pieces of a reply as the
 	// model writes it (chat-service → the gateway).
 	TopicChatStream = "chat-stream"
+	// TopicApprovals carries Approval: a tool call that waits for a user's
+	// decision, and each change of it (chat-service → the gateway).
+	TopicApprovals = "approvals"
 )
 
 // Topics lists every topic, in a fixed order.
-var Topics = []string{TopicConversations, TopicMemoryUpdates, TopicChatStream}
+var Topics = []string{TopicConversations, TopicMemoryUpdates, TopicChatStream, TopicApprovals}

@@ -35,6 +35,9 @@ type ToolCall struct {
 	Arguments string         `json:"arguments"`
 	Result    string         `json:"result,omitempty"`
 	Status    ToolCallStatus `json:"status,omitempty"`
+	// Approval is the call's request for a user's decision, for a call
+	// that needed one.
+	Approval *Approval `json:"approval,omitempty"`
 }
 
 // ToolCallStatus is where a tool call stands.

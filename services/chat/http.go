@@ -31,20 +31,32 @@ type Owners interface {
 	Claim(ctx context.Context, sessionID, userID string) error
 }
 
+// Approvals are the requests of tool calls that wait for a decision
+// (approval.Store).
+type Approvals interface {
+	Get(ctx context.Context, id string) (*contract.Approval, error)
+	Pending(ctx context.Context, userID string) ([]contract.Approval, error)
+	Decide(ctx context.Context, id string, d contract.Decision) (contract.Approval, error)
+	EndTurn(ctx context.Context, instanceID string) error
+}
+
 // running is what the chat routes use once the service is ready.
 type running struct {
-	turns  turn.Client
-	owners Owners
-	tools  turn.Tools
+	turns     turn.Client
+	owners    Owners
+	tools     turn.Tools
+	approvals Approvals
 }
 
 // srv is chat-service's HTTP API (api.Chat, api.ChatAsync, api.GetChatRun,
-// api.CancelChat, api.ListTools); the turns themselves are turn.Client's.
+// api.CancelChat, api.ListTools, api.PendingApprovals, api.GetApproval,
+// api.DecideApproval); the turns themselves are turn.Client's, the
+// approvals approval.Store's.
 type srv struct {
 	service.Base
 	log         *slog.Logger
 	chatTimeout time.Duration
-	limits      turn.Input // the agent's limits (MaxSteps, ToolResultMax) every turn gets
+	limits      turn.Input // the agent's limits (MaxSteps, ToolResultMax, ApprovalTimeout) every turn gets
 	run         atomic.Pointer[running]
 }
 
@@ -55,8 +67,8 @@ func newServer(log *slog.Logger, appToken string, chatTimeout time.Duration) *sr
 
 // ready hands over the workflow client and the session owners; the chat
 // routes answer from then on.
-func (s *srv) ready(wf turn.Workflows, owners Owners, tools turn.Tools, sidecar service.Sidecar, llmMode string) {
-	s.run.Store(&running{turns: turn.Client{Workflows: wf, Log: s.log}, owners: owners, tools: tools})
+func (s *srv) ready(wf turn.Workflows, owners Owners, tools turn.Tools, approvals Approvals, sidecar service.Sidecar, llmMode string) {
+	s.run.Store(&running{turns: turn.Client{Workflows: wf, Log: s.log}, owners: owners, tools: tools, approvals: approvals})
 	s.SetReady(sidecar, llmMode)
 }
 
@@ -78,6 +90,9 @@ func (s *srv) routes() http.Handler {
 			{api.GetChatRun, s.chatStatus},
 			{api.CancelChat, s.chatCancel},
 			{api.ListTools, s.tools},
+			{api.PendingApprovals, s.pendingApprovals},
+			{api.GetApproval, s.approval},
+			{api.DecideApproval, s.decide},
 		} {
 			r.Method(rt.route.Verb, rt.route.Pattern, httpx.Handle(s.log, rt.h))
 		}
@@ -96,7 +111,8 @@ func (s *srv) parse(w http.ResponseWriter, r *http.Request) (turn.Input, string,
 	if err := contract.CheckMessage(req.Text, req.Tags); err != nil {
 		return turn.Input{}, "", false, err
 	}
-	in := turn.Input{UserID: req.UserID, Text: req.Text, Tags: req.Tags, MaxSteps: s.limits.MaxSteps, ToolResultMax: s.limits.ToolResultMax}
+	in := s.limits
+	in.UserID, in.Text, in.Tags = req.UserID, req.Text, req.Tags
 	if req.Metadata != nil && req.Metadata.SessionID != "" {
 		if err := contract.CheckID("session_id", req.Metadata.SessionID); err != nil {
 			return turn.Input{}, "", false, err
@@ -217,6 +233,61 @@ func (s *srv) chatCancel(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	// A call the turn waited on can no longer be decided.
+	if err := s.run.Load().approvals.EndTurn(r.Context(), id); err != nil {
+		logging.From(r.Context(), s.log).Warn("the stopped turn's approval request stays pending until it expires", "workflow_instance_id", id, "err", err)
+	}
 	httpx.JSON(w, http.StatusOK, run.ChatRun)
+	return nil
+}
+
+// pendingApprovals answers the user's requests that wait for a decision.
+func (s *srv) pendingApprovals(w http.ResponseWriter, r *http.Request) error {
+	user, err := httpx.PathID(r, api.ParamUserID)
+	if err != nil {
+		return err
+	}
+	list, err := s.run.Load().approvals.Pending(r.Context(), user)
+	if err != nil {
+		return err
+	}
+	httpx.JSON(w, http.StatusOK, contract.ApprovalsReply{Approvals: list})
+	return nil
+}
+
+// approval answers one request.
+func (s *srv) approval(w http.ResponseWriter, r *http.Request) error {
+	id, err := httpx.PathID(r, api.ParamApprovalID)
+	if err != nil {
+		return err
+	}
+	a, err := s.run.Load().approvals.Get(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	if a == nil {
+		return apperr.New(apperr.NotFound, "approval %s not found", id)
+	}
+	httpx.JSON(w, http.StatusOK, a)
+	return nil
+}
+
+// decide records a decision on a request (the caller — the gateway —
+// checked who may decide) and answers the request.
+func (s *srv) decide(w http.ResponseWriter, r *http.Request) error {
+	id, err := httpx.PathID(r, api.ParamApprovalID)
+	if err != nil {
+		return err
+	}
+	var d contract.Decision
+	if err := httpx.Decode(w, r, &d); err != nil {
+		return err
+	}
+	a, err := s.run.Load().approvals.Decide(r.Context(), id, d)
+	if err != nil {
+		return err
+	}
+	logging.From(r.Context(), s.log).Info("tool call decided", "approval_id", id, "status", a.Status, "decided_by", a.DecidedBy)
+	httpx.JSON(w, http.StatusOK, a)
 	return nil
 }

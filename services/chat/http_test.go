@@ -139,10 +139,22 @@ func (o *owners) Claim(_ context.Context, sessionID, userID string) error {
 	return nil
 }
 
+// noApprovals has no requests.
+type noApprovals struct{}
+
+func (noApprovals) Get(context.Context, string) (*contract.Approval, error) { return nil, nil }
+func (noApprovals) Pending(context.Context, string) ([]contract.Approval, error) {
+	return []contract.Approval{}, nil
+}
+func (noApprovals) Decide(_ context.Context, id string, _ contract.Decision) (contract.Approval, error) {
+	return contract.Approval{}, apperr.New(apperr.NotFound, "approval %s not found", id)
+}
+func (noApprovals) EndTurn(context.Context, string) error { return nil }
+
 func newTestServer(outcome string, timeout time.Duration) (*srv, *fakeWF) {
 	f := &fakeWF{scheduled: map[string]turn.Input{}, outcome: outcome}
 	s := newServer(testkit.Quiet(), "", timeout)
-	s.ready(f, &owners{}, builtinOnly{}, okSidecar{}, "offline")
+	s.ready(f, &owners{}, builtinOnly{}, noApprovals{}, okSidecar{}, "offline")
 	return s, f
 }
 

@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -20,6 +21,7 @@ import (
 	"github.com/daca-go/daca/internal/env"
 	"github.com/daca-go/daca/internal/llm"
 	"github.com/daca-go/daca/internal/service"
+	"github.com/daca-go/daca/services/chat/approval"
 	"github.com/daca-go/daca/services/chat/turn"
 )
 
@@ -41,22 +43,39 @@ type config struct {
 	// toolsRefresh is TOOLS_REFRESH: a list of the MCP servers' tools older
 	// than this is listed again (turn.Catalog.Refresh).
 	toolsRefresh time.Duration
+	// approvals: which tool calls wait for a user's decision
+	// (TOOLS_AUTO_APPROVE, TOOLS_REQUIRE_APPROVAL) and for how long at most
+	// (APPROVAL_TIMEOUT).
+	policy          turn.Policy
+	approvalTimeout time.Duration
 }
 
 func loadConfig() (config, error) {
 	r := env.New()
 	c := config{
-		Common:        service.ReadCommon(r, 8010),
-		chatTimeout:   r.Duration("CHAT_TIMEOUT", 60*time.Second),
-		llm:           llm.ConfigFromEnv(r),
-		daprHTTPPort:  r.Int("DAPR_HTTP_PORT", 3500, 1, 65535),
-		daprToken:     r.String("DAPR_API_TOKEN", ""),
-		failpoints:    r.String("FAILPOINTS_DIR", ""),
-		maxSteps:      r.Int("AGENT_MAX_STEPS", turn.DefaultMaxSteps, 1, 64),
-		toolResultMax: r.Int("TOOL_RESULT_MAX", turn.DefaultToolResultMax, 256, 1<<20),
-		toolsRefresh:  r.Duration("TOOLS_REFRESH", time.Minute),
+		Common:          service.ReadCommon(r, 8010),
+		chatTimeout:     r.Duration("CHAT_TIMEOUT", 60*time.Second),
+		llm:             llm.ConfigFromEnv(r),
+		daprHTTPPort:    r.Int("DAPR_HTTP_PORT", 3500, 1, 65535),
+		daprToken:       r.String("DAPR_API_TOKEN", ""),
+		failpoints:      r.String("FAILPOINTS_DIR", ""),
+		maxSteps:        r.Int("AGENT_MAX_STEPS", turn.DefaultMaxSteps, 1, 64),
+		toolResultMax:   r.Int("TOOL_RESULT_MAX", turn.DefaultToolResultMax, 256, 1<<20),
+		toolsRefresh:    r.Duration("TOOLS_REFRESH", time.Minute),
+		approvalTimeout: r.Duration("APPROVAL_TIMEOUT", turn.DefaultApprovalTimeout),
 	}
-	return c, r.Err()
+	var errs []error
+	if c.approvalTimeout < time.Second || c.approvalTimeout > approval.MaxTimeout {
+		errs = append(errs, fmt.Errorf("APPROVAL_TIMEOUT=%s: want 1s to %s", c.approvalTimeout, approval.MaxTimeout))
+	}
+	var err error
+	if c.policy.AutoApprove, err = turn.ParsePatterns("TOOLS_AUTO_APPROVE", r.String("TOOLS_AUTO_APPROVE", "")); err != nil {
+		errs = append(errs, err)
+	}
+	if c.policy.Require, err = turn.ParsePatterns("TOOLS_REQUIRE_APPROVAL", r.String("TOOLS_REQUIRE_APPROVAL", "")); err != nil {
+		errs = append(errs, err)
+	}
+	return c, errors.Join(append([]error{r.Err()}, errs...)...)
 }
 
 func main() {
@@ -68,7 +87,7 @@ func run(ctx context.Context, cfg config) error {
 	var s *srv
 	st, err := service.Start(ctx, appID, cfg.Common, &cfg.llm, cfg.chatTimeout+5*time.Second, func(log *slog.Logger) http.Handler {
 		s = newServer(log, cfg.AppToken, cfg.chatTimeout)
-		s.limits = turn.Input{MaxSteps: cfg.maxSteps, ToolResultMax: cfg.toolResultMax}
+		s.limits = turn.Input{MaxSteps: cfg.maxSteps, ToolResultMax: cfg.toolResultMax, ApprovalTimeout: cfg.approvalTimeout}
 		return s.routes()
 	})
 	if err != nil {
@@ -82,7 +101,7 @@ func run(ctx context.Context, cfg config) error {
 	// Every tool of every MCPServer of the sidecar (components/mcpserver-*.yaml),
 	// listed through Dapr's ListTools workflows.
 	runtime := runtimev1pb.NewDaprClient(dc.GrpcClientConn())
-	tools := &turn.Catalog{Workflows: wf, Log: log, Refresh: cfg.toolsRefresh, Servers: func(ctx context.Context) ([]string, error) {
+	tools := &turn.Catalog{Workflows: wf, Log: log, Refresh: cfg.toolsRefresh, Policy: cfg.policy, Servers: func(ctx context.Context) ([]string, error) {
 		md, err := runtime.GetMetadata(daprc.Outgoing(ctx, cfg.daprToken), &runtimev1pb.GetMetadataRequest{})
 		if err != nil {
 			return nil, err
@@ -93,7 +112,8 @@ func run(ctx context.Context, cfg config) error {
 		}
 		return names, nil
 	}}
-	acts := &turn.Activities{Memory: memory, Publisher: dc, Model: st.Model, State: dc, Tools: tools, Log: log}
+	approvals := &approval.Store{State: dc, Publisher: dc, Turns: wf, Log: log}
+	acts := &turn.Activities{Memory: memory, Publisher: dc, Model: st.Model, State: dc, Tools: tools, Approvals: approvals, Log: log}
 	if cfg.failpoints != "" {
 		log.Warn("FAILPOINTS_DIR is set: this process crashes itself at armed failpoints (fault tests only)", "dir", cfg.failpoints)
 		acts.Failpoint = crashAt(cfg.failpoints)
@@ -116,7 +136,7 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	offered := tools.Tools(st.Init)
-	s.ready(wf, newClaimCache(memoryOwners{memory}, claimTTL, maxClaims), tools, dc, st.Model.Mode())
+	s.ready(wf, newClaimCache(memoryOwners{memory}, claimTTL, maxClaims), tools, approvals, dc, st.Model.Mode())
 	log.Info("ready", "llm", st.Model.Mode(), "chat_timeout", cfg.chatTimeout.String(), "tools", len(offered), "agent_max_steps", cfg.maxSteps)
 	err = st.Wait()
 	stopWorker()

@@ -16,7 +16,7 @@ import (
 	"github.com/daca-go/daca/internal/dev/testkit"
 	"github.com/daca-go/daca/internal/llm"
 	"github.com/daca-go/daca/services/memory/store"
-	"github.com/daca-go/daca/services/memory/store/storetest"
+	"github.com/daca-go/daca/internal/dev/statetest"
 )
 
 type sidecar struct {
@@ -42,8 +42,8 @@ func (m model) Complete(context.Context, string, []llm.Message, string) (string,
 }
 func (m model) Mode() string { return "offline" }
 
-func setup(llmErr error) (http.Handler, *storetest.State, *sidecar) {
-	st := storetest.New()
+func setup(llmErr error) (http.Handler, *statetest.State, *sidecar) {
+	st := statetest.New()
 	pub := &sidecar{}
 	log := testkit.Quiet()
 	s := newServer(log, "")

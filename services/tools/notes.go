@@ -12,10 +12,9 @@ import (
 
 	dapr "github.com/dapr/go-sdk/client"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/daca-go/daca/internal/contract"
+	"github.com/daca-go/daca/internal/daprc"
 )
 
 // Limits of the notes.
@@ -83,8 +82,7 @@ func (n *notes) change(ctx context.Context, user string, f func([]Note) ([]Note,
 		}
 		// Aborted: the ETag no longer matches (or first-write on a new key
 		// lost): read again and retry.
-		var se interface{ GRPCStatus() *status.Status }
-		if !errors.As(err, &se) || se.GRPCStatus().Code() != codes.Aborted {
+		if !daprc.IsETagMismatch(err) {
 			return nil, err
 		}
 	}

@@ -39,6 +39,13 @@ type Tools interface {
 	Tools(ctx context.Context) []Tool
 }
 
+// Approvals keeps the requests of calls that wait for a decision
+// (approval.Store).
+type Approvals interface {
+	Request(ctx context.Context, a contract.Approval) (contract.Approval, error)
+	Expire(ctx context.Context, id string) (contract.Approval, error)
+}
+
 // Activities holds what the activities need.
 type Activities struct {
 	// Memory is agent-memory-service, through the sidecar.
@@ -47,6 +54,8 @@ type Activities struct {
 	Model     Model
 	// Tools are the tools offered to the model; nil: the built-in one only.
 	Tools Tools
+	// Approvals records the requests of calls that wait for a decision.
+	Approvals Approvals
 	// Now is the built-in tool's clock; nil: time.Now.
 	Now func() time.Time
 	// State counts the executions of generate_response of a turn, which
@@ -73,6 +82,8 @@ func (a *Activities) Register(r *workflow.Registry) error {
 		r.AddActivityN(ActGenerate, a.GenerateResponse),
 		r.AddActivityN(ActSave, a.SaveConversation),
 		r.AddActivityN(ActHandleError, a.HandleError),
+		r.AddActivityN(ActRequestApproval, a.RequestApproval),
+		r.AddActivityN(ActExpireApproval, a.ExpireApproval),
 		r.AddActivityN(ActRunTool, a.RunTool),
 	)
 }
@@ -224,6 +235,44 @@ func (a *Activities) RunTool(ctx workflow.ActivityContext) (any, error) {
 	}
 	a.logger(ctx, ActRunTool, in.InstanceID).Debug("built-in tool called", "tool", in.Call.Tool)
 	return now().UTC().Format(llm.TimeFormat), nil
+}
+
+// RequestApproval records the request of a call that waits for a
+// decision and announces it (contract.TopicApprovals); run again, it
+// answers the request as it stands (perhaps decided already).
+func (a *Activities) RequestApproval(ctx workflow.ActivityContext) (any, error) {
+	var in approvalInput
+	if err := ctx.GetInput(&in); err != nil {
+		return nil, err
+	}
+	sctx, sp := span(ctx, ActRequestApproval, in.Approval.InstanceID, in.Trace)
+	defer sp.End()
+	out, err := a.Approvals.Request(sctx, in.Approval)
+	if err != nil {
+		a.logger(ctx, ActRequestApproval, in.Approval.InstanceID).Error("approval request failed", "approval_id", in.Approval.ID, "err", err)
+		return nil, err
+	}
+	a.logger(ctx, ActRequestApproval, in.Approval.InstanceID).Info("tool call waits for approval", "approval_id", out.ID,
+		"tool", out.Server+"/"+out.Tool, "status", out.Status, "expires_at", out.ExpiresAt)
+	return out, nil
+}
+
+// ExpireApproval ends a wait that saw no decision: the request expires,
+// unless its record has a decision (or a stopped turn) already, which is
+// answered instead.
+func (a *Activities) ExpireApproval(ctx workflow.ActivityContext) (any, error) {
+	var in approvalInput
+	if err := ctx.GetInput(&in); err != nil {
+		return nil, err
+	}
+	sctx, sp := span(ctx, ActExpireApproval, in.Approval.InstanceID, in.Trace)
+	defer sp.End()
+	out, err := a.Approvals.Expire(sctx, in.Approval.ID)
+	if err != nil {
+		return nil, err
+	}
+	a.logger(ctx, ActExpireApproval, in.Approval.InstanceID).Info("approval wait ended", "approval_id", out.ID, "status", out.Status)
+	return out, nil
 }
 
 // SaveConversation publishes ConversationUpdated with the workflow instance

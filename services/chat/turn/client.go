@@ -148,6 +148,9 @@ func describe(id string, meta *workflow.WorkflowMetadata) Run {
 	run := Run{ChatRun: contract.ChatRun{InstanceID: id, Status: contract.RunStatus(meta.String())}}
 	if meta.CustomStatus != nil && run.Status == contract.RunRunning {
 		run.Stage = meta.CustomStatus.GetValue()
+		if strings.HasPrefix(run.Stage, contract.StageApproval+":") {
+			run.Status = contract.RunAwaitingApproval
+		}
 	}
 	var in Input
 	if meta.Input != nil && json.Unmarshal([]byte(meta.Input.GetValue()), &in) == nil {

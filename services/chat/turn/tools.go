@@ -31,6 +31,7 @@ type Tool struct {
 	ReadOnly    bool            // MCP's readOnlyHint
 	ForUser     bool            // chat-service passes the turn's user (contract.ToolUserArg)
 	ForCall     bool            // chat-service passes the call's id (contract.ToolCallArg)
+	Approval    bool            // a call waits for a user's decision (Policy)
 
 	resolved *jsonschema.Resolved // Schema, for checking arguments; nil: not checked
 }
@@ -62,6 +63,7 @@ type Catalog struct {
 		PurgeWorkflowState(ctx context.Context, id string, opts ...workflow.PurgeOptions) error
 	}
 	Refresh time.Duration // default a minute
+	Policy  Policy        // which tools' calls wait for a decision
 	Log     *slog.Logger
 
 	once  singleflight.Group
@@ -123,6 +125,7 @@ func (c *Catalog) list(ctx context.Context) []Tool {
 		}
 		for _, t := range listed {
 			t.Name = uniqueName(s, t.Tool, taken)
+			t.Approval = c.Policy.NeedsApproval(t)
 			tools = append(tools, t)
 		}
 	}
@@ -262,7 +265,7 @@ func Prepare(tools []Tool, tc llm.ToolCall, userID, callID string) ToolCall {
 		return c
 	}
 	t := tools[i]
-	c.Server, c.Tool = t.Server, t.Tool
+	c.Server, c.Tool, c.NeedsApproval = t.Server, t.Tool, t.Approval
 	args := map[string]any{}
 	if strings.TrimSpace(tc.Arguments) != "" {
 		if err := json.Unmarshal([]byte(tc.Arguments), &args); err != nil {

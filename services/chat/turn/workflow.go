@@ -32,6 +32,10 @@ const (
 	ActSave         = "save_conversation"
 	ActHandleError  = "handle_error"
 	ActRunTool      = "run_tool" // the built-in tool
+	// A call that waits for a user's decision: its request recorded and
+	// announced, and the wait's end without a decision.
+	ActRequestApproval = "request_approval"
+	ActExpireApproval  = "expire_approval"
 )
 
 // Input of chat_workflow.
@@ -49,12 +53,16 @@ type Input struct {
 	// ToolResultMax is the longest tool result given to the model
 	// (TOOL_RESULT_MAX); 0: DefaultToolResultMax.
 	ToolResultMax int `json:"tool_result_max,omitempty"`
+	// ApprovalTimeout is how long a tool call waits for a user's decision
+	// (APPROVAL_TIMEOUT); 0: DefaultApprovalTimeout.
+	ApprovalTimeout time.Duration `json:"approval_timeout,omitempty"`
 }
 
 // Defaults of Input.
 const (
-	DefaultMaxSteps      = 8
-	DefaultToolResultMax = 16 << 10
+	DefaultMaxSteps        = 8
+	DefaultToolResultMax   = 16 << 10
+	DefaultApprovalTimeout = 10 * time.Minute
 )
 
 // Output of chat_workflow.
@@ -81,14 +89,18 @@ type ToolCall struct {
 	// Refused says why the call was not sent (an unknown tool, arguments
 	// that do not match its schema).
 	Refused string `json:"refused,omitempty"`
-	Result  string `json:"result,omitempty"`
-	Failed  bool   `json:"failed,omitempty"`
+	// NeedsApproval: the call waits for a user's decision (Policy) before
+	// it runs; Approval is that request and its outcome.
+	NeedsApproval bool               `json:"needs_approval,omitempty"`
+	Approval      *contract.Approval `json:"approval,omitempty"`
+	Result        string             `json:"result,omitempty"`
+	Failed        bool               `json:"failed,omitempty"`
 }
 
 // Wire is the call as clients see it (stream, event, history): RUNNING
 // until it has a result.
 func (c ToolCall) Wire() contract.ToolCall {
-	w := contract.ToolCall{ID: c.ID, Name: c.Name, Server: c.Server, Arguments: c.Arguments, Result: c.Result, Status: contract.ToolCompleted}
+	w := contract.ToolCall{ID: c.ID, Name: c.Name, Server: c.Server, Arguments: c.Arguments, Result: c.Result, Status: contract.ToolCompleted, Approval: c.Approval}
 	switch {
 	case c.Failed:
 		w.Status = contract.ToolFailed
@@ -145,6 +157,11 @@ type generateInput struct {
 	Steps []Step `json:"steps,omitempty"`
 }
 
+type approvalInput struct {
+	Trace    map[string]string `json:"trace,omitempty"`
+	Approval contract.Approval `json:"approval"`
+}
+
 type toolInput struct {
 	InstanceID string            `json:"instance_id"`
 	Trace      map[string]string `json:"trace,omitempty"`
@@ -196,6 +213,10 @@ func saveRetry() *workflow.RetryPolicy {
 
 func toolRetry() *workflow.RetryPolicy {
 	return &workflow.RetryPolicy{MaxAttempts: 3, InitialRetryInterval: 200 * time.Millisecond, BackoffCoefficient: 2, MaxRetryInterval: 2 * time.Second}
+}
+
+func approvalRetry() *workflow.RetryPolicy {
+	return &workflow.RetryPolicy{MaxAttempts: 5, InitialRetryInterval: 500 * time.Millisecond, BackoffCoefficient: 2, MaxRetryInterval: 5 * time.Second}
 }
 
 func errorRetry() *workflow.RetryPolicy {
@@ -281,6 +302,11 @@ func CallID(instanceID string, round, n int) string {
 // error result; the turn goes on. A result longer than the turn's
 // ToolResultMax is cut, and the cut is marked.
 func callTool(ctx *workflow.WorkflowContext, in Input, c ToolCall, childID string) ToolCall {
+	if c.Refused == "" && c.NeedsApproval {
+		if c = awaitApproval(ctx, in, c, childID); c.Result != "" {
+			return c // not approved
+		}
+	}
 	switch {
 	case c.Refused != "":
 		c.Result, c.Failed = "error: "+c.Refused, true
@@ -317,6 +343,44 @@ func callTool(ctx *workflow.WorkflowContext, in Input, c ToolCall, childID strin
 		max = DefaultToolResultMax
 	}
 	c.Result = cut(c.Result, max)
+	return c
+}
+
+// awaitApproval asks the turn's user to decide on call c (id: the call's
+// id) and waits for the decision — an external event — for at most the
+// turn's ApprovalTimeout, all in the workflow's state, so the wait survives
+// any restart. At the timeout the request's record says how it ended (a
+// decision recorded just before counts). A call that was not approved comes
+// back with the outcome as its result, for the model.
+func awaitApproval(ctx *workflow.WorkflowContext, in Input, c ToolCall, id string) ToolCall {
+	ctx.SetCustomStatus(contract.ApprovalStage(c.Name))
+	timeout := in.ApprovalTimeout
+	if timeout <= 0 {
+		timeout = DefaultApprovalTimeout
+	}
+	now := ctx.CurrentTimeUTC()
+	req := contract.Approval{ID: id, InstanceID: ctx.ID(), SessionID: in.SessionID, UserID: in.UserID, Server: c.Server, Tool: c.Tool,
+		Name: c.Name, CallID: c.ID, Arguments: c.Arguments, RequestedAt: now, ExpiresAt: now.Add(timeout), Status: contract.ApprovalPending}
+	var a contract.Approval
+	if err := ctx.CallActivity(ActRequestApproval, workflow.WithActivityInput(approvalInput{Trace: in.Trace, Approval: req}),
+		workflow.WithActivityRetryPolicy(approvalRetry())).Await(&a); err != nil {
+		c.Result, c.Failed = "error: the user could not be asked to approve this call", true
+		return c
+	}
+	if !a.Decided() {
+		wait := a.ExpiresAt.Sub(ctx.CurrentTimeUTC())
+		if err := ctx.WaitForExternalEvent(contract.ApprovalEvent(id), max(wait, 0)).Await(&a); err != nil {
+			if err := ctx.CallActivity(ActExpireApproval, workflow.WithActivityInput(approvalInput{Trace: in.Trace, Approval: a}),
+				workflow.WithActivityRetryPolicy(approvalRetry())).Await(&a); err != nil {
+				a.Status = contract.ApprovalExpired
+			}
+		}
+	}
+	c.Approval = &a
+	if a.Status != contract.ApprovalApproved {
+		c.Result, c.Failed = a.Outcome(), true
+	}
+	ctx.SetCustomStatus(contract.StageTool)
 	return c
 }
 

@@ -10,7 +10,7 @@ import (
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/dev/testkit"
-	"github.com/daca-go/daca/services/memory/store/storetest"
+	"github.com/daca-go/daca/internal/dev/statetest"
 )
 
 func fixedSummary(s string) Summarizer {
@@ -23,7 +23,7 @@ func ev(user, session, msg string) contract.ConversationUpdated {
 
 func TestProfileDefaultsAndInitialize(t *testing.T) {
 	t.Parallel()
-	m := New(storetest.New(), Config{}, testkit.Quiet())
+	m := New(statetest.New(), Config{}, testkit.Quiet())
 	ctx := t.Context()
 	p, err := m.Profile(ctx, "ana")
 	if err != nil || p != contract.DefaultProfile("ana") || p.UserSummary != "ana is a new user." {
@@ -48,7 +48,7 @@ func TestProfileDefaultsAndInitialize(t *testing.T) {
 
 func TestApplyConcurrentNoLostUpdates(t *testing.T) {
 	t.Parallel()
-	f := storetest.New()
+	f := statetest.New()
 	m := New(f, Config{}, testkit.Quiet())
 	var wg sync.WaitGroup
 	errs := make(chan error, 50)
@@ -79,7 +79,7 @@ func TestApplyConcurrentNoLostUpdates(t *testing.T) {
 
 func TestApplyOncePerEventID(t *testing.T) {
 	t.Parallel()
-	m := New(storetest.New(), Config{}, testkit.Quiet())
+	m := New(statetest.New(), Config{}, testkit.Quiet())
 	for i, wantDup := range []bool{false, true, true} {
 		res, err := m.Apply(t.Context(), "same-id", ev("u", "s", "hi"), fixedSummary("sum"))
 		if err != nil || res.Duplicate != wantDup {
@@ -93,7 +93,7 @@ func TestApplyOncePerEventID(t *testing.T) {
 
 func TestHistoryCapAndLast(t *testing.T) {
 	t.Parallel()
-	m := New(storetest.New(), Config{HistoryCap: 6, SummaryLast: 3}, testkit.Quiet())
+	m := New(statetest.New(), Config{HistoryCap: 6, SummaryLast: 3}, testkit.Quiet())
 	var seen [][]contract.Entry
 	sum := func(_ context.Context, _ contract.Profile, recent []contract.Entry) (string, error) {
 		seen = append(seen, recent)
@@ -131,7 +131,7 @@ func TestHistoryCapAndLast(t *testing.T) {
 // list is repaired, and counts the messages once.
 func TestRedeliveryAfterCrashBeforeIndex(t *testing.T) {
 	t.Parallel()
-	st := storetest.New()
+	st := statetest.New()
 	m := New(st, Config{MaxCASTries: 3}, testkit.Quiet())
 	st.FailWritesTo("sessions:", errors.New("killed"))
 	if _, err := m.Apply(t.Context(), "e1", ev("u", "s", "hi"), fixedSummary("x")); apperr.CodeOf(err) != apperr.Unavailable {
@@ -161,19 +161,19 @@ func TestApplyFailures(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name     string
-		setup    func(*storetest.State)
+		setup    func(*statetest.State)
 		sum      Summarizer
 		wantCode apperr.Code
 	}{
 		{"LLM down: nothing written", nil, func(context.Context, contract.Profile, []contract.Entry) (string, error) {
 			return "", apperr.New(apperr.Unavailable, "llm down")
 		}, apperr.Unavailable},
-		{"state store down", func(f *storetest.State) { f.FailReads(errors.New("connection refused")) }, fixedSummary("x"), apperr.Unavailable},
-		{"writes keep failing", func(f *storetest.State) { f.FailWrites(errors.New("boom")) }, fixedSummary("x"), apperr.Unavailable},
+		{"state store down", func(f *statetest.State) { f.FailReads(errors.New("connection refused")) }, fixedSummary("x"), apperr.Unavailable},
+		{"writes keep failing", func(f *statetest.State) { f.FailWrites(errors.New("boom")) }, fixedSummary("x"), apperr.Unavailable},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			f := storetest.New()
+			f := statetest.New()
 			if tt.setup != nil {
 				tt.setup(f)
 			}
@@ -191,7 +191,7 @@ func TestApplyFailures(t *testing.T) {
 
 func TestForgetAndDelete(t *testing.T) {
 	t.Parallel()
-	f := storetest.New()
+	f := statetest.New()
 	m := New(f, Config{}, testkit.Quiet())
 	ctx := t.Context()
 	m.Initialize(ctx, "u", contract.Profile{Name: "U"})
@@ -219,7 +219,7 @@ func TestForgetAndDelete(t *testing.T) {
 
 func TestHistoriesOneRead(t *testing.T) {
 	t.Parallel()
-	st := storetest.New()
+	st := statetest.New()
 	m := New(st, Config{}, testkit.Quiet())
 	for i, s := range []string{"a", "a", "b"} {
 		if _, err := m.Apply(t.Context(), fmt.Sprint(i), ev("u", s, fmt.Sprint("m", i)), fixedSummary("s")); err != nil {
@@ -276,7 +276,7 @@ func TestHistoriesOneRead(t *testing.T) {
 // change nothing.
 func TestSessionOwner(t *testing.T) {
 	t.Parallel()
-	m := New(storetest.New(), Config{}, testkit.Quiet())
+	m := New(statetest.New(), Config{}, testkit.Quiet())
 	ctx := t.Context()
 	steps := []struct {
 		name      string

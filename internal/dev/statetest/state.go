@@ -1,16 +1,19 @@
-// Package memorytest is an in-memory stand-in for the Dapr state API that
-// behaves like Dapr's Redis state store with first-write-wins: a write
-// succeeds only with the key's current ETag ("" when the key is absent).
-package storetest
+// Package statetest is an in-memory stand-in for the Dapr state API that
+// behaves like Dapr's Redis state store: with an ETag, or with
+// first-write-wins concurrency, a write succeeds only with the key's
+// current ETag ("" when the key is absent), and is refused as the sidecar
+// refuses it (gRPC Aborted); a write without either overwrites.
+package statetest
 
 import (
 	"context"
-	"errors"
 	"strconv"
 	"strings"
 	"sync"
 
 	dapr "github.com/dapr/go-sdk/client"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // State implements memory.State.
@@ -81,7 +84,7 @@ func (s *State) GetBulkState(ctx context.Context, store string, keys []string, m
 // BulkGets is the number of GetBulkState calls.
 func (s *State) BulkGets() int { s.mu.Lock(); defer s.mu.Unlock(); return s.bulkGets }
 
-func (s *State) SaveStateWithETag(_ context.Context, _, key string, data []byte, etag string, _ map[string]string, _ ...dapr.StateOption) error {
+func (s *State) SaveStateWithETag(_ context.Context, _, key string, data []byte, etag string, _ map[string]string, so ...dapr.StateOption) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.saveErr != nil {
@@ -90,9 +93,14 @@ func (s *State) SaveStateWithETag(_ context.Context, _, key string, data []byte,
 	if s.prefixErr != nil && strings.HasPrefix(key, s.failPrefix) {
 		return s.prefixErr
 	}
+	var o dapr.StateOptions
+	for _, f := range so {
+		f(&o)
+	}
 	cur, exists := s.ver[key]
-	if (exists && etag != strconv.Itoa(cur)) || (!exists && etag != "") {
-		return errors.New("possible etag mismatch")
+	checked := etag != "" || o.Concurrency == dapr.StateConcurrencyFirstWrite
+	if checked && ((exists && etag != strconv.Itoa(cur)) || (!exists && etag != "")) {
+		return status.Error(codes.Aborted, "possible etag mismatch")
 	}
 	s.ver[key] = cur + 1
 	s.data[key] = append([]byte(nil), data...)
