@@ -73,6 +73,7 @@ func run(ctx context.Context, cfg config) error {
 		Backend:       b,
 		Conversations: hub.Conversations,
 		Memories:      hub.Memories,
+		Approvals:     hub.Approvals,
 		Replies:       hub.Replies,
 		Log:           log,
 		Callers:       guard,

@@ -179,3 +179,27 @@ func (r *Resolver) authMode() string {
 	}
 	return "none"
 }
+
+// ownApproval checks an approval id and returns the request when the caller
+// may decide it (the turn's user, or an admin); an unknown request and
+// another user's get the same NOT_FOUND. decidedBy is who decides: the
+// caller, or with AUTH_MODE=none the turn's user.
+func (r *Resolver) ownApproval(ctx context.Context, id string) (a *contract.Approval, decidedBy string, err error) {
+	if err := contract.CheckID("approvalId", id); err != nil {
+		return nil, "", err
+	}
+	c, checked, err := r.caller(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	if a, err = r.Backend.Approval(ctx, id); err != nil {
+		return nil, "", err
+	}
+	if a == nil || checked && !c.Admin && a.UserID != c.Subject {
+		return nil, "", apperr.New(apperr.NotFound, "approval %s not found", id)
+	}
+	if !checked {
+		return a, a.UserID, nil
+	}
+	return a, c.Subject, nil
+}

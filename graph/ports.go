@@ -39,6 +39,14 @@ type Backend interface {
 	Health(ctx context.Context) BackendHealth
 	// Tools are the tools the agent can use now.
 	Tools(ctx context.Context) ([]contract.ToolInfo, error)
+	// PendingApprovals are the user's tool calls that wait for a decision.
+	PendingApprovals(ctx context.Context, userID string) ([]contract.Approval, error)
+	// Approval reads a request for a decision; nil for an unknown one.
+	Approval(ctx context.Context, id string) (*contract.Approval, error)
+	// DecideToolCall records a decision and answers the request (the first
+	// decision when there was one; Invalid when it expired or its turn was
+	// cancelled).
+	DecideToolCall(ctx context.Context, id string, d contract.Decision) (contract.Approval, error)
 }
 
 // ChatInput is a checked message to the agent.
@@ -86,6 +94,10 @@ type ConversationFeed interface {
 	Feed[*model.ConversationEvent]
 	Recent(match func(*model.ConversationEvent) bool) []*model.ConversationEvent
 }
+
+// ApprovalFeed is the feed of requests for a decision and their changes
+// (gateway/live), for approvalRequested.
+type ApprovalFeed = Feed[*contract.Approval]
 
 // Replies are the replies being written (gateway/replies), for chatStream.
 type Replies interface {

@@ -16,7 +16,9 @@ type Resolver struct {
 	Backend       Backend
 	Conversations ConversationFeed
 	Memories      Feed[*model.MemoryEvent]
-	Log           *slog.Logger
+	// Approvals are the requests for a decision and their changes.
+	Approvals ApprovalFeed
+	Log       *slog.Logger
 	// Callers authenticates callers (AUTH_MODE); nil: every argument is
 	// trusted (AUTH_MODE=none).
 	Callers Callers

@@ -255,6 +255,9 @@ func TestAuthorisation(t *testing.T) {
 	t.Parallel()
 	f := graphtest.New()
 	f.Runs["chat-bo"] = &contract.ChatRun{InstanceID: "chat-bo", Status: contract.RunRunning, UserID: "bo", SessionID: "s-of-bo"}
+	boWaits := *f.Approvals["chat-2-r1-t1"]
+	boWaits.ID, boWaits.InstanceID, boWaits.UserID, boWaits.SessionID = "chat-bo-r1-t1", "chat-bo", "bo", "s-of-bo"
+	f.Approvals[boWaits.ID] = &boWaits
 	r := resolver(f)
 	r.Callers = &auth.Guard{Mode: "jwt"}
 	c := execClient(r, graph.DefaultLoaderWait)
@@ -286,6 +289,14 @@ func TestAuthorisation(t *testing.T) {
 		{"stop anonymously", `mutation { cancelChat(instanceId: "chat-bo") { status } }`, nil, apperr.Unauthenticated},
 		{"stop her own ended turn", `mutation { cancelChat(instanceId: "chat-1") { status } }`, []client.Option{ana}, ""},
 		{"admin stops anyone's", `mutation { cancelChat(instanceId: "chat-bo") { status } }`, []client.Option{admin}, ""},
+		{"own pending approvals", `{ pendingApprovals(userId: "ana") { id } }`, []client.Option{ana}, ""},
+		{"someone else's pending approvals", `{ pendingApprovals(userId: "bo") { id } }`, []client.Option{ana}, apperr.Forbidden},
+		{"admin reads anyone's approvals", `{ pendingApprovals(userId: "bo") { id } }`, []client.Option{admin}, ""},
+		{"decide someone else's call", `mutation { decideToolCall(approvalId: "chat-bo-r1-t1", approve: true) { status } }`, []client.Option{ana}, apperr.NotFound},
+		{"decide an unknown call", `mutation { decideToolCall(approvalId: "chat-x-r1-t1", approve: true) { status } }`, []client.Option{ana}, apperr.NotFound},
+		{"decide anonymously", `mutation { decideToolCall(approvalId: "chat-2-r1-t1", approve: true) { status } }`, nil, apperr.Unauthenticated},
+		{"decide her own call", `mutation { decideToolCall(approvalId: "chat-2-r1-t1", approve: false, reason: "no") { status } }`, []client.Option{ana}, ""},
+		{"admin decides anyone's", `mutation { decideToolCall(approvalId: "chat-bo-r1-t1", approve: true) { status } }`, []client.Option{admin}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -297,6 +308,9 @@ func TestAuthorisation(t *testing.T) {
 	}
 	if f.Cancelled == nil || len(f.Cancelled) != 1 || f.Cancelled[0] != "chat-bo" || f.Runs["chat-bo"].Status != contract.RunTerminated {
 		t.Fatalf("cancelled %v; want only chat-bo, by the admin", f.Cancelled)
+	}
+	if len(f.Decided) != 2 || f.Decided[0].DecidedBy != "ana" || f.Decided[0].Reason != "no" || f.Decided[1].DecidedBy != "root" {
+		t.Fatalf("decisions %+v; want ana's denial of her own call, then the admin's approval", f.Decided)
 	}
 	// Another user's turn and an unknown one look the same: null.
 	for _, id := range []string{"chat-bo", "chat-unknown"} {

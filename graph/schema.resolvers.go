@@ -107,6 +107,19 @@ func (r *mutationResolver) CancelChat(ctx context.Context, instanceID string) (*
 	return toRun(*run), nil
 }
 
+// DecideToolCall is the resolver for the decideToolCall field.
+func (r *mutationResolver) DecideToolCall(ctx context.Context, approvalID string, approve bool, reason *string) (*model.Approval, error) {
+	_, by, err := r.ownApproval(ctx, approvalID) // unknown, or another user's: the same NOT_FOUND
+	if err != nil {
+		return nil, err
+	}
+	a, err := r.Backend.DecideToolCall(ctx, approvalID, contract.Decision{Approve: approve, Reason: deref(reason), DecidedBy: by})
+	if err != nil {
+		return nil, err
+	}
+	return model.ApprovalOf(a), nil
+}
+
 // Memory is the resolver for the memory field.
 func (r *queryResolver) Memory(ctx context.Context, userID string) (*model.Memory, error) {
 	if err := r.forUser(ctx, userID); err != nil {
@@ -228,6 +241,22 @@ func (r *queryResolver) Tools(ctx context.Context) ([]*model.Tool, error) {
 	return out, nil
 }
 
+// PendingApprovals is the resolver for the pendingApprovals field.
+func (r *queryResolver) PendingApprovals(ctx context.Context, userID string) ([]*model.Approval, error) {
+	if err := r.forUser(ctx, userID); err != nil {
+		return nil, err
+	}
+	list, err := r.Backend.PendingApprovals(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*model.Approval, len(list))
+	for i, a := range list {
+		out[i] = model.ApprovalOf(a)
+	}
+	return out, nil
+}
+
 // Messages is the resolver for the messages field.
 func (r *sessionResolver) Messages(ctx context.Context, obj *model.Session, last *int) ([]*model.Message, error) {
 	n := 0
@@ -309,6 +338,14 @@ func (r *subscriptionResolver) ChatStream(ctx context.Context, instanceID string
 	// a turn that failed or was stopped, or whose event this replica missed.
 	r.watchEnd(ctx, *run)
 	return chunks, nil
+}
+
+// ApprovalRequested is the resolver for the approvalRequested field.
+func (r *subscriptionResolver) ApprovalRequested(ctx context.Context, userID string) (<-chan *model.Approval, error) {
+	if err := r.forUser(ctx, userID); err != nil {
+		return nil, err
+	}
+	return r.approvalRequests(ctx, userID)
 }
 
 // Mutation returns MutationResolver implementation.

@@ -166,6 +166,18 @@ func (c *Client) Tools(ctx context.Context) ([]contract.ToolInfo, error) {
 	return c.chat().Tools(ctx)
 }
 
+func (c *Client) PendingApprovals(ctx context.Context, userID string) ([]contract.Approval, error) {
+	return c.chat().PendingApprovals(ctx, userID)
+}
+
+func (c *Client) Approval(ctx context.Context, id string) (*contract.Approval, error) {
+	return c.chat().Approval(ctx, id)
+}
+
+func (c *Client) DecideToolCall(ctx context.Context, id string, d contract.Decision) (contract.Approval, error) {
+	return c.chat().Decide(ctx, id, d)
+}
+
 // ReadChatRun reads a turn with a call of its own (a state read after the
 // call began, which a joined read may not be: the chatRun poller needs it).
 func (c *Client) ReadChatRun(ctx context.Context, instanceID string) (*contract.ChatRun, error) {

@@ -8,6 +8,7 @@ package live
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"time"
@@ -27,6 +28,7 @@ import (
 type Hub struct {
 	Conversations *fanout.Broker[*model.ConversationEvent]
 	Memories      *fanout.Broker[*model.MemoryEvent]
+	Approvals     *fanout.Broker[*contract.Approval]
 	Replies       *replies.Store
 
 	pubsub  string
@@ -55,6 +57,7 @@ func New(cfg Config, onDrop func(context.Context), log *slog.Logger) *Hub {
 	return &Hub{
 		Conversations: fanout.New[*model.ConversationEvent](cfg.Queue, onDrop).KeepRecent(cfg.Recent),
 		Memories:      fanout.New[*model.MemoryEvent](cfg.Queue, onDrop),
+		Approvals:     fanout.New[*contract.Approval](cfg.Queue, onDrop),
 		Replies:       replies.New(cfg.Queue, onDrop),
 		pubsub:        cfg.PubSub, log: log, started: time.Now(),
 	}
@@ -66,6 +69,7 @@ func (h *Hub) Mount(r chi.Router) {
 	r.Post("/events/"+contract.TopicConversations, httpx.Events(h.log, nil, h.onConversation))
 	r.Post("/events/"+contract.TopicMemoryUpdates, httpx.Events(h.log, nil, h.onMemoryUpdate))
 	r.Post("/events/"+contract.TopicChatStream, httpx.Events(h.log, nil, h.onChatStream))
+	r.Post("/events/"+contract.TopicApprovals, httpx.Events(h.log, nil, h.onApproval))
 }
 
 // Run sweeps the finished replies every interval until ctx ends.
@@ -129,6 +133,22 @@ func (h *Hub) onChatStream(_ context.Context, ce contract.CloudEvent, ev *contra
 	return nil
 }
 
+// onApproval takes a request for a decision, or its change: for
+// approvalRequested, and for the chatStream of its turn (the call's chunk
+// with the request).
+func (h *Hub) onApproval(ctx context.Context, ce contract.CloudEvent, ev *contract.Approval) error {
+	if h.stale(ce) {
+		return nil
+	}
+	if !contract.ValidID(ev.ID) || !contract.ValidID(ev.InstanceID) || !contract.ValidID(ev.UserID) {
+		return httpx.Drop("not an approval", errors.New("missing or malformed ids"))
+	}
+	h.Replies.Approval(ev.InstanceID, *ev)
+	n := h.Approvals.Publish(ev)
+	logging.From(ctx, h.log).Debug("approval fanned out", "approval_id", ev.ID, "status", ev.Status, "subscribers", n)
+	return nil
+}
+
 // Topic reports a topic's open subscriptions, the events delivered to
 // subscribers and the slow subscribers dropped (chat-stream: subscriptions
 // only).
@@ -143,6 +163,9 @@ func (h *Hub) Topic(topic string) (subscribers int, delivered, dropped uint64) {
 	case contract.TopicChatStream:
 		_, n := h.Replies.Len()
 		return n, 0, 0
+	case contract.TopicApprovals:
+		delivered, dropped = h.Approvals.Stats()
+		return h.Approvals.Len(), delivered, dropped
 	}
 	return 0, 0, 0
 }

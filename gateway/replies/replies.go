@@ -190,6 +190,30 @@ func (s *Store) Tools(id string, calls []contract.ToolCall) {
 	}
 }
 
+// Approval hands on a change of a tool call's request for a decision (a
+// request, a decision, an expiry) as a chunk with the call — RUNNING while
+// it waits or runs — and the request. A turn this replica streams nothing
+// of is left alone.
+func (s *Store) Approval(id string, a contract.Approval) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.turns[id]
+	if !ok || t.done {
+		return
+	}
+	tc := contract.ToolCall{ID: a.CallID, Name: a.Name, Server: a.Server, Arguments: a.Arguments, Status: contract.ToolRunning, Approval: &a}
+	if a.Status == contract.ApprovalDenied || a.Status == contract.ApprovalExpired {
+		tc.Status, tc.Result = contract.ToolFailed, a.Outcome()
+	}
+	seq := max(t.next, 1)
+	c := &model.ChatChunk{InstanceID: id, Seq: seq, Text: t.text, Status: model.ChatStatusRunning, ToolCall: model.ToolCallOf(tc), Restarted: t.restarted}
+	t.restarted = false
+	t.showLocked(tc)
+	t.next = seq + 1
+	t.chunks = append(t.chunks, c)
+	s.deliverLocked(t, c)
+}
+
 // Finish ends a turn's stream with its end state: the last chunk (done) has
 // the status and, for a completed turn, the reply (what the pieces did not
 // carry yet is its delta); a stopped or failed turn keeps the text so far.

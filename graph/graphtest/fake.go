@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/daca-go/daca/graph"
+	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/contract"
 )
 
@@ -31,6 +32,9 @@ type Fake struct {
 	LastIn    graph.ChatInput // the input of the last SendMessage
 	Batches   [][]string      // the session ids of each Conversations call
 	Cancelled []string        // the turns CancelChat stopped
+	// Approvals are the requests for a decision, by id.
+	Approvals map[string]*contract.Approval
+	Decided   []contract.Decision // the decisions DecideToolCall recorded
 }
 
 var _ graph.Backend = (*Fake)(nil)
@@ -49,7 +53,54 @@ func New() *Fake {
 		Owners: map[string]string{"s1": "ana", "s-of-bo": "bo"},
 		Runs: map[string]*contract.ChatRun{"chat-1": {InstanceID: "chat-1", Status: contract.RunCompleted, UserID: "ana", SessionID: "s1",
 			Reply: &reply, Timestamp: &ts}},
+		Approvals: map[string]*contract.Approval{"chat-2-r1-t1": {ID: "chat-2-r1-t1", InstanceID: "chat-2", SessionID: "s1", UserID: "ana",
+			Server: "tools", Tool: "delete_note", Name: "tools_delete_note", CallID: "c1", Arguments: `{"id":"n1"}`,
+			RequestedAt: ts, ExpiresAt: ts.Add(10 * time.Minute), Status: contract.ApprovalPending}},
 	}
+}
+
+func (f *Fake) PendingApprovals(_ context.Context, userID string) ([]contract.Approval, error) {
+	f.Mu.Lock()
+	defer f.Mu.Unlock()
+	out := []contract.Approval{}
+	for _, a := range f.Approvals {
+		if a.UserID == userID && a.Status == contract.ApprovalPending {
+			out = append(out, *a)
+		}
+	}
+	return out, f.Err
+}
+
+func (f *Fake) Approval(_ context.Context, id string) (*contract.Approval, error) {
+	f.Mu.Lock()
+	defer f.Mu.Unlock()
+	a := f.Approvals[id]
+	if a == nil || f.Err != nil {
+		return nil, f.Err
+	}
+	cp := *a
+	return &cp, nil
+}
+
+// DecideToolCall decides as chat-service does: the first decision stands.
+func (f *Fake) DecideToolCall(_ context.Context, id string, d contract.Decision) (contract.Approval, error) {
+	f.Mu.Lock()
+	defer f.Mu.Unlock()
+	a := f.Approvals[id]
+	if a == nil {
+		return contract.Approval{}, apperr.New(apperr.NotFound, "approval %s not found", id)
+	}
+	if a.Status == contract.ApprovalExpired {
+		return *a, apperr.New(apperr.Invalid, "approval %s expired", id)
+	}
+	if a.Status == contract.ApprovalPending {
+		a.Status, a.Reason, a.DecidedBy = contract.ApprovalDenied, d.Reason, d.DecidedBy
+		if d.Approve {
+			a.Status = contract.ApprovalApproved
+		}
+		f.Decided = append(f.Decided, d)
+	}
+	return *a, nil
 }
 
 func (f *Fake) err() error { f.Mu.Lock(); defer f.Mu.Unlock(); return f.Err }

@@ -10,6 +10,33 @@ import (
 	"time"
 )
 
+// A tool call that waits for a user's decision before it runs: a call of a
+// tool that may change something (its MCP annotations do not say readOnlyHint,
+// or the operator requires it: TOOLS_REQUIRE_APPROVAL).
+type Approval struct {
+	// The request's id (the tool call's): decideToolCall's approvalId.
+	ID string `json:"id"`
+	// The chat turn that waits.
+	InstanceID string `json:"instanceId"`
+	SessionID  string `json:"sessionId"`
+	// Whose turn it is: who may decide (or an admin).
+	UserID string `json:"userId"`
+	// The MCP server of the tool.
+	Server string `json:"server"`
+	// The tool, as its server names it.
+	Tool string `json:"tool"`
+	// The arguments the agent wants to call it with (JSON).
+	Arguments   string    `json:"arguments"`
+	RequestedAt time.Time `json:"requestedAt"`
+	// When the request expires (APPROVAL_TIMEOUT after it was made): the call is then denied, timed out.
+	ExpiresAt time.Time      `json:"expiresAt"`
+	Status    ApprovalStatus `json:"status"`
+	// The reason given with a denial.
+	Reason *string `json:"reason,omitempty"`
+	// Who decided.
+	DecidedBy *string `json:"decidedBy,omitempty"`
+}
+
 // Health of one backend app.
 type BackendHealth struct {
 	// Its Dapr app id.
@@ -237,6 +264,72 @@ type ToolCall struct {
 	Result *string `json:"result,omitempty"`
 	// Where it stands.
 	Status ToolCallStatus `json:"status"`
+	// The call's request for a decision, for a call that needs one (with its outcome once decided).
+	Approval *Approval `json:"approval,omitempty"`
+}
+
+// Where an approval stands.
+type ApprovalStatus string
+
+const (
+	// Waiting for a decision.
+	ApprovalStatusPending ApprovalStatus = "PENDING"
+	// Approved: the call runs.
+	ApprovalStatusApproved ApprovalStatus = "APPROVED"
+	// Denied (or its turn was cancelled): the agent is told so.
+	ApprovalStatusDenied ApprovalStatus = "DENIED"
+	// Nobody decided in time: the agent is told the call timed out.
+	ApprovalStatusExpired ApprovalStatus = "EXPIRED"
+)
+
+var AllApprovalStatus = []ApprovalStatus{
+	ApprovalStatusPending,
+	ApprovalStatusApproved,
+	ApprovalStatusDenied,
+	ApprovalStatusExpired,
+}
+
+func (e ApprovalStatus) IsValid() bool {
+	switch e {
+	case ApprovalStatusPending, ApprovalStatusApproved, ApprovalStatusDenied, ApprovalStatusExpired:
+		return true
+	}
+	return false
+}
+
+func (e ApprovalStatus) String() string {
+	return string(e)
+}
+
+func (e *ApprovalStatus) UnmarshalGQL(v any) error {
+	str, ok := v.(string)
+	if !ok {
+		return fmt.Errorf("enums must be strings")
+	}
+
+	*e = ApprovalStatus(str)
+	if !e.IsValid() {
+		return fmt.Errorf("%s is not a valid ApprovalStatus", str)
+	}
+	return nil
+}
+
+func (e ApprovalStatus) MarshalGQL(w io.Writer) {
+	_, _ = fmt.Fprint(w, strconv.Quote(e.String()))
+}
+
+func (e *ApprovalStatus) UnmarshalJSON(b []byte) error {
+	s, err := strconv.Unquote(string(b))
+	if err != nil {
+		return err
+	}
+	return e.UnmarshalGQL(s)
+}
+
+func (e ApprovalStatus) MarshalJSON() ([]byte, error) {
+	var buf bytes.Buffer
+	e.MarshalGQL(&buf)
+	return buf.Bytes(), nil
 }
 
 // The state of a chat turn.
@@ -255,6 +348,8 @@ const (
 	ChatStatusTerminated ChatStatus = "TERMINATED"
 	// Paused by an operator.
 	ChatStatusSuspended ChatStatus = "SUSPENDED"
+	// Waiting for a user's decision on a tool call (`stage` names the tool: awaiting_approval:<tool>).
+	ChatStatusAwaitingApproval ChatStatus = "AWAITING_APPROVAL"
 )
 
 var AllChatStatus = []ChatStatus{
@@ -264,11 +359,12 @@ var AllChatStatus = []ChatStatus{
 	ChatStatusFailed,
 	ChatStatusTerminated,
 	ChatStatusSuspended,
+	ChatStatusAwaitingApproval,
 }
 
 func (e ChatStatus) IsValid() bool {
 	switch e {
-	case ChatStatusPending, ChatStatusRunning, ChatStatusCompleted, ChatStatusFailed, ChatStatusTerminated, ChatStatusSuspended:
+	case ChatStatusPending, ChatStatusRunning, ChatStatusCompleted, ChatStatusFailed, ChatStatusTerminated, ChatStatusSuspended, ChatStatusAwaitingApproval:
 		return true
 	}
 	return false

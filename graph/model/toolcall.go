@@ -21,5 +21,8 @@ func ToolCallOf(c contract.ToolCall) *ToolCall {
 	if c.Result != "" {
 		t.Result = &c.Result
 	}
+	if c.Approval != nil {
+		t.Approval = ApprovalOf(*c.Approval)
+	}
 	return t
 }
