@@ -306,6 +306,21 @@ func TestChatPage(t *testing.T) {
 		return b && b.dataset.status === 'COMPLETED' && tool && tool.dataset.status === 'COMPLETED' && tool.textContent.includes('3.106856 mi') &&
 			b.querySelector('.body').textContent.includes('3.106856 mi') ? 'ok' : null })()`)
 
+	// A call that changes something waits: Approve runs it, and the reply
+	// has its result.
+	if err := chromedp.Do(ctx, chromedp.SendKeys("#text", "remind me to water the plants"), chromedp.Click("#send")); err != nil {
+		t.Fatal(err)
+	}
+	poll("the call waiting for approval", `(() => {
+		const b = [...document.querySelectorAll('.msg.assistant')].pop();
+		const tool = b && b.querySelector('.tool[data-tool="tools_create_note"][data-approval="PENDING"] button.approve');
+		if (!tool) return null; tool.click(); return 'ok' })()`)
+	poll("the approved call and the reply", `(() => {
+		const b = [...document.querySelectorAll('.msg.assistant')].pop();
+		const tool = b && b.querySelector('.tool[data-tool="tools_create_note"]');
+		return b && b.dataset.status === 'COMPLETED' && tool && tool.dataset.approval === 'APPROVED' && tool.dataset.status === 'COMPLETED' &&
+			b.querySelector('.body').textContent.includes('tools_create_note answered: noted') ? 'ok' : null })()`)
+
 	// Stop a reply while it is written.
 	if err := chromedp.Do(ctx, chromedp.SendKeys("#text", "a long reply to stop"), chromedp.Click("#send")); err != nil {
 		t.Fatal(err)

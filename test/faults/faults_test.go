@@ -54,7 +54,9 @@ func TestMain(m *testing.M) {
 			stack.Tools.App("TOOLS_DELAY=1s", "TOOLS_EXECUTIONS_FILE="+executions),
 			// A model that takes a while, so that a kill finds turns inside
 			// generate_response.
-			stack.Chat.App("LLM_OFFLINE_DELAY=300ms", "LLM_OFFLINE_TOKEN_DELAY=0", "FAILPOINTS_DIR="+dir),
+			// The tool rows count create_note's executions, not approvals:
+			// it runs without one here.
+			stack.Chat.App("LLM_OFFLINE_DELAY=300ms", "LLM_OFFLINE_TOKEN_DELAY=0", "FAILPOINTS_DIR="+dir, "TOOLS_AUTO_APPROVE=tools/create_note"),
 			// Two gateway replicas: subscribers of the one killed reconnect
 			// to the other.
 			stack.Gateway.App("RATE_LIMIT_PER_MINUTE=0"),

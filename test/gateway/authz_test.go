@@ -60,8 +60,9 @@ var callers = []caller{
 	}, "bad"},
 }
 
-// data is one user's: a session with a completed turn.
-type data struct{ user, session, instance string }
+// data is one user's: a session with a completed turn (and, for the rows
+// that decide one, a tool call of theirs that waits for approval).
+type data struct{ user, session, instance, approval string }
 
 // newData makes a user with one completed turn, through the JWT gateway.
 func newData(t *testing.T, url, prefix string) data {
@@ -114,6 +115,10 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"forgetUser", func(d data) string {
 			return fmt.Sprintf(`mutation { forgetUser(userId: %q) { sessionsDeleted } }`, d.user)
 		}, true, expect{"", "FORBIDDEN", ""}},
+		{"pendingApprovals", func(d data) string { return fmt.Sprintf(`{ pendingApprovals(userId: %q) { id } }`, d.user) }, false, expect{"", "FORBIDDEN", ""}},
+		{"decideToolCall", func(d data) string {
+			return fmt.Sprintf(`mutation { decideToolCall(approvalId: %q, approve: false, reason: "matrix") { status } }`, d.approval)
+		}, true, expect{"", "NOT_FOUND", ""}},
 	}
 	for _, op := range ops {
 		for _, c := range callers {
@@ -121,6 +126,12 @@ func TestAuthorizationMatrix(t *testing.T) {
 				d := alice
 				if op.destructive && (c.class == "own" || c.class == "admin") {
 					d = newData(t, url, "victim") // data this row may change
+				}
+				if op.name == "decideToolCall" {
+					d.approval = "chat-none-r1-t1" // refused before any resolver runs
+					if c.class == "own" || c.class == "other" || c.class == "admin" {
+						d.approval = waitingApproval(t, url, d.user)
+					}
 				}
 				out, errs, status := gqlWith(t, url, c.token(t, d.user), op.query(d), nil)
 				want := ""
@@ -149,6 +160,12 @@ func TestAuthorizationMatrix(t *testing.T) {
 					}
 				case code(errs) != want:
 					t.Fatalf("code %q (%v); want %q", code(errs), errs, want)
+				}
+				if op.name == "decideToolCall" && c.class == "other" { // the refusal changed nothing
+					p, _, _ := gqlWith(t, url, token(t, d.user, ""), fmt.Sprintf(`{ pendingApprovals(userId: %q) { id } }`, d.user), nil)
+					if !strings.Contains(fmt.Sprint(p), d.approval) {
+						t.Fatalf("after another user's decision %s is no longer pending: %v", d.approval, p)
+					}
 				}
 			})
 		}
@@ -182,6 +199,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"chatRun of an unknown turn", `subscription { chatRun(instanceId: "chat-unknown") { status } }`, expect{"NOT_FOUND", "NOT_FOUND", "NOT_FOUND"}},
 		{"chatStream", fmt.Sprintf(`subscription { chatStream(instanceId: %q) { done text } }`, alice.instance), expect{"", "NOT_FOUND", ""}},
 		{"chatStream of an unknown turn", `subscription { chatStream(instanceId: "chat-unknown") { done } }`, expect{"NOT_FOUND", "NOT_FOUND", "NOT_FOUND"}},
+		{"approvalRequested", fmt.Sprintf(`subscription { approvalRequested(userId: %q) { id } }`, alice.user), expect{"", "FORBIDDEN", ""}},
 	}
 	for _, s := range subs {
 		for _, c := range callers {
@@ -216,6 +234,28 @@ func TestAuthorizationMatrix(t *testing.T) {
 			})
 		}
 	}
+}
+
+// waitingApproval starts a turn of user's whose tool call waits for
+// approval (a note), through the JWT gateway, and returns the request's id.
+func waitingApproval(t *testing.T, url, user string) string {
+	t.Helper()
+	tok := token(t, user, "")
+	if _, errs, _ := gqlWith(t, url, tok, `mutation($u: ID!) { startChat(input: {userId: $u, text: "remind me to sign the matrix"}) { instanceId } }`,
+		map[string]any{"u": user}); errs != nil {
+		t.Fatal(errs)
+	}
+	var id string
+	testkit.WaitFor(t, 30*time.Second, "the request", func() error {
+		d, errs, _ := gqlWith(t, url, tok, `query($u: ID!) { pendingApprovals(userId: $u) { id } }`, map[string]any{"u": user})
+		list, _ := d["pendingApprovals"].([]any)
+		if errs != nil || len(list) == 0 {
+			return fmt.Errorf("pending %v %v", d, errs)
+		}
+		id = list[len(list)-1].(map[string]any)["id"].(string)
+		return nil
+	})
+	return id
 }
 
 // gqlWith posts a GraphQL request with a bearer token ("" for none).

@@ -35,7 +35,9 @@ func TestMain(m *testing.M) {
 	os.Exit(stacktest.Run(m, stacktest.Options{Apps: []stack.App{
 		stack.Memory.App(),
 		stack.Tools.App(),
-		stack.Chat.App("LLM_OFFLINE_DELAY=700ms"), // a slow model, so a turn is seen RUNNING
+		// a slow model, so a turn is seen RUNNING; a tool call that nobody
+		// decides on expires soon (approval_test.go)
+		stack.Chat.App("LLM_OFFLINE_DELAY=700ms", "APPROVAL_TIMEOUT=15s"),
 		stack.Gateway.App(ws...),
 		stack.Gateway.Named("gateway-2", ws...),
 		stack.Gateway.Named("gateway-jwt", "AUTH_MODE=jwt", "WS_INIT_TIMEOUT=2s", "JWT_ISSUER="+jwtIssuer, "JWT_AUDIENCE="+jwtAudience),

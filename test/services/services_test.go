@@ -35,8 +35,9 @@ func TestMain(m *testing.M) {
 		stack.Memory.App(),
 		stack.Tools.App(),
 		// replies at once: many turns (streaming is tested in test/gateway);
-		// tools listed again after a second (TestToolsChangeWhileRunning)
-		stack.Chat.App("LLM_OFFLINE_TOKEN_DELAY=0", "TOOLS_REFRESH=1s"),
+		// tools listed again after a second (TestToolsChangeWhileRunning);
+		// notes kept without an approval (approvals: test/gateway)
+		stack.Chat.App("LLM_OFFLINE_TOKEN_DELAY=0", "TOOLS_REFRESH=1s", "TOOLS_AUTO_APPROVE=tools/create_note,extra/*"),
 		listener.App(),
 		{ID: intruderApp}, // a sidecar of another app (TestOnlyChatServiceDrivesItsWorkflow)
 	}})

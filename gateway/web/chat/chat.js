@@ -4,6 +4,8 @@
 // Replies stream with chatStream (resumed with `after` when the socket
 // drops), with the agent's tool calls as they run; earlier history pages
 // load on scroll (conversation with `before`), and Stop calls cancelChat.
+// A tool call that waits for the user's decision shows Approve / Deny
+// (decideToolCall), on whichever page of the user's is open.
 // The user's sessions are listed beside the conversation (sessions, newest
 // first, kept current by conversationUpdated); "New chat" starts a session.
 "use strict";
@@ -105,7 +107,9 @@ function bubble(role, text, atTop, toolCalls) {
 }
 
 // showTool shows a tool call above the reply it led to, one line per call
-// (by id), updated as it runs: RUNNING, then COMPLETED or FAILED with its result.
+// (by id), updated as it runs: RUNNING, then COMPLETED or FAILED with its
+// result; a call that waits for a decision has Approve / Deny (with an
+// optional reason) until it is decided, here or elsewhere.
 function showTool(el, c) {
   const key = c.id || c.name;
   let t = [...el.querySelectorAll(".tool")].find((x) => x.dataset.call === key);
@@ -121,13 +125,49 @@ function showTool(el, c) {
   const where = c.server ? " @" + c.server : "";
   const mark = { RUNNING: "⏳", COMPLETED: "🔧", FAILED: "⚠️" }[t.dataset.status] || "🔧";
   t.textContent = mark + " " + c.name + where + "(" + c.arguments + ") → " + (c.result || "…");
+  const a = c.approval;
+  if (!a) return;
+  t.dataset.approval = a.status;
+  if (a.status !== "PENDING") {
+    const said = { APPROVED: "approved", DENIED: "denied", EXPIRED: "not decided in time" }[a.status] || a.status;
+    t.append(" (" + said + (a.decidedBy ? " by " + a.decidedBy : "") + (a.reason ? ": " + a.reason : "") + ")");
+    return;
+  }
+  const box = document.createElement("span");
+  box.className = "decide";
+  const reason = document.createElement("input");
+  reason.placeholder = "reason (optional)";
+  reason.className = "reason";
+  const yes = document.createElement("button");
+  yes.textContent = "Approve";
+  yes.className = "approve";
+  const no = document.createElement("button");
+  no.textContent = "Deny";
+  no.className = "deny";
+  const send = async (approve) => {
+    yes.disabled = no.disabled = true;
+    try {
+      const d = await gql(DECIDE, { id: a.id, ok: approve, why: reason.value || null });
+      showTool(el, Object.assign({}, c, { approval: d.decideToolCall }));
+    } catch (e) {
+      status(e.message);
+      yes.disabled = no.disabled = false;
+    }
+  };
+  yes.onclick = () => send(true);
+  no.onclick = () => send(false);
+  box.append(" waits for your approval: ", yes, no, reason);
+  t.append(box);
 }
+
+const DECIDE = `mutation($id: ID!, $ok: Boolean!, $why: String) {
+  decideToolCall(approvalId: $id, approve: $ok, reason: $why) { id status reason decidedBy } }`;
 
 function scrollToEnd() { const box = $("messages"); box.scrollTop = box.scrollHeight; }
 
 const HISTORY = `query($s: ID!, $last: Int, $before: String) {
   conversation(sessionId: $s, last: $last, before: $before) { hasPrevious messages { role content cursor
-    toolCalls { id name server arguments result status } } } }`;
+    toolCalls { id name server arguments result status approval { id status reason decidedBy } } } } }`;
 
 async function loadHistory(before) {
   const d = await gql(HISTORY, { s: sessionId, last: PAGE, before });
@@ -173,6 +213,7 @@ async function open() {
     markCurrentSession();
     scrollToEnd();
     status(msgs.length ? "session " + sessionId : "new session " + sessionId);
+    watchApprovals(); // after the history: a waiting call shows below it
     // A short page may not fill the box: load more until it scrolls.
     while (hasPrevious && $("messages").scrollHeight <= $("messages").clientHeight) await loadOlder();
   } catch (e) {
@@ -181,7 +222,7 @@ async function open() {
 }
 
 const STREAM = `subscription($id: ID!, $after: Int) {
-  chatStream(instanceId: $id, after: $after) { seq delta text status done restarted toolCall { id name server arguments result status } } }`;
+  chatStream(instanceId: $id, after: $after) { seq delta text status done restarted toolCall { id name server arguments result status approval { id status reason decidedBy } } } }`;
 
 function follow(turn) {
   const body = turn.bubble.querySelector(".body");
@@ -302,6 +343,36 @@ function watchSessions() {
     onReconnect: () => { loadSessions(); resubscribe().then((u) => { sessionsUnsubscribe = u; }); },
   });
   resubscribe().then((u) => { sessionsUnsubscribe = u; }).catch(() => {});
+}
+
+// Requests for a decision of the user's: a call of the turn being
+// streamed shows in its reply already; one of another turn of the open
+// session (the page was reloaded while it waited, or another tab started
+// it) gets a bubble of its own with Approve / Deny. A new subscriber gets
+// the pending ones first.
+const APPROVALS = `subscription($u: ID!) { approvalRequested(userId: $u) { id instanceId sessionId server tool arguments status reason decidedBy } }`;
+let approvalsUnsubscribe = null;
+
+function watchApprovals() {
+  if (approvalsUnsubscribe) approvalsUnsubscribe();
+  const onRequest = (d) => {
+    const a = d.approvalRequested;
+    if (a.sessionId !== sessionId || (current && current.instanceId === a.instanceId)) return;
+    let el = document.querySelector('.msg[data-waiting="' + a.instanceId + '"]');
+    if (!el) {
+      el = bubble("ASSISTANT", "");
+      el.dataset.waiting = a.instanceId;
+      scrollToEnd();
+    }
+    showTool(el, { id: a.id, name: a.server + "_" + a.tool, server: a.server, arguments: a.arguments, status: "RUNNING", approval: a });
+  };
+  const resubscribe = () => socket.subscribe(APPROVALS, { u: userId }, {
+    next: onRequest,
+    error: () => {},
+    complete: () => {},
+    onReconnect: () => resubscribe().then((u) => { approvalsUnsubscribe = u; }),
+  });
+  resubscribe().then((u) => { approvalsUnsubscribe = u; }).catch(() => {});
 }
 
 function newChat() {
