@@ -13,10 +13,10 @@ import (
 	dapr "github.com/dapr/go-sdk/client"
 
 	"github.com/daca-go/daca/internal/apperr"
+	"github.com/daca-go/daca/internal/dev/statetest"
 	"github.com/daca-go/daca/internal/dev/testkit"
 	"github.com/daca-go/daca/internal/llm"
 	"github.com/daca-go/daca/services/memory/store"
-	"github.com/daca-go/daca/internal/dev/statetest"
 )
 
 type sidecar struct {

@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	dapr "github.com/dapr/go-sdk/client"
 	"github.com/dapr/durabletask-go/workflow"
+	dapr "github.com/dapr/go-sdk/client"
 
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/contract"

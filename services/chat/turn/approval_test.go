@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	dapr "github.com/dapr/go-sdk/client"
 	"github.com/dapr/durabletask-go/workflow"
+	dapr "github.com/dapr/go-sdk/client"
 
 	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/dev/statetest"

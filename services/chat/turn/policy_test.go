@@ -20,7 +20,7 @@ func TestPolicy(t *testing.T) {
 		{Builtin, false},
 		{Tool{Server: "tools", Tool: "convert_units", ReadOnly: true}, false},
 		{Tool{Server: "tools", Tool: "delete_note"}, true},
-		{Tool{Server: "tools", Tool: "create_note"}, false},                // auto-approved
+		{Tool{Server: "tools", Tool: "create_note"}, false},               // auto-approved
 		{Tool{Server: "tools", Tool: "list_notes", ReadOnly: true}, true}, // required
 		{Tool{Server: "extra", Tool: "wipe"}, true},                       // required wins
 		{Tool{Server: "extra", Tool: "other"}, false},

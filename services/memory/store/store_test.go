@@ -9,8 +9,8 @@ import (
 
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/contract"
-	"github.com/daca-go/daca/internal/dev/testkit"
 	"github.com/daca-go/daca/internal/dev/statetest"
+	"github.com/daca-go/daca/internal/dev/testkit"
 )
 
 func fixedSummary(s string) Summarizer {
