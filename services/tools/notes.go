@@ -146,8 +146,9 @@ func (n *notes) list(ctx context.Context, _ *mcp.CallToolRequest, in listIn) (*m
 }
 
 type deleteIn struct {
-	User string `json:"_user_id" jsonschema:"set by chat-service: whose note"`
-	ID   string `json:"id" jsonschema:"the note's id, from list_notes"`
+	User   string `json:"_user_id" jsonschema:"set by chat-service: whose note"`
+	CallID string `json:"_call_id,omitempty" jsonschema:"set by chat-service: the call, the same for every attempt"`
+	ID     string `json:"id" jsonschema:"the note's id, from list_notes"`
 }
 
 func (n *notes) delete(ctx context.Context, _ *mcp.CallToolRequest, in deleteIn) (*mcp.CallToolResult, any, error) {
