@@ -18,6 +18,9 @@ func chatInput(in model.SendMessageInput) (ChatInput, error) {
 		return ChatInput{}, err
 	}
 	out := ChatInput{UserID: in.UserID, Text: in.Text, Tags: in.Tags}
+	if in.OnBusy != nil {
+		out.OnBusy = contract.BusyPolicy(*in.OnBusy)
+	}
 	if in.SessionID != nil {
 		if err := contract.CheckID("sessionId", *in.SessionID); err != nil {
 			return ChatInput{}, err

@@ -5816,7 +5816,11 @@ func (ec *executionContext) unmarshalInputSendMessageInput(ctx context.Context, 
 		asMap[k] = v
 	}
 
-	fieldsInOrder := [...]string{"userId", "text", "sessionId", "tags", "idempotencyKey"}
+	if _, present := asMap["onBusy"]; !present {
+		asMap["onBusy"] = "ENQUEUE"
+	}
+
+	fieldsInOrder := [...]string{"userId", "text", "sessionId", "tags", "idempotencyKey", "onBusy"}
 	for _, k := range fieldsInOrder {
 		v, ok := asMap[k]
 		if !ok {
@@ -5858,6 +5862,13 @@ func (ec *executionContext) unmarshalInputSendMessageInput(ctx context.Context, 
 				return it, err
 			}
 			it.IdempotencyKey = data
+		case "onBusy":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("onBusy"))
+			data, err := ec.unmarshalOBusyPolicy2ᚖgithubᚗcomᚋdacaᚑgoᚋdacaᚋgraphᚋmodelᚐBusyPolicy(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.OnBusy = data
 		}
 	}
 	return it, nil
@@ -7789,6 +7800,22 @@ func (ec *executionContext) marshalOBoolean2ᚖbool(ctx context.Context, sel ast
 	_ = ctx
 	res := graphql.MarshalBoolean(*v)
 	return res
+}
+
+func (ec *executionContext) unmarshalOBusyPolicy2ᚖgithubᚗcomᚋdacaᚑgoᚋdacaᚋgraphᚋmodelᚐBusyPolicy(ctx context.Context, v any) (*model.BusyPolicy, error) {
+	if v == nil {
+		return nil, nil
+	}
+	var res = new(model.BusyPolicy)
+	err := res.UnmarshalGQL(v)
+	return res, graphql.ErrorOnPath(ctx, err)
+}
+
+func (ec *executionContext) marshalOBusyPolicy2ᚖgithubᚗcomᚋdacaᚑgoᚋdacaᚋgraphᚋmodelᚐBusyPolicy(ctx context.Context, sel ast.SelectionSet, v *model.BusyPolicy) graphql.Marshaler {
+	if v == nil {
+		return graphql.Null
+	}
+	return v
 }
 
 func (ec *executionContext) marshalOChatRun2ᚖgithubᚗcomᚋdacaᚑgoᚋdacaᚋgraphᚋmodelᚐChatRun(ctx context.Context, sel ast.SelectionSet, v *model.ChatRun) graphql.Marshaler {

@@ -56,6 +56,8 @@ type ChatInput struct {
 	SessionID      string // "": a new session
 	Tags           []string
 	IdempotencyKey string // "": the backend makes one per call
+	// OnBusy is what happens when the session runs a turn already.
+	OnBusy contract.BusyPolicy
 }
 
 // BackendHealth is what the health query reports of the backends.

@@ -100,7 +100,7 @@ func (c *Client) DeleteConversation(ctx context.Context, sessionID string) (bool
 }
 
 func request(in graph.ChatInput) contract.ChatRequest {
-	b := contract.ChatRequest{UserID: in.UserID, Text: in.Text, Tags: in.Tags}
+	b := contract.ChatRequest{UserID: in.UserID, Text: in.Text, Tags: in.Tags, OnBusy: in.OnBusy}
 	if in.SessionID != "" {
 		b.Metadata = &contract.ChatMetadata{SessionID: in.SessionID}
 	}
@@ -131,7 +131,11 @@ func (c *Client) StartChat(ctx context.Context, in graph.ChatInput) (contract.Ch
 	if err != nil {
 		return contract.ChatRun{}, err
 	}
-	return contract.ChatRun{InstanceID: out.InstanceID, Status: contract.RunPending, UserID: in.UserID, SessionID: out.SessionID}, nil
+	status := out.Status
+	if status == "" { // an older chat-service
+		status = contract.RunPending
+	}
+	return contract.ChatRun{InstanceID: out.InstanceID, Status: status, UserID: in.UserID, SessionID: out.SessionID}, nil
 }
 
 // ChatRun reads a turn; concurrent reads of one turn share one call to

@@ -63,7 +63,9 @@ func GraphQLCode(c apperr.Code) string {
 		return "FORBIDDEN"
 	case apperr.RateLimited:
 		return "RATE_LIMITED"
-	case apperr.Unavailable, apperr.Timeout, apperr.Conflict:
+	case apperr.Conflict:
+		return "CONFLICT"
+	case apperr.Unavailable, apperr.Timeout:
 		return "UNAVAILABLE"
 	default:
 		return "INTERNAL"

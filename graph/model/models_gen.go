@@ -218,6 +218,11 @@ type SendMessageInput struct {
 	Tags []string `json:"tags,omitempty"`
 	// Retrying with the same key returns the first result; the turn never runs twice.
 	IdempotencyKey *string `json:"idempotencyKey,omitempty"`
+	// What happens when the session runs a turn already (its turns run one at a
+	// time, in the order accepted): ENQUEUE (the default) waits, QUEUED, and
+	// starts when it ends; REJECT answers a CONFLICT error naming the running
+	// turn; INTERRUPT stops the running turn (as cancelChat does) and runs.
+	OnBusy *BusyPolicy `json:"onBusy,omitempty"`
 }
 
 // A user's conversation.
@@ -332,12 +337,75 @@ func (e ApprovalStatus) MarshalJSON() ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
+// What a message sent to a session that runs a turn does (SendMessageInput.onBusy).
+type BusyPolicy string
+
+const (
+	// Wait (QUEUED) and start when the running turn ends.
+	BusyPolicyEnqueue BusyPolicy = "ENQUEUE"
+	// Refused: a CONFLICT error that names the running turn.
+	BusyPolicyReject BusyPolicy = "REJECT"
+	// Stop the running turn (it ends TERMINATED, and is not in the history), then run.
+	BusyPolicyInterrupt BusyPolicy = "INTERRUPT"
+)
+
+var AllBusyPolicy = []BusyPolicy{
+	BusyPolicyEnqueue,
+	BusyPolicyReject,
+	BusyPolicyInterrupt,
+}
+
+func (e BusyPolicy) IsValid() bool {
+	switch e {
+	case BusyPolicyEnqueue, BusyPolicyReject, BusyPolicyInterrupt:
+		return true
+	}
+	return false
+}
+
+func (e BusyPolicy) String() string {
+	return string(e)
+}
+
+func (e *BusyPolicy) UnmarshalGQL(v any) error {
+	str, ok := v.(string)
+	if !ok {
+		return fmt.Errorf("enums must be strings")
+	}
+
+	*e = BusyPolicy(str)
+	if !e.IsValid() {
+		return fmt.Errorf("%s is not a valid BusyPolicy", str)
+	}
+	return nil
+}
+
+func (e BusyPolicy) MarshalGQL(w io.Writer) {
+	_, _ = fmt.Fprint(w, strconv.Quote(e.String()))
+}
+
+func (e *BusyPolicy) UnmarshalJSON(b []byte) error {
+	s, err := strconv.Unquote(string(b))
+	if err != nil {
+		return err
+	}
+	return e.UnmarshalGQL(s)
+}
+
+func (e BusyPolicy) MarshalJSON() ([]byte, error) {
+	var buf bytes.Buffer
+	e.MarshalGQL(&buf)
+	return buf.Bytes(), nil
+}
+
 // The state of a chat turn.
 type ChatStatus string
 
 const (
 	// Accepted, not yet running.
 	ChatStatusPending ChatStatus = "PENDING"
+	// Accepted while its session runs another turn: starts when that one ends (onBusy: ENQUEUE).
+	ChatStatusQueued ChatStatus = "QUEUED"
 	// Running.
 	ChatStatusRunning ChatStatus = "RUNNING"
 	// Done; the reply is there.
@@ -354,6 +422,7 @@ const (
 
 var AllChatStatus = []ChatStatus{
 	ChatStatusPending,
+	ChatStatusQueued,
 	ChatStatusRunning,
 	ChatStatusCompleted,
 	ChatStatusFailed,
@@ -364,7 +433,7 @@ var AllChatStatus = []ChatStatus{
 
 func (e ChatStatus) IsValid() bool {
 	switch e {
-	case ChatStatusPending, ChatStatusRunning, ChatStatusCompleted, ChatStatusFailed, ChatStatusTerminated, ChatStatusSuspended, ChatStatusAwaitingApproval:
+	case ChatStatusPending, ChatStatusQueued, ChatStatusRunning, ChatStatusCompleted, ChatStatusFailed, ChatStatusTerminated, ChatStatusSuspended, ChatStatusAwaitingApproval:
 		return true
 	}
 	return false

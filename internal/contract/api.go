@@ -1,6 +1,10 @@
 package contract
 
-import "time"
+import (
+	"time"
+
+	"github.com/daca-go/daca/internal/apperr"
+)
 
 // Profile is what the agent knows about a user (the tutorial's
 // UserMetadata): GET /memories/{user_id} of agent-memory-service.
@@ -55,6 +59,28 @@ type ChatRequest struct {
 	Text     string        `json:"text"`
 	Metadata *ChatMetadata `json:"metadata,omitempty"`
 	Tags     []string      `json:"tags,omitempty"`
+	// OnBusy is what happens when the session runs a turn already
+	// (BusyPolicy); "": BusyEnqueue.
+	OnBusy BusyPolicy `json:"on_busy,omitempty"`
+}
+
+// BusyPolicy is what a turn sent to a session that runs one does.
+type BusyPolicy string
+
+// Busy policies.
+const (
+	BusyEnqueue   BusyPolicy = "ENQUEUE"   // wait, and start when the running turn ends (QUEUED)
+	BusyReject    BusyPolicy = "REJECT"    // refused: a Conflict naming the running turn
+	BusyInterrupt BusyPolicy = "INTERRUPT" // stop the running turn (as cancel does), then run
+)
+
+// Check validates a policy ("" is BusyEnqueue).
+func (p BusyPolicy) Check() error {
+	switch p {
+	case "", BusyEnqueue, BusyReject, BusyInterrupt:
+		return nil
+	}
+	return apperr.New(apperr.Invalid, "on_busy must be ENQUEUE, REJECT or INTERRUPT")
 }
 
 // ChatMetadata is ChatRequest's optional metadata.
@@ -85,6 +111,9 @@ type ReplyMetadata struct {
 type ChatStarted struct {
 	InstanceID string `json:"instance_id"`
 	SessionID  string `json:"session_id"`
+	// Status is PENDING (started) or QUEUED (it waits for the session's
+	// running turn).
+	Status RunStatus `json:"status,omitempty"`
 }
 
 // RunStatus is the state of a chat turn (its workflow's runtime status).
@@ -100,6 +129,9 @@ const (
 	RunCanceled   RunStatus = "CANCELED"
 	RunSuspended  RunStatus = "SUSPENDED"
 	RunStalled    RunStatus = "STALLED"
+	// RunQueued is a turn accepted while its session ran another: it
+	// starts when that one ends (BusyEnqueue).
+	RunQueued RunStatus = "QUEUED"
 	// RunAwaitingApproval is a running turn whose tool call waits for a
 	// user's decision (its Stage: StageApproval + ":" + the tool's name).
 	RunAwaitingApproval RunStatus = "AWAITING_APPROVAL"

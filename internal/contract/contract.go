@@ -19,6 +19,11 @@ const (
 	ToolApp = "tool-server"
 )
 
+// SessionActor is the Dapr actor type chat-service hosts, one actor per
+// session (its id): it runs the session's turns one at a time, in the
+// order it accepted them, across every chat-service replica.
+const SessionActor = "chat-session"
+
 // MCP: the reference tool server as chat-service's sidecar knows it.
 const (
 	// ToolServer is the name of its MCPServer resource

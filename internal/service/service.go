@@ -148,7 +148,11 @@ type Base struct {
 	Welcome  string // message of GET /
 	Log      *slog.Logger
 	AppToken string // APP_API_TOKEN: only the sidecar may call the service's routes
-	ready    atomic.Pointer[readiness]
+	// Early mounts routes that answer before the service is ready (Dapr's
+	// GET /dapr/config, which the sidecar reads when it first reaches the
+	// app); nil: none.
+	Early func(r chi.Router)
+	ready atomic.Pointer[readiness]
 }
 
 // SetReady marks the service ready; /health then reports the sidecar and
@@ -171,6 +175,9 @@ func (b *Base) Router(mount func(r chi.Router)) http.Handler {
 		httpx.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	r.Handle("/metrics", metricsHandler())
+	if b.Early != nil {
+		b.Early(r)
+	}
 	r.Group(func(r chi.Router) {
 		r.Use(b.requireReady)
 		mount(r)

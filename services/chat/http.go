@@ -21,6 +21,8 @@ import (
 	"github.com/daca-go/daca/internal/httpx"
 	"github.com/daca-go/daca/internal/logging"
 	"github.com/daca-go/daca/internal/service"
+	"github.com/daca-go/daca/internal/telemetry"
+	"github.com/daca-go/daca/services/chat/session"
 	"github.com/daca-go/daca/services/chat/turn"
 )
 
@@ -40,12 +42,21 @@ type Approvals interface {
 	EndTurn(ctx context.Context, instanceID string) error
 }
 
+// Sessions run each session's turns one at a time (session.Client: the
+// session actors).
+type Sessions interface {
+	Accept(ctx context.Context, req session.Accept) (session.Accepted, error)
+	Done(ctx context.Context, sessionID, id string) error
+	Drop(ctx context.Context, sessionID, id string) (bool, error)
+}
+
 // running is what the chat routes use once the service is ready.
 type running struct {
 	turns     turn.Client
 	owners    Owners
 	tools     turn.Tools
 	approvals Approvals
+	sessions  Sessions
 }
 
 // srv is chat-service's HTTP API (api.Chat, api.ChatAsync, api.GetChatRun,
@@ -58,17 +69,20 @@ type srv struct {
 	chatTimeout time.Duration
 	limits      turn.Input // the agent's limits (MaxSteps, ToolResultMax, ApprovalTimeout) every turn gets
 	run         atomic.Pointer[running]
+	// actor is the session actor Dapr calls (package session); its routes
+	// answer once the service is ready.
+	actor *session.Actor
 }
 
 func newServer(log *slog.Logger, appToken string, chatTimeout time.Duration) *srv {
-	return &srv{Base: service.Base{Welcome: "Welcome to the DACA Chat Service! See README.md for the API.", Log: log, AppToken: appToken},
-		log: log, chatTimeout: chatTimeout}
+	return &srv{Base: service.Base{Welcome: "Welcome to the DACA Chat Service! See README.md for the API.", Log: log, AppToken: appToken,
+		Early: session.Config}, log: log, chatTimeout: chatTimeout, actor: &session.Actor{Log: log}}
 }
 
 // ready hands over the workflow client and the session owners; the chat
 // routes answer from then on.
-func (s *srv) ready(wf turn.Workflows, owners Owners, tools turn.Tools, approvals Approvals, sidecar service.Sidecar, llmMode string) {
-	s.run.Store(&running{turns: turn.Client{Workflows: wf, Log: s.log}, owners: owners, tools: tools, approvals: approvals})
+func (s *srv) ready(turns turn.Client, owners Owners, tools turn.Tools, approvals Approvals, sessions Sessions, sidecar service.Sidecar, llmMode string) {
+	s.run.Store(&running{turns: turns, owners: owners, tools: tools, approvals: approvals, sessions: sessions})
 	s.SetReady(sidecar, llmMode)
 }
 
@@ -96,26 +110,30 @@ func (s *srv) routes() http.Handler {
 		} {
 			r.Method(rt.route.Verb, rt.route.Pattern, httpx.Handle(s.log, rt.h))
 		}
+		s.actor.Mount(r, s.log)
 	})
 }
 
 // parse validates a chat request and works out its workflow instance id.
-func (s *srv) parse(w http.ResponseWriter, r *http.Request) (turn.Input, string, bool, error) {
+func (s *srv) parse(w http.ResponseWriter, r *http.Request) (in turn.Input, id string, idem bool, policy contract.BusyPolicy, err error) {
 	var req contract.ChatRequest
 	if err := httpx.Decode(w, r, &req); err != nil {
-		return turn.Input{}, "", false, err
+		return turn.Input{}, "", false, "", err
 	}
 	if err := contract.CheckID("user_id", req.UserID); err != nil {
-		return turn.Input{}, "", false, err
+		return turn.Input{}, "", false, "", err
 	}
 	if err := contract.CheckMessage(req.Text, req.Tags); err != nil {
-		return turn.Input{}, "", false, err
+		return turn.Input{}, "", false, "", err
 	}
-	in := s.limits
+	if err := req.OnBusy.Check(); err != nil {
+		return turn.Input{}, "", false, "", err
+	}
+	in = s.limits
 	in.UserID, in.Text, in.Tags = req.UserID, req.Text, req.Tags
 	if req.Metadata != nil && req.Metadata.SessionID != "" {
 		if err := contract.CheckID("session_id", req.Metadata.SessionID); err != nil {
-			return turn.Input{}, "", false, err
+			return turn.Input{}, "", false, "", err
 		}
 		in.SessionID = req.Metadata.SessionID
 	}
@@ -124,40 +142,57 @@ func (s *srv) parse(w http.ResponseWriter, r *http.Request) (turn.Input, string,
 		if in.SessionID == "" {
 			in.SessionID = uuid.NewString()
 		}
-		return in, "chat-" + uuid.NewString(), false, nil
+		return in, "chat-" + uuid.NewString(), false, req.OnBusy, nil
 	}
 	if err := contract.CheckIdempotencyKey(contract.IdempotencyHeader, key); err != nil {
-		return turn.Input{}, "", false, err
+		return turn.Input{}, "", false, "", err
 	}
 	sum := sha256.Sum256([]byte(req.UserID + "\x00" + key))
 	h := hex.EncodeToString(sum[:])
 	if in.SessionID == "" {
 		in.SessionID = "s-" + h[32:56]
 	}
-	return in, "chat-" + h[:32], true, nil
+	return in, "chat-" + h[:32], true, req.OnBusy, nil
 }
 
-// begin validates a chat request and starts (or finds) its turn.
-func (s *srv) begin(w http.ResponseWriter, r *http.Request) (ctx context.Context, in turn.Input, id string, err error) {
-	in, id, idem, err := s.parse(w, r)
+// begin validates a chat request and hands its turn to its session, which
+// starts it, queues it behind the running one, or refuses it (on_busy);
+// it answers the turn's id and whether it started or waits.
+func (s *srv) begin(w http.ResponseWriter, r *http.Request) (ctx context.Context, in turn.Input, id string, status contract.RunStatus, err error) {
+	in, id, idem, policy, err := s.parse(w, r)
 	if err != nil {
-		return nil, in, "", err
+		return nil, in, "", "", err
 	}
 	ctx = logging.With(r.Context(), s.log, "workflow_instance_id", id)
 	// The first lock of a session: it belongs to the user who started it,
 	// and no turn of another user's starts on it (the memory service's
 	// refusal of a foreign event is the second).
-	if err := s.run.Load().owners.Claim(ctx, in.SessionID, in.UserID); err != nil {
-		return nil, in, "", err
+	rn := s.run.Load()
+	if err := rn.owners.Claim(ctx, in.SessionID, in.UserID); err != nil {
+		return nil, in, "", "", err
 	}
-	if err := s.turns().Start(ctx, id, in, idem); err != nil {
-		return nil, in, "", err
+	if idem { // a repeated request: the turn the first one started
+		if run, err := rn.turns.Get(ctx, id); err == nil {
+			logging.From(ctx, s.log).Info("idempotent retry: returning the existing chat turn")
+			return ctx, in, id, run.Status, nil
+		}
 	}
-	return ctx, in, id, nil
+	in.Trace = telemetry.Carrier(ctx)
+	got, err := rn.sessions.Accept(ctx, session.Accept{InstanceID: id, Input: in, Policy: policy})
+	if err != nil {
+		return nil, in, "", "", err
+	}
+	if got.Refused {
+		return nil, in, "", "", apperr.New(apperr.Conflict, "session %s is busy with chat turn %s (on_busy: REJECT)", in.SessionID, got.Running)
+	}
+	if got.Status == contract.RunQueued {
+		logging.From(ctx, s.log).Info("chat turn queued behind the session's running turn", "session_id", in.SessionID, "running", got.Running)
+	}
+	return ctx, in, id, got.Status, nil
 }
 
 func (s *srv) chat(w http.ResponseWriter, r *http.Request) error {
-	ctx, _, id, err := s.begin(w, r)
+	ctx, _, id, _, err := s.begin(w, r)
 	if err != nil {
 		return err
 	}
@@ -190,12 +225,15 @@ func (s *srv) chat(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *srv) chatAsync(w http.ResponseWriter, r *http.Request) error {
-	_, in, id, err := s.begin(w, r)
+	_, in, id, status, err := s.begin(w, r)
 	if err != nil {
 		return err
 	}
+	if status != contract.RunQueued {
+		status = contract.RunPending
+	}
 	w.Header().Set("Location", "/"+api.GetChatRun.Path(id))
-	httpx.JSON(w, http.StatusAccepted, contract.ChatStarted{InstanceID: id, SessionID: in.SessionID})
+	httpx.JSON(w, http.StatusAccepted, contract.ChatStarted{InstanceID: id, SessionID: in.SessionID, Status: status})
 	return nil
 }
 
@@ -223,19 +261,39 @@ func (s *srv) tools(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// chatCancel stops a running turn and answers its state (turn.Client.Cancel).
+// chatCancel stops a turn and answers its state: a running one is
+// terminated (turn.Client.Cancel) and its session handed on; a waiting one
+// leaves its session's queue.
 func (s *srv) chatCancel(w http.ResponseWriter, r *http.Request) error {
 	id, err := httpx.PathID(r, api.ParamInstanceID)
 	if err != nil {
 		return err
 	}
-	run, err := s.turns().Cancel(r.Context(), id)
+	ctx, rn := r.Context(), s.run.Load()
+	run, err := rn.turns.Get(ctx, id)
 	if err != nil {
 		return err
 	}
+	if run.Status == contract.RunQueued {
+		if _, err := rn.sessions.Drop(ctx, run.SessionID, id); err != nil {
+			return err
+		}
+		logging.From(ctx, s.log).Info("waiting chat turn cancelled", "workflow_instance_id", id, "session_id", run.SessionID)
+		if run, err = rn.turns.Get(ctx, id); err != nil { // started meanwhile: stop it
+			return err
+		}
+	}
+	if !run.Status.Terminal() {
+		if run, err = rn.turns.Cancel(ctx, id); err != nil {
+			return err
+		}
+		if err := rn.sessions.Done(ctx, run.SessionID, id); err != nil {
+			logging.From(ctx, s.log).Warn("the stopped turn's session is handed on by its reminder", "workflow_instance_id", id, "err", err)
+		}
+	}
 	// A call the turn waited on can no longer be decided.
-	if err := s.run.Load().approvals.EndTurn(r.Context(), id); err != nil {
-		logging.From(r.Context(), s.log).Warn("the stopped turn's approval request stays pending until it expires", "workflow_instance_id", id, "err", err)
+	if err := rn.approvals.EndTurn(ctx, id); err != nil {
+		logging.From(ctx, s.log).Warn("the stopped turn's approval request stays pending until it expires", "workflow_instance_id", id, "err", err)
 	}
 	httpx.JSON(w, http.StatusOK, run.ChatRun)
 	return nil

@@ -21,6 +21,7 @@ import (
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/dev/testkit"
+	"github.com/daca-go/daca/services/chat/session"
 	"github.com/daca-go/daca/services/chat/turn"
 )
 
@@ -151,10 +152,21 @@ func (noApprovals) Decide(_ context.Context, id string, _ contract.Decision) (co
 }
 func (noApprovals) EndTurn(context.Context, string) error { return nil }
 
+// direct starts every turn at once (the session actor's part is tested in
+// package session and end to end).
+type direct struct{ turns turn.Client }
+
+func (d direct) Accept(ctx context.Context, req session.Accept) (session.Accepted, error) {
+	return session.Accepted{Status: contract.RunPending, Running: req.InstanceID}, d.turns.Start(ctx, req.InstanceID, req.Input)
+}
+func (direct) Done(context.Context, string, string) error         { return nil }
+func (direct) Drop(context.Context, string, string) (bool, error) { return false, nil }
+
 func newTestServer(outcome string, timeout time.Duration) (*srv, *fakeWF) {
 	f := &fakeWF{scheduled: map[string]turn.Input{}, outcome: outcome}
 	s := newServer(testkit.Quiet(), "", timeout)
-	s.ready(f, &owners{}, builtinOnly{}, noApprovals{}, okSidecar{}, "offline")
+	turns := turn.Client{Workflows: f, Log: testkit.Quiet()}
+	s.ready(turns, &owners{}, builtinOnly{}, noApprovals{}, direct{turns}, okSidecar{}, "offline")
 	return s, f
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/daca-go/daca/internal/llm"
 	"github.com/daca-go/daca/internal/service"
 	"github.com/daca-go/daca/services/chat/approval"
+	"github.com/daca-go/daca/services/chat/session"
 	"github.com/daca-go/daca/services/chat/turn"
 )
 
@@ -113,7 +114,8 @@ func run(ctx context.Context, cfg config) error {
 		return names, nil
 	}}
 	approvals := &approval.Store{State: dc, Publisher: dc, Turns: wf, Log: log}
-	acts := &turn.Activities{Memory: memory, Publisher: dc, Model: st.Model, State: dc, Tools: tools, Approvals: approvals, Log: log}
+	acts := &turn.Activities{Memory: memory, Publisher: dc, Model: st.Model, State: dc, Tools: tools, Approvals: approvals,
+		Sessions: session.Client{Invoker: dc}, Log: log}
 	if cfg.failpoints != "" {
 		log.Warn("FAILPOINTS_DIR is set: this process crashes itself at armed failpoints (fault tests only)", "dir", cfg.failpoints)
 		acts.Failpoint = crashAt(cfg.failpoints)
@@ -136,7 +138,15 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	offered := tools.Tools(st.Init)
-	s.ready(wf, newClaimCache(memoryOwners{memory}, claimTTL, maxClaims), tools, approvals, dc, st.Model.Mode())
+	// Each session's turns, one at a time (the session actors, hosted here).
+	turns := turn.Client{Workflows: wf, State: dc, Log: log}
+	s.actor.Sidecar, s.actor.Turns = dc, turns
+	s.actor.Stopped = func(ctx context.Context, id string) {
+		if err := approvals.EndTurn(ctx, id); err != nil {
+			log.Warn("the interrupted turn's approval request stays pending until it expires", "workflow_instance_id", id, "err", err)
+		}
+	}
+	s.ready(turns, newClaimCache(memoryOwners{memory}, claimTTL, maxClaims), tools, approvals, session.Client{Invoker: dc}, dc, st.Model.Mode())
 	log.Info("ready", "llm", st.Model.Mode(), "chat_timeout", cfg.chatTimeout.String(), "tools", len(offered), "agent_max_steps", cfg.maxSteps)
 	err = st.Wait()
 	stopWorker()

@@ -122,7 +122,7 @@ func TestDependencies(t *testing.T) {
 // services mount). A Go string literal elsewhere that starts like one of
 // them ("memories/"+id) is a second spelling waiting to drift.
 func TestRoutesDefinedOnce(t *testing.T) {
-	prefixes := []string{"memories/", "conversations/", "owners/", "users/", "chat/", "/memories", "/conversations", "/owners", "/users/", "/chat/async"}
+	prefixes := []string{"memories/", "conversations/", "owners/", "users/", "chat/", "/memories", "/conversations", "/owners", "/users/", "/chat/async", "approvals/", "/approvals"}
 	eachLiteral(t, filepath.Join("internal", "api"), func(pos token.Position, s string) {
 		for _, p := range prefixes {
 			if strings.HasPrefix(s, p) {

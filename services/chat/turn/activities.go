@@ -39,6 +39,12 @@ type Tools interface {
 	Tools(ctx context.Context) []Tool
 }
 
+// Sessions hands a session on when its turn ends (session.Client): the
+// next turn that waits starts.
+type Sessions interface {
+	Done(ctx context.Context, session, id string) error
+}
+
 // Approvals keeps the requests of calls that wait for a decision
 // (approval.Store).
 type Approvals interface {
@@ -56,6 +62,8 @@ type Activities struct {
 	Tools Tools
 	// Approvals records the requests of calls that wait for a decision.
 	Approvals Approvals
+	// Sessions is told when a turn ends; nil: nobody.
+	Sessions Sessions
 	// Now is the built-in tool's clock; nil: time.Now.
 	Now func() time.Time
 	// State counts the executions of generate_response of a turn, which
@@ -137,6 +145,17 @@ func (a *Activities) FetchContext(ctx workflow.ActivityContext) (any, error) {
 		c.Degraded = true
 	} else if history != nil {
 		c.History = history
+	}
+	// The session's turns before this one that the memory has not applied
+	// yet (their events are on their way): from their results.
+	if in.After != "" && herr == nil && a.State != nil {
+		h, err := recent(cctx, a.State, c.History, in.After)
+		if err != nil {
+			log.Warn("the session's latest turns could not be read; the prompt may lack them", "err", err)
+		} else if len(h) != len(c.History) {
+			log.Info("the prompt has the session's latest turns from their results (the memory had not applied them yet)", "entries", len(h)-len(c.History))
+			c.History = h
+		}
 	}
 	if len(c.History) > contract.ContextEntries {
 		c.History = c.History[len(c.History)-contract.ContextEntries:]
@@ -286,6 +305,17 @@ func (a *Activities) SaveConversation(ctx workflow.ActivityContext) (any, error)
 	defer sp.End()
 	pctx, cancel := context.WithTimeout(sctx, 10*time.Second)
 	defer cancel()
+	// The turn's result, before its event: a reader that saw the event (a
+	// chatStream's last chunk) finds the turn COMPLETED on every replica,
+	// and the session's next turn has it even before the memory applied
+	// the event (FetchContext).
+	if a.State != nil {
+		res := Result{ID: in.EventID, After: in.After, Event: in.Event}
+		if err := saveResult(pctx, a.State, in.EventID, res); err != nil {
+			a.logger(ctx, ActSave, in.EventID).Error("saving the turn's result failed", "err", err)
+			return nil, err
+		}
+	}
 	if err := a.Publisher.PublishEvent(pctx, contract.PubSub, contract.TopicConversations, in.Event,
 		dapr.PublishEventWithMetadata(map[string]string{contract.CloudEventIDMetadata: in.EventID})); err != nil {
 		a.logger(ctx, ActSave, in.EventID).Error("publish ConversationUpdated failed", "err", err)
@@ -293,7 +323,19 @@ func (a *Activities) SaveConversation(ctx workflow.ActivityContext) (any, error)
 	}
 	a.failpoint("after_publish") // the window where a crash makes the publish repeat
 	a.logger(ctx, ActSave, in.EventID).Info("ConversationUpdated published", "cloudevent_id", in.EventID, "session_id", in.Event.SessionID, "trace_id", telemetry.TraceID(sctx))
+	a.release(ctx, sctx, ActSave, in.Event.SessionID, in.EventID)
 	return nil, nil
+}
+
+// release hands the session on to its next waiting turn. Best effort: when
+// it fails, the session's reminder notices the turn's end.
+func (a *Activities) release(actx workflow.ActivityContext, ctx context.Context, activity, session, id string) {
+	if a.Sessions == nil || session == "" {
+		return
+	}
+	if err := a.Sessions.Done(ctx, session, id); err != nil {
+		a.logger(actx, activity, id).Warn("the session could not be handed on now; its reminder will", "session_id", session, "err", err)
+	}
 }
 
 // HandleError records a failed turn.
@@ -306,5 +348,6 @@ func (a *Activities) HandleError(ctx workflow.ActivityContext) (any, error) {
 	defer sp.End()
 	sp.SetStatus(codes.Error, "chat turn failed while "+in.Stage)
 	a.logger(ctx, ActHandleError, in.InstanceID).Error("chat turn failed", "stage", in.Stage, "err", llm.Redact(in.Error), "trace_id", telemetry.TraceID(sctx))
+	a.release(ctx, sctx, ActHandleError, in.SessionID, in.InstanceID)
 	return nil, nil
 }

@@ -31,7 +31,11 @@ type Workflows interface {
 // Unavailable when the workflow engine cannot be asked.
 type Client struct {
 	Workflows Workflows
-	Log       *slog.Logger
+	// State reads what a turn leaves besides its workflow: the marker of a
+	// turn that waits for its session (QueuedKey) and a completed turn's
+	// result (ResultKey); nil: neither is read.
+	State State
+	Log   *slog.Logger
 }
 
 // Run is a turn as GET /chat/{instance_id} shows it, with its output.
@@ -44,21 +48,16 @@ func unavailable(err error) error {
 	return apperr.Wrap(apperr.Unavailable, err, "the workflow engine is unavailable")
 }
 
-// Start schedules the turn id with in, or, when idempotent, finds the one
-// an earlier request with the same idempotency key started.
-func (c Client) Start(ctx context.Context, id string, in Input, idempotent bool) error {
-	if idempotent {
-		if _, err := c.fetch(ctx, id); err == nil {
-			logging.From(ctx, c.Log).Info("idempotent retry: returning the existing chat turn", "workflow_instance_id", id)
-			return nil
-		} else if !notFound(err) {
-			return unavailable(err)
-		}
+// Start schedules the turn id with in; a turn that exists already (a
+// repeated start) counts as started. Turns are started by their session
+// (package session), one at a time.
+func (c Client) Start(ctx context.Context, id string, in Input) error {
+	if in.Trace == nil {
+		in.Trace = telemetry.Carrier(ctx)
 	}
-	in.Trace = telemetry.Carrier(ctx)
 	if _, err := c.Workflows.ScheduleWorkflow(ctx, WorkflowName, workflow.WithInstanceID(id), workflow.WithInput(in)); err != nil {
-		if idempotent && strings.Contains(strings.ToLower(err.Error()), "already exists") {
-			return nil // a concurrent request with the same key won the race
+		if strings.Contains(strings.ToLower(err.Error()), "already exists") {
+			return nil
 		}
 		return unavailable(err)
 	}
@@ -66,21 +65,112 @@ func (c Client) Start(ctx context.Context, id string, in Input, idempotent bool)
 	return nil
 }
 
-// Get reads a turn.
+// Ended reports whether turn id has ended (or was never started).
+func (c Client) Ended(ctx context.Context, id string) (bool, error) {
+	meta, err := c.fetch(ctx, id)
+	if err != nil {
+		if notFound(err) {
+			return true, nil
+		}
+		return false, unavailable(err)
+	}
+	return contract.RunStatus(meta.String()).Terminal(), nil
+}
+
+// Stop terminates turn id (an unknown or ended one is left alone).
+func (c Client) Stop(ctx context.Context, id string) error {
+	if err := c.Workflows.TerminateWorkflow(ctx, id); err != nil && !notFound(err) {
+		return unavailable(err)
+	}
+	return nil
+}
+
+// QueuedKey is the state key of the marker of turn id while it waits for
+// its session (written by the session's actor: session.Marker).
+func QueuedKey(id string) string { return "queued|" + id }
+
+// Queued is a waiting turn's marker.
+type Queued struct {
+	SessionID string `json:"session_id"`
+	UserID    string `json:"user_id"`
+	Cancelled bool   `json:"cancelled,omitempty"`
+}
+
+// Get reads a turn: its workflow; a turn waiting for its session is
+// QUEUED; a running turn whose result is recorded (its event is published,
+// the workflow is finishing) is COMPLETED with it.
 func (c Client) Get(ctx context.Context, id string) (Run, error) {
 	meta, err := c.fetch(ctx, id)
 	if err != nil {
 		if notFound(err) {
+			if run, ok := c.waiting(ctx, id); ok {
+				return run, nil
+			}
 			return Run{}, apperr.New(apperr.NotFound, "chat turn %s not found", id)
 		}
 		return Run{}, unavailable(err)
 	}
-	return describe(id, meta), nil
+	run := describe(id, meta)
+	if run.Status == contract.RunRunning && run.Stage == contract.StageSave && c.State != nil {
+		if r, err := readResult(ctx, c.State, id); err == nil && r != nil {
+			return completed(id, *r), nil
+		}
+	}
+	return run, nil
+}
+
+// waiting is the turn id as its queued marker says, if it has one.
+func (c Client) waiting(ctx context.Context, id string) (Run, bool) {
+	if c.State == nil {
+		return Run{}, false
+	}
+	item, err := c.State.GetState(ctx, contract.StateStore, QueuedKey(id), nil)
+	if err != nil || item == nil || len(item.Value) == 0 {
+		return Run{}, false
+	}
+	var q Queued
+	if json.Unmarshal(item.Value, &q) != nil {
+		return Run{}, false
+	}
+	run := Run{ChatRun: contract.ChatRun{InstanceID: id, Status: contract.RunQueued, UserID: q.UserID, SessionID: q.SessionID}}
+	if q.Cancelled {
+		run.Status, run.Error = contract.RunTerminated, "the chat turn was stopped"
+	}
+	return run, true
+}
+
+// completed is the turn of its recorded result.
+func completed(id string, r Result) Run {
+	ev := r.Event
+	run := Run{ChatRun: contract.ChatRun{InstanceID: id, Status: contract.RunCompleted, UserID: ev.UserID, SessionID: ev.SessionID}}
+	run.Output = Output{UserID: ev.UserID, SessionID: ev.SessionID, Reply: ev.AssistantReply, Timestamp: ev.SentAt}
+	run.Reply = &run.Output.Reply
+	ts := ev.SentAt
+	run.Timestamp = &ts
+	return run
 }
 
 // Wait waits until the turn ends or ctx does (then it returns ctx's
-// error, unwrapped).
+// error, unwrapped); a turn that waits for its session is waited for
+// until it starts.
 func (c Client) Wait(ctx context.Context, id string) (Run, error) {
+	for wait := 50 * time.Millisecond; ; wait = min(wait*2, time.Second) {
+		run, ok := c.waiting(ctx, id)
+		if ok && run.Status == contract.RunTerminated {
+			return run, nil // cancelled while it waited
+		}
+		if !ok {
+			break
+		}
+		if _, err := c.fetch(ctx, id); err == nil {
+			break // started
+		}
+		select {
+		case <-ctx.Done():
+			return Run{}, ctx.Err()
+		case <-time.After(wait):
+		}
+	}
 	meta, err := c.Workflows.WaitForWorkflowCompletion(ctx, id, workflow.WithFetchPayloads(true))
 	if err != nil {
 		if ctx.Err() != nil {

@@ -56,6 +56,10 @@ type Input struct {
 	// ApprovalTimeout is how long a tool call waits for a user's decision
 	// (APPROVAL_TIMEOUT); 0: DefaultApprovalTimeout.
 	ApprovalTimeout time.Duration `json:"approval_timeout,omitempty"`
+	// After is the session's turn before this one (set by the session's
+	// actor): fetch_context makes sure the prompt has it, and the turns
+	// before it, even when the memory has not applied their events yet.
+	After string `json:"after,omitempty"`
 }
 
 // Defaults of Input.
@@ -145,6 +149,7 @@ type fetchInput struct {
 	Trace      map[string]string `json:"trace,omitempty"`
 	UserID     string            `json:"user_id"`
 	SessionID  string            `json:"session_id"`
+	After      string            `json:"after,omitempty"` // the session's turn before
 }
 
 type generateInput struct {
@@ -185,11 +190,13 @@ type mcpResult struct {
 type saveInput struct {
 	Event   contract.ConversationUpdated `json:"event"`
 	EventID string                       `json:"event_id"`
+	After   string                       `json:"after,omitempty"` // the session's turn before
 	Trace   map[string]string            `json:"trace,omitempty"`
 }
 
 type errorInput struct {
 	InstanceID string            `json:"instance_id"`
+	SessionID  string            `json:"session_id,omitempty"`
 	Trace      map[string]string `json:"trace,omitempty"`
 	Stage      string            `json:"stage"`
 	Error      string            `json:"error"`
@@ -230,14 +237,14 @@ func Workflow(ctx *workflow.WorkflowContext) (any, error) {
 		return nil, fmt.Errorf("chat turn failed: bad input")
 	}
 	fail := func(stage string, err error) (any, error) {
-		_ = ctx.CallActivity(ActHandleError, workflow.WithActivityInput(errorInput{InstanceID: ctx.ID(), Trace: in.Trace, Stage: stage, Error: err.Error()}),
+		_ = ctx.CallActivity(ActHandleError, workflow.WithActivityInput(errorInput{InstanceID: ctx.ID(), SessionID: in.SessionID, Trace: in.Trace, Stage: stage, Error: err.Error()}),
 			workflow.WithActivityRetryPolicy(errorRetry())).Await(nil)
 		return nil, fmt.Errorf("chat turn failed while %s", strings.ReplaceAll(stage, "_", " "))
 	}
 
 	ctx.SetCustomStatus(contract.StageContext)
 	var c Recalled
-	if err := ctx.CallActivity(ActFetchContext, workflow.WithActivityInput(fetchInput{InstanceID: ctx.ID(), Trace: in.Trace, UserID: in.UserID, SessionID: in.SessionID}),
+	if err := ctx.CallActivity(ActFetchContext, workflow.WithActivityInput(fetchInput{InstanceID: ctx.ID(), Trace: in.Trace, UserID: in.UserID, SessionID: in.SessionID, After: in.After}),
 		workflow.WithActivityRetryPolicy(contextRetry())).Await(&c); err != nil {
 		return fail(contract.StageContext, err)
 	}
@@ -281,7 +288,7 @@ func Workflow(ctx *workflow.WorkflowContext) (any, error) {
 	for _, c := range calls {
 		ev.ToolCalls = append(ev.ToolCalls, c.Wire())
 	}
-	if err := ctx.CallActivity(ActSave, workflow.WithActivityInput(saveInput{Event: ev, EventID: ctx.ID(), Trace: in.Trace}),
+	if err := ctx.CallActivity(ActSave, workflow.WithActivityInput(saveInput{Event: ev, EventID: ctx.ID(), After: in.After, Trace: in.Trace}),
 		workflow.WithActivityRetryPolicy(saveRetry())).Await(nil); err != nil {
 		return fail(contract.StageSave, err)
 	}
