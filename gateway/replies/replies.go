@@ -177,17 +177,20 @@ func (s *Store) Tools(id string, calls []contract.ToolCall) {
 		if tc.ID == "" || t.shown[tc.ID] == tc.Status {
 			continue
 		}
-		seq := t.next
-		if seq == 0 {
-			seq = 1
-		}
-		c := &model.ChatChunk{InstanceID: id, Seq: seq, Text: t.text, Status: model.ChatStatusRunning, ToolCall: model.ToolCallOf(tc), Restarted: t.restarted}
-		t.restarted = false
-		t.showLocked(tc)
-		t.next = seq + 1
-		t.chunks = append(t.chunks, c)
-		s.deliverLocked(t, c)
+		s.toolLocked(t, tc)
 	}
+}
+
+// toolLocked hands on a chunk of the turn's with the tool call tc and the
+// text so far, numbered after the last.
+func (s *Store) toolLocked(t *turn, tc contract.ToolCall) {
+	seq := max(t.next, 1)
+	c := &model.ChatChunk{InstanceID: t.id, Seq: seq, Text: t.text, Status: model.ChatStatusRunning, ToolCall: model.ToolCallOf(tc), Restarted: t.restarted}
+	t.restarted = false
+	t.showLocked(tc)
+	t.next = seq + 1
+	t.chunks = append(t.chunks, c)
+	s.deliverLocked(t, c)
 }
 
 // Approval hands on a change of a tool call's request for a decision (a
@@ -205,13 +208,7 @@ func (s *Store) Approval(id string, a contract.Approval) {
 	if a.Status == contract.ApprovalDenied || a.Status == contract.ApprovalExpired {
 		tc.Status, tc.Result = contract.ToolFailed, a.Outcome()
 	}
-	seq := max(t.next, 1)
-	c := &model.ChatChunk{InstanceID: id, Seq: seq, Text: t.text, Status: model.ChatStatusRunning, ToolCall: model.ToolCallOf(tc), Restarted: t.restarted}
-	t.restarted = false
-	t.showLocked(tc)
-	t.next = seq + 1
-	t.chunks = append(t.chunks, c)
-	s.deliverLocked(t, c)
+	s.toolLocked(t, tc)
 }
 
 // Finish ends a turn's stream with its end state: the last chunk (done) has

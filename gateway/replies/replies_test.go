@@ -232,3 +232,39 @@ func TestToolsFillWhatThePiecesMissed(t *testing.T) {
 		t.Fatalf("tool chunks %v", got)
 	}
 }
+
+// TestApprovalChunks: each change of a waiting call's request comes as a
+// chunk with the call and the request (a denial with its outcome as the
+// result), numbered after the pieces; a turn nobody streams is left alone.
+func TestApprovalChunks(t *testing.T) {
+	t.Parallel()
+	s := New(8, nil)
+	ch := s.Subscribe(t.Context(), "chat-a", 0)
+	s.Add(contract.ChatStreamed{InstanceID: "chat-a", Execution: 1, Seq: 1, Delta: "Let me ", Text: "Let me "})
+	a := contract.Approval{ID: "chat-a-r1-t1", InstanceID: "chat-a", CallID: "c1", Name: "tools_delete_note", Server: "tools", Tool: "delete_note",
+		Arguments: `{"id":"n1"}`, Status: contract.ApprovalPending}
+	s.Approval("chat-a", a)
+	a.Status, a.Reason = contract.ApprovalDenied, "no"
+	s.Approval("chat-a", a)
+	s.Approval("chat-unknown", a)
+	s.Finish("chat-a", model.ChatStatusCompleted, "Let me not.", true)
+	var got []string
+	for c := range ch {
+		if tc := c.ToolCall; tc != nil {
+			got = append(got, fmt.Sprintf("%d:%s=%s/%s/%s", c.Seq, *tc.ID, tc.Status, tc.Approval.Status, deref(tc.Result)))
+		}
+	}
+	if strings.Join(got, ",") != "2:c1=RUNNING/PENDING/,3:c1=FAILED/DENIED/denied by the user: no" {
+		t.Fatalf("approval chunks %v", got)
+	}
+	if n, _ := s.Len(); n != 1 {
+		t.Fatalf("%d turns kept; an approval of a turn nobody streams added one", n)
+	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}

@@ -220,3 +220,27 @@ func TestSessionOrderInterrupt(t *testing.T) {
 	}
 	checkSequential(t, msgs)
 }
+
+// TestDoneAgreesWithChatRun: once a chatStream client has the last chunk
+// (done, COMPLETED), chatRun of the turn answers COMPLETED with the same
+// reply on every replica — at once, while the workflow may still be
+// finishing.
+func TestDoneAgreesWithChatRun(t *testing.T) {
+	st := stacktest.Stack(t)
+	for i := range 3 {
+		id, _ := startTurn(t, st, unique("agree"), fmt.Sprintf("agree %d", i))
+		ws := subscribed(t, st, "gateway-2", "c", chatStream, map[string]any{"id": id})
+		end := follow(t, ws, "c").last()
+		ws.Close()
+		if end["status"] != "COMPLETED" {
+			t.Fatalf("the stream ended %v", end)
+		}
+		for _, replica := range []string{"gateway-2", "gateway"} {
+			d, errs, _ := gql(t, gqlURL(st, replica), `query($id: ID!) { chatRun(instanceId: $id) { status reply } }`, map[string]any{"id": id})
+			run, _ := d["chatRun"].(map[string]any)
+			if errs != nil || run["status"] != "COMPLETED" || run["reply"] != end["text"] {
+				t.Fatalf("chatRun on %s right after done: %v %v; want COMPLETED with %q", replica, run, errs, end["text"])
+			}
+		}
+	}
+}

@@ -328,8 +328,13 @@ func metricSum(text, metric, label string) (sum float64, found bool) {
 // chatRequest is the body of the n-th chat turn of the benchmark, in one of
 // benchSessions sessions named with prefix.
 func chatRequest(n int64, prefix string) []byte {
+	return chatRequestIn(n, fmt.Sprintf("%s-%d", prefix, n%benchSessions))
+}
+
+// chatRequestIn is the body of the n-th chat turn in session.
+func chatRequestIn(n int64, session string) []byte {
 	b, _ := json.Marshal(map[string]any{"user_id": "bench-user", "text": fmt.Sprintf("hello %d", n),
-		"metadata": map[string]string{"session_id": fmt.Sprintf("%s-%d", prefix, n%benchSessions)}})
+		"metadata": map[string]string{"session_id": session}})
 	return b
 }
 

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -62,13 +63,17 @@ func benchReleases(ctx context.Context, rootDir string, st *stack.Stack, call fu
 		variants = append(variants, variant{name, s})
 	}
 	var seq atomic.Int64
+	// paths rotate over benchSessions sessions; onePaths send every turn to
+	// one session, one after another (each turn waits for the one before:
+	// the cost of a session's order).
 	paths := make([]func() error, len(variants))
+	onePaths := make([]func() error, len(variants))
 	firstErr := make([]error, len(variants))
 	var errMu sync.Mutex
 	for i, v := range variants {
 		url := v.st.App(contract.ChatApp).SidecarURL() + "/v1.0/invoke/" + contract.ChatApp + "/method/chat"
-		paths[i] = func() error {
-			err := call(http.MethodPost, url, chatRequest(seq.Add(1), "release"))
+		send := func(body []byte) error {
+			err := call(http.MethodPost, url, body)
 			if err != nil {
 				errMu.Lock()
 				if firstErr[i] == nil {
@@ -78,12 +83,17 @@ func benchReleases(ctx context.Context, rootDir string, st *stack.Stack, call fu
 			}
 			return err
 		}
+		paths[i] = func() error { return send(chatRequest(seq.Add(1), "release")) }
+		onePaths[i] = func() error { return send(chatRequestIn(seq.Add(1), "release-one")) }
 	}
 	for i := range paths { // warm up: a turn in every session (see benchTurns)
 		for range benchSessions {
 			if err := paths[i](); err != nil {
 				return fmt.Errorf("bench: %s: %w", variants[i].name, err)
 			}
+		}
+		if err := onePaths[i](); err != nil {
+			return fmt.Errorf("bench: %s: %w", variants[i].name, err)
 		}
 	}
 	watch := func(p int) (int, int) {
@@ -93,15 +103,20 @@ func benchReleases(ctx context.Context, rootDir string, st *stack.Stack, call fu
 	fmt.Println()
 	fmt.Println("bench: chat turns, today's apps and Dapr against the baseline's, alternating rounds")
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "apps (Dapr)\tclients\tturns\tper second\tp50\tp99\tchat-service CPU/turn\tits sidecar CPU/turn\terrors\t")
-	for _, conc := range []int{1, 16} {
+	fmt.Fprintln(tw, "apps (Dapr)\tsessions\tclients\tturns\tper second\tp50\tp99\tchat-service CPU/turn\tits sidecar CPU/turn\terrors\t")
+	for _, row := range []struct {
+		conc     int
+		sessions string
+		paths    []func() error
+	}{{1, "one", onePaths}, {1, strconv.Itoa(benchSessions), paths}, {16, strconv.Itoa(benchSessions), paths}} {
+		conc := row.conc
 		n := turns
 		if conc == 1 {
 			n = max(turns/4, 32)
 		}
-		m := interleaved(paths, n, conc, watch)
+		m := interleaved(row.paths, n, conc, watch)
 		for i, r := range m {
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%s\t%s\t%d µs\t%d µs\t%d\t\n", variants[i].name, conc, len(r.lat), r.rate(),
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.1f\t%s\t%s\t%d µs\t%d µs\t%d\t\n", variants[i].name, row.sessions, conc, len(r.lat), r.rate(),
 				ms(pct(r.lat, 50)), ms(pct(r.lat, 99)), r.cpuPerReq(r.cpu).Microseconds(), r.cpuPerReq(r.cpu2).Microseconds(), r.errs)
 		}
 		if ctx.Err() != nil {
