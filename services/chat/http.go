@@ -172,9 +172,13 @@ func (s *srv) begin(w http.ResponseWriter, r *http.Request) (ctx context.Context
 		return nil, in, "", "", err
 	}
 	if idem { // a repeated request: the turn the first one started
-		if run, err := rn.turns.Get(ctx, id); err == nil {
+		run, err := rn.turns.Get(ctx, id)
+		if err == nil {
 			logging.From(ctx, s.log).Info("idempotent retry: returning the existing chat turn")
 			return ctx, in, id, run.Status, nil
+		}
+		if apperr.CodeOf(err) != apperr.NotFound { // unknown whether it exists: never start it twice
+			return nil, in, "", "", err
 		}
 	}
 	in.Trace = telemetry.Carrier(ctx)

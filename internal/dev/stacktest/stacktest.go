@@ -179,7 +179,7 @@ func Run(m *testing.M, opts Options) int {
 		DumpLogs(os.Stderr, st)
 	}
 	st.Stop()
-	if code != 0 || anyFailed {
+	if code != 0 || anyFailed || os.Getenv("DACA_KEEP_RUN") != "" { // DACA_KEEP_RUN=1: keep the logs of a passing run too
 		fmt.Fprintf(os.Stderr, "stacktest: logs kept in %s\n", runDir)
 	} else {
 		os.RemoveAll(runDir)

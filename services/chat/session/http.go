@@ -27,10 +27,15 @@ const (
 // it when it first reaches the app).
 func Config(r chi.Router) {
 	r.Get(pathConfig, func(w http.ResponseWriter, _ *http.Request) {
+		// A short drain: when placement restarts, the sidecar waits for
+		// the actor calls in flight before it takes the new table, and an
+		// accept in flight waits for the workflow engine's actors, which
+		// wait for that table: the wait ends only at this timeout (at 30 s
+		// the fault suite's placement row took 24 s to recover).
 		httpx.JSON(w, http.StatusOK, map[string]any{
 			"entities":                []string{contract.SessionActor},
 			"actorIdleTimeout":        "30m",
-			"drainOngoingCallTimeout": "30s",
+			"drainOngoingCallTimeout": "2s",
 			"drainRebalancedActors":   true,
 		})
 	})
