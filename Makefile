@@ -49,7 +49,7 @@ stress: dapr
 ## each process of the stack killed (SIGKILL) mid-load and restarted; prints one table.
 FAULTS_TURNS ?= 10
 faults: dapr
-	@DACA_FAULTS_TURNS=$(FAULTS_TURNS) $(GO) test -count=1 -timeout 30m -run 'TestFaults$$|TestKillsWhileWaitingForApproval' -v ./test/faults/ | grep -E 'faults\||^(---|    ---) (PASS|FAIL)|^(--- FAIL|FAIL|ok)' | sed 's/^ *faults| \?/| /'
+	@DACA_FAULTS_TURNS=$(FAULTS_TURNS) $(GO) test -count=1 -timeout 30m -run 'TestFaults$$|TestKillsWhileWaitingForApproval|TestQueuedTurnsSurviveKills' -v ./test/faults/ | grep -E 'faults\||^(---|    ---) (PASS|FAIL)|^(--- FAIL|FAIL|ok)' | sed 's/^ *faults| \?/| /'
 
 ## check-generate: go generate ./... must leave the tree unchanged.
 check-generate:

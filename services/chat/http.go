@@ -182,7 +182,8 @@ func (s *srv) begin(w http.ResponseWriter, r *http.Request) (ctx context.Context
 		}
 	}
 	in.Trace = telemetry.Carrier(ctx)
-	got, err := rn.sessions.Accept(ctx, session.Accept{InstanceID: id, Input: in, Policy: policy})
+	// Fresh: a new id, or one just found unknown.
+	got, err := rn.sessions.Accept(ctx, session.Accept{InstanceID: id, Input: in, Policy: policy, Fresh: true})
 	if err != nil {
 		return nil, in, "", "", err
 	}

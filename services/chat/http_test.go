@@ -157,7 +157,7 @@ func (noApprovals) EndTurn(context.Context, string) error { return nil }
 type direct struct{ turns turn.Client }
 
 func (d direct) Accept(ctx context.Context, req session.Accept) (session.Accepted, error) {
-	return session.Accepted{Status: contract.RunPending, Running: req.InstanceID}, d.turns.Start(ctx, req.InstanceID, req.Input)
+	return session.Accepted{Status: contract.RunPending, Running: req.InstanceID}, d.turns.Start(ctx, req.InstanceID, req.Input, req.Fresh)
 }
 func (direct) Done(context.Context, string, string) error         { return nil }
 func (direct) Drop(context.Context, string, string) (bool, error) { return false, nil }

@@ -41,8 +41,9 @@ const (
 
 // Turns is what the actor does with turns (turn.Client).
 type Turns interface {
-	// Start schedules the turn; one that exists already counts as started.
-	Start(ctx context.Context, id string, in turn.Input) error
+	// Start schedules the turn; one that exists already counts as started
+	// (fresh: the caller has just found none with this id).
+	Start(ctx context.Context, id string, in turn.Input, fresh bool) error
 	// Ended reports whether the turn has ended (or never started).
 	Ended(ctx context.Context, id string) (bool, error)
 	// Stop ends the turn (Dapr's terminate).
@@ -76,6 +77,9 @@ type Accept struct {
 	InstanceID string              `json:"instance_id"`
 	Input      turn.Input          `json:"input"`
 	Policy     contract.BusyPolicy `json:"policy,omitempty"`
+	// Fresh: the caller has just found no turn with this id (a started
+	// turn is then not looked for first).
+	Fresh bool `json:"fresh,omitempty"`
 }
 
 // Accepted answers accept.
@@ -201,18 +205,18 @@ func (a *Actor) accept(ctx context.Context, session string, st *state, req Accep
 			return Accepted{Status: contract.RunQueued, Running: st.Running}, nil
 		}
 	}
-	if err := a.start(ctx, st, id, req.Input); err != nil {
+	if err := a.start(ctx, st, id, req.Input, req.Fresh); err != nil {
 		return Accepted{}, err
 	}
 	return Accepted{Status: contract.RunPending, Running: id}, nil
 }
 
 // start starts turn id after the session's last one.
-func (a *Actor) start(ctx context.Context, st *state, id string, in turn.Input) error {
+func (a *Actor) start(ctx context.Context, st *state, id string, in turn.Input, fresh bool) error {
 	if st.Last != id {
 		in.After = st.Last
 	}
-	if err := a.Turns.Start(ctx, id, in); err != nil {
+	if err := a.Turns.Start(ctx, id, in, fresh); err != nil {
 		return err
 	}
 	st.Running, st.Last = id, id
@@ -224,7 +228,7 @@ func (a *Actor) start(ctx context.Context, st *state, id string, in turn.Input) 
 func (a *Actor) advance(ctx context.Context, st *state) error {
 	for st.Running == "" && len(st.Queue) > 0 {
 		w := st.Queue[0]
-		if err := a.start(ctx, st, w.ID, w.Input); err != nil {
+		if err := a.start(ctx, st, w.ID, w.Input, false); err != nil {
 			return err
 		}
 		st.Queue = st.Queue[1:]

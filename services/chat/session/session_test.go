@@ -67,7 +67,7 @@ type turns struct {
 	stopped []string
 }
 
-func (t *turns) Start(_ context.Context, id string, in turn.Input) error {
+func (t *turns) Start(_ context.Context, id string, in turn.Input, _ bool) error {
 	in.Text = id
 	t.started = append(t.started, in)
 	return nil

@@ -51,15 +51,19 @@ func unavailable(err error) error {
 // Start schedules the turn id with in; a turn that exists already (a
 // repeated start) counts as started. Turns are started by their session
 // (package session), one at a time.
-func (c Client) Start(ctx context.Context, id string, in Input) error {
-	// Dapr schedules an instance id that has completed once more (no
-	// reuse policy in its workflow API): a start repeated after the turn
-	// ended — the session's state not saved after the first, a client's
-	// retry — must find it, not run the turn again.
-	if _, err := c.fetch(ctx, id); err == nil {
-		return nil
-	} else if !notFound(err) {
-		return unavailable(err)
+//
+// Dapr schedules an instance id that has completed once more (no reuse
+// policy in its workflow API): a start that may repeat one made before —
+// the session's state not saved after the first — looks first, and finds
+// the turn rather than running it again; fresh says the caller has just
+// found no turn with this id (the request's own check), and skips the look.
+func (c Client) Start(ctx context.Context, id string, in Input, fresh bool) error {
+	if !fresh {
+		if _, err := c.fetch(ctx, id); err == nil {
+			return nil
+		} else if !notFound(err) {
+			return unavailable(err)
+		}
 	}
 	if in.Trace == nil {
 		in.Trace = telemetry.Carrier(ctx)
