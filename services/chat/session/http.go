@@ -59,7 +59,10 @@ func (a *Actor) Mount(r chi.Router, log *slog.Logger) {
 		httpx.JSON(w, http.StatusOK, out)
 		return nil
 	}))
-	r.Delete(pathActor, func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) }) // no memory to free
+	r.Delete(pathActor, func(w http.ResponseWriter, r *http.Request) { // deactivated: it may run elsewhere next
+		a.Forget(chi.URLParam(r, "id"))
+		w.WriteHeader(http.StatusOK)
+	})
 }
 
 // Invoker calls an actor through the sidecar.

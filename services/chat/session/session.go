@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 	"time"
 
 	dapr "github.com/dapr/go-sdk/client"
@@ -70,6 +71,23 @@ type Actor struct {
 	Stopped func(ctx context.Context, id string)
 	Period  time.Duration // of the reminder while turns wait; default 15 s
 	Log     *slog.Logger
+
+	// The state of the actors active here, as last saved: Dapr runs an
+	// actor on one replica at a time and tells the replica when it goes
+	// (deactivation: Forget), so a read of the actor state store per call
+	// is not needed while it stays (the SDKs' state cache does the same).
+	mu     sync.Mutex
+	cached map[string]state
+}
+
+// maxCached bounds the cache; beyond it, an actor's state is read again.
+const maxCached = 10000
+
+// Forget drops the cached state of an actor Dapr deactivated here.
+func (a *Actor) Forget(session string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.cached, session)
 }
 
 // Accept is the body of accept: a turn to run on the session.
@@ -300,7 +318,12 @@ func remember(recent []string, id string) []string {
 }
 
 func (a *Actor) load(ctx context.Context, session string) (state, error) {
-	var st state
+	a.mu.Lock()
+	st, ok := a.cached[session]
+	a.mu.Unlock()
+	if ok {
+		return st.clone(), nil
+	}
 	res, err := a.Sidecar.GetActorState(ctx, &dapr.GetActorStateRequest{ActorType: contract.SessionActor, ActorID: session, KeyName: stateKey})
 	if err != nil {
 		return st, apperr.Wrap(apperr.Unavailable, err, "the session's state could not be read")
@@ -318,7 +341,25 @@ func (a *Actor) save(ctx context.Context, session string, st state) error {
 	err := a.Sidecar.SaveStateTransactionally(ctx, contract.SessionActor, session,
 		[]*dapr.ActorStateOperation{{OperationType: "upsert", Key: stateKey, Value: b}})
 	if err != nil {
+		a.Forget(session) // unknown whether it was saved: read it next time
 		return apperr.Wrap(apperr.Unavailable, err, "the session's state could not be saved")
 	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cached == nil {
+		a.cached = map[string]state{}
+	}
+	if len(a.cached) >= maxCached {
+		clear(a.cached)
+	}
+	a.cached[session] = st.clone()
 	return nil
+}
+
+// clone copies the state's slices, so the cached copy is never changed
+// in place.
+func (st state) clone() state {
+	st.Queue = slices.Clone(st.Queue)
+	st.Recent = slices.Clone(st.Recent)
+	return st
 }

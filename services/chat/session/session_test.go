@@ -185,3 +185,26 @@ func TestRejectInterruptDrop(t *testing.T) {
 		t.Fatalf("refused behind an ended turn: %+v", got)
 	}
 }
+
+// TestStateCache: the actor reads its state from the store once while it
+// stays here; after a deactivation (Forget) it reads it again — what
+// another replica saved meanwhile counts.
+func TestStateCache(t *testing.T) {
+	t.Parallel()
+	a, sc, tu := setup()
+	accept(t, a, "t1", "")
+	// Another replica ran the actor meanwhile: t1 ended, t9 runs.
+	sc.mu.Lock()
+	sc.actor["s1/"+stateKey] = []byte(`{"running":"t9","last":"t9"}`)
+	sc.mu.Unlock()
+	if got := accept(t, a, "t2", contract.BusyReject); got.Running != "t1" {
+		t.Fatalf("while active here: %+v; want the cached state (t1 runs)", got)
+	}
+	a.Forget("s1")
+	if got := accept(t, a, "t3", contract.BusyReject); !got.Refused || got.Running != "t9" {
+		t.Fatalf("after a deactivation: %+v; want the stored state (t9 runs)", got)
+	}
+	if len(tu.started) != 1 {
+		t.Fatalf("started %v", tu.ids())
+	}
+}
