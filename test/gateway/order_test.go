@@ -20,6 +20,15 @@ type sent struct {
 	text, instance, status, code, message string
 }
 
+// onceOnRedis skips the order tests in the run on RabbitMQ: the order is
+// the session actor's (the actor state store), whatever the broker; those
+// tests take a minute.
+func onceOnRedis(t *testing.T) {
+	if b := stacktest.Broker(); b != stack.BrokerRedis {
+		t.Skipf("the order does not depend on the broker: run on Redis only (this run: %s)", b)
+	}
+}
+
 // sendAll sends n messages to one session at once, through both gateway
 // replicas in turn, with the policy, without waiting for any turn.
 func sendAll(t *testing.T, st *stack.Stack, user, session, policy string, n int) []sent {
@@ -118,6 +127,7 @@ func checkSequential(t *testing.T, msgs []string) {
 // session busy were QUEUED, the history is in the order they were
 // accepted, and each turn's prompt held every turn before it.
 func TestSessionOrderEnqueue(t *testing.T) {
+	onceOnRedis(t)
 	st := stacktest.Stack(t)
 	user, session := unique("orderly"), unique("order-s")
 	got := sendAll(t, st, user, session, "ENQUEUE", orderTurns)
@@ -145,6 +155,7 @@ func TestSessionOrderEnqueue(t *testing.T) {
 // busy is refused with CONFLICT naming the running turn; those accepted
 // ran one at a time.
 func TestSessionOrderReject(t *testing.T) {
+	onceOnRedis(t)
 	st := stacktest.Stack(t)
 	user, session := unique("rejecter"), unique("reject-s")
 	got := sendAll(t, st, user, session, "REJECT", orderTurns)
@@ -189,6 +200,7 @@ func TestSessionOrderReject(t *testing.T) {
 // that runs; the interrupted turns end TERMINATED and are not in the
 // history; the others complete, one at a time.
 func TestSessionOrderInterrupt(t *testing.T) {
+	onceOnRedis(t)
 	st := stacktest.Stack(t)
 	user, session := unique("interrupter"), unique("interrupt-s")
 	got := sendAll(t, st, user, session, "INTERRUPT", orderTurns)

@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"strings"
 
 	dapr "github.com/dapr/go-sdk/client"
 	"github.com/go-chi/chi/v5"
@@ -81,9 +80,6 @@ func (c Client) call(ctx context.Context, session, method string, in, out any) e
 	}
 	res, err := c.Invoker.InvokeActor(ctx, &dapr.InvokeActorRequest{ActorType: contract.SessionActor, ActorID: session, Method: method, Data: b})
 	if err != nil {
-		if strings.Contains(err.Error(), "(400)") {
-			return apperr.Wrap(apperr.Invalid, err, "the session refused the turn")
-		}
 		return apperr.Wrap(apperr.Unavailable, err, "the session's actor is unavailable")
 	}
 	if out == nil || res == nil || len(res.Data) == 0 {
