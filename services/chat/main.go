@@ -115,7 +115,7 @@ func run(ctx context.Context, cfg config) error {
 	}}
 	approvals := &approval.Store{State: dc, Publisher: dc, Turns: wf, Log: log}
 	acts := &turn.Activities{Memory: memory, Publisher: dc, Model: st.Model, State: dc, Tools: tools, Approvals: approvals,
-		Sessions: session.Client{Invoker: dc}, Log: log}
+		Sessions: session.Client{Invoker: dc, State: dc}, Log: log}
 	if cfg.failpoints != "" {
 		log.Warn("FAILPOINTS_DIR is set: this process crashes itself at armed failpoints (fault tests only)", "dir", cfg.failpoints)
 		acts.Failpoint = crashAt(cfg.failpoints)
@@ -146,7 +146,7 @@ func run(ctx context.Context, cfg config) error {
 			log.Warn("the interrupted turn's approval request stays pending until it expires", "workflow_instance_id", id, "err", err)
 		}
 	}
-	s.ready(turns, newClaimCache(memoryOwners{memory}, claimTTL, maxClaims), tools, approvals, session.Client{Invoker: dc}, dc, st.Model.Mode())
+	s.ready(turns, newClaimCache(memoryOwners{memory}, claimTTL, maxClaims), tools, approvals, session.Client{Invoker: dc, State: dc}, dc, st.Model.Mode())
 	log.Info("ready", "llm", st.Model.Mode(), "chat_timeout", cfg.chatTimeout.String(), "tools", len(offered), "agent_max_steps", cfg.maxSteps)
 	err = st.Wait()
 	stopWorker()

@@ -10,6 +10,7 @@ import (
 	dapr "github.com/dapr/go-sdk/client"
 
 	"github.com/daca-go/daca/internal/contract"
+	"github.com/daca-go/daca/internal/dev/stack"
 	"github.com/daca-go/daca/internal/dev/stacktest"
 	"github.com/daca-go/daca/internal/dev/testkit"
 )
@@ -82,4 +83,37 @@ func TestOnlyChatServiceDrivesItsWorkflow(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestIntruderCannotDriveASession: Dapr applies no access policy to an
+// app's actors, so another app's sidecar can call the session actor
+// chat-service hosts. What it can ask for is bounded by chat-service's own
+// state: accept names a turn by id, and the actor reads the turn from
+// chat-service's state (keys only chat-service can write), so a made-up
+// turn starts nothing.
+func TestIntruderCannotDriveASession(t *testing.T) {
+	st := stacktest.Stack(t)
+	c, err := dapr.NewClientWithAddress(st.App(intruderApp).SidecarGRPC())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.WithAuthToken(st.APIToken)
+	session := unique("intruded")
+	for _, body := range []string{`"chat-forged"`, `{"instance_id":"chat-forged","input":{"user_id":"victim","session_id":"` + session + `","text":"free LLM call"}}`} {
+		_, err := c.InvokeActor(t.Context(), &dapr.InvokeActorRequest{ActorType: contract.SessionActor, ActorID: session, Method: "accept", Data: []byte(body)})
+		if err == nil {
+			t.Fatalf("the intruder's accept %s went through", body)
+		}
+	}
+	// Nothing started: the forged turn is unknown.
+	r := stacktestGet(t, st, chatURL(st, "chat/chat-forged"))
+	if r != 404 {
+		t.Fatalf("the forged turn: status %d; want 404", r)
+	}
+}
+
+func stacktestGet(t *testing.T, st *stack.Stack, url string) int {
+	t.Helper()
+	return stacktest.Do(t, "GET", url, nil, token(st)...).Status
 }

@@ -71,7 +71,13 @@ type Invoker interface {
 
 // Client calls the session actors (through chat-service's own sidecar,
 // whichever replica hosts the actor).
-type Client struct{ Invoker Invoker }
+type Client struct {
+	Invoker Invoker
+	// State keeps each turn's Accept for the actor to read (RequestKey).
+	State interface {
+		SaveState(ctx context.Context, storeName, key string, data []byte, meta map[string]string, so ...dapr.StateOption) error
+	}
+}
 
 func (c Client) call(ctx context.Context, session, method string, in, out any) error {
 	b, err := json.Marshal(in)
@@ -90,8 +96,15 @@ func (c Client) call(ctx context.Context, session, method string, in, out any) e
 
 // Accept hands a turn to its session: started, queued, or refused.
 func (c Client) Accept(ctx context.Context, req Accept) (Accepted, error) {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return Accepted{}, err
+	}
+	if err := c.State.SaveState(ctx, contract.StateStore, RequestKey(req.InstanceID), b, map[string]string{"ttlInSeconds": requestTTL}); err != nil {
+		return Accepted{}, apperr.Wrap(apperr.Unavailable, err, "the state store is unavailable")
+	}
 	var out Accepted
-	err := c.call(ctx, req.Input.SessionID, MethodAccept, req, &out)
+	err = c.call(ctx, req.Input.SessionID, MethodAccept, req.InstanceID, &out)
 	return out, err
 }
 

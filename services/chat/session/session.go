@@ -60,6 +60,7 @@ type Sidecar interface {
 	RegisterActorReminder(ctx context.Context, in *dapr.RegisterActorReminderRequest) error
 	UnregisterActorReminder(ctx context.Context, in *dapr.UnregisterActorReminderRequest) error
 	SaveState(ctx context.Context, storeName, key string, data []byte, meta map[string]string, so ...dapr.StateOption) error
+	GetState(ctx context.Context, storeName, key string, meta map[string]string) (*dapr.StateItem, error)
 }
 
 // Actor is the session actor's behaviour (its HTTP side: http.go).
@@ -90,7 +91,12 @@ func (a *Actor) Forget(session string) {
 	delete(a.cached, session)
 }
 
-// Accept is the body of accept: a turn to run on the session.
+// Accept is a turn to run on the session. chat-service writes it to its
+// own state (RequestKey) before it calls accept with the turn's id only:
+// Dapr applies no access policy to an app's actors, so any sidecar could
+// call accept — but only chat-service can write its own state keys (the
+// state store prefixes them with the app id), so an accept names a turn
+// chat-service checked, never one another app made up.
 type Accept struct {
 	InstanceID string              `json:"instance_id"`
 	Input      turn.Input          `json:"input"`
@@ -99,6 +105,12 @@ type Accept struct {
 	// turn is then not looked for first).
 	Fresh bool `json:"fresh,omitempty"`
 }
+
+// RequestKey is the state key of turn id's Accept.
+func RequestKey(id string) string { return "turn-accept|" + id }
+
+// requestTTL keeps an Accept long enough for its call (and a retry).
+const requestTTL = "3600"
 
 // Accepted answers accept.
 type Accepted struct {
@@ -135,11 +147,14 @@ func (a *Actor) Call(ctx context.Context, session, method string, body []byte) (
 	var out any
 	switch method {
 	case MethodAccept:
-		var req Accept
-		if err := json.Unmarshal(body, &req); err != nil || req.InstanceID == "" {
-			return nil, apperr.New(apperr.Invalid, "accept: a turn with an instance_id")
+		var id string
+		if err := json.Unmarshal(body, &id); err != nil {
+			return nil, apperr.New(apperr.Invalid, "accept: a turn id")
 		}
-		out, err = a.accept(ctx, session, &st, req)
+		var req Accept
+		if req, err = a.request(ctx, session, id); err == nil {
+			out, err = a.accept(ctx, session, &st, req)
+		}
 	case MethodDone:
 		var id string
 		if err := json.Unmarshal(body, &id); err != nil {
@@ -169,6 +184,19 @@ func (a *Actor) Call(ctx context.Context, session, method string, body []byte) (
 		}
 	}
 	return out, nil
+}
+
+// request reads the Accept chat-service wrote for turn id of session.
+func (a *Actor) request(ctx context.Context, session, id string) (Accept, error) {
+	var req Accept
+	item, err := a.Sidecar.GetState(ctx, contract.StateStore, RequestKey(id), nil)
+	if err != nil {
+		return req, apperr.Wrap(apperr.Unavailable, err, "the state store is unavailable")
+	}
+	if item == nil || len(item.Value) == 0 || json.Unmarshal(item.Value, &req) != nil || req.InstanceID != id || req.Input.SessionID != session {
+		return req, apperr.New(apperr.Invalid, "accept: no turn %s was sent to session %s", id, session)
+	}
+	return req, nil
 }
 
 func (a *Actor) accept(ctx context.Context, session string, st *state, req Accept) (Accepted, error) {

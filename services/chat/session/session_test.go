@@ -20,6 +20,7 @@ type sidecar struct {
 	actor     map[string][]byte
 	reminders map[string]bool
 	markers   map[string]turn.Queued
+	state     map[string][]byte
 }
 
 func (s *sidecar) GetActorState(_ context.Context, in *dapr.GetActorStateRequest) (*dapr.GetActorStateResponse, error) {
@@ -51,9 +52,16 @@ func (s *sidecar) UnregisterActorReminder(_ context.Context, in *dapr.Unregister
 	return nil
 }
 
+func (s *sidecar) GetState(_ context.Context, _, key string, _ map[string]string) (*dapr.StateItem, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return &dapr.StateItem{Key: key, Value: s.state[key]}, nil
+}
+
 func (s *sidecar) SaveState(_ context.Context, _, key string, data []byte, _ map[string]string, _ ...dapr.StateOption) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.state[key] = data
 	var q turn.Queued
 	json.Unmarshal(data, &q)
 	s.markers[key] = q
@@ -88,14 +96,18 @@ func (t *turns) ids() []string {
 }
 
 func setup() (*Actor, *sidecar, *turns) {
-	sc := &sidecar{actor: map[string][]byte{}, reminders: map[string]bool{}, markers: map[string]turn.Queued{}}
+	sc := &sidecar{actor: map[string][]byte{}, reminders: map[string]bool{}, markers: map[string]turn.Queued{}, state: map[string][]byte{}}
 	tu := &turns{ended: map[string]bool{}}
 	return &Actor{Sidecar: sc, Turns: tu, Log: testkit.Quiet()}, sc, tu
 }
 
+// accept sends turn id to the actor as chat-service does: the request
+// written to its state, the actor called with the id.
 func accept(t *testing.T, a *Actor, id string, p contract.BusyPolicy) Accepted {
 	t.Helper()
-	b, _ := json.Marshal(Accept{InstanceID: id, Input: turn.Input{UserID: "ana", SessionID: "s1"}, Policy: p})
+	req, _ := json.Marshal(Accept{InstanceID: id, Input: turn.Input{UserID: "ana", SessionID: "s1"}, Policy: p})
+	a.Sidecar.SaveState(t.Context(), contract.StateStore, RequestKey(id), req, nil)
+	b, _ := json.Marshal(id)
 	out, err := a.Call(t.Context(), "s1", MethodAccept, b)
 	if err != nil {
 		t.Fatal(err)
@@ -205,6 +217,29 @@ func TestStateCache(t *testing.T) {
 		t.Fatalf("after a deactivation: %+v; want the stored state (t9 runs)", got)
 	}
 	if len(tu.started) != 1 {
+		t.Fatalf("started %v", tu.ids())
+	}
+}
+
+// TestAcceptOnlyWhatChatServiceSent: an accept of a turn chat-service never
+// wrote (another app calling the actor, which Dapr does not stop) starts
+// nothing.
+func TestAcceptOnlyWhatChatServiceSent(t *testing.T) {
+	t.Parallel()
+	a, _, tu := setup()
+	for _, session := range []string{"s1", "s2"} {
+		b, _ := json.Marshal("forged")
+		if _, err := a.Call(t.Context(), session, MethodAccept, b); err == nil {
+			t.Fatalf("a forged accept on %s went through", session)
+		}
+	}
+	req, _ := json.Marshal(Accept{InstanceID: "t1", Input: turn.Input{UserID: "ana", SessionID: "s1"}})
+	a.Sidecar.SaveState(t.Context(), contract.StateStore, RequestKey("t1"), req, nil)
+	b, _ := json.Marshal("t1")
+	if _, err := a.Call(t.Context(), "s2", MethodAccept, b); err == nil { // s1's turn, on another session
+		t.Fatal("a turn accepted on a session it was not sent to")
+	}
+	if len(tu.started) != 0 {
 		t.Fatalf("started %v", tu.ids())
 	}
 }
