@@ -41,6 +41,8 @@ type config struct {
 	// The agent's limits, given to every turn (turn.Input).
 	maxSteps      int // AGENT_MAX_STEPS: rounds of the model per turn
 	toolResultMax int // TOOL_RESULT_MAX: bytes of a tool result the model gets
+	// toolTimeout is TOOL_TIMEOUT: how long an MCP tool call may take.
+	toolTimeout time.Duration
 	// toolsRefresh is TOOLS_REFRESH: a list of the MCP servers' tools older
 	// than this is listed again (turn.Catalog.Refresh).
 	toolsRefresh time.Duration
@@ -62,10 +64,14 @@ func loadConfig() (config, error) {
 		failpoints:      r.String("FAILPOINTS_DIR", ""),
 		maxSteps:        r.Int("AGENT_MAX_STEPS", turn.DefaultMaxSteps, 1, 64),
 		toolResultMax:   r.Int("TOOL_RESULT_MAX", turn.DefaultToolResultMax, 256, 1<<20),
+		toolTimeout:     r.Duration("TOOL_TIMEOUT", turn.DefaultToolTimeout),
 		toolsRefresh:    r.Duration("TOOLS_REFRESH", time.Minute),
 		approvalTimeout: r.Duration("APPROVAL_TIMEOUT", turn.DefaultApprovalTimeout),
 	}
 	var errs []error
+	if c.toolTimeout < 100*time.Millisecond || c.toolTimeout > time.Hour {
+		errs = append(errs, fmt.Errorf("TOOL_TIMEOUT=%s: want 100ms to 1h", c.toolTimeout))
+	}
 	if c.approvalTimeout < time.Second || c.approvalTimeout > approval.MaxTimeout {
 		errs = append(errs, fmt.Errorf("APPROVAL_TIMEOUT=%s: want 1s to %s", c.approvalTimeout, approval.MaxTimeout))
 	}
@@ -88,7 +94,7 @@ func run(ctx context.Context, cfg config) error {
 	var s *srv
 	st, err := service.Start(ctx, appID, cfg.Common, &cfg.llm, cfg.chatTimeout+5*time.Second, func(log *slog.Logger) http.Handler {
 		s = newServer(log, cfg.AppToken, cfg.chatTimeout)
-		s.limits = turn.Input{MaxSteps: cfg.maxSteps, ToolResultMax: cfg.toolResultMax, ApprovalTimeout: cfg.approvalTimeout}
+		s.limits = turn.Input{MaxSteps: cfg.maxSteps, ToolResultMax: cfg.toolResultMax, ToolTimeout: cfg.toolTimeout, ApprovalTimeout: cfg.approvalTimeout}
 		return s.routes()
 	})
 	if err != nil {
@@ -115,7 +121,7 @@ func run(ctx context.Context, cfg config) error {
 	}}
 	approvals := &approval.Store{State: dc, Publisher: dc, Turns: wf, Log: log}
 	acts := &turn.Activities{Memory: memory, Publisher: dc, Model: st.Model, State: dc, Tools: tools, Approvals: approvals,
-		Sessions: session.Client{Invoker: dc, State: dc}, Log: log}
+		Sessions: session.Client{Invoker: dc, State: dc}, Stop: turn.Client{Workflows: wf, Log: log}.Stop, Log: log}
 	if cfg.failpoints != "" {
 		log.Warn("FAILPOINTS_DIR is set: this process crashes itself at armed failpoints (fault tests only)", "dir", cfg.failpoints)
 		acts.Failpoint = crashAt(cfg.failpoints)

@@ -36,8 +36,9 @@ func TestMain(m *testing.M) {
 		stack.Tools.App(),
 		// replies at once: many turns (streaming is tested in test/gateway);
 		// tools listed again after a second (TestToolsChangeWhileRunning);
-		// notes kept without an approval (approvals: test/gateway)
-		stack.Chat.App("LLM_OFFLINE_TOKEN_DELAY=0", "TOOLS_REFRESH=1s", "TOOLS_AUTO_APPROVE=tools/create_note,extra/*"),
+		// notes kept without an approval (approvals: test/gateway); a tool
+		// call stopped after 2 s (TestToolsChangeWhileRunning)
+		stack.Chat.App("LLM_OFFLINE_TOKEN_DELAY=0", "TOOLS_REFRESH=1s", "TOOLS_AUTO_APPROVE=tools/create_note,extra/*", "TOOL_TIMEOUT=2s"),
 		listener.App(),
 		{ID: intruderApp}, // a sidecar of another app (TestOnlyChatServiceDrivesItsWorkflow)
 	}})

@@ -64,6 +64,8 @@ type Activities struct {
 	Approvals Approvals
 	// Sessions is told when a turn ends; nil: nobody.
 	Sessions Sessions
+	// Stop ends a workflow (an MCP call past its deadline); nil: none is.
+	Stop func(ctx context.Context, id string) error
 	// Now is the built-in tool's clock; nil: time.Now.
 	Now func() time.Time
 	// State counts the executions of generate_response of a turn, which
@@ -92,6 +94,7 @@ func (a *Activities) Register(r *workflow.Registry) error {
 		r.AddActivityN(ActHandleError, a.HandleError),
 		r.AddActivityN(ActRequestApproval, a.RequestApproval),
 		r.AddActivityN(ActExpireApproval, a.ExpireApproval),
+		r.AddActivityN(ActToolDeadline, a.ToolDeadline),
 		r.AddActivityN(ActRunTool, a.RunTool),
 	)
 }
@@ -292,6 +295,30 @@ func (a *Activities) ExpireApproval(ctx workflow.ActivityContext) (any, error) {
 	}
 	a.logger(ctx, ActExpireApproval, in.Approval.InstanceID).Info("approval wait ended", "approval_id", out.ID, "status", out.Status)
 	return out, nil
+}
+
+// ToolDeadline waits for an MCP call's deadline, then stops the call's
+// workflow (a call that ended already is left as it is). After a restart
+// of chat-service it waits the whole timeout again: a deadline is at least
+// the timeout.
+func (a *Activities) ToolDeadline(ctx workflow.ActivityContext) (any, error) {
+	var in deadlineInput
+	if err := ctx.GetInput(&in); err != nil {
+		return nil, err
+	}
+	select {
+	case <-ctx.Context().Done():
+		return nil, ctx.Context().Err()
+	case <-time.After(in.After):
+	}
+	if a.Stop == nil {
+		return nil, nil
+	}
+	if err := a.Stop(ctx.Context(), in.CallID); err != nil {
+		return nil, err
+	}
+	a.logger(ctx, ActToolDeadline, in.CallID).Debug("tool call deadline passed", "after", in.After.String())
+	return nil, nil
 }
 
 // SaveConversation publishes ConversationUpdated with the workflow instance

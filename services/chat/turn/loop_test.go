@@ -182,3 +182,32 @@ func TestToolLoopLimits(t *testing.T) {
 }
 
 func memoryOf(m *memory) api.Memory { return api.Memory{Caller: m} }
+
+// TestToolTimeout: an MCP call that outlives the turn's ToolTimeout is
+// stopped (its workflow terminated by tool_deadline) and the model gets
+// an error that says so; the turn goes on to a reply.
+func TestToolTimeout(t *testing.T) {
+	t.Parallel()
+	m := &scripted{script: []llm.Answer{{ToolCalls: []llm.ToolCall{{ID: "c", Name: "tools_echo", Arguments: `{"text":"slow"}`}}}, {Text: "Done."}}}
+	a := &Activities{Memory: memoryOf(&memory{}), Publisher: &published{}, Model: m, Tools: fixedTools{echoTool(t)}, Log: testkit.Quiet()}
+	slow := func(r *workflow.Registry) error {
+		return r.AddWorkflowN(MCPCallTool("tools", "echo"), func(ctx *workflow.WorkflowContext) (any, error) {
+			return nil, ctx.CreateTimer(time.Hour).Await(nil) // never answers in time
+		})
+	}
+	c := engine(t, a, slow)
+	a.Stop = func(ctx context.Context, id string) error { return c.TerminateWorkflow(ctx, id) }
+	start := time.Now()
+	meta := run(t, c, "chat-timeout-1", Input{UserID: "ana", SessionID: "s1", Text: "slow", ToolTimeout: time.Second})
+	var out Output
+	json.Unmarshal([]byte(meta.Output.GetValue()), &out)
+	if meta.String() != "COMPLETED" || out.Reply != "Done." || len(out.ToolCalls) != 1 {
+		t.Fatalf("status %s, reply %q, calls %+v", meta.String(), out.Reply, out.ToolCalls)
+	}
+	if r := out.ToolCalls[0].Result; r != "error: the tool did not answer within 1s" || !out.ToolCalls[0].Failed {
+		t.Fatalf("the call's result %q", r)
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Fatalf("the turn took %s", d)
+	}
+}

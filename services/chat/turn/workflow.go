@@ -36,6 +36,9 @@ const (
 	// announced, and the wait's end without a decision.
 	ActRequestApproval = "request_approval"
 	ActExpireApproval  = "expire_approval"
+	// ActToolDeadline stops an MCP tool call's workflow that outlives the
+	// turn's ToolTimeout.
+	ActToolDeadline = "tool_deadline"
 )
 
 // Input of chat_workflow.
@@ -53,6 +56,9 @@ type Input struct {
 	// ToolResultMax is the longest tool result given to the model
 	// (TOOL_RESULT_MAX); 0: DefaultToolResultMax.
 	ToolResultMax int `json:"tool_result_max,omitempty"`
+	// ToolTimeout is how long an MCP tool call may take (TOOL_TIMEOUT);
+	// 0: DefaultToolTimeout.
+	ToolTimeout time.Duration `json:"tool_timeout,omitempty"`
 	// ApprovalTimeout is how long a tool call waits for a user's decision
 	// (APPROVAL_TIMEOUT); 0: DefaultApprovalTimeout.
 	ApprovalTimeout time.Duration `json:"approval_timeout,omitempty"`
@@ -67,6 +73,7 @@ const (
 	DefaultMaxSteps        = 8
 	DefaultToolResultMax   = 16 << 10
 	DefaultApprovalTimeout = 10 * time.Minute
+	DefaultToolTimeout     = 30 * time.Second
 )
 
 // Output of chat_workflow.
@@ -167,6 +174,11 @@ type approvalInput struct {
 	Approval contract.Approval `json:"approval"`
 }
 
+type deadlineInput struct {
+	CallID string        `json:"call_id"` // the MCP call's workflow instance
+	After  time.Duration `json:"after"`
+}
+
 type toolInput struct {
 	InstanceID string            `json:"instance_id"`
 	Trace      map[string]string `json:"trace,omitempty"`
@@ -216,6 +228,10 @@ func generateRetry() *workflow.RetryPolicy {
 
 func saveRetry() *workflow.RetryPolicy {
 	return &workflow.RetryPolicy{MaxAttempts: 5, InitialRetryInterval: 500 * time.Millisecond, BackoffCoefficient: 2, MaxRetryInterval: 5 * time.Second}
+}
+
+func deadlineRetry() *workflow.RetryPolicy {
+	return &workflow.RetryPolicy{MaxAttempts: 3, InitialRetryInterval: time.Second, BackoffCoefficient: 2, MaxRetryInterval: 5 * time.Second}
 }
 
 func toolRetry() *workflow.RetryPolicy {
@@ -325,9 +341,27 @@ func callTool(ctx *workflow.WorkflowContext, in Input, c ToolCall, childID strin
 		}
 	default:
 		ctx.SetCustomStatus(contract.StageTool)
+		timeout := in.ToolTimeout
+		if timeout <= 0 {
+			timeout = DefaultToolTimeout
+		}
+		start := ctx.CurrentTimeUTC()
+		call := ctx.CallChildWorkflow(MCPCallTool(c.Server, c.Tool), workflow.WithChildWorkflowInput(mcpInput{Arguments: c.Args}),
+			workflow.WithChildWorkflowInstanceID(childID))
+		// The deadline: an activity that stops the call's workflow once
+		// the timeout has passed (the workflow API cannot wait for the
+		// first of two tasks); not awaited — a call that ends first leaves
+		// it nothing to stop.
+		_ = ctx.CallActivity(ActToolDeadline, workflow.WithActivityInput(deadlineInput{CallID: childID, After: timeout}),
+			workflow.WithActivityRetryPolicy(deadlineRetry()))
 		var res mcpResult
-		if err := ctx.CallChildWorkflow(MCPCallTool(c.Server, c.Tool), workflow.WithChildWorkflowInput(mcpInput{Arguments: c.Args}),
-			workflow.WithChildWorkflowInstanceID(childID)).Await(&res); err != nil {
+		err := call.Await(&res)
+		// A stopped (terminated) call ends without an output.
+		if late := ctx.CurrentTimeUTC().Sub(start) >= timeout; late && (err != nil || len(res.Content) == 0 && len(res.StructuredContent) == 0) {
+			c.Result, c.Failed = fmt.Sprintf("error: the tool did not answer within %s", timeout), true
+			break
+		}
+		if err != nil {
 			c.Result, c.Failed = "error: the tool could not be run (its server may be unavailable)", true
 			break
 		}
