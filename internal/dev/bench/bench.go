@@ -51,7 +51,7 @@ func Run(ctx context.Context, args []string) error {
 	streamTurns := fs.Int("stream-turns", 30, "chat turns of the time-to-first-token measurement")
 	streamSubs := fs.Int("stream-subscribers", 1000, "subscribers of the one streamed turn")
 	baseRev := fs.String("baseline", "", "a git revision of this repository measured beside today's code in the same rounds: its gateway in the gateway part, its apps on its own Dapr release and on today's in the turns part; \"\": none")
-	partsFlag := fs.String("parts", "turns,gateway,fanout,invocation,stream,tools", "what to measure, comma separated: turns (chat turns and the sidecar floor), gateway (the gateway against its sidecar), fanout (one event to many subscriptions), invocation (the gateway's two paths to its sidecar), stream (time to first token and one turn streamed to many, on a stack of its own with a local provider), tools (a turn with one MCP tool call beside a plain turn)")
+	partsFlag := fs.String("parts", "turns,gateway,fanout,invocation,stream,tools,cost", "what to measure, comma separated: turns (chat turns and the sidecar floor), gateway (the gateway against its sidecar), fanout (one event to many subscriptions), invocation (the gateway's two paths to its sidecar), stream (time to first token and one turn streamed to many, on a stack of its own with a local provider), tools (a turn with one MCP tool call beside a plain turn), cost (what a turn costs each process, on a stack of its own)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -69,10 +69,10 @@ func Run(ctx context.Context, args []string) error {
 	parts := map[string]bool{}
 	for _, p := range strings.Split(*partsFlag, ",") {
 		switch p = strings.TrimSpace(p); p {
-		case "turns", "gateway", "fanout", "invocation", "stream", "tools":
+		case "turns", "gateway", "fanout", "invocation", "stream", "tools", "cost":
 			parts[p] = true
 		default:
-			return UsageError("-parts: want turns, gateway, fanout, invocation, stream or tools, got " + strconv.Quote(p))
+			return UsageError("-parts: want turns, gateway, fanout, invocation, stream, tools or cost, got " + strconv.Quote(p))
 		}
 	}
 	rootDir, err := filepath.Abs(*root)
@@ -87,6 +87,11 @@ func Run(ctx context.Context, args []string) error {
 	}
 	if parts["turns"] || parts["gateway"] || parts["fanout"] || parts["invocation"] || parts["tools"] {
 		if err := benchOffline(ctx, rootDir, parts, *turns, *reads, fanOutConfig{*subs, *fanoutRuns, *fanoutLarge}, levels, base); err != nil {
+			return err
+		}
+	}
+	if parts["cost"] {
+		if err := benchCost(ctx, rootDir, *turns); err != nil {
 			return err
 		}
 	}
@@ -162,27 +167,9 @@ func benchOffline(ctx context.Context, rootDir string, parts map[string]bool, tu
 	}
 	defer st.Stop()
 
-	client := &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{MaxIdleConnsPerHost: 128}}
 	chatURL := st.App(contract.ChatApp).SidecarURL() + "/v1.0/invoke/" + contract.ChatApp + "/method/chat"
 	memURL := st.App(contract.MemoryApp).SidecarURL() + "/v1.0/invoke/" + contract.MemoryApp + "/method/" + api.GetMemory.Path("bench-user")
-	call := func(method, url string, body []byte) error {
-		req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
-		if err != nil {
-			return err
-		}
-		req.Header.Set("dapr-api-token", st.APIToken)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := client.Do(req)
-		if err != nil {
-			return err
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode/100 != 2 {
-			return fmt.Errorf("%s %s: %s", method, url, resp.Status)
-		}
-		return nil
-	}
+	call := sidecarCall(ctx, st.APIToken)
 	var seq atomic.Int64
 	chatOnce := func() error {
 		return call(http.MethodPost, chatURL, chatRequest(seq.Add(1), "bench"))
@@ -333,9 +320,37 @@ func chatRequest(n int64, prefix string) []byte {
 
 // chatRequestIn is the body of the n-th chat turn in session.
 func chatRequestIn(n int64, session string) []byte {
-	b, _ := json.Marshal(map[string]any{"user_id": "bench-user", "text": fmt.Sprintf("hello %d", n),
-		"metadata": map[string]string{"session_id": session}})
+	return chatBody(fmt.Sprintf("hello %d", n), session)
+}
+
+// chatBody is the body of a chat turn of bench-user's with text in session.
+func chatBody(text, session string) []byte {
+	b, _ := json.Marshal(map[string]any{"user_id": "bench-user", "text": text, "metadata": map[string]string{"session_id": session}})
 	return b
+}
+
+// sidecarCall returns a function that sends a request through a sidecar
+// with its API token and wants a 2xx answer.
+func sidecarCall(ctx context.Context, token string) func(method, url string, body []byte) error {
+	client := &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{MaxIdleConnsPerHost: 128}}
+	return func(method, url string, body []byte) error {
+		req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("dapr-api-token", token)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode/100 != 2 {
+			return fmt.Errorf("%s %s: %s", method, url, resp.Status)
+		}
+		return nil
+	}
 }
 
 func load(op func() error, n, conc int) ([]time.Duration, int, time.Duration) {

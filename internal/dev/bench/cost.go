@@ -1,0 +1,216 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/daca-go/daca/internal/contract"
+	"github.com/daca-go/daca/internal/dev/stack"
+)
+
+// costPart is -parts cost: what a chat turn costs, process by process, on a
+// private stack with the tool server (offline model, no word delay): plain
+// turns and turns with one MCP tool call, at 1 and 16 clients. For each:
+// CPU per turn of every process of the stack (each app, each sidecar,
+// Redis, placement, scheduler, the tool server), LLM calls and tokens per
+// turn (the apps' daca_llm_* metrics), Redis commands per turn (INFO
+// commandstats) and pub/sub messages per turn (XADD).
+func benchCost(ctx context.Context, rootDir string, turns int) error {
+	runDir, secrets, err := benchRunDir("daca-bench-cost-", "")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(runDir)
+	fmt.Println("\nbench: starting a private stack with the tool server for the cost of a turn")
+	st, err := stack.Start(ctx, stack.Config{Root: rootDir, RunDir: runDir, SecretsFile: secrets, Progress: os.Stdout, LogLevel: "warn",
+		Apps: []stack.App{stack.Memory.App("LOG_LEVEL=warn"), stack.Tools.App("LOG_LEVEL=warn"),
+			stack.Chat.App("LOG_LEVEL=warn", "LLM_OFFLINE_TOKEN_DELAY=0")}})
+	if err != nil {
+		return err
+	}
+	defer st.Stop()
+	url := st.App(contract.ChatApp).SidecarURL() + "/v1.0/invoke/" + contract.ChatApp + "/method/chat"
+	var seq atomic.Int64
+	call := sidecarCall(ctx, st.APIToken)
+	send := func(tool bool) func() error {
+		return func() error {
+			n := seq.Add(1)
+			text := fmt.Sprintf("hello %d", n)
+			if tool {
+				text = fmt.Sprintf("convert %d km to m", n)
+			}
+			return call(http.MethodPost, url, chatBody(text, fmt.Sprintf("cost-%d", n%benchSessions)))
+		}
+	}
+	for range benchSessions { // warm up: every session claimed, the tools listed
+		if err := send(true)(); err != nil {
+			return fmt.Errorf("bench: cost warm-up: %w", err)
+		}
+	}
+	type row struct {
+		kind    string
+		clients int
+		n       int
+		cpu     map[string]time.Duration
+		llm     map[string]float64 // metric → per turn
+		redis   map[string]float64 // command → per turn
+		xadd    float64
+		errs    int
+	}
+	var rows []row
+	for _, kind := range []string{"plain", "one tool call"} {
+		for _, conc := range []int{1, 16} {
+			n := turns
+			if conc == 1 {
+				n = max(turns/4, 32)
+			}
+			procs := st.Processes()
+			cpu0 := map[string]time.Duration{}
+			for _, p := range procs {
+				cpu0[p.Spec.Name] = cpuTime(p.Pid())
+			}
+			llm0 := llmCounters(st)
+			redis0 := redisCommands(st)
+			_, errs, _ := load(send(kind != "plain"), n, conc)
+			// The memory applies the turns' events on its own schedule:
+			// wait for it (its CPU belongs to the turns).
+			waitQuiet(st)
+			r := row{kind: kind, clients: conc, n: n, cpu: map[string]time.Duration{}, llm: map[string]float64{}, redis: map[string]float64{}, errs: errs}
+			for _, p := range procs {
+				r.cpu[p.Spec.Name] = (cpuTime(p.Pid()) - cpu0[p.Spec.Name]) / time.Duration(n)
+			}
+			for k, v := range llmCounters(st) {
+				r.llm[k] = (v - llm0[k]) / float64(n)
+			}
+			for k, v := range redisCommands(st) {
+				r.redis[k] = (v - redis0[k]) / float64(n)
+			}
+			r.xadd = r.redis["xadd"]
+			rows = append(rows, r)
+		}
+	}
+	fmt.Println("\nbench: the cost of a chat turn, process by process (per turn; CPU from /proc, 10 ms resolution over the whole round)")
+	names := make([]string, 0, len(rows[0].cpu))
+	for name := range rows[0].cpu {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	header := "\t"
+	for _, r := range rows {
+		header += fmt.Sprintf("%s, %d client(s)\t", r.kind, r.clients)
+	}
+	fmt.Fprintln(tw, header)
+	line := func(label string, f func(r row) string) {
+		l := label + "\t"
+		for _, r := range rows {
+			l += f(r) + "\t"
+		}
+		fmt.Fprintln(tw, l)
+	}
+	total := func(r row) time.Duration {
+		var t time.Duration
+		for _, v := range r.cpu {
+			t += v
+		}
+		return t
+	}
+	for _, name := range names {
+		line("CPU "+name, func(r row) string { return fmt.Sprintf("%d µs", r.cpu[name].Microseconds()) })
+	}
+	line("CPU, all processes", func(r row) string { return fmt.Sprintf("%d µs", total(r).Microseconds()) })
+	line("LLM calls", func(r row) string { return fmt.Sprintf("%.2f", r.llm["calls"]) })
+	line("LLM tokens (prompt + completion)", func(r row) string { return fmt.Sprintf("%.0f", r.llm["tokens"]) })
+	line("Redis commands", func(r row) string { return fmt.Sprintf("%.1f", sum(r.redis)) })
+	line("pub/sub messages (XADD)", func(r row) string { return fmt.Sprintf("%.1f", r.xadd) })
+	line("errors", func(r row) string { return strconv.Itoa(r.errs) })
+	tw.Flush()
+	fmt.Println("\nbench: Redis commands per turn, the most frequent (plain turn, 16 clients)")
+	top := rows[1].redis
+	cmds := make([]string, 0, len(top))
+	for k := range top {
+		cmds = append(cmds, k)
+	}
+	slices.SortFunc(cmds, func(a, b string) int { return int(top[b]*100) - int(top[a]*100) })
+	for i, k := range cmds {
+		if i == 10 || top[k] < 0.05 {
+			break
+		}
+		fmt.Printf("  %-16s %.1f\n", k, top[k])
+	}
+	return nil
+}
+
+func sum(m map[string]float64) float64 {
+	var t float64
+	for _, v := range m {
+		t += v
+	}
+	return t
+}
+
+// waitQuiet waits (at most 30 s) until the conversations stream has no
+// pending entries for the memory's consumer group: the turns' events are
+// applied.
+func waitQuiet(st *stack.Stack) {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		v, err := st.RedisDo("XPENDING", contract.TopicConversations, contract.MemoryApp)
+		if l, ok := v.([]any); err != nil || !ok || len(l) == 0 || l[0] == int64(0) {
+			time.Sleep(500 * time.Millisecond) // the summaries' LLM calls follow the events
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+var cmdstat = regexp.MustCompile(`(?m)^cmdstat_([a-z|]+):calls=(\d+)`)
+
+// redisCommands is INFO commandstats: calls by command.
+func redisCommands(st *stack.Stack) map[string]float64 {
+	out := map[string]float64{}
+	v, err := st.RedisDo("INFO", "commandstats")
+	s, _ := v.(string)
+	if err != nil {
+		return out
+	}
+	for _, m := range cmdstat.FindAllStringSubmatch(s, -1) {
+		n, _ := strconv.ParseFloat(m[2], 64)
+		out[m[1]] = n
+	}
+	return out
+}
+
+var llmMetric = regexp.MustCompile(`(?m)^daca_llm_(call_duration_seconds_count|tokens_total)\{[^}]*\} ([0-9.e+]+)$`)
+
+// llmCounters adds up the apps' LLM calls and tokens (their /metrics).
+func llmCounters(st *stack.Stack) map[string]float64 {
+	out := map[string]float64{}
+	for _, id := range []string{contract.ChatApp, contract.MemoryApp} {
+		resp, err := http.Get(st.App(id).AppURL() + "/metrics")
+		if err != nil {
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, m := range llmMetric.FindAllStringSubmatch(string(b), -1) {
+			n, _ := strconv.ParseFloat(m[2], 64)
+			switch m[1] {
+			case "call_duration_seconds_count":
+				out["calls"] += n
+			case "tokens_total":
+				out["tokens"] += n
+			}
+		}
+	}
+	return out
+}
