@@ -61,6 +61,7 @@ const (
 	ParamSessionID  = "session_id"
 	ParamInstanceID = "instance_id"
 	ParamApprovalID = "approval_id"
+	ParamJobName    = "job_name"
 )
 
 // Health is every app's GET /health.

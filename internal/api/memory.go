@@ -23,6 +23,9 @@ var (
 	// ConversationEvents is where the sidecar delivers TopicConversations
 	// (components/subscription-conversations.yaml names the same route).
 	ConversationEvents = Route{http.MethodPost, "/conversations"}
+	// SummaryJob is where the sidecar delivers the memory's Dapr jobs: a
+	// user's summary made once the user's turns have paused (SUMMARY_DEBOUNCE).
+	SummaryJob = Route{http.MethodPost, "/job/{job_name}"}
 )
 
 // Query parameters of GetConversation.

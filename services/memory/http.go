@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync/atomic"
+	"time"
 
 	dapr "github.com/dapr/go-sdk/client"
 	"github.com/go-chi/chi/v5"
@@ -39,12 +40,16 @@ type backends struct {
 	mem   *store.Memory
 	pub   Publisher
 	model Model
+	jobs  Jobs
 }
 
 type srv struct {
 	service.Base
 	log      *slog.Logger
 	backends atomic.Pointer[backends]
+	// debounce is SUMMARY_DEBOUNCE: a user's summary is made once the
+	// user's turns have paused this long (summaries.go); 0: at every turn.
+	debounce time.Duration
 }
 
 func newServer(log *slog.Logger, appToken string) *srv {
@@ -55,8 +60,8 @@ func newServer(log *slog.Logger, appToken string) *srv {
 func (s *srv) ready(mem *store.Memory, pub interface {
 	Publisher
 	service.Sidecar
-}, model Model) {
-	s.backends.Store(&backends{mem: mem, pub: pub, model: model})
+}, model Model, jobs Jobs) {
+	s.backends.Store(&backends{mem: mem, pub: pub, model: model, jobs: jobs})
 	s.SetReady(pub, model.Mode())
 }
 
@@ -79,6 +84,7 @@ func (s *srv) routes() http.Handler {
 			r.Method(rt.route.Verb, rt.route.Pattern, httpx.Handle(s.log, rt.h))
 		}
 		r.Method(api.ConversationEvents.Verb, api.ConversationEvents.Pattern, httpx.Events(s.log, countEvent, s.onConversation))
+		r.Method(api.SummaryJob.Verb, api.SummaryJob.Pattern, httpx.Handle(s.log, s.onSummaryJob))
 	})
 }
 
@@ -290,14 +296,14 @@ func (s *srv) onConversation(ctx context.Context, ce contract.CloudEvent, ev *co
 		return httpx.Drop(err.Error(), nil)
 	}
 	log := logging.From(ctx, s.log)
-	summarize := func(ctx context.Context, p contract.Profile, recent []contract.Entry) (string, error) {
-		hist := make([]llm.Message, len(recent))
-		for i, e := range recent {
-			hist[i] = llm.Message{Role: e.Role, Content: e.Content}
+	// The user's summary job first (moved forward when it waits already):
+	// an event applied is never left without the summary it leads to.
+	if s.debounce > 0 {
+		if err := s.later(ctx, b, ev.UserID); err != nil {
+			return httpx.Retry("the scheduler is unavailable", err)
 		}
-		return b.model.Complete(ctx, llm.SummaryInstructions(p.Name, p.UserSummary), hist, llm.SummaryRequest)
 	}
-	res, err := b.mem.Apply(ctx, ce.ID, *ev, summarize)
+	res, err := b.mem.Apply(ctx, ce.ID, *ev, summarizer(b))
 	if err != nil {
 		switch apperr.CodeOf(err) {
 		case apperr.Forbidden: // the second lock: never another user's history
@@ -313,12 +319,9 @@ func (s *srv) onConversation(ctx context.Context, ce contract.CloudEvent, ev *co
 		log.Info("duplicate conversation event ignored (already applied)", "session_id", ev.SessionID)
 		return nil
 	}
-	log.Info("conversation event applied", "user_id", ev.UserID, "session_id", ev.SessionID, "entries", res.Entries)
-	up := contract.MemoryUpdated{UserID: ev.UserID, SessionID: ev.SessionID, UserSummary: res.UserSummary}
-	if err := b.pub.PublishEvent(ctx, contract.PubSub, contract.TopicMemoryUpdates, up,
-		dapr.PublishEventWithMetadata(map[string]string{contract.CloudEventIDMetadata: contract.MemoryEventID(ce.ID)})); err != nil {
-		// The memory itself is updated; only the live notification is lost.
-		log.Error("publishing MemoryUpdated failed", "err", err)
+	log.Info("conversation event applied", "user_id", ev.UserID, "session_id", ev.SessionID, "entries", res.Entries, "summarized", res.Summarized)
+	if res.Summarized {
+		s.announce(ctx, b, contract.MemoryUpdated{UserID: ev.UserID, SessionID: ev.SessionID, UserSummary: res.UserSummary}, contract.MemoryEventID(ce.ID))
 	}
 	return nil
 }

@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	dapr "github.com/dapr/go-sdk/client"
 
@@ -47,8 +49,78 @@ func setup(llmErr error) (http.Handler, *statetest.State, *sidecar) {
 	pub := &sidecar{}
 	log := testkit.Quiet()
 	s := newServer(log, "")
-	s.ready(store.New(st, store.Config{}, log), pub, model{err: llmErr})
+	s.ready(store.New(st, store.Config{}, log), pub, model{err: llmErr}, &jobs{})
 	return s.routes(), st, pub
+}
+
+// jobs records the jobs scheduled.
+type jobs struct {
+	mu    sync.Mutex
+	names []string
+}
+
+func (j *jobs) ScheduleJob(_ context.Context, job *dapr.Job) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.names = append(j.names, job.Name)
+	return nil
+}
+
+// TestSummaryDebounce: with SUMMARY_DEBOUNCE, each turn moves the user's
+// summary job forward and publishes nothing; the SUMMARY_EVERY-th turn
+// makes the summary at once; the job makes the one the turns since wait
+// for, and then has nothing to do.
+func TestSummaryDebounce(t *testing.T) {
+	t.Parallel()
+	st := statetest.New()
+	pub := &sidecar{}
+	log := testkit.Quiet()
+	s := newServer(log, "")
+	s.debounce = time.Second
+	js := &jobs{}
+	s.ready(store.New(st, store.Config{SummaryEvery: 3}, log), pub, model{}, js)
+	h := s.routes()
+	turn := func(i int) {
+		t.Helper()
+		ev := ceJSON(fmt.Sprintf("ev-%d", i), map[string]string{"user_id": "u1", "session_id": "s1", "event_type": "ConversationUpdated", "user_message": "hi", "assistant_reply": "hello"})
+		if got := deliver(h, ev); got != "SUCCESS" {
+			t.Fatalf("event %d: %s", i, got)
+		}
+	}
+	job := func() string {
+		t.Helper()
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/job/"+summaryJob("u1"), nil))
+		if w.Code != http.StatusOK {
+			t.Fatalf("job: %d %s", w.Code, w.Body)
+		}
+		return strings.TrimSpace(w.Body.String())
+	}
+	published := func() int { pub.mu.Lock(); defer pub.mu.Unlock(); return len(pub.published) }
+	turn(1)
+	turn(2)
+	if n := published(); n != 0 {
+		t.Fatalf("%d MemoryUpdated after two turns; want none yet", n)
+	}
+	turn(3) // the third since the last summary: made now
+	if n := published(); n != 1 {
+		t.Fatalf("%d MemoryUpdated after the third turn; want 1", n)
+	}
+	if got := job(); got != `{"summarized":false}` {
+		t.Fatalf("the job after the summary: %s", got)
+	}
+	turn(4)
+	if got := job(); got != `{"summarized":true}` || published() != 2 {
+		t.Fatalf("the job of a waiting turn: %s, %d published", got, published())
+	}
+	js.mu.Lock()
+	defer js.mu.Unlock()
+	if len(js.names) != 4 || js.names[0] != summaryJob("u1") {
+		t.Fatalf("jobs %v; want the user's, once per turn", js.names)
+	}
+	if u, ok := userOfJob(js.names[0]); !ok || u != "u1" {
+		t.Fatalf("job name %s: user %q", js.names[0], u)
+	}
 }
 
 func deliver(h http.Handler, body string) string {

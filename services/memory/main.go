@@ -22,6 +22,10 @@ type config struct {
 	service.Common
 	historyCap, summaryLast int
 	llm                     llm.Config
+	// debounce (SUMMARY_DEBOUNCE) and every (SUMMARY_EVERY): when a user's
+	// summary is made (summaries.go).
+	debounce time.Duration
+	every    int
 }
 
 func loadConfig() (config, error) {
@@ -30,6 +34,8 @@ func loadConfig() (config, error) {
 		Common:      service.ReadCommon(r, 8001),
 		historyCap:  r.Int("HISTORY_CAP", 200, 2, 100000),
 		summaryLast: r.Int("SUMMARY_LAST", 10, 1, 1000),
+		debounce:    r.Duration("SUMMARY_DEBOUNCE", 3*time.Second),
+		every:       r.Int("SUMMARY_EVERY", 5, 1, 1000),
 		llm:         llm.ConfigFromEnv(r),
 	}
 	return c, r.Err()
@@ -51,8 +57,14 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	defer st.Close()
-	mem := store.New(st.Dapr, store.Config{HistoryCap: cfg.historyCap, SummaryLast: cfg.summaryLast}, st.Log)
-	srv.ready(mem, st.Dapr, st.Model)
-	st.Log.Info("ready", "llm", st.Model.Mode(), "history_cap", cfg.historyCap, "summary_last", cfg.summaryLast)
+	every := cfg.every
+	if cfg.debounce == 0 { // no debounce: the summary at every turn, as the tutorial's
+		every = 1
+	}
+	mem := store.New(st.Dapr, store.Config{HistoryCap: cfg.historyCap, SummaryLast: cfg.summaryLast, SummaryEvery: every}, st.Log)
+	srv.debounce = cfg.debounce
+	srv.ready(mem, st.Dapr, st.Model, st.Dapr)
+	st.Log.Info("ready", "llm", st.Model.Mode(), "history_cap", cfg.historyCap, "summary_last", cfg.summaryLast,
+		"summary_debounce", cfg.debounce.String(), "summary_every", every)
 	return st.Wait()
 }

@@ -150,6 +150,12 @@ func TestChatTurnEndToEnd(t *testing.T) {
 	if _, err := time.Parse(time.RFC3339, fmt.Sprint(h[0]["timestamp"])); err != nil {
 		t.Fatalf("history timestamp %v is not RFC 3339", h[0]["timestamp"])
 	}
+	// The summary follows once the user's turns pause (SUMMARY_DEBOUNCE),
+	// announced by MemoryUpdated.
+	evs, err := listener.Await(30*time.Second, 1, "memory-updates", user, session)
+	if err != nil {
+		t.Fatal(err)
+	}
 	r = stacktest.Do(t, http.MethodGet, memoryURL(st, "memories/"+user), nil, token(st)...)
 	summary, _ := r.JSON["user_summary"].(string)
 	if summary == "Junaid is learning Dapr." || !strings.Contains(summary, "What time is it?") {
@@ -157,10 +163,6 @@ func TestChatTurnEndToEnd(t *testing.T) {
 	}
 	if r.JSON["name"] != "Junaid" || r.JSON["preferred_style"] != "formal" {
 		t.Fatalf("profile lost its fields: %s", r.Body)
-	}
-	evs, err := listener.Await(30*time.Second, 1, "memory-updates", user, session)
-	if err != nil {
-		t.Fatal(err)
 	}
 	var mu map[string]string
 	json.Unmarshal(evs[0].Data, &mu)

@@ -45,6 +45,11 @@ type session struct {
 type userDoc struct {
 	contract.Profile
 	UpdatedAt time.Time `json:"updated_at"`
+	// PendingTurns are the turns applied since the summary was last made,
+	// PendingSession the latest one's session (Summarize makes it from
+	// there).
+	PendingTurns   int    `json:"pending_turns,omitempty"`
+	PendingSession string `json:"pending_session,omitempty"`
 }
 
 type sessionIndex struct {
@@ -56,8 +61,12 @@ type Config struct {
 	Store       string // state store name (default contract.StateStore)
 	HistoryCap  int    // entries kept per session (default 200)
 	SummaryLast int    // entries the summary is made from (default 10)
-	AppliedCap  int    // event ids remembered per session for de-duplication (default 1000)
-	MaxCASTries int    // attempts of a compare-and-swap under contention (default 200)
+	// SummaryEvery: Apply makes the summary itself at every SummaryEvery-th
+	// turn of a user's since the last one; between, it only counts the turn
+	// (Summarize makes it later). 0 or 1: at every turn.
+	SummaryEvery int
+	AppliedCap   int // event ids remembered per session for de-duplication (default 1000)
+	MaxCASTries  int // attempts of a compare-and-swap under contention (default 200)
 }
 
 // Memory reads and writes profiles and conversations.
@@ -381,7 +390,8 @@ type Summarizer func(ctx context.Context, p contract.Profile, recent []contract.
 type Result struct {
 	Duplicate   bool
 	UserSummary string
-	Entries     int // history length after the event
+	Summarized  bool // the summary was made (UserSummary); false: it waits (Summarize)
+	Entries     int  // history length after the event
 }
 
 // index records a session's size and last message in its user's session
@@ -438,10 +448,14 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.Conversa
 	if s.UserID != "" && s.UserID != ev.UserID {
 		return Result{}, notOwner(ev.SessionID) // before the LLM is asked for anything
 	}
-	profile, err := m.Profile(ctx, ev.UserID)
-	if err != nil {
+	var u userDoc
+	if _, found, err := m.get(ctx, userKey(ev.UserID), &u); err != nil {
 		return Result{}, err
+	} else if !found {
+		u.Profile = contract.DefaultProfile(ev.UserID)
 	}
+	profile := u.Profile
+	summarizeNow := m.cfg.SummaryEvery <= 1 || u.PendingTurns+1 >= m.cfg.SummaryEvery
 	now := m.now()
 	at := ev.SentAt
 	if at.IsZero() {
@@ -453,19 +467,27 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.Conversa
 	if len(recent) > m.cfg.SummaryLast {
 		recent = recent[len(recent)-m.cfg.SummaryLast:]
 	}
-	summary, err := summarize(ctx, profile, recent)
-	if err != nil {
-		return Result{}, err
+	var summary string
+	if summarizeNow {
+		var err error
+		if summary, err = summarize(ctx, profile, recent); err != nil {
+			return Result{}, err
+		}
 	}
 
-	// The summary first: setting it again is harmless if the event is
-	// delivered again because a later step failed.
-	var u userDoc
+	// The summary (or the count of turns it waits for) first: doing it
+	// again is harmless if the event is delivered again because a later
+	// step failed (a turn counted twice only brings the summary forward).
 	if err := m.update(ctx, userKey(ev.UserID), &u, func(found bool) error {
 		if !found {
 			u.Profile = contract.DefaultProfile(ev.UserID)
 		}
-		u.UserSummary = summary
+		if summarizeNow {
+			u.UserSummary, u.PendingTurns, u.PendingSession = summary, 0, ""
+		} else {
+			u.PendingTurns++
+			u.PendingSession = ev.SessionID
+		}
 		u.UpdatedAt = now
 		return nil
 	}); err != nil {
@@ -502,5 +524,44 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.Conversa
 	if err := m.index(ctx, ev.UserID, ev.SessionID, s.History); err != nil {
 		return Result{}, err
 	}
-	return Result{Duplicate: dup, UserSummary: summary, Entries: len(s.History)}, nil
+	return Result{Duplicate: dup, UserSummary: summary, Summarized: summarizeNow, Entries: len(s.History)}, nil
+}
+
+// Summarize makes the user's summary from the latest session's recent
+// history when turns wait for it (Apply counted them): it answers the
+// summary and that session, or done false when none waited. Turns applied
+// while the model wrote it stay counted.
+func (m *Memory) Summarize(ctx context.Context, userID string, summarize Summarizer) (summary, sessionID string, done bool, err error) {
+	var u userDoc
+	if _, found, err := m.get(ctx, userKey(userID), &u); err != nil || !found || u.PendingTurns == 0 {
+		return "", "", false, err
+	}
+	seen, sessionID := u.PendingTurns, u.PendingSession
+	var s session
+	if _, _, err := m.get(ctx, sessionKey(sessionID), &s); err != nil {
+		return "", "", false, err
+	}
+	recent := s.History
+	if len(recent) > m.cfg.SummaryLast {
+		recent = recent[len(recent)-m.cfg.SummaryLast:]
+	}
+	if summary, err = summarize(ctx, u.Profile, recent); err != nil {
+		return "", "", false, err
+	}
+	now := m.now()
+	if err := m.update(ctx, userKey(userID), &u, func(found bool) error {
+		if !found {
+			return errSkip // forgotten meanwhile
+		}
+		u.UserSummary = summary
+		u.PendingTurns = max(u.PendingTurns-seen, 0)
+		if u.PendingTurns == 0 {
+			u.PendingSession = ""
+		}
+		u.UpdatedAt = now
+		return nil
+	}); err != nil {
+		return "", "", false, err
+	}
+	return summary, sessionID, true, nil
 }
