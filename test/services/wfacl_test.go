@@ -28,12 +28,7 @@ const intruderApp = "intruder"
 // other test).
 func TestOnlyChatServiceDrivesItsWorkflow(t *testing.T) {
 	st := stacktest.Stack(t)
-	c, err := dapr.NewClientWithAddress(st.App(intruderApp).SidecarGRPC())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.WithAuthToken(st.APIToken)
+	c := intruderClient(t, st)
 	wf := workflow.NewClient(c.GrpcClientConn())
 	reg := workflow.NewRegistry()
 	must := func(err error) {
@@ -93,12 +88,7 @@ func TestOnlyChatServiceDrivesItsWorkflow(t *testing.T) {
 // turn starts nothing.
 func TestIntruderCannotDriveASession(t *testing.T) {
 	st := stacktest.Stack(t)
-	c, err := dapr.NewClientWithAddress(st.App(intruderApp).SidecarGRPC())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.WithAuthToken(st.APIToken)
+	c := intruderClient(t, st)
 	session := unique("intruded")
 	for _, body := range []string{`"chat-forged"`, `{"instance_id":"chat-forged","input":{"user_id":"victim","session_id":"` + session + `","text":"free LLM call"}}`} {
 		_, err := c.InvokeActor(t.Context(), &dapr.InvokeActorRequest{ActorType: contract.SessionActor, ActorID: session, Method: "accept", Data: []byte(body)})
@@ -107,13 +97,19 @@ func TestIntruderCannotDriveASession(t *testing.T) {
 		}
 	}
 	// Nothing started: the forged turn is unknown.
-	r := stacktestGet(t, st, chatURL(st, "chat/chat-forged"))
-	if r != 404 {
-		t.Fatalf("the forged turn: status %d; want 404", r)
+	if r := stacktest.Do(t, "GET", chatURL(st, "chat/chat-forged"), nil, token(st)...); r.Status != 404 {
+		t.Fatalf("the forged turn: status %d; want 404", r.Status)
 	}
 }
 
-func stacktestGet(t *testing.T, st *stack.Stack, url string) int {
+// intruderClient is a Dapr client of the intruder app's sidecar.
+func intruderClient(t *testing.T, st *stack.Stack) dapr.Client {
 	t.Helper()
-	return stacktest.Do(t, "GET", url, nil, token(st)...).Status
+	c, err := dapr.NewClientWithAddress(st.App(intruderApp).SidecarGRPC())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	c.WithAuthToken(st.APIToken)
+	return c
 }
