@@ -15,6 +15,7 @@ var (
 	InitializeMemory   = Route{http.MethodPost, "/memories/{user_id}/initialize"}
 	ForgetUser         = Route{http.MethodDelete, "/memories/{user_id}"}
 	GetConversation    = Route{http.MethodGet, "/conversations/{session_id}"} // ?last=&user_id=
+	GetContext         = Route{http.MethodGet, "/context/{user_id}"}          // ?session_id=&last=
 	GetConversations   = Route{http.MethodPost, "/conversations/batch"}
 	DeleteConversation = Route{http.MethodDelete, "/conversations/{session_id}"}
 	GetOwner           = Route{http.MethodGet, "/owners/{session_id}"}
@@ -28,10 +29,11 @@ var (
 	SummaryJob = Route{http.MethodPost, "/job/{job_name}"}
 )
 
-// Query parameters of GetConversation.
+// Query parameters of GetConversation and GetContext.
 const (
-	QueryLast   = "last"
-	QueryUserID = "user_id"
+	QueryLast      = "last"
+	QueryUserID    = "user_id"
+	QuerySessionID = "session_id"
 )
 
 // Memory is agent-memory-service's API.
@@ -82,6 +84,19 @@ func (m Memory) History(ctx context.Context, sessionID string, o HistoryOptions)
 	var out contract.HistoryReply
 	err := m.call(ctx, GetConversation, path, nil, &out)
 	return out.History, err
+}
+
+// Context is GET /context/{user_id}: the user's profile and the last
+// `last` entries of session (only if the user owns it) in one call. A
+// memory service older than the route answers NotFound.
+func (m Memory) Context(ctx context.Context, userID, sessionID string, last int) (contract.ContextReply, error) {
+	path := GetContext.Path(userID) + "?" + QuerySessionID + "=" + sessionID // checked ids: nothing to escape
+	if last > 0 {
+		path += "&" + QueryLast + "=" + strconv.Itoa(last)
+	}
+	var out contract.ContextReply
+	err := m.call(ctx, GetContext, path, nil, &out)
+	return out, err
 }
 
 // Histories is POST /conversations/batch: several histories in one call (at

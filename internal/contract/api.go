@@ -199,6 +199,14 @@ type HistoryReply struct {
 	History []Entry `json:"history"`
 }
 
+// ContextReply answers GET /context/{user_id}: what a chat turn starts
+// from, in one call — the user's profile and the last entries of a
+// session the user owns (empty for another user's or an unknown one).
+type ContextReply struct {
+	Profile Profile `json:"profile"`
+	History []Entry `json:"history"`
+}
+
 // SessionsReply answers GET /users/{user_id}/sessions.
 type SessionsReply struct {
 	UserID   string        `json:"user_id"`

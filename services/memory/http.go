@@ -75,6 +75,7 @@ func (s *srv) routes() http.Handler {
 			{api.InitializeMemory, s.initialize},
 			{api.ForgetUser, s.forgetUser},
 			{api.GetConversation, s.getConversation},
+			{api.GetContext, s.getContext},
 			{api.GetConversations, s.getConversations},
 			{api.DeleteConversation, s.deleteConversation},
 			{api.GetOwner, s.owner},
@@ -162,6 +163,33 @@ func (s *srv) getConversation(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	httpx.JSON(w, http.StatusOK, contract.HistoryReply{History: h})
+	return nil
+}
+
+// getContext answers what a chat turn starts from: the user's profile and
+// the last entries of the session, if the user owns it.
+func (s *srv) getContext(w http.ResponseWriter, r *http.Request) error {
+	uid, err := httpx.PathID(r, api.ParamUserID)
+	if err != nil {
+		return err
+	}
+	sid := r.URL.Query().Get(api.QuerySessionID)
+	if err := contract.CheckID(api.QuerySessionID, sid); err != nil {
+		return err
+	}
+	last := 0
+	if v := r.URL.Query().Get(api.QueryLast); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return apperr.New(apperr.Invalid, "last must be a non-negative integer")
+		}
+		last = n
+	}
+	p, h, err := s.backends.Load().mem.Context(r.Context(), uid, sid, last)
+	if err != nil {
+		return err
+	}
+	httpx.JSON(w, http.StatusOK, contract.ContextReply{Profile: p, History: h})
 	return nil
 }
 
@@ -296,14 +324,9 @@ func (s *srv) onConversation(ctx context.Context, ce contract.CloudEvent, ev *co
 		return httpx.Drop(err.Error(), nil)
 	}
 	log := logging.From(ctx, s.log)
-	// The user's summary job first (moved forward when it waits already):
-	// an event applied is never left without the summary it leads to.
-	if s.debounce > 0 {
-		if err := s.later(ctx, b, ev.UserID); err != nil {
-			return httpx.Retry("the scheduler is unavailable", err)
-		}
-	}
-	res, err := b.mem.Apply(ctx, ce.ID, *ev, summarizer(b))
+	// An event applied is never left without the summary it leads to: the
+	// user's summary job is scheduled before the turn is counted (Apply).
+	res, err := b.mem.Apply(ctx, ce.ID, *ev, summarizer(b), s.later(b, ev.UserID))
 	if err != nil {
 		switch apperr.CodeOf(err) {
 		case apperr.Forbidden: // the second lock: never another user's history

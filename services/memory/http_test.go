@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -55,21 +56,28 @@ func setup(llmErr error) (http.Handler, *statetest.State, *sidecar) {
 
 // jobs records the jobs scheduled.
 type jobs struct {
-	mu    sync.Mutex
-	names []string
+	mu       sync.Mutex
+	names    []string
+	dues     []string
+	policies []dapr.FailurePolicy
 }
 
 func (j *jobs) ScheduleJob(_ context.Context, job *dapr.Job) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	j.names = append(j.names, job.Name)
+	j.policies = append(j.policies, job.FailurePolicy)
+	if job.DueTime != nil {
+		j.dues = append(j.dues, *job.DueTime)
+	}
 	return nil
 }
 
-// TestSummaryDebounce: with SUMMARY_DEBOUNCE, each turn moves the user's
-// summary job forward and publishes nothing; the SUMMARY_EVERY-th turn
-// makes the summary at once; the job makes the one the turns since wait
-// for, and then has nothing to do.
+// TestSummaryDebounce: with SUMMARY_DEBOUNCE, the first turn that waits
+// for a summary schedules the user's job and the next ones do not; the
+// SUMMARY_EVERY-th turn makes the summary at once; a job that fires before
+// the user's turns have paused moves itself to the pause's end; after the
+// pause it makes the summary the turns wait for.
 func TestSummaryDebounce(t *testing.T) {
 	t.Parallel()
 	st := statetest.New()
@@ -78,7 +86,11 @@ func TestSummaryDebounce(t *testing.T) {
 	s := newServer(log, "")
 	s.debounce = time.Second
 	js := &jobs{}
-	s.ready(store.New(st, store.Config{SummaryEvery: 3}, log), pub, model{}, js)
+	var mu sync.Mutex
+	now := time.Date(2026, 12, 6, 1, 0, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	wait := func(d time.Duration) { mu.Lock(); defer mu.Unlock(); now = now.Add(d) }
+	s.ready(store.New(st, store.Config{SummaryEvery: 3, SummaryDebounce: s.debounce, Now: clock}, log), pub, model{}, js)
 	h := s.routes()
 	turn := func(i int) {
 		t.Helper()
@@ -97,10 +109,11 @@ func TestSummaryDebounce(t *testing.T) {
 		return strings.TrimSpace(w.Body.String())
 	}
 	published := func() int { pub.mu.Lock(); defer pub.mu.Unlock(); return len(pub.published) }
+	scheduled := func() []string { js.mu.Lock(); defer js.mu.Unlock(); return slices.Clone(js.dues) }
 	turn(1)
 	turn(2)
-	if n := published(); n != 0 {
-		t.Fatalf("%d MemoryUpdated after two turns; want none yet", n)
+	if n, d := published(), scheduled(); n != 0 || !slices.Equal(d, []string{"1s"}) {
+		t.Fatalf("after two turns: %d MemoryUpdated, jobs due %v; want none, one job due in 1s", n, d)
 	}
 	turn(3) // the third since the last summary: made now
 	if n := published(); n != 1 {
@@ -109,17 +122,29 @@ func TestSummaryDebounce(t *testing.T) {
 	if got := job(); got != `{"summarized":false}` {
 		t.Fatalf("the job after the summary: %s", got)
 	}
-	turn(4)
-	if got := job(); got != `{"summarized":true}` || published() != 2 {
-		t.Fatalf("the job of a waiting turn: %s, %d published", got, published())
+	turn(4) // the job is still set to fire: no new one
+	wait(400 * time.Millisecond)
+	if got, d := job(), scheduled(); got != `{"summarized":false}` || !slices.Equal(d, []string{"1s", "600ms"}) {
+		t.Fatalf("the job before the pause: %s, jobs due %v; want it moved to the pause's end (600ms)", got, d)
 	}
+	wait(600 * time.Millisecond)
+	if got := job(); got != `{"summarized":true}` || published() != 2 {
+		t.Fatalf("the job after the pause: %s, %d published", got, published())
+	}
+	turn(5) // the job fired: the next turn that waits schedules it again
 	js.mu.Lock()
 	defer js.mu.Unlock()
-	if len(js.names) != 4 || js.names[0] != summaryJob("u1") {
-		t.Fatalf("jobs %v; want the user's, once per turn", js.names)
+	if len(js.names) != 3 || js.names[0] != summaryJob("u1") || js.names[2] != summaryJob("u1") {
+		t.Fatalf("jobs %v; want the user's, three times", js.names)
 	}
 	if u, ok := userOfJob(js.names[0]); !ok || u != "u1" {
 		t.Fatalf("job name %s: user %q", js.names[0], u)
+	}
+	// Delivered again while the memory fails it, for longer than Dapr's
+	// default (three tries a second apart).
+	c := js.policies[0].GetPBFailurePolicy().GetConstant()
+	if c == nil || c.GetInterval().AsDuration() != 5*time.Second || c.GetMaxRetries() != 720 {
+		t.Fatalf("failure policy %v; want every 5 s, 720 times", js.policies[0])
 	}
 }
 
@@ -258,6 +283,37 @@ func TestRoutes(t *testing.T) {
 		h.ServeHTTP(w, httptest.NewRequest(tt.method, tt.path, strings.NewReader(tt.body)))
 		if w.Code != tt.status || !strings.Contains(w.Body.String(), tt.want) {
 			t.Fatalf("%s %s: %d %s; want %d %q", tt.method, tt.path, w.Code, w.Body, tt.status, tt.want)
+		}
+	}
+}
+
+// TestContext: GET /context/{user_id} answers the user's profile and the
+// last entries of a session the user owns, and another user's session as
+// an empty one.
+func TestContext(t *testing.T) {
+	t.Parallel()
+	h, _, _ := setup(nil)
+	if got := deliver(h, ceJSON("e1", map[string]string{"user_id": "ana", "session_id": "s1", "event_type": "ConversationUpdated", "user_message": "hi", "assistant_reply": "hello"})); got != "SUCCESS" {
+		t.Fatal(got)
+	}
+	tests := []struct {
+		path   string
+		status int
+		want   string
+	}{
+		{"/context/ana?session_id=s1&last=1", 200, `"history":[{"role":"assistant","content":"hello"`},
+		{"/context/ana?session_id=s1", 200, `"user_summary":"a summary"`},
+		{"/context/bob?session_id=s1", 200, `{"profile":{"name":"bob","preferred_style":"casual","user_summary":"bob is a new user."},"history":[]}`},
+		{"/context/ana?session_id=none", 200, `"history":[]`},
+		{"/context/ana", 400, "session_id must match"},
+		{"/context/ana?session_id=a%7C%7Cb", 400, "session_id must match"},
+		{"/context/ana?session_id=s1&last=-1", 400, "last must be a non-negative integer"},
+	}
+	for _, tt := range tests {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, tt.path, nil))
+		if w.Code != tt.status || !strings.Contains(w.Body.String(), tt.want) {
+			t.Errorf("GET %s: %d %s; want %d %q", tt.path, w.Code, w.Body, tt.status, tt.want)
 		}
 	}
 }

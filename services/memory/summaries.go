@@ -12,7 +12,6 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/daca-go/daca/internal/api"
-	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/httpx"
 	"github.com/daca-go/daca/internal/llm"
@@ -27,9 +26,10 @@ type Jobs interface {
 }
 
 // A user's summary is made when it will be read: once the user's turns
-// have paused for SUMMARY_DEBOUNCE (each turn moves the user's job
-// forward: Overwrite), or at the SUMMARY_EVERY-th turn since the last one
-// (Apply makes it then), whichever comes first.
+// have paused for SUMMARY_DEBOUNCE (the user's Dapr job: the first turn
+// that waits schedules it, and while turns keep coming the job moves itself
+// to the pause's end — store.Memory.Summarize), or at the SUMMARY_EVERY-th
+// turn since the last one (Apply makes it then), whichever comes first.
 
 const jobPrefix = "summary-"
 
@@ -49,13 +49,26 @@ func userOfJob(name string) (string, bool) {
 	return string(b), true
 }
 
-// later schedules (or moves forward) the user's summary job.
-func (s *srv) later(ctx context.Context, b *backends, user string) error {
-	due := s.debounce.String()
-	if err := b.jobs.ScheduleJob(ctx, &dapr.Job{Name: summaryJob(user), DueTime: &due, Overwrite: true}); err != nil {
-		return apperr.Wrap(apperr.Unavailable, err, "the scheduler is unavailable")
+// later schedules (or moves) the user's summary job; nil without a
+// debounce (the summary at every turn).
+func (s *srv) later(b *backends, user string) store.Later {
+	if s.debounce <= 0 {
+		return nil
 	}
-	return nil
+	return func(ctx context.Context, after time.Duration) error {
+		due := after.Round(time.Millisecond).String()
+		return b.jobs.ScheduleJob(ctx, &dapr.Job{Name: summaryJob(user), DueTime: &due, Overwrite: true, FailurePolicy: jobRetries()})
+	}
+}
+
+// jobRetries is the summary job's failure policy: delivered again every 5 s
+// for an hour while the memory service (or its model) cannot make the
+// summary — Dapr's default gives up after three tries a second apart, and a
+// memory service down longer than that would lose the summary its users'
+// turns wait for.
+func jobRetries() dapr.FailurePolicy {
+	every, tries := 5*time.Second, uint32(720)
+	return &dapr.JobFailurePolicyConstant{Interval: &every, MaxRetries: &tries}
 }
 
 // summarizer asks the model for a user's summary.
@@ -73,12 +86,14 @@ func summarizer(b *backends) store.Summarizer {
 // and its MemoryUpdated. An error makes Dapr deliver the job again.
 func (s *srv) onSummaryJob(w http.ResponseWriter, r *http.Request) error {
 	b := s.backends.Load()
-	user, ok := userOfJob(chi.URLParam(r, api.ParamJobName))
-	if !ok {
-		return apperr.New(apperr.Invalid, "not a summary job")
-	}
 	ctx := r.Context()
-	summary, session, done, err := b.mem.Summarize(ctx, user, summarizer(b))
+	user, ok := userOfJob(chi.URLParam(r, api.ParamJobName))
+	if !ok { // answered, so that the scheduler does not deliver it again
+		logging.From(ctx, s.log).Warn("a job that is not a user's summary job was ignored", "job", chi.URLParam(r, api.ParamJobName))
+		httpx.JSON(w, http.StatusOK, map[string]bool{"summarized": false})
+		return nil
+	}
+	summary, session, done, err := b.mem.Summarize(ctx, user, summarizer(b), s.later(b, user))
 	if err != nil {
 		return err
 	}

@@ -83,7 +83,7 @@ type fault struct {
 
 var faults = []fault{
 	{"chat-service killed (turns inside generate_response)", "chat-service", time.Second, "", false, false},
-	{"chat-service crashes inside fetch_context", "chat-service", time.Second, "fetch_context", false, false},
+	{"chat-service crashes while it fetches a turn's context", "chat-service", time.Second, "fetch_context", false, false},
 	{"chat-service crashes after its publish, before the workflow records it", "chat-service", time.Second, "after_publish", false, false},
 	{"chat-service's daprd killed", "chat-service-dapr", time.Second, "", false, false},
 	{"agent-memory-service killed (while applying events)", "agent-memory-service", time.Second, "", false, false},

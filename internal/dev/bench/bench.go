@@ -50,7 +50,7 @@ func Run(ctx context.Context, args []string) error {
 	fanoutLarge := fs.Int("fanout-large", 50000, "subscriptions of one more fan-out run on a fresh gateway process (0: none)")
 	streamTurns := fs.Int("stream-turns", 30, "chat turns of the time-to-first-token measurement")
 	streamSubs := fs.Int("stream-subscribers", 1000, "subscribers of the one streamed turn")
-	baseRev := fs.String("baseline", "", "a git revision of this repository measured beside today's code in the same rounds: its gateway in the gateway part, its apps on its own Dapr release and on today's in the turns part; \"\": none")
+	baseRev := fs.String("baseline", "", "a git revision of this repository measured beside today's code in the same rounds: its gateway in the gateway part, its apps on its own Dapr release and on today's in the turns part, its apps on today's Dapr in the cost part; \"\": none")
 	partsFlag := fs.String("parts", "turns,gateway,fanout,invocation,stream,tools,cost", "what to measure, comma separated: turns (chat turns and the sidecar floor), gateway (the gateway against its sidecar), fanout (one event to many subscriptions), invocation (the gateway's two paths to its sidecar), stream (time to first token and one turn streamed to many, on a stack of its own with a local provider), tools (a turn with one MCP tool call beside a plain turn), cost (what a turn costs each process, on a stack of its own)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -80,7 +80,7 @@ func Run(ctx context.Context, args []string) error {
 		return err
 	}
 	var base *baseline
-	if *baseRev != "" && (parts["turns"] || parts["gateway"]) {
+	if *baseRev != "" && (parts["turns"] || parts["gateway"] || parts["cost"]) {
 		if base, err = openBaseline(ctx, rootDir, *baseRev); err != nil {
 			return err
 		}
@@ -91,7 +91,7 @@ func Run(ctx context.Context, args []string) error {
 		}
 	}
 	if parts["cost"] {
-		if err := benchCost(ctx, rootDir, *turns); err != nil {
+		if err := benchCost(ctx, rootDir, *turns, base); err != nil {
 			return err
 		}
 	}

@@ -23,42 +23,67 @@ import (
 // CPU per turn of every process of the stack (each app, each sidecar,
 // Redis, placement, scheduler, the tool server), LLM calls and tokens per
 // turn (the apps' daca_llm_* metrics), Redis commands per turn (INFO
-// commandstats) and pub/sub messages per turn (XADD).
-func benchCost(ctx context.Context, rootDir string, turns int) error {
-	runDir, secrets, err := benchRunDir("daca-bench-cost-", "")
-	if err != nil {
-		return err
+// commandstats) and pub/sub messages per turn (XADD). With a baseline, its
+// apps run on a stack of their own (today's Dapr binaries) and each round
+// is measured on both, one after the other, costReps times.
+// costReps is how many rounds of each kind each variant runs (their sums
+// are reported): this machine's CPU time per turn drifts by 10–20% from
+// one round to the next.
+const costReps = 3
+
+func benchCost(ctx context.Context, rootDir string, turns int, base *baseline) error {
+	type variant struct {
+		name string
+		st   *stack.Stack
+		send func(tool bool) func() error
 	}
-	defer os.RemoveAll(runDir)
-	fmt.Println("\nbench: starting a private stack with the tool server for the cost of a turn")
-	st, err := stack.Start(ctx, stack.Config{Root: rootDir, RunDir: runDir, SecretsFile: secrets, Progress: os.Stdout, LogLevel: "warn",
-		Apps: []stack.App{stack.Memory.App("LOG_LEVEL=warn"), stack.Tools.App("LOG_LEVEL=warn"),
-			stack.Chat.App("LOG_LEVEL=warn", "LLM_OFFLINE_TOKEN_DELAY=0")}})
-	if err != nil {
-		return err
+	var variants []variant
+	roots := []struct{ name, root string }{{"today", rootDir}}
+	if base != nil {
+		roots = append(roots, struct{ name, root string }{base.rev, base.dir})
 	}
-	defer st.Stop()
-	url := st.App(contract.ChatApp).SidecarURL() + "/v1.0/invoke/" + contract.ChatApp + "/method/chat"
 	var seq atomic.Int64
-	call := sidecarCall(ctx, st.APIToken)
-	send := func(tool bool) func() error {
-		return func() error {
-			n := seq.Add(1)
-			text := fmt.Sprintf("hello %d", n)
-			if tool {
-				text = fmt.Sprintf("convert %d km to m", n)
+	for _, v := range roots {
+		runDir, secrets, err := benchRunDir("daca-bench-cost-", "")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(runDir)
+		fmt.Printf("\nbench: starting a private stack with the tool server for the cost of a turn (%s's apps)\n", v.name)
+		cfg := stack.Config{Root: v.root, RunDir: runDir, SecretsFile: secrets, Progress: os.Stdout, LogLevel: "warn",
+			Apps: []stack.App{stack.Memory.App("LOG_LEVEL=warn"), stack.Tools.App("LOG_LEVEL=warn"),
+				stack.Chat.App("LOG_LEVEL=warn", "LLM_OFFLINE_TOKEN_DELAY=0")}}
+		if len(variants) > 0 { // the baseline's apps on today's Dapr binaries
+			cfg.Bins = &variants[0].st.Bins
+		}
+		st, err := stack.Start(ctx, cfg)
+		if err != nil {
+			return fmt.Errorf("bench: %s's apps: %w", v.name, err)
+		}
+		defer st.Stop()
+		url := st.App(contract.ChatApp).SidecarURL() + "/v1.0/invoke/" + contract.ChatApp + "/method/chat"
+		call := sidecarCall(ctx, st.APIToken)
+		send := func(tool bool) func() error {
+			return func() error {
+				n := seq.Add(1)
+				text := fmt.Sprintf("hello %d", n)
+				if tool {
+					text = fmt.Sprintf("convert %d km to m", n)
+				}
+				return call(http.MethodPost, url, chatBody(text, fmt.Sprintf("cost-%d", n%benchSessions)))
 			}
-			return call(http.MethodPost, url, chatBody(text, fmt.Sprintf("cost-%d", n%benchSessions)))
 		}
-	}
-	for range benchSessions { // warm up: every session claimed, the tools listed
-		if err := send(true)(); err != nil {
-			return fmt.Errorf("bench: cost warm-up: %w", err)
+		for range benchSessions { // warm up: every session claimed, the tools listed
+			if err := send(true)(); err != nil {
+				return fmt.Errorf("bench: cost warm-up of %s's apps: %w", v.name, err)
+			}
 		}
+		variants = append(variants, variant{v.name, st, send})
 	}
 	type row struct {
 		kind    string
 		clients int
+		variant string
 		n       int
 		cpu     map[string]time.Duration
 		llm     map[string]float64 // metric → per turn
@@ -73,29 +98,57 @@ func benchCost(ctx context.Context, rootDir string, turns int) error {
 			if conc == 1 {
 				n = max(turns/4, 32)
 			}
-			procs := st.Processes()
-			cpu0 := map[string]time.Duration{}
-			for _, p := range procs {
-				cpu0[p.Spec.Name] = cpuTime(p.Pid())
+			// costReps rounds of each variant, alternating which goes
+			// first: the machine's drift falls on both alike.
+			sums := make([]row, len(variants))
+			for i, v := range variants {
+				sums[i] = row{kind: kind, clients: conc, variant: v.name, cpu: map[string]time.Duration{}, llm: map[string]float64{}, redis: map[string]float64{}}
 			}
-			llm0 := llmCounters(st)
-			redis0 := redisCommands(st)
-			_, errs, _ := load(send(kind != "plain"), n, conc)
-			// The memory applies the turns' events on its own schedule:
-			// wait for it (its CPU belongs to the turns).
-			waitQuiet(st)
-			r := row{kind: kind, clients: conc, n: n, cpu: map[string]time.Duration{}, llm: map[string]float64{}, redis: map[string]float64{}, errs: errs}
-			for _, p := range procs {
-				r.cpu[p.Spec.Name] = (cpuTime(p.Pid()) - cpu0[p.Spec.Name]) / time.Duration(n)
+			for rep := range costReps {
+				for k := range variants {
+					i := (k + rep) % len(variants)
+					v, r := variants[i], &sums[i]
+					st := v.st
+					procs := st.Processes()
+					cpu0 := map[string]time.Duration{}
+					for _, p := range procs {
+						cpu0[p.Spec.Name] = cpuTime(p.Pid())
+					}
+					llm0 := llmCounters(st)
+					redis0 := redisCommands(st)
+					_, errs, _ := load(v.send(kind != "plain"), n, conc)
+					// The memory applies the turns' events on its own
+					// schedule: wait for it (its CPU belongs to the turns).
+					waitQuiet(st)
+					r.n += n
+					r.errs += errs
+					for _, p := range procs {
+						r.cpu[p.Spec.Name] += cpuTime(p.Pid()) - cpu0[p.Spec.Name]
+					}
+					for k, v := range llmCounters(st) {
+						r.llm[k] += v - llm0[k]
+					}
+					for k, v := range redisCommands(st) {
+						r.redis[k] += v - redis0[k]
+					}
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+				}
 			}
-			for k, v := range llmCounters(st) {
-				r.llm[k] = (v - llm0[k]) / float64(n)
+			for _, r := range sums { // per turn
+				for k := range r.cpu {
+					r.cpu[k] /= time.Duration(r.n)
+				}
+				for k := range r.llm {
+					r.llm[k] /= float64(r.n)
+				}
+				for k := range r.redis {
+					r.redis[k] /= float64(r.n)
+				}
+				r.xadd = r.redis["xadd"]
+				rows = append(rows, r)
 			}
-			for k, v := range redisCommands(st) {
-				r.redis[k] = (v - redis0[k]) / float64(n)
-			}
-			r.xadd = r.redis["xadd"]
-			rows = append(rows, r)
 		}
 	}
 	fmt.Println("\nbench: the cost of a chat turn, process by process (per turn; CPU from /proc, 10 ms resolution over the whole round)")
@@ -107,7 +160,11 @@ func benchCost(ctx context.Context, rootDir string, turns int) error {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	header := "\t"
 	for _, r := range rows {
-		header += fmt.Sprintf("%s, %d client(s)\t", r.kind, r.clients)
+		header += fmt.Sprintf("%s, %d client(s)", r.kind, r.clients)
+		if len(variants) > 1 {
+			header += ", " + r.variant
+		}
+		header += "\t"
 	}
 	fmt.Fprintln(tw, header)
 	line := func(label string, f func(r row) string) {
@@ -128,24 +185,48 @@ func benchCost(ctx context.Context, rootDir string, turns int) error {
 		line("CPU "+name, func(r row) string { return fmt.Sprintf("%d µs", r.cpu[name].Microseconds()) })
 	}
 	line("CPU, all processes", func(r row) string { return fmt.Sprintf("%d µs", total(r).Microseconds()) })
+	if len(variants) > 1 {
+		// today's share of the baseline's, in today's columns
+		line("today ÷ baseline (CPU)", func(r row) string {
+			if r.variant != variants[0].name {
+				return ""
+			}
+			for _, b := range rows {
+				if b.kind == r.kind && b.clients == r.clients && b.variant == variants[1].name && total(b) > 0 {
+					return fmt.Sprintf("%.0f%%", 100*float64(total(r))/float64(total(b)))
+				}
+			}
+			return "?"
+		})
+	}
 	line("LLM calls", func(r row) string { return fmt.Sprintf("%.2f", r.llm["calls"]) })
 	line("LLM tokens (prompt + completion)", func(r row) string { return fmt.Sprintf("%.0f", r.llm["tokens"]) })
 	line("Redis commands", func(r row) string { return fmt.Sprintf("%.1f", sum(r.redis)) })
 	line("pub/sub messages (XADD)", func(r row) string { return fmt.Sprintf("%.1f", r.xadd) })
 	line("errors", func(r row) string { return strconv.Itoa(r.errs) })
 	tw.Flush()
-	fmt.Println("\nbench: Redis commands per turn, the most frequent (plain turn, 16 clients)")
-	top := rows[1].redis
-	cmds := make([]string, 0, len(top))
-	for k := range top {
-		cmds = append(cmds, k)
+	if len(variants) > 1 {
+		fmt.Printf("%d rounds of each, today's apps and %s's alternating (each on a stack of its own with today's Dapr binaries; the stack not measured sits idle); per turn over all rounds\n", costReps, variants[1].name)
 	}
-	slices.SortFunc(cmds, func(a, b string) int { return int(top[b]*100) - int(top[a]*100) })
-	for i, k := range cmds {
-		if i == 10 || top[k] < 0.05 {
-			break
+	for _, v := range variants {
+		fmt.Printf("\nbench: Redis commands per turn, the most frequent (plain turn, 16 clients, %s's apps)\n", v.name)
+		var top map[string]float64
+		for _, r := range rows {
+			if r.kind == "plain" && r.clients == 16 && r.variant == v.name {
+				top = r.redis
+			}
 		}
-		fmt.Printf("  %-16s %.1f\n", k, top[k])
+		cmds := make([]string, 0, len(top))
+		for k := range top {
+			cmds = append(cmds, k)
+		}
+		slices.SortFunc(cmds, func(a, b string) int { return int(top[b]*100) - int(top[a]*100) })
+		for i, k := range cmds {
+			if i == 10 || top[k] < 0.05 {
+				break
+			}
+			fmt.Printf("  %-16s %.1f\n", k, top[k])
+		}
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package turn
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -118,25 +119,37 @@ func (a *Activities) FetchContext(ctx workflow.ActivityContext) (any, error) {
 	if err := ctx.GetInput(&in); err != nil {
 		return nil, err
 	}
-	a.failpoint("fetch_context")
 	sctx, sp := span(ctx, ActFetchContext, in.InstanceID, in.Trace)
 	defer sp.End()
-	log := a.logger(ctx, ActFetchContext, in.InstanceID).With("user_id", in.UserID, "session_id", in.SessionID, "trace_id", telemetry.TraceID(sctx))
+	return a.recall(sctx, a.logger(ctx, ActFetchContext, in.InstanceID), in), nil
+}
+
+// recall is what FetchContext answers (also the first round of a turn
+// under PatchFewerSteps).
+func (a *Activities) recall(ctx context.Context, log *slog.Logger, in fetchInput) Recalled {
+	a.failpoint("fetch_context")
+	log = log.With("user_id", in.UserID, "session_id", in.SessionID, "trace_id", telemetry.TraceID(ctx))
 	c := Recalled{Profile: contract.DefaultProfile(in.UserID), History: []contract.Entry{}}
-	cctx, cancel := context.WithTimeout(sctx, 10*time.Second)
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	// The profile and the session's last entries, read at once; the history
+	// The profile and the session's last entries in one call; the history
 	// only of a session the turn's user owns (the memory answers an empty
-	// one otherwise).
+	// one otherwise). A memory service without the call (an older one,
+	// during an upgrade) answers NotFound: then two calls, at once.
 	var profile contract.Profile
 	var history []contract.Entry
 	var perr, herr error
-	var wg sync.WaitGroup
-	wg.Go(func() { profile, perr = a.Memory.Profile(cctx, in.UserID) })
-	wg.Go(func() {
-		history, herr = a.Memory.History(cctx, in.SessionID, api.HistoryOptions{Last: contract.ContextEntries, UserID: in.UserID})
-	})
-	wg.Wait()
+	got, err := a.Memory.Context(cctx, in.UserID, in.SessionID, contract.ContextEntries)
+	if apperr.CodeOf(err) == apperr.NotFound {
+		var wg sync.WaitGroup
+		wg.Go(func() { profile, perr = a.Memory.Profile(cctx, in.UserID) })
+		wg.Go(func() {
+			history, herr = a.Memory.History(cctx, in.SessionID, api.HistoryOptions{Last: contract.ContextEntries, UserID: in.UserID})
+		})
+		wg.Wait()
+	} else {
+		profile, history, perr, herr = got.Profile, got.History, err, err
+	}
 	if perr != nil {
 		log.Warn("memory unreachable; using the default profile", "err", perr)
 		c.Degraded = true
@@ -163,7 +176,7 @@ func (a *Activities) FetchContext(ctx workflow.ActivityContext) (any, error) {
 	if len(c.History) > contract.ContextEntries {
 		c.History = c.History[len(c.History)-contract.ContextEntries:]
 	}
-	return c, nil
+	return c
 }
 
 // GenerateResponse is one round of the model: the conversation so far
@@ -180,6 +193,13 @@ func (a *Activities) GenerateResponse(ctx workflow.ActivityContext) (any, error)
 	}
 	if len(in.Steps) > 0 {
 		a.failpoint("after_tool") // the turn's tool calls have completed; their results are in its history
+	}
+	sctx, sp := span(ctx, ActGenerate, in.InstanceID, in.Trace)
+	defer sp.End()
+	start := time.Now()
+	log := a.logger(ctx, ActGenerate, in.InstanceID).With("trace_id", telemetry.TraceID(sctx), "round", len(in.Steps)+1)
+	if in.Fetch != nil {
+		in.Context = a.recall(sctx, log, *in.Fetch)
 	}
 	p := in.Context.Profile
 	msgs := make([]llm.Message, 0, len(in.Context.History)+1+2*len(in.Steps))
@@ -199,10 +219,6 @@ func (a *Activities) GenerateResponse(ctx workflow.ActivityContext) (any, error)
 			msgs = append(msgs, llm.Message{Role: llm.RoleTool, Content: c.Result, ToolCallID: c.ID, Name: c.Name})
 		}
 	}
-	sctx, sp := span(ctx, ActGenerate, in.InstanceID, in.Trace)
-	defer sp.End()
-	start := time.Now()
-	log := a.logger(ctx, ActGenerate, in.InstanceID).With("trace_id", telemetry.TraceID(sctx), "round", len(in.Steps)+1)
 	tools := []Tool{Builtin}
 	if a.Tools != nil {
 		tools = a.Tools.Tools(sctx)
@@ -236,8 +252,32 @@ func (a *Activities) GenerateResponse(ctx workflow.ActivityContext) (any, error)
 		}
 	}
 	log.Info("model answered", "duration_ms", time.Since(start).Milliseconds(), "history_entries", len(in.Context.History), "tool_calls", len(out.Calls))
+	if in.Fetch != nil {
+		out.Context = &in.Context
+	}
+	if len(out.Calls) == 0 && in.Save != nil {
+		ev := contract.NewConversationUpdated(in.UserID, in.Save.SessionID, in.Text, soFar.String()+ans.Text)
+		ev.SentAt = time.Now().UTC()
+		for _, st := range in.Steps {
+			for _, c := range st.Calls {
+				ev.ToolCalls = append(ev.ToolCalls, c.Wire())
+			}
+		}
+		saved, err := a.save(ctx, sctx, ActGenerate, Result{ID: in.InstanceID, After: in.Save.After, Event: ev}, true)
+		if err != nil {
+			sp.SetStatus(codes.Error, errSaving)
+			return nil, fmt.Errorf("%s: %w", errSaving, err)
+		}
+		// The reply saved by an earlier execution stands (save).
+		out.Text = strings.TrimPrefix(saved.Event.AssistantReply, soFar.String())
+		out.Saved = true
+	}
 	return out, nil
 }
+
+// errSaving marks the error of a last round whose reply could not be saved
+// (the workflow fails "while saving").
+const errSaving = "saving the turn failed"
 
 // RunTool runs the built-in tool (get_current_time). Its result is not
 // logged at info level (no tool's is).
@@ -330,28 +370,47 @@ func (a *Activities) SaveConversation(ctx workflow.ActivityContext) (any, error)
 	}
 	sctx, sp := span(ctx, ActSave, in.EventID, in.Trace)
 	defer sp.End()
-	pctx, cancel := context.WithTimeout(sctx, 10*time.Second)
+	_, err := a.save(ctx, sctx, ActSave, Result{ID: in.EventID, After: in.After, Event: in.Event}, false)
+	return nil, err
+}
+
+// save records a turn's result, publishes its event and hands its session
+// on. once: the first result recorded stands — a last round run again
+// (a retry, a crash after the save) publishes the reply saved before, not
+// the one it wrote itself, so the memory, the result and the event agree.
+// It answers the Result that stands.
+func (a *Activities) save(actx workflow.ActivityContext, ctx context.Context, activity string, res Result, once bool) (Result, error) {
+	log := a.logger(actx, activity, res.ID)
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	// The turn's result, before its event: a reader that saw the event (a
 	// chatStream's last chunk) finds the turn COMPLETED on every replica,
 	// and the session's next turn has it even before the memory applied
 	// the event (FetchContext).
 	if a.State != nil {
-		res := Result{ID: in.EventID, After: in.After, Event: in.Event}
-		if err := saveResult(pctx, a.State, in.EventID, res); err != nil {
-			a.logger(ctx, ActSave, in.EventID).Error("saving the turn's result failed", "err", err)
-			return nil, err
+		saved, err := saveResult(pctx, a.State, res, once)
+		if err != nil {
+			log.Error("saving the turn's result failed", "err", err)
+			return res, err
 		}
+		if saved.Event.AssistantReply != res.Event.AssistantReply {
+			log.Info("the turn's reply was saved by an earlier execution; publishing that one")
+		}
+		if saved.Stopped {
+			log.Info("the turn was stopped before its reply was saved; nothing published")
+			return saved, errStopped
+		}
+		res = saved
 	}
-	if err := a.Publisher.PublishEvent(pctx, contract.PubSub, contract.TopicConversations, in.Event,
-		dapr.PublishEventWithMetadata(map[string]string{contract.CloudEventIDMetadata: in.EventID})); err != nil {
-		a.logger(ctx, ActSave, in.EventID).Error("publish ConversationUpdated failed", "err", err)
-		return nil, err
+	if err := a.Publisher.PublishEvent(pctx, contract.PubSub, contract.TopicConversations, res.Event,
+		dapr.PublishEventWithMetadata(map[string]string{contract.CloudEventIDMetadata: res.ID})); err != nil {
+		log.Error("publish ConversationUpdated failed", "err", err)
+		return res, err
 	}
 	a.failpoint("after_publish") // the window where a crash makes the publish repeat
-	a.logger(ctx, ActSave, in.EventID).Info("ConversationUpdated published", "cloudevent_id", in.EventID, "session_id", in.Event.SessionID, "trace_id", telemetry.TraceID(sctx))
-	a.release(ctx, sctx, ActSave, in.Event.SessionID, in.EventID)
-	return nil, nil
+	log.Info("ConversationUpdated published", "cloudevent_id", res.ID, "session_id", res.Event.SessionID, "trace_id", telemetry.TraceID(ctx))
+	a.release(actx, ctx, activity, res.Event.SessionID, res.ID)
+	return res, nil
 }
 
 // release hands the session on to its next waiting turn. Best effort: when

@@ -90,12 +90,30 @@ func (c Client) Ended(ctx context.Context, id string) (bool, error) {
 	return contract.RunStatus(meta.String()).Terminal(), nil
 }
 
-// Stop terminates turn id (an unknown or ended one is left alone).
+// Stop terminates turn id (an unknown or ended one is left alone). It
+// records first that the turn is stopped, so that its last round, which
+// saves the turn and runs on after a terminate, saves nothing; a turn
+// whose result was recorded first has completed and is left to finish.
 func (c Client) Stop(ctx context.Context, id string) error {
-	if err := c.Workflows.TerminateWorkflow(ctx, id); err != nil && !notFound(err) {
-		return unavailable(err)
+	_, err := c.stop(ctx, id)
+	return err
+}
+
+// stop is Stop; it answers the result of a turn that completed first.
+func (c Client) stop(ctx context.Context, id string) (*Result, error) {
+	if c.State != nil {
+		r, err := markStopped(ctx, c.State, id)
+		if err != nil {
+			return nil, apperr.Wrap(apperr.Unavailable, err, "the state store is unavailable")
+		}
+		if r != nil {
+			return r, nil
+		}
 	}
-	return nil
+	if err := c.Workflows.TerminateWorkflow(ctx, id); err != nil && !notFound(err) {
+		return nil, unavailable(err)
+	}
+	return nil, nil
 }
 
 // QueuedKey is the state key of the marker of turn id while it waits for
@@ -111,7 +129,8 @@ type Queued struct {
 
 // Get reads a turn: its workflow; a turn waiting for its session is
 // QUEUED; a running turn whose result is recorded (its event is published,
-// the workflow is finishing) is COMPLETED with it.
+// the workflow is finishing) is COMPLETED with it: the result is read
+// while the workflow says it generates or saves.
 func (c Client) Get(ctx context.Context, id string) (Run, error) {
 	meta, err := c.fetch(ctx, id)
 	if err != nil {
@@ -124,8 +143,10 @@ func (c Client) Get(ctx context.Context, id string) (Run, error) {
 		return Run{}, unavailable(err)
 	}
 	run := describe(id, meta)
-	if run.Status == contract.RunRunning && run.Stage == contract.StageSave && c.State != nil {
-		if r, err := readResult(ctx, c.State, id); err == nil && r != nil {
+	// The last round saves the turn (PatchFewerSteps) while the stage still
+	// says generating; save_conversation is a stage of its own otherwise.
+	if run.Status == contract.RunRunning && (run.Stage == contract.StageSave || run.Stage == contract.StageGenerate) && c.State != nil {
+		if r, err := readResult(ctx, c.State, id); err == nil && r != nil && !r.Stopped {
 			return completed(id, *r), nil
 		}
 	}
@@ -202,8 +223,12 @@ func (c Client) Cancel(ctx context.Context, id string) (Run, error) {
 	if err != nil || run.Status.Terminal() {
 		return run, err
 	}
-	if err := c.Workflows.TerminateWorkflow(ctx, id); err != nil && !notFound(err) {
-		return Run{}, unavailable(err)
+	r, err := c.stop(ctx, id)
+	if err != nil {
+		return Run{}, err
+	}
+	if r != nil { // saved just before: it completed
+		return completed(id, *r), nil
 	}
 	logging.From(ctx, c.Log).Info("chat turn stopped", "workflow_instance_id", id)
 	// Terminate returns before the engine has recorded it: wait (briefly)

@@ -164,9 +164,17 @@ func TestToolLoopLimits(t *testing.T) {
 	t.Parallel()
 	var runs atomic.Int32
 	m := &scripted{script: []llm.Answer{{ToolCalls: []llm.ToolCall{{ID: "c", Name: "tools_echo", Arguments: `{"text":"again"}`}}}}}
-	a := &Activities{Memory: memoryOf(&memory{}), Publisher: &published{}, Model: m, Tools: fixedTools{echoTool(t)}, Log: testkit.Quiet()}
+	pub := &published{}
+	a := &Activities{Memory: memoryOf(&memory{}), Publisher: pub, Model: m, Tools: fixedTools{echoTool(t)}, Log: testkit.Quiet()}
 	c := engine(t, a, mcpEcho(&runs, true))
 	meta := run(t, c, "chat-loop-2", Input{UserID: "ana", SessionID: "s1", Text: "loop", MaxSteps: 3, ToolResultMax: 300})
+	// No round answered without tool calls: save_conversation saved the turn.
+	if got := activitiesOf(t, c, "chat-loop-2"); len(got) == 0 || got[len(got)-1] != ActSave {
+		t.Fatalf("activities %v; want %s last", got, ActSave)
+	}
+	if ev := pub.list(); len(ev) != 1 || !strings.Contains(ev[0].ev.AssistantReply, "stopped after 3 steps") || len(ev[0].ev.ToolCalls) != 3 {
+		t.Fatalf("published %+v", ev)
+	}
 	var out Output
 	json.Unmarshal([]byte(meta.Output.GetValue()), &out)
 	if meta.String() != "COMPLETED" || !strings.Contains(out.Reply, "stopped after 3 steps") {

@@ -3,7 +3,10 @@ package turn
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"slices"
+
+	dapr "github.com/dapr/go-sdk/client"
 
 	"github.com/daca-go/daca/internal/contract"
 )
@@ -17,6 +20,25 @@ type Result struct {
 	ID    string                       `json:"id"`              // the turn's
 	After string                       `json:"after,omitempty"` // the session's turn before
 	Event contract.ConversationUpdated `json:"event"`
+	// Stopped: the turn was stopped before it was saved (Client.Stop), and
+	// a last round that ends after it saves nothing.
+	Stopped bool `json:"stopped,omitempty"`
+}
+
+// errStopped is a save refused because the turn was stopped first.
+var errStopped = errors.New("the turn was stopped before its reply was saved")
+
+// markStopped records that turn id is stopped, unless its result was
+// recorded first: then it answers that result (the turn has completed).
+func markStopped(ctx context.Context, st State, id string) (*Result, error) {
+	r, err := saveResult(ctx, st, Result{ID: id, Stopped: true}, true)
+	if err != nil {
+		return nil, err
+	}
+	if r.Stopped {
+		return nil, nil
+	}
+	return &r, nil
 }
 
 // ResultKey is the state key of turn id's Result.
@@ -24,12 +46,29 @@ func ResultKey(id string) string { return "turn-result|" + id }
 
 const resultTTL = "86400"
 
-func saveResult(ctx context.Context, st State, id string, r Result) error {
+// saveResult records r as turn id's Result and answers the Result that
+// stands: with once, a Result recorded before stays (first write) and is
+// answered; otherwise r replaces it.
+func saveResult(ctx context.Context, st State, r Result, once bool) (Result, error) {
 	b, err := json.Marshal(r)
 	if err != nil {
-		return err
+		return r, err
 	}
-	return st.SaveStateWithETag(ctx, contract.StateStore, ResultKey(id), b, "", map[string]string{"ttlInSeconds": resultTTL})
+	meta := map[string]string{"ttlInSeconds": resultTTL}
+	if !once {
+		return r, st.SaveStateWithETag(ctx, contract.StateStore, ResultKey(r.ID), b, "", meta)
+	}
+	err = st.SaveStateWithETag(ctx, contract.StateStore, ResultKey(r.ID), b, "", meta, dapr.WithConcurrency(dapr.StateConcurrencyFirstWrite))
+	if err == nil {
+		return r, nil
+	}
+	// Refused: a Result exists (an earlier execution of the round), or the
+	// store failed.
+	old, rerr := readResult(ctx, st, r.ID)
+	if rerr != nil || old == nil {
+		return r, err
+	}
+	return *old, nil
 }
 
 // readResult reads turn id's Result; nil when there is none.
@@ -59,7 +98,7 @@ func recent(ctx context.Context, st State, history []contract.Entry, after strin
 		if err != nil {
 			return history, err
 		}
-		if r == nil {
+		if r == nil || r.Stopped {
 			break // ended without a result (failed, stopped): nothing to add
 		}
 		missing = append(missing, *r)

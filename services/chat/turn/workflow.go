@@ -1,9 +1,12 @@
-// Package turn runs a chat turn as the Dapr Workflow chat_workflow:
-// fetch_context (profile and recent history from agent-memory-service by
-// service invocation) → generate_response (the LLM with its tool loop) →
-// save_conversation (publish ConversationUpdated, CloudEvent id = workflow
-// instance id). On failure handle_error records it and the workflow ends
-// failed with a clear, client-safe error.
+// Package turn runs a chat turn as the Dapr Workflow chat_workflow: the
+// context (profile and recent history from agent-memory-service by service
+// invocation) → the LLM with its tool loop, a round per generate_response
+// → the turn saved (its result recorded, ConversationUpdated published with
+// CloudEvent id = workflow instance id). The first round fetches the
+// context and the last one saves the turn, so a plain turn is one activity
+// (PatchFewerSteps; turns started before it run fetch_context and
+// save_conversation as activities of their own). On failure handle_error
+// records it and the workflow ends failed with a clear, client-safe error.
 //
 // Files by job, as Temporal's samples split them: workflow.go is the
 // workflow function and what it passes around, deterministic (no I/O, no
@@ -40,6 +43,14 @@ const (
 	// turn's ToolTimeout.
 	ActToolDeadline = "tool_deadline"
 )
+
+// PatchFewerSteps is the workflow patch (durabletask's IsPatched) under
+// which generate_response's first round fetches the context and its last
+// one saves the turn: every workflow step is a reminder in Dapr's scheduler,
+// state writes and an activity dispatch, and these two were steps of their
+// own that a turn did not need. A turn whose history began before the patch
+// replays as it ran.
+const PatchFewerSteps = "context-and-save-in-rounds"
 
 // Input of chat_workflow.
 type Input struct {
@@ -131,6 +142,10 @@ type Step struct {
 type Round struct {
 	Text  string     `json:"text"`
 	Calls []ToolCall `json:"calls,omitempty"`
+	// Context is what a round that fetched it recalled (generateInput.Fetch).
+	Context *Recalled `json:"context,omitempty"`
+	// Saved: the round saved the turn (generateInput.Save).
+	Saved bool `json:"saved,omitempty"`
 }
 
 // UnmarshalJSON also reads the plain reply that generate_response answered
@@ -167,6 +182,18 @@ type generateInput struct {
 	Text       string            `json:"text"`
 	// Steps are the earlier rounds of this turn, with their tools' results.
 	Steps []Step `json:"steps,omitempty"`
+	// Fetch: the round fetches the context first (the turn's first round,
+	// PatchFewerSteps) and answers it in Round.Context.
+	Fetch *fetchInput `json:"fetch,omitempty"`
+	// Save: a round that answers without tool calls saves the turn
+	// (PatchFewerSteps) and says so in Round.Saved.
+	Save *saveTurn `json:"save,omitempty"`
+}
+
+// saveTurn is what a last round needs to save the turn besides its input.
+type saveTurn struct {
+	SessionID string `json:"session_id"`
+	After     string `json:"after,omitempty"` // the session's turn before
 }
 
 type approvalInput struct {
@@ -258,11 +285,15 @@ func Workflow(ctx *workflow.WorkflowContext) (any, error) {
 		return nil, fmt.Errorf("chat turn failed while %s", strings.ReplaceAll(stage, "_", " "))
 	}
 
-	ctx.SetCustomStatus(contract.StageContext)
+	fetch := fetchInput{InstanceID: ctx.ID(), Trace: in.Trace, UserID: in.UserID, SessionID: in.SessionID, After: in.After}
 	var c Recalled
-	if err := ctx.CallActivity(ActFetchContext, workflow.WithActivityInput(fetchInput{InstanceID: ctx.ID(), Trace: in.Trace, UserID: in.UserID, SessionID: in.SessionID, After: in.After}),
-		workflow.WithActivityRetryPolicy(contextRetry())).Await(&c); err != nil {
-		return fail(contract.StageContext, err)
+	fewer := ctx.IsPatched(PatchFewerSteps)
+	if !fewer {
+		ctx.SetCustomStatus(contract.StageContext)
+		if err := ctx.CallActivity(ActFetchContext, workflow.WithActivityInput(fetch),
+			workflow.WithActivityRetryPolicy(contextRetry())).Await(&c); err != nil {
+			return fail(contract.StageContext, err)
+		}
 	}
 
 	// The tool loop: each round of the model is an activity, each tool call
@@ -276,19 +307,33 @@ func Workflow(ctx *workflow.WorkflowContext) (any, error) {
 	var steps []Step
 	var reply string
 	var calls []ToolCall
+	saved := false
 	for round := 1; ; round++ {
 		if round > maxSteps {
 			reply += fmt.Sprintf("\n\n(I stopped after %d steps without finishing; please ask again, perhaps in smaller parts.)", maxSteps)
 			break
 		}
 		ctx.SetCustomStatus(contract.StageGenerate)
+		gin := generateInput{InstanceID: ctx.ID(), UserID: in.UserID, Trace: in.Trace, Context: c, Text: in.Text, Steps: steps}
+		if fewer {
+			gin.Save = &saveTurn{SessionID: in.SessionID, After: in.After}
+			if round == 1 {
+				gin.Fetch = &fetch
+			}
+		}
 		var r Round
-		if err := ctx.CallActivity(ActGenerate, workflow.WithActivityInput(generateInput{InstanceID: ctx.ID(), UserID: in.UserID, Trace: in.Trace,
-			Context: c, Text: in.Text, Steps: steps}), workflow.WithActivityRetryPolicy(generateRetry())).Await(&r); err != nil {
+		if err := ctx.CallActivity(ActGenerate, workflow.WithActivityInput(gin), workflow.WithActivityRetryPolicy(generateRetry())).Await(&r); err != nil {
+			if strings.Contains(err.Error(), errSaving) {
+				return fail(contract.StageSave, err)
+			}
 			return fail(contract.StageGenerate, err)
+		}
+		if r.Context != nil {
+			c = *r.Context
 		}
 		reply += r.Text
 		if len(r.Calls) == 0 {
+			saved = r.Saved
 			break
 		}
 		for i := range r.Calls {
@@ -298,15 +343,17 @@ func Workflow(ctx *workflow.WorkflowContext) (any, error) {
 		steps = append(steps, Step{Text: r.Text, Calls: r.Calls})
 	}
 
-	ctx.SetCustomStatus(contract.StageSave)
-	ev := contract.NewConversationUpdated(in.UserID, in.SessionID, in.Text, reply)
-	ev.SentAt = ctx.CurrentTimeUTC() // the workflow's clock: the same on replay
-	for _, c := range calls {
-		ev.ToolCalls = append(ev.ToolCalls, c.Wire())
-	}
-	if err := ctx.CallActivity(ActSave, workflow.WithActivityInput(saveInput{Event: ev, EventID: ctx.ID(), After: in.After, Trace: in.Trace}),
-		workflow.WithActivityRetryPolicy(saveRetry())).Await(nil); err != nil {
-		return fail(contract.StageSave, err)
+	if !saved { // a turn from before PatchFewerSteps, or one stopped at maxSteps
+		ctx.SetCustomStatus(contract.StageSave)
+		ev := contract.NewConversationUpdated(in.UserID, in.SessionID, in.Text, reply)
+		ev.SentAt = ctx.CurrentTimeUTC() // the workflow's clock: the same on replay
+		for _, c := range calls {
+			ev.ToolCalls = append(ev.ToolCalls, c.Wire())
+		}
+		if err := ctx.CallActivity(ActSave, workflow.WithActivityInput(saveInput{Event: ev, EventID: ctx.ID(), After: in.After, Trace: in.Trace}),
+			workflow.WithActivityRetryPolicy(saveRetry())).Await(nil); err != nil {
+			return fail(contract.StageSave, err)
+		}
 	}
 	return Output{UserID: in.UserID, SessionID: in.SessionID, Reply: reply, Timestamp: ctx.CurrentTimeUTC(), ToolCalls: calls}, nil
 }

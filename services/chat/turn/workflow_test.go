@@ -83,10 +83,14 @@ func engine(t *testing.T, a *Activities, extra ...func(*workflow.Registry) error
 	return c
 }
 
-// memory answers fetch_context's two calls, or fails them all.
+// memory answers the context of a turn in one call (or, old, in two: a
+// memory service from before GET /context), or fails them all.
 type memory struct {
 	down    bool
+	old     bool
 	history []contract.Entry
+	mu      sync.Mutex
+	calls   []string // the routes called
 }
 
 func (m *memory) Call(_ context.Context, r api.Request) ([]byte, error) {
@@ -96,17 +100,26 @@ func (m *memory) Call(_ context.Context, r api.Request) ([]byte, error) {
 	if r.App != contract.MemoryApp || r.Verb != http.MethodGet || r.Body != nil {
 		return nil, errors.New("unexpected call " + r.App + " " + r.Verb + " " + r.Method)
 	}
+	m.mu.Lock()
+	m.calls = append(m.calls, strings.SplitN(r.Method, "/", 2)[0])
+	m.mu.Unlock()
+	h := m.history
+	if len(h) > contract.ContextEntries {
+		h = h[len(h)-contract.ContextEntries:]
+	}
 	switch {
+	case strings.HasPrefix(r.Method, "context/") && !m.old:
+		u, err := url.Parse(r.Method)
+		if err != nil || u.Path != "context/ana" || u.Query().Get("session_id") != "s1" || u.Query().Get("last") != strconv.Itoa(contract.ContextEntries) {
+			return nil, apperr.New(apperr.Invalid, "want user ana, session_id s1 and last")
+		}
+		return json.Marshal(contract.ContextReply{Profile: contract.Profile{Name: "Ana", PreferredStyle: "formal", UserSummary: "likes Go"}, History: h})
 	case strings.HasPrefix(r.Method, "memories/"):
 		return json.Marshal(contract.Profile{Name: "Ana", PreferredStyle: "formal", UserSummary: "likes Go"})
 	case strings.HasPrefix(r.Method, "conversations/"):
 		u, err := url.Parse(r.Method)
 		if err != nil || u.Query().Get("user_id") != "ana" || u.Query().Get("last") != strconv.Itoa(contract.ContextEntries) {
 			return nil, apperr.New(apperr.Invalid, "want last and user_id")
-		}
-		h := m.history
-		if len(h) > contract.ContextEntries {
-			h = h[len(h)-contract.ContextEntries:]
 		}
 		return json.Marshal(contract.HistoryReply{History: h})
 	}
@@ -261,6 +274,7 @@ func TestChatWorkflow(t *testing.T) {
 		wantHist   int // history entries that reached the prompt
 	}{
 		{"a turn: context, reply, one event", &memory{history: long}, nil, "COMPLETED", "", 1, 1, contract.ContextEntries},
+		{"an older memory service: the context in two calls", &memory{history: long, old: true}, nil, "COMPLETED", "", 1, 1, contract.ContextEntries},
 		{"memory down: the turn goes on without history", &memory{down: true}, nil, "COMPLETED", "", 1, 1, 0},
 		{"the LLM fails every attempt: FAILED, nothing published", &memory{}, apperr.New(apperr.Unavailable, "LLM unavailable"),
 			"FAILED", "chat turn failed while generating response", 3, 0, 0},
@@ -279,6 +293,22 @@ func TestChatWorkflow(t *testing.T) {
 			}
 			if tt.wantCalls > 0 && tt.llmErr == nil && len(m.history) != tt.wantHist {
 				t.Errorf("history in the prompt: %d entries; want %d", len(m.history), tt.wantHist)
+			}
+			if tt.wantStatus == "COMPLETED" && !tt.mem.down {
+				if !strings.Contains(m.system, "likes Go") {
+					t.Errorf("the prompt lacks the profile's summary: %q", m.system)
+				}
+				want := []string{"context"}
+				if tt.mem.old {
+					want = []string{"context", "conversations", "memories"}
+				}
+				tt.mem.mu.Lock()
+				got := slices.Clone(tt.mem.calls)
+				tt.mem.mu.Unlock()
+				slices.Sort(got)
+				if !slices.Equal(got, want) {
+					t.Errorf("calls to the memory %v; want %v", got, want)
+				}
 			}
 			events := pub.list()
 			if len(events) != tt.wantEvents {
@@ -356,4 +386,171 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// activitiesOf lists the activities turn id scheduled, in order.
+func activitiesOf(t *testing.T, c *workflow.Client, id string) []string {
+	t.Helper()
+	h, err := c.GetInstanceHistory(t.Context(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range h.Events {
+		if ts := e.GetTaskScheduled(); ts != nil {
+			out = append(out, ts.GetName())
+		}
+	}
+	return out
+}
+
+// flakyPublisher refuses the first n ConversationUpdated publishes.
+type flakyPublisher struct {
+	*published
+	mu   sync.Mutex
+	fail int
+}
+
+func (p *flakyPublisher) PublishEvent(ctx context.Context, pubsub, topic string, data any, opts ...dapr.PublishEventOption) error {
+	if _, ok := data.(contract.ConversationUpdated); ok {
+		p.mu.Lock()
+		fail := p.fail > 0
+		p.fail--
+		p.mu.Unlock()
+		if fail {
+			return errors.New("broker unavailable")
+		}
+	}
+	return p.published.PublishEvent(ctx, pubsub, topic, data, opts...)
+}
+
+// numbered answers "reply N" at its N-th call.
+type numbered struct {
+	mu    sync.Mutex
+	calls int
+}
+
+func (m *numbered) Round(_ context.Context, _ string, _ []llm.Message, _ []llm.ToolSpec, on func(string)) (llm.Answer, error) {
+	m.mu.Lock()
+	m.calls++
+	text := "reply " + strconv.Itoa(m.calls)
+	m.mu.Unlock()
+	if on != nil {
+		on(text)
+	}
+	return llm.Answer{Text: text}, nil
+}
+
+// TestFewerSteps: under PatchFewerSteps a plain turn is one activity (its
+// round fetches the context and saves the turn), and a last round run
+// again after its save publishes the reply saved first, which is also the
+// turn's output and result.
+func TestFewerSteps(t *testing.T) {
+	t.Parallel()
+	t.Run("a plain turn is one activity", func(t *testing.T) {
+		t.Parallel()
+		pub, st := &published{}, &state{}
+		c := engine(t, &Activities{Memory: api.Memory{Caller: &memory{}}, Publisher: pub, Model: &model{}, State: st, Log: slog.New(slog.DiscardHandler)})
+		meta := run(t, c, "chat-one", Input{UserID: "ana", SessionID: "s1", Text: "hello"})
+		if meta.String() != "COMPLETED" {
+			t.Fatalf("status %s (%v)", meta.String(), meta.FailureDetails)
+		}
+		if got := activitiesOf(t, c, "chat-one"); !slices.Equal(got, []string{ActGenerate}) {
+			t.Fatalf("activities %v; want [%s]", got, ActGenerate)
+		}
+		if ev := pub.list(); len(ev) != 1 || ev[0].id != "chat-one" || ev[0].ev.AssistantReply != "re: hello" {
+			t.Fatalf("published %+v", ev)
+		}
+		r, err := readResult(t.Context(), st, "chat-one")
+		if err != nil || r == nil || r.Event.AssistantReply != "re: hello" || r.Event.SessionID != "s1" {
+			t.Fatalf("result %+v (%v)", r, err)
+		}
+		// The profile came from the memory (the round fetched it).
+		var out Output
+		if err := json.Unmarshal([]byte(meta.Output.GetValue()), &out); err != nil || out.Reply != "re: hello" {
+			t.Fatalf("output %s (%v)", meta.Output.GetValue(), err)
+		}
+	})
+	t.Run("the reply saved first stands", func(t *testing.T) {
+		t.Parallel()
+		pub, st, m := &flakyPublisher{published: &published{}, fail: 1}, &state{}, &numbered{}
+		c := engine(t, &Activities{Memory: api.Memory{Caller: &memory{}}, Publisher: pub, Model: m, State: st, Log: slog.New(slog.DiscardHandler)})
+		meta := run(t, c, "chat-again", Input{UserID: "ana", SessionID: "s1", Text: "hello"})
+		if meta.String() != "COMPLETED" {
+			t.Fatalf("status %s (%v)", meta.String(), meta.FailureDetails)
+		}
+		if m.calls != 2 {
+			t.Fatalf("model calls %d; want 2 (the round ran again after the failed publish)", m.calls)
+		}
+		if ev := pub.list(); len(ev) != 1 || ev[0].ev.AssistantReply != "reply 1" {
+			t.Fatalf("published %+v; want the first reply once", ev)
+		}
+		var out Output
+		if err := json.Unmarshal([]byte(meta.Output.GetValue()), &out); err != nil || out.Reply != "reply 1" {
+			t.Fatalf("output %s (%v); want the reply saved first", meta.Output.GetValue(), err)
+		}
+		if r, err := readResult(t.Context(), st, "chat-again"); err != nil || r == nil || r.Event.AssistantReply != "reply 1" {
+			t.Fatalf("result %+v (%v)", r, err)
+		}
+	})
+	t.Run("the turn fails while saving when it cannot be published", func(t *testing.T) {
+		t.Parallel()
+		pub := &flakyPublisher{published: &published{}, fail: 100}
+		c := engine(t, &Activities{Memory: api.Memory{Caller: &memory{}}, Publisher: pub, Model: &model{}, State: &state{}, Log: slog.New(slog.DiscardHandler)})
+		meta := run(t, c, "chat-unsaved", Input{UserID: "ana", SessionID: "s1", Text: "hello"})
+		if meta.String() != "FAILED" || meta.FailureDetails == nil || meta.FailureDetails.ErrorMessage != "chat turn failed while saving conversation" {
+			t.Fatalf("status %s (%v); want FAILED while saving conversation", meta.String(), meta.FailureDetails)
+		}
+	})
+}
+
+// gated answers "re: <text>" once released, and says when it was called.
+type gated struct {
+	called, release chan struct{}
+}
+
+func (m *gated) Round(_ context.Context, _ string, msgs []llm.Message, _ []llm.ToolSpec, _ func(string)) (llm.Answer, error) {
+	close(m.called)
+	<-m.release
+	return llm.Answer{Text: "re: " + msgs[len(msgs)-1].Content}, nil
+}
+
+// TestStopBeforeSave: a turn stopped while its last round runs (the round
+// runs on after the workflow is terminated) saves and publishes nothing;
+// stopping a turn whose result was saved first leaves it completed.
+func TestStopBeforeSave(t *testing.T) {
+	t.Parallel()
+	pub, st, logs := &published{}, &state{}, &syncBuffer{}
+	m := &gated{called: make(chan struct{}), release: make(chan struct{})}
+	c := engine(t, &Activities{Memory: api.Memory{Caller: &memory{}}, Publisher: pub, Model: m, State: st, Log: slog.New(slog.NewJSONHandler(logs, nil))})
+	turns := Client{Workflows: c, State: st, Log: slog.New(slog.DiscardHandler)}
+	ctx := t.Context()
+	if _, err := c.ScheduleWorkflow(ctx, WorkflowName, workflow.WithInstanceID("chat-stop"), workflow.WithInput(Input{UserID: "ana", SessionID: "s1", Text: "hello"})); err != nil {
+		t.Fatal(err)
+	}
+	<-m.called
+	run, err := turns.Cancel(ctx, "chat-stop")
+	if err != nil || run.Status != contract.RunTerminated {
+		t.Fatalf("cancel: %+v %v; want TERMINATED", run, err)
+	}
+	close(m.release)
+	testkit.WaitUntil(t, 10*time.Second, "the round to end", func() bool {
+		return strings.Contains(logs.String(), "the turn was stopped before its reply was saved")
+	})
+	if ev := pub.list(); len(ev) != 0 {
+		t.Fatalf("published %+v for a stopped turn", ev)
+	}
+	if r, err := readResult(ctx, st, "chat-stop"); err != nil || r == nil || !r.Stopped {
+		t.Fatalf("result %+v (%v); want the stop recorded", r, err)
+	}
+	// A turn saved before its stop has completed: the stop leaves it.
+	if _, err := saveResult(ctx, st, Result{ID: "chat-saved", Event: contract.NewConversationUpdated("ana", "s1", "hi", "re: hi")}, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := turns.Stop(ctx, "chat-saved"); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := readResult(ctx, st, "chat-saved"); r == nil || r.Stopped || r.Event.AssistantReply != "re: hi" {
+		t.Fatalf("result %+v; want the saved one", r)
+	}
 }

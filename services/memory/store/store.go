@@ -50,6 +50,10 @@ type userDoc struct {
 	// there).
 	PendingTurns   int    `json:"pending_turns,omitempty"`
 	PendingSession string `json:"pending_session,omitempty"`
+	// LastTurnAt is when the latest waiting turn was applied; SummaryDue
+	// when the user's summary job was last set to fire (zero: never).
+	LastTurnAt time.Time `json:"last_turn_at,omitzero"`
+	SummaryDue time.Time `json:"summary_due,omitzero"`
 }
 
 type sessionIndex struct {
@@ -65,8 +69,13 @@ type Config struct {
 	// turn of a user's since the last one; between, it only counts the turn
 	// (Summarize makes it later). 0 or 1: at every turn.
 	SummaryEvery int
-	AppliedCap   int // event ids remembered per session for de-duplication (default 1000)
-	MaxCASTries  int // attempts of a compare-and-swap under contention (default 200)
+	// SummaryDebounce: a summary waits until the user's turns have paused
+	// this long (Later). 0: no job is scheduled.
+	SummaryDebounce time.Duration
+	AppliedCap      int // event ids remembered per session for de-duplication (default 1000)
+	MaxCASTries     int // attempts of a compare-and-swap under contention (default 200)
+	// Now is the clock (nil: time.Now, UTC).
+	Now func() time.Time
 }
 
 // Memory reads and writes profiles and conversations.
@@ -94,7 +103,11 @@ func New(st State, cfg Config, log *slog.Logger) *Memory {
 	if cfg.MaxCASTries <= 0 {
 		cfg.MaxCASTries = 200
 	}
-	return &Memory{st: st, cfg: cfg, log: log, now: func() time.Time { return time.Now().UTC() }}
+	now := cfg.Now
+	if now == nil {
+		now = func() time.Time { return time.Now().UTC() }
+	}
+	return &Memory{st: st, cfg: cfg, log: log, now: now}
 }
 
 // Config returns the effective configuration.
@@ -127,11 +140,30 @@ func (m *Memory) get(ctx context.Context, key string, v any) (etag string, found
 // update runs a compare-and-swap loop on key: read, change (which may return
 // errSkip to write nothing), write with the ETag read; on a conflict, again.
 func (m *Memory) update(ctx context.Context, key string, v any, change func(found bool) error) error {
+	return m.updateRead(ctx, key, v, nil, change)
+}
+
+// read is what a get of a key answered: update's first attempt starts from
+// it instead of reading the key again.
+type read struct {
+	etag  string
+	found bool
+}
+
+// updateRead is update whose first attempt changes v as read (v holds what
+// the get that answered r read); nil r: it reads first.
+func (m *Memory) updateRead(ctx context.Context, key string, v any, r *read, change func(found bool) error) error {
 	var lastErr error
 	for attempt := 0; attempt < m.cfg.MaxCASTries; attempt++ {
-		etag, found, err := m.get(ctx, key, v)
-		if err != nil {
-			return err
+		var etag string
+		var found bool
+		if attempt == 0 && r != nil {
+			etag, found = r.etag, r.found
+		} else {
+			var err error
+			if etag, found, err = m.get(ctx, key, v); err != nil {
+				return err
+			}
 		}
 		if err := change(found); err != nil {
 			if errors.Is(err, errSkip) {
@@ -231,6 +263,41 @@ func (m *Memory) History(ctx context.Context, sessionID, userID string, last int
 		return []contract.Entry{}, nil // another user's session reads as an unknown one
 	}
 	return s.entries(last), nil
+}
+
+// Context is a user's profile and the last `last` entries of a session the
+// user owns (none of another user's or an unknown session), read at once.
+func (m *Memory) Context(ctx context.Context, userID, sessionID string, last int) (contract.Profile, []contract.Entry, error) {
+	p, h := contract.DefaultProfile(userID), []contract.Entry{}
+	items, err := m.st.GetBulkState(ctx, m.cfg.Store, []string{userKey(userID), sessionKey(sessionID)}, nil, 0)
+	if err != nil {
+		return p, nil, apperr.Wrap(apperr.Unavailable, fmt.Errorf("%w: bulk get: %v", errStore, err), "the state store is unavailable")
+	}
+	for _, it := range items {
+		if it == nil || len(it.Value) == 0 && it.Error == "" {
+			continue
+		}
+		if it.Error != "" {
+			return p, nil, apperr.Wrap(apperr.Unavailable, fmt.Errorf("%w: bulk get %s: %s", errStore, it.Key, it.Error), "the state store is unavailable")
+		}
+		switch it.Key {
+		case userKey(userID):
+			var u userDoc
+			if err := json.Unmarshal(it.Value, &u); err != nil {
+				return p, nil, apperr.Wrap(apperr.Internal, fmt.Errorf("decode %s: %w", it.Key, err), "stored data is corrupt")
+			}
+			p = u.Profile
+		case sessionKey(sessionID):
+			var s session
+			if err := json.Unmarshal(it.Value, &s); err != nil {
+				return p, nil, apperr.Wrap(apperr.Internal, fmt.Errorf("decode %s: %w", it.Key, err), "stored data is corrupt")
+			}
+			if s.UserID == userID {
+				h = s.entries(last)
+			}
+		}
+	}
+	return p, h, nil
 }
 
 // entries returns the session's entries numbered (Seq), the last `last` of
@@ -383,6 +450,11 @@ func (m *Memory) ForgetUser(ctx context.Context, userID string) (int, error) {
 	return len(idx.Sessions), m.delete(ctx, userKey(userID))
 }
 
+// Later schedules (or moves) the user's summary job to fire after the
+// given time; the job calls Summarize. Apply and Summarize take nil when
+// no job is used (SummaryDebounce 0).
+type Later func(ctx context.Context, after time.Duration) error
+
 // Summarizer writes a new user summary from the profile and recent history.
 type Summarizer func(ctx context.Context, p contract.Profile, recent []contract.Entry) (string, error)
 
@@ -432,15 +504,27 @@ func (m *Memory) index(ctx context.Context, userID, sessionID string, history []
 // regenerates the user summary, and records the session in the user's list.
 // Errors carry codes: Unavailable (retry later), Forbidden (the event's user
 // does not own the session: never applied) or Internal.
-func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.ConversationUpdated, summarize Summarizer) (Result, error) {
+//
+// A turn whose summary waits (SummaryEvery) needs the user's summary job:
+// the first such turn schedules it (later) before it is counted, and the
+// turns after it only record when they came (LastTurnAt); the job moves
+// itself on while turns keep coming (Summarize). One call to the scheduler
+// per pause of the user's, not one per turn.
+func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.ConversationUpdated, summarize Summarizer, later Later) (Result, error) {
 	var s session
-	if _, _, err := m.get(ctx, sessionKey(ev.SessionID), &s); err != nil {
+	var sr read
+	var err error
+	if sr.etag, sr.found, err = m.get(ctx, sessionKey(ev.SessionID), &s); err != nil {
 		return Result{}, err
 	}
 	if slices.Contains(s.Applied, eventID) {
 		// Applied already; the session list may have missed it if the
-		// service stopped right after the append.
+		// service stopped right after the append, and the summary its job
+		// if scheduling it failed.
 		if err := m.index(ctx, ev.UserID, ev.SessionID, s.History); err != nil {
+			return Result{}, err
+		}
+		if err := m.ensureJob(ctx, ev.UserID, later, nil); err != nil {
 			return Result{}, err
 		}
 		return Result{Duplicate: true, Entries: len(s.History)}, nil
@@ -449,9 +533,10 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.Conversa
 		return Result{}, notOwner(ev.SessionID) // before the LLM is asked for anything
 	}
 	var u userDoc
-	if _, found, err := m.get(ctx, userKey(ev.UserID), &u); err != nil {
+	var ur read
+	if ur.etag, ur.found, err = m.get(ctx, userKey(ev.UserID), &u); err != nil {
 		return Result{}, err
-	} else if !found {
+	} else if !ur.found {
 		u.Profile = contract.DefaultProfile(ev.UserID)
 	}
 	profile := u.Profile
@@ -474,29 +559,51 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.Conversa
 			return Result{}, err
 		}
 	}
+	// The job before the turn is counted: a counted turn never lacks one.
+	scheduled := false
+	if later != nil && !summarizeNow && !jobWaits(&u, now) {
+		if err := m.schedule(ctx, later, m.cfg.SummaryDebounce); err != nil {
+			return Result{}, err
+		}
+		scheduled = true
+	}
+	late := false // the job fired meanwhile: schedule it again below
 
 	// The summary (or the count of turns it waits for) first: doing it
 	// again is harmless if the event is delivered again because a later
 	// step failed (a turn counted twice only brings the summary forward).
-	if err := m.update(ctx, userKey(ev.UserID), &u, func(found bool) error {
+	// Both writes start from the reads above (a conflict reads again).
+	if err := m.updateRead(ctx, userKey(ev.UserID), &u, &ur, func(found bool) error {
 		if !found {
 			u.Profile = contract.DefaultProfile(ev.UserID)
 		}
+		late = false
 		if summarizeNow {
 			u.UserSummary, u.PendingTurns, u.PendingSession = summary, 0, ""
 		} else {
 			u.PendingTurns++
 			u.PendingSession = ev.SessionID
+			u.LastTurnAt = now
+			if scheduled {
+				u.SummaryDue = now.Add(m.cfg.SummaryDebounce)
+			} else if later != nil && !jobWaits(&u, now) {
+				late = true
+			}
 		}
 		u.UpdatedAt = now
 		return nil
 	}); err != nil {
 		return Result{}, err
 	}
+	if late {
+		if err := m.ensureJob(ctx, ev.UserID, later, nil); err != nil {
+			return Result{}, err
+		}
+	}
 
 	// The history append is the step that must happen exactly once.
 	dup := false
-	if err := m.update(ctx, sessionKey(ev.SessionID), &s, func(bool) error {
+	if err := m.updateRead(ctx, sessionKey(ev.SessionID), &s, &sr, func(bool) error {
 		if slices.Contains(s.Applied, eventID) {
 			dup = true
 			return errSkip
@@ -527,14 +634,63 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.Conversa
 	return Result{Duplicate: dup, UserSummary: summary, Summarized: summarizeNow, Entries: len(s.History)}, nil
 }
 
-// Summarize makes the user's summary from the latest session's recent
-// history when turns wait for it (Apply counted them): it answers the
-// summary and that session, or done false when none waited. Turns applied
-// while the model wrote it stay counted.
-func (m *Memory) Summarize(ctx context.Context, userID string, summarize Summarizer) (summary, sessionID string, done bool, err error) {
+// jobWaits: the user's summary job is set to fire after now.
+func jobWaits(u *userDoc, now time.Time) bool {
+	return !u.SummaryDue.IsZero() && now.Before(u.SummaryDue)
+}
+
+func (m *Memory) schedule(ctx context.Context, later Later, after time.Duration) error {
+	if err := later(ctx, after); err != nil {
+		return apperr.Wrap(apperr.Unavailable, err, "the scheduler is unavailable")
+	}
+	return nil
+}
+
+// ensureJob schedules the user's summary job when turns wait for a summary
+// and no job is set to fire, due SummaryDebounce after the latest of them,
+// and records it. firing is the due time of the job that calls it (nil:
+// none): that job counts as gone, unless a newer one was set meanwhile (a
+// clock behind the scheduler's would otherwise see it still waiting).
+func (m *Memory) ensureJob(ctx context.Context, userID string, later Later, firing *time.Time) error {
+	if later == nil {
+		return nil
+	}
+	var u userDoc
+	now := m.now()
+	_, found, err := m.get(ctx, userKey(userID), &u)
+	if err != nil || !found || u.PendingTurns == 0 {
+		return err
+	}
+	if firing != nil && !u.SummaryDue.Equal(*firing) || firing == nil && jobWaits(&u, now) {
+		return nil // a job is set to fire
+	}
+	after := max(m.cfg.SummaryDebounce-now.Sub(u.LastTurnAt), time.Millisecond)
+	if err := m.schedule(ctx, later, after); err != nil {
+		return err
+	}
+	return m.update(ctx, userKey(userID), &u, func(found bool) error {
+		if !found || u.PendingTurns == 0 {
+			return errSkip
+		}
+		u.SummaryDue = now.Add(after)
+		return nil
+	})
+}
+
+// Summarize is the user's summary job: once the user's turns have paused
+// for SummaryDebounce it makes the summary from the latest session's recent
+// history when turns wait for it (Apply counted them), and answers it and
+// that session, or done false when none waited. Before the pause it moves
+// the job to the pause's end. Turns applied while the model wrote the
+// summary stay counted, with a job of their own.
+func (m *Memory) Summarize(ctx context.Context, userID string, summarize Summarizer, later Later) (summary, sessionID string, done bool, err error) {
 	var u userDoc
 	if _, found, err := m.get(ctx, userKey(userID), &u); err != nil || !found || u.PendingTurns == 0 {
 		return "", "", false, err
+	}
+	firing := u.SummaryDue
+	if later != nil && m.now().Sub(u.LastTurnAt) < m.cfg.SummaryDebounce {
+		return "", "", false, m.ensureJob(ctx, userID, later, &firing) // not quiet yet
 	}
 	seen, sessionID := u.PendingTurns, u.PendingSession
 	var s session
@@ -562,6 +718,11 @@ func (m *Memory) Summarize(ctx context.Context, userID string, summarize Summari
 		return nil
 	}); err != nil {
 		return "", "", false, err
+	}
+	if u.PendingTurns > 0 { // turns came while the model wrote
+		if err := m.ensureJob(ctx, userID, later, &firing); err != nil {
+			return "", "", false, err
+		}
 	}
 	return summary, sessionID, true, nil
 }

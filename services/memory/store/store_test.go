@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/contract"
@@ -56,7 +58,7 @@ func TestApplyConcurrentNoLostUpdates(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := m.Apply(t.Context(), fmt.Sprint("ev-", i), ev("u", "s", fmt.Sprint("m", i)), fixedSummary("sum"))
+			_, err := m.Apply(t.Context(), fmt.Sprint("ev-", i), ev("u", "s", fmt.Sprint("m", i)), fixedSummary("sum"), nil)
 			errs <- err
 		}()
 	}
@@ -81,7 +83,7 @@ func TestApplyOncePerEventID(t *testing.T) {
 	t.Parallel()
 	m := New(statetest.New(), Config{}, testkit.Quiet())
 	for i, wantDup := range []bool{false, true, true} {
-		res, err := m.Apply(t.Context(), "same-id", ev("u", "s", "hi"), fixedSummary("sum"))
+		res, err := m.Apply(t.Context(), "same-id", ev("u", "s", "hi"), fixedSummary("sum"), nil)
 		if err != nil || res.Duplicate != wantDup {
 			t.Fatalf("delivery %d: %+v, %v", i, res, err)
 		}
@@ -100,7 +102,7 @@ func TestHistoryCapAndLast(t *testing.T) {
 		return "s", nil
 	}
 	for i := range 5 {
-		if _, err := m.Apply(t.Context(), fmt.Sprint(i), ev("u", "s", fmt.Sprint("m", i)), sum); err != nil {
+		if _, err := m.Apply(t.Context(), fmt.Sprint(i), ev("u", "s", fmt.Sprint("m", i)), sum, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -134,14 +136,14 @@ func TestRedeliveryAfterCrashBeforeIndex(t *testing.T) {
 	st := statetest.New()
 	m := New(st, Config{MaxCASTries: 3}, testkit.Quiet())
 	st.FailWritesTo("sessions:", errors.New("killed"))
-	if _, err := m.Apply(t.Context(), "e1", ev("u", "s", "hi"), fixedSummary("x")); apperr.CodeOf(err) != apperr.Unavailable {
+	if _, err := m.Apply(t.Context(), "e1", ev("u", "s", "hi"), fixedSummary("x"), nil); apperr.CodeOf(err) != apperr.Unavailable {
 		t.Fatalf("first delivery: %v; want Unavailable", err)
 	}
 	if h, _ := m.History(t.Context(), "s", "", 0); len(h) != 2 {
 		t.Fatalf("history after the crash = %+v; want the 2 entries", h)
 	}
 	st.FailWritesTo("", nil)
-	res, err := m.Apply(t.Context(), "e1", ev("u", "s", "hi"), fixedSummary("x"))
+	res, err := m.Apply(t.Context(), "e1", ev("u", "s", "hi"), fixedSummary("x"), nil)
 	if err != nil || !res.Duplicate {
 		t.Fatalf("redelivery = %+v, %v; want a duplicate", res, err)
 	}
@@ -149,7 +151,7 @@ func TestRedeliveryAfterCrashBeforeIndex(t *testing.T) {
 	if len(list) != 1 || list[0].MessageCount != 2 || list[0].LastMessage == nil || list[0].LastMessage.Content != "re: hi" {
 		t.Fatalf("sessions after the redelivery = %+v; want 2 messages, last \"re: hi\"", list)
 	}
-	if _, err := m.Apply(t.Context(), "e2", ev("u", "s", "again"), fixedSummary("x")); err != nil {
+	if _, err := m.Apply(t.Context(), "e2", ev("u", "s", "again"), fixedSummary("x"), nil); err != nil {
 		t.Fatal(err)
 	}
 	if list, _ := m.Sessions(t.Context(), "u"); list[0].MessageCount != 4 || list[0].LastMessage.Content != "re: again" {
@@ -178,7 +180,7 @@ func TestApplyFailures(t *testing.T) {
 				tt.setup(f)
 			}
 			m := New(f, Config{MaxCASTries: 5}, testkit.Quiet())
-			_, err := m.Apply(t.Context(), "id", ev("u", "s", "hi"), tt.sum)
+			_, err := m.Apply(t.Context(), "id", ev("u", "s", "hi"), tt.sum, nil)
 			if apperr.CodeOf(err) != tt.wantCode {
 				t.Fatalf("err = %v; want %s", err, tt.wantCode)
 			}
@@ -196,7 +198,7 @@ func TestForgetAndDelete(t *testing.T) {
 	ctx := t.Context()
 	m.Initialize(ctx, "u", contract.Profile{Name: "U"})
 	for _, s := range []string{"a", "b"} {
-		if _, err := m.Apply(ctx, s, ev("u", s, "x"), fixedSummary("sum")); err != nil {
+		if _, err := m.Apply(ctx, s, ev("u", s, "x"), fixedSummary("sum"), nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -222,7 +224,7 @@ func TestHistoriesOneRead(t *testing.T) {
 	st := statetest.New()
 	m := New(st, Config{}, testkit.Quiet())
 	for i, s := range []string{"a", "a", "b"} {
-		if _, err := m.Apply(t.Context(), fmt.Sprint(i), ev("u", s, fmt.Sprint("m", i)), fixedSummary("s")); err != nil {
+		if _, err := m.Apply(t.Context(), fmt.Sprint(i), ev("u", s, fmt.Sprint("m", i)), fixedSummary("s"), nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -289,11 +291,14 @@ func TestSessionOwner(t *testing.T) {
 		{"ana claims it", func() error { return m.Claim(ctx, "s1", "ana") }, "", "ana", 0},
 		{"ana claims it again", func() error { return m.Claim(ctx, "s1", "ana") }, "", "ana", 0},
 		{"bob may not claim it", func() error { return m.Claim(ctx, "s1", "bob") }, apperr.Forbidden, "ana", 0},
-		{"ana's turn is applied", func() error { _, err := m.Apply(ctx, "e1", ev("ana", "s1", "hi"), fixedSummary("x")); return err }, "", "ana", 2},
-		{"bob's event is refused", func() error { _, err := m.Apply(ctx, "e2", ev("bob", "s1", "mine now"), fixedSummary("x")); return err },
+		{"ana's turn is applied", func() error { _, err := m.Apply(ctx, "e1", ev("ana", "s1", "hi"), fixedSummary("x"), nil); return err }, "", "ana", 2},
+		{"bob's event is refused", func() error {
+			_, err := m.Apply(ctx, "e2", ev("bob", "s1", "mine now"), fixedSummary("x"), nil)
+			return err
+		},
 			apperr.Forbidden, "ana", 2},
 		{"an unclaimed session goes to the first event's user", func() error {
-			_, err := m.Apply(ctx, "e3", ev("bob", "s2", "hello"), fixedSummary("x"))
+			_, err := m.Apply(ctx, "e3", ev("bob", "s2", "hello"), fixedSummary("x"), nil)
 			return err
 		}, "", "ana", 2},
 	}
@@ -324,5 +329,73 @@ func TestSessionOwner(t *testing.T) {
 		if h, err := m.History(ctx, "s1", c.user, 0); err != nil || h == nil || len(h) != c.want {
 			t.Fatalf("s1's history read for %q: %d entries (%v); want %d", c.user, len(h), err, c.want)
 		}
+	}
+}
+
+// TestSummaryJob: the user's summary job is scheduled by the first turn
+// that waits for a summary, before that turn is counted (a scheduler that
+// fails leaves the event unapplied, to be delivered again); later turns and
+// a redelivered event do not schedule it again while it is set to fire; a
+// job that fires before the turns have paused moves itself; turns that come
+// while the model writes the summary get a job of their own.
+func TestSummaryJob(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	now := time.Date(2026, 12, 6, 1, 0, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	wait := func(d time.Duration) { mu.Lock(); defer mu.Unlock(); now = now.Add(d) }
+	var jobs []time.Duration
+	failing := true
+	later := func(_ context.Context, after time.Duration) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if failing {
+			return errors.New("scheduler unavailable")
+		}
+		jobs = append(jobs, after)
+		return nil
+	}
+	scheduled := func() []time.Duration { mu.Lock(); defer mu.Unlock(); return slices.Clone(jobs) }
+	m := New(statetest.New(), Config{SummaryEvery: 10, SummaryDebounce: time.Second, Now: clock}, testkit.Quiet())
+	ctx := t.Context()
+
+	if _, err := m.Apply(ctx, "e1", ev("u", "s", "one"), fixedSummary("x"), later); apperr.CodeOf(err) != apperr.Unavailable {
+		t.Fatalf("apply with the scheduler down: %v; want Unavailable", err)
+	}
+	if h, _ := m.History(ctx, "s", "", 0); len(h) != 0 {
+		t.Fatalf("history %v; want nothing applied", h)
+	}
+	failing = false
+	for _, id := range []string{"e1", "e2", "e1"} { // e1 again: a redelivery
+		if _, err := m.Apply(ctx, id, ev("u", "s", id), fixedSummary("x"), later); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := scheduled(); !slices.Equal(got, []time.Duration{time.Second}) {
+		t.Fatalf("jobs %v; want one, due in 1s", got)
+	}
+	wait(400 * time.Millisecond)
+	if _, _, done, err := m.Summarize(ctx, "u", fixedSummary("early"), later); err != nil || done {
+		t.Fatalf("a job before the pause: done %v (%v); want it moved", done, err)
+	}
+	if got := scheduled(); len(got) != 2 || got[1] != 600*time.Millisecond {
+		t.Fatalf("jobs %v; want the second due at the pause's end (600ms)", got)
+	}
+	wait(time.Second)
+	meanwhile := func(ctx context.Context, _ contract.Profile, recent []contract.Entry) (string, error) {
+		if _, err := m.Apply(ctx, "e3", ev("u", "s", "three"), fixedSummary("x"), later); err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("summary of %d entries", len(recent)), nil
+	}
+	summary, session, done, err := m.Summarize(ctx, "u", meanwhile, later)
+	if err != nil || !done || session != "s" || summary != "summary of 4 entries" {
+		t.Fatalf("the job after the pause: %q %q %v %v", summary, session, done, err)
+	}
+	if got := scheduled(); len(got) != 3 || got[2] != time.Second {
+		t.Fatalf("jobs %v; want a third for the turn applied while the model wrote", got)
+	}
+	if p, _ := m.Profile(ctx, "u"); p.UserSummary != "summary of 4 entries" {
+		t.Fatalf("summary %q", p.UserSummary)
 	}
 }
