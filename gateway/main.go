@@ -64,6 +64,7 @@ func loadConfig() (config, error) {
 		pubsub:          r.String("GATEWAY_PUBSUB", contract.GatewayPubSub),
 		http: server.Config{
 			MaxDepth:      r.Int("GRAPHQL_MAX_DEPTH", 12, 2, 100),
+			MaxDeferred:   deferred(r.Int("GRAPHQL_MAX_DEFERRED", 8, 0, 100)),
 			MaxComplexity: r.Int("GRAPHQL_MAX_COMPLEXITY", 500, 10, 100000),
 			Introspection: r.Bool("GRAPHQL_INTROSPECTION", true),
 			KeepAlive:     r.Duration("WS_KEEPALIVE", 10*time.Second),
@@ -85,6 +86,14 @@ func loadConfig() (config, error) {
 	}
 	c.http.AppToken = c.AppToken
 	return c, err
+}
+
+// deferred is GRAPHQL_MAX_DEFERRED as server.Config takes it (0: refused).
+func deferred(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }
 
 func main() {

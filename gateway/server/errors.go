@@ -76,15 +76,15 @@ func GraphQLCode(c apperr.Code) string {
 // that is not one JSON operation, which quote the whole body back
 // ("... body:<the body>"): it says what is wrong, without the body.
 func bodyError(msg string) (string, bool) {
-	const decode, read = "json request body could not be decoded: ", "could not read request body: "
+	const decode, read, get = "json request body could not be decoded: ", "could not read request body: ", "could not get json request body: "
 	switch {
-	case !strings.HasPrefix(msg, decode) && !strings.HasPrefix(msg, read):
+	case !strings.HasPrefix(msg, decode) && !strings.HasPrefix(msg, read) && !strings.HasPrefix(msg, get):
 		return "", false
 	case strings.Contains(msg, "request body too large"):
 		return "the request body is larger than the limit", true
 	case strings.Contains(msg, "cannot unmarshal array"):
 		return "batched operations (a JSON array) are not supported: send one operation per request", true
-	case strings.HasPrefix(msg, read):
+	case strings.HasPrefix(msg, read), strings.HasPrefix(msg, get): // get: gqlgen's multipart/mixed (@defer)
 		return "the request body could not be read", true
 	}
 	detail, _, _ := strings.Cut(strings.TrimPrefix(msg, decode), " body:")

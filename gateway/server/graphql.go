@@ -25,7 +25,8 @@ import (
 )
 
 // graphQL returns the GraphQL handler: every transport, the operation rules
-// (complexity, depth, subscriptions only over a websocket), per-operation
+// (complexity, depth, deferred fragments, subscriptions only over a
+// streaming transport), per-operation
 // dataloaders, metrics and traces, and error presentation.
 func (s *Server) graphQL() http.Handler {
 	srv := handler.New(graph.NewExecutableSchema(graph.Config{Resolvers: s.res}))
@@ -42,7 +43,12 @@ func (s *Server) graphQL() http.Handler {
 	// GraphQL over Server-Sent Events (graphql-sse, distinct connections
 	// mode) where websockets are blocked: a subscription sent as a POST with
 	// Accept: text/event-stream, behind the same HTTP guards.
-	srv.AddTransport(transport.SSE{KeepAlivePingInterval: s.cfg.KeepAlive})
+	srv.AddTransport(checkedBody{transport.SSE{KeepAlivePingInterval: s.cfg.KeepAlive}})
+	// Apollo's subscriptions over multipart HTTP (Accept: multipart/mixed
+	// with subscriptionSpec), before gqlgen's multipart/mixed for @defer
+	// (deferSpec): the first transport that supports a request serves it.
+	srv.AddTransport(multipartSubscriptions{heartbeat: s.cfg.MultipartHeartbeat, log: s.log})
+	srv.AddTransport(checkedBody{transport.MultipartMixed{Boundary: "-", DeliveryTimeout: 5 * time.Millisecond}})
 	srv.AddTransport(transport.Options{})
 	srv.AddTransport(transport.GET{})
 	srv.AddTransport(transport.POST{})
@@ -54,6 +60,7 @@ func (s *Server) graphQL() http.Handler {
 	srv.Use(extension.AutomaticPersistedQuery{Cache: s.cfg.PersistedQueries})
 	srv.Use(&complexityLimit{max: s.cfg.MaxComplexity})
 	srv.Use(depthLimit{max: s.cfg.MaxDepth})
+	srv.Use(deferLimit{max: s.cfg.MaxDeferred})
 	srv.Use(websocketSubscriptions{})
 	srv.Use(s.obs)
 	srv.AroundOperations(func(ctx context.Context, next graphql.OperationHandler) graphql.ResponseHandler {

@@ -134,8 +134,9 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// tooLargeWriter answers 413 instead of 200 when the body went over its
-// limit (gqlgen answers a body it cannot read with 200 and an error).
+// tooLargeWriter answers 413 instead of 200 or 400 when the body went over
+// its limit (gqlgen answers a body it cannot read with 200 and an error,
+// the multipart subscription transport with 400).
 type tooLargeWriter struct {
 	http.ResponseWriter
 	body  *limitedBody
@@ -143,7 +144,7 @@ type tooLargeWriter struct {
 }
 
 func (w *tooLargeWriter) WriteHeader(code int) {
-	if !w.wrote && w.body.tooLarge && code == http.StatusOK {
+	if !w.wrote && w.body.tooLarge && (code == http.StatusOK || code == http.StatusBadRequest) {
 		code = http.StatusRequestEntityTooLarge
 	}
 	w.wrote = true

@@ -34,16 +34,20 @@ import (
 // Config of the HTTP surface.
 type Config struct {
 	MaxDepth       int           // GRAPHQL_MAX_DEPTH, default 12
+	MaxDeferred    int           // GRAPHQL_MAX_DEFERRED: @defer fragments per operation, default 8; negative: @defer refused
 	MaxComplexity  int           // GRAPHQL_MAX_COMPLEXITY, default 500
 	MaxBody        int64         // bytes, default 1 MiB
 	Introspection  bool          // GRAPHQL_INTROSPECTION, default true
 	AllowedOrigins []string      // CORS and websocket origins besides the gateway's own host
 	KeepAlive      time.Duration // websocket keepalive, default 10s
-	InitTimeout    time.Duration // websocket connection_init timeout, default 10s
-	LoaderWait     time.Duration // how long a dataloader gathers keys, default graph.DefaultLoaderWait
-	AppToken       string        // APP_API_TOKEN: required on the pub/sub routes
-	Suggestions    bool          // "did you mean" in validation errors (GRAPHQL_SUGGESTIONS)
-	Guard          *auth.Guard   // authentication of bearer tokens and websocket connection_init
+	// MultipartHeartbeat is how often a quiet multipart subscription
+	// sends its heartbeat ({}), default 5s (Apollo's).
+	MultipartHeartbeat time.Duration
+	InitTimeout        time.Duration // websocket connection_init timeout, default 10s
+	LoaderWait         time.Duration // how long a dataloader gathers keys, default graph.DefaultLoaderWait
+	AppToken           string        // APP_API_TOKEN: required on the pub/sub routes
+	Suggestions        bool          // "did you mean" in validation errors (GRAPHQL_SUGGESTIONS)
+	Guard              *auth.Guard   // authentication of bearer tokens and websocket connection_init
 	// PersistedQueries are the automatic persisted queries (APQ) by hash;
 	// nil keeps them in this replica's memory.
 	PersistedQueries graphql.Cache[string]
@@ -80,6 +84,12 @@ func (c *Config) defaults() {
 	}
 	if c.KeepAlive == 0 {
 		c.KeepAlive = 10 * time.Second
+	}
+	if c.MaxDeferred == 0 {
+		c.MaxDeferred = 8
+	}
+	if c.MultipartHeartbeat == 0 {
+		c.MultipartHeartbeat = 5 * time.Second
 	}
 	if c.InitTimeout == 0 {
 		c.InitTimeout = 10 * time.Second

@@ -221,25 +221,30 @@ func TestBodyErrorNeverQuotesTheBody(t *testing.T) {
 		{"chunked" + `{"query":"` + strings.Repeat("x", 2<<20) + `"}`, 413, "larger than the limit", "BAD_REQUEST"},
 	}
 	_, h := newServer(graphtest.New(), Config{}, 0, nil)
-	for _, tt := range tests {
-		body, chunked := strings.CutPrefix(tt.body, "chunked")
-		req := httptest.NewRequest(http.MethodPost, "/graphql", strings.NewReader(body))
-		if chunked {
-			req.ContentLength = -1
-		}
-		req.Header.Set("Content-Type", "application/json")
-		w := httptest.NewRecorder()
-		h.ServeHTTP(w, req)
-		var resp struct {
-			Errors []struct {
-				Message    string
-				Extensions map[string]any
+	for _, accept := range []string{"", acceptSubscription, acceptDefer, "text/event-stream"} { // every transport a JSON POST may reach
+		for _, tt := range tests {
+			body, chunked := strings.CutPrefix(tt.body, "chunked")
+			req := httptest.NewRequest(http.MethodPost, "/graphql", strings.NewReader(body))
+			if chunked {
+				req.ContentLength = -1
 			}
-		}
-		json.Unmarshal(w.Body.Bytes(), &resp)
-		if w.Code != tt.status || len(resp.Errors) != 1 || !strings.Contains(resp.Errors[0].Message, tt.want) ||
-			resp.Errors[0].Extensions["code"] != tt.code || strings.Contains(w.Body.String(), "health") || w.Body.Len() > 1000 {
-			t.Errorf("%.40s: %d %.300s; want %d %q %s", tt.body, w.Code, w.Body, tt.status, tt.want, tt.code)
+			req.Header.Set("Content-Type", "application/json")
+			if accept != "" {
+				req.Header.Set("Accept", accept)
+			}
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, req)
+			var resp struct {
+				Errors []struct {
+					Message    string
+					Extensions map[string]any
+				}
+			}
+			json.Unmarshal(w.Body.Bytes(), &resp)
+			if w.Code != tt.status || len(resp.Errors) != 1 || !strings.Contains(resp.Errors[0].Message, tt.want) ||
+				resp.Errors[0].Extensions["code"] != tt.code || strings.Contains(w.Body.String(), "health") || w.Body.Len() > 1000 {
+				t.Errorf("%.40s (Accept %q): %d %.300s; want %d %q %s", tt.body, accept, w.Code, w.Body, tt.status, tt.want, tt.code)
+			}
 		}
 	}
 }

@@ -34,7 +34,10 @@ func (websocketSubscriptions) MutateOperationContext(ctx context.Context, oc *gr
 	if strings.Contains(oc.Headers.Get("Accept"), "text/event-stream") {
 		return nil // graphql-sse
 	}
-	err := gqlerror.Errorf("subscriptions need a websocket on /graphql (graphql-transport-ws or graphql-ws) or Server-Sent Events (Accept: text/event-stream), not a plain HTTP request")
+	if _, mp := ctx.Value(streamSlotKey{}).(*streamSlot); mp {
+		return nil // Apollo's multipart subscriptions
+	}
+	err := gqlerror.Errorf("subscriptions need a websocket on /graphql (graphql-transport-ws or graphql-ws), Server-Sent Events (Accept: text/event-stream) or Apollo's multipart HTTP (Accept: multipart/mixed;subscriptionSpec=1.0), not a plain HTTP request")
 	err.Extensions = map[string]any{"code": "BAD_REQUEST"}
 	return err
 }

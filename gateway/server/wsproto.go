@@ -54,6 +54,10 @@ func withConnSlot(next http.Handler) http.Handler {
 // closeSocket closes the websocket that ctx belongs to with code and
 // reason, without waiting for the peer. It reports whether there was one.
 func closeSocket(ctx context.Context, code int, reason string) bool {
+	if s, ok := ctx.Value(streamSlotKey{}).(*streamSlot); ok { // a multipart stream: its error part, then its end
+		s.fail(reason)
+		return true
+	}
 	slot, ok := ctx.Value(connSlotKey{}).(*connSlot)
 	if !ok {
 		return false

@@ -174,6 +174,49 @@ func TestClientLibraries(t *testing.T) {
 	}
 }
 
+// TestApolloHTTPLinkAlone: Apollo Client with HttpLink only — no websocket
+// link — receives a subscription over multipart HTTP (Apollo's protocol)
+// and a query whose @defer fragment comes after the rest, each in the
+// framing it asked for.
+func TestApolloHTTPLinkAlone(t *testing.T) {
+	st := stacktest.Stack(t)
+	ctx := chromium(t)
+	user, session := fmt.Sprintf("httplink-%d", time.Now().UnixNano()), fmt.Sprintf("httplink-s-%d", time.Now().UnixNano())
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(st.App("gateway").AppURL()+"/"),
+		chromedp.WaitReady("body"),
+		chromedp.Evaluate[chromedp.Void](clientLibraries),
+	); err != nil {
+		t.Fatal(err)
+	}
+	got, err := chromedp.Run(ctx, chromedp.Evaluate[struct {
+		Sent     struct{ Reply, SessionID, Status string }
+		Event    struct{ EventID, SessionID, UserMessage, AssistantReply string }
+		Sessions []struct {
+			SessionID string
+			Messages  []struct{ Content string }
+		}
+		Seen []struct{ Accept, Type string }
+	}](fmt.Sprintf(`window.dacaClients.httpOnly({user: %q, session: %q})`, user, session), chromedp.EvalAwaitPromise))
+	if err != nil {
+		t.Fatalf("HttpLink alone: %v", err)
+	}
+	if got.Sent.Status != "COMPLETED" || got.Event.SessionID != session || got.Event.UserMessage != "hello over multipart" || got.Event.AssistantReply != got.Sent.Reply {
+		t.Fatalf("the subscription's event %+v after %+v", got.Event, got.Sent)
+	}
+	if len(got.Sessions) != 1 || got.Sessions[0].SessionID != session || len(got.Sessions[0].Messages) != 2 || got.Sessions[0].Messages[0].Content != "hello over multipart" {
+		t.Fatalf("the deferred query: %+v", got.Sessions)
+	}
+	var subscription, deferred bool
+	for _, r := range got.Seen {
+		subscription = subscription || strings.Contains(r.Accept, "subscriptionSpec") && strings.Contains(r.Type, `subscriptionSpec="1.0"`)
+		deferred = deferred || strings.Contains(r.Accept, "deferSpec") && strings.Contains(r.Type, "deferSpec=20220824")
+	}
+	if !subscription || !deferred {
+		t.Fatalf("requests %+v; want a multipart subscription and a multipart @defer answer", got.Seen)
+	}
+}
+
 // TestPlaygroundDocsListTheSchema: GraphiQL's own introspection query (the
 // standard one of graphql-js) is answered, so its documentation explorer
 // lists the schema: Query and its field memory.

@@ -1,8 +1,9 @@
 // The client libraries people use with the gateway, run in a browser page of
 // the gateway's origin by test/browser: Apollo Client (HttpLink for queries
 // and mutations, GraphQLWsLink over graphql-ws for subscriptions) and the
-// legacy subscriptions-transport-ws client, and graphql-sse (subscriptions
-// over Server-Sent Events, where websockets are blocked). Bundled into
+// legacy subscriptions-transport-ws client, graphql-sse (subscriptions
+// over Server-Sent Events, where websockets are blocked), and HttpLink
+// alone (subscriptions over multipart HTTP, @defer). Bundled into
 // test/browser/testdata/clients/clients.js (see README.md beside it).
 import { ApolloClient, InMemoryCache, HttpLink, gql } from '@apollo/client/core';
 import { GraphQLWsLink } from '@apollo/client/link/subscriptions';
@@ -99,4 +100,37 @@ async function persisted({ user }) {
   return { first: first.data.memory, second: second.data.memory, requests };
 }
 
-window.dacaClients = { run, persisted };
+// httpOnly uses Apollo Client's plain HttpLink for everything: a
+// subscription over multipart HTTP (Apollo's protocol, no websocket link)
+// that receives the turn's event, and a query with @defer whose deferred
+// fragment (a session's messages) arrives after the session list; it
+// returns the event, the result Apollo merged, and the Accept headers and
+// response types the link saw.
+async function httpOnly({ user, session }) {
+  const seen = [];
+  const fetchLogged = async (uri, opts) => {
+    const resp = await fetch(uri, opts);
+    seen.push({ accept: (opts && opts.headers && (opts.headers.accept || opts.headers.Accept)) || '', type: resp.headers.get('content-type') || '' });
+    return resp;
+  };
+  const client = new ApolloClient({ link: new HttpLink({ uri: '/graphql', fetch: fetchLogged }), cache: new InMemoryCache() });
+  const before = await openSubscriptions();
+  const event = first(client.subscribe({ query: SUB, variables: { s: session } }), 'HttpLink subscription');
+  const deadline = Date.now() + 20000;
+  while ((await openSubscriptions()) < before + 1) {
+    if (Date.now() > deadline) throw new Error('the multipart subscription did not open');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const sent = await client.mutate({
+    mutation: gql`mutation($in: SendMessageInput!) { sendMessage(input: $in) { reply sessionId status } }`,
+    variables: { in: { userId: user, text: 'hello over multipart', sessionId: session } },
+  });
+  const ev = await within(30000, event, 'the multipart event');
+  const deferred = await client.query({
+    query: gql`query Sessions($u: ID!) { sessions(userId: $u) { sessionId ... @defer(label: "messages") { messages(last: 2) { content } } } }`,
+    variables: { u: user }, fetchPolicy: 'no-cache',
+  });
+  return { sent: sent.data.sendMessage, event: ev.data.conversationUpdated, sessions: deferred.data.sessions, seen };
+}
+
+window.dacaClients = { run, persisted, httpOnly };
