@@ -256,6 +256,12 @@ func (a *Activities) GenerateResponse(ctx workflow.ActivityContext) (any, error)
 		out.Context = &in.Context
 	}
 	if len(out.Calls) == 0 && in.Save != nil {
+		// The reply's pieces go out before its event: a reader sees the
+		// event last, as when saving was a step of its own.
+		if st != nil {
+			st.close()
+			st.wait()
+		}
 		ev := contract.NewConversationUpdated(in.UserID, in.Save.SessionID, in.Text, soFar.String()+ans.Text)
 		ev.SentAt = time.Now().UTC()
 		for _, st := range in.Steps {
