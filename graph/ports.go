@@ -23,6 +23,9 @@ type Backend interface {
 	// contract.MaxBatch ids), the last `last` entries of each when last > 0.
 	Conversations(ctx context.Context, sessionIDs []string, last int) (map[string][]contract.Entry, error)
 	Sessions(ctx context.Context, userID string) ([]contract.SessionInfo, error)
+	// Usage is what a user's LLM calls took from the start of since's UTC
+	// day on (the memory's count).
+	Usage(ctx context.Context, userID string, since time.Time) (contract.UsageReply, error)
 	// SessionOwner is the user a session belongs to; "" for a session
 	// nobody has started. One lookup.
 	SessionOwner(ctx context.Context, sessionID string) (string, error)

@@ -7,6 +7,7 @@ package graph
 
 import (
 	"context"
+	"time"
 
 	"github.com/daca-go/daca/graph/model"
 	"github.com/daca-go/daca/internal/apperr"
@@ -255,6 +256,22 @@ func (r *queryResolver) PendingApprovals(ctx context.Context, userID string) ([]
 		out[i] = model.ApprovalOf(a)
 	}
 	return out, nil
+}
+
+// Usage is the resolver for the usage field.
+func (r *queryResolver) Usage(ctx context.Context, userID string, since *time.Time) (*model.Usage, error) {
+	if err := r.forUser(ctx, userID); err != nil {
+		return nil, err
+	}
+	from := time.Now()
+	if since != nil {
+		from = *since
+	}
+	u, err := r.Backend.Usage(ctx, userID, from)
+	if err != nil {
+		return nil, err
+	}
+	return &model.Usage{UserID: userID, Since: u.Since, TokensIn: u.TokensIn, TokensOut: u.TokensOut, LlmCalls: u.LLMCalls, Turns: u.Turns, ToolCalls: u.ToolCalls}, nil
 }
 
 // Messages is the resolver for the messages field.

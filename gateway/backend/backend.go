@@ -87,6 +87,10 @@ func (c *Client) Sessions(ctx context.Context, userID string) ([]contract.Sessio
 	return c.memory().Sessions(ctx, userID)
 }
 
+func (c *Client) Usage(ctx context.Context, userID string, since time.Time) (contract.UsageReply, error) {
+	return c.memory().Usage(ctx, userID, since)
+}
+
 func (c *Client) SessionOwner(ctx context.Context, sessionID string) (string, error) {
 	return c.memory().Owner(ctx, sessionID)
 }

@@ -40,6 +40,9 @@ func (s *Server) presentError(ctx context.Context, e error) *gqlerror.Error {
 	if ae.RetryAfter > 0 {
 		gerr.Extensions["retryAfter"] = int((ae.RetryAfter + time.Second - 1) / time.Second)
 	}
+	if !ae.ResetsAt.IsZero() { // a quota: when it resets
+		gerr.Extensions["resetsAt"] = ae.ResetsAt.UTC().Format(time.RFC3339)
+	}
 	log := logging.From(ctx, s.log)
 	switch code {
 	case "INTERNAL", "UNAVAILABLE":
@@ -63,6 +66,8 @@ func GraphQLCode(c apperr.Code) string {
 		return "FORBIDDEN"
 	case apperr.RateLimited:
 		return "RATE_LIMITED"
+	case apperr.ResourceExhausted:
+		return "RESOURCE_EXHAUSTED"
 	case apperr.Conflict:
 		return "CONFLICT"
 	case apperr.Unavailable, apperr.Timeout:

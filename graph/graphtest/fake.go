@@ -24,6 +24,7 @@ type Fake struct {
 	Profiles    map[string]contract.Profile
 	History     map[string][]contract.Entry
 	SessionList map[string][]contract.SessionInfo
+	UsageOf     map[string]contract.UsageReply // Usage by user
 	Runs        map[string]*contract.ChatRun
 	Owners      map[string]string // session id → the user it belongs to
 	Err         error
@@ -154,6 +155,15 @@ func (f *Fake) Conversations(_ context.Context, ids []string, last int) (map[str
 
 func (f *Fake) Sessions(_ context.Context, u string) ([]contract.SessionInfo, error) {
 	return f.SessionList[u], f.err()
+}
+
+// Usage answers UsageOf[userID], counted from since's day.
+func (f *Fake) Usage(_ context.Context, userID string, since time.Time) (contract.UsageReply, error) {
+	f.Mu.Lock()
+	defer f.Mu.Unlock()
+	u := f.UsageOf[userID]
+	u.UserID, u.Since = userID, since.UTC().Truncate(24*time.Hour)
+	return u, f.Err
 }
 
 func (f *Fake) SessionOwner(_ context.Context, sessionID string) (string, error) {

@@ -273,6 +273,24 @@ type ToolCall struct {
 	Approval *Approval `json:"approval,omitempty"`
 }
 
+// What a user's LLM calls took.
+type Usage struct {
+	// The user.
+	UserID string `json:"userId"`
+	// The start of the UTC day counted from.
+	Since time.Time `json:"since"`
+	// Prompt tokens.
+	TokensIn int `json:"tokensIn"`
+	// Completion tokens.
+	TokensOut int `json:"tokensOut"`
+	// LLM calls.
+	LlmCalls int `json:"llmCalls"`
+	// Chat turns (each counted once its conversation event is remembered).
+	Turns int `json:"turns"`
+	// The tool calls of those turns.
+	ToolCalls int `json:"toolCalls"`
+}
+
 // Where an approval stands.
 type ApprovalStatus string
 

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/contract"
@@ -113,16 +114,34 @@ func call(ctx context.Context, c Caller, app string, route Route, path, key stri
 // AppError is the error of an app's answer with an HTTP error status: its
 // code, and the app's own {"detail"} unless the code is Internal (whose
 // details stay in the app's log).
+//
+// A status stands for several codes (429: rate limited, or a quota used
+// up): the app's own "code" says which, and its "retry_after" (seconds)
+// when to try again.
 func AppError(app string, status int, body []byte, cause error) error {
 	c := apperr.FromHTTPStatus(status)
-	msg := defaultMessage(c, app)
 	var b struct {
-		Detail string `json:"detail"`
+		Detail     string    `json:"detail"`
+		Code       string    `json:"code"`
+		RetryAfter int       `json:"retry_after"`
+		ResetsAt   time.Time `json:"resets_at"`
 	}
-	if json.Unmarshal(body, &b) == nil && b.Detail != "" && c != apperr.Internal {
+	parsed := json.Unmarshal(body, &b) == nil
+	if parsed && apperr.Code(b.Code) == apperr.ResourceExhausted && status == apperr.HTTPStatus(apperr.ResourceExhausted) {
+		c = apperr.ResourceExhausted
+	}
+	msg := defaultMessage(c, app)
+	if parsed && b.Detail != "" && c != apperr.Internal {
 		msg = b.Detail
 	}
-	return &apperr.Error{Code: c, Message: msg, Err: cause}
+	e := &apperr.Error{Code: c, Message: msg, Err: cause}
+	if parsed && b.RetryAfter > 0 {
+		e.RetryAfter = time.Duration(b.RetryAfter) * time.Second
+	}
+	if parsed && c == apperr.ResourceExhausted {
+		e.ResetsAt = b.ResetsAt
+	}
+	return e
 }
 
 func defaultMessage(c apperr.Code, app string) string {

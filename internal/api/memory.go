@@ -3,7 +3,9 @@ package api
 import (
 	"context"
 	"net/http"
+	"net/url"
 	"strconv"
+	"time"
 
 	"github.com/daca-go/daca/internal/apperr"
 	"github.com/daca-go/daca/internal/contract"
@@ -21,6 +23,7 @@ var (
 	GetOwner           = Route{http.MethodGet, "/owners/{session_id}"}
 	ClaimSession       = Route{http.MethodPut, "/owners/{session_id}"}
 	ListSessions       = Route{http.MethodGet, "/users/{user_id}/sessions"}
+	GetUsage           = Route{http.MethodGet, "/usage/{user_id}"} // ?since=
 	// ConversationEvents is where the sidecar delivers TopicConversations
 	// (components/subscription-conversations.yaml names the same route).
 	ConversationEvents = Route{http.MethodPost, "/conversations"}
@@ -34,6 +37,7 @@ const (
 	QueryLast      = "last"
 	QueryUserID    = "user_id"
 	QuerySessionID = "session_id"
+	QuerySince     = "since" // GetUsage: RFC 3339
 )
 
 // Memory is agent-memory-service's API.
@@ -96,6 +100,14 @@ func (m Memory) Context(ctx context.Context, userID, sessionID string, last int)
 	}
 	var out contract.ContextReply
 	err := m.call(ctx, GetContext, path, nil, &out)
+	return out, err
+}
+
+// Usage is GET /usage/{user_id}: what the user's LLM calls took from the
+// start of since's UTC day on.
+func (m Memory) Usage(ctx context.Context, userID string, since time.Time) (contract.UsageReply, error) {
+	var out contract.UsageReply
+	err := m.call(ctx, GetUsage, GetUsage.Path(userID)+"?"+QuerySince+"="+url.QueryEscape(since.UTC().Format(time.RFC3339)), nil, &out)
 	return out, err
 }
 

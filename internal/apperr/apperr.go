@@ -23,9 +23,12 @@ const (
 	Unauthenticated Code = "unauthenticated" // 401
 	Forbidden       Code = "forbidden"       // 403
 	RateLimited     Code = "rate_limited"    // 429
-	Unavailable     Code = "unavailable"     // a dependency is down: 503
-	Timeout         Code = "timeout"         // took too long: 504
-	Internal        Code = "internal"        // a bug: 500
+	// ResourceExhausted: a quota is used up until it resets (the daily
+	// token budget): 429, with RetryAfter until the reset.
+	ResourceExhausted Code = "resource_exhausted"
+	Unavailable       Code = "unavailable" // a dependency is down: 503
+	Timeout           Code = "timeout"     // took too long: 504
+	Internal          Code = "internal"    // a bug: 500
 )
 
 // Error is an error with a code and a client-safe message.
@@ -34,6 +37,8 @@ type Error struct {
 	Message    string        // safe to return to clients
 	Err        error         // internal cause; logged, never returned
 	RetryAfter time.Duration // for RateLimited and Unavailable, when known
+	// ResetsAt is when a used-up quota resets (ResourceExhausted).
+	ResetsAt time.Time
 }
 
 func (e *Error) Error() string {
@@ -109,7 +114,7 @@ func HTTPStatus(c Code) int {
 		return http.StatusUnauthorized
 	case Forbidden:
 		return http.StatusForbidden
-	case RateLimited:
+	case RateLimited, ResourceExhausted:
 		return http.StatusTooManyRequests
 	case Unavailable:
 		return http.StatusServiceUnavailable

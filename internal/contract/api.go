@@ -207,6 +207,23 @@ type ContextReply struct {
 	History []Entry `json:"history"`
 }
 
+// UsageReply answers GET /usage/{user_id}: what the user's turns took
+// from Since (the start of its UTC day) on — tokens in and out of every LLM
+// call made for the user (the turns' and the memory's summaries), the
+// turns and their tool calls.
+type UsageReply struct {
+	UserID    string    `json:"user_id"`
+	Since     time.Time `json:"since"`
+	TokensIn  int       `json:"tokens_in"`
+	TokensOut int       `json:"tokens_out"`
+	LLMCalls  int       `json:"llm_calls"`
+	Turns     int       `json:"turns"`
+	ToolCalls int       `json:"tool_calls"`
+}
+
+// Tokens is the tokens in and out.
+func (u UsageReply) Tokens() int { return u.TokensIn + u.TokensOut }
+
 // SessionsReply answers GET /users/{user_id}/sessions.
 type SessionsReply struct {
 	UserID   string        `json:"user_id"`

@@ -26,6 +26,22 @@ type ConversationUpdated struct {
 	SentAt time.Time `json:"sent_at,omitzero"`
 	// ToolCalls are the tools the turn called, in order, with their results.
 	ToolCalls []ToolCall `json:"tool_calls,omitempty"`
+	// Usage is what the turn's LLM calls took (the memory counts it
+	// against the user, once per event). Absent in older events.
+	Usage *Usage `json:"usage,omitempty"`
+}
+
+// Usage is what LLM calls took: tokens as the provider reported them, and
+// the calls.
+type Usage struct {
+	PromptTokens     int `json:"prompt_tokens"`
+	CompletionTokens int `json:"completion_tokens"`
+	LLMCalls         int `json:"llm_calls"`
+}
+
+// Plus is u and v together.
+func (u Usage) Plus(v Usage) Usage {
+	return Usage{PromptTokens: u.PromptTokens + v.PromptTokens, CompletionTokens: u.CompletionTokens + v.CompletionTokens, LLMCalls: u.LLMCalls + v.LLMCalls}
 }
 
 // NewConversationUpdated returns the event of a finished turn.

@@ -66,8 +66,9 @@ func JSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// Error answers err as {"detail": message} with the status of its code and
-// logs the internal cause with the request's logger.
+// Error answers err as {"detail": message, "code": code, "retry_after":
+// seconds (when known)} with the status of its code and logs the internal
+// cause with the request's logger.
 func Error(w http.ResponseWriter, r *http.Request, base *slog.Logger, err error) {
 	code := apperr.CodeOf(err)
 	status := apperr.HTTPStatus(code)
@@ -77,10 +78,17 @@ func Error(w http.ResponseWriter, r *http.Request, base *slog.Logger, err error)
 	} else {
 		log.Info("request refused", "status", status, "code", code, "err", err)
 	}
+	body := map[string]any{"detail": apperr.MessageOf(err), "code": string(code)}
 	if ra := apperr.RetryAfterOf(err); ra > 0 {
-		w.Header().Set("Retry-After", strconv.Itoa(int((ra+time.Second-1)/time.Second)))
+		secs := int((ra + time.Second - 1) / time.Second)
+		w.Header().Set("Retry-After", strconv.Itoa(secs))
+		body["retry_after"] = secs
 	}
-	JSON(w, status, map[string]any{"detail": apperr.MessageOf(err), "code": string(code)})
+	var ae *apperr.Error
+	if errors.As(err, &ae) && !ae.ResetsAt.IsZero() {
+		body["resets_at"] = ae.ResetsAt.UTC().Format(time.RFC3339)
+	}
+	JSON(w, status, body)
 }
 
 // IsProbe reports whether path is a health probe or the metrics scrape:

@@ -125,32 +125,34 @@ func New(ctx context.Context, cfg Config, keys KeySource, log *slog.Logger) (*Cl
 // TimeFormat is the format of the built-in get_current_time tool's answer.
 const TimeFormat = "2006-01-02 15:04:05 UTC"
 
-// Complete answers without tools (used for summaries): one round.
-func (c *Client) Complete(ctx context.Context, system string, history []Message, user string) (string, error) {
+// Complete answers without tools (used for summaries): one round, and the
+// tokens it took.
+func (c *Client) Complete(ctx context.Context, system string, history []Message, user string) (string, Usage, error) {
 	msgs := history
 	if user != "" {
 		msgs = append(slices.Clip(history), Message{Role: "user", Content: user})
 	}
 	a, err := c.Round(ctx, system, msgs, nil, nil)
-	return a.Text, err
+	return a.Text, a.Usage, err
 }
 
-func (c *Client) once(ctx context.Context, req openai.ChatCompletionRequest) (openai.ChatCompletionMessage, error) {
+func (c *Client) once(ctx context.Context, req openai.ChatCompletionRequest) (openai.ChatCompletionMessage, Usage, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
 	start := time.Now()
 	resp, err := c.oa.CreateChatCompletion(ctx, req)
 	callDuration.WithLabelValues(c.mode, outcome(err)).Observe(time.Since(start).Seconds())
 	if err != nil {
-		return openai.ChatCompletionMessage{}, c.classify(ctx, err)
+		return openai.ChatCompletionMessage{}, Usage{}, c.classify(ctx, err)
 	}
+	u := Usage{PromptTokens: resp.Usage.PromptTokens, CompletionTokens: resp.Usage.CompletionTokens}
 	tokens.WithLabelValues(c.mode, "prompt").Add(float64(resp.Usage.PromptTokens))
 	tokens.WithLabelValues(c.mode, "completion").Add(float64(resp.Usage.CompletionTokens))
 	c.log.Debug("LLM call", "duration_ms", time.Since(start).Milliseconds(), "tokens", resp.Usage.TotalTokens)
 	if len(resp.Choices) == 0 {
-		return openai.ChatCompletionMessage{}, apperr.New(apperr.Unavailable, "the language model returned no choices")
+		return openai.ChatCompletionMessage{}, u, apperr.New(apperr.Unavailable, "the language model returned no choices")
 	}
-	return resp.Choices[0].Message, nil
+	return resp.Choices[0].Message, u, nil
 }
 
 // streamOnce reads one streamed completion. It copes with what Gemini's
@@ -159,15 +161,19 @@ func (c *Client) once(ctx context.Context, req openai.ChatCompletionRequest) (op
 // finish reason), tool calls without an index, and several calls that all
 // say index 0 (a call with another id is a new call). A call without an id
 // gets one, since the tool's answer must name it.
-func (c *Client) streamOnce(ctx context.Context, req openai.ChatCompletionRequest, round int, onDelta func(string)) (openai.ChatCompletionMessage, error) {
+func (c *Client) streamOnce(ctx context.Context, req openai.ChatCompletionRequest, round int, onDelta func(string)) (openai.ChatCompletionMessage, Usage, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
 	req.Stream = true
+	// The usage in a last chunk (OpenAI's stream_options; providers that
+	// do not know it report nothing, and the turn counts no tokens).
+	req.StreamOptions = &openai.StreamOptions{IncludeUsage: true}
 	start := time.Now()
+	var usage Usage
 	st, err := c.oa.CreateChatCompletionStream(ctx, req)
 	defer func() { callDuration.WithLabelValues(c.mode, outcome(err)).Observe(time.Since(start).Seconds()) }()
 	if err != nil {
-		return openai.ChatCompletionMessage{}, c.classify(ctx, err)
+		return openai.ChatCompletionMessage{}, usage, c.classify(ctx, err)
 	}
 	defer st.Close()
 	msg := openai.ChatCompletionMessage{Role: openai.ChatMessageRoleAssistant}
@@ -182,11 +188,12 @@ func (c *Client) streamOnce(ctx context.Context, req openai.ChatCompletionReques
 			break
 		}
 		if err != nil {
-			return msg, c.classify(ctx, err)
+			return msg, usage, c.classify(ctx, err)
 		}
 		if u := chunk.Usage; u != nil { // providers that report usage on a stream (OpenAI's last chunk)
 			tokens.WithLabelValues(c.mode, "prompt").Add(float64(u.PromptTokens))
 			tokens.WithLabelValues(c.mode, "completion").Add(float64(u.CompletionTokens))
+			usage = Usage{PromptTokens: u.PromptTokens, CompletionTokens: u.CompletionTokens}
 		}
 		if len(chunk.Choices) == 0 {
 			continue
@@ -223,7 +230,7 @@ func (c *Client) streamOnce(ctx context.Context, req openai.ChatCompletionReques
 		tc.Index = &idx
 		msg.ToolCalls = append(msg.ToolCalls, *tc)
 	}
-	return msg, nil
+	return msg, usage, nil
 }
 
 // argsComplete reports whether a tool call's arguments so far are a whole

@@ -120,10 +120,13 @@ func TestOfflineStreamWithoutDelay(t *testing.T) {
 func TestOfflineSummary(t *testing.T) {
 	t.Parallel()
 	c := offline(t)
-	got, err := c.Complete(t.Context(), SummaryInstructions("Ana", "Ana is new."),
+	got, use, err := c.Complete(t.Context(), SummaryInstructions("Ana", "Ana is new."),
 		[]Message{{Role: "user", Content: "I love hiking"}, {Role: "assistant", Content: "Nice"}}, "")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if use.PromptTokens == 0 || use.CompletionTokens == 0 {
+		t.Fatalf("usage %+v; want the offline model's counts", use)
 	}
 	if !strings.Contains(got, "Ana") || !strings.Contains(got, "I love hiking") {
 		t.Fatalf("summary = %q", got)

@@ -30,6 +30,15 @@ type ToolCall struct {
 type Answer struct {
 	Text      string
 	ToolCalls []ToolCall
+	// Usage is what the provider reported for the call (zero when it
+	// reports nothing, as some do for a streamed reply).
+	Usage Usage
+}
+
+// Usage is the tokens of one LLM call as the provider counts them.
+type Usage struct {
+	PromptTokens     int `json:"prompt_tokens"`
+	CompletionTokens int `json:"completion_tokens"`
 }
 
 // TimeTool is the built-in tool every chat turn offers.
@@ -48,16 +57,17 @@ func (c *Client) Round(ctx context.Context, system string, msgs []Message, tools
 			Function: &openai.FunctionDefinition{Name: t.Name, Description: t.Description, Parameters: t.Parameters}})
 	}
 	var msg openai.ChatCompletionMessage
+	var u Usage
 	var err error
 	if on != nil {
-		msg, err = c.streamOnce(ctx, req, 0, on)
+		msg, u, err = c.streamOnce(ctx, req, 0, on)
 	} else {
-		msg, err = c.once(ctx, req)
+		msg, u, err = c.once(ctx, req)
 	}
 	if err != nil {
 		return Answer{}, err
 	}
-	a := Answer{Text: msg.Content}
+	a := Answer{Text: msg.Content, Usage: u}
 	for _, tc := range msg.ToolCalls {
 		a.ToolCalls = append(a.ToolCalls, ToolCall{ID: tc.ID, Name: tc.Function.Name, Arguments: tc.Function.Arguments})
 	}

@@ -72,6 +72,8 @@ type srv struct {
 	// actor is the session actor Dapr calls (package session); its routes
 	// answer once the service is ready.
 	actor *session.Actor
+	// budget is the daily token budget per user; nil: none.
+	budget *budget
 }
 
 func newServer(log *slog.Logger, appToken string, chatTimeout time.Duration) *srv {
@@ -180,6 +182,9 @@ func (s *srv) begin(w http.ResponseWriter, r *http.Request) (ctx context.Context
 		if apperr.CodeOf(err) != apperr.NotFound { // unknown whether it exists: never start it twice
 			return nil, in, "", "", err
 		}
+	}
+	if err := s.budget.check(ctx, in.UserID); err != nil {
+		return nil, in, "", "", err
 	}
 	in.Trace = telemetry.Carrier(ctx)
 	// Fresh: a new id, or one just found unknown.

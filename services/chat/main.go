@@ -51,6 +51,9 @@ type config struct {
 	// (APPROVAL_TIMEOUT).
 	policy          turn.Policy
 	approvalTimeout time.Duration
+	// tokenBudget is TOKEN_BUDGET_PER_DAY: tokens a user's LLM calls may
+	// take in a UTC day before the user's turns are refused (0: no budget).
+	tokenBudget int
 }
 
 func loadConfig() (config, error) {
@@ -67,6 +70,7 @@ func loadConfig() (config, error) {
 		toolTimeout:     r.Duration("TOOL_TIMEOUT", turn.DefaultToolTimeout),
 		toolsRefresh:    r.Duration("TOOLS_REFRESH", time.Minute),
 		approvalTimeout: r.Duration("APPROVAL_TIMEOUT", turn.DefaultApprovalTimeout),
+		tokenBudget:     r.Int("TOKEN_BUDGET_PER_DAY", 0, 0, 1<<40),
 	}
 	var errs []error
 	if c.toolTimeout < 100*time.Millisecond || c.toolTimeout > time.Hour {
@@ -105,6 +109,9 @@ func run(ctx context.Context, cfg config) error {
 	wf := workflow.NewClient(dc.GrpcClientConn())
 	reg := workflow.NewRegistry()
 	memory := api.Memory{Caller: daprc.NewHTTP(cfg.daprHTTPPort, cfg.daprToken)}
+	if cfg.tokenBudget > 0 {
+		s.budget = &budget{perDay: cfg.tokenBudget, usage: memory.Usage, now: time.Now, log: log}
+	}
 	// Every tool of every MCPServer of the sidecar (components/mcpserver-*.yaml),
 	// listed through Dapr's ListTools workflows.
 	runtime := runtimev1pb.NewDaprClient(dc.GrpcClientConn())
@@ -153,7 +160,7 @@ func run(ctx context.Context, cfg config) error {
 		}
 	}
 	s.ready(turns, newClaimCache(memoryOwners{memory}, claimTTL, maxClaims), tools, approvals, session.Client{Invoker: dc, State: dc}, dc, st.Model.Mode())
-	log.Info("ready", "llm", st.Model.Mode(), "chat_timeout", cfg.chatTimeout.String(), "tools", len(offered), "agent_max_steps", cfg.maxSteps)
+	log.Info("ready", "llm", st.Model.Mode(), "chat_timeout", cfg.chatTimeout.String(), "tools", len(offered), "agent_max_steps", cfg.maxSteps, "token_budget_per_day", cfg.tokenBudget)
 	err = st.Wait()
 	stopWorker()
 	return err

@@ -30,7 +30,7 @@ type Publisher interface {
 
 // Model writes summaries.
 type Model interface {
-	Complete(ctx context.Context, system string, history []llm.Message, user string) (string, error)
+	Complete(ctx context.Context, system string, history []llm.Message, user string) (string, llm.Usage, error)
 	Mode() string
 }
 
@@ -76,6 +76,7 @@ func (s *srv) routes() http.Handler {
 			{api.ForgetUser, s.forgetUser},
 			{api.GetConversation, s.getConversation},
 			{api.GetContext, s.getContext},
+			{api.GetUsage, s.getUsage},
 			{api.GetConversations, s.getConversations},
 			{api.DeleteConversation, s.deleteConversation},
 			{api.GetOwner, s.owner},
@@ -190,6 +191,27 @@ func (s *srv) getContext(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	httpx.JSON(w, http.StatusOK, contract.ContextReply{Profile: p, History: h})
+	return nil
+}
+
+// getUsage answers what the user's LLM calls took from the start of the
+// UTC day of ?since= (RFC 3339; default: today) on.
+func (s *srv) getUsage(w http.ResponseWriter, r *http.Request) error {
+	uid, err := httpx.PathID(r, api.ParamUserID)
+	if err != nil {
+		return err
+	}
+	since := time.Now().UTC()
+	if v := r.URL.Query().Get(api.QuerySince); v != "" {
+		if since, err = time.Parse(time.RFC3339, v); err != nil {
+			return apperr.New(apperr.Invalid, "since must be an RFC 3339 time")
+		}
+	}
+	u, err := s.backends.Load().mem.Usage(r.Context(), uid, since)
+	if err != nil {
+		return err
+	}
+	httpx.JSON(w, http.StatusOK, u)
 	return nil
 }
 

@@ -40,8 +40,8 @@ func (p *sidecar) GetMetadata(context.Context) (*dapr.GetMetadataResponse, error
 
 type model struct{ err error }
 
-func (m model) Complete(context.Context, string, []llm.Message, string) (string, error) {
-	return "a summary", m.err
+func (m model) Complete(context.Context, string, []llm.Message, string) (string, llm.Usage, error) {
+	return "a summary", llm.Usage{PromptTokens: 7, CompletionTokens: 3}, m.err
 }
 func (m model) Mode() string { return "offline" }
 
@@ -277,6 +277,9 @@ func TestRoutes(t *testing.T) {
 		{"GET", "/conversations/s-own", "", 200, `"history":[]`},
 		{"GET", "/conversations/s-own?user_id=ana&last=10", "", 200, `"history":[]`},
 		{"GET", "/conversations/s-own?user_id=a%7C%7Cb", "", 400, "user_id must match"},
+		{"GET", "/usage/ana", "", 200, `"tokens_in":0,"tokens_out":0,"llm_calls":0,"turns":0,"tool_calls":0`},
+		{"GET", "/usage/ana?since=2026-12-01T10:00:00Z", "", 200, `"since":"2026-12-01T00:00:00Z"`},
+		{"GET", "/usage/ana?since=yesterday", "", 400, "since must be an RFC 3339 time"},
 	}
 	for _, tt := range tests {
 		w := httptest.NewRecorder()

@@ -73,12 +73,13 @@ func jobRetries() dapr.FailurePolicy {
 
 // summarizer asks the model for a user's summary.
 func summarizer(b *backends) store.Summarizer {
-	return func(ctx context.Context, p contract.Profile, recent []contract.Entry) (string, error) {
+	return func(ctx context.Context, p contract.Profile, recent []contract.Entry) (string, contract.Usage, error) {
 		hist := make([]llm.Message, len(recent))
 		for i, e := range recent {
 			hist[i] = llm.Message{Role: e.Role, Content: e.Content}
 		}
-		return b.model.Complete(ctx, llm.SummaryInstructions(p.Name, p.UserSummary), hist, llm.SummaryRequest)
+		text, u, err := b.model.Complete(ctx, llm.SummaryInstructions(p.Name, p.UserSummary), hist, llm.SummaryRequest)
+		return text, contract.Usage{PromptTokens: u.PromptTokens, CompletionTokens: u.CompletionTokens, LLMCalls: 1}, err
 	}
 }
 

@@ -116,6 +116,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 			return fmt.Sprintf(`mutation { forgetUser(userId: %q) { sessionsDeleted } }`, d.user)
 		}, true, expect{"", "FORBIDDEN", ""}},
 		{"pendingApprovals", func(d data) string { return fmt.Sprintf(`{ pendingApprovals(userId: %q) { id } }`, d.user) }, false, expect{"", "FORBIDDEN", ""}},
+		{"usage", func(d data) string { return fmt.Sprintf(`{ usage(userId: %q) { tokensIn turns } }`, d.user) }, false, expect{"", "FORBIDDEN", ""}},
 		{"decideToolCall", func(d data) string {
 			return fmt.Sprintf(`mutation { decideToolCall(approvalId: %q, approve: false, reason: "matrix") { status } }`, d.approval)
 		}, true, expect{"", "NOT_FOUND", ""}},

@@ -243,7 +243,7 @@ func (a *Activities) GenerateResponse(ctx workflow.ActivityContext) (any, error)
 		log.Error("LLM failed", "code", apperr.CodeOf(err), "err", err)
 		return nil, err
 	}
-	out := Round{Text: ans.Text}
+	out := Round{Text: ans.Text, Usage: contract.Usage{PromptTokens: ans.Usage.PromptTokens, CompletionTokens: ans.Usage.CompletionTokens, LLMCalls: 1}}
 	for i, tc := range ans.ToolCalls {
 		c := Prepare(tools, tc, in.UserID, CallID(in.InstanceID, len(in.Steps)+1, i+1))
 		out.Calls = append(out.Calls, c)
@@ -264,11 +264,14 @@ func (a *Activities) GenerateResponse(ctx workflow.ActivityContext) (any, error)
 		}
 		ev := contract.NewConversationUpdated(in.UserID, in.Save.SessionID, in.Text, soFar.String()+ans.Text)
 		ev.SentAt = time.Now().UTC()
+		use := out.Usage
 		for _, st := range in.Steps {
 			for _, c := range st.Calls {
 				ev.ToolCalls = append(ev.ToolCalls, c.Wire())
 			}
+			use = use.Plus(st.Usage)
 		}
+		ev.Usage = &use
 		saved, err := a.save(ctx, sctx, ActGenerate, Result{ID: in.InstanceID, After: in.Save.After, Event: ev}, true)
 		if err != nil {
 			sp.SetStatus(codes.Error, errSaving)

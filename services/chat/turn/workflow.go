@@ -136,6 +136,8 @@ func (c ToolCall) Wire() contract.ToolCall {
 type Step struct {
 	Text  string     `json:"text,omitempty"`
 	Calls []ToolCall `json:"calls,omitempty"`
+	// Usage is what the round's LLM call took.
+	Usage contract.Usage `json:"usage,omitzero"`
 }
 
 // Round is what one generate_response execution answers.
@@ -146,6 +148,8 @@ type Round struct {
 	Context *Recalled `json:"context,omitempty"`
 	// Saved: the round saved the turn (generateInput.Save).
 	Saved bool `json:"saved,omitempty"`
+	// Usage is what the round's LLM call took.
+	Usage contract.Usage `json:"usage,omitzero"`
 }
 
 // UnmarshalJSON also reads the plain reply that generate_response answered
@@ -307,6 +311,7 @@ func Workflow(ctx *workflow.WorkflowContext) (any, error) {
 	var steps []Step
 	var reply string
 	var calls []ToolCall
+	var usage contract.Usage
 	saved := false
 	for round := 1; ; round++ {
 		if round > maxSteps {
@@ -331,6 +336,7 @@ func Workflow(ctx *workflow.WorkflowContext) (any, error) {
 		if r.Context != nil {
 			c = *r.Context
 		}
+		usage = usage.Plus(r.Usage)
 		reply += r.Text
 		if len(r.Calls) == 0 {
 			saved = r.Saved
@@ -340,7 +346,7 @@ func Workflow(ctx *workflow.WorkflowContext) (any, error) {
 			r.Calls[i] = callTool(ctx, in, r.Calls[i], CallID(ctx.ID(), round, i+1))
 		}
 		calls = append(calls, r.Calls...)
-		steps = append(steps, Step{Text: r.Text, Calls: r.Calls})
+		steps = append(steps, Step{Text: r.Text, Calls: r.Calls, Usage: r.Usage})
 	}
 
 	if !saved { // a turn from before PatchFewerSteps, or one stopped at maxSteps
@@ -349,6 +355,9 @@ func Workflow(ctx *workflow.WorkflowContext) (any, error) {
 		ev.SentAt = ctx.CurrentTimeUTC() // the workflow's clock: the same on replay
 		for _, c := range calls {
 			ev.ToolCalls = append(ev.ToolCalls, c.Wire())
+		}
+		if usage != (contract.Usage{}) {
+			ev.Usage = &usage
 		}
 		if err := ctx.CallActivity(ActSave, workflow.WithActivityInput(saveInput{Event: ev, EventID: ctx.ID(), After: in.After, Trace: in.Trace}),
 			workflow.WithActivityRetryPolicy(saveRetry())).Await(nil); err != nil {

@@ -240,7 +240,7 @@ func (m *model) Round(_ context.Context, system string, msgs []llm.Message, _ []
 	user := msgs[len(msgs)-1].Content
 	on("re: ")
 	on(user)
-	return llm.Answer{Text: "re: " + user}, nil
+	return llm.Answer{Text: "re: " + user, Usage: llm.Usage{PromptTokens: len(msgs), CompletionTokens: 2}}, nil
 }
 
 func run(t *testing.T, c *workflow.Client, id string, in Input) *workflow.WorkflowMetadata {
@@ -339,6 +339,11 @@ func TestChatWorkflow(t *testing.T) {
 				t.Fatalf("SentAt %v; want the turn's time", e.ev.SentAt)
 			}
 			events[0].ev.SentAt = time.Time{}
+			// The turn's usage: one LLM call, its tokens as the model reported them.
+			if u := events[0].ev.Usage; u == nil || *u != (contract.Usage{PromptTokens: len(m.history) + 1, CompletionTokens: 2, LLMCalls: 1}) {
+				t.Fatalf("usage %+v; want the model's call", u)
+			}
+			events[0].ev.Usage = nil
 			if e := events[0]; e.pubsub != contract.PubSub || e.topic != contract.TopicConversations || e.id != "chat-test-1" || !reflect.DeepEqual(e.ev, want) {
 				t.Fatalf("published %+v; want %+v on %s/%s with CloudEvent id chat-test-1", e, want, contract.PubSub, contract.TopicConversations)
 			}

@@ -54,6 +54,88 @@ type userDoc struct {
 	// when the user's summary job was last set to fire (zero: never).
 	LastTurnAt time.Time `json:"last_turn_at,omitzero"`
 	SummaryDue time.Time `json:"summary_due,omitzero"`
+	// Usage is what the user's LLM calls took, by UTC day (2006-01-02; the
+	// last usageDays days); Counted the ids of the last events counted in
+	// it (a redelivered event counts once).
+	Usage   map[string]dayUsage `json:"usage,omitempty"`
+	Counted []string            `json:"usage_counted,omitempty"`
+}
+
+// dayUsage is a user's day.
+type dayUsage struct {
+	TokensIn  int `json:"tokens_in"`
+	TokensOut int `json:"tokens_out"`
+	LLMCalls  int `json:"llm_calls"`
+	Turns     int `json:"turns"`
+	ToolCalls int `json:"tool_calls"`
+}
+
+const (
+	usageDays    = 40 // days of usage kept
+	countedIDs   = 64 // event ids remembered as counted
+	usageDayForm = "2006-01-02"
+)
+
+// count adds what calls took (and turns, tool calls) to the user's day at.
+func (u *userDoc) count(at time.Time, use contract.Usage, turns, tools int) {
+	if use == (contract.Usage{}) && turns == 0 && tools == 0 {
+		return
+	}
+	if u.Usage == nil {
+		u.Usage = map[string]dayUsage{}
+	}
+	day := at.UTC().Format(usageDayForm)
+	d := u.Usage[day]
+	d.TokensIn += use.PromptTokens
+	d.TokensOut += use.CompletionTokens
+	d.LLMCalls += use.LLMCalls
+	d.Turns += turns
+	d.ToolCalls += tools
+	u.Usage[day] = d
+	oldest := at.UTC().AddDate(0, 0, -usageDays).Format(usageDayForm)
+	for k := range u.Usage {
+		if k < oldest {
+			delete(u.Usage, k)
+		}
+	}
+}
+
+// countEvent counts a turn's event once.
+func (u *userDoc) countEvent(at time.Time, id string, ev contract.ConversationUpdated) {
+	if slices.Contains(u.Counted, id) {
+		return
+	}
+	var use contract.Usage
+	if ev.Usage != nil {
+		use = *ev.Usage
+	}
+	u.count(at, use, 1, len(ev.ToolCalls))
+	u.Counted = append(u.Counted, id)
+	if over := len(u.Counted) - countedIDs; over > 0 {
+		u.Counted = slices.Delete(u.Counted, 0, over)
+	}
+}
+
+// Usage is what user's LLM calls took from the start of since's UTC day on
+// (the turns', with the memory's summaries).
+func (m *Memory) Usage(ctx context.Context, userID string, since time.Time) (contract.UsageReply, error) {
+	from := since.UTC().Truncate(24 * time.Hour)
+	out := contract.UsageReply{UserID: userID, Since: from}
+	var u userDoc
+	if _, _, err := m.get(ctx, userKey(userID), &u); err != nil {
+		return out, err
+	}
+	first := from.Format(usageDayForm)
+	for day, d := range u.Usage {
+		if day >= first {
+			out.TokensIn += d.TokensIn
+			out.TokensOut += d.TokensOut
+			out.LLMCalls += d.LLMCalls
+			out.Turns += d.Turns
+			out.ToolCalls += d.ToolCalls
+		}
+	}
+	return out, nil
 }
 
 type sessionIndex struct {
@@ -456,7 +538,7 @@ func (m *Memory) ForgetUser(ctx context.Context, userID string) (int, error) {
 type Later func(ctx context.Context, after time.Duration) error
 
 // Summarizer writes a new user summary from the profile and recent history.
-type Summarizer func(ctx context.Context, p contract.Profile, recent []contract.Entry) (string, error)
+type Summarizer func(ctx context.Context, p contract.Profile, recent []contract.Entry) (string, contract.Usage, error)
 
 // Result of applying an event.
 type Result struct {
@@ -553,9 +635,10 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.Conversa
 		recent = recent[len(recent)-m.cfg.SummaryLast:]
 	}
 	var summary string
+	var summaryUse contract.Usage
 	if summarizeNow {
 		var err error
-		if summary, err = summarize(ctx, profile, recent); err != nil {
+		if summary, summaryUse, err = summarize(ctx, profile, recent); err != nil {
 			return Result{}, err
 		}
 	}
@@ -578,6 +661,8 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.Conversa
 			u.Profile = contract.DefaultProfile(ev.UserID)
 		}
 		late = false
+		u.countEvent(now, eventID, ev)
+		u.count(now, summaryUse, 0, 0) // every summary call: the provider billed each
 		if summarizeNow {
 			u.UserSummary, u.PendingTurns, u.PendingSession = summary, 0, ""
 		} else {
@@ -701,7 +786,8 @@ func (m *Memory) Summarize(ctx context.Context, userID string, summarize Summari
 	if len(recent) > m.cfg.SummaryLast {
 		recent = recent[len(recent)-m.cfg.SummaryLast:]
 	}
-	if summary, err = summarize(ctx, u.Profile, recent); err != nil {
+	var use contract.Usage
+	if summary, use, err = summarize(ctx, u.Profile, recent); err != nil {
 		return "", "", false, err
 	}
 	now := m.now()
@@ -709,6 +795,7 @@ func (m *Memory) Summarize(ctx context.Context, userID string, summarize Summari
 		if !found {
 			return errSkip // forgotten meanwhile
 		}
+		u.count(now, use, 0, 0)
 		u.UserSummary = summary
 		u.PendingTurns = max(u.PendingTurns-seen, 0)
 		if u.PendingTurns == 0 {

@@ -16,7 +16,9 @@ import (
 )
 
 func fixedSummary(s string) Summarizer {
-	return func(context.Context, contract.Profile, []contract.Entry) (string, error) { return s, nil }
+	return func(context.Context, contract.Profile, []contract.Entry) (string, contract.Usage, error) {
+		return s, contract.Usage{PromptTokens: 10, CompletionTokens: 2, LLMCalls: 1}, nil
+	}
 }
 
 func ev(user, session, msg string) contract.ConversationUpdated {
@@ -97,9 +99,9 @@ func TestHistoryCapAndLast(t *testing.T) {
 	t.Parallel()
 	m := New(statetest.New(), Config{HistoryCap: 6, SummaryLast: 3}, testkit.Quiet())
 	var seen [][]contract.Entry
-	sum := func(_ context.Context, _ contract.Profile, recent []contract.Entry) (string, error) {
+	sum := func(_ context.Context, _ contract.Profile, recent []contract.Entry) (string, contract.Usage, error) {
 		seen = append(seen, recent)
-		return "s", nil
+		return "s", contract.Usage{}, nil
 	}
 	for i := range 5 {
 		if _, err := m.Apply(t.Context(), fmt.Sprint(i), ev("u", "s", fmt.Sprint("m", i)), sum, nil); err != nil {
@@ -167,8 +169,8 @@ func TestApplyFailures(t *testing.T) {
 		sum      Summarizer
 		wantCode apperr.Code
 	}{
-		{"LLM down: nothing written", nil, func(context.Context, contract.Profile, []contract.Entry) (string, error) {
-			return "", apperr.New(apperr.Unavailable, "llm down")
+		{"LLM down: nothing written", nil, func(context.Context, contract.Profile, []contract.Entry) (string, contract.Usage, error) {
+			return "", contract.Usage{}, apperr.New(apperr.Unavailable, "llm down")
 		}, apperr.Unavailable},
 		{"state store down", func(f *statetest.State) { f.FailReads(errors.New("connection refused")) }, fixedSummary("x"), apperr.Unavailable},
 		{"writes keep failing", func(f *statetest.State) { f.FailWrites(errors.New("boom")) }, fixedSummary("x"), apperr.Unavailable},
@@ -382,11 +384,11 @@ func TestSummaryJob(t *testing.T) {
 		t.Fatalf("jobs %v; want the second due at the pause's end (600ms)", got)
 	}
 	wait(time.Second)
-	meanwhile := func(ctx context.Context, _ contract.Profile, recent []contract.Entry) (string, error) {
+	meanwhile := func(ctx context.Context, _ contract.Profile, recent []contract.Entry) (string, contract.Usage, error) {
 		if _, err := m.Apply(ctx, "e3", ev("u", "s", "three"), fixedSummary("x"), later); err != nil {
-			return "", err
+			return "", contract.Usage{}, err
 		}
-		return fmt.Sprintf("summary of %d entries", len(recent)), nil
+		return fmt.Sprintf("summary of %d entries", len(recent)), contract.Usage{}, nil
 	}
 	summary, session, done, err := m.Summarize(ctx, "u", meanwhile, later)
 	if err != nil || !done || session != "s" || summary != "summary of 4 entries" {
@@ -397,5 +399,49 @@ func TestSummaryJob(t *testing.T) {
 	}
 	if p, _ := m.Profile(ctx, "u"); p.UserSummary != "summary of 4 entries" {
 		t.Fatalf("summary %q", p.UserSummary)
+	}
+}
+
+// TestUsage: every turn's event counts once (a redelivery does not count
+// again), with its tool calls; every summary call counts (each was
+// billed); Usage adds the days from since's on.
+func TestUsage(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	now := time.Date(2026, 12, 5, 23, 0, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	m := New(statetest.New(), Config{SummaryEvery: 2, Now: clock}, testkit.Quiet())
+	ctx := t.Context()
+	turn := func(id string) contract.ConversationUpdated {
+		e := ev("u", "s", id)
+		e.Usage = &contract.Usage{PromptTokens: 100, CompletionTokens: 20, LLMCalls: 2}
+		e.ToolCalls = []contract.ToolCall{{Name: "t"}}
+		return e
+	}
+	for _, id := range []string{"e1", "e1", "e2"} { // e2 is the second turn: summarized (10 + 2 tokens, one call)
+		if _, err := m.Apply(ctx, id, turn(id), fixedSummary("x"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	now = now.Add(2 * time.Hour) // the next UTC day
+	mu.Unlock()
+	if _, err := m.Apply(ctx, "e3", turn("e3"), fixedSummary("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		since time.Time
+		want  contract.UsageReply
+	}{
+		{time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC), contract.UsageReply{TokensIn: 310, TokensOut: 62, LLMCalls: 7, Turns: 3, ToolCalls: 3}},
+		{time.Date(2026, 12, 6, 0, 30, 0, 0, time.UTC), contract.UsageReply{TokensIn: 100, TokensOut: 20, LLMCalls: 2, Turns: 1, ToolCalls: 1}},
+		{time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC), contract.UsageReply{}},
+	}
+	for _, tt := range tests {
+		got, err := m.Usage(ctx, "u", tt.since)
+		tt.want.UserID, tt.want.Since = "u", tt.since.Truncate(24*time.Hour)
+		if err != nil || got != tt.want {
+			t.Errorf("since %v: %+v (%v); want %+v", tt.since, got, err, tt.want)
+		}
 	}
 }

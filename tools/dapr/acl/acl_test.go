@@ -88,6 +88,8 @@ func TestAccessControlPolicies(t *testing.T) {
 		{"daca", "chat-service", "agent-memory-service", "context/u1", http.MethodGet, true}, // a turn's profile and history in one call
 		{"daca", "chat-service", "agent-memory-service", "context/Ana.B@example.com", http.MethodGet, true},
 		{"daca", "chat-service", "agent-memory-service", "context/u1", http.MethodPost, false},
+		{"daca", "chat-service", "agent-memory-service", "usage/u1", http.MethodGet, true}, // the token budget
+		{"daca", "chat-service", "agent-memory-service", "usage/u1", http.MethodDelete, false},
 		{"daca", "chat-service", "agent-memory-service", "memories/Ana.B@example.com", http.MethodGet, true}, // ids as the services accept them
 		{"daca", "chat-service", "agent-memory-service", "conversations/Session:7_x-y", http.MethodGet, true},
 		{"daca", "chat-service", "agent-memory-service", "memories/u1", http.MethodDelete, false},
