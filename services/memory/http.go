@@ -145,13 +145,9 @@ func (s *srv) getConversation(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	last := 0
-	if v := r.URL.Query().Get(api.QueryLast); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 {
-			return apperr.New(apperr.Invalid, "last must be a non-negative integer")
-		}
-		last = n
+	last, err := queryLast(r)
+	if err != nil {
+		return err
 	}
 	user := r.URL.Query().Get(api.QueryUserID) // set: only if that user owns the session
 	if user != "" {
@@ -167,6 +163,19 @@ func (s *srv) getConversation(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// queryLast is the ?last= of a request: how many entries at most (0: all).
+func queryLast(r *http.Request) (int, error) {
+	v := r.URL.Query().Get(api.QueryLast)
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		return 0, apperr.New(apperr.Invalid, "last must be a non-negative integer")
+	}
+	return n, nil
+}
+
 // getContext answers what a chat turn starts from: the user's profile and
 // the last entries of the session, if the user owns it.
 func (s *srv) getContext(w http.ResponseWriter, r *http.Request) error {
@@ -178,13 +187,9 @@ func (s *srv) getContext(w http.ResponseWriter, r *http.Request) error {
 	if err := contract.CheckID(api.QuerySessionID, sid); err != nil {
 		return err
 	}
-	last := 0
-	if v := r.URL.Query().Get(api.QueryLast); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 {
-			return apperr.New(apperr.Invalid, "last must be a non-negative integer")
-		}
-		last = n
+	last, err := queryLast(r)
+	if err != nil {
+		return err
 	}
 	p, h, err := s.backends.Load().mem.Context(r.Context(), uid, sid, last)
 	if err != nil {

@@ -134,15 +134,11 @@ func TestPlaygroundSubscriptionAndMutation(t *testing.T) {
 //go:embed testdata/clients/clients.js
 var clientLibraries string
 
-// TestClientLibraries runs the libraries web clients use, in a page of the
-// gateway's origin: Apollo Client's HttpLink (a query and a mutation) and
-// GraphQLWsLink (graphql-ws), the legacy subscriptions-transport-ws client,
-// and graphql-sse (Server-Sent Events); every subscription receives the
-// turn's event.
-func TestClientLibraries(t *testing.T) {
-	st := stacktest.Stack(t)
+// clientsPage opens a page of the gateway's origin with the client
+// libraries loaded (window.dacaClients).
+func clientsPage(t *testing.T, st *stack.Stack) context.Context {
+	t.Helper()
 	ctx := chromium(t)
-	user, session := fmt.Sprintf("apollo-%d", time.Now().UnixNano()), fmt.Sprintf("apollo-live-%d", time.Now().UnixNano())
 	if err := chromedp.Do(ctx,
 		chromedp.Navigate(st.App("gateway").AppURL()+"/"),
 		chromedp.WaitReady("body"),
@@ -150,6 +146,18 @@ func TestClientLibraries(t *testing.T) {
 	); err != nil {
 		t.Fatal(err)
 	}
+	return ctx
+}
+
+// TestClientLibraries runs the libraries web clients use, in a page of the
+// gateway's origin: Apollo Client's HttpLink (a query and a mutation) and
+// GraphQLWsLink (graphql-ws), the legacy subscriptions-transport-ws client,
+// and graphql-sse (Server-Sent Events); every subscription receives the
+// turn's event.
+func TestClientLibraries(t *testing.T) {
+	st := stacktest.Stack(t)
+	ctx := clientsPage(t, st)
+	user, session := fmt.Sprintf("apollo-%d", time.Now().UnixNano()), fmt.Sprintf("apollo-live-%d", time.Now().UnixNano())
 	type event struct{ EventID, SessionID, UserMessage, AssistantReply string }
 	got, err := chromedp.Run(ctx, chromedp.Evaluate[struct {
 		Health struct{ Status, AuthMode string }
@@ -180,15 +188,8 @@ func TestClientLibraries(t *testing.T) {
 // framing it asked for.
 func TestApolloHTTPLinkAlone(t *testing.T) {
 	st := stacktest.Stack(t)
-	ctx := chromium(t)
+	ctx := clientsPage(t, st)
 	user, session := fmt.Sprintf("httplink-%d", time.Now().UnixNano()), fmt.Sprintf("httplink-s-%d", time.Now().UnixNano())
-	if err := chromedp.Do(ctx,
-		chromedp.Navigate(st.App("gateway").AppURL()+"/"),
-		chromedp.WaitReady("body"),
-		chromedp.Evaluate[chromedp.Void](clientLibraries),
-	); err != nil {
-		t.Fatal(err)
-	}
 	got, err := chromedp.Run(ctx, chromedp.Evaluate[struct {
 		Sent     struct{ Reply, SessionID, Status string }
 		Event    struct{ EventID, SessionID, UserMessage, AssistantReply string }
@@ -253,15 +254,8 @@ func TestPlaygroundDocsListTheSchema(t *testing.T) {
 // then answered.
 func TestApolloPersistedQueries(t *testing.T) {
 	st := stacktest.Stack(t)
-	ctx := chromium(t)
+	ctx := clientsPage(t, st)
 	user := fmt.Sprintf("apq-%d", time.Now().UnixNano())
-	if err := chromedp.Do(ctx,
-		chromedp.Navigate(st.App("gateway").AppURL()+"/"),
-		chromedp.WaitReady("body"),
-		chromedp.Evaluate[chromedp.Void](clientLibraries),
-	); err != nil {
-		t.Fatal(err)
-	}
 	type request struct {
 		Method   string
 		HashOnly bool
