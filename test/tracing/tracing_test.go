@@ -114,8 +114,9 @@ func TestOneTraceAcrossTheSystem(t *testing.T) {
 	}
 	want := map[string][]string{
 		"gateway":              {"POST /graphql", "graphql mutation sendMessage"},
-		"chat-service":         {"POST /chat", "activity fetch_context", "activity generate_response", "activity save_conversation"},
-		"agent-memory-service": {"GET /memories/tracer", "POST /conversations"},
+		// a turn's rounds: the first fetches the context, the last saves the turn
+		"chat-service":         {"POST /chat", "activity generate_response", "activity run_tool"},
+		"agent-memory-service": {"GET /context/tracer", "POST /conversations"},
 	}
 	testkit.WaitFor(t, 30*time.Second, "one trace across gateway, chat-service and agent-memory-service", func() error {
 		got := rcv.trace(traceID)
