@@ -127,6 +127,7 @@ type rendered struct {
 	resiliency    []resiliency
 	namespaces    []string
 	mcpServers    []map[string]any
+	configMaps    map[string]corev1.ConfigMap
 }
 
 // render builds an overlay (from a copy of deploy/k8s, with the local
@@ -226,6 +227,13 @@ func render(t *testing.T, overlay string) rendered {
 				t.Fatal(err)
 			}
 			r.mcpServers = append(r.mcpServers, x)
+		case "ConfigMap":
+			var cm corev1.ConfigMap
+			decode(&cm)
+			if r.configMaps == nil {
+				r.configMaps = map[string]corev1.ConfigMap{}
+			}
+			r.configMaps[cm.Name] = cm
 		default:
 			t.Errorf("unexpected kind %s (%s)", res.GetKind(), res.GetName())
 		}
@@ -313,6 +321,22 @@ func TestKustomizeOverlays(t *testing.T) {
 				svc, ok := r.services[id]
 				if !ok || svc.Spec.Ports[0].Port != int32(atoi(want.port)) || svc.Spec.Selector["app.kubernetes.io/name"] != id {
 					t.Fatalf("%s: Service %+v", id, svc.Spec)
+				}
+			}
+			// Production runs only trusted documents, from a manifest the
+			// gateway reads from a ConfigMap it mounts.
+			if gw := r.workloads["gateway"].template.Spec; overlay == "production" {
+				c := gw.Containers[0]
+				if e := env(c, "GRAPHQL_TRUSTED_DOCUMENTS"); e == nil || e.Value != "require" {
+					t.Fatalf("gateway: GRAPHQL_TRUSTED_DOCUMENTS %v; want require", e)
+				}
+				m := env(c, "GRAPHQL_TRUSTED_MANIFESTS")
+				if m == nil || len(c.VolumeMounts) != 1 || !strings.HasPrefix(m.Value, c.VolumeMounts[0].MountPath+"/") || len(gw.Volumes) != 1 || gw.Volumes[0].ConfigMap == nil {
+					t.Fatalf("gateway: manifests %v, mounts %+v, volumes %+v", m, c.VolumeMounts, gw.Volumes)
+				}
+				cm, ok := r.configMaps[gw.Volumes[0].ConfigMap.Name]
+				if !ok || !strings.Contains(cm.Data[filepath.Base(m.Value)], "apollo-persisted-query-manifest") {
+					t.Fatalf("gateway: the manifest's ConfigMap %s: %+v", gw.Volumes[0].ConfigMap.Name, cm.Data)
 				}
 			}
 			// Components, their scopes, the per-replica consumer group.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/daca-go/daca/gateway/auth"
 	"github.com/daca-go/daca/gateway/server"
+	"github.com/daca-go/daca/gateway/trusted"
 	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/env"
 	"github.com/daca-go/daca/internal/service"
@@ -72,12 +73,24 @@ func loadConfig() (config, error) {
 			Suggestions:   r.Bool("GRAPHQL_SUGGESTIONS", true),
 		},
 	}
+	// Trusted documents: the mode, and the manifests of the clients' builds.
+	mode, merr := trusted.ParseMode(r.String("GRAPHQL_TRUSTED_DOCUMENTS", "off"))
+	c.http.Trusted, c.http.TrustedDocuments = mode, trusted.New()
+	var manifests []string
+	for _, p := range strings.Split(r.String("GRAPHQL_TRUSTED_MANIFESTS", ""), ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			manifests = append(manifests, p)
+		}
+	}
+	if merr == nil {
+		merr = c.http.TrustedDocuments.Load(manifests...)
+	}
 	for _, o := range strings.Split(r.String("CORS_ORIGINS", ""), ",") {
 		if o = strings.TrimSpace(o); o != "" {
 			c.http.AllowedOrigins = append(c.http.AllowedOrigins, o)
 		}
 	}
-	err := r.Err()
+	err := errors.Join(r.Err(), merr)
 	if c.authMode != "none" && c.authMode != "jwt" {
 		err = errors.Join(err, fmt.Errorf("AUTH_MODE=%q: want none or jwt", c.authMode))
 	}

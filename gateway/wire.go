@@ -91,7 +91,7 @@ func run(ctx context.Context, cfg config) error {
 	srv := server.New(cfg.http, res, log)
 
 	service.ServePprof(cfg.PprofAddr, log)
-	log.Info("ready", "auth_mode", cfg.authMode, "backend_invocation", cfg.invocation, "graphql", fmt.Sprintf("http://%s/graphql", ln.Addr()))
+	log.Info("ready", "auth_mode", cfg.authMode, "trusted_documents", cfg.http.Trusted, "trusted_document_count", cfg.http.TrustedDocuments.Len(), "backend_invocation", cfg.invocation, "graphql", fmt.Sprintf("http://%s/graphql", ln.Addr()))
 	return service.Serve(ctx, ln, srv.Handler(), 10*time.Second, log, srv.CloseWebsockets)
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/vektah/gqlparser/v2/ast"
 
 	"github.com/daca-go/daca/gateway/auth"
+	"github.com/daca-go/daca/gateway/trusted"
 	"github.com/daca-go/daca/gateway/wstransport"
 	"github.com/daca-go/daca/graph"
 	"github.com/daca-go/daca/internal/apperr"
@@ -57,7 +58,12 @@ func (s *Server) graphQL() http.Handler {
 	if s.cfg.Introspection {
 		srv.Use(extension.Introspection{})
 	}
-	srv.Use(extension.AutomaticPersistedQuery{Cache: s.cfg.PersistedQueries})
+	if s.cfg.Trusted != trusted.Off { // before APQ: a listed hash gets its text here
+		srv.Use(trustedDocuments{mode: s.cfg.Trusted, m: s.cfg.TrustedDocuments, log: s.log})
+	}
+	if s.cfg.Trusted != trusted.Require { // APQ would let any client add a document
+		srv.Use(extension.AutomaticPersistedQuery{Cache: s.cfg.PersistedQueries})
+	}
 	srv.Use(&complexityLimit{max: s.cfg.MaxComplexity})
 	srv.Use(depthLimit{max: s.cfg.MaxDepth})
 	srv.Use(deferLimit{max: s.cfg.MaxDeferred})

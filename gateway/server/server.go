@@ -23,6 +23,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/daca-go/daca/gateway/auth"
+	"github.com/daca-go/daca/gateway/trusted"
 	"github.com/daca-go/daca/gateway/web"
 	"github.com/daca-go/daca/graph"
 	"github.com/daca-go/daca/internal/apperr"
@@ -48,6 +49,10 @@ type Config struct {
 	AppToken           string        // APP_API_TOKEN: required on the pub/sub routes
 	Suggestions        bool          // "did you mean" in validation errors (GRAPHQL_SUGGESTIONS)
 	Guard              *auth.Guard   // authentication of bearer tokens and websocket connection_init
+	// Trusted is GRAPHQL_TRUSTED_DOCUMENTS ("": off) and TrustedDocuments
+	// its manifest (the chat page's operations are added to it).
+	Trusted          trusted.Mode
+	TrustedDocuments *trusted.Manifest
 	// PersistedQueries are the automatic persisted queries (APQ) by hash;
 	// nil keeps them in this replica's memory.
 	PersistedQueries graphql.Cache[string]
@@ -85,6 +90,12 @@ func (c *Config) defaults() {
 	if c.KeepAlive == 0 {
 		c.KeepAlive = 10 * time.Second
 	}
+	if c.Trusted == "" {
+		c.Trusted = trusted.Off
+	}
+	if c.TrustedDocuments == nil {
+		c.TrustedDocuments = trusted.New()
+	}
 	if c.MaxDeferred == 0 {
 		c.MaxDeferred = 8
 	}
@@ -114,6 +125,9 @@ type Server struct {
 // New returns the HTTP surface of the resolver res.
 func New(cfg Config, res *graph.Resolver, log *slog.Logger) *Server {
 	cfg.defaults()
+	for _, op := range web.ChatOperations() { // the chat page works when only trusted documents run
+		cfg.TrustedDocuments.Add(op)
+	}
 	s := &Server{cfg: cfg, log: log, res: res, sockets: newSockets()}
 	s.obs = newObserver(res.Runs, cfg.Live, cfg.TurnLimitFallbacks)
 	return s
@@ -128,8 +142,12 @@ func (s *Server) Handler() http.Handler {
 	})
 	r.Get("/readyz", s.readyz)
 	r.Handle("/metrics", s.obs.handler())
-	web.Mount(r, "DACA Gateway", "/graphql")
-	r.Handle("/graphql", s.guardHTTP(withConnSlot(s.graphQL())))
+	web.Mount(r, "DACA Gateway", "/graphql", s.cfg.Trusted != trusted.Require)
+	gql := s.graphQL()
+	if s.cfg.Trusted != trusted.Off {
+		gql = documentIDs(gql)
+	}
+	r.Handle("/graphql", s.guardHTTP(withConnSlot(gql)))
 	if s.cfg.Live != nil {
 		r.Group(func(r chi.Router) {
 			r.Use(httpx.AppToken(s.cfg.AppToken))

@@ -1,6 +1,7 @@
 package web
 
 import (
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -27,6 +28,27 @@ func TestChatServes(t *testing.T) {
 		}
 		if csp := w.Header().Get("Content-Security-Policy"); !strings.Contains(csp, "script-src 'self'") {
 			t.Errorf("%s: CSP %q", tt.path, csp)
+		}
+	}
+}
+
+// TestChatOperations: every operation the chat page sends is among the
+// documents it ships (a plain template literal, so the text sent is the
+// text hashed).
+func TestChatOperations(t *testing.T) {
+	ops := ChatOperations()
+	b, err := fs.ReadFile(files, "chat/chat.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := string(b)
+	want := strings.Count(src, "`query") + strings.Count(src, "`mutation") + strings.Count(src, "`subscription")
+	if len(ops) != want || want < 8 {
+		t.Fatalf("%d operations found; the page has %d", len(ops), want)
+	}
+	for _, op := range ops {
+		if strings.Contains(op, "${") {
+			t.Errorf("operation %q is built at run time: its text cannot be trusted ahead", op)
 		}
 	}
 }

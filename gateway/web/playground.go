@@ -1,6 +1,7 @@
 package web
 
 import (
+	"html"
 	"io/fs"
 	"net/http"
 
@@ -33,6 +34,24 @@ func Playground(title, endpoint string) http.Handler {
 		gqlplayground.WithGraphiqlPersistStateInURL(true),
 		gqlplayground.WithStoragePrefix("daca-"),
 	)
+}
+
+// PlaygroundDisabled is the page on / when only trusted documents run
+// (GRAPHQL_TRUSTED_DOCUMENTS=require): the playground's queries would all
+// be refused, so it says why instead of failing strangely.
+func PlaygroundDisabled(title string) http.Handler {
+	page := []byte(`<!doctype html><html lang="en"><head><meta charset="utf-8"><title>` + html.EscapeString(title) + `</title></head>
+<body style="font-family: sans-serif; max-width: 40em; margin: 3em auto">
+<h1>` + html.EscapeString(title) + `</h1>
+<p>The GraphQL playground is disabled: this gateway runs only trusted documents (<code>GRAPHQL_TRUSTED_DOCUMENTS=require</code>) —
+the operations its own clients were built with, by their <code>documentId</code>.</p>
+<p>The <a href="` + ChatPath + `">chat page</a> works: its operations are trusted.</p>
+</body></html>`)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
+		w.Write(page)
+	})
 }
 
 // PlaygroundAssets serves the playground's files under AssetsPath.

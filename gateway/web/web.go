@@ -13,9 +13,14 @@ import (
 var files embed.FS
 
 // Mount serves the playground of the GraphQL endpoint (titled title) on /
-// and the chat page on ChatPath.
-func Mount(r chi.Router, title, endpoint string) {
-	r.Handle("/", Playground(title, endpoint))
+// (with playground false, a page that says it is disabled: only trusted
+// documents run) and the chat page on ChatPath.
+func Mount(r chi.Router, title, endpoint string, playground bool) {
+	if !playground {
+		r.Handle("/", PlaygroundDisabled(title))
+	} else {
+		r.Handle("/", Playground(title, endpoint))
+	}
 	r.Handle(AssetsPath+"*", PlaygroundAssets())
 	chat := Chat()
 	r.Handle(ChatPath, chat)

@@ -5,11 +5,14 @@ package browser
 
 import (
 	"context"
+	"crypto/sha256"
 	_ "embed"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -22,12 +25,36 @@ import (
 	"github.com/daca-go/daca/internal/dev/testkit"
 )
 
+// trustedQuery is the one operation of the manifest of the gateway that
+// runs only trusted documents ("gateway-trusted"), and trustedManifest
+// that manifest (Apollo's persisted query manifest format).
+const trustedQuery = `query TrustedMemory($u: ID!) { memory(userId: $u) { userId userSummary } }`
+
+var trustedManifest = fmt.Sprintf(`{"format":"apollo-persisted-query-manifest","version":1,"operations":[{"id":%q,"name":"TrustedMemory","type":"query","body":%q}]}`,
+	sha256hex(trustedQuery), trustedQuery)
+
+func sha256hex(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
+}
+
 func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "daca-trusted-")
+	if err != nil {
+		panic(err)
+	}
+	manifest := filepath.Join(dir, "manifest.json")
+	if err := os.WriteFile(manifest, []byte(trustedManifest), 0o644); err != nil {
+		panic(err)
+	}
 	// Words 80 ms apart: the chat page's test sees a reply being written,
 	// and its Stop lands while it is.
-	os.Exit(stacktest.Run(m, stacktest.Options{Apps: []stack.App{
+	code := stacktest.Run(m, stacktest.Options{Apps: []stack.App{
 		stack.Memory.App(), stack.Tools.App(), stack.Chat.App("LLM_OFFLINE_TOKEN_DELAY=80ms"), stack.Gateway.App(),
-	}}))
+		stack.Gateway.Named("gateway-trusted", "GRAPHQL_TRUSTED_DOCUMENTS=require", "GRAPHQL_TRUSTED_MANIFESTS="+manifest),
+	}})
+	os.RemoveAll(dir)
+	os.Exit(code)
 }
 
 func chromium(t *testing.T) context.Context {
@@ -216,6 +243,59 @@ func TestApolloHTTPLinkAlone(t *testing.T) {
 	if !subscription || !deferred {
 		t.Fatalf("requests %+v; want a multipart subscription and a multipart @defer answer", got.Seen)
 	}
+}
+
+// TestTrustedDocuments: on a gateway that runs only trusted documents
+// (GRAPHQL_TRUSTED_DOCUMENTS=require, a manifest in Apollo's format), the
+// page on / says the playground is disabled; Apollo Client's
+// persisted-query link with ids from the manifest
+// (@apollo/persisted-query-lists) sends the query by id alone and gets its
+// answer; an operation not in the manifest, sent whole, is refused; and
+// the chat page works (its own operations are trusted).
+func TestTrustedDocuments(t *testing.T) {
+	st := stacktest.Stack(t)
+	ctx := chromium(t)
+	gw := st.App("gateway-trusted").AppURL()
+	if err := chromedp.Do(ctx, chromedp.Navigate(gw+"/")); err != nil {
+		t.Fatal(err)
+	}
+	page, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.body.innerText`))
+	if err != nil || !strings.Contains(page, "The GraphQL playground is disabled") {
+		t.Fatalf("the page on /: %q %v", page, err)
+	}
+	// The clients, in a page of the gateway's origin without a content
+	// security policy (the disabled playground's allows no connection).
+	if err := chromedp.Do(ctx, chromedp.Navigate(gw+"/healthz"), chromedp.Evaluate[chromedp.Void](clientLibraries)); err != nil {
+		t.Fatal(err)
+	}
+	user := fmt.Sprintf("trusted-%d", time.Now().UnixNano())
+	got, err := chromedp.Run(ctx, chromedp.Evaluate[struct {
+		Memory   struct{ UserID, UserSummary string }
+		SentText bool
+		Requests int
+		Refused  string
+	}](fmt.Sprintf(`window.dacaClients.trusted({manifest: %s, user: %q})`, trustedManifest, user), chromedp.EvalAwaitPromise))
+	if err != nil {
+		t.Fatalf("trusted documents: %v", err)
+	}
+	if got.Memory.UserID != user || got.SentText || got.Requests != 1 {
+		t.Fatalf("by id: %+v; want the answer to one request without the query's text", got)
+	}
+	if got.Refused != `["PERSISTED_QUERY_NOT_IN_LIST"]` {
+		t.Fatalf("an operation not in the manifest: %s; want PERSISTED_QUERY_NOT_IN_LIST", got.Refused)
+	}
+	// The chat page: a message, its reply shown.
+	session := fmt.Sprintf("trusted-s-%d", time.Now().UnixNano())
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(fmt.Sprintf("%s/chat?user=%s&session=%s", gw, user, session)),
+		chromedp.WaitVisible("#text"),
+		chromedp.SendKeys("#text", "hello from a trusted page"), chromedp.Click("#send"),
+	); err != nil {
+		t.Fatal(err)
+	}
+	pollPage(t, ctx, "the chat page's reply", `(() => {
+		const b = [...document.querySelectorAll('.msg.assistant')].pop();
+		return b && b.dataset.status === 'COMPLETED' && b.querySelector('.body').textContent.includes('hello from a trusted page') ? 'ok' : null })()`)
 }
 
 // TestPlaygroundDocsListTheSchema: GraphiQL's own introspection query (the

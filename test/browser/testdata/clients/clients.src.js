@@ -8,6 +8,7 @@
 import { ApolloClient, InMemoryCache, HttpLink, gql } from '@apollo/client/core';
 import { GraphQLWsLink } from '@apollo/client/link/subscriptions';
 import { createPersistedQueryLink } from '@apollo/client/link/persisted-queries';
+import { generatePersistedQueryIdsFromManifest } from '@apollo/persisted-query-lists';
 import { createClient } from 'graphql-ws';
 import { SubscriptionClient } from 'subscriptions-transport-ws';
 import { createClient as createSSEClient } from 'graphql-sse';
@@ -133,4 +134,27 @@ async function httpOnly({ user, session }) {
   return { sent: sent.data.sendMessage, event: ev.data.conversationUpdated, sessions: deferred.data.sessions, seen };
 }
 
-window.dacaClients = { run, persisted, httpOnly };
+// trusted runs, against a gateway that runs only trusted documents,
+// Apollo's persisted-query link with ids from a persisted query manifest
+// (@apollo/persisted-query-lists, as apps built with Apollo's
+// generate-persisted-query-manifest do): the query is sent by id alone and
+// answered; the same client's operation that is not in the manifest, sent
+// whole by a plain HttpLink, is refused.
+async function trusted({ manifest, user }) {
+  const bodies = [];
+  const fetchLogged = (uri, opts) => { bodies.push((opts && opts.body) || ''); return fetch(uri, opts); };
+  const link = createPersistedQueryLink(generatePersistedQueryIdsFromManifest({ loadManifest: () => manifest }))
+    .concat(new HttpLink({ uri: '/graphql', fetch: fetchLogged }));
+  const client = new ApolloClient({ link, cache: new InMemoryCache() });
+  const r = await client.query({ query: gql`query TrustedMemory($u: ID!) { memory(userId: $u) { userId userSummary } }`, variables: { u: user }, fetchPolicy: 'no-cache' });
+  let refused = '';
+  try {
+    await new ApolloClient({ link: new HttpLink({ uri: '/graphql' }), cache: new InMemoryCache() })
+      .query({ query: gql`query NotListed { health { status } }`, fetchPolicy: 'no-cache' });
+  } catch (e) {
+    refused = JSON.stringify((e.graphQLErrors || []).map((g) => g.extensions && g.extensions.code));
+  }
+  return { memory: r.data.memory, sentText: bodies.some((b) => b.includes('"query"')), requests: bodies.length, refused };
+}
+
+window.dacaClients = { run, persisted, httpOnly, trusted };
