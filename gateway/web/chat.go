@@ -3,6 +3,7 @@ package web
 import (
 	"io/fs"
 	"net/http"
+	"path"
 	"regexp"
 )
 
@@ -52,7 +53,7 @@ var operation = regexp.MustCompile("`((?:query|mutation|subscription)\\b[^`]*)`"
 // it sends them: the gateway trusts them (GRAPHQL_TRUSTED_DOCUMENTS), so
 // the page works when only trusted documents run.
 func ChatOperations() []string {
-	b, err := fs.ReadFile(files, "chat/chat.js")
+	b, err := fs.ReadFile(files, path.Join("chat", "chat.js"))
 	if err != nil {
 		panic(err)
 	}
