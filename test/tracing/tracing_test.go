@@ -112,9 +112,9 @@ func TestOneTraceAcrossTheSystem(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(string(b), "UTC") {
 		t.Fatalf("sendMessage: %d %s", resp.StatusCode, b)
 	}
+	// A turn's rounds: the first fetches the context, the last saves the turn.
 	want := map[string][]string{
 		"gateway":              {"POST /graphql", "graphql mutation sendMessage"},
-		// a turn's rounds: the first fetches the context, the last saves the turn
 		"chat-service":         {"POST /chat", "activity generate_response", "activity run_tool"},
 		"agent-memory-service": {"GET /context/tracer", "POST /conversations"},
 	}
