@@ -540,3 +540,52 @@ func TestChatStreamEndsWithTheTurn(t *testing.T) {
 		return r.EndWatchers() == 0 && r.Runs.Polling() == 0
 	})
 }
+
+// TestChatStreamGoesOnWhileTheTurnWaits: a turn that waits — queued behind
+// another, or for a decision on a tool call — has not ended: its stream goes
+// on and ends with the turn's end.
+func TestChatStreamGoesOnWhileTheTurnWaits(t *testing.T) {
+	t.Parallel()
+	f := graphtest.New()
+	f.Runs["chat-w"] = &contract.ChatRun{InstanceID: "chat-w", Status: contract.RunQueued, UserID: "ana"}
+	r := resolver(f)
+	store := replies.New(8, nil)
+	r.Replies = store
+	stream, err := r.Subscription().ChatStream(t.Context(), "chat-w", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runs, err := r.Subscription().ChatRun(t.Context(), "chat-w") // shares the stream's poller
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := func(st model.ChatStatus) {
+		t.Helper()
+		testkit.WaitUntil(t, 5*time.Second, "the turn read as "+string(st), func() bool {
+			select {
+			case run := <-runs:
+				return run.Status == st
+			default:
+				return false
+			}
+		})
+	}
+	seen(model.ChatStatusQueued)
+	for _, st := range []contract.RunStatus{contract.RunRunning, contract.RunAwaitingApproval} {
+		f.Mu.Lock()
+		f.Runs["chat-w"] = &contract.ChatRun{InstanceID: "chat-w", Status: st, UserID: "ana"}
+		f.Mu.Unlock()
+		seen(model.ChatStatus(st))
+	}
+	store.Add(contract.ChatStreamed{InstanceID: "chat-w", Execution: 1, Seq: 1, Delta: "done", Text: "done"})
+	f.Mu.Lock()
+	f.Runs["chat-w"] = &contract.ChatRun{InstanceID: "chat-w", Status: contract.RunCompleted, UserID: "ana", Reply: ptr("done")}
+	f.Mu.Unlock()
+	var got []string
+	for c := range stream {
+		got = append(got, fmt.Sprintf("%s:%v:%s", c.Status, c.Done, c.Text))
+	}
+	if s := strings.Join(got, " "); s != "RUNNING:false:done COMPLETED:true:done" {
+		t.Fatalf("stream %s; want the piece, then the end COMPLETED", s)
+	}
+}

@@ -38,7 +38,8 @@ func (r *Resolver) watchEnd(ctx context.Context, run contract.ChatRun) {
 		e.turns[id] = w
 		go func() {
 			for st := range r.Runs.Follow(wctx, run) {
-				if st.Status != model.ChatStatusPending && st.Status != model.ChatStatusRunning && st.Status != model.ChatStatusSuspended {
+				switch st.Status { // only an end ends it: not QUEUED, SUSPENDED or AWAITING_APPROVAL
+				case model.ChatStatusCompleted, model.ChatStatusFailed, model.ChatStatusTerminated:
 					r.Replies.Finish(id, st.Status, deref(st.Reply), false)
 				}
 			}

@@ -3,7 +3,8 @@
 // websocket (graphql-transport-ws and legacy graphql-ws) on /graphql, the
 // GraphiQL playground on / and the chat page on /chat (gateway/web), health
 // on /healthz and /readyz, metrics on /metrics, and the pub/sub intake
-// (gateway/live) its Dapr sidecar delivers events to.
+// (gateway/live) its Dapr sidecar delivers events to, and AG-UI on /agui
+// (gateway/agui).
 //
 // Files by job: graphql.go builds the GraphQL handler and its transports,
 // errors.go presents errors, httpguard.go holds the HTTP guards of /graphql
@@ -22,6 +23,7 @@ import (
 	"github.com/99designs/gqlgen/graphql/handler/lru"
 	"github.com/go-chi/chi/v5"
 
+	"github.com/daca-go/daca/gateway/agui"
 	"github.com/daca-go/daca/gateway/auth"
 	"github.com/daca-go/daca/gateway/trusted"
 	"github.com/daca-go/daca/gateway/web"
@@ -148,6 +150,11 @@ func (s *Server) Handler() http.Handler {
 		gql = documentIDs(gql)
 	}
 	r.Handle("/graphql", s.guardHTTP(withConnSlot(gql)))
+	// AG-UI: the same resolvers, behind the same guards (its JSON-only
+	// body needs a CORS preflight, so no CSRF check is needed).
+	ag := s.cors(s.bodyLimit(s.bearerAuth(&agui.Handler{Turns: agui.Resolvers(s.res), Callers: s.res.Callers, Log: s.log})))
+	r.Post("/agui", ag.ServeHTTP)
+	r.Options("/agui", s.cors(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) })).ServeHTTP)
 	if s.cfg.Live != nil {
 		r.Group(func(r chi.Router) {
 			r.Use(httpx.AppToken(s.cfg.AppToken))

@@ -474,3 +474,94 @@ func gqlQuery(t *testing.T, gw, query string, vars map[string]any) (map[string]a
 	}
 	return out.Data, out.Errors
 }
+
+// TestAGUIClient runs AG-UI's own client (@ag-ui/client's HttpAgent, as
+// CopilotKit uses it) against POST /agui on one thread: a reply streams, a
+// tool call shows with its result, a call that changes something ends the
+// run with an interrupt and the next run's resume approves it, and a run
+// whose connection is cut after its first text goes on, when the agent
+// runs again, from exactly where it was. The history holds each turn once.
+func TestAGUIClient(t *testing.T) {
+	st := stacktest.Stack(t)
+	ctx := clientsPage(t, st)
+	user, session := fmt.Sprintf("agui-%d", time.Now().UnixNano()), fmt.Sprintf("agui-s-%d", time.Now().UnixNano())
+	type run struct {
+		Types      []string
+		ThreadID   string
+		Outcome    *struct{ Type string }
+		Tools      []string
+		Results    []string
+		Deltas     []string
+		Reply      string
+		ReplyID    string
+		Interrupts []struct{ ID, Reason, ToolCallID string }
+		Error      string
+	}
+	got, err := chromedp.Run(ctx, chromedp.Evaluate[struct {
+		Runs    []run
+		Replies []string
+		Roles   []string
+	}](fmt.Sprintf(`window.dacaClients.agui({user: %q, session: %q})`, user, session), chromedp.EvalAwaitPromise))
+	if err != nil {
+		t.Fatalf("AG-UI client: %v", err)
+	}
+	if len(got.Runs) != 6 {
+		t.Fatalf("runs: %+v", got.Runs)
+	}
+	ok := func(i int, r run) {
+		t.Helper()
+		if r.Error != "" || len(r.Types) < 2 || r.Types[0] != "RUN_STARTED" || r.Types[len(r.Types)-1] != "RUN_FINISHED" || r.Outcome == nil || r.ThreadID != session {
+			t.Fatalf("run %d: %+v", i, r)
+		}
+	}
+	streamed, tool, waiting, resumed, cut, again := got.Runs[0], got.Runs[1], got.Runs[2], got.Runs[3], got.Runs[4], got.Runs[5]
+	ok(0, streamed)
+	if streamed.Outcome.Type != "success" || len(streamed.Deltas) < 3 || !strings.Contains(streamed.Reply, "stream this reply please") {
+		t.Fatalf("a streamed reply: %+v", streamed)
+	}
+	ok(1, tool)
+	if len(tool.Tools) != 1 || tool.Tools[0] != "tools_convert_units" || len(tool.Results) != 1 || !strings.Contains(tool.Results[0], "3.106856 mi") || !strings.Contains(tool.Reply, "3.106856 mi") {
+		t.Fatalf("a tool call: %+v", tool)
+	}
+	ok(2, waiting)
+	if waiting.Outcome.Type != "interrupt" || len(waiting.Interrupts) != 1 || waiting.Interrupts[0].Reason != "tool_approval" ||
+		len(waiting.Tools) != 1 || waiting.Tools[0] != "tools_create_note" || len(waiting.Results) != 0 {
+		t.Fatalf("a call waiting for approval: %+v", waiting)
+	}
+	ok(3, resumed)
+	if resumed.Outcome.Type != "success" || len(resumed.Interrupts) != 0 || len(resumed.Tools) != 0 ||
+		len(resumed.Results) != 1 || !strings.Contains(resumed.Reply, "tools_create_note answered: noted") {
+		t.Fatalf("the resumed run: %+v", resumed)
+	}
+	if cut.Reply == "" || cut.Outcome != nil || cut.Types[len(cut.Types)-1] != "TEXT_MESSAGE_CONTENT" {
+		t.Fatalf("the cut run: %+v", cut)
+	}
+	ok(5, again)
+	if again.ReplyID != cut.ReplyID || !strings.HasPrefix(again.Reply, cut.Reply) || len(again.Reply) <= len(cut.Reply) ||
+		strings.Join(again.Deltas, "") != again.Reply[len(cut.Reply):] {
+		t.Fatalf("the reconnect: %q after %q, its text %q", again.Reply, cut.Reply, again.Deltas)
+	}
+	// The thread as the agent has it: after a tool call the reply goes on in
+	// a new message, after the call's result.
+	if want := "user assistant user assistant tool assistant user assistant tool assistant user assistant"; strings.Join(got.Roles, " ") != want {
+		t.Fatalf("the agent's messages: %v; want %s", got.Roles, want)
+	}
+	// The history: four turns, each once, each reply as the agent shows it.
+	replies := got.Replies
+	testkit.WaitFor(t, 30*time.Second, "the thread's turns in the history", func() error {
+		d, errs := gqlQuery(t, st.App("gateway").AppURL(), `query($s: ID!) { conversation(sessionId: $s) { messages { role content } } }`, map[string]any{"s": session})
+		if errs != nil {
+			return fmt.Errorf("%v", errs)
+		}
+		var hist []string
+		for _, m := range d["conversation"].(map[string]any)["messages"].([]any) {
+			if m := m.(map[string]any); m["role"] == "ASSISTANT" {
+				hist = append(hist, fmt.Sprint(m["content"]))
+			}
+		}
+		if strings.Join(hist, "\n--\n") != strings.Join(replies, "\n--\n") {
+			return fmt.Errorf("history's replies %q; the agent shows %q", hist, replies)
+		}
+		return nil
+	})
+}

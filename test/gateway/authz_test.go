@@ -271,3 +271,70 @@ func gqlWith(t *testing.T, url, tok, query string, vars map[string]any) (map[str
 	errs, _ := r.JSON["errors"].([]any)
 	return data, errs, r.Status
 }
+
+// TestAGUIAuthorization: POST /agui (AG-UI) answers every kind of caller as
+// GraphQL does, before any event: a run for a user, on a session, resuming
+// an approval or reconnecting to a turn is the caller's own (or an admin's);
+// another user's looks like an unknown one, and a refused token is refused.
+func TestAGUIAuthorization(t *testing.T) {
+	st := stacktest.Stack(t)
+	gql, url := gqlURL(st, "gateway-jwt"), st.App("gateway-jwt").AppURL()+"/agui"
+	alice := newData(t, gql, "alice-agui")
+	run := func(user, thread, last string, resume string) map[string]any {
+		in := map[string]any{"threadId": thread, "runId": unique("run"), "messages": []any{map[string]any{"id": unique("m"), "role": last, "content": "hello over AG-UI"}}}
+		if last == "assistant" { // a reconnect to the turn whose reply this is
+			in["messages"] = []any{map[string]any{"id": alice.instance, "role": "assistant", "content": ""}}
+		}
+		if user != "" {
+			in["forwardedProps"] = map[string]any{"userId": user}
+		}
+		if resume != "" {
+			in["messages"] = []any{}
+			in["resume"] = []any{map[string]any{"interruptId": resume, "status": "cancelled", "payload": map[string]any{"reason": "matrix"}}}
+		}
+		return in
+	}
+	rows := []struct {
+		name string
+		in   map[string]any
+		want expect3 // HTTP status for own, other, admin
+	}{
+		{"a turn for the user on their session", run(alice.user, alice.session, "user", ""), expect3{200, 403, 200}},
+		{"a turn for the caller on the user's session", run("", alice.session, "user", ""), expect3{200, 403, 403}}, // an admin's own turn: not on another's session
+		{"a reconnect to the user's turn", run(alice.user, alice.session, "assistant", ""), expect3{200, 404, 200}},
+		{"an answer to the user's approval", run(alice.user, alice.session, "", "set per caller"), expect3{200, 404, 200}},
+	}
+	for _, row := range rows {
+		for _, c := range callers {
+			t.Run(row.name+"/"+c.name, func(t *testing.T) {
+				pending := ""
+				if row.in["resume"] != nil { // one that waits
+					pending = waitingApproval(t, gql, alice.user)
+					row.in["resume"].([]any)[0].(map[string]any)["interruptId"] = pending
+				}
+				h := []string{}
+				if tok := c.token(t, alice.user); tok != "" {
+					h = append(h, "Authorization", "Bearer "+tok)
+				}
+				r := stacktest.Do(t, http.MethodPost, url, row.in, h...)
+				want := map[string]int{"own": row.want.own, "other": row.want.other, "admin": row.want.admin, "none": 401, "bad": 401}[c.class]
+				if r.Status != want {
+					t.Fatalf("status %d (%s); want %d", r.Status, r.Body, want)
+				}
+				if want == 200 && (!strings.HasPrefix(string(r.Body), `data: {"type":"RUN_STARTED"`) || !strings.Contains(string(r.Body), `"type":"RUN_FINISHED"`)) {
+					t.Fatalf("events %s; want a run from RUN_STARTED to RUN_FINISHED", r.Body)
+				}
+				if pending != "" && want != 200 { // the refused answer changed nothing
+					p, _, _ := gqlWith(t, gql, token(t, alice.user, ""), fmt.Sprintf(`{ pendingApprovals(userId: %q) { id } }`, alice.user), nil)
+					if !strings.Contains(fmt.Sprint(p), pending) {
+						t.Fatalf("after a refused answer %s is no longer pending: %v", pending, p)
+					}
+				}
+			})
+		}
+	}
+}
+
+// expect3 is an HTTP status for each of the caller classes own, other and
+// admin.
+type expect3 struct{ own, other, admin int }

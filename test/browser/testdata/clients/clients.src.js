@@ -3,7 +3,8 @@
 // and mutations, GraphQLWsLink over graphql-ws for subscriptions) and the
 // legacy subscriptions-transport-ws client, graphql-sse (subscriptions
 // over Server-Sent Events, where websockets are blocked), and HttpLink
-// alone (subscriptions over multipart HTTP, @defer). Bundled into
+// alone (subscriptions over multipart HTTP, @defer), and AG-UI's own client
+// (@ag-ui/client's HttpAgent, as CopilotKit uses it). Bundled into
 // test/browser/testdata/clients/clients.js (see README.md beside it).
 import { ApolloClient, InMemoryCache, HttpLink, gql } from '@apollo/client/core';
 import { GraphQLWsLink } from '@apollo/client/link/subscriptions';
@@ -12,6 +13,7 @@ import { generatePersistedQueryIdsFromManifest } from '@apollo/persisted-query-l
 import { createClient } from 'graphql-ws';
 import { SubscriptionClient } from 'subscriptions-transport-ws';
 import { createClient as createSSEClient } from 'graphql-sse';
+import { HttpAgent } from '@ag-ui/client';
 
 const SUB_TEXT = 'subscription($s: ID) { conversationUpdated(sessionId: $s) { eventId sessionId userMessage assistantReply } }';
 const SUB = gql(SUB_TEXT);
@@ -157,4 +159,83 @@ async function trusted({ manifest, user }) {
   return { memory: r.data.memory, sentText: bodies.some((b) => b.includes('"query"')), requests: bodies.length, refused };
 }
 
-window.dacaClients = { run, persisted, httpOnly, trusted };
+// agui runs AG-UI's HttpAgent against /agui on one thread (the session):
+// a streamed reply, a tool call, a call that waits for approval (the run
+// ends with an interrupt; the next run resumes it with the approval), and a
+// reply whose connection is cut after its first text: running the agent
+// again goes on from what it has. It returns what the agent saw.
+async function agui({ user, session }) {
+  let cut = false; // cut the next response after its first text
+  const cutting = async (url, init) => {
+    const resp = await fetch(url, init);
+    if (!cut) return resp;
+    cut = false;
+    const reader = resp.body.getReader();
+    const dec = new TextDecoder();
+    let seen = '';
+    let cutNow = false;
+    const body = new ReadableStream({
+      async pull(c) {
+        if (cutNow) { reader.cancel(); c.close(); return; } // the connection ends mid-run
+        const { value, done } = await reader.read();
+        if (done) { c.close(); return; }
+        seen += dec.decode(value, { stream: true });
+        c.enqueue(value); // read by the agent, then the cut
+        cutNow = seen.includes('TEXT_MESSAGE_CONTENT');
+      },
+    }, { highWaterMark: 0 });
+    return new Response(body, { status: resp.status, headers: resp.headers });
+  };
+  const agent = new HttpAgent({ url: '/agui', threadId: session, fetch: cutting });
+  const props = { forwardedProps: { userId: user } };
+  const runs = [];
+  const runOnce = async (params) => {
+    const events = [];
+    let error = '';
+    try {
+      const r = await agent.runAgent({ ...props, ...params }, { onEvent: ({ event }) => { events.push(event); } });
+      void r;
+    } catch (e) {
+      error = String(e && e.message ? e.message : e);
+    }
+    // The turn's reply: its assistant messages after the last user message
+    // (a new one after each tool call).
+    const lastUser = agent.messages.map((m) => m.role).lastIndexOf('user');
+    const said = agent.messages.slice(lastUser + 1).filter((m) => m.role === 'assistant');
+    const summary = {
+      types: events.map((e) => e.type),
+      threadId: (events[0] && events[0].threadId) || '',
+      outcome: (events.find((e) => e.type === 'RUN_FINISHED') || {}).outcome || null,
+      tools: events.filter((e) => e.type === 'TOOL_CALL_START').map((e) => e.toolCallName),
+      results: events.filter((e) => e.type === 'TOOL_CALL_RESULT').map((e) => e.content),
+      deltas: events.filter((e) => e.type === 'TEXT_MESSAGE_CONTENT').map((e) => e.delta),
+      reply: said.map((m) => m.content || '').join(''),
+      replyId: said.length ? said[said.length - 1].id : '',
+      interrupts: agent.pendingInterrupts.map((i) => ({ id: i.id, reason: i.reason, toolCallId: i.toolCallId || '' })),
+      error,
+    };
+    runs.push(summary);
+    return summary;
+  };
+  const say = (id, text) => agent.addMessage({ id, role: 'user', content: text });
+
+  say('m1', 'stream this reply please');
+  await runOnce({});
+  say('m2', 'convert 5 km to mi');
+  await runOnce({});
+  say('m3', 'remind me to water the plants');
+  const waiting = await runOnce({});
+  await runOnce({ resume: waiting.interrupts.map((i) => ({ interruptId: i.id, status: 'resolved', payload: { approved: true } })) });
+  say('m4', 'stream another reply please');
+  cut = true;
+  await runOnce({});
+  await runOnce({}); // the same thread again: a reconnect
+  const replies = []; // each turn's reply as the agent shows it
+  for (const m of agent.messages) {
+    if (m.role === 'user') replies.push('');
+    else if (m.role === 'assistant') replies[replies.length - 1] += m.content || '';
+  }
+  return { runs, replies, roles: agent.messages.map((m) => m.role) };
+}
+
+window.dacaClients = { run, persisted, httpOnly, trusted, agui };
