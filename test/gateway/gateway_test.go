@@ -549,6 +549,21 @@ func TestTurnLimitIsSharedByReplicas(t *testing.T) {
 	if allowed > 20+refill || refused == 0 {
 		t.Fatalf("%d turns allowed, %d refused in %s; want at most %d allowed across both replicas", allowed, refused, time.Since(start), 20+refill)
 	}
+	// AG-UI's runs count against the same limit: refused before any event,
+	// 429 with Retry-After (a second try in case a token was refilled).
+	agui := func() stacktest.Response {
+		return stacktest.Do(t, http.MethodPost, st.App("gateway-2").AppURL()+"/agui", map[string]any{
+			"threadId": "", "runId": unique("run"), "forwardedProps": map[string]any{"userId": user},
+			"messages": []any{map[string]any{"id": unique("m"), "role": "user", "content": "hello over AG-UI"}},
+		})
+	}
+	r := agui()
+	if r.Status != http.StatusTooManyRequests {
+		r = agui()
+	}
+	if r.Status != http.StatusTooManyRequests || r.Header.Get("Retry-After") == "" || !strings.Contains(string(r.Body), `"code":"rate_limited"`) {
+		t.Fatalf("AG-UI over the limit: %d %v %s; want 429 rate_limited with Retry-After", r.Status, r.Header, r.Body)
+	}
 	// Counted by the shared store, not by a replica's fallback.
 	for _, gw := range []string{"gateway", "gateway-2"} {
 		r := stacktest.Do(t, http.MethodGet, st.App(gw).AppURL()+"/metrics", nil)
