@@ -7,7 +7,7 @@ DAPR_DIR  := .bin/dapr-$(DAPR_VER)
 DACA      := .bin/daca
 TEST_TIMEOUT ?= 20m
 
-.PHONY: run test unit vet check-generate dapr daca bench stress faults images k8s-secrets clean help
+.PHONY: run cluster test unit vet check-generate dapr daca bench stress faults images k8s-secrets clean help
 
 help:
 	@echo "make run    run the whole system (Redis, Dapr, apps with sidecars); BROKER=rabbitmq for RabbitMQ pub/sub"
@@ -17,11 +17,18 @@ help:
 	@echo "make bench  measure chat turns, reads through the gateway and fan-out; prints a table"
 	@echo "make stress several rounds of 300 concurrent chat turns; every one must complete"
 	@echo "make faults every process killed mid-load and restarted; prints what was lost (nothing)"
+	@echo "make cluster the system on three hosts of this machine (network namespaces; root): HA control plane, mTLS"
 
 ## run: the whole system on this machine; Ctrl-C stops everything.
 ## BROKER=rabbitmq runs pub/sub on RabbitMQ instead of Redis Streams.
 run: daca
 	@exec $(DACA) up $(ARGS)
+
+## cluster: the system on hosts of this machine (Linux network namespaces, as root):
+## every app on each of three hosts, Dapr's HA control plane, Redis and sentry on a
+## fourth, mTLS; prints a status table. Ctrl-C removes every process and host.
+cluster: dapr
+	@$(GO) run ./cmd/daca cluster $(ARGS)
 
 ## test: vet, generated code up to date, unit tests and the end-to-end tests on the real stack.
 # Packages run one at a time (-p 1): each end-to-end package starts a whole

@@ -15,6 +15,7 @@ import (
 func dapr(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("daca dapr", flag.ContinueOnError)
 	root := fs.String("root", ".", "repository root")
+	sentry := fs.Bool("sentry", false, "also build sentry (mTLS's certificate authority; the cluster runs it)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -25,10 +26,14 @@ func dapr(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	bins, err := toolchain.EnsureDapr(ctx, rootDir, os.Stdout)
+	ensure, built := toolchain.EnsureDapr, "daprd, placement, scheduler"
+	if *sentry {
+		ensure, built = toolchain.EnsureSentry, built+", sentry"
+	}
+	bins, err := ensure(ctx, rootDir, os.Stdout)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("dapr %s: %s (daprd, placement, scheduler)\n", toolchain.DaprVersion, bins.Dir)
+	fmt.Printf("dapr %s: %s (%s)\n", toolchain.DaprVersion, bins.Dir, built)
 	return nil
 }

@@ -47,9 +47,10 @@ func (u usageError) Error() string { return string(u) }
 const usage = `usage: daca <command> [flags]
 
 commands:
-  up     run the whole system (Redis, Dapr placement and scheduler, apps with sidecars)
-  dapr   build the Dapr ` + toolchain.DaprVersion + ` binaries into .bin/ (first time only, about 5 minutes)
-  bench  measure chat turns and memory reads end to end on a private stack
+  up       run the whole system (Redis, Dapr placement and scheduler, apps with sidecars)
+  cluster  run it on hosts of this machine (network namespaces; root): HA control plane, mTLS
+  dapr     build the Dapr ` + toolchain.DaprVersion + ` binaries into .bin/ (first time only, about 5 minutes)
+  bench    measure chat turns and memory reads end to end on a private stack
 
 Run 'daca up -h' for the flags of up.`
 
@@ -62,6 +63,8 @@ func run(ctx context.Context, args []string) error {
 		return up(ctx, args[1:])
 	case "dapr":
 		return dapr(ctx, args[1:])
+	case "cluster":
+		return cluster(ctx, args[1:])
 	case "bench":
 		return bench.Run(ctx, args[1:])
 	case "hop": // started by bench; not for people

@@ -44,6 +44,8 @@ type App struct {
 	// HotReload: the sidecar loads resources added or changed in the
 	// stack's resources directory (ResourcesDir) without a restart.
 	HotReload bool
+	// Host is the cluster host the app and its sidecar run on (Config.Cluster).
+	Host string
 }
 
 // RunningApp is an app of a started stack, with its resolved ports.
@@ -51,16 +53,28 @@ type RunningApp struct {
 	App
 	Daprd  *proc.Process
 	AppCmd *proc.Process // nil when the app runs elsewhere
+	addr   string        // where it listens: its host's address, or loopback
+}
+
+// Addr is the address the app and its sidecar are reached at: loopback,
+// or on a cluster its host's.
+func (a *RunningApp) Addr() string {
+	if a.addr == "" {
+		return "127.0.0.1"
+	}
+	return a.addr
 }
 
 // SidecarURL is the sidecar's HTTP API base, e.g. http://127.0.0.1:3500.
-func (a *RunningApp) SidecarURL() string { return "http://127.0.0.1:" + strconv.Itoa(a.HTTPPort) }
+func (a *RunningApp) SidecarURL() string {
+	return "http://" + a.Addr() + ":" + strconv.Itoa(a.HTTPPort)
+}
 
 // SidecarGRPC is the sidecar's gRPC API address.
-func (a *RunningApp) SidecarGRPC() string { return "127.0.0.1:" + strconv.Itoa(a.GRPCPort) }
+func (a *RunningApp) SidecarGRPC() string { return a.Addr() + ":" + strconv.Itoa(a.GRPCPort) }
 
 // AppURL is the app's own base URL.
-func (a *RunningApp) AppURL() string { return "http://127.0.0.1:" + strconv.Itoa(a.AppPort) }
+func (a *RunningApp) AppURL() string { return "http://" + a.Addr() + ":" + strconv.Itoa(a.AppPort) }
 
 // baseEnv is what every process of the stack inherits from the launcher.
 func baseEnv() []string {
@@ -116,22 +130,33 @@ func SecretsYAML(keys []string) string {
 
 func (s *Stack) startApp(a *RunningApp, nrDB string) error {
 	c := &s.cfg
+	ip := a.Addr()
+	listen := "127.0.0.1"
+	if ip != listen { // on a cluster host: its own loopback (the app) and its address (the others, health checks)
+		listen += "," + ip
+	}
+	placement, scheduler := s.controlPlaneAddrs()
 	args := []string{
 		"--app-id", a.ID,
 		"--dapr-http-port", strconv.Itoa(a.HTTPPort),
 		"--dapr-grpc-port", strconv.Itoa(a.GRPCPort),
 		"--dapr-internal-grpc-port", strconv.Itoa(a.InternalGRPCPort),
-		"--dapr-internal-grpc-listen-address", "127.0.0.1",
-		"--dapr-listen-addresses", "127.0.0.1",
+		"--dapr-internal-grpc-listen-address", ip,
+		"--dapr-listen-addresses", listen,
 		"--metrics-port", strconv.Itoa(a.MetricsPort),
-		"--metrics-listen-address", "127.0.0.1",
+		"--metrics-listen-address", ip,
 		"--resources-path", s.resources,
-		"--config", filepath.Join(s.resources, "config.yaml"),
-		"--placement-host-address", fmt.Sprintf("127.0.0.1:%d", c.PlacementPort),
-		"--scheduler-host-address", fmt.Sprintf("127.0.0.1:%d", c.SchedulerPort),
+		"--config", s.configFile(a.ID),
+		"--placement-host-address", placement,
+		"--scheduler-host-address", scheduler,
 		"--dapr-graceful-shutdown-seconds", "5",
 		"--log-level", c.LogLevel,
 	}
+	secArgs, secEnv, err := s.sidecarSecurity()
+	if err != nil {
+		return err
+	}
+	args = append(args, secArgs...)
 	if a.AppPort != 0 {
 		args = append(args, "--app-port", strconv.Itoa(a.AppPort), "--app-protocol", "http")
 	}
@@ -142,7 +167,7 @@ func (s *Stack) startApp(a *RunningApp, nrDB string) error {
 		"DACA_ALLOWED_SECRETS=" + SecretsYAML(a.Secrets),
 		"DACA_NAMERESOLUTION_DB=" + nrDB,
 		"DACA_LLM_MAX_CONCURRENT=" + strconv.Itoa(c.LLMMaxConcurrent),
-		"DAPR_HOST_IP=127.0.0.1",
+		"DAPR_HOST_IP=" + ip,
 		"DAPR_API_TOKEN=" + s.APIToken,
 		"DACA_HOT_RELOAD=" + strconv.FormatBool(a.HotReload),
 	}
@@ -155,7 +180,8 @@ func (s *Stack) startApp(a *RunningApp, nrDB string) error {
 	if v := os.Getenv("REDIS_PASSWORD"); v != "" {
 		env = append(env, "REDIS_PASSWORD="+v)
 	}
-	d, err := s.spawn(a.Name+"-dapr", s.Bins.Daprd, args, env, c.RunDir)
+	env = append(env, secEnv...)
+	d, err := s.spawnOn(a.Host, a.Name+"-dapr", s.Bins.Daprd, args, env, c.RunDir)
 	if err != nil {
 		return err
 	}
@@ -184,11 +210,14 @@ func (s *Stack) AppEnv(a *RunningApp) []string {
 	if s.AppToken != "" {
 		env = append(env, "APP_API_TOKEN="+s.AppToken)
 	}
+	if a.Host != "" { // its sidecar on the host's loopback, the others (and checks) at the host's address
+		env = append(env, "APP_HOST=0.0.0.0")
+	}
 	return append(env, a.Env...)
 }
 
 func (s *Stack) startAppProcess(a *RunningApp) error {
-	p, err := s.spawn(a.Name, a.Command[0], a.Command[1:], s.AppEnv(a), a.Dir)
+	p, err := s.spawnOn(a.Host, a.Name, a.Command[0], a.Command[1:], s.AppEnv(a), a.Dir)
 	if err != nil {
 		return err
 	}
@@ -211,4 +240,13 @@ func (s *Stack) waitApp(ctx context.Context, a *RunningApp) error {
 		return fmt.Errorf("%s sidecar not ready: %w", a.Name, err)
 	}
 	return nil
+}
+
+// configFile is the app's Dapr Configuration: components/config.yaml, or
+// on a cluster its own with its access policy.
+func (s *Stack) configFile(appID string) string {
+	if f, ok := s.configs[appID]; ok {
+		return f
+	}
+	return filepath.Join(s.resources, "config.yaml")
 }

@@ -10,12 +10,18 @@ import (
 
 func (s *Stack) buildApps(ctx context.Context) error {
 	c := &s.cfg
+	built := map[string]string{} // package → binary: replicas share one build
 	for i := range c.Apps {
 		a := &c.Apps[i]
 		if a.Build == "" || a.Command != nil {
 			continue
 		}
+		if bin, ok := built[a.Build]; ok { // replicas (and a cluster's hosts) run one program
+			a.Command = []string{bin}
+			continue
+		}
 		bin := filepath.Join(c.RunDir, "bin", a.Name)
+		built[a.Build] = bin
 		fmt.Fprintf(c.Progress, "stack: building %s (%s)\n", a.Name, a.Build)
 		args := []string{"build", "-o", bin}
 		if os.Getenv("DACA_RACE") != "" { // apps with the race detector (see DEVELOPERS.md)

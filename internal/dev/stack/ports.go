@@ -20,13 +20,19 @@ func (s *Stack) assignPorts() error {
 			fixed = append(fixed, namedPort{name, *p})
 		}
 	}
-	if c.RedisAddr == "" {
+	if c.Cluster != nil && c.RedisPort == 0 { // on its own host: no port of this one to check
+		c.RedisPort = clusterRedisPort
+	}
+	if c.RedisAddr == "" && c.Cluster == nil {
 		add("redis", &c.RedisPort)
 	}
 	add("placement", &c.PlacementPort)
 	add("scheduler", &c.SchedulerPort)
 	for i := range c.Apps {
 		a := &c.Apps[i]
+		if a.Host != "" { // a cluster host's ports are its own (an app has the same on every host)
+			continue
+		}
 		if a.Command != nil {
 			add(a.Name+" app", &a.AppPort)
 		}

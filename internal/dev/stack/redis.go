@@ -92,10 +92,14 @@ func (s *Stack) startRedis(ctx context.Context) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
+	host := ""
+	if c.Cluster != nil {
+		host = c.Cluster.Infra
+	}
 	args := []string{
 		"--port", strconv.Itoa(c.RedisPort),
-		"--bind", "127.0.0.1",
-		"--protected-mode", "yes",
+		"--bind", s.addr(host),
+		"--protected-mode", protectedMode(c.Cluster == nil), // a cluster's Redis serves the other hosts (a bridge private to this machine)
 		"--dir", dir,
 		"--daemonize", "no",
 		"--logfile", "",
@@ -105,12 +109,12 @@ func (s *Stack) startRedis(ctx context.Context) error {
 	} else {
 		args = append(args, "--save", "", "--appendonly", "no")
 	}
-	p, err := s.spawn("redis", bin, args, nil, dir)
+	p, err := s.spawnOn(host, "redis", bin, args, nil, dir)
 	if err != nil {
 		return err
 	}
 	s.Redis = p
-	s.RedisAddr = "127.0.0.1:" + strconv.Itoa(c.RedisPort)
+	s.RedisAddr = s.addr(host) + ":" + strconv.Itoa(c.RedisPort)
 	if err := waitFor(ctx, 20*time.Second, p, func() error { return redisPing(s.RedisAddr) }); err != nil {
 		return fmt.Errorf("redis not ready: %w", err)
 	}
@@ -278,4 +282,11 @@ func readReply(r *bufio.Reader) (any, error) {
 		return out, nil
 	}
 	return nil, fmt.Errorf("redis: unexpected reply %q", line)
+}
+
+func protectedMode(on bool) string {
+	if on {
+		return "yes"
+	}
+	return "no"
 }

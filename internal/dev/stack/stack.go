@@ -49,6 +49,11 @@ type Config struct {
 
 	PlacementPort, SchedulerPort int // 0 picks free ports
 
+	// Cluster lays the stack out on several hosts, with the control plane
+	// in its highly available form and mTLS (cluster.go); nil: one host,
+	// loopback.
+	Cluster *Cluster
+
 	Apps []App
 
 	APIToken string // DAPR_API_TOKEN of every sidecar; "" makes a random one
@@ -77,14 +82,21 @@ type Stack struct {
 	APIToken  string
 	AppToken  string // APP_API_TOKEN when Secure
 
-	Redis                              *proc.Process // nil with an existing Redis
-	RabbitMQ, Epmd                     *proc.Process // with BrokerRabbitMQ
-	RabbitMQURL                        string        // amqp:// URL with the run's credentials
-	rabbitPort, epmdPort               int
-	resources                          string // the sidecars' --resources-path
-	Placement                          *proc.Process
-	Scheduler                          *proc.Process
-	placementHealthz, schedulerHealthz int // their /healthz ports (gRPC: Config.PlacementPort, SchedulerPort)
+	Redis                *proc.Process // nil with an existing Redis
+	RabbitMQ, Epmd       *proc.Process // with BrokerRabbitMQ
+	RabbitMQURL          string        // amqp:// URL with the run's credentials
+	rabbitPort, epmdPort int
+	resources            string // the sidecars' --resources-path
+	Placement            *proc.Process
+	Scheduler            *proc.Process
+	// On a cluster: every placement server and scheduler (Placement and
+	// Scheduler are the first of each), and sentry.
+	Placements, Schedulers             []*proc.Process
+	Sentry                             *proc.Process
+	trustAnchors                       string            // sentry's root certificate (a file)
+	configs                            map[string]string // app id → its Configuration, on a cluster
+	nrDB                               string            // the sidecars' name-resolution database
+	placementHealthz, schedulerHealthz int               // their /healthz ports (gRPC: Config.PlacementPort, SchedulerPort)
 
 	mu    sync.Mutex
 	apps  []*RunningApp
@@ -230,29 +242,30 @@ func (s *Stack) start(ctx context.Context) error {
 	if s.resources, err = c.resourcesDir(toolPort); err != nil {
 		return err
 	}
+	if c.Cluster != nil {
+		if s.configs, err = clusterConfigs(c.Root, s.resources); err != nil {
+			return err
+		}
+	}
 
 	// Control plane.
-	if err := s.startPlacement(); err != nil {
-		return err
-	}
-	if err := s.startScheduler(); err != nil {
-		return err
-	}
-	for _, w := range []struct {
-		p    *proc.Process
-		port int
-	}{{s.Placement, s.placementHealthz}, {s.Scheduler, s.schedulerHealthz}} {
-		url := fmt.Sprintf("http://127.0.0.1:%d/healthz", w.port)
-		if err := waitFor(ctx, c.ReadyTimeout, w.p, func() error { return httpOK(url) }); err != nil {
-			return fmt.Errorf("%s not ready: %w", w.p.Spec.Name, err)
+	if c.Cluster != nil {
+		if err := s.startSentry(ctx); err != nil {
+			return err
 		}
+		if err := s.startHAControlPlane(ctx); err != nil {
+			return err
+		}
+	} else if err := s.startControlPlane(ctx); err != nil {
+		return err
 	}
 
 	// Apps: sidecar first, then the app; then wait for all of them.
 	nrDB := filepath.Join(c.RunDir, "nameresolution.db")
 	_ = os.Remove(nrDB)
+	s.nrDB = nrDB
 	for i := range c.Apps {
-		a := &RunningApp{App: c.Apps[i]}
+		a := &RunningApp{App: c.Apps[i], addr: s.addr(c.Apps[i].Host)}
 		if err := s.startApp(a, nrDB); err != nil {
 			return err
 		}
@@ -276,6 +289,27 @@ func (s *Stack) start(ctx context.Context) error {
 	for _, a := range s.Apps() {
 		if err := s.waitApp(ctx, a); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// startControlPlane starts placement and scheduler on loopback.
+func (s *Stack) startControlPlane(ctx context.Context) error {
+	c := &s.cfg
+	if err := s.startPlacement(); err != nil {
+		return err
+	}
+	if err := s.startScheduler(); err != nil {
+		return err
+	}
+	for _, w := range []struct {
+		p    *proc.Process
+		port int
+	}{{s.Placement, s.placementHealthz}, {s.Scheduler, s.schedulerHealthz}} {
+		url := fmt.Sprintf("http://127.0.0.1:%d/healthz", w.port)
+		if err := waitFor(ctx, c.ReadyTimeout, w.p, func() error { return httpOK(url) }); err != nil {
+			return fmt.Errorf("%s not ready: %w", w.p.Spec.Name, err)
 		}
 	}
 	return nil
@@ -348,8 +382,9 @@ func (s *Stack) Stop() {
 		}
 		stopAll(appProcs, 10*time.Second)
 		stopAll(sidecars, 10*time.Second)
-		stopAll([]*proc.Process{s.Scheduler}, 10*time.Second)
-		stopAll([]*proc.Process{s.Placement}, 5*time.Second)
+		stopAll(append([]*proc.Process{s.Scheduler}, s.Schedulers...), 10*time.Second)
+		stopAll(append([]*proc.Process{s.Placement}, s.Placements...), 5*time.Second)
+		stopAll([]*proc.Process{s.Sentry}, 5*time.Second)
 		stopAll([]*proc.Process{s.Redis, s.RabbitMQ}, 10*time.Second)
 		stopAll([]*proc.Process{s.Epmd}, 5*time.Second)
 		// Anything else (a process started after a failed start).
@@ -374,4 +409,27 @@ func (w *syncWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.w.Write(p)
+}
+
+// StartApp starts one more app (a sidecar, and the app when it has a
+// Command) on the running stack, on free ports where a is not given any,
+// and waits until it is ready.
+func (s *Stack) StartApp(ctx context.Context, a App) (*RunningApp, error) {
+	if a.Name == "" {
+		a.Name = a.ID
+	}
+	for _, p := range []*int{&a.HTTPPort, &a.GRPCPort, &a.InternalGRPCPort, &a.MetricsPort} {
+		if *p == 0 {
+			v, err := freePort()
+			if err != nil {
+				return nil, err
+			}
+			*p = v
+		}
+	}
+	ra := &RunningApp{App: a, addr: s.addr(a.Host)}
+	if err := s.startApp(ra, s.nrDB); err != nil {
+		return nil, err
+	}
+	return ra, s.waitApp(ctx, ra)
 }

@@ -40,16 +40,32 @@ func (s *Stack) Status() []Row {
 	}
 	add(s.Epmd, strconv.Itoa(s.epmdPort))
 	add(s.RabbitMQ, fmt.Sprintf("amqp %d", s.rabbitPort))
-	add(s.Placement, fmt.Sprintf("grpc %d", c.PlacementPort))
-	add(s.Scheduler, fmt.Sprintf("grpc %d", c.SchedulerPort))
+	if c.Cluster != nil {
+		add(s.Sentry, fmt.Sprintf("%s grpc %d", s.addr(c.Cluster.Infra), sentryPort))
+		for i, h := range c.Cluster.ControlPlane {
+			if i < len(s.Placements) {
+				add(s.Placements[i], fmt.Sprintf("%s grpc %d, raft %d", s.addr(h), placementPort, placementRaft))
+			}
+			if i < len(s.Schedulers) {
+				add(s.Schedulers[i], fmt.Sprintf("%s grpc %d, etcd %d", s.addr(h), schedulerPort, schedulerEtcdPeer))
+			}
+		}
+	} else {
+		add(s.Placement, fmt.Sprintf("grpc %d", c.PlacementPort))
+		add(s.Scheduler, fmt.Sprintf("grpc %d", c.SchedulerPort))
+	}
 	for _, a := range s.Apps() {
 		s.mu.Lock()
 		app := a.AppCmd
 		s.mu.Unlock()
-		if app != nil {
-			add(app, fmt.Sprintf("http %d", a.AppPort))
+		at := ""
+		if a.Host != "" {
+			at = a.Addr() + " "
 		}
-		add(a.Daprd, fmt.Sprintf("http %d, grpc %d", a.HTTPPort, a.GRPCPort))
+		if app != nil {
+			add(app, fmt.Sprintf("%shttp %d", at, a.AppPort))
+		}
+		add(a.Daprd, fmt.Sprintf("%shttp %d, grpc %d", at, a.HTTPPort, a.GRPCPort))
 	}
 	return rows
 }
@@ -57,7 +73,11 @@ func (s *Stack) Status() []Row {
 // PrintStatus writes the status table.
 func (s *Stack) PrintStatus(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
-	fmt.Fprintln(tw, "PROCESS\tPID\tPORTS (127.0.0.1)\tREADY")
+	where := "PORTS (127.0.0.1)"
+	if s.cfg.Cluster != nil {
+		where = "ADDRESS AND PORTS"
+	}
+	fmt.Fprintln(tw, "PROCESS\tPID\t"+where+"\tREADY")
 	for _, r := range s.Status() {
 		ready := "yes"
 		if !r.Ready {

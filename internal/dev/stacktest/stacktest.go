@@ -29,7 +29,9 @@ import (
 	"time"
 
 	"github.com/daca-go/daca/internal/contract"
+	"github.com/daca-go/daca/internal/dev/netns"
 	"github.com/daca-go/daca/internal/dev/stack"
+	"github.com/daca-go/daca/internal/dev/toolchain"
 )
 
 // Options describe the stack of a test package.
@@ -51,6 +53,19 @@ type Options struct {
 	// Verbose copies every process's output to stderr as it happens
 	// (also switched on by DACA_TEST_VERBOSE=1).
 	Verbose bool
+	// Cluster runs the stack on hosts of this machine (network namespaces;
+	// root): every app of the system on each host (Apps is ignored), the
+	// control plane in its highly available form on the first three, Redis
+	// and sentry on one more, mTLS on (stack.Cluster).
+	Cluster *Cluster
+}
+
+// Cluster is the layout of a package's cluster.
+type Cluster struct {
+	Prefix string // of its namespaces and links (netns.Create), unique per package
+	Subnet string // e.g. 10.78.1: hosts .1, .2, …
+	Hosts  int    // hosts with apps; default 3
+	Env    []string
 }
 
 // Broker is the pub/sub broker of the package's stack: DACA_BROKER
@@ -107,7 +122,7 @@ func Run(m *testing.M, opts Options) int {
 		out = os.Stderr
 	}
 	start := time.Now()
-	st, err := stack.Start(ctx, stack.Config{
+	cfg := stack.Config{
 		Root:             root,
 		RunDir:           runDir,
 		SecretsFile:      secretsFile,
@@ -118,7 +133,16 @@ func Run(m *testing.M, opts Options) int {
 		Broker:           Broker(),
 		Out:              out,
 		Progress:         os.Stderr,
-	})
+	}
+	if opts.Cluster != nil {
+		net, err := clusterConfig(ctx, root, *opts.Cluster, &cfg)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "stacktest: %v\n", err)
+			return 1
+		}
+		defer net.Remove()
+	}
+	st, err := stack.Start(ctx, cfg)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "stacktest: starting the stack failed: %v\n", err)
 		dumpDir(os.Stderr, filepath.Join(runDir, "logs"))
@@ -271,4 +295,27 @@ func Lost() error {
 	mu.Lock()
 	defer mu.Unlock()
 	return lost
+}
+
+// clusterConfig makes the cluster's hosts and lays cfg out on them.
+func clusterConfig(ctx context.Context, root string, c Cluster, cfg *stack.Config) (*netns.Network, error) {
+	if c.Hosts == 0 {
+		c.Hosts = 3
+	}
+	bins, err := toolchain.EnsureSentry(ctx, root, os.Stderr)
+	if err != nil {
+		return nil, err
+	}
+	net, err := netns.Create(c.Prefix, c.Subnet, c.Hosts+1)
+	if err != nil {
+		return nil, err
+	}
+	var hosts []string
+	for _, h := range net.Hosts[:c.Hosts] {
+		hosts = append(hosts, h.Name)
+	}
+	cfg.Bins = &bins
+	cfg.Cluster = &stack.Cluster{Net: net, ControlPlane: hosts[:3], Infra: net.Hosts[c.Hosts].Name, Sentry: bins.Sentry}
+	cfg.Apps = stack.ClusterApps(hosts, c.Env...)
+	return net, nil
 }

@@ -1,5 +1,6 @@
 // Package toolchain builds the Dapr runtime binaries (daprd, placement,
-// scheduler) from the Go module proxy, once, into .bin/dapr-<version>/.
+// scheduler; and sentry, for the cluster, on demand) from the Go module
+// proxy, once, into .bin/dapr-<version>/.
 //
 // The build runs inside the tools/dapr module, whose go.sum pins the checksum
 // of every module: a tampered module fails the build. A stamp file records a
@@ -36,6 +37,7 @@ type Bins struct {
 	Daprd     string
 	Placement string
 	Scheduler string
+	Sentry    string // built by EnsureSentry only
 }
 
 // BinsIn returns the binary paths under root/.bin.
@@ -46,6 +48,7 @@ func BinsIn(root string) Bins {
 		Daprd:     filepath.Join(dir, "daprd"),
 		Placement: filepath.Join(dir, "placement"),
 		Scheduler: filepath.Join(dir, "scheduler"),
+		Sentry:    filepath.Join(dir, "sentry"),
 	}
 }
 
@@ -57,12 +60,12 @@ var inputs = []string{"go.mod", "go.sum", "cmd/daprd/main.go"}
 func EnsureDapr(ctx context.Context, root string, out io.Writer) (Bins, error) {
 	bins := BinsIn(root)
 	modDir := filepath.Join(root, "tools", "dapr")
-	want, err := inputsHash(modDir)
+	want, err := inputsHash(modDir, inputs...)
 	if err != nil {
 		return bins, err
 	}
 	stamp := filepath.Join(bins.Dir, ".stamp")
-	if upToDate(bins, stamp, want) {
+	if upToDate(stamp, want, bins.Daprd, bins.Placement, bins.Scheduler) {
 		now := time.Now()
 		_ = os.Chtimes(stamp, now, now) // so make sees the stamp as newer than its inputs
 		return bins, nil
@@ -75,10 +78,14 @@ func EnsureDapr(ctx context.Context, root string, out io.Writer) (Bins, error) {
 		return bins, err
 	}
 	defer unlock()
-	if upToDate(bins, stamp, want) { // another process built it while we waited
+	if upToDate(stamp, want, bins.Daprd, bins.Placement, bins.Scheduler) { // another process built it while we waited
 		return bins, nil
 	}
-	if err := build(ctx, modDir, bins, out); err != nil {
+	if err := build(ctx, modDir, out, []target{
+		{"daprd", "./cmd/daprd", bins.Daprd},
+		{"placement", "github.com/dapr/dapr/cmd/placement", bins.Placement},
+		{"scheduler", "github.com/dapr/dapr/cmd/scheduler", bins.Scheduler},
+	}); err != nil {
 		return bins, err
 	}
 	if err := os.WriteFile(stamp, []byte(want+"\n"), 0o644); err != nil {
@@ -87,12 +94,43 @@ func EnsureDapr(ctx context.Context, root string, out io.Writer) (Bins, error) {
 	return bins, nil
 }
 
-func upToDate(b Bins, stamp, want string) bool {
+// EnsureSentry makes sure Dapr's sentry (the certificate authority of
+// mTLS) exists beside the other binaries, building it from tools/sentry
+// when needed: only the cluster runs it.
+func EnsureSentry(ctx context.Context, root string, out io.Writer) (Bins, error) {
+	bins, err := EnsureDapr(ctx, root, out)
+	if err != nil {
+		return bins, err
+	}
+	modDir := filepath.Join(root, "tools", "sentry")
+	want, err := inputsHash(modDir, "go.mod", "go.sum")
+	if err != nil {
+		return bins, err
+	}
+	stamp := filepath.Join(bins.Dir, ".stamp-sentry")
+	if upToDate(stamp, want, bins.Sentry) {
+		return bins, nil
+	}
+	unlock, err := lock(ctx, bins.Dir+".lock", out)
+	if err != nil {
+		return bins, err
+	}
+	defer unlock()
+	if upToDate(stamp, want, bins.Sentry) {
+		return bins, nil
+	}
+	if err := build(ctx, modDir, out, []target{{"sentry", "github.com/dapr/dapr/cmd/sentry", bins.Sentry}}); err != nil {
+		return bins, err
+	}
+	return bins, os.WriteFile(stamp, []byte(want+"\n"), 0o644)
+}
+
+func upToDate(stamp, want string, files ...string) bool {
 	got, err := os.ReadFile(stamp)
 	if err != nil || strings.TrimSpace(string(got)) != want {
 		return false
 	}
-	for _, f := range []string{b.Daprd, b.Placement, b.Scheduler} {
+	for _, f := range files {
 		if st, err := os.Stat(f); err != nil || st.Mode()&0o111 == 0 {
 			return false
 		}
@@ -100,10 +138,10 @@ func upToDate(b Bins, stamp, want string) bool {
 	return true
 }
 
-func inputsHash(modDir string) (string, error) {
+func inputsHash(modDir string, files ...string) (string, error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "dapr %s\n", DaprVersion)
-	for _, f := range inputs {
+	for _, f := range files {
 		b, err := os.ReadFile(filepath.Join(modDir, f))
 		if err != nil {
 			return "", fmt.Errorf("toolchain: %w (is this the daca repository root?)", err)
@@ -142,7 +180,9 @@ func lock(ctx context.Context, path string, out io.Writer) (func(), error) {
 	}
 }
 
-func build(ctx context.Context, modDir string, b Bins, out io.Writer) error {
+type target struct{ name, pkg, out string }
+
+func build(ctx context.Context, modDir string, out io.Writer, targets []target) error {
 	ldflags := strings.Join([]string{
 		"-s", "-w",
 		"-X github.com/dapr/dapr/pkg/buildinfo.version=" + DaprVersion,
@@ -150,14 +190,9 @@ func build(ctx context.Context, modDir string, b Bins, out io.Writer) error {
 		"-X github.com/dapr/dapr/pkg/buildinfo.gitcommit=" + daprCommit,
 		"-X github.com/dapr/kit/logger.DaprVersion=" + DaprVersion,
 	}, " ")
-	targets := []struct{ name, pkg, out string }{
-		{"daprd", "./cmd/daprd", b.Daprd},
-		{"placement", "github.com/dapr/dapr/cmd/placement", b.Placement},
-		{"scheduler", "github.com/dapr/dapr/cmd/scheduler", b.Scheduler},
-	}
 	for i, t := range targets {
 		note := ""
-		if i == 0 {
+		if i == 0 && t.name == "daprd" {
 			note = " — first time only, about 5 minutes"
 		}
 		fmt.Fprintf(out, "dapr: building %s %s%s\n", t.name, DaprVersion, note)

@@ -1,0 +1,337 @@
+package stack
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/daca-go/daca/internal/dev/netns"
+	"github.com/daca-go/daca/internal/dev/proc"
+)
+
+// Cluster lays a stack out on hosts (Linux network namespaces, see
+// internal/dev/netns), as a production deployment is: Dapr's control plane
+// in its highly available form — a placement server and a scheduler on each
+// of ControlPlane's hosts (three: a Raft group, an embedded etcd cluster) —
+// Redis and sentry on the Infra host, and every sidecar with its SPIFFE
+// identity from sentry, mTLS on between all of them. Each App names its
+// host (App.Host); an app runs on the same ports on every host, as in a pod.
+type Cluster struct {
+	Net          *netns.Network
+	ControlPlane []string // hosts with a placement server and a scheduler each
+	Infra        string   // the host of Redis and sentry
+	Sentry       string   // the sentry binary (toolchain.EnsureSentry)
+}
+
+// The control plane's ports on each of its hosts.
+const (
+	sentryPort          = 50001
+	sentryHealthz       = 9080
+	placementPort       = 50005
+	placementRaft       = 8201
+	placementHealthz    = 9081
+	schedulerPort       = 50006
+	schedulerHealthz    = 9082
+	schedulerEtcdClient = 2379
+	schedulerEtcdPeer   = 2380
+	clusterRedisPort    = 6379
+	trustDomain         = "localhost" // the control plane's, as Dapr's standalone default
+	// clusterNamespace is the apps' namespace, in their SPIFFE ids
+	// (spiffe://public/ns/daca/<app id>): the Kubernetes deployment's, which
+	// its access policies name.
+	clusterNamespace = "daca"
+)
+
+// host returns the cluster's host named name; nil off a cluster.
+func (s *Stack) host(name string) *netns.Host {
+	if s.cfg.Cluster == nil || name == "" {
+		return nil
+	}
+	return s.cfg.Cluster.Net.Host(name)
+}
+
+// addr is the address a process on the host listens on and is reached at:
+// loopback off a cluster.
+func (s *Stack) addr(host string) string {
+	if h := s.host(host); h != nil {
+		return h.Addr
+	}
+	return "127.0.0.1"
+}
+
+// spawnOn starts a process on a host of the cluster (or here, off one).
+func (s *Stack) spawnOn(host, name, path string, args, env []string, dir string) (*proc.Process, error) {
+	if h := s.host(host); h != nil {
+		path, args = h.Command(path, args...)
+	}
+	return s.spawn(name, path, args, env, dir)
+}
+
+func (c *Cluster) check() error {
+	if c.Net == nil || len(c.ControlPlane) == 0 || c.Infra == "" || c.Sentry == "" {
+		return fmt.Errorf("stack: a cluster needs its network, control plane hosts, infra host and sentry")
+	}
+	for _, h := range append([]string{c.Infra}, c.ControlPlane...) {
+		if c.Net.Host(h) == nil {
+			return fmt.Errorf("stack: cluster host %q is not on the network", h)
+		}
+	}
+	return nil
+}
+
+// startSentry starts sentry on the infra host: it makes its root and
+// issuer certificates in the run directory; their root is every process's
+// trust anchor.
+func (s *Stack) startSentry(ctx context.Context) error {
+	c := s.cfg.Cluster
+	dir := filepath.Join(s.cfg.RunDir, "sentry")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	// Its own Configuration (Kubernetes' daprsystem): mTLS on, certificates
+	// for a day, renewed by the sidecars before they expire.
+	conf := filepath.Join(s.cfg.RunDir, "sentry-config.yaml")
+	if err := os.WriteFile(conf, []byte(`apiVersion: dapr.io/v1alpha1
+kind: Configuration
+metadata:
+  name: daprsystem
+spec:
+  mtls:
+    enabled: true
+    workloadCertTTL: 24h
+    allowedClockSkew: 15m
+`), 0o644); err != nil {
+		return err
+	}
+	ip := s.addr(c.Infra)
+	p, err := s.spawnOn(c.Infra, "sentry", c.Sentry, []string{
+		"--config", conf,
+		"--port", strconv.Itoa(sentryPort),
+		"--listen-address", ip,
+		"--healthz-port", strconv.Itoa(sentryHealthz),
+		"--healthz-listen-address", ip,
+		"--metrics-port", "9090",
+		"--metrics-listen-address", ip,
+		"--issuer-credentials", dir,
+		"--trust-domain", trustDomain,
+		"--mode", "standalone",
+		"--log-level", s.cfg.LogLevel,
+	}, []string{"NAMESPACE=default"}, s.cfg.RunDir)
+	if err != nil {
+		return err
+	}
+	s.Sentry = p
+	url := fmt.Sprintf("http://%s:%d/healthz", ip, sentryHealthz)
+	if err := waitFor(ctx, s.cfg.ReadyTimeout, p, func() error { return httpOK(url) }); err != nil {
+		return fmt.Errorf("sentry not ready: %w", err)
+	}
+	s.trustAnchors = filepath.Join(dir, "ca.crt")
+	if _, err := os.Stat(s.trustAnchors); err != nil {
+		return fmt.Errorf("sentry made no root certificate: %w", err)
+	}
+	return nil
+}
+
+// SentryAddress is sentry's gRPC address on a cluster.
+func (s *Stack) SentryAddress() string {
+	return fmt.Sprintf("%s:%d", s.addr(s.cfg.Cluster.Infra), sentryPort)
+}
+
+// mtlsArgs are the flags of a control plane process that takes its
+// identity from sentry.
+func (s *Stack) mtlsArgs() []string {
+	return []string{
+		"--tls-enabled",
+		"--sentry-address", s.SentryAddress(),
+		"--trust-anchors-file", s.trustAnchors,
+		"--trust-domain", trustDomain,
+		"--mode", "standalone",
+	}
+}
+
+// startHAControlPlane starts a placement server and a scheduler on each
+// control plane host, in their Raft group and etcd cluster, and waits
+// until each answers.
+func (s *Stack) startHAControlPlane(ctx context.Context) error {
+	c := s.cfg.Cluster
+	var raft, etcd []string
+	for i, h := range c.ControlPlane {
+		raft = append(raft, fmt.Sprintf("dapr-placement-%d=%s:%d", i, s.addr(h), placementRaft))
+		etcd = append(etcd, fmt.Sprintf("dapr-scheduler-server-%d=http://%s:%d", i, s.addr(h), schedulerEtcdPeer))
+	}
+	type ready struct {
+		p   *proc.Process
+		url string
+	}
+	var wait []ready
+	for i, h := range c.ControlPlane {
+		ip := s.addr(h)
+		p, err := s.spawnOn(h, "placement-"+h, s.Bins.Placement, append([]string{
+			"--id", fmt.Sprintf("dapr-placement-%d", i),
+			"--port", strconv.Itoa(placementPort),
+			"--listen-address", ip,
+			"--healthz-port", strconv.Itoa(placementHealthz),
+			"--healthz-listen-address", ip,
+			"--metrics-port", "9091",
+			"--metrics-listen-address", ip,
+			"--initial-cluster", strings.Join(raft, ","),
+			"--log-level", s.cfg.LogLevel,
+		}, s.mtlsArgs()...), nil, s.cfg.RunDir)
+		if err != nil {
+			return err
+		}
+		s.Placements = append(s.Placements, p)
+		wait = append(wait, ready{p, fmt.Sprintf("http://%s:%d/healthz", ip, placementHealthz)})
+		data := filepath.Join(s.cfg.RunDir, "scheduler-"+h)
+		if err := os.MkdirAll(data, 0o755); err != nil {
+			return err
+		}
+		p, err = s.spawnOn(h, "scheduler-"+h, s.Bins.Scheduler, append([]string{
+			"--id", fmt.Sprintf("dapr-scheduler-server-%d", i),
+			"--port", strconv.Itoa(schedulerPort),
+			"--listen-address", ip,
+			"--override-broadcast-host-port", fmt.Sprintf("%s:%d", ip, schedulerPort),
+			"--healthz-port", strconv.Itoa(schedulerHealthz),
+			"--healthz-listen-address", ip,
+			"--metrics-port", "9092",
+			"--metrics-listen-address", ip,
+			"--etcd-data-dir", data,
+			"--etcd-client-port", strconv.Itoa(schedulerEtcdClient),
+			"--etcd-client-listen-address", ip,
+			"--etcd-initial-cluster", strings.Join(etcd, ","),
+			"--identity-directory-write", filepath.Join(data, "tls"),
+			"--log-level", s.cfg.LogLevel,
+		}, s.mtlsArgs()...), nil, s.cfg.RunDir)
+		if err != nil {
+			return err
+		}
+		s.Schedulers = append(s.Schedulers, p)
+		wait = append(wait, ready{p, fmt.Sprintf("http://%s:%d/healthz", ip, schedulerHealthz)})
+	}
+	for _, w := range wait {
+		if err := waitFor(ctx, s.cfg.ReadyTimeout, w.p, func() error { return httpOK(w.url) }); err != nil {
+			return fmt.Errorf("%s not ready: %w", w.p.Spec.Name, err)
+		}
+	}
+	s.Placement, s.Scheduler = s.Placements[0], s.Schedulers[0]
+	return nil
+}
+
+// controlPlaneAddrs are the placement and scheduler addresses a sidecar
+// is given: all of them on a cluster.
+func (s *Stack) controlPlaneAddrs() (placement, scheduler string) {
+	if s.cfg.Cluster == nil {
+		return fmt.Sprintf("127.0.0.1:%d", s.cfg.PlacementPort), fmt.Sprintf("127.0.0.1:%d", s.cfg.SchedulerPort)
+	}
+	var p, sc []string
+	for _, h := range s.cfg.Cluster.ControlPlane {
+		p = append(p, fmt.Sprintf("%s:%d", s.addr(h), placementPort))
+		sc = append(sc, fmt.Sprintf("%s:%d", s.addr(h), schedulerPort))
+	}
+	return strings.Join(p, ","), strings.Join(sc, ",")
+}
+
+// sidecarSecurity is what a sidecar on a cluster adds: mTLS with its
+// identity from sentry (flags, environment).
+func (s *Stack) sidecarSecurity() (args, env []string, err error) {
+	if s.cfg.Cluster == nil {
+		return nil, nil, nil
+	}
+	ta, err := os.ReadFile(s.trustAnchors)
+	if err != nil {
+		return nil, nil, err
+	}
+	return []string{"--enable-mtls", "--sentry-address", s.SentryAddress(), "--control-plane-trust-domain", trustDomain},
+		[]string{"DAPR_TRUST_ANCHORS=" + string(ta), "NAMESPACE=" + clusterNamespace}, nil
+}
+
+// waitClusterStep is how long the cluster's parts may take to come up:
+// Raft and etcd elect their leaders first.
+const waitClusterStep = 2 * time.Minute
+
+// ClusterApps is every app of System on each host, on the tutorial's ports
+// (the same on every host, as in a pod), named <app>-<host>, with env.
+func ClusterApps(hosts []string, env ...string) []App {
+	var out []App
+	for _, h := range hosts {
+		for _, d := range System {
+			a := d.Named(d.ID+"-"+h, env...)
+			a.Host, a.AppPort, a.HTTPPort, a.GRPCPort = h, d.Port, d.HTTPPort, d.GRPCPort
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// accessPolicies is where the Kubernetes deployment's per-app
+// Configurations are: a cluster's sidecars run with the same access
+// control (one source).
+var accessPolicies = filepath.Join("deploy", "k8s", "base", "dapr", "configuration.yaml")
+
+// clusterConfigs writes a Configuration per app into the resources
+// directory: components/config.yaml with the app's accessControl from the
+// Kubernetes manifests (its Configuration is daca-config-<Def.Short>). It
+// returns each app id's file.
+func clusterConfigs(root, resources string) (map[string]string, error) {
+	base, err := os.ReadFile(filepath.Join(resources, "config.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	k8s, err := os.ReadFile(filepath.Join(root, accessPolicies))
+	if err != nil {
+		return nil, err
+	}
+	acl := map[string]any{} // Configuration name → its accessControl
+	dec := yaml.NewDecoder(bytes.NewReader(k8s))
+	for {
+		var doc struct {
+			Metadata struct{ Name string }
+			Spec     struct {
+				AccessControl any `yaml:"accessControl"`
+			}
+		}
+		if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			return nil, fmt.Errorf("%s: %w", accessPolicies, err)
+		}
+		acl[doc.Metadata.Name] = doc.Spec.AccessControl
+	}
+	out := map[string]string{}
+	for _, d := range System {
+		policy := acl["daca-config-"+d.Short]
+		if policy == nil {
+			return nil, fmt.Errorf("%s: no accessControl for %s (daca-config-%s)", accessPolicies, d.ID, d.Short)
+		}
+		// Appended to the text as it is (spec is its last key): its
+		// ${VARIABLES} are the sidecar's to expand.
+		b, err := yaml.Marshal(map[string]any{"accessControl": policy})
+		if err != nil {
+			return nil, err
+		}
+		if _, after, ok := bytes.Cut(base, []byte("\nspec:\n")); !ok || regexp.MustCompile(`(?m)^[^\s#]`).Match(after) {
+			return nil, errors.New("components/config.yaml: spec must be its last key (the access policy is appended to it)")
+		}
+		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+		for i, l := range lines {
+			lines[i] = "  " + l
+		}
+		b = append(append(bytes.TrimRight(append([]byte(nil), base...), "\n"), '\n'), strings.Join(lines, "\n")+"\n"...)
+		path := filepath.Join(resources, "config-"+d.ID+".yaml")
+		if err := os.WriteFile(path, b, 0o644); err != nil {
+			return nil, err
+		}
+		out[d.ID] = path
+	}
+	return out, nil
+}
