@@ -35,7 +35,9 @@ func (s *Stack) Status() []Row {
 		rows = append(rows, Row{Process: p.Spec.Name, PID: p.Pid(), Ports: ports, Ready: ready})
 	}
 	c := s.cfg
-	if s.Redis != nil {
+	if s.Redis != nil && c.Cluster != nil {
+		add(s.Redis, s.RedisAddr)
+	} else if s.Redis != nil {
 		add(s.Redis, strconv.Itoa(c.RedisPort))
 	}
 	add(s.Epmd, strconv.Itoa(s.epmdPort))
