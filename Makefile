@@ -7,7 +7,7 @@ DAPR_DIR  := .bin/dapr-$(DAPR_VER)
 DACA      := .bin/daca
 TEST_TIMEOUT ?= 20m
 
-.PHONY: run cluster test unit vet check-generate dapr daca bench stress faults images k8s-secrets clean help
+.PHONY: run cluster cluster-faults test unit vet check-generate dapr daca bench stress faults images k8s-secrets clean help
 
 help:
 	@echo "make run    run the whole system (Redis, Dapr, apps with sidecars); BROKER=rabbitmq for RabbitMQ pub/sub"
@@ -18,6 +18,7 @@ help:
 	@echo "make stress several rounds of 300 concurrent chat turns; every one must complete"
 	@echo "make faults every process killed mid-load and restarted; prints what was lost (nothing)"
 	@echo "make cluster the system on three hosts of this machine (network namespaces; root): HA control plane, mTLS"
+	@echo "make cluster-faults  a host lost, a placement server and a scheduler lost, under load (test/cluster)"
 
 ## run: the whole system on this machine; Ctrl-C stops everything.
 ## BROKER=rabbitmq runs pub/sub on RabbitMQ instead of Redis Streams.
@@ -29,6 +30,12 @@ run: daca
 ## fourth, mTLS; prints a status table. Ctrl-C removes every process and host.
 cluster: dapr
 	@$(GO) run ./cmd/daca cluster $(ARGS)
+
+## cluster-faults: the cluster's fault rows under a steady load, counted from outside:
+## a whole host lost (every process SIGKILLed at once), a placement server and a
+## scheduler lost. make test runs the host row.
+cluster-faults: dapr
+	@DACA_CLUSTER_FAULTS=1 $(GO) test -count=1 -timeout 20m -run 'TestHostLost|TestControlPlaneMemberLost' -v ./test/cluster/ | grep -E 'lost|^(---|    ---) (PASS|FAIL|SKIP)|^(--- FAIL|FAIL|ok)'
 
 ## test: vet, generated code up to date, unit tests and the end-to-end tests on the real stack.
 # Packages run one at a time (-p 1): each end-to-end package starts a whole

@@ -20,13 +20,14 @@ import (
 
 // Spec describes a process to start.
 type Spec struct {
-	Name    string    // short name used as log prefix and log file name
-	Path    string    // executable
-	Args    []string  // arguments, without the executable
-	Env     []string  // full environment (nil: inherit nothing but PATH and HOME)
-	Dir     string    // working directory
-	LogFile string    // where the output is written; required
-	Out     io.Writer // terminal writer for prefixed lines; nil: none
+	Name      string    // short name used as log prefix and log file name
+	Path      string    // executable
+	Args      []string  // arguments, without the executable
+	Env       []string  // full environment (nil: inherit nothing but PATH and HOME)
+	Dir       string    // working directory
+	LogFile   string    // where the output is written; required
+	AppendLog bool      // append to LogFile (a process started again) instead of truncating it
+	Out       io.Writer // terminal writer for prefixed lines; nil: none
 }
 
 // Process is a started child process.
@@ -56,7 +57,11 @@ func Start(s Spec) (*Process, error) {
 	if err := os.MkdirAll(filepath.Dir(s.LogFile), 0o755); err != nil {
 		return nil, err
 	}
-	lf, err := os.OpenFile(s.LogFile, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	mode := os.O_TRUNC
+	if s.AppendLog {
+		mode = os.O_APPEND
+	}
+	lf, err := os.OpenFile(s.LogFile, os.O_CREATE|os.O_WRONLY|mode, 0o644)
 	if err != nil {
 		return nil, err
 	}

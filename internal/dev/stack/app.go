@@ -91,16 +91,27 @@ func (s *Stack) spawn(name, path string, args, env []string, dir string) (*proc.
 	if dir == "" {
 		dir = s.cfg.Root
 	}
-	base := baseEnv()
-	p, err := proc.Start(proc.Spec{
+	return s.startProc(proc.Spec{
 		Name:    name,
 		Path:    path,
 		Args:    args,
-		Env:     append(base, env...),
+		Env:     append(baseEnv(), env...),
 		Dir:     dir,
 		LogFile: filepath.Join(s.cfg.RunDir, "logs", name+".log"),
 		Out:     s.cfg.Out,
 	})
+}
+
+// spawnAgain starts a process again as it was first started, its output
+// appended to its log.
+func (s *Stack) spawnAgain(spec proc.Spec) (*proc.Process, error) {
+	spec.AppendLog = true
+	return s.startProc(spec)
+}
+
+func (s *Stack) startProc(spec proc.Spec) (*proc.Process, error) {
+	name := spec.Name
+	p, err := proc.Start(spec)
 	if err != nil {
 		return nil, err
 	}
@@ -109,11 +120,16 @@ func (s *Stack) spawn(name, path string, args, env []string, dir string) (*proc.
 	s.mu.Unlock()
 	go func() {
 		<-p.Done()
-		if !p.Stopping() {
-			select {
-			case s.exits <- p.Exited():
-			default:
-			}
+		if p.Stopping() {
+			return
+		}
+		if s.supervised(name) { // a cluster's control plane: restarted, as Kubernetes would
+			s.restartExited(name, p)
+			return
+		}
+		select {
+		case s.exits <- p.Exited():
+		default:
 		}
 	}()
 	return p, nil

@@ -73,8 +73,97 @@ func (s *Stack) addr(host string) string {
 func (s *Stack) spawnOn(host, name, path string, args, env []string, dir string) (*proc.Process, error) {
 	if h := s.host(host); h != nil {
 		path, args = h.Command(path, args...)
+		s.mu.Lock()
+		if s.hostOf == nil {
+			s.hostOf = map[string]string{}
+		}
+		if _, ok := s.hostOf[name]; !ok {
+			s.order = append(s.order, name)
+		}
+		s.hostOf[name] = host
+		s.mu.Unlock()
 	}
 	return s.spawn(name, path, args, env, dir)
+}
+
+// HostProcesses are the names of the processes on a cluster host, in the
+// order they started.
+func (s *Stack) HostProcesses(host string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for _, n := range s.order {
+		if s.hostOf[n] == host {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// KillHost kills every process on a cluster host at once (SIGKILL): the
+// host is lost. It returns their names.
+func (s *Stack) KillHost(host string) ([]string, error) {
+	names := s.HostProcesses(host)
+	if len(names) == 0 {
+		return nil, fmt.Errorf("stack: no process on host %q", host)
+	}
+	var errs []error
+	for _, n := range names {
+		if p := s.process(n); p != nil {
+			p.Kill()
+		} else {
+			errs = append(errs, fmt.Errorf("stack: no process %q", n))
+		}
+	}
+	return names, errors.Join(errs...)
+}
+
+// RestartHost starts every process of a host again, in the order they
+// first started, then waits until each is ready.
+func (s *Stack) RestartHost(ctx context.Context, host string) error {
+	type started struct {
+		p     *proc.Process
+		ready func() error
+	}
+	var all []started
+	for _, n := range s.HostProcesses(host) { // all of them first: a sidecar is ready once its app is
+		p, ready, err := s.respawn(n)
+		if err != nil {
+			return err
+		}
+		all = append(all, started{p, ready})
+	}
+	for _, st := range all {
+		if st.ready == nil {
+			continue
+		}
+		if err := waitFor(ctx, s.cfg.ReadyTimeout, st.p, st.ready); err != nil {
+			return fmt.Errorf("%s not ready after its restart: %w", st.p.Spec.Name, err)
+		}
+	}
+	return nil
+}
+
+// controlPlaneReady is the readiness check of a cluster's placement or
+// scheduler (placement-<host>, scheduler-<host>) and records its new
+// process; ok is false for another name.
+func (s *Stack) controlPlaneReady(name string, p *proc.Process) (ready func() error, ok bool) {
+	if s.cfg.Cluster == nil {
+		return nil, false
+	}
+	for i, h := range s.cfg.Cluster.ControlPlane {
+		switch name {
+		case "placement-" + h:
+			s.Placements[i] = p
+			url := fmt.Sprintf("http://%s:%d/healthz", s.addr(h), placementHealthz)
+			return func() error { return httpOK(url) }, true
+		case "scheduler-" + h:
+			s.Schedulers[i] = p
+			url := fmt.Sprintf("http://%s:%d/healthz", s.addr(h), schedulerHealthz)
+			return func() error { return httpOK(url) }, true
+		}
+	}
+	return nil, false
 }
 
 func (c *Cluster) check() error {
@@ -334,4 +423,43 @@ func clusterConfigs(root, resources string) (map[string]string, error) {
 		out[d.ID] = path
 	}
 	return out, nil
+}
+
+// supervised reports whether a process that exits on its own is started
+// again rather than reported: on a cluster, the placement servers and
+// schedulers (Dapr's placement exits when it loses Raft leadership, and
+// counts on its supervisor — Kubernetes — to start it again).
+func (s *Stack) supervised(name string) bool {
+	return s.cfg.Cluster != nil && (strings.HasPrefix(name, "placement-") || strings.HasPrefix(name, "scheduler-"))
+}
+
+// restartExited starts a supervised process that exited on its own again,
+// after a second, and counts it (Supervised).
+func (s *Stack) restartExited(name string, p *proc.Process) {
+	fmt.Fprintf(s.cfg.Progress, "stack: %s exited on its own (%v): starting it again, as Kubernetes would\n", name, p.Err())
+	s.mu.Lock()
+	if s.supervisedRestarts == nil {
+		s.supervisedRestarts = map[string]int{}
+	}
+	s.supervisedRestarts[name]++
+	s.mu.Unlock()
+	time.Sleep(time.Second)   // a crash loop's back-off
+	if s.process(name) != p { // started again meanwhile (Restart)
+		return
+	}
+	if _, _, err := s.respawn(name); err != nil {
+		fmt.Fprintf(s.cfg.Progress, "stack: starting %s again: %v\n", name, err)
+	}
+}
+
+// Supervised is how often each supervised process exited on its own and
+// was started again.
+func (s *Stack) Supervised() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]int{}
+	for k, v := range s.supervisedRestarts {
+		out[k] = v
+	}
+	return out
 }

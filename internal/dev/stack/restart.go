@@ -37,9 +37,22 @@ func (s *Stack) Kill(name string) error {
 // stack again with the same command line, ports and data, and waits until
 // it is ready.
 func (s *Stack) Restart(ctx context.Context, name string) error {
+	p, ready, err := s.respawn(name)
+	if err != nil || ready == nil {
+		return err
+	}
+	if err := waitFor(ctx, s.cfg.ReadyTimeout, p, ready); err != nil {
+		return fmt.Errorf("%s not ready after its restart: %w", name, err)
+	}
+	return nil
+}
+
+// respawn starts a process again (killing it first when it runs) and
+// returns it with its readiness check (nil: none).
+func (s *Stack) respawn(name string) (*proc.Process, func() error, error) {
 	old := s.process(name)
 	if old == nil {
-		return fmt.Errorf("stack: no process %q", name)
+		return nil, nil, fmt.Errorf("stack: no process %q", name)
 	}
 	select {
 	case <-old.Done():
@@ -47,13 +60,16 @@ func (s *Stack) Restart(ctx context.Context, name string) error {
 		old.Kill()
 	}
 	spec := old.Spec
-	p, err := s.spawn(spec.Name, spec.Path, spec.Args, spec.Env[len(baseEnv()):], spec.Dir)
+	p, err := s.spawnAgain(spec)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	var ready func() error
 	s.mu.Lock()
+	cpReady, cp := s.controlPlaneReady(name, p)
 	switch {
+	case cp:
+		ready = cpReady
 	case name == "redis":
 		s.Redis = p
 		ready = func() error { return redisPing(s.RedisAddr) }
@@ -83,13 +99,7 @@ func (s *Stack) Restart(ctx context.Context, name string) error {
 		}
 	}
 	s.mu.Unlock()
-	if ready == nil {
-		return nil
-	}
-	if err := waitFor(ctx, s.cfg.ReadyTimeout, p, ready); err != nil {
-		return fmt.Errorf("%s not ready after its restart: %w", name, err)
-	}
-	return nil
+	return p, ready, nil
 }
 
 // RestartAfter kills the process, waits down (the outage), and starts it

@@ -96,6 +96,9 @@ type Stack struct {
 	trustAnchors                       string            // sentry's root certificate (a file)
 	configs                            map[string]string // app id → its Configuration, on a cluster
 	nrDB                               string            // the sidecars' name-resolution database
+	hostOf                             map[string]string // process name → its cluster host
+	order                              []string          // the names of hostOf, in start order
+	supervisedRestarts                 map[string]int    // cluster control plane processes started again after exiting on their own
 	placementHealthz, schedulerHealthz int               // their /healthz ports (gRPC: Config.PlacementPort, SchedulerPort)
 
 	mu    sync.Mutex
