@@ -60,6 +60,10 @@ func (s *Stack) host(name string) *netns.Host {
 	return s.cfg.Cluster.Net.Host(name)
 }
 
+// Host is the cluster's host named name (its link can be cut); nil off a
+// cluster.
+func (s *Stack) Host(name string) *netns.Host { return s.host(name) }
+
 // addr is the address a process on the host listens on and is reached at:
 // loopback off a cluster.
 func (s *Stack) addr(host string) string {
