@@ -348,10 +348,6 @@ func (s *Stack) sidecarSecurity() (args, env []string, err error) {
 		[]string{"DAPR_TRUST_ANCHORS=" + string(ta), "NAMESPACE=" + clusterNamespace}, nil
 }
 
-// waitClusterStep is how long the cluster's parts may take to come up:
-// Raft and etcd elect their leaders first.
-const waitClusterStep = 2 * time.Minute
-
 // ClusterApps is every app of System on each host, on the tutorial's ports
 // (the same on every host, as in a pod), named <app>-<host>, with env.
 func ClusterApps(hosts []string, env ...string) []App {
