@@ -18,7 +18,7 @@ help:
 	@echo "make stress several rounds of 300 concurrent chat turns; every one must complete"
 	@echo "make faults every process killed mid-load and restarted; prints what was lost (nothing)"
 	@echo "make cluster the system on three hosts of this machine (network namespaces; root): HA control plane, mTLS"
-	@echo "make cluster-faults  a host lost or cut off, a placement server and a scheduler lost, approvals after a host loss"
+	@echo "make cluster-faults  a host lost or cut off, a placement server and a scheduler lost, approvals after a host loss, a rolling restart, a stuck sidecar restarted"
 
 ## run: the whole system on this machine; Ctrl-C stops everything.
 ## BROKER=rabbitmq runs pub/sub on RabbitMQ instead of Redis Streams.
@@ -32,11 +32,13 @@ cluster: dapr
 	@$(GO) run ./cmd/daca cluster $(ARGS)
 
 ## cluster-faults: the cluster's fault rows, counted from outside: a whole host lost
-## (every process SIGKILLed at once) and a host cut off for 30 s under a steady load,
-## a placement server and a scheduler lost, approvals decided after their host was
-## lost. make test runs the host row.
+## (every process SIGKILLed at once), a host cut off for 30 s, a placement server and
+## a scheduler lost, and a rolling restart of every app under a steady load; approvals
+## decided after their host was lost; a sidecar stuck without its workflow actor types
+## restarted by chat-service's way out; another app's workflows refused. make test runs
+## the host row and the workflow refusal.
 cluster-faults: dapr
-	@DACA_CLUSTER_FAULTS=1 $(GO) test -count=1 -timeout 20m -run 'TestHostLost|TestHostCutOff|TestControlPlaneMemberLost|TestApprovalOutlivesItsHost' -v ./test/cluster/ | grep -E 'lost|cut off|outlive|^(---|    ---) (PASS|FAIL|SKIP)|^(--- FAIL|FAIL|ok)'
+	@DACA_CLUSTER_FAULTS=1 $(GO) test -count=1 -timeout 20m -run 'TestHostLost|TestHostCutOff|TestControlPlaneMemberLost|TestApprovalOutlivesItsHost|TestRollingRestart|TestStuckSidecarIsRestarted|TestAnotherAppStartsNoWorkflow' -v ./test/cluster/ | grep -E 'lost|cut off|outlive|rolling|rolled|stuck sidecar|^(---|    ---) (PASS|FAIL|SKIP)|^(--- FAIL|FAIL|ok)'
 
 ## test: vet, generated code up to date, unit tests and the end-to-end tests on the real stack.
 # Packages run one at a time (-p 1): each end-to-end package starts a whole

@@ -216,7 +216,7 @@ func TestComposeMCPServer(t *testing.T) {
 	if err := yaml.Unmarshal(b, &got); err != nil {
 		t.Fatal(err)
 	}
-	checkMCPServer(t, got, "http://tool-server:8020/mcp")
+	checkMCPServer(t, got, "http://tool-server:8020/mcp", true)
 	mounted := false
 	for _, v := range loadCompose(t).Services["chat-service-dapr"].Volumes {
 		if v.Target == "/components/mcpserver-tools.yaml" && v.Source != "" && strings.HasSuffix(v.Source, "deploy/compose/mcpserver-tools.yaml") {

@@ -169,14 +169,19 @@ func render(t *testing.T, overlay string) rendered {
 		case "Deployment":
 			var d appsv1.Deployment
 			decode(&d)
-			r.workloads[d.Name] = workload{kind: "Deployment", template: d.Spec.Template}
+			if _, app := apps[d.Name]; !app {
+				// the local overlay's Redis
+			} else if u := d.Spec.Strategy.RollingUpdate; d.Spec.Strategy.Type != appsv1.RollingUpdateDeploymentStrategyType || u == nil || u.MaxUnavailable == nil || u.MaxUnavailable.IntValue() != 0 {
+				t.Errorf("Deployment %s: strategy %+v; want a rolling update with no replica unavailable", d.Name, d.Spec.Strategy)
+			}
+			r.workloads[d.Name] = workload{kind: "Deployment", template: d.Spec.Template, replicas: d.Spec.Replicas}
 		case "StatefulSet":
 			var d appsv1.StatefulSet
 			decode(&d)
 			if d.Spec.ServiceName == "" || d.Spec.PodManagementPolicy != appsv1.ParallelPodManagement {
 				t.Errorf("StatefulSet %s: serviceName %q, podManagementPolicy %q", d.Name, d.Spec.ServiceName, d.Spec.PodManagementPolicy)
 			}
-			r.workloads[d.Name] = workload{kind: "StatefulSet", template: d.Spec.Template}
+			r.workloads[d.Name] = workload{kind: "StatefulSet", template: d.Spec.Template, replicas: d.Spec.Replicas}
 		case "Service":
 			var s corev1.Service
 			decode(&s)
@@ -245,6 +250,7 @@ func render(t *testing.T, overlay string) rendered {
 type workload struct {
 	kind     string
 	template corev1.PodTemplateSpec
+	replicas *int32
 }
 
 func env(c corev1.Container, name string) *corev1.EnvVar {
@@ -375,15 +381,33 @@ func TestKustomizeOverlays(t *testing.T) {
 			if len(r.mcpServers) != 1 {
 				t.Fatalf("%d MCPServers; want the tool server's", len(r.mcpServers))
 			}
-			checkMCPServer(t, r.mcpServers[0], "http://tool-server.daca.svc.cluster.local:8020/mcp")
+			checkMCPServer(t, r.mcpServers[0], "http://tool-server.daca.svc.cluster.local:8020/mcp", false)
 			if len(r.subscriptions) != 1 || !slices.Equal(r.subscriptions[0].Scopes, []string{"agent-memory-service"}) ||
 				r.subscriptions[0].Spec.Topic != "conversations" || r.subscriptions[0].Spec.Routes.Default != "/conversations" {
 				t.Fatalf("subscription %+v", r.subscriptions)
 			}
 			// Gateway scaling.
-			if len(r.hpas) != 1 || r.hpas[0].Spec.ScaleTargetRef.Name != "gateway" || r.hpas[0].Spec.ScaleTargetRef.Kind != "StatefulSet" || len(r.pdbs) != 1 ||
-				r.pdbs[0].Spec.Selector.MatchLabels["app.kubernetes.io/name"] != "gateway" {
-				t.Fatal("HPA/PDB must target the gateway")
+			if len(r.hpas) != 1 || r.hpas[0].Spec.ScaleTargetRef.Name != "gateway" || r.hpas[0].Spec.ScaleTargetRef.Kind != "StatefulSet" {
+				t.Fatal("the HPA must target the gateway")
+			}
+			// What make cluster proves (one replica of each app per host: a
+			// host lost, a rolling restart): replicas spread over nodes, a
+			// disruption budget for every app, three replicas in production.
+			budgets := map[string]bool{}
+			for _, p := range r.pdbs {
+				budgets[p.Spec.Selector.MatchLabels["app.kubernetes.io/name"]] = true
+			}
+			for id := range apps {
+				if !budgets[id] {
+					t.Errorf("%s: no PodDisruptionBudget", id)
+				}
+				spread := r.workloads[id].template.Spec.TopologySpreadConstraints
+				if len(spread) != 1 || spread[0].TopologyKey != "kubernetes.io/hostname" || spread[0].LabelSelector.MatchLabels["app.kubernetes.io/name"] != id {
+					t.Errorf("%s: topology spread %+v; want its replicas spread over nodes", id, spread)
+				}
+				if n := r.workloads[id].replicas; overlay == "production" && (n == nil || *n < 3) {
+					t.Errorf("%s: %v replicas in production; want 3 (make cluster's layout)", id, n)
+				}
 			}
 			// Only the gateway is reachable from outside the namespace.
 			deny := false
@@ -473,8 +497,9 @@ func TestResiliencyMatchesComponents(t *testing.T) {
 }
 
 // checkMCPServer: an MCPServer of a deployment is components/mcpserver-tools.yaml
-// (one source) but for its URL, the tool server's address there.
-func checkMCPServer(t *testing.T, got map[string]any, wantURL string) {
+// (one source) but for its URL, the tool server's address there, and its
+// ignoreErrors (Kubernetes': false, README Deploy).
+func checkMCPServer(t *testing.T, got map[string]any, wantURL string, wantIgnoreErrors bool) {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(root(t), "components", "mcpserver-tools.yaml"))
 	if err != nil {
@@ -494,6 +519,11 @@ func checkMCPServer(t *testing.T, got map[string]any, wantURL string) {
 		t.Fatalf("MCPServer url %v; want %s", u, wantURL)
 	}
 	url(want)
+	if ig := got["spec"].(map[string]any)["ignoreErrors"]; ig != wantIgnoreErrors {
+		t.Fatalf("MCPServer ignoreErrors %v; want %v", ig, wantIgnoreErrors)
+	}
+	delete(got["spec"].(map[string]any), "ignoreErrors")
+	delete(want["spec"].(map[string]any), "ignoreErrors")
 	if md, ok := got["metadata"].(map[string]any); ok {
 		delete(md, "namespace")
 		delete(md, "labels")

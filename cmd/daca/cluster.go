@@ -97,13 +97,5 @@ func cluster(ctx context.Context, args []string) error {
 		}
 	}
 	fmt.Println("Press Ctrl-C to stop everything and remove the hosts.")
-	if err := st.Wait(ctx); err != nil {
-		fmt.Fprintf(os.Stderr, "\ndaca: %v\ndaca: stopping everything else\n", err)
-		st.Stop()
-		return errors.New("a process of the cluster stopped unexpectedly (see above)")
-	}
-	say("stopping")
-	st.Stop()
-	say("stopped; the hosts are removed")
-	return nil
+	return runUntilStopped(ctx, st, "cluster", say, "stopping", "stopped; the hosts are removed")
 }

@@ -63,14 +63,21 @@ func up(ctx context.Context, args []string) error {
 	fmt.Println()
 	printNextSteps(os.Stdout, st, tokenFile)
 
+	return runUntilStopped(ctx, st, "stack", say, "stopping (apps, sidecars, scheduler, placement, Redis and the broker)", "stopped; nothing of this run is left running")
+}
+
+// runUntilStopped waits until ctx ends (Ctrl-C) or a process of the stack
+// (what: "stack", "cluster") stops unexpectedly, then stops everything,
+// saying before and after.
+func runUntilStopped(ctx context.Context, st *stack.Stack, what string, say func(string, ...any), stopping, stopped string) error {
 	if err := st.Wait(ctx); err != nil {
 		fmt.Fprintf(os.Stderr, "\ndaca: %v\ndaca: stopping everything else\n", err)
 		st.Stop()
-		return errors.New("a process of the stack stopped unexpectedly (see above)")
+		return fmt.Errorf("a process of the %s stopped unexpectedly (see above)", what)
 	}
-	say("stopping (apps, sidecars, scheduler, placement, Redis and the broker)")
+	say(stopping)
 	st.Stop()
-	say("stopped; nothing of this run is left running")
+	say(stopped)
 	return nil
 }
 

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -152,13 +153,33 @@ type Base struct {
 	// GET /dapr/config, which the sidecar reads when it first reaches the
 	// app); nil: none.
 	Early func(r chi.Router)
-	ready atomic.Pointer[readiness]
+	// Actors mounts the routes of the app's actors (PUT
+	// /actors/{type}/{id}/method/…), which Dapr calls once the sidecar has
+	// taken in the actor types Early's /dapr/config announced — possibly
+	// before the service is ready. They wait for the service to be ready
+	// (at most ActorWait) instead of answering 503, which would fail the
+	// caller's call although the actor is where it belongs.
+	Actors func(r chi.Router)
+	ready  atomic.Pointer[readiness]
+	// readyCh is closed by SetReady.
+	readyOnce sync.Once
+	readyCh   chan struct{}
+}
+
+// ActorWait is how long an actor call waits for its service to get ready.
+const ActorWait = 20 * time.Second
+
+func (b *Base) readyChan() chan struct{} {
+	b.readyOnce.Do(func() { b.readyCh = make(chan struct{}) })
+	return b.readyCh
 }
 
 // SetReady marks the service ready; /health then reports the sidecar and
 // the LLM mode.
 func (b *Base) SetReady(sidecar Sidecar, llmMode string) {
-	b.ready.Store(&readiness{sidecar: sidecar, llm: llmMode})
+	if b.ready.Swap(&readiness{sidecar: sidecar, llm: llmMode}) == nil {
+		close(b.readyChan())
+	}
 }
 
 // Router returns the service's router: the shared middleware (tracing,
@@ -178,11 +199,35 @@ func (b *Base) Router(mount func(r chi.Router)) http.Handler {
 	if b.Early != nil {
 		b.Early(r)
 	}
+	if b.Actors != nil {
+		r.Group(func(r chi.Router) {
+			r.Use(b.awaitReady)
+			b.Actors(r)
+		})
+	}
 	r.Group(func(r chi.Router) {
 		r.Use(b.requireReady)
 		mount(r)
 	})
 	return r
+}
+
+// awaitReady holds a request until the service is ready (at most
+// ActorWait, or until the caller gives up), then serves it; 503 "starting"
+// when it is still not ready.
+func (b *Base) awaitReady(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if b.ready.Load() == nil {
+			t := time.NewTimer(ActorWait)
+			defer t.Stop()
+			select {
+			case <-b.readyChan():
+			case <-t.C:
+			case <-r.Context().Done():
+			}
+		}
+		b.requireReady(next).ServeHTTP(w, r)
+	})
 }
 
 func (b *Base) requireReady(next http.Handler) http.Handler {

@@ -12,11 +12,19 @@ import (
 // exactly at that point of a turn.
 func crashAt(dir string) func(name string) {
 	return func(name string) {
-		armed := filepath.Join(dir, name+".armed")
-		if os.Rename(armed, filepath.Join(dir, name+".fired")) != nil {
+		if !firesAt(dir, name)() {
 			return // not armed (or another turn took it)
 		}
 		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		select {} // SIGKILL is not delivered synchronously; never go on
+	}
+}
+
+// firesAt is a failpoint that does not crash: it reports whether
+// <dir>/<name>.armed existed, consuming it (once, also across restarts).
+// The warm-up's warmup_stuck is one.
+func firesAt(dir, name string) func() bool {
+	return func() bool {
+		return dir != "" && os.Rename(filepath.Join(dir, name+".armed"), filepath.Join(dir, name+".fired")) == nil
 	}
 }

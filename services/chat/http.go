@@ -70,15 +70,16 @@ type srv struct {
 	limits      turn.Input // the agent's limits (MaxSteps, ToolResultMax, ApprovalTimeout) every turn gets
 	run         atomic.Pointer[running]
 	// actor is the session actor Dapr calls (package session); its routes
-	// answer once the service is ready.
+	// (Base.Actors) wait until the service is ready.
 	actor *session.Actor
 	// budget is the daily token budget per user; nil: none.
 	budget *budget
 }
 
 func newServer(log *slog.Logger, appToken string, chatTimeout time.Duration) *srv {
+	actor := &session.Actor{Log: log}
 	return &srv{Base: service.Base{Welcome: "Welcome to the DACA Chat Service! See README.md for the API.", Log: log, AppToken: appToken,
-		Early: session.Config}, log: log, chatTimeout: chatTimeout, actor: &session.Actor{Log: log}}
+		Early: session.Config, Actors: func(r chi.Router) { actor.Mount(r, log) }}, log: log, chatTimeout: chatTimeout, actor: actor}
 }
 
 // ready hands over the workflow client and the session owners; the chat
@@ -112,7 +113,6 @@ func (s *srv) routes() http.Handler {
 		} {
 			r.Method(rt.route.Verb, rt.route.Pattern, httpx.Handle(s.log, rt.h))
 		}
-		s.actor.Mount(r, s.log)
 	})
 }
 

@@ -38,6 +38,9 @@ type config struct {
 	// <dir>/<name>.armed there makes the process kill itself (SIGKILL) the
 	// next time a turn reaches failpoint <name>, once. Unset in production.
 	failpoints string
+	// warmupTimeout is WARMUP_TIMEOUT: how long the start waits for a
+	// workflow to run before it shuts its sidecar down and exits (warmUp).
+	warmupTimeout time.Duration
 	// The agent's limits, given to every turn (turn.Input).
 	maxSteps      int // AGENT_MAX_STEPS: rounds of the model per turn
 	toolResultMax int // TOOL_RESULT_MAX: bytes of a tool result the model gets
@@ -65,6 +68,7 @@ func loadConfig() (config, error) {
 		daprHTTPPort:    r.Int("DAPR_HTTP_PORT", 3500, 1, 65535),
 		daprToken:       r.String("DAPR_API_TOKEN", ""),
 		failpoints:      r.String("FAILPOINTS_DIR", ""),
+		warmupTimeout:   r.Duration("WARMUP_TIMEOUT", 110*time.Second),
 		maxSteps:        r.Int("AGENT_MAX_STEPS", turn.DefaultMaxSteps, 1, 64),
 		toolResultMax:   r.Int("TOOL_RESULT_MAX", turn.DefaultToolResultMax, 256, 1<<20),
 		toolTimeout:     r.Duration("TOOL_TIMEOUT", turn.DefaultToolTimeout),
@@ -73,6 +77,9 @@ func loadConfig() (config, error) {
 		tokenBudget:     r.Int("TOKEN_BUDGET_PER_DAY", 0, 0, 1<<40),
 	}
 	var errs []error
+	if c.warmupTimeout < 5*time.Second || c.warmupTimeout > 110*time.Second {
+		errs = append(errs, fmt.Errorf("WARMUP_TIMEOUT=%s: want 5s to 110s (the start-up has two minutes)", c.warmupTimeout))
+	}
 	if c.toolTimeout < 100*time.Millisecond || c.toolTimeout > time.Hour {
 		errs = append(errs, fmt.Errorf("TOOL_TIMEOUT=%s: want 100ms to 1h", c.toolTimeout))
 	}
@@ -139,18 +146,30 @@ func run(ctx context.Context, cfg config) error {
 	if err := turn.RegisterWarmup(reg); err != nil {
 		return err
 	}
-	// The worker starts once, here, and runs until shutdown. On shutdown the
-	// HTTP server drains first; activities still running when the worker
-	// stops are handed back to Dapr, which runs them again on restart.
+	// The worker starts once, here, and stops as soon as the shutdown
+	// begins, beside the HTTP server's drain: the sidecar is told to stop at
+	// the same time (a pod's containers are), and its own graceful stop
+	// waits for the worker's stream to close — a worker kept open until the
+	// drain ended held the sidecar up to its grace period, still running
+	// workflow actors that placement had already moved. Activities still
+	// running when the worker stops are handed back to Dapr, which runs them
+	// again, elsewhere or on restart.
 	workerCtx, stopWorker := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWorker()
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-workerCtx.Done():
+		}
+		stopWorker()
+	}()
 	if err := wf.StartWorker(workerCtx, reg); err != nil {
 		return fmt.Errorf("starting the workflow worker: %w", err)
 	}
-	if err := turn.Warmup(st.Init, wf, 10*time.Second, log); err != nil {
+	if err := warmUp(st.Init, wf, dc, cfg.warmupTimeout, firesAt(cfg.failpoints, "warmup_stuck"), log); err != nil {
 		return err
 	}
-	offered := tools.Tools(st.Init)
+	offered := tools.Ready(st.Init, 30*time.Second, 2*time.Second)
 	// Each session's turns, one at a time (the session actors, hosted here).
 	turns := turn.Client{Workflows: wf, State: dc, Log: log}
 	s.actor.Sidecar, s.actor.Turns = dc, turns

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -33,7 +34,62 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "cluster: skipped: %v\n", err)
 		os.Exit(0)
 	}
-	os.Exit(stacktest.Run(m, stacktest.Options{Cluster: &stacktest.Cluster{Prefix: "dcl", Subnet: "10.78.1"}}))
+	dir, err := os.MkdirTemp("", "daca-cluster-failpoints-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	failpoints = dir
+	code := stacktest.Run(m, stacktest.Options{
+		Cluster: &stacktest.Cluster{Prefix: "dcl", Subnet: "10.78.1",
+			Env: []string{"FAILPOINTS_DIR=" + dir, "WARMUP_TIMEOUT=" + warmupTimeout.String()}},
+		AfterTests: noUnexpectedRestarts,
+	})
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+var (
+	// failpoints is every chat-service's FAILPOINTS_DIR.
+	failpoints string
+	// warmupTimeout is every chat-service's WARMUP_TIMEOUT.
+	warmupTimeout = 60 * time.Second
+
+	// expectedRestarts are the processes a test made exit on their own,
+	// which the cluster then started again (Stack.Supervised).
+	expectedMu       sync.Mutex
+	expectedRestarts = map[string]bool{}
+)
+
+func expectRestart(names ...string) {
+	expectedMu.Lock()
+	defer expectedMu.Unlock()
+	for _, n := range names {
+		expectedRestarts[n] = true
+	}
+}
+
+// noUnexpectedRestarts fails the run when the cluster restarted an app or
+// a sidecar that exited on its own and no test expected it to: the
+// supervisor must not hide a crash (or a race report) from the tests.
+// The control plane's restarts are reported, not failed (Dapr's placement
+// exits when it loses leadership).
+func noUnexpectedRestarts(st *stack.Stack) error {
+	expectedMu.Lock()
+	defer expectedMu.Unlock()
+	var bad []string
+	for name, n := range st.Supervised() {
+		switch {
+		case strings.HasPrefix(name, "placement-") || strings.HasPrefix(name, "scheduler-"):
+			fmt.Fprintf(os.Stderr, "cluster: %s exited on its own and was started again %d time(s)\n", name, n)
+		case !expectedRestarts[name]:
+			bad = append(bad, fmt.Sprintf("%s (%d)", name, n))
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("processes exited on their own and were started again: %s (see their logs)", strings.Join(bad, ", "))
+	}
+	return nil
 }
 
 var hosts = []string{"h1", "h2", "h3"}

@@ -3,11 +3,14 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -29,59 +32,108 @@ const (
 
 // result is what one row counted.
 type result struct {
-	completed, stuck int
-	sessionsOK       int
-	eventsMin, stray int
-	slowest          time.Duration // the longest turn that started after the fault
-	untilAllRunAgain time.Duration // from the fault to the last completion of a turn in flight at the fault
-	problems         []string
+	sent, completed, stuck int
+	// Attempts that did not complete their turn, each followed by another
+	// with the turn's idempotency key: unanswered (no connection: the
+	// gateway was gone, which a load balancer hides) or answered with
+	// something else than the completed turn (which a client sees).
+	unanswered, answered int
+	answers              []string // what those answers were (a few)
+	sessionsOK           int
+	eventsMin, stray     int
+	slowest              time.Duration // the longest turn that started after the fault
+	untilAllRunAgain     time.Duration // from the fault to the last completion of a turn in flight at the fault
+	problems             []string
 }
 
-// load runs faultClients clients, each sending faultTurns turns on its own
-// session one after the other through the h1 and h2 gateways in turn,
-// retrying each with its idempotency key until it completes; fault runs
-// once every client has completed one turn. It returns what it counted.
+// load runs faultClients clients, each sending turns on its own session
+// (every other one with a tool call) one after the other through the h1 and h2 gateways in turn, retrying
+// each with its idempotency key until it completes; fault runs once every
+// client has completed one turn. Each client sends faultTurns turns, and
+// goes on until fault has returned. It returns what it counted.
 func load(t *testing.T, st *stack.Stack, prefix string, fault func() time.Time) result {
-	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 8*time.Minute)
 	defer cancel()
 	type turn struct {
 		session, instance string
+		key, last         string // its idempotency key; the last answer it got
 		start, end        time.Time
 	}
 	var (
-		mu    sync.Mutex
-		turns []turn
-		wg    sync.WaitGroup
+		mu                   sync.Mutex
+		turns                []turn
+		wg                   sync.WaitGroup
+		unanswered, answered int
+		answers              []string
+		wrong                []string // completed turns whose reply is not what their text asked for
+		faultDone            = make(chan struct{})
 	)
+	going := func(i int) bool { // whether a client sends its turn i
+		select {
+		case <-faultDone:
+			return i < faultTurns
+		default:
+			return ctx.Err() == nil
+		}
+	}
 	first := make(chan struct{}, faultClients)
 	for c := range faultClients {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			session := fmt.Sprintf("%s-s%d", prefix, c)
-			for i := range faultTurns {
+			for i := 0; going(i); i++ {
 				key := fmt.Sprintf("%s-c%d-t%d", prefix, c, i)
-				tr := turn{session: session, start: time.Now()}
+				text, want := "hello "+key, "hello "+key
+				if i%2 == 1 { // every other turn calls a tool (the tool server's calculate, through Dapr's MCP workflows)
+					text, want = fmt.Sprintf("%s: calculate %d+%d", key, c, i), "tools_calculate answered"
+				}
+				tr := turn{session: session, key: key, start: time.Now()}
 				for try := 0; ctx.Err() == nil; try++ {
 					url := gateway(st, hosts[(c+try)%2]) // h1, h2
 					r, err := stacktest.Call(ctx, http.MethodPost, url, map[string]any{
-						"query":     `mutation($in: SendMessageInput!) { sendMessage(input: $in) { instanceId status } }`,
-						"variables": map[string]any{"in": map[string]any{"userId": "cl-fault", "sessionId": session, "text": "hello " + key, "idempotencyKey": key}},
+						"query":     `mutation($in: SendMessageInput!) { sendMessage(input: $in) { instanceId status reply } }`,
+						"variables": map[string]any{"in": map[string]any{"userId": "cl-fault", "sessionId": session, "text": text, "idempotencyKey": key}},
 					})
-					if err == nil {
+					var got string
+					if err != nil {
+						got = "no connection"
+					} else {
+						got = fmt.Sprintf("%d %.200s", r.Status, r.Body)
 						var out struct {
 							Data struct {
-								SendMessage *struct{ InstanceID, Status string }
+								SendMessage *struct{ InstanceID, Status, Reply string }
 							}
 						}
 						if json.Unmarshal(r.Body, &out) == nil && out.Data.SendMessage != nil && out.Data.SendMessage.Status == "COMPLETED" {
 							tr.instance, tr.end = out.Data.SendMessage.InstanceID, time.Now()
+							if !strings.Contains(out.Data.SendMessage.Reply, want) {
+								mu.Lock()
+								wrong = append(wrong, fmt.Sprintf("%s: reply %q, want %q in it", key, out.Data.SendMessage.Reply, want))
+								mu.Unlock()
+							}
 							break
 						}
 					}
+					tr.last = got
+					pause := 250 * time.Millisecond
+					mu.Lock()
+					switch {
+					case err != nil && errors.Is(err, syscall.ECONNREFUSED):
+						unanswered++
+					case err == nil && strings.Contains(string(r.Body), `"RATE_LIMITED"`):
+						// the user's retries came too fast (the gateways' turn limit): wait as told
+						pause = 2 * time.Second
+					default:
+						answered++
+						if len(answers) < 5 {
+							answers = append(answers, key+": "+got)
+						}
+					}
+					mu.Unlock()
 					select {
 					case <-ctx.Done():
-					case <-time.After(250 * time.Millisecond):
+					case <-time.After(pause):
 					}
 				}
 				mu.Lock()
@@ -100,14 +152,20 @@ func load(t *testing.T, st *stack.Stack, prefix string, fault func() time.Time) 
 		}
 	}
 	at := fault()
+	close(faultDone)
+	// A turn still not done 3 minutes after the fault is stuck: reported,
+	// not waited for.
+	stop := time.AfterFunc(3*time.Minute, cancel)
+	defer stop.Stop()
 	wg.Wait()
 
-	var r result
+	r := result{sent: len(turns), unanswered: unanswered, answered: answered, answers: answers, problems: wrong}
 	perSession := map[string]int{}
 	done := map[string]bool{}
 	for _, tr := range turns {
 		if tr.end.IsZero() {
 			r.stuck++
+			r.problems = append(r.problems, fmt.Sprintf("turn %s stuck; its last answer: %.300s", tr.key, tr.last))
 			continue
 		}
 		r.completed++
@@ -121,14 +179,17 @@ func load(t *testing.T, st *stack.Stack, prefix string, fault func() time.Time) 
 	}
 	for s, n := range perSession {
 		var got int
-		ok := testkit.Eventually(100*time.Second, func() bool { got = historyLen(t, st, s); return got >= 2*n })
+		ok := testkit.Eventually(100*time.Second, func() bool { got = st.HistoryLen(t.Context(), contract.MemoryApp+"-h1", s); return got >= 2*n })
 		if ok && got == 2*n {
 			r.sessionsOK++
 		} else {
 			r.problems = append(r.problems, fmt.Sprintf("session %s: %d history entries for %d completed turns", s, got, n))
 		}
 	}
-	counts := streamCounts(t, st, prefix)
+	counts, err := st.ConversationEvents(t.Context(), prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
 	r.eventsMin = -1
 	for id := range done {
 		if n := counts[id]; r.eventsMin < 0 || n < r.eventsMin {
@@ -145,54 +206,9 @@ func load(t *testing.T, st *stack.Stack, prefix string, fault func() time.Time) 
 
 func (r result) check(t *testing.T) {
 	t.Helper()
-	if r.completed != faultClients*faultTurns || r.stuck != 0 || r.sessionsOK != faultClients || r.eventsMin < 1 || r.stray != 0 || len(r.problems) != 0 {
+	if r.completed != r.sent || r.sent < faultClients*faultTurns || r.stuck != 0 || r.sessionsOK != faultClients || r.eventsMin < 1 || r.stray != 0 || len(r.problems) != 0 {
 		t.Fatalf("%+v", r)
 	}
-}
-
-// historyLen is a session's history as the memory on h1 has it.
-func historyLen(t *testing.T, st *stack.Stack, session string) int {
-	url := st.App(contract.MemoryApp+"-h1").SidecarURL() + "/v1.0/invoke/" + contract.MemoryApp + "/method/conversations/" + session
-	r, err := stacktest.Call(t.Context(), http.MethodGet, url, nil, "dapr-api-token", st.APIToken)
-	if err != nil {
-		return -1
-	}
-	h, _ := r.JSON["history"].([]any)
-	return len(h)
-}
-
-// streamCounts counts the conversations stream's entries (read from Redis)
-// by CloudEvent id, for the sessions of one row (prefix).
-func streamCounts(t *testing.T, st *stack.Stack, prefix string) map[string]int {
-	counts := map[string]int{}
-	reply, err := st.RedisDo("XRANGE", contract.TopicConversations, "-", "+")
-	if err != nil {
-		t.Fatalf("reading the conversations stream: %v", err)
-	}
-	entries, _ := reply.([]any)
-	for _, e := range entries {
-		pair, _ := e.([]any)
-		if len(pair) != 2 {
-			continue
-		}
-		fields, _ := pair[1].([]any)
-		for i := 0; i+1 < len(fields); i += 2 {
-			if k, _ := fields[i].(string); k != "data" {
-				continue
-			}
-			raw, _ := fields[i+1].(string)
-			var ce struct {
-				ID string `json:"id"`
-			}
-			var ev contract.ConversationUpdated
-			if json.Unmarshal([]byte(raw), &ce) == nil {
-				if _, err := contract.DecodeCloudEvent([]byte(raw), &ev); err == nil && strings.HasPrefix(ev.SessionID, prefix+"-") {
-					counts[ce.ID]++
-				}
-			}
-		}
-	}
-	return counts
 }
 
 // TestHostLost (row 1): every process on h3 — its apps and sidecars, its
@@ -311,8 +327,10 @@ func TestApprovalOutlivesItsHost(t *testing.T) {
 // TestHostCutOff (row 2): h3's link goes down for 30 s mid-load — a
 // partition, not a crash: its processes keep running, cut off — then comes
 // back. The turns through h1 and h2 (the majority: two placement servers,
-// two of three etcd members) all complete, nothing is lost or doubled; once
-// the link is back h3 serves turns again.
+// two of three etcd members) all complete, nothing is lost or doubled; the
+// majority's side has one placement leader and one etcd leader, and once
+// the link is back there is still one of each (no split brain) and h3
+// serves turns again.
 func TestHostCutOff(t *testing.T) {
 	if os.Getenv("DACA_CLUSTER_FAULTS") == "" {
 		t.Skip("make cluster-faults runs this row")
@@ -321,6 +339,7 @@ func TestHostCutOff(t *testing.T) {
 	h3 := st.Host("h3")
 	prefix := fmt.Sprintf("cut-%d", time.Now().UnixNano()%1e6)
 	restored := make(chan struct{})
+	var cutPlacement, cutEtcd, cutSilent []string
 	r := load(t, st, prefix, func() time.Time {
 		if err := h3.Cut(); err != nil {
 			t.Fatalf("cutting h3 off: %v", err)
@@ -328,6 +347,9 @@ func TestHostCutOff(t *testing.T) {
 		go func() {
 			defer close(restored)
 			time.Sleep(30 * time.Second) // the partition's length, not a wait for something
+			// The majority's side has one placement leader and one etcd
+			// leader, neither on h3.
+			cutPlacement, cutEtcd, cutSilent = st.Leaders(t.Context())
 			if err := h3.Restore(); err != nil {
 				t.Errorf("h3's link back: %v", err)
 			}
@@ -337,6 +359,16 @@ func TestHostCutOff(t *testing.T) {
 	<-restored
 	t.Logf("h3 cut off for 30 s: %d turns completed; in flight at the cut all done %s after it; slowest turn started after it %s", r.completed, r.untilAllRunAgain.Round(time.Millisecond), r.slowest.Round(time.Millisecond))
 	r.check(t)
+	if len(cutPlacement) != 1 || cutPlacement[0] == "h3" || len(cutEtcd) != 1 || cutEtcd[0] == "h3" || len(cutSilent) != 1 || cutSilent[0] != "h3" {
+		t.Fatalf("during the partition: placement leaders %v, etcd leaders %v, not answering %v; want one of each on h1 or h2, h3 unreachable", cutPlacement, cutEtcd, cutSilent)
+	}
+	testkit.WaitFor(t, time.Minute, "one placement leader and one etcd leader after the partition", func() error {
+		if p, e, silent := st.Leaders(t.Context()); len(p) != 1 || len(e) != 1 || len(silent) != 0 {
+			return fmt.Errorf("placement leaders %v, etcd leaders %v, not answering %v", p, e, silent)
+		}
+		return nil
+	})
+	t.Logf("h3 cut off: during the partition one placement leader (%s) and one etcd leader (%s), on the majority's side; one of each after it", cutPlacement[0], cutEtcd[0])
 	testkit.WaitFor(t, 2*time.Minute, "a turn through h3 after the partition", func() error {
 		r := stacktest.Do(t, http.MethodPost, gateway(st, "h3"), map[string]any{
 			"query": `mutation { sendMessage(input: {userId: "cl-fault", text: "h3 is back", idempotencyKey: "` + prefix + `-back"}) { status } }`})
@@ -345,4 +377,90 @@ func TestHostCutOff(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestRollingRestart (row 3): every app restarted, one replica at a time,
+// as a Kubernetes rollout restarts pods — the app asked to stop (SIGTERM),
+// then its sidecar, both started again and ready before the next — under
+// the steady load: every turn completes, none is lost, stuck or doubled.
+// The clients retry a turn with its idempotency key on the other gateway
+// when theirs is restarting (what a Service does by taking a pod that is
+// not ready out of its endpoints); the row reports how often.
+func TestRollingRestart(t *testing.T) {
+	if os.Getenv("DACA_CLUSTER_FAULTS") == "" {
+		t.Skip("make cluster-faults runs this row")
+	}
+	st := stacktest.Stack(t)
+	prefix := fmt.Sprintf("roll-%d", time.Now().UnixNano()%1e6)
+	var took []string
+	r := load(t, st, prefix, func() time.Time {
+		at := time.Now()
+		for _, d := range stack.System {
+			for _, h := range hosts {
+				start := time.Now()
+				stopping, err := st.RestartGracefully(t.Context(), d.ID+"-"+h, 30*time.Second)
+				if err != nil {
+					t.Errorf("restarting %s on %s: %v", d.ID, h, err)
+					return at
+				}
+				took = append(took, fmt.Sprintf("%s-%s %s (stopping %s)", d.Short, h, time.Since(start).Round(100*time.Millisecond), stopping.Round(100*time.Millisecond)))
+			}
+		}
+		t.Logf("rolled in %s: %s", time.Since(at).Round(time.Second), strings.Join(took, ", "))
+		return at
+	})
+	t.Logf("rolling restart of every app: %d of %d turns completed; attempts retried: %d refused (a gateway restarting), %d answered otherwise %q; slowest turn %s", r.completed, r.sent, r.unanswered, r.answered, r.answers, r.slowest.Round(time.Millisecond))
+	r.check(t)
+}
+
+// TestStuckSidecarIsRestarted (the way out for a sidecar that never takes
+// in chat-service's workflow actor types, README Known issues): chat-service
+// on h3 is killed twice within seconds — the sequence that left Dapr
+// 1.18.2's sidecar stuck — and its last start meets a stuck sidecar (the
+// failpoint warmup_stuck makes its warm-up act so, as the fault cannot be
+// provoked at will). After WARMUP_TIMEOUT chat-service shuts its sidecar
+// down and exits; the cluster starts both again, as Kubernetes restarts a
+// pod's containers; chat-service gets ready and runs turns.
+func TestStuckSidecarIsRestarted(t *testing.T) {
+	if os.Getenv("DACA_CLUSTER_FAULTS") == "" {
+		t.Skip("make cluster-faults runs this row")
+	}
+	st := stacktest.Stack(t)
+	const app = contract.ChatApp + "-h3"
+	expectRestart(app, app+"-dapr")
+	before := st.Supervised()
+	if err := st.Kill(app); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Restart(t.Context(), app); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Kill(app); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(failpoints, "warmup_stuck.armed"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	go func() { _ = st.Restart(t.Context(), app) }() // it exits before it is ready: the way out
+	testkit.WaitFor(t, warmupTimeout+2*time.Minute, "chat-service on h3 ready after its sidecar was restarted", func() error {
+		now := st.Supervised()
+		if now[app] <= before[app] || now[app+"-dapr"] <= before[app+"-dapr"] {
+			return fmt.Errorf("not yet restarted by the cluster: app %d, sidecar %d", now[app]-before[app], now[app+"-dapr"]-before[app+"-dapr"])
+		}
+		a := st.App(app)
+		r, err := stacktest.Call(t.Context(), http.MethodGet, a.AppURL()+a.HealthPath, nil)
+		if err != nil {
+			return err
+		}
+		if r.Status != http.StatusOK {
+			return fmt.Errorf("health %d", r.Status)
+		}
+		return nil
+	})
+	if _, err := os.Stat(filepath.Join(failpoints, "warmup_stuck.fired")); err != nil {
+		t.Fatalf("the failpoint did not fire: %v", err)
+	}
+	t.Logf("stuck sidecar: chat-service on h3 shut its sidecar down after %s; both restarted, ready %s after its last start", warmupTimeout, time.Since(start).Round(time.Second))
+	gql(t, gateway(st, "h3"), `mutation { sendMessage(input: {userId: "cl-fault", text: "after the way out"}) { status } }`, nil)
 }

@@ -243,7 +243,7 @@ func runFault(t *testing.T, st *stack.Stack, prefix string, f fault) row {
 	for s, n := range perSession {
 		var got int
 		full := testkit.Eventually(time.Until(deadline), func() bool { // the memory applies events on its own schedule
-			got = historyLen(t, st, s)
+			got = st.HistoryLen(t.Context(), contract.MemoryApp, s)
 			return got >= 2*n
 		})
 		if full && got == 2*n {
@@ -265,7 +265,10 @@ func runFault(t *testing.T, st *stack.Stack, prefix string, f fault) row {
 		r.subscriberSaw, r.subscriberReconnects = sub.stop()
 	}
 	// Events on the stream itself, by CloudEvent id (the turn's instance id).
-	counts := streamCounts(t, st, prefix)
+	counts, err := st.ConversationEvents(t.Context(), prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
 	r.eventsMin = -1
 	for id := range done {
 		n := counts[id]
@@ -374,54 +377,6 @@ func countTools(t *testing.T, st *stack.Stack, r *row, outcomes []outcome) {
 	if r.toolCalls == 0 {
 		r.problems = append(r.problems, "no turn's tool call answered")
 	}
-}
-
-func historyLen(t *testing.T, st *stack.Stack, session string) int {
-	url := st.App(contract.MemoryApp).SidecarURL() + "/v1.0/invoke/" + contract.MemoryApp + "/method/conversations/" + session
-	r, err := stacktest.Call(t.Context(), http.MethodGet, url, nil, "dapr-api-token", st.APIToken)
-	if err != nil {
-		return -1
-	}
-	h, _ := r.JSON["history"].([]any)
-	return len(h)
-}
-
-// streamCounts reads the conversations stream from Redis and counts its
-// entries by CloudEvent id, for the sessions of this row (prefix).
-func streamCounts(t *testing.T, st *stack.Stack, prefix string) map[string]int {
-	counts := map[string]int{}
-	var reply any
-	testkit.WaitFor(t, 30*time.Second, "the conversations stream", func() error {
-		var err error
-		reply, err = st.RedisDo("XRANGE", contract.TopicConversations, "-", "+")
-		return err
-	})
-	entries, _ := reply.([]any)
-	for _, e := range entries {
-		pair, _ := e.([]any)
-		if len(pair) != 2 {
-			continue
-		}
-		fields, _ := pair[1].([]any)
-		for i := 0; i+1 < len(fields); i += 2 {
-			if k, _ := fields[i].(string); k != "data" {
-				continue
-			}
-			raw, _ := fields[i+1].(string)
-			var ce struct {
-				ID   string          `json:"id"`
-				Data json.RawMessage `json:"data"`
-			}
-			if json.Unmarshal([]byte(raw), &ce) != nil {
-				continue
-			}
-			var ev contract.ConversationUpdated
-			if _, err := contract.DecodeCloudEvent([]byte(raw), &ev); err == nil && strings.HasPrefix(ev.SessionID, prefix+"-") {
-				counts[ce.ID]++
-			}
-		}
-	}
-	return counts
 }
 
 func printTable(t *testing.T) {

@@ -40,6 +40,7 @@ const (
 	placementPort       = 50005
 	placementRaft       = 8201
 	placementHealthz    = 9081
+	placementMetrics    = 9091
 	schedulerPort       = 50006
 	schedulerHealthz    = 9082
 	schedulerEtcdClient = 2379
@@ -123,29 +124,22 @@ func (s *Stack) KillHost(host string) ([]string, error) {
 }
 
 // RestartHost starts every process of a host again, in the order they
-// first started, then waits until each is ready.
+// first started, then waits until each is ready. As at the first start, an
+// app that others wait for (App.WaitReady: the tool server, whose tools
+// chat-service's sidecar discovers when it starts) is ready before the
+// processes after it start.
 func (s *Stack) RestartHost(ctx context.Context, host string) error {
-	type started struct {
-		p     *proc.Process
-		ready func() error
-	}
-	var all []started
-	for _, n := range s.HostProcesses(host) { // all of them first: a sidecar is ready once its app is
-		p, ready, err := s.respawn(n)
-		if err != nil {
-			return err
-		}
-		all = append(all, started{p, ready})
-	}
-	for _, st := range all {
-		if st.ready == nil {
-			continue
-		}
-		if err := waitFor(ctx, s.cfg.ReadyTimeout, st.p, st.ready); err != nil {
-			return fmt.Errorf("%s not ready after its restart: %w", st.p.Spec.Name, err)
+	var batch []string
+	for _, n := range s.HostProcesses(host) {
+		batch = append(batch, n)
+		if a := s.App(n); a != nil && a.WaitReady {
+			if err := s.respawnAll(ctx, batch); err != nil {
+				return err
+			}
+			batch = nil
 		}
 	}
-	return nil
+	return s.respawnAll(ctx, batch)
 }
 
 // controlPlaneReady is the readiness check of a cluster's placement or
@@ -275,7 +269,7 @@ func (s *Stack) startHAControlPlane(ctx context.Context) error {
 			"--listen-address", ip,
 			"--healthz-port", strconv.Itoa(placementHealthz),
 			"--healthz-listen-address", ip,
-			"--metrics-port", "9091",
+			"--metrics-port", strconv.Itoa(placementMetrics),
 			"--metrics-listen-address", ip,
 			"--initial-cluster", strings.Join(raft, ","),
 			"--log-level", s.cfg.LogLevel,
@@ -426,17 +420,40 @@ func clusterConfigs(root, resources string) (map[string]string, error) {
 }
 
 // supervised reports whether a process that exits on its own is started
-// again rather than reported: on a cluster, the placement servers and
-// schedulers (Dapr's placement exits when it loses Raft leadership, and
-// counts on its supervisor — Kubernetes — to start it again).
+// again rather than reported: on a cluster, every process of an app host —
+// the placement servers and schedulers (Dapr's placement exits when it
+// loses Raft leadership, and counts on its supervisor to start it again),
+// the apps and their sidecars (chat-service shuts its sidecar down when no
+// workflow runs on it, for Kubernetes to start it again) — as Kubernetes
+// restarts a pod's containers. Redis, sentry and apps started later
+// (StartApp) are not. A test that counts on it reads Supervised; the
+// cluster tests fail a run that restarted an app no test expected to.
 func (s *Stack) supervised(name string) bool {
-	return s.cfg.Cluster != nil && (strings.HasPrefix(name, "placement-") || strings.HasPrefix(name, "scheduler-"))
+	if s.cfg.Cluster == nil {
+		return false
+	}
+	if strings.HasPrefix(name, "placement-") || strings.HasPrefix(name, "scheduler-") {
+		return true
+	}
+	for _, a := range s.cfg.Apps {
+		n := a.Name
+		if n == "" {
+			n = a.ID
+		}
+		if name == n || name == n+"-dapr" {
+			return true
+		}
+	}
+	return false
 }
 
 // restartExited starts a supervised process that exited on its own again,
 // after a second, and counts it (Supervised).
 func (s *Stack) restartExited(name string, p *proc.Process) {
 	fmt.Fprintf(s.cfg.Progress, "stack: %s exited on its own (%v): starting it again, as Kubernetes would\n", name, p.Err())
+	if tail := p.Tail(); len(tail) > 0 {
+		fmt.Fprintf(s.cfg.Progress, "stack: %s's last line: %s\n", name, tail[len(tail)-1])
+	}
 	s.mu.Lock()
 	if s.supervisedRestarts == nil {
 		s.supervisedRestarts = map[string]int{}

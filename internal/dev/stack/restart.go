@@ -3,6 +3,7 @@ package stack
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/daca-go/daca/internal/dev/proc"
@@ -116,4 +117,54 @@ func (s *Stack) RestartAfter(ctx context.Context, name string, down time.Duratio
 	}
 	at := time.Now()
 	return at, s.Restart(ctx, name)
+}
+
+// RestartGracefully restarts an app with its sidecar as Kubernetes restarts
+// a pod in a rollout: both are asked to stop at once (SIGTERM, as the
+// kubelet tells a pod's containers; each killed after grace), then both
+// start again with the same command lines, and it returns once both are
+// ready, with how long the two took to stop.
+func (s *Stack) RestartGracefully(ctx context.Context, app string, grace time.Duration) (stopping time.Duration, err error) {
+	a := s.App(app)
+	if a == nil {
+		return 0, fmt.Errorf("stack: no app %q", app)
+	}
+	start := time.Now()
+	var wg sync.WaitGroup
+	for _, n := range []string{a.Name, a.Name + "-dapr"} {
+		p := s.process(n)
+		if p == nil {
+			return 0, fmt.Errorf("stack: no process %q", n)
+		}
+		wg.Go(func() { p.Stop(grace) })
+	}
+	wg.Wait()
+	stopping = time.Since(start)
+	return stopping, s.respawnAll(ctx, []string{a.Name, a.Name + "-dapr"})
+}
+
+// respawnAll starts processes again, all of them first (a sidecar is ready
+// only once its app is), then waits until each is ready.
+func (s *Stack) respawnAll(ctx context.Context, names []string) error {
+	type started struct {
+		p     *proc.Process
+		ready func() error
+	}
+	var all []started
+	for _, n := range names {
+		p, ready, err := s.respawn(n)
+		if err != nil {
+			return err
+		}
+		all = append(all, started{p, ready})
+	}
+	for _, st := range all {
+		if st.ready == nil {
+			continue
+		}
+		if err := waitFor(ctx, s.cfg.ReadyTimeout, st.p, st.ready); err != nil {
+			return fmt.Errorf("%s not ready after its restart: %w", st.p.Spec.Name, err)
+		}
+	}
+	return nil
 }

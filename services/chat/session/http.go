@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"time"
 
 	dapr "github.com/dapr/go-sdk/client"
 	"github.com/go-chi/chi/v5"
@@ -79,12 +80,32 @@ type Client struct {
 	}
 }
 
+// A session actor's call is made at most actorAttempts times, the pause
+// growing by actorPause each time.
+const (
+	actorAttempts = 3
+	actorPause    = 500 * time.Millisecond
+)
+
 func (c Client) call(ctx context.Context, session, method string, in, out any) error {
 	b, err := json.Marshal(in)
 	if err != nil {
 		return err
 	}
-	res, err := c.Invoker.InvokeActor(ctx, &dapr.InvokeActorRequest{ActorType: contract.SessionActor, ActorID: session, Method: method, Data: b})
+	// Every method of the actor may be repeated (a repeated accept, done or
+	// drop changes nothing): a call that failed because the actor's host
+	// was stopping or starting (its actors move) is made again, a few times.
+	var res *dapr.InvokeActorResponse
+	for attempt := 1; ; attempt++ {
+		res, err = c.Invoker.InvokeActor(ctx, &dapr.InvokeActorRequest{ActorType: contract.SessionActor, ActorID: session, Method: method, Data: b})
+		if err == nil || attempt == actorAttempts || ctx.Err() != nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(actorPause * time.Duration(attempt)):
+		}
+	}
 	if err != nil {
 		return apperr.Wrap(apperr.Unavailable, err, "the session's actor is unavailable")
 	}

@@ -243,3 +243,40 @@ func TestAcceptOnlyWhatChatServiceSent(t *testing.T) {
 		t.Fatalf("started %v", tu.ids())
 	}
 }
+
+// flaky is an actor host that fails the first fails calls (its host was
+// stopping), then answers.
+type flaky struct {
+	mu           sync.Mutex
+	fails, calls int
+}
+
+func (f *flaky) InvokeActor(context.Context, *dapr.InvokeActorRequest) (*dapr.InvokeActorResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls++
+	if f.calls <= f.fails {
+		return nil, context.Canceled
+	}
+	return &dapr.InvokeActorResponse{Data: []byte("true")}, nil
+}
+
+// TestCallsAreMadeAgain: a session actor's call that fails (its host was
+// stopping or starting) is made again, at most actorAttempts times.
+func TestCallsAreMadeAgain(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		fails, wantCalls int
+		wantErr          bool
+	}{
+		{fails: 0, wantCalls: 1},
+		{fails: 2, wantCalls: 3},
+		{fails: 5, wantCalls: actorAttempts, wantErr: true},
+	} {
+		f := &flaky{fails: tc.fails}
+		dropped, err := Client{Invoker: f}.Drop(t.Context(), "s", "t")
+		if (err != nil) != tc.wantErr || f.calls != tc.wantCalls || (err == nil && !dropped) {
+			t.Errorf("%d failures: err %v, dropped %v after %d calls; want %d calls", tc.fails, err, dropped, f.calls, tc.wantCalls)
+		}
+	}
+}

@@ -140,6 +140,9 @@ func (c Client) Get(ctx context.Context, id string) (Run, error) {
 			}
 			return Run{}, apperr.New(apperr.NotFound, "chat turn %s not found", id)
 		}
+		if run, ok := c.recorded(ctx, id, err); ok {
+			return run, nil
+		}
 		return Run{}, unavailable(err)
 	}
 	run := describe(id, meta)
@@ -210,9 +213,32 @@ func (c Client) Wait(ctx context.Context, id string) (Run, error) {
 		if ctx.Err() != nil {
 			return Run{}, ctx.Err()
 		}
+		if run, ok := c.recorded(ctx, id, err); ok {
+			return run, nil
+		}
 		return Run{}, unavailable(err)
 	}
 	return describe(id, meta), nil
+}
+
+// recorded is the turn of its recorded result when its workflow cannot be
+// read (err): the turn completed, whatever became of the workflow's own
+// state. Seen after a partition healed: Dapr 1.18.2's save of a workflow
+// that had just completed failed halfway (a stale ETag inside the Redis
+// state store's transaction script), and its state could no longer be
+// loaded ("inbox key … declared in metadata but missing from state
+// store", every read failing) although the turn had completed and
+// published its event.
+func (c Client) recorded(ctx context.Context, id string, err error) (Run, bool) {
+	if c.State == nil {
+		return Run{}, false
+	}
+	r, rerr := readResult(ctx, c.State, id)
+	if rerr != nil || r == nil || r.Stopped {
+		return Run{}, false
+	}
+	logging.From(ctx, c.Log).Warn("the turn's workflow cannot be read; answering the result it recorded", "workflow_instance_id", id, "err", err)
+	return completed(id, *r), true
 }
 
 // Cancel stops a running turn (Dapr's terminate) and returns its state:

@@ -52,7 +52,9 @@ func mcpListTools(server string) string { return "dapr.internal.mcp." + server +
 // tool of every MCPServer of its sidecar, listed through Dapr (the
 // ListTools workflow) at start and again when the list is older than
 // Refresh. A server that cannot be listed has no tools (said in the log once
-// until it lists again), and never fails a turn.
+// until it lists again), and never fails a turn; it is listed again sooner,
+// RetryDown after the failed listing (a tool server restarting beside a
+// chat-service that starts, say).
 type Catalog struct {
 	// Servers names the MCPServers of the sidecar (its metadata).
 	Servers func(ctx context.Context) ([]string, error)
@@ -62,14 +64,16 @@ type Catalog struct {
 		WaitForWorkflowCompletion(ctx context.Context, id string, opts ...workflow.FetchWorkflowMetadataOptions) (*workflow.WorkflowMetadata, error)
 		PurgeWorkflowState(ctx context.Context, id string, opts ...workflow.PurgeOptions) error
 	}
-	Refresh time.Duration // default a minute
-	Policy  Policy        // which tools' calls wait for a decision
-	Log     *slog.Logger
+	Refresh   time.Duration // default a minute
+	RetryDown time.Duration // default 5 s (at most Refresh)
+	Policy    Policy        // which tools' calls wait for a decision
+	Log       *slog.Logger
 
 	once  singleflight.Group
 	mu    sync.Mutex
 	tools []Tool
-	at    time.Time
+	at    time.Time       // when the tools were listed (zero: never)
+	stale time.Time       // when the list is to be listed again
 	down  map[string]bool // servers whose listing failed (logged once)
 }
 
@@ -78,12 +82,8 @@ type Catalog struct {
 // is listed again in the background and the call answers the list it has,
 // so no turn waits for a listing.
 func (c *Catalog) Tools(ctx context.Context) []Tool {
-	refresh := c.Refresh
-	if refresh == 0 {
-		refresh = time.Minute
-	}
 	c.mu.Lock()
-	listed, fresh, tools := !c.at.IsZero(), time.Since(c.at) < refresh, c.tools
+	listed, fresh, tools := !c.at.IsZero(), time.Now().Before(c.stale), c.tools
 	c.mu.Unlock()
 	if c.Servers == nil || fresh {
 		return append([]Tool{Builtin}, tools...)
@@ -105,6 +105,7 @@ func (c *Catalog) list(ctx context.Context) []Tool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		c.at = time.Now()
+		c.stale = c.at.Add(c.retryDown())
 		return c.tools
 	}
 	slices.Sort(servers)
@@ -137,7 +138,53 @@ func (c *Catalog) list(ctx context.Context) []Tool {
 		}
 	}
 	c.tools, c.at, c.down = tools, time.Now(), down
+	c.stale = c.at.Add(c.refresh())
+	if len(down) > 0 {
+		c.stale = c.at.Add(c.retryDown())
+	}
 	return tools
+}
+
+// Ready lists the tools at start and again, every pause, while a server
+// cannot be listed, for at most within: a chat-service that starts while
+// its sidecar is not yet done starting (a listing's workflow placed on a
+// replica that is stopping, say) gets ready with the tools rather than
+// without them. After within, whatever was listed is offered. It returns
+// the tools.
+func (c *Catalog) Ready(ctx context.Context, within, pause time.Duration) []Tool {
+	deadline := time.Now().Add(within)
+	for {
+		tools := c.Tools(ctx)
+		c.mu.Lock()
+		down := len(c.down)
+		c.mu.Unlock()
+		if down == 0 || c.Servers == nil || time.Now().Add(pause).After(deadline) {
+			return tools
+		}
+		select {
+		case <-ctx.Done():
+			return tools
+		case <-time.After(pause):
+		}
+		c.mu.Lock()
+		c.stale = time.Time{} // list again now, and wait for it
+		c.at = time.Time{}
+		c.mu.Unlock()
+	}
+}
+
+func (c *Catalog) refresh() time.Duration {
+	if c.Refresh <= 0 {
+		return time.Minute
+	}
+	return c.Refresh
+}
+
+func (c *Catalog) retryDown() time.Duration {
+	if c.RetryDown <= 0 {
+		return min(5*time.Second, c.refresh())
+	}
+	return min(c.RetryDown, c.refresh())
 }
 
 // mcpTool is a tool as MCP's ListTools result describes it.

@@ -85,7 +85,7 @@ func TestCatalog(t *testing.T) {
 	// Stale: the next call answers at once, the listing runs behind it.
 	l.set("tools", `{"tools":[{"name":"convert"},{"name":"notes"}]}`, false)
 	c.mu.Lock()
-	c.at = time.Now().Add(-2 * time.Hour)
+	c.stale = time.Now().Add(-time.Second)
 	c.mu.Unlock()
 	if got := names(c.Tools(t.Context())); got != "get_current_time,tools_convert" {
 		t.Fatalf("a stale list answered %s; want the one it had", got)
@@ -93,6 +93,58 @@ func TestCatalog(t *testing.T) {
 	testkit.WaitUntil(t, 5*time.Second, "the new tool listed", func() bool {
 		return names(c.Tools(t.Context())) == "get_current_time,tools_convert,tools_notes"
 	})
+}
+
+// TestCatalogListsADownServerSooner: a server that could not be listed is
+// listed again RetryDown later, not a whole Refresh later; once it is back,
+// its tools are offered and the list waits Refresh again.
+func TestCatalogListsADownServerSooner(t *testing.T) {
+	t.Parallel()
+	l := &lister{tools: map[string]string{}, down: map[string]bool{}}
+	l.set("tools", "", true)
+	c := &Catalog{Workflows: l, Log: testkit.Quiet(), Refresh: time.Hour, RetryDown: 50 * time.Millisecond,
+		Servers: func(context.Context) ([]string, error) { return []string{"tools"}, nil }}
+	if got := names(c.Tools(t.Context())); got != "get_current_time" {
+		t.Fatalf("tools %s with the server down", got)
+	}
+	l.set("tools", `{"tools":[{"name":"convert"}]}`, false)
+	testkit.WaitUntil(t, 5*time.Second, "the server's tools once it is back", func() bool {
+		return names(c.Tools(t.Context())) == "get_current_time,tools_convert"
+	})
+	c.mu.Lock()
+	wait := time.Until(c.stale)
+	c.mu.Unlock()
+	if wait < 59*time.Minute {
+		t.Fatalf("listed again in %s with every server up; want Refresh (1h)", wait)
+	}
+}
+
+// TestCatalogReady: at start, a server that cannot be listed is listed
+// again until it answers (within the time given); one that never answers
+// leaves the start with the other tools.
+func TestCatalogReady(t *testing.T) {
+	t.Parallel()
+	l := &lister{tools: map[string]string{}, down: map[string]bool{}}
+	l.set("tools", "", true)
+	l.set("more", `{"tools":[{"name":"x"}]}`, false)
+	listings := 0
+	c := &Catalog{Workflows: l, Log: testkit.Quiet(), Refresh: time.Hour}
+	c.Servers = func(context.Context) ([]string, error) {
+		listings++
+		if listings == 3 { // the third listing finds the server back
+			l.set("tools", `{"tools":[{"name":"convert"}]}`, false)
+		}
+		return []string{"tools", "more"}, nil
+	}
+	if got := names(c.Ready(t.Context(), time.Minute, time.Millisecond)); got != "get_current_time,more_x,tools_convert" || listings != 3 {
+		t.Fatalf("ready with %s after %d listings; want every tool after 3", got, listings)
+	}
+	never := &Catalog{Workflows: l, Log: testkit.Quiet(), Refresh: time.Hour,
+		Servers: func(context.Context) ([]string, error) { return []string{"gone"}, nil }}
+	l.set("gone", "", true)
+	if got := names(never.Ready(t.Context(), 50*time.Millisecond, 10*time.Millisecond)); got != "get_current_time" {
+		t.Fatalf("a server that never answers: %s", got)
+	}
 }
 
 // TestUniqueName: names fit ^[a-zA-Z0-9_-]{1,64}$ and never repeat.
