@@ -148,12 +148,11 @@ func run(ctx context.Context, cfg config) error {
 	}
 	// The worker starts once, here, and stops as soon as the shutdown
 	// begins, beside the HTTP server's drain: the sidecar is told to stop at
-	// the same time (a pod's containers are), and its own graceful stop
-	// waits for the worker's stream to close — a worker kept open until the
-	// drain ended held the sidecar up to its grace period, still running
-	// workflow actors that placement had already moved. Activities still
-	// running when the worker stops are handed back to Dapr, which runs them
-	// again, elsewhere or on restart.
+	// the same time (a pod's containers are), and its graceful stop may wait
+	// for the worker's stream to close; a worker kept open until the drain
+	// ended would hold the sidecar (and the workflow actors it still runs)
+	// that long. Activities still running when the worker stops are handed
+	// back to Dapr, which runs them again, elsewhere or on restart.
 	workerCtx, stopWorker := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWorker()
 	go func() {
