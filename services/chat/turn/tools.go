@@ -153,24 +153,24 @@ func (c *Catalog) list(ctx context.Context) []Tool {
 // the tools.
 func (c *Catalog) Ready(ctx context.Context, within, pause time.Duration) []Tool {
 	deadline := time.Now().Add(within)
-	for {
-		tools := c.Tools(ctx)
-		c.mu.Lock()
-		down := len(c.down)
-		c.mu.Unlock()
-		if down == 0 || c.Servers == nil || time.Now().Add(pause).After(deadline) {
-			return tools
-		}
+	tools := c.Tools(ctx)
+	for c.Servers != nil && c.anyDown() && !time.Now().Add(pause).After(deadline) {
 		select {
 		case <-ctx.Done():
 			return tools
 		case <-time.After(pause):
 		}
-		c.mu.Lock()
-		c.stale = time.Time{} // list again now, and wait for it
-		c.at = time.Time{}
-		c.mu.Unlock()
+		listed := <-c.once.DoChan("list", func() (any, error) { return c.list(context.WithoutCancel(ctx)), nil })
+		tools = append([]Tool{Builtin}, listed.Val.([]Tool)...)
 	}
+	return tools
+}
+
+// anyDown reports whether the last listing failed for a server.
+func (c *Catalog) anyDown() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.down) > 0
 }
 
 func (c *Catalog) refresh() time.Duration {
