@@ -175,6 +175,16 @@ func (s *srv) begin(w http.ResponseWriter, r *http.Request) (ctx context.Context
 	}
 	if idem { // a repeated request: the turn the first one started
 		run, err := rn.turns.Get(ctx, id)
+		if err == nil && run.Status == contract.RunPending {
+			// Created, not started: the session may not know it (its accept
+			// failed after the workflow was scheduled, while replicas
+			// restarted). A repeated accept changes nothing for a turn the
+			// session has; one it lacks becomes its running (or a waiting)
+			// turn, so that the session's order holds when it runs.
+			if _, err := rn.sessions.Accept(ctx, session.Accept{InstanceID: id, Input: in, Policy: policy}); err != nil {
+				return nil, in, "", "", err
+			}
+		}
 		if err == nil {
 			logging.From(ctx, s.log).Info("idempotent retry: returning the existing chat turn")
 			return ctx, in, id, run.Status, nil

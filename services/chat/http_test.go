@@ -51,6 +51,11 @@ func (f *fakeWF) TerminateWorkflow(_ context.Context, id string, _ ...workflow.T
 	return nil
 }
 
+// RaiseEvent is not used by these tests' turns.
+func (f *fakeWF) RaiseEvent(context.Context, string, string, ...workflow.RaiseEventOptions) error {
+	return errors.New("no events in this fake")
+}
+
 func (f *fakeWF) ScheduleWorkflow(_ context.Context, _ string, opts ...workflow.NewWorkflowOptions) (string, error) {
 	req := &protos.CreateInstanceRequest{}
 	for _, o := range opts {
@@ -83,6 +88,8 @@ func (f *fakeWF) meta(id string) (*workflow.WorkflowMetadata, error) {
 		m.Output = wrapperspb.String(string(out))
 	case "terminated":
 		m.RuntimeStatus = api.RUNTIME_STATUS_TERMINATED
+	case "pending":
+		m.RuntimeStatus = api.RUNTIME_STATUS_PENDING
 	case "failed":
 		m.RuntimeStatus = api.RUNTIME_STATUS_FAILED
 		m.FailureDetails = &protos.TaskFailureDetails{ErrorMessage: "chat turn failed while generating response"}
@@ -106,7 +113,7 @@ func (f *fakeWF) FetchWorkflowMetadata(_ context.Context, id string, _ ...workfl
 
 func (f *fakeWF) WaitForWorkflowCompletion(ctx context.Context, id string, _ ...workflow.FetchWorkflowMetadataOptions) (*workflow.WorkflowMetadata, error) {
 	f.mu.Lock()
-	stuck := f.outcome == "stuck"
+	stuck := f.outcome == "stuck" || f.outcome == "pending"
 	f.mu.Unlock()
 	if stuck {
 		<-ctx.Done()
@@ -264,6 +271,53 @@ func TestIdempotencyKeyReusesTheTurn(t *testing.T) {
 	}
 	if w := post(h, "/chat", body, "Idempotency-Key", "bad\x01key"); w.Code != 400 {
 		t.Fatalf("unprintable key: %d", w.Code)
+	}
+}
+
+// counting is a session that counts the accepts it gets.
+type counting struct {
+	direct
+	mu      sync.Mutex
+	accepts map[string]int
+}
+
+func (c *counting) Accept(ctx context.Context, req session.Accept) (session.Accepted, error) {
+	c.mu.Lock()
+	c.accepts[req.InstanceID]++
+	c.mu.Unlock()
+	return c.direct.Accept(ctx, req)
+}
+
+// TestRetryOfAnUnstartedTurnHandsItToItsSession: a retry (same key) of a
+// turn whose workflow was created but has not started hands it to its
+// session again (its first accept may have failed after the workflow was
+// scheduled); the retry of a turn that runs does not.
+func TestRetryOfAnUnstartedTurnHandsItToItsSession(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		outcome string
+		want    int
+	}{{"pending", 2}, {"stuck", 1}} {
+		t.Run(tc.outcome, func(t *testing.T) {
+			t.Parallel()
+			f := &fakeWF{scheduled: map[string]turn.Input{}, outcome: tc.outcome}
+			s := newServer(testkit.Quiet(), "", 50*time.Millisecond)
+			turns := turn.Client{Workflows: f, Log: testkit.Quiet()}
+			sessions := &counting{direct: direct{turns}, accepts: map[string]int{}}
+			s.ready(turns, &owners{}, builtinOnly{}, noApprovals{}, sessions, okSidecar{}, "offline")
+			h := s.routes()
+			for range 2 {
+				post(h, "/chat/async", `{"user_id":"u","text":"hello"}`, "Idempotency-Key", "k1")
+			}
+			if len(sessions.accepts) != 1 {
+				t.Fatalf("accepts %v; want one turn", sessions.accepts)
+			}
+			for id, n := range sessions.accepts {
+				if n != tc.want {
+					t.Fatalf("turn %s accepted %d times; want %d", id, n, tc.want)
+				}
+			}
+		})
 	}
 }
 

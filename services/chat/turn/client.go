@@ -24,6 +24,7 @@ type Workflows interface {
 	FetchWorkflowMetadata(ctx context.Context, id string, opts ...workflow.FetchWorkflowMetadataOptions) (*workflow.WorkflowMetadata, error)
 	WaitForWorkflowCompletion(ctx context.Context, id string, opts ...workflow.FetchWorkflowMetadataOptions) (*workflow.WorkflowMetadata, error)
 	TerminateWorkflow(ctx context.Context, id string, opts ...workflow.TerminateOptions) error
+	RaiseEvent(ctx context.Context, id, eventName string, opts ...workflow.RaiseEventOptions) error
 }
 
 // Client starts, reads, waits for and stops chat turns (chat_workflow
@@ -36,6 +37,12 @@ type Client struct {
 	// result (ResultKey); nil: neither is read.
 	State State
 	Log   *slog.Logger
+	// WaitWindow bounds each wait on the engine's watch of a turn (Wait);
+	// default 5 s. NudgeAfter is how long a turn's workflow may stay
+	// PENDING (created, not started) while Wait waits before it is nudged
+	// (nudge), and again after as long; default 10 s (a workflow starts
+	// within milliseconds).
+	WaitWindow, NudgeAfter time.Duration
 }
 
 // Run is a turn as GET /chat/{instance_id} shows it, with its output.
@@ -86,6 +93,12 @@ func (c Client) Ended(ctx context.Context, id string) (bool, error) {
 			return true, nil
 		}
 		return false, unavailable(err)
+	}
+	if contract.RunStatus(meta.String()) == contract.RunStalled {
+		if _, err := c.settle(ctx, describe(id, meta)); err != nil {
+			return false, err
+		}
+		return true, nil
 	}
 	return contract.RunStatus(meta.String()).Terminal(), nil
 }
@@ -146,6 +159,9 @@ func (c Client) Get(ctx context.Context, id string) (Run, error) {
 		return Run{}, unavailable(err)
 	}
 	run := describe(id, meta)
+	if run.Status == contract.RunStalled {
+		return c.settle(ctx, run)
+	}
 	// The last round saves the turn (PatchFewerSteps) while the stage still
 	// says generating; save_conversation is a stage of its own otherwise.
 	if run.Status == contract.RunRunning && (run.Stage == contract.StageSave || run.Stage == contract.StageGenerate) && c.State != nil {
@@ -190,6 +206,13 @@ func completed(id string, r Result) Run {
 // Wait waits until the turn ends or ctx does (then it returns ctx's
 // error, unwrapped); a turn that waits for its session is waited for
 // until it starts.
+//
+// The engine's watch of a workflow is not all a wait relies on: in Dapr
+// 1.18.2 a watch sometimes never hears of an end (seen in the cluster: a
+// turn completed on another host a second after the watch began, and the
+// watch went on until CHAT_TIMEOUT), and it never ends for a workflow the
+// engine stalled. Each watch lasts at most WaitWindow; after it the turn
+// is read (Get), and watched again while it runs.
 func (c Client) Wait(ctx context.Context, id string) (Run, error) {
 	for wait := 50 * time.Millisecond; ; wait = min(wait*2, time.Second) {
 		run, ok := c.waiting(ctx, id)
@@ -208,18 +231,116 @@ func (c Client) Wait(ctx context.Context, id string) (Run, error) {
 		case <-time.After(wait):
 		}
 	}
-	meta, err := c.Workflows.WaitForWorkflowCompletion(ctx, id, workflow.WithFetchPayloads(true))
-	if err != nil {
+	window := c.WaitWindow
+	if window <= 0 {
+		window = 5 * time.Second
+	}
+	nudgeAfter := c.NudgeAfter
+	if nudgeAfter <= 0 {
+		nudgeAfter = 10 * time.Second
+	}
+	var pending, nudged time.Time // since when the turn was seen PENDING; when it was nudged last
+	for {
+		wctx, cancel := context.WithTimeout(ctx, window)
+		began := time.Now()
+		meta, err := c.Workflows.WaitForWorkflowCompletion(wctx, id, workflow.WithFetchPayloads(true))
+		windowEnded := wctx.Err() != nil
+		cancel()
+		if err == nil && meta != nil {
+			return describe(id, meta), nil
+		}
 		if ctx.Err() != nil {
 			return Run{}, ctx.Err()
 		}
-		if run, ok := c.recorded(ctx, id, err); ok {
+		// The window ended, or the watch failed: read the turn.
+		run, gerr := c.Get(ctx, id)
+		switch {
+		case gerr == nil && run.Terminal():
 			return run, nil
+		case gerr == nil && run.Status == contract.RunPending:
+			if pending.IsZero() {
+				pending = began
+			}
+			if time.Since(pending) >= nudgeAfter && time.Since(nudged) >= nudgeAfter {
+				c.nudge(ctx, id)
+				nudged = time.Now()
+			}
+		case gerr != nil && !windowEnded: // the watch failed and so did the read
+			if ctx.Err() != nil {
+				return Run{}, ctx.Err()
+			}
+			return Run{}, gerr
 		}
-		return Run{}, unavailable(err)
+		if pause := time.Second - time.Since(began); pause > 0 && !windowEnded { // a watch that failed at once is not made again at once
+			select {
+			case <-ctx.Done():
+				return Run{}, ctx.Err()
+			case <-time.After(pause):
+			}
+		}
 	}
-	return describe(id, meta), nil
 }
+
+// nudgeEvent is the event that nudges a turn's workflow; the workflow
+// never waits for it (durabletask keeps an event nobody waits for).
+const nudgeEvent = "nudge"
+
+// nudge raises an event on turn id, whose workflow has stayed PENDING. Seen in a rolling restart with Dapr 1.18.2: a workflow
+// created while its actor moved between replicas had its first run on the
+// other replica before its state was saved ("No workflow state found for
+// actor …, terminating execution"), which drops the reminder that starts
+// it; its state (the start event in its inbox) stays, and nothing runs it.
+// An event added to it sets a new reminder, and that run takes the whole
+// inbox: the workflow starts. A workflow that has ended is never nudged
+// (an event for an ended workflow with a patch in its history stalls it:
+// settle).
+func (c Client) nudge(ctx context.Context, id string) {
+	log := logging.From(ctx, c.Log)
+	if err := c.Workflows.RaiseEvent(ctx, id, nudgeEvent); err != nil {
+		log.Warn("the turn's workflow has not started; it could not be nudged", "workflow_instance_id", id, "err", err)
+		return
+	}
+	log.Warn("the turn's workflow had not started; nudged", "workflow_instance_id", id)
+}
+
+// settle ends a turn whose workflow Dapr stalled (run: STALLED). A stalled
+// workflow runs no further until code with other patches is deployed, and
+// a turn's code never changes under it, so the turn would hang for good,
+// and its session's later turns behind it. In the cluster's fault rows
+// Dapr 1.18.2 stalled workflows after a host's restart or a partition: a
+// work item that reaches a workflow whose history holds a patch
+// (PatchFewerSteps) and that brings no patches of its own — one for a
+// workflow that has ended, "dropping work item" — reads as a patch
+// mismatch (pkg/actors/targets/workflow/orchestrator/versioning.go). A
+// workflow that had completed still reads COMPLETED; one stalled before
+// its end reads STALLED. A turn whose result was recorded completed (its
+// event is published); any other is recorded as stopped first — a round
+// still running anywhere saves nothing — and fails with a message that
+// says to send it again.
+func (c Client) settle(ctx context.Context, run Run) (Run, error) {
+	id := run.InstanceID
+	if c.State != nil {
+		r, err := markStopped(ctx, c.State, id)
+		if err != nil {
+			return Run{}, apperr.Wrap(apperr.Unavailable, err, "the state store is unavailable")
+		}
+		if r != nil {
+			return completed(id, *r), nil
+		}
+	}
+	log := logging.From(ctx, c.Log)
+	log.Warn("the turn's workflow stalled; the turn has failed", "workflow_instance_id", id)
+	// Its end in the engine too, if the engine takes it (a stalled
+	// workflow's actor may refuse every call).
+	if err := c.Workflows.TerminateWorkflow(ctx, id); err != nil && !notFound(err) {
+		log.Warn("the stalled turn's workflow could not be terminated", "workflow_instance_id", id, "err", err)
+	}
+	run.Status, run.Stage, run.Error = contract.RunFailed, "", stalledTurn
+	return run, nil
+}
+
+// stalledTurn is a stalled turn's error (client-safe).
+const stalledTurn = "the chat turn failed: its workflow stopped making progress; send the message again"
 
 // recorded is the turn of its recorded result when its workflow cannot be
 // read (err): the turn completed, whatever became of the workflow's own

@@ -51,10 +51,17 @@ func mcpListTools(server string) string { return "dapr.internal.mcp." + server +
 // Catalog is what chat-service offers the model: the built-in tool and every
 // tool of every MCPServer of its sidecar, listed through Dapr (the
 // ListTools workflow) at start and again when the list is older than
-// Refresh. A server that cannot be listed has no tools (said in the log once
-// until it lists again), and never fails a turn; it is listed again sooner,
-// RetryDown after the failed listing (a tool server restarting beside a
-// chat-service that starts, say).
+// Refresh. A server that cannot be listed never fails a turn; it is listed
+// again sooner, RetryDown after the failed listing (a tool server
+// restarting beside a chat-service that starts, say). Meanwhile it keeps
+// the tools it listed last, for at most KeepDown after that listing: a
+// listing is a workflow, and one placed on a chat-service replica that is
+// stopping times out although the server is up (seen in every rolling
+// restart: a replica that dropped its tools answered tool requests without
+// them, silently, until its next listing); a call to a server that is
+// really down fails as a tool step does, and the model is told. A server
+// never listed, or down for longer, has no tools (said in the log once
+// until it lists again).
 type Catalog struct {
 	// Servers names the MCPServers of the sidecar (its metadata).
 	Servers func(ctx context.Context) ([]string, error)
@@ -66,15 +73,17 @@ type Catalog struct {
 	}
 	Refresh   time.Duration // default a minute
 	RetryDown time.Duration // default 5 s (at most Refresh)
+	KeepDown  time.Duration // default 5 minutes
 	Policy    Policy        // which tools' calls wait for a decision
 	Log       *slog.Logger
 
-	once  singleflight.Group
-	mu    sync.Mutex
-	tools []Tool
-	at    time.Time       // when the tools were listed (zero: never)
-	stale time.Time       // when the list is to be listed again
-	down  map[string]bool // servers whose listing failed (logged once)
+	once   singleflight.Group
+	mu     sync.Mutex
+	tools  []Tool
+	at     time.Time            // when the tools were listed (zero: never)
+	stale  time.Time            // when the list is to be listed again
+	down   map[string]bool      // servers whose listing failed: their last tools offered still (logged once each way)
+	listed map[string]time.Time // when each server was last listed
 }
 
 // Tools returns the tools. The first call lists them (one listing at a
@@ -111,19 +120,39 @@ func (c *Catalog) list(ctx context.Context) []Tool {
 	slices.Sort(servers)
 	var tools []Tool
 	taken := map[string]bool{Builtin.Name: true}
-	down := map[string]bool{}
+	down := map[string]bool{} // of the servers down: whether their last tools are kept
+	c.mu.Lock()
+	before, lastListed := c.tools, maps.Clone(c.listed)
+	c.mu.Unlock()
+	if lastListed == nil {
+		lastListed = map[string]time.Time{}
+	}
 	for _, s := range servers {
 		listed, err := c.listServer(ctx, s)
 		if err != nil {
-			down[s] = true
+			kept := time.Since(lastListed[s]) < c.keepDown()
+			down[s] = kept
 			c.mu.Lock()
-			known := c.down[s]
+			wasKept, known := c.down[s]
 			c.mu.Unlock()
-			if !known {
+			if kept {
+				for _, t := range before {
+					if t.Server == s {
+						taken[t.Name] = true
+						tools = append(tools, t)
+					}
+				}
+			}
+			switch {
+			case known && wasKept == kept:
+			case kept:
+				c.Log.Warn("MCP server could not be listed: the tools it listed last are offered until it lists again", "mcp_server", s, "listed", lastListed[s], "err", err)
+			default:
 				c.Log.Warn("MCP server unavailable: its tools are not offered until it lists again", "mcp_server", s, "err", err)
 			}
 			continue
 		}
+		lastListed[s] = time.Now()
 		for _, t := range listed {
 			t.Name = uniqueName(s, t.Tool, taken)
 			t.Approval = c.Policy.NeedsApproval(t)
@@ -133,11 +162,11 @@ func (c *Catalog) list(ctx context.Context) []Tool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for s := range c.down {
-		if !down[s] {
+		if _, still := down[s]; !still {
 			c.Log.Info("MCP server available again", "mcp_server", s)
 		}
 	}
-	c.tools, c.at, c.down = tools, time.Now(), down
+	c.tools, c.at, c.down, c.listed = tools, time.Now(), down, lastListed
 	c.stale = c.at.Add(c.refresh())
 	if len(down) > 0 {
 		c.stale = c.at.Add(c.retryDown())
@@ -178,6 +207,13 @@ func (c *Catalog) refresh() time.Duration {
 		return time.Minute
 	}
 	return c.Refresh
+}
+
+func (c *Catalog) keepDown() time.Duration {
+	if c.KeepDown <= 0 {
+		return 5 * time.Minute
+	}
+	return c.KeepDown
 }
 
 func (c *Catalog) retryDown() time.Duration {

@@ -119,6 +119,40 @@ func TestCatalogListsADownServerSooner(t *testing.T) {
 	}
 }
 
+// TestCatalogKeepsWhatADownServerListedLast: a server listed before that
+// cannot be listed now (its listing's workflow timed out on a replica that
+// stops, say) keeps its tools for KeepDown after its last listing, then
+// has none until it lists again.
+func TestCatalogKeepsWhatADownServerListedLast(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name     string
+		keepDown time.Duration
+		want     string
+	}{
+		{"within KeepDown", time.Hour, "get_current_time,tools_convert"},
+		{"after KeepDown", time.Nanosecond, "get_current_time"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			l := &lister{tools: map[string]string{}, down: map[string]bool{}}
+			l.set("tools", `{"tools":[{"name":"convert"}]}`, false)
+			c := &Catalog{Workflows: l, Log: testkit.Quiet(), Refresh: time.Hour, KeepDown: tc.keepDown,
+				Servers: func(context.Context) ([]string, error) { return []string{"tools"}, nil }}
+			if got := names(c.Tools(t.Context())); got != "get_current_time,tools_convert" {
+				t.Fatalf("tools %s", got)
+			}
+			l.set("tools", "", true)
+			if got := names(append([]Tool{Builtin}, c.list(t.Context())...)); got != tc.want {
+				t.Fatalf("with the server down: %q; want %s", got, tc.want)
+			}
+			if !c.anyDown() {
+				t.Fatal("the server is not listed again sooner")
+			}
+		})
+	}
+}
+
 // TestCatalogReady: at start, a server that cannot be listed is listed
 // again until it answers (within the time given); one that never answers
 // leaves the start with the other tools.

@@ -33,13 +33,23 @@ type State interface {
 // session is the stored document of a conversation (key session:{id}); its
 // "history" field is the tutorial's shape.
 type session struct {
-	History []contract.Entry `json:"history"`
-	// Dropped counts the entries dropped from the front (HistoryCap): the
-	// first entry kept is number Dropped+1 (contract.Entry.Seq).
-	Dropped   int       `json:"dropped,omitempty"`
-	UserID    string    `json:"user_id,omitempty"`
+	sessionView
 	Applied   []string  `json:"applied_events,omitempty"` // ids of the last events applied
 	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// sessionView is the part of a session's document its reads need. The
+// entries stay as stored until they are read: a turn reads the last few of
+// up to HistoryCap (its context, the summary's) and appends two, and
+// decoding and encoding every entry of the document (about 100 KB at the
+// cap, with the applied ids) at each step was most of the memory's CPU per
+// turn (docs/benchmark.md).
+type sessionView struct {
+	History []json.RawMessage `json:"history"`
+	// Dropped counts the entries dropped from the front (HistoryCap): the
+	// first entry kept is number Dropped+1 (contract.Entry.Seq).
+	Dropped int    `json:"dropped,omitempty"`
+	UserID  string `json:"user_id,omitempty"`
 }
 
 type userDoc struct {
@@ -336,7 +346,7 @@ func (m *Memory) Initialize(ctx context.Context, userID string, p contract.Profi
 // with userID set, only when that user owns the session (an empty list
 // otherwise, as for an unknown session).
 func (m *Memory) History(ctx context.Context, sessionID, userID string, last int) ([]contract.Entry, error) {
-	var s session
+	var s sessionView
 	_, _, err := m.get(ctx, sessionKey(sessionID), &s)
 	if err != nil {
 		return nil, err
@@ -344,7 +354,7 @@ func (m *Memory) History(ctx context.Context, sessionID, userID string, last int
 	if userID != "" && s.UserID != userID {
 		return []contract.Entry{}, nil // another user's session reads as an unknown one
 	}
-	return s.entries(last), nil
+	return s.entries(sessionID, last)
 }
 
 // Context is a user's profile and the last `last` entries of a session the
@@ -370,30 +380,54 @@ func (m *Memory) Context(ctx context.Context, userID, sessionID string, last int
 			}
 			p = u.Profile
 		case sessionKey(sessionID):
-			var s session
+			var s sessionView
 			if err := json.Unmarshal(it.Value, &s); err != nil {
 				return p, nil, apperr.Wrap(apperr.Internal, fmt.Errorf("decode %s: %w", it.Key, err), "stored data is corrupt")
 			}
 			if s.UserID == userID {
-				h = s.entries(last)
+				if h, err = s.entries(sessionID, last); err != nil {
+					return p, nil, err
+				}
 			}
 		}
 	}
 	return p, h, nil
 }
 
-// entries returns the session's entries numbered (Seq), the last `last` of
+// entries decodes the session's entries numbered (Seq), the last `last` of
 // them when last > 0; never nil.
-func (s session) entries(last int) []contract.Entry {
-	h := make([]contract.Entry, len(s.History))
-	for i, e := range s.History {
-		e.Seq = s.Dropped + i + 1
-		h[i] = e
+func (s sessionView) entries(id string, last int) ([]contract.Entry, error) {
+	from := 0
+	if last > 0 && len(s.History) > last {
+		from = len(s.History) - last
 	}
-	if last > 0 && len(h) > last {
-		h = h[len(h)-last:]
+	h := make([]contract.Entry, 0, len(s.History)-from)
+	for i, raw := range s.History[from:] {
+		var e contract.Entry
+		if err := json.Unmarshal(raw, &e); err != nil {
+			return nil, apperr.Wrap(apperr.Internal, fmt.Errorf("decode %s: entry %d: %w", sessionKey(id), from+i, err), "stored data is corrupt")
+		}
+		e.Seq = s.Dropped + from + i + 1
+		h = append(h, e)
 	}
-	return h
+	return h, nil
+}
+
+// add appends entries to the session's history, keeping its last cap.
+func (s *session) add(limit int, es ...contract.Entry) error {
+	for _, e := range es {
+		e.Seq = 0 // numbered when read, never stored
+		b, err := json.Marshal(e)
+		if err != nil {
+			return apperr.Wrap(apperr.Internal, err, "encoding failed")
+		}
+		s.History = append(s.History, b)
+	}
+	if over := len(s.History) - limit; over > 0 {
+		s.History = slices.Delete(s.History, 0, over)
+		s.Dropped += over
+	}
+	return nil
 }
 
 // Histories returns the entries of several sessions (the last `last` of each
@@ -429,11 +463,13 @@ func (m *Memory) Histories(ctx context.Context, sessionIDs []string, last int) (
 		if _, asked := out[id]; !ok || !asked || len(it.Value) == 0 {
 			continue
 		}
-		var s session
+		var s sessionView
 		if err := json.Unmarshal(it.Value, &s); err != nil {
 			return nil, apperr.Wrap(apperr.Internal, fmt.Errorf("decode %s: %w", it.Key, err), "stored data is corrupt")
 		}
-		out[id] = s.entries(last)
+		if out[id], err = s.entries(id, last); err != nil {
+			return nil, err
+		}
 	}
 	return out, nil
 }
@@ -447,7 +483,9 @@ func notOwner(sessionID string) error {
 // (Claim), recorded once and never changed; "" for a session nobody has
 // started. One read.
 func (m *Memory) Owner(ctx context.Context, sessionID string) (string, error) {
-	var s session
+	var s struct {
+		UserID string `json:"user_id,omitempty"`
+	}
 	if _, _, err := m.get(ctx, sessionKey(sessionID), &s); err != nil {
 		return "", err
 	}
@@ -466,7 +504,7 @@ func (m *Memory) Claim(ctx context.Context, sessionID, userID string) error {
 		case "":
 			s.UserID = userID
 			if s.History == nil {
-				s.History = []contract.Entry{}
+				s.History = []json.RawMessage{}
 			}
 			if s.UpdatedAt.IsZero() {
 				s.UpdatedAt = m.now()
@@ -552,11 +590,16 @@ type Result struct {
 // list, from the session's history after an append. It is idempotent, and
 // an older history (a concurrent event that was slower) never overwrites a
 // newer one.
-func (m *Memory) index(ctx context.Context, userID, sessionID string, history []contract.Entry) error {
-	if len(history) == 0 {
+func (m *Memory) index(ctx context.Context, userID, sessionID string, s *session) error {
+	if len(s.History) == 0 {
 		return nil
 	}
-	last := history[len(history)-1]
+	tail, err := s.entries(sessionID, 1)
+	if err != nil {
+		return err
+	}
+	last, count := tail[0], len(s.History)
+	last.Seq = 0
 	var idx sessionIndex
 	return m.update(ctx, sessionsKey(userID), &idx, func(bool) error {
 		i := slices.IndexFunc(idx.Sessions, func(si contract.SessionInfo) bool { return si.SessionID == sessionID })
@@ -567,10 +610,10 @@ func (m *Memory) index(ctx context.Context, userID, sessionID string, history []
 		si := &idx.Sessions[i]
 		switch {
 		case si.LastMessage == nil || !last.Timestamp.Before(si.LastMessage.Timestamp):
-			si.MessageCount = len(history)
+			si.MessageCount = count
 			si.LastMessage = &last
-		case len(history) > si.MessageCount:
-			si.MessageCount = len(history)
+		case count > si.MessageCount:
+			si.MessageCount = count
 		default:
 			return errSkip
 		}
@@ -603,7 +646,7 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.Conversa
 		// Applied already; the session list may have missed it if the
 		// service stopped right after the append, and the summary its job
 		// if scheduling it failed.
-		if err := m.index(ctx, ev.UserID, ev.SessionID, s.History); err != nil {
+		if err := m.index(ctx, ev.UserID, ev.SessionID, &s); err != nil {
 			return Result{}, err
 		}
 		if err := m.ensureJob(ctx, ev.UserID, later, nil); err != nil {
@@ -630,7 +673,11 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.Conversa
 	}
 	userEntry := contract.Entry{Role: contract.RoleUser, Content: ev.UserMessage, Timestamp: now, EventID: eventID, EventAt: at}
 	botEntry := contract.Entry{Role: contract.RoleAssistant, Content: ev.AssistantReply, Timestamp: now, EventID: eventID, EventAt: at, ToolCalls: ev.ToolCalls}
-	recent := append(slices.Clone(s.History), userEntry, botEntry)
+	recent, err := s.entries(ev.SessionID, m.cfg.SummaryLast)
+	if err != nil {
+		return Result{}, err
+	}
+	recent = append(recent, userEntry, botEntry)
 	if len(recent) > m.cfg.SummaryLast {
 		recent = recent[len(recent)-m.cfg.SummaryLast:]
 	}
@@ -697,10 +744,8 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.Conversa
 			return notOwner(ev.SessionID)
 		}
 		s.UserID = ev.UserID
-		s.History = append(s.History, userEntry, botEntry)
-		if over := len(s.History) - m.cfg.HistoryCap; over > 0 {
-			s.History = slices.Delete(s.History, 0, over)
-			s.Dropped += over
+		if err := s.add(m.cfg.HistoryCap, userEntry, botEntry); err != nil {
+			return err
 		}
 		s.Applied = append(s.Applied, eventID)
 		if over := len(s.Applied) - m.cfg.AppliedCap; over > 0 {
@@ -713,7 +758,7 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.Conversa
 	}
 	// The session list last, from the history as it now is: repeating it
 	// (a redelivery after a crash here) changes nothing.
-	if err := m.index(ctx, ev.UserID, ev.SessionID, s.History); err != nil {
+	if err := m.index(ctx, ev.UserID, ev.SessionID, &s); err != nil {
 		return Result{}, err
 	}
 	return Result{Duplicate: dup, UserSummary: summary, Summarized: summarizeNow, Entries: len(s.History)}, nil
@@ -778,13 +823,13 @@ func (m *Memory) Summarize(ctx context.Context, userID string, summarize Summari
 		return "", "", false, m.ensureJob(ctx, userID, later, &firing) // not quiet yet
 	}
 	seen, sessionID := u.PendingTurns, u.PendingSession
-	var s session
+	var s sessionView
 	if _, _, err := m.get(ctx, sessionKey(sessionID), &s); err != nil {
 		return "", "", false, err
 	}
-	recent := s.History
-	if len(recent) > m.cfg.SummaryLast {
-		recent = recent[len(recent)-m.cfg.SummaryLast:]
+	recent, err := s.entries(sessionID, m.cfg.SummaryLast)
+	if err != nil {
+		return "", "", false, err
 	}
 	var use contract.Usage
 	if summary, use, err = summarize(ctx, u.Profile, recent); err != nil {
