@@ -309,6 +309,13 @@ func (s *srv) claim(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// casRetries counts the memory's compare-and-swap writes made again (a
+// conflict with another writer of the same document, or a failed write).
+var casRetries = promauto.NewCounterVec(prometheus.CounterOpts{
+	Name: "daca_memory_cas_retries_total",
+	Help: "Compare-and-swap writes of the memory made again after a conflict or a failure, by document kind (user, session, sessions).",
+}, []string{"doc"})
+
 var foreignClaims = promauto.NewCounter(prometheus.CounterOpts{
 	Name: "daca_memory_foreign_session_claims_total", Help: "Turns refused because another user owns their session.",
 })

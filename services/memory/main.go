@@ -61,7 +61,8 @@ func run(ctx context.Context, cfg config) error {
 	if cfg.debounce == 0 { // no debounce: the summary at every turn, as the tutorial's
 		every = 1
 	}
-	mem := store.New(st.Dapr, store.Config{HistoryCap: cfg.historyCap, SummaryLast: cfg.summaryLast, SummaryEvery: every, SummaryDebounce: cfg.debounce}, st.Log)
+	mem := store.New(st.Dapr, store.Config{HistoryCap: cfg.historyCap, SummaryLast: cfg.summaryLast, SummaryEvery: every, SummaryDebounce: cfg.debounce,
+		Retried: func(doc string) { casRetries.WithLabelValues(doc).Inc() }}, st.Log)
 	srv.debounce = cfg.debounce
 	srv.ready(mem, st.Dapr, st.Model, st.Dapr)
 	st.Log.Info("ready", "llm", st.Model.Mode(), "history_cap", cfg.historyCap, "summary_last", cfg.summaryLast,

@@ -201,6 +201,7 @@ func benchCost(ctx context.Context, rootDir string, turns int, base *baseline) e
 	}
 	line("LLM calls", func(r row) string { return fmt.Sprintf("%.2f", r.llm["calls"]) })
 	line("LLM tokens (prompt + completion)", func(r row) string { return fmt.Sprintf("%.0f", r.llm["tokens"]) })
+	line("memory CAS writes made again (today's apps count)", func(r row) string { return fmt.Sprintf("%.2f", r.llm["cas retries"]) })
 	line("Redis commands", func(r row) string { return fmt.Sprintf("%.1f", sum(r.redis)) })
 	line("pub/sub messages (XADD)", func(r row) string { return fmt.Sprintf("%.1f", r.xadd) })
 	line("errors", func(r row) string { return strconv.Itoa(r.errs) })
@@ -271,9 +272,10 @@ func redisCommands(st *stack.Stack) map[string]float64 {
 	return out
 }
 
-var llmMetric = regexp.MustCompile(`(?m)^daca_llm_(call_duration_seconds_count|tokens_total)\{[^}]*\} ([0-9.e+]+)$`)
+var llmMetric = regexp.MustCompile(`(?m)^daca_(llm_call_duration_seconds_count|llm_tokens_total|memory_cas_retries_total)\{[^}]*\} ([0-9.e+]+)$`)
 
-// llmCounters adds up the apps' LLM calls and tokens (their /metrics).
+// llmCounters adds up the apps' LLM calls and tokens, and the memory's
+// compare-and-swap writes made again (their /metrics).
 func llmCounters(st *stack.Stack) map[string]float64 {
 	out := map[string]float64{}
 	for _, id := range []string{contract.ChatApp, contract.MemoryApp} {
@@ -286,10 +288,12 @@ func llmCounters(st *stack.Stack) map[string]float64 {
 		for _, m := range llmMetric.FindAllStringSubmatch(string(b), -1) {
 			n, _ := strconv.ParseFloat(m[2], 64)
 			switch m[1] {
-			case "call_duration_seconds_count":
+			case "llm_call_duration_seconds_count":
 				out["calls"] += n
-			case "tokens_total":
+			case "llm_tokens_total":
 				out["tokens"] += n
+			case "memory_cas_retries_total":
+				out["cas retries"] += n
 			}
 		}
 	}

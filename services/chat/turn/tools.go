@@ -56,9 +56,9 @@ func mcpListTools(server string) string { return "dapr.internal.mcp." + server +
 // restarting beside a chat-service that starts, say). Meanwhile it keeps
 // the tools it listed last, for at most KeepDown after that listing: a
 // listing is a workflow, and one placed on a chat-service replica that is
-// stopping times out although the server is up (seen in every rolling
-// restart: a replica that dropped its tools answered tool requests without
-// them, silently, until its next listing); a call to a server that is
+// stopping times out although the server is up (seen in the cluster's
+// rolling restarts: a replica that dropped its tools answered tool requests
+// without them, silently, until its next listing); a call to a server that is
 // really down fails as a tool step does, and the model is told. A server
 // never listed, or down for longer, has no tools (said in the log once
 // until it lists again).

@@ -166,6 +166,10 @@ type Config struct {
 	SummaryDebounce time.Duration
 	AppliedCap      int // event ids remembered per session for de-duplication (default 1000)
 	MaxCASTries     int // attempts of a compare-and-swap under contention (default 200)
+	// Retried is told of every compare-and-swap write that failed and is
+	// made again (doc: the key's kind, user, session or sessions); nil:
+	// nobody.
+	Retried func(doc string)
 	// Now is the clock (nil: time.Now, UTC).
 	Now func() time.Time
 }
@@ -275,6 +279,10 @@ func (m *Memory) updateRead(ctx context.Context, key string, v any, r *read, cha
 		// A conflict (another writer was first) or a passing failure: read
 		// again after a short random pause; a real outage shows on the read.
 		lastErr = err
+		if m.cfg.Retried != nil {
+			doc, _, _ := strings.Cut(key, ":")
+			m.cfg.Retried(doc)
+		}
 		if ctx.Err() != nil {
 			return apperr.Wrap(apperr.Timeout, ctx.Err(), "the state store did not answer in time")
 		}

@@ -445,3 +445,37 @@ func TestUsage(t *testing.T) {
 		}
 	}
 }
+
+// TestRetriedIsToldOfEveryWriteMadeAgain: a compare-and-swap that lost to
+// another writer is made again, and Retried hears of it with the kind of
+// document.
+func TestRetriedIsToldOfEveryWriteMadeAgain(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	var retried []string
+	m := New(statetest.New(), Config{Retried: func(doc string) { mu.Lock(); retried = append(retried, doc); mu.Unlock() }}, testkit.Quiet())
+	ctx := t.Context()
+	if _, err := m.Initialize(ctx, "ana", contract.Profile{Name: "Ana"}); err != nil {
+		t.Fatal(err)
+	}
+	var u userDoc
+	etag, found, err := m.get(ctx, userKey("ana"), &u)
+	if err != nil || !found {
+		t.Fatal(found, err)
+	}
+	if _, err := m.Initialize(ctx, "ana", contract.Profile{Name: "Ana B"}); err != nil { // another writer, after the read
+		t.Fatal(err)
+	}
+	if err := m.updateRead(ctx, userKey("ana"), &u, &read{etag: etag, found: true}, func(bool) error {
+		u.PreferredStyle = "formal"
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(retried, []string{"user"}) {
+		t.Fatalf("Retried heard %q; want one user write made again", retried)
+	}
+	if p, _ := m.Profile(ctx, "ana"); p.Name != "Ana B" || p.PreferredStyle != "formal" {
+		t.Fatalf("profile %+v; want the other writer's name and this change", p)
+	}
+}
