@@ -53,12 +53,18 @@ func TestSummaryWaitSurvivesKills(t *testing.T) {
 				}
 				return nil
 			})
-			// The turn applied, its summary waiting.
+			// The turn applied, its summary waiting: counted in the user's
+			// document and in the session's history (the memory writes them
+			// in that order; a kill between the two leaves the history to the
+			// event's redelivery, a minute later, which is not this test's).
 			var applied time.Time
 			testkit.WaitFor(t, 30*time.Second, "the turn applied, its summary waiting", func() error {
 				u, err := userDoc(st, user)
 				if err != nil || u.PendingTurns != 1 {
 					return fmt.Errorf("%+v %v", u, err)
+				}
+				if n := st.HistoryLen(ctx, contract.MemoryApp, session); n != 2 {
+					return fmt.Errorf("%d history entries", n)
 				}
 				applied = time.Now()
 				return nil

@@ -42,8 +42,8 @@ type session struct {
 // entries stay as stored until they are read: a turn reads the last few of
 // up to HistoryCap (its context, the summary's) and appends two, and
 // decoding and encoding every entry of the document (about 100 KB at the
-// cap, with the applied ids) at each step was most of the memory's CPU per
-// turn (docs/benchmark.md).
+// cap, with the applied ids) at each step cost a sixth of the store's work
+// for a turn (BenchmarkTurnAtCap; docs/benchmark.md).
 type sessionView struct {
 	History []json.RawMessage `json:"history"`
 	// Dropped counts the entries dropped from the front (HistoryCap): the
