@@ -802,10 +802,17 @@ func (m *Memory) ensureJob(ctx context.Context, userID string, later Later, firi
 	if firing != nil && !u.SummaryDue.Equal(*firing) || firing == nil && jobWaits(&u, now) {
 		return nil // a job is set to fire
 	}
-	after := max(m.cfg.SummaryDebounce-now.Sub(u.LastTurnAt), time.Millisecond)
+	return m.moveJob(ctx, userID, later, max(m.cfg.SummaryDebounce-now.Sub(u.LastTurnAt), time.Millisecond))
+}
+
+// moveJob schedules the user's summary job after the given time and
+// records when it is due.
+func (m *Memory) moveJob(ctx context.Context, userID string, later Later, after time.Duration) error {
+	now := m.now()
 	if err := m.schedule(ctx, later, after); err != nil {
 		return err
 	}
+	var u userDoc
 	return m.update(ctx, userKey(userID), &u, func(found bool) error {
 		if !found || u.PendingTurns == 0 {
 			return errSkip
@@ -813,6 +820,22 @@ func (m *Memory) ensureJob(ctx context.Context, userID string, later Later, firi
 		u.SummaryDue = now.Add(after)
 		return nil
 	})
+}
+
+// appendWait bounds how long a summary waits for the history to hold the
+// turn counted last (Summarize): longer than a conversation event's
+// redelivery after the memory failed to apply it (Dapr's Redis Streams
+// pub/sub claims a message a minute after its delivery).
+const appendWait = 2 * time.Minute
+
+// appended reports whether the history's recent entries hold the event the
+// user counted last (none counted: nothing to wait for).
+func appended(u *userDoc, recent []contract.Entry) bool {
+	if len(u.Counted) == 0 {
+		return true
+	}
+	last := u.Counted[len(u.Counted)-1]
+	return slices.ContainsFunc(recent, func(e contract.Entry) bool { return e.EventID == last })
 }
 
 // Summarize is the user's summary job: once the user's turns have paused
@@ -838,6 +861,15 @@ func (m *Memory) Summarize(ctx context.Context, userID string, summarize Summari
 	recent, err := s.entries(sessionID, m.cfg.SummaryLast)
 	if err != nil {
 		return "", "", false, err
+	}
+	// Apply counts a turn (the user's document) before it appends it (the
+	// session's): a crash between the two leaves the append to the event's
+	// redelivery, and a summary made now would lack the turn and clear its
+	// count. The job waits for the append, a pause at a time, for at most
+	// appendWait after the turn.
+	if later != nil && !appended(&u, recent) && m.now().Sub(u.LastTurnAt) < appendWait {
+		m.log.Info("the summary waits for the history to hold the turn counted last", "user_id", userID, "session_id", sessionID)
+		return "", "", false, m.moveJob(ctx, userID, later, max(m.cfg.SummaryDebounce, time.Second))
 	}
 	var use contract.Usage
 	if summary, use, err = summarize(ctx, u.Profile, recent); err != nil {

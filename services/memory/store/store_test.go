@@ -479,3 +479,67 @@ func TestRetriedIsToldOfEveryWriteMadeAgain(t *testing.T) {
 		t.Fatalf("profile %+v; want the other writer's name and this change", p)
 	}
 }
+
+// TestSummaryWaitsForTheTurnInTheHistory: a crash between Apply's two
+// writes leaves a turn counted but not in the history (until the event is
+// delivered again): the summary job waits for it, a pause at a time, and
+// is made with it once it is there; past appendWait it is made anyway.
+func TestSummaryWaitsForTheTurnInTheHistory(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name      string
+		redeliver bool // the event comes again before appendWait
+	}{{"redelivered", true}, {"never again", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var mu sync.Mutex
+			now := time.Date(2026, 12, 6, 1, 0, 0, 0, time.UTC)
+			clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+			wait := func(d time.Duration) { mu.Lock(); defer mu.Unlock(); now = now.Add(d) }
+			var jobs []time.Duration
+			later := func(_ context.Context, after time.Duration) error {
+				mu.Lock()
+				defer mu.Unlock()
+				jobs = append(jobs, after)
+				return nil
+			}
+			m := New(statetest.New(), Config{SummaryEvery: 10, SummaryDebounce: time.Second, Now: clock}, testkit.Quiet())
+			ctx := t.Context()
+			if _, err := m.Apply(ctx, "e1", ev("u", "s", "one"), fixedSummary("x"), later); err != nil {
+				t.Fatal(err)
+			}
+			// e2 counted, its append lost with the crash.
+			var u userDoc
+			if err := m.update(ctx, userKey("u"), &u, func(bool) error {
+				u.Counted, u.PendingTurns, u.LastTurnAt = append(u.Counted, "e2"), u.PendingTurns+1, clock()
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			wait(2 * time.Second)
+			count := func(_ context.Context, _ contract.Profile, recent []contract.Entry) (string, contract.Usage, error) {
+				return fmt.Sprintf("summary of %d entries", len(recent)), contract.Usage{}, nil
+			}
+			if _, _, done, err := m.Summarize(ctx, "u", count, later); err != nil || done {
+				t.Fatalf("a summary without the turn counted last: done %v (%v); want it to wait", done, err)
+			}
+			if n := len(jobs); n != 2 || jobs[1] != time.Second {
+				t.Fatalf("jobs %v; want the job moved a pause on", jobs)
+			}
+			want := "summary of 2 entries" // made anyway, from what is there
+			if tc.redeliver {
+				if _, err := m.Apply(ctx, "e2", ev("u", "s", "two"), fixedSummary("x"), later); err != nil {
+					t.Fatal(err)
+				}
+				wait(2 * time.Second)
+				want = "summary of 4 entries"
+			} else {
+				wait(appendWait)
+			}
+			summary, _, done, err := m.Summarize(ctx, "u", count, later)
+			if err != nil || !done || summary != want {
+				t.Fatalf("summary %q, done %v (%v); want %q", summary, done, err, want)
+			}
+		})
+	}
+}
