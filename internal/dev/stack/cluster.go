@@ -226,6 +226,19 @@ spec:
 	if _, err := os.Stat(s.trustAnchors); err != nil {
 		return fmt.Errorf("sentry made no root certificate: %w", err)
 	}
+	// Sentry's first start writes the root and issuer into dir, and its
+	// watch of dir then reloads them about 2 s later, closing its server
+	// for a moment ("Issuer credentials changed; reloading"): a sidecar
+	// that asks for its identity then is refused and exits (seen in make
+	// test). So the sentry that serves starts again, from what the first
+	// one wrote: nothing written, nothing to reload.
+	if p, _, err = s.respawn("sentry"); err != nil {
+		return err
+	}
+	s.Sentry = p
+	if err := waitFor(ctx, s.cfg.ReadyTimeout, p, func() error { return httpOK(url) }); err != nil {
+		return fmt.Errorf("sentry not ready after its second start: %w", err)
+	}
 	return nil
 }
 
