@@ -46,12 +46,7 @@ func TestUnreadableWorkflowAnswersItsResult(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			st := statetest.New()
-			if tc.result != nil {
-				if _, err := saveResult(t.Context(), st, *tc.result, true); err != nil {
-					t.Fatal(err)
-				}
-			}
+			st := recorded(t, tc.result)
 			c := Client{Workflows: unreadable{}, State: st, Log: testkit.Quiet()}
 			for _, read := range []func() (Run, error){
 				func() (Run, error) { return c.Get(t.Context(), "chat-1") },
@@ -123,12 +118,7 @@ func TestWaitDoesNotRelyOnTheWatch(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			st := statetest.New()
-			if tc.result != nil {
-				if _, err := saveResult(t.Context(), st, *tc.result, true); err != nil {
-					t.Fatal(err)
-				}
-			}
+			st := recorded(t, tc.result)
 			eng := watchless{status: tc.status, output: tc.output, terminated: make(chan string, 10)}
 			c := Client{Workflows: eng, State: st, Log: testkit.Quiet(), WaitWindow: 50 * time.Millisecond}
 			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
@@ -200,4 +190,17 @@ func TestWaitNudgesATurnThatNeverStarted(t *testing.T) {
 	if len(eng.events) != 1 || eng.events[0] != nudgeEvent {
 		t.Fatalf("events raised %q; want one %q", eng.events, nudgeEvent)
 	}
+}
+
+// recorded is a state store holding r as its turn's recorded result (nil:
+// none).
+func recorded(t *testing.T, r *Result) *statetest.State {
+	t.Helper()
+	st := statetest.New()
+	if r != nil {
+		if _, err := saveResult(t.Context(), st, *r, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return st
 }

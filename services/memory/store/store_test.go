@@ -342,22 +342,9 @@ func TestSessionOwner(t *testing.T) {
 // while the model writes the summary get a job of their own.
 func TestSummaryJob(t *testing.T) {
 	t.Parallel()
-	var mu sync.Mutex
-	now := time.Date(2026, 12, 6, 1, 0, 0, 0, time.UTC)
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	wait := func(d time.Duration) { mu.Lock(); defer mu.Unlock(); now = now.Add(d) }
-	var jobs []time.Duration
-	failing := true
-	later := func(_ context.Context, after time.Duration) error {
-		mu.Lock()
-		defer mu.Unlock()
-		if failing {
-			return errors.New("scheduler unavailable")
-		}
-		jobs = append(jobs, after)
-		return nil
-	}
-	scheduled := func() []time.Duration { mu.Lock(); defer mu.Unlock(); return slices.Clone(jobs) }
+	c := newFakeJobs(true)
+	clock, wait, later, scheduled := c.now, c.wait, c.later, c.scheduled
+	failing := func(f bool) { c.mu.Lock(); c.failing = f; c.mu.Unlock() }
 	m := New(statetest.New(), Config{SummaryEvery: 10, SummaryDebounce: time.Second, Now: clock}, testkit.Quiet())
 	ctx := t.Context()
 
@@ -367,7 +354,7 @@ func TestSummaryJob(t *testing.T) {
 	if h, _ := m.History(ctx, "s", "", 0); len(h) != 0 {
 		t.Fatalf("history %v; want nothing applied", h)
 	}
-	failing = false
+	failing(false)
 	for _, id := range []string{"e1", "e2", "e1"} { // e1 again: a redelivery
 		if _, err := m.Apply(ctx, id, ev("u", "s", id), fixedSummary("x"), later); err != nil {
 			t.Fatal(err)
@@ -492,17 +479,8 @@ func TestSummaryWaitsForTheTurnInTheHistory(t *testing.T) {
 	}{{"redelivered", true}, {"never again", false}} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			var mu sync.Mutex
-			now := time.Date(2026, 12, 6, 1, 0, 0, 0, time.UTC)
-			clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-			wait := func(d time.Duration) { mu.Lock(); defer mu.Unlock(); now = now.Add(d) }
-			var jobs []time.Duration
-			later := func(_ context.Context, after time.Duration) error {
-				mu.Lock()
-				defer mu.Unlock()
-				jobs = append(jobs, after)
-				return nil
-			}
+			c := newFakeJobs(false)
+			clock, wait, later := c.now, c.wait, c.later
 			m := New(statetest.New(), Config{SummaryEvery: 10, SummaryDebounce: time.Second, Now: clock}, testkit.Quiet())
 			ctx := t.Context()
 			if _, err := m.Apply(ctx, "e1", ev("u", "s", "one"), fixedSummary("x"), later); err != nil {
@@ -523,7 +501,7 @@ func TestSummaryWaitsForTheTurnInTheHistory(t *testing.T) {
 			if _, _, done, err := m.Summarize(ctx, "u", count, later); err != nil || done {
 				t.Fatalf("a summary without the turn counted last: done %v (%v); want it to wait", done, err)
 			}
-			if n := len(jobs); n != 2 || jobs[1] != time.Second {
+			if jobs := c.scheduled(); len(jobs) != 2 || jobs[1] != time.Second {
 				t.Fatalf("jobs %v; want the job moved a pause on", jobs)
 			}
 			want := "summary of 2 entries" // made anyway, from what is there
@@ -542,4 +520,37 @@ func TestSummaryWaitsForTheTurnInTheHistory(t *testing.T) {
 			}
 		})
 	}
+}
+
+// fakeJobs is a clock the test moves and a summary job scheduler that
+// records when each job was set to fire (or fails, while failing).
+type fakeJobs struct {
+	mu      sync.Mutex
+	at      time.Time
+	jobs    []time.Duration
+	failing bool
+}
+
+func newFakeJobs(failing bool) *fakeJobs {
+	return &fakeJobs{at: time.Date(2026, 12, 6, 1, 0, 0, 0, time.UTC), failing: failing}
+}
+
+func (f *fakeJobs) now() time.Time { f.mu.Lock(); defer f.mu.Unlock(); return f.at }
+
+func (f *fakeJobs) wait(d time.Duration) { f.mu.Lock(); defer f.mu.Unlock(); f.at = f.at.Add(d) }
+
+func (f *fakeJobs) later(_ context.Context, after time.Duration) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.failing {
+		return errors.New("scheduler unavailable")
+	}
+	f.jobs = append(f.jobs, after)
+	return nil
+}
+
+func (f *fakeJobs) scheduled() []time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.jobs)
 }
