@@ -3,8 +3,12 @@ package store
 import (
 	"context"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	dapr "github.com/dapr/go-sdk/client"
 
 	"github.com/daca-go/daca/internal/contract"
 	"github.com/daca-go/daca/internal/dev/statetest"
@@ -44,4 +48,53 @@ func BenchmarkTurnAtCap(b *testing.B) {
 		}
 		i++
 	}
+}
+
+// slow is a state store a sidecar's round trip away (each call waits rtt),
+// counting the writes tried.
+type slow struct {
+	*statetest.State
+	rtt   time.Duration
+	saves atomic.Int64
+}
+
+func (s *slow) GetState(ctx context.Context, store, key string, meta map[string]string) (*dapr.StateItem, error) {
+	time.Sleep(s.rtt)
+	return s.State.GetState(ctx, store, key, meta)
+}
+
+func (s *slow) SaveStateWithETag(ctx context.Context, store, key string, data []byte, etag string, meta map[string]string, so ...dapr.StateOption) error {
+	time.Sleep(s.rtt)
+	s.saves.Add(1)
+	return s.State.SaveStateWithETag(ctx, store, key, data, etag, meta, so...)
+}
+
+// BenchmarkTurnsOfOneUserAtOnce is 16 turns of one user, each in a session
+// of its own, applied at once (make bench's cost part at 16 clients) over a
+// store 200µs away: the user's document and session list are written by
+// every turn. It reports the writes tried and made again per turn.
+func BenchmarkTurnsOfOneUserAtOnce(b *testing.B) {
+	const clients = 16
+	st := &slow{State: statetest.New(), rtt: 200 * time.Microsecond}
+	var retried atomic.Int64
+	m := New(st, Config{SummaryEvery: 5, Retried: func(string) { retried.Add(1) }}, testkit.Quiet())
+	ctx := context.Background()
+	turns := 0
+	for b.Loop() {
+		var wg sync.WaitGroup
+		for c := range clients {
+			id := fmt.Sprintf("t%d-c%d", turns, c)
+			wg.Go(func() {
+				e := contract.ConversationUpdated{UserID: "u", SessionID: fmt.Sprintf("s%d", c), UserMessage: "hello again", AssistantReply: "Hello! A reply.", SentAt: time.Now()}
+				if _, err := m.Apply(ctx, id, e, fixedSummary("sum"), nil); err != nil {
+					b.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		turns++
+	}
+	n := float64(turns * clients)
+	b.ReportMetric(float64(st.saves.Load())/n, "writes/turn")
+	b.ReportMetric(float64(retried.Load())/n, "again/turn")
 }

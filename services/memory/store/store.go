@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"slices"
 	"sort"
 	"strings"
@@ -180,6 +179,8 @@ type Memory struct {
 	cfg Config
 	log *slog.Logger
 	now func() time.Time
+	// combine: concurrent updates of one key written together (updateRead).
+	combine combiner
 }
 
 // New returns a Memory over the Dapr state API.
@@ -246,69 +247,7 @@ type read struct {
 	found bool
 }
 
-// updateRead is update whose first attempt changes v as read (v holds what
-// the get that answered r read); nil r: it reads first.
-func (m *Memory) updateRead(ctx context.Context, key string, v any, r *read, change func(found bool) error) error {
-	var lastErr error
-	for attempt := 0; attempt < m.cfg.MaxCASTries; attempt++ {
-		var etag string
-		var found bool
-		if attempt == 0 && r != nil {
-			etag, found = r.etag, r.found
-		} else {
-			var err error
-			if etag, found, err = m.get(ctx, key, v); err != nil {
-				return err
-			}
-		}
-		if err := change(found); err != nil {
-			if errors.Is(err, errSkip) {
-				return nil
-			}
-			return err
-		}
-		b, err := json.Marshal(v)
-		if err != nil {
-			return apperr.Wrap(apperr.Internal, err, "encoding failed")
-		}
-		err = m.st.SaveStateWithETag(ctx, m.cfg.Store, key, b, etag, map[string]string{"contentType": "application/json"},
-			dapr.WithConcurrency(dapr.StateConcurrencyFirstWrite), dapr.WithConsistency(dapr.StateConsistencyStrong))
-		if err == nil {
-			return nil
-		}
-		// A conflict (another writer was first) or a passing failure: read
-		// again after a short random pause; a real outage shows on the read.
-		lastErr = err
-		if m.cfg.Retried != nil {
-			doc, _, _ := strings.Cut(key, ":")
-			m.cfg.Retried(doc)
-		}
-		if ctx.Err() != nil {
-			return apperr.Wrap(apperr.Timeout, ctx.Err(), "the state store did not answer in time")
-		}
-		pause := time.Duration(1+rand.IntN(5+min(attempt, 20)*2)) * time.Millisecond
-		select {
-		case <-ctx.Done():
-		case <-time.After(pause):
-		}
-		resetZero(v)
-	}
-	return apperr.Wrap(apperr.Unavailable, fmt.Errorf("%w: %s: too much contention: %v", errStore, key, lastErr), "the state store is busy; try again")
-}
-
 var errSkip = errors.New("skip write")
-
-// resetZero clears v (a pointer to a struct) before it is read again.
-func resetZero(v any) {
-	switch p := v.(type) {
-	case *session:
-		*p = session{}
-	case *userDoc:
-		*p = userDoc{}
-	case *sessionIndex:
-		*p = sessionIndex{}
-	}
-}
 
 func (m *Memory) delete(ctx context.Context, key string) error {
 	if err := m.st.DeleteStateWithETag(ctx, m.cfg.Store, key, nil, nil, nil); err != nil {
