@@ -126,7 +126,11 @@ func TestAChangeThatFailsLeavesTheOthersOfItsBatch(t *testing.T) {
 	}
 	go run("first", func(u *userDoc) error { u.PendingTurns++; return nil })
 	<-g.entered
-	go run("failing", func(u *userDoc) error { u.PendingSession = "leaked"; u.PendingTurns += 100; return errors.New("refused") })
+	go run("failing", func(u *userDoc) error {
+		u.PendingSession = "leaked"
+		u.PendingTurns += 100
+		return errors.New("refused")
+	})
 	queued(t, m, userKey("ana"), 1)
 	go run("skipping", func(*userDoc) error { return errSkip })
 	queued(t, m, userKey("ana"), 2)
