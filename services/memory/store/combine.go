@@ -193,6 +193,9 @@ func (m *Memory) commit(ctx context.Context, key string, batch []*change) error 
 		} else {
 			var err error
 			if raw, etag, err = m.getRaw(ctx, key); err != nil {
+				if ctx.Err() != nil { // this writer's time, not the store
+					return apperr.Wrap(apperr.Timeout, ctx.Err(), "the state store did not answer in time")
+				}
 				finish(cur, err)
 				return nil
 			}
