@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -179,6 +180,35 @@ func TestNoCertificateNoEntry(t *testing.T) {
 		if status.Code(err) != codes.Unavailable { // no connection at all: not even an "unimplemented"
 			t.Fatalf("%s: a plain-text client on the internal port %d got %v; want no connection", a.Name, a.InternalGRPCPort, err)
 		}
+	}
+}
+
+// TestNoTokenNoIdentity (row 6, sentry): sentry issues an identity only
+// to a process with a token for it, signed by the cluster's key (its JWKS
+// validator; the insecure one is off). A sidecar on the fifth host asking
+// for chat-service's identity with the intruder's token, or with none, is
+// refused and never starts.
+func TestNoTokenNoIdentity(t *testing.T) {
+	st := stacktest.Stack(t)
+	for i, tc := range []struct {
+		name, token, want string
+	}{
+		{"with another app's token", "intruder", "token validation failed"},
+		{"without a token", stack.NoToken, "a validator name must be specified"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ra, err := st.StartApp(t.Context(), stack.App{ID: "chat-service", Name: fmt.Sprintf("impostor-%d", i), Host: "h4", Token: tc.token})
+			if err == nil {
+				t.Fatal("a sidecar with chat-service's id and no token for it started")
+			}
+			var tail []string
+			if ra != nil && ra.Daprd != nil {
+				tail = ra.Daprd.Tail()
+			}
+			if !slices.ContainsFunc(tail, func(l string) bool { return strings.Contains(l, tc.want) }) {
+				t.Fatalf("it did not start (%v), but its log does not say sentry refused it (%q):\n%s", err, tc.want, strings.Join(tail, "\n"))
+			}
+		})
 	}
 }
 

@@ -46,7 +46,13 @@ type App struct {
 	HotReload bool
 	// Host is the cluster host the app and its sidecar run on (Config.Cluster).
 	Host string
+	// Token: on a cluster, the app id whose identity the token the sidecar
+	// presents to sentry names; "" its own (ID), NoToken none.
+	Token string
 }
+
+// NoToken is App.Token for a sidecar that presents no token to sentry.
+const NoToken = "-"
 
 // RunningApp is an app of a started stack, with its resolved ports.
 type RunningApp struct {
@@ -168,7 +174,7 @@ func (s *Stack) startApp(a *RunningApp, nrDB string) error {
 		"--dapr-graceful-shutdown-seconds", "5",
 		"--log-level", c.LogLevel,
 	}
-	secArgs, secEnv, err := s.sidecarSecurity()
+	secArgs, secEnv, err := s.sidecarSecurity(a.App)
 	if err != nil {
 		return err
 	}

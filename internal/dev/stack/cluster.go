@@ -51,6 +51,9 @@ const (
 	// (spiffe://public/ns/daca/<app id>): the Kubernetes deployment's, which
 	// its access policies name.
 	clusterNamespace = "daca"
+	// controlPlaneNamespace is the namespace of sentry, the placement
+	// servers and the schedulers (Kubernetes' dapr-system).
+	controlPlaneNamespace = "default"
 )
 
 // host returns the cluster's host named name; nil off a cluster.
@@ -186,7 +189,12 @@ func (s *Stack) startSentry(ctx context.Context) error {
 		return err
 	}
 	// Its own Configuration (Kubernetes' daprsystem): mTLS on, certificates
-	// for a day, renewed by the sidecars before they expire.
+	// for a day, renewed by the sidecars before they expire, and issued
+	// only to a process with a token for its identity (sentrytoken.go).
+	var err error
+	if s.tokens, err = newIssuer(filepath.Join(s.cfg.RunDir, "sentry-tokens")); err != nil {
+		return err
+	}
 	conf := filepath.Join(s.cfg.RunDir, "sentry-config.yaml")
 	if err := os.WriteFile(conf, []byte(`apiVersion: dapr.io/v1alpha1
 kind: Configuration
@@ -197,6 +205,10 @@ spec:
     enabled: true
     workloadCertTTL: 24h
     allowedClockSkew: 15m
+    tokenValidators:
+      - name: jwks
+        options:
+          source: '`+s.tokens.JWKS()+`'
 `), 0o644); err != nil {
 		return err
 	}
@@ -213,7 +225,7 @@ spec:
 		"--trust-domain", trustDomain,
 		"--mode", "standalone",
 		"--log-level", s.cfg.LogLevel,
-	}, []string{"NAMESPACE=default"}, s.cfg.RunDir)
+	}, []string{"NAMESPACE=" + controlPlaneNamespace}, s.cfg.RunDir)
 	if err != nil {
 		return err
 	}
@@ -247,16 +259,24 @@ func (s *Stack) SentryAddress() string {
 	return fmt.Sprintf("%s:%d", s.addr(s.cfg.Cluster.Infra), sentryPort)
 }
 
-// mtlsArgs are the flags of a control plane process that takes its
-// identity from sentry.
-func (s *Stack) mtlsArgs() []string {
+// sentryAudience is sentry's identity, which the tokens it takes name.
+var sentryAudience = spiffeID(trustDomain, controlPlaneNamespace, "dapr-sentry")
+
+// mtlsArgs are the flags and environment of a control plane process (app
+// id dapr-placement or dapr-scheduler) that takes its identity from
+// sentry.
+func (s *Stack) mtlsArgs(appID string) (args, env []string, err error) {
+	token, err := s.tokens.file(spiffeID(trustDomain, controlPlaneNamespace, appID), sentryAudience)
+	if err != nil {
+		return nil, nil, err
+	}
 	return []string{
 		"--tls-enabled",
 		"--sentry-address", s.SentryAddress(),
 		"--trust-anchors-file", s.trustAnchors,
 		"--trust-domain", trustDomain,
 		"--mode", "standalone",
-	}
+	}, []string{"NAMESPACE=" + controlPlaneNamespace, "DAPR_SENTRY_TOKEN_FILE=" + token}, nil
 }
 
 // startHAControlPlane starts a placement server and a scheduler on each
@@ -276,6 +296,10 @@ func (s *Stack) startHAControlPlane(ctx context.Context) error {
 	var wait []ready
 	for i, h := range c.ControlPlane {
 		ip := s.addr(h)
+		pArgs, pEnv, err := s.mtlsArgs("dapr-placement")
+		if err != nil {
+			return err
+		}
 		p, err := s.spawnOn(h, "placement-"+h, s.Bins.Placement, append([]string{
 			"--id", fmt.Sprintf("dapr-placement-%d", i),
 			"--port", strconv.Itoa(placementPort),
@@ -286,7 +310,7 @@ func (s *Stack) startHAControlPlane(ctx context.Context) error {
 			"--metrics-listen-address", ip,
 			"--initial-cluster", strings.Join(raft, ","),
 			"--log-level", s.cfg.LogLevel,
-		}, s.mtlsArgs()...), nil, s.cfg.RunDir)
+		}, pArgs...), pEnv, s.cfg.RunDir)
 		if err != nil {
 			return err
 		}
@@ -294,6 +318,10 @@ func (s *Stack) startHAControlPlane(ctx context.Context) error {
 		wait = append(wait, ready{p, fmt.Sprintf("http://%s:%d/healthz", ip, placementHealthz)})
 		data := filepath.Join(s.cfg.RunDir, "scheduler-"+h)
 		if err := os.MkdirAll(data, 0o755); err != nil {
+			return err
+		}
+		sArgs, sEnv, err := s.mtlsArgs("dapr-scheduler")
+		if err != nil {
 			return err
 		}
 		p, err = s.spawnOn(h, "scheduler-"+h, s.Bins.Scheduler, append([]string{
@@ -311,7 +339,7 @@ func (s *Stack) startHAControlPlane(ctx context.Context) error {
 			"--etcd-initial-cluster", strings.Join(etcd, ","),
 			"--identity-directory-write", filepath.Join(data, "tls"),
 			"--log-level", s.cfg.LogLevel,
-		}, s.mtlsArgs()...), nil, s.cfg.RunDir)
+		}, sArgs...), sEnv, s.cfg.RunDir)
 		if err != nil {
 			return err
 		}
@@ -342,8 +370,9 @@ func (s *Stack) controlPlaneAddrs() (placement, scheduler string) {
 }
 
 // sidecarSecurity is what a sidecar on a cluster adds: mTLS with its
-// identity from sentry (flags, environment).
-func (s *Stack) sidecarSecurity() (args, env []string, err error) {
+// identity from sentry (flags, environment), and the token that identity
+// takes (a.Token).
+func (s *Stack) sidecarSecurity(a App) (args, env []string, err error) {
 	if s.cfg.Cluster == nil {
 		return nil, nil, nil
 	}
@@ -351,8 +380,21 @@ func (s *Stack) sidecarSecurity() (args, env []string, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	return []string{"--enable-mtls", "--sentry-address", s.SentryAddress(), "--control-plane-trust-domain", trustDomain},
-		[]string{"DAPR_TRUST_ANCHORS=" + string(ta), "NAMESPACE=" + clusterNamespace}, nil
+	env = []string{"DAPR_TRUST_ANCHORS=" + string(ta), "NAMESPACE=" + clusterNamespace}
+	if a.Token != NoToken {
+		claims := a.ID
+		if a.Token != "" {
+			claims = a.Token
+		}
+		// Sidecars ask for an identity in the trust domain of their
+		// Configuration's access control, public (as in the manifests).
+		token, err := s.tokens.file(spiffeID("public", clusterNamespace, claims), sentryAudience)
+		if err != nil {
+			return nil, nil, err
+		}
+		env = append(env, "DAPR_SENTRY_TOKEN_FILE="+token)
+	}
+	return []string{"--enable-mtls", "--sentry-address", s.SentryAddress(), "--control-plane-trust-domain", trustDomain}, env, nil
 }
 
 // ClusterApps is every app of System on each host, on the tutorial's ports

@@ -94,6 +94,7 @@ type Stack struct {
 	Placements, Schedulers             []*proc.Process
 	Sentry                             *proc.Process
 	trustAnchors                       string            // sentry's root certificate (a file)
+	tokens                             *issuer           // signs the tokens sentry asks for, on a cluster
 	configs                            map[string]string // app id → its Configuration, on a cluster
 	nrDB                               string            // the sidecars' name-resolution database
 	hostOf                             map[string]string // process name → its cluster host
