@@ -59,6 +59,19 @@ type running struct {
 	sessions  Sessions
 }
 
+// accept hands a turn to its session; a session busy with another turn
+// refuses it under on_busy REJECT: Conflict.
+func (rn *running) accept(ctx context.Context, req session.Accept) (session.Accepted, error) {
+	got, err := rn.sessions.Accept(ctx, req)
+	if err != nil {
+		return got, err
+	}
+	if got.Refused {
+		return got, apperr.New(apperr.Conflict, "session %s is busy with chat turn %s (on_busy: REJECT)", req.Input.SessionID, got.Running)
+	}
+	return got, nil
+}
+
 // srv is chat-service's HTTP API (api.Chat, api.ChatAsync, api.GetChatRun,
 // api.CancelChat, api.ListTools, api.PendingApprovals, api.GetApproval,
 // api.DecideApproval); the turns themselves are turn.Client's, the
@@ -181,7 +194,14 @@ func (s *srv) begin(w http.ResponseWriter, r *http.Request) (ctx context.Context
 			// restarted). A repeated accept changes nothing for a turn the
 			// session has; one it lacks becomes its running (or a waiting)
 			// turn, so that the session's order holds when it runs.
-			if _, err := rn.sessions.Accept(ctx, session.Accept{InstanceID: id, Input: in, Policy: policy}); err != nil {
+			// A session that refuses it now (busy, on_busy REJECT) never
+			// runs it: it is stopped before it starts outside the order.
+			if _, err := rn.accept(ctx, session.Accept{InstanceID: id, Input: in, Policy: policy}); err != nil {
+				if apperr.CodeOf(err) == apperr.Conflict {
+					if serr := rn.turns.Stop(ctx, id); serr != nil {
+						return nil, in, "", "", serr
+					}
+				}
 				return nil, in, "", "", err
 			}
 		}
@@ -198,12 +218,9 @@ func (s *srv) begin(w http.ResponseWriter, r *http.Request) (ctx context.Context
 	}
 	in.Trace = telemetry.Carrier(ctx)
 	// Fresh: a new id, or one just found unknown.
-	got, err := rn.sessions.Accept(ctx, session.Accept{InstanceID: id, Input: in, Policy: policy, Fresh: true})
+	got, err := rn.accept(ctx, session.Accept{InstanceID: id, Input: in, Policy: policy, Fresh: true})
 	if err != nil {
 		return nil, in, "", "", err
-	}
-	if got.Refused {
-		return nil, in, "", "", apperr.New(apperr.Conflict, "session %s is busy with chat turn %s (on_busy: REJECT)", in.SessionID, got.Running)
 	}
 	if got.Status == contract.RunQueued {
 		logging.From(ctx, s.log).Info("chat turn queued behind the session's running turn", "session_id", in.SessionID, "running", got.Running)

@@ -279,12 +279,16 @@ type counting struct {
 	direct
 	mu      sync.Mutex
 	accepts map[string]int
+	busy    string // the session's running turn: an accept again (not fresh) is refused
 }
 
 func (c *counting) Accept(ctx context.Context, req session.Accept) (session.Accepted, error) {
 	c.mu.Lock()
 	c.accepts[req.InstanceID]++
 	c.mu.Unlock()
+	if c.busy != "" && !req.Fresh {
+		return session.Accepted{Running: c.busy, Refused: true}, nil
+	}
 	return c.direct.Accept(ctx, req)
 }
 
@@ -295,19 +299,33 @@ func (c *counting) Accept(ctx context.Context, req session.Accept) (session.Acce
 func TestRetryOfAnUnstartedTurnHandsItToItsSession(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
-		outcome string
-		want    int
-	}{{"pending", 2}, {"stuck", 1}} {
-		t.Run(tc.outcome, func(t *testing.T) {
+		name, outcome, busy string
+		want                int // accepts
+		retry, terminates   int // the retry's status, the turn's terminates
+	}{
+		{name: "pending", outcome: "pending", want: 2, retry: http.StatusAccepted},
+		{name: "stuck", outcome: "stuck", want: 1, retry: http.StatusAccepted},
+		// Its session runs another turn now and rejects a second: the
+		// retry is refused and the turn stopped before it runs.
+		{name: "pending, its session busy (REJECT)", outcome: "pending", busy: "chat-other", want: 2, retry: http.StatusConflict, terminates: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			f := &fakeWF{scheduled: map[string]turn.Input{}, outcome: tc.outcome}
 			s := newServer(testkit.Quiet(), "", 50*time.Millisecond)
 			turns := turn.Client{Workflows: f, Log: testkit.Quiet()}
-			sessions := &counting{direct: direct{turns}, accepts: map[string]int{}}
+			sessions := &counting{direct: direct{turns}, accepts: map[string]int{}, busy: tc.busy}
 			s.ready(turns, &owners{}, builtinOnly{}, noApprovals{}, sessions, okSidecar{}, "offline")
 			h := s.routes()
-			for range 2 {
-				post(h, "/chat/async", `{"user_id":"u","text":"hello"}`, "Idempotency-Key", "k1")
+			post(h, "/chat/async", `{"user_id":"u","text":"hello","on_busy":"REJECT"}`, "Idempotency-Key", "k1")
+			if w := post(h, "/chat/async", `{"user_id":"u","text":"hello","on_busy":"REJECT"}`, "Idempotency-Key", "k1"); w.Code != tc.retry {
+				t.Fatalf("retry answered %d %s; want %d", w.Code, w.Body, tc.retry)
+			}
+			f.mu.Lock()
+			terminates := f.terminates
+			f.mu.Unlock()
+			if terminates != tc.terminates {
+				t.Fatalf("%d terminates; want %d", terminates, tc.terminates)
 			}
 			if len(sessions.accepts) != 1 {
 				t.Fatalf("accepts %v; want one turn", sessions.accepts)

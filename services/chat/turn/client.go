@@ -108,12 +108,15 @@ func (c Client) Ended(ctx context.Context, id string) (bool, error) {
 // saves the turn and runs on after a terminate, saves nothing; a turn
 // whose result was recorded first has completed and is left to finish.
 func (c Client) Stop(ctx context.Context, id string) error {
-	_, err := c.stop(ctx, id)
+	_, err := c.stop(ctx, id, false)
 	return err
 }
 
 // stop is Stop; it answers the result of a turn that completed first.
-func (c Client) stop(ctx context.Context, id string) (*Result, error) {
+// With bestEffort, an engine that refuses the terminate (a stalled
+// workflow's actor may refuse every call) is logged, not an error: the
+// recorded stop is what counts.
+func (c Client) stop(ctx context.Context, id string, bestEffort bool) (*Result, error) {
 	if c.State != nil {
 		r, err := markStopped(ctx, c.State, id)
 		if err != nil {
@@ -124,7 +127,10 @@ func (c Client) stop(ctx context.Context, id string) (*Result, error) {
 		}
 	}
 	if err := c.Workflows.TerminateWorkflow(ctx, id); err != nil && !notFound(err) {
-		return nil, unavailable(err)
+		if !bestEffort {
+			return nil, unavailable(err)
+		}
+		logging.From(ctx, c.Log).Warn("the turn's workflow could not be terminated", "workflow_instance_id", id, "err", err)
 	}
 	return nil, nil
 }
@@ -316,27 +322,32 @@ func (c Client) nudge(ctx context.Context, id string) {
 // its end reads STALLED. A turn whose result was recorded completed (its
 // event is published); any other is recorded as stopped first — a round
 // still running anywhere saves nothing — and fails with a message that
-// says to send it again.
+// says to send it again. A turn settled before (its stop recorded) is
+// answered from that record alone: every read of it would otherwise write
+// and terminate again.
 func (c Client) settle(ctx context.Context, run Run) (Run, error) {
 	id := run.InstanceID
+	failed := func() (Run, error) {
+		run.Status, run.Stage, run.Error = contract.RunFailed, "", stalledTurn
+		return run, nil
+	}
 	if c.State != nil {
-		r, err := markStopped(ctx, c.State, id)
-		if err != nil {
-			return Run{}, apperr.Wrap(apperr.Unavailable, err, "the state store is unavailable")
-		}
-		if r != nil {
-			return completed(id, *r), nil
+		if r, err := readResult(ctx, c.State, id); err == nil && r != nil {
+			if !r.Stopped {
+				return completed(id, *r), nil
+			}
+			return failed()
 		}
 	}
-	log := logging.From(ctx, c.Log)
-	log.Warn("the turn's workflow stalled; the turn has failed", "workflow_instance_id", id)
-	// Its end in the engine too, if the engine takes it (a stalled
-	// workflow's actor may refuse every call).
-	if err := c.Workflows.TerminateWorkflow(ctx, id); err != nil && !notFound(err) {
-		log.Warn("the stalled turn's workflow could not be terminated", "workflow_instance_id", id, "err", err)
+	r, err := c.stop(ctx, id, true)
+	if err != nil {
+		return Run{}, err
 	}
-	run.Status, run.Stage, run.Error = contract.RunFailed, "", stalledTurn
-	return run, nil
+	if r != nil {
+		return completed(id, *r), nil
+	}
+	logging.From(ctx, c.Log).Warn("the turn's workflow stalled; the turn has failed", "workflow_instance_id", id)
+	return failed()
 }
 
 // stalledTurn is a stalled turn's error (client-safe).
@@ -370,7 +381,7 @@ func (c Client) Cancel(ctx context.Context, id string) (Run, error) {
 	if err != nil || run.Status.Terminal() {
 		return run, err
 	}
-	r, err := c.stop(ctx, id)
+	r, err := c.stop(ctx, id, false)
 	if err != nil {
 		return Run{}, err
 	}

@@ -146,6 +146,16 @@ func TestWaitDoesNotRelyOnTheWatch(t *testing.T) {
 			if tc.result == nil && len(eng.terminated) == 0 {
 				t.Fatal("a stalled turn with nothing recorded was not terminated in the engine")
 			}
+			// Read again, it answers the same from what is recorded: no
+			// write, no terminate.
+			writes, terminates := st.Writes(), len(eng.terminated)
+			again, err := c.Get(ctx, "chat-1")
+			if err != nil || again.Status != run.Status || again.Error != run.Error {
+				t.Fatalf("read again: %+v, %v; want %+v", again, err, run)
+			}
+			if st.Writes() != writes || len(eng.terminated) != terminates {
+				t.Fatalf("read again: %d writes, %d terminates more; want none", st.Writes()-writes, len(eng.terminated)-terminates)
+			}
 		})
 	}
 }
