@@ -63,6 +63,11 @@ type userDoc struct {
 	// when the user's summary job was last set to fire (zero: never).
 	LastTurnAt time.Time `json:"last_turn_at,omitzero"`
 	SummaryDue time.Time `json:"summary_due,omitzero"`
+	// SummaryClaim is the event whose turn makes the summary of the
+	// SummaryEvery turns that wait (Apply), since ClaimedAt; a claim older
+	// than claimTTL is anyone's.
+	SummaryClaim string    `json:"summary_claim,omitempty"`
+	ClaimedAt    time.Time `json:"summary_claimed_at,omitzero"`
 	// Usage is what the user's LLM calls took, by UTC day (2006-01-02; the
 	// last usageDays days); Counted the ids of the last events counted in
 	// it (a redelivered event counts once).
@@ -611,8 +616,9 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.Conversa
 	} else if !ur.found {
 		u.Profile = contract.DefaultProfile(ev.UserID)
 	}
-	profile := u.Profile
-	summarizeNow := m.cfg.SummaryEvery <= 1 || u.PendingTurns+1 >= m.cfg.SummaryEvery
+	// inline: the tutorial's flow, every turn's summary made before
+	// anything is written (SummaryEvery 0 or 1).
+	inline := m.cfg.SummaryEvery <= 1
 	now := m.now()
 	at := ev.SentAt
 	if at.IsZero() {
@@ -630,21 +636,23 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.Conversa
 	}
 	var summary string
 	var summaryUse contract.Usage
-	if summarizeNow {
+	if inline {
 		var err error
-		if summary, summaryUse, err = summarize(ctx, profile, recent); err != nil {
+		if summary, summaryUse, err = summarize(ctx, u.Profile, recent); err != nil {
 			return Result{}, err
 		}
 	}
 	// The job before the turn is counted: a counted turn never lacks one.
 	scheduled := false
-	if later != nil && !summarizeNow && !jobWaits(&u, now) {
+	if later != nil && !inline && !jobWaits(&u, now) {
 		if err := m.schedule(ctx, later, m.cfg.SummaryDebounce); err != nil {
 			return Result{}, err
 		}
 		scheduled = true
 	}
 	late := false // the job fired meanwhile: schedule it again below
+	// due: this turn makes the summary of the seen turns that wait for it.
+	due, seen := false, 0
 
 	// The summary (or the count of turns it waits for) first: doing it
 	// again is harmless if the event is delivered again because a later
@@ -654,15 +662,23 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.Conversa
 		if !found {
 			u.Profile = contract.DefaultProfile(ev.UserID)
 		}
-		late = false
+		late, due, seen = false, false, 0
 		u.countEvent(now, eventID, ev)
 		u.count(now, summaryUse, 0, 0) // every summary call: the provider billed each
-		if summarizeNow {
+		if inline {
 			u.UserSummary, u.PendingTurns, u.PendingSession = summary, 0, ""
 		} else {
 			u.PendingTurns++
 			u.PendingSession = ev.SessionID
 			u.LastTurnAt = now
+			// The turn whose count reaches SummaryEvery claims the summary,
+			// decided on the document as written: of turns applied at once
+			// one makes it, where each used to (each read the count before
+			// the others' writes, and the model was asked once per turn).
+			if u.PendingTurns >= m.cfg.SummaryEvery && (u.SummaryClaim == "" || u.SummaryClaim == eventID || now.Sub(u.ClaimedAt) > claimTTL) {
+				u.SummaryClaim, u.ClaimedAt = eventID, now
+				due, seen = true, u.PendingTurns
+			}
 			if scheduled {
 				u.SummaryDue = now.Add(m.cfg.SummaryDebounce)
 			} else if later != nil && !jobWaits(&u, now) {
@@ -676,6 +692,12 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.Conversa
 	}
 	if late {
 		if err := m.ensureJob(ctx, ev.UserID, later, nil); err != nil {
+			return Result{}, err
+		}
+	}
+	if due {
+		var err error
+		if summary, err = m.summarizeClaimed(ctx, ev.UserID, eventID, seen, u.Profile, recent, summarize); err != nil {
 			return Result{}, err
 		}
 	}
@@ -708,7 +730,41 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.Conversa
 	if err := m.index(ctx, ev.UserID, ev.SessionID, &s); err != nil {
 		return Result{}, err
 	}
-	return Result{Duplicate: dup, UserSummary: summary, Summarized: summarizeNow, Entries: len(s.History)}, nil
+	return Result{Duplicate: dup, UserSummary: summary, Summarized: inline || due, Entries: len(s.History)}, nil
+}
+
+// claimTTL: a summary claimed longer ago than this is anyone's (its turn's
+// model call outlasted every timeout, or its process died and the event's
+// redelivery, which would take it again, has not come).
+const claimTTL = 2 * time.Minute
+
+// summarizeClaimed makes the summary that turn eventID claimed (Apply), of
+// the seen turns counted then, and records it. When the model fails the
+// claim stays the event's: its redelivery makes the summary (past claimTTL
+// any turn, and the user's job, may too).
+func (m *Memory) summarizeClaimed(ctx context.Context, userID, eventID string, seen int, p contract.Profile, recent []contract.Entry, summarize Summarizer) (string, error) {
+	summary, use, err := summarize(ctx, p, recent)
+	if err != nil {
+		return "", err
+	}
+	now := m.now()
+	var u userDoc
+	return summary, m.update(ctx, userKey(userID), &u, func(found bool) error {
+		if !found {
+			return errSkip // forgotten meanwhile
+		}
+		u.count(now, use, 0, 0)
+		u.UserSummary = summary
+		u.PendingTurns = max(u.PendingTurns-seen, 0)
+		if u.PendingTurns == 0 {
+			u.PendingSession = ""
+		}
+		if u.SummaryClaim == eventID {
+			u.SummaryClaim, u.ClaimedAt = "", time.Time{}
+		}
+		u.UpdatedAt = now
+		return nil
+	})
 }
 
 // jobWaits: the user's summary job is set to fire after now.

@@ -554,3 +554,107 @@ func (f *fakeJobs) scheduled() []time.Duration {
 	defer f.mu.Unlock()
 	return slices.Clone(f.jobs)
 }
+
+// TestTurnsAtOnceShareASummary: SummaryEvery turns of a user applied at
+// once pay for one summary between them: the turn whose count reaches it
+// claims it, and the model writes one summary at a time, never one per
+// turn; every turn is still counted once.
+func TestTurnsAtOnceShareASummary(t *testing.T) {
+	t.Parallel()
+	const clients, each, every = 16, 20, 5
+	m := New(statetest.New(), Config{SummaryEvery: every}, testkit.Quiet())
+	var mu sync.Mutex
+	calls, writing, most := 0, 0, 0
+	summarize := func(context.Context, contract.Profile, []contract.Entry) (string, contract.Usage, error) {
+		mu.Lock()
+		calls++
+		writing++
+		most = max(most, writing)
+		mu.Unlock()
+		time.Sleep(2 * time.Millisecond) // the model writes
+		mu.Lock()
+		writing--
+		mu.Unlock()
+		return "sum", contract.Usage{LLMCalls: 1}, nil
+	}
+	var wg sync.WaitGroup
+	for c := range clients {
+		wg.Go(func() {
+			for i := range each {
+				if _, err := m.Apply(t.Context(), fmt.Sprintf("e%d-%d", c, i), ev("ana", fmt.Sprintf("s%d", c), "hi"), summarize, nil); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if calls == 0 || calls > clients*each/every || most != 1 {
+		t.Fatalf("%d summaries for %d turns, %d written at once; want between 1 and %d, one at a time", calls, clients*each, most, clients*each/every)
+	}
+	use, err := m.Usage(t.Context(), "ana", time.Now().Add(-time.Hour))
+	if err != nil || use.Turns != clients*each || use.LLMCalls != calls {
+		t.Fatalf("usage %+v (%v); want %d turns and the %d summary calls", use, err, clients*each, calls)
+	}
+}
+
+// TestASummaryClaimOutlivesItsFailure: the turn that claims the summary
+// keeps the claim when the model fails (the event is delivered again and
+// makes it); another turn does not make it meanwhile, unless the claim is
+// older than claimTTL.
+func TestASummaryClaimOutlivesItsFailure(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	now := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	m := New(statetest.New(), Config{SummaryEvery: 2, Now: clock}, testkit.Quiet())
+	ctx := t.Context()
+	calls := 0
+	summarizer := func(fail bool) Summarizer {
+		return func(_ context.Context, _ contract.Profile, recent []contract.Entry) (string, contract.Usage, error) {
+			calls++
+			if fail {
+				return "", contract.Usage{}, apperr.New(apperr.Unavailable, "the model is down")
+			}
+			return fmt.Sprintf("summary of %d entries", len(recent)), contract.Usage{}, nil
+		}
+	}
+	apply := func(id string, fail bool) (Result, error) {
+		return m.Apply(ctx, id, ev("ana", "s", id), summarizer(fail), nil)
+	}
+	claim := func() string {
+		var u userDoc
+		if _, _, err := m.get(ctx, userKey("ana"), &u); err != nil {
+			t.Fatal(err)
+		}
+		return u.SummaryClaim
+	}
+	if r, err := apply("e1", false); err != nil || r.Summarized || calls != 0 {
+		t.Fatalf("e1: %+v, %v, %d calls; want it counted only", r, err, calls)
+	}
+	if _, err := apply("e2", true); apperr.CodeOf(err) != apperr.Unavailable || calls != 1 || claim() != "e2" {
+		t.Fatalf("e2, the model down: %v, %d calls, claim %q; want Unavailable and the claim kept", err, calls, claim())
+	}
+	if r, err := apply("e3", false); err != nil || r.Summarized || calls != 1 {
+		t.Fatalf("e3 while e2 holds the claim: %+v, %v, %d calls; want no summary", r, err, calls)
+	}
+	r, err := apply("e2", false) // delivered again
+	if err != nil || !r.Summarized || r.UserSummary != "summary of 6 entries" || claim() != "" {
+		t.Fatalf("e2 again: %+v, %v, claim %q; want its summary made and the claim released", r, err, claim())
+	}
+	// A claim whose turn never comes back is anyone's after claimTTL.
+	if _, err := apply("e4", false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := apply("e5", true); err == nil || claim() != "e5" {
+		t.Fatalf("e5: %v, claim %q", err, claim())
+	}
+	if r, err := apply("e6", false); err != nil || r.Summarized {
+		t.Fatalf("e6 within claimTTL: %+v, %v", r, err)
+	}
+	mu.Lock()
+	now = now.Add(claimTTL + time.Second)
+	mu.Unlock()
+	if r, err := apply("e7", false); err != nil || !r.Summarized || claim() != "" {
+		t.Fatalf("e7 past claimTTL: %+v, %v, claim %q; want it to make the summary", r, err, claim())
+	}
+}
