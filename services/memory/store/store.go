@@ -733,6 +733,22 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.Conversa
 	return Result{Duplicate: dup, UserSummary: summary, Summarized: inline || due, Entries: len(s.History)}, nil
 }
 
+// summarized records a summary made of the seen turns that waited for
+// it, and what its model call took; claim (an event id), when it holds the
+// document's claim, releases it.
+func (u *userDoc) summarized(now time.Time, summary string, use contract.Usage, seen int, claim string) {
+	u.count(now, use, 0, 0)
+	u.UserSummary = summary
+	u.PendingTurns = max(u.PendingTurns-seen, 0)
+	if u.PendingTurns == 0 {
+		u.PendingSession = ""
+	}
+	if claim != "" && u.SummaryClaim == claim {
+		u.SummaryClaim, u.ClaimedAt = "", time.Time{}
+	}
+	u.UpdatedAt = now
+}
+
 // claimTTL: a summary claimed longer ago than this is anyone's (its turn's
 // model call outlasted every timeout, or its process died and the event's
 // redelivery, which would take it again, has not come).
@@ -753,16 +769,7 @@ func (m *Memory) summarizeClaimed(ctx context.Context, userID, eventID string, s
 		if !found {
 			return errSkip // forgotten meanwhile
 		}
-		u.count(now, use, 0, 0)
-		u.UserSummary = summary
-		u.PendingTurns = max(u.PendingTurns-seen, 0)
-		if u.PendingTurns == 0 {
-			u.PendingSession = ""
-		}
-		if u.SummaryClaim == eventID {
-			u.SummaryClaim, u.ClaimedAt = "", time.Time{}
-		}
-		u.UpdatedAt = now
+		u.summarized(now, summary, use, seen, eventID)
 		return nil
 	})
 }
@@ -875,13 +882,7 @@ func (m *Memory) Summarize(ctx context.Context, userID string, summarize Summari
 		if !found {
 			return errSkip // forgotten meanwhile
 		}
-		u.count(now, use, 0, 0)
-		u.UserSummary = summary
-		u.PendingTurns = max(u.PendingTurns-seen, 0)
-		if u.PendingTurns == 0 {
-			u.PendingSession = ""
-		}
-		u.UpdatedAt = now
+		u.summarized(now, summary, use, seen, "")
 		return nil
 	}); err != nil {
 		return "", "", false, err

@@ -603,10 +603,8 @@ func TestTurnsAtOnceShareASummary(t *testing.T) {
 // older than claimTTL.
 func TestASummaryClaimOutlivesItsFailure(t *testing.T) {
 	t.Parallel()
-	var mu sync.Mutex
-	now := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	m := New(statetest.New(), Config{SummaryEvery: 2, Now: clock}, testkit.Quiet())
+	clock := newFakeJobs(false)
+	m := New(statetest.New(), Config{SummaryEvery: 2, Now: clock.now}, testkit.Quiet())
 	ctx := t.Context()
 	calls := 0
 	summarizer := func(fail bool) Summarizer {
@@ -651,9 +649,7 @@ func TestASummaryClaimOutlivesItsFailure(t *testing.T) {
 	if r, err := apply("e6", false); err != nil || r.Summarized {
 		t.Fatalf("e6 within claimTTL: %+v, %v", r, err)
 	}
-	mu.Lock()
-	now = now.Add(claimTTL + time.Second)
-	mu.Unlock()
+	clock.wait(claimTTL + time.Second)
 	if r, err := apply("e7", false); err != nil || !r.Summarized || claim() != "" {
 		t.Fatalf("e7 past claimTTL: %+v, %v, claim %q; want it to make the summary", r, err, claim())
 	}
