@@ -96,6 +96,7 @@ func cluster(ctx context.Context, args []string) error {
 			fmt.Printf("GraphQL on %s: %s/graphql\n", h, gw.AppURL())
 		}
 	}
+	fmt.Printf("Sentry at %s: mTLS on; an identity only for a token naming it (JWKS validator; tokens in %s)\n", st.SentryAddress(), st.SentryTokens())
 	fmt.Println("Press Ctrl-C to stop everything and remove the hosts.")
 	return runUntilStopped(ctx, st, "cluster", say, "stopping", "stopped; the hosts are removed")
 }

@@ -254,6 +254,15 @@ spec:
 	return nil
 }
 
+// SentryTokens is the directory of the tokens sentry takes (one per
+// process), "" when not a cluster.
+func (s *Stack) SentryTokens() string {
+	if s.tokens == nil {
+		return ""
+	}
+	return s.tokens.dir
+}
+
 // SentryAddress is sentry's gRPC address on a cluster.
 func (s *Stack) SentryAddress() string {
 	return fmt.Sprintf("%s:%d", s.addr(s.cfg.Cluster.Infra), sentryPort)
