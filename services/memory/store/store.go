@@ -626,19 +626,24 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.Conversa
 	}
 	userEntry := contract.Entry{Role: contract.RoleUser, Content: ev.UserMessage, Timestamp: now, EventID: eventID, EventAt: at}
 	botEntry := contract.Entry{Role: contract.RoleAssistant, Content: ev.AssistantReply, Timestamp: now, EventID: eventID, EventAt: at, ToolCalls: ev.ToolCalls}
-	recent, err := s.entries(ev.SessionID, m.cfg.SummaryLast)
-	if err != nil {
-		return Result{}, err
-	}
-	recent = append(recent, userEntry, botEntry)
-	if len(recent) > m.cfg.SummaryLast {
-		recent = recent[len(recent)-m.cfg.SummaryLast:]
+	// recent is what a summary is made of: the session's last entries with
+	// this turn's two (decoded only for a turn that makes a summary).
+	recent := func() ([]contract.Entry, error) {
+		r, err := s.entries(ev.SessionID, m.cfg.SummaryLast)
+		if err != nil {
+			return nil, err
+		}
+		r = append(r, userEntry, botEntry)
+		return r[max(len(r)-m.cfg.SummaryLast, 0):], nil
 	}
 	var summary string
 	var summaryUse contract.Usage
 	if inline {
-		var err error
-		if summary, summaryUse, err = summarize(ctx, u.Profile, recent); err != nil {
+		r, err := recent()
+		if err != nil {
+			return Result{}, err
+		}
+		if summary, summaryUse, err = summarize(ctx, u.Profile, r); err != nil {
 			return Result{}, err
 		}
 	}
@@ -696,8 +701,11 @@ func (m *Memory) Apply(ctx context.Context, eventID string, ev contract.Conversa
 		}
 	}
 	if due {
-		var err error
-		if summary, err = m.summarizeClaimed(ctx, ev.UserID, eventID, seen, u.Profile, recent, summarize); err != nil {
+		r, err := recent()
+		if err != nil {
+			return Result{}, err
+		}
+		if summary, err = m.summarizeClaimed(ctx, ev.UserID, eventID, seen, u.Profile, r, summarize); err != nil {
 			return Result{}, err
 		}
 	}
